@@ -1,0 +1,338 @@
+//! ferrovod-bench: starts N local processes of itself and prints an nccl-tests-style table.
+//!
+//! `ferrovod-bench --np N --op allreduce|broadcast|allgather|reducescatter|alltoall --sizes 4KiB,1MiB,64MiB [--json PATH]`
+//!
+//! Method, per size: check the result once; warm up; pick the iteration count (at least 5 and
+//! at least `--min-time` seconds in all, agreed across ranks); then per iteration a barrier and
+//! the op timed on every rank. An iteration's time is the maximum over ranks; the table shows
+//! the median. Sizes follow nccl-tests: allgather's is the gathered output, reducescatter's the
+//! full input, alltoall's one rank's send buffer. busbw = algbw × 2(n−1)/n for allreduce,
+//! × (n−1)/n for allgather, reducescatter and alltoall, × 1 for broadcast.
+
+use std::process::{Child, Command, ExitCode};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use ferrovod::bootstrap::{Secret, StoreServer};
+use ferrovod::{Communicator, ReduceOp};
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Op {
+    Allreduce,
+    Broadcast,
+    Allgather,
+    Reducescatter,
+    Alltoall,
+}
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Benchmark ferrovod collectives over N local processes (f32)")]
+struct Args {
+    /// Number of processes.
+    #[arg(long, default_value_t = 2)]
+    np: usize,
+    /// The collective.
+    #[arg(long, value_enum, default_value_t = Op::Allreduce)]
+    op: Op,
+    /// Comma-separated sizes in bytes, with optional KiB/MiB/GiB suffix.
+    #[arg(long, default_value = "4KiB,1MiB,16MiB,64MiB", value_parser = parse_sizes)]
+    sizes: Sizes,
+    /// Write the rows as a JSON array here.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Minimum measured seconds per size.
+    #[arg(long, default_value_t = 1.0)]
+    min_time: f64,
+    /// Minimum iterations per size.
+    #[arg(long, default_value_t = 5)]
+    min_iters: usize,
+    /// Internal: run as one rank (set by the parent).
+    #[arg(long, hide = true)]
+    worker: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Sizes(Vec<usize>);
+
+fn parse_sizes(s: &str) -> Result<Sizes, String> {
+    s.split(',')
+        .map(|p| {
+            let p = p.trim();
+            let (num, mult) = [("GiB", 1usize << 30), ("MiB", 1 << 20), ("KiB", 1 << 10), ("B", 1)]
+                .iter()
+                .find_map(|(suf, m)| p.strip_suffix(suf).map(|n| (n, *m)))
+                .unwrap_or((p, 1));
+            num.trim()
+                .parse::<usize>()
+                .map(|n| n * mult)
+                .map_err(|_| format!("{p:?} is not a size like 4KiB or 1048576"))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Sizes)
+}
+
+#[derive(Serialize)]
+struct Row {
+    #[serde(rename = "impl")]
+    implementation: &'static str,
+    op: &'static str,
+    np: usize,
+    dtype: &'static str,
+    bytes: usize,
+    iters: usize,
+    median_s: f64,
+    algbw_gbs: f64,
+    busbw_gbs: f64,
+}
+
+fn name(op: Op) -> &'static str {
+    match op {
+        Op::Allreduce => "allreduce",
+        Op::Broadcast => "broadcast",
+        Op::Allgather => "allgather",
+        Op::Reducescatter => "reducescatter",
+        Op::Alltoall => "alltoall",
+    }
+}
+
+fn bus_factor(op: Op, n: usize) -> f64 {
+    let n = n as f64;
+    match op {
+        Op::Allreduce => 2.0 * (n - 1.0) / n,
+        Op::Broadcast => 1.0,
+        Op::Allgather | Op::Reducescatter | Op::Alltoall => (n - 1.0) / n,
+    }
+}
+
+/// Buffers for one size, reused by every iteration.
+struct Buffers {
+    a: Vec<f32>,
+    b: Vec<f32>,
+}
+
+fn buffers(op: Op, bytes: usize, n: usize, rank: usize) -> Buffers {
+    let elems = bytes / 4;
+    let per_rank = elems / n;
+    let (a, b) = match op {
+        Op::Allreduce | Op::Broadcast | Op::Reducescatter | Op::Alltoall => (elems, 0),
+        Op::Allgather => (per_rank, per_rank * n),
+    };
+    let fill = |len: usize| (0..len).map(|i| ((i * 7 + rank * 3) % 13) as f32).collect();
+    Buffers { a: fill(a), b: vec![0.0; b] }
+}
+
+fn run_op(comm: &mut Communicator, op: Op, buf: &mut Buffers) -> ferrovod::Result<()> {
+    let n = comm.size();
+    match op {
+        Op::Allreduce => comm.allreduce(&mut buf.a, ReduceOp::Sum),
+        Op::Broadcast => comm.broadcast(&mut buf.a, 0),
+        Op::Allgather => comm.allgather(&buf.a, &mut buf.b),
+        Op::Reducescatter => comm.reducescatter(&buf.a, ReduceOp::Sum).map(|_| ()),
+        Op::Alltoall => {
+            let len = buf.a.len();
+            let splits: Vec<usize> = (0..n).map(|i| len * (i + 1) / n - len * i / n).collect();
+            comm.alltoall(&buf.a, &splits).map(|_| ())
+        }
+    }
+}
+
+/// Runs the op once on fresh data and checks the result against what it must be.
+fn check(comm: &mut Communicator, op: Op, bytes: usize) -> Result<(), String> {
+    let (r, n) = (comm.rank(), comm.size());
+    let mut buf = buffers(op, bytes, n, r);
+    let input_of = |rank: usize, len: usize| buffers(op, len * 4, n, rank).a;
+    let orig = buf.a.clone();
+    let bad = |what: &str| Err(format!("{} check failed on rank {r}: {what}", name(op)));
+    match op {
+        Op::Allreduce => {
+            comm.allreduce(&mut buf.a, ReduceOp::Sum).map_err(|e| e.to_string())?;
+            let want: Vec<f32> = (0..orig.len()).map(|i| (0..n).map(|q| ((i * 7 + q * 3) % 13) as f32).sum()).collect();
+            if buf.a != want {
+                return bad("sum differs");
+            }
+        }
+        Op::Broadcast => {
+            if r != 0 {
+                buf.a.iter_mut().for_each(|x| *x = -1.0);
+            }
+            comm.broadcast(&mut buf.a, 0).map_err(|e| e.to_string())?;
+            if buf.a != input_of(0, orig.len()) {
+                return bad("data differs from root's");
+            }
+        }
+        Op::Allgather => {
+            comm.allgather(&buf.a, &mut buf.b).map_err(|e| e.to_string())?;
+            let want: Vec<f32> = (0..n).flat_map(|q| buffers(op, bytes, n, q).a).collect();
+            if buf.b != want {
+                return bad("gathered data differs");
+            }
+        }
+        Op::Reducescatter => {
+            let got = comm.reducescatter(&buf.a, ReduceOp::Sum).map_err(|e| e.to_string())?;
+            let len = orig.len();
+            let start = (0..r).map(|q| len / n + usize::from(q < len % n)).sum::<usize>();
+            let want: Vec<f32> =
+                (start..start + got.len()).map(|i| (0..n).map(|q| ((i * 7 + q * 3) % 13) as f32).sum()).collect();
+            if got != want {
+                return bad("reduced share differs");
+            }
+        }
+        Op::Alltoall => {
+            let len = orig.len();
+            let splits: Vec<usize> = (0..n).map(|i| len * (i + 1) / n - len * i / n).collect();
+            let (got, _) = comm.alltoall(&buf.a, &splits).map_err(|e| e.to_string())?;
+            let offset = |j: usize| len * j / n;
+            let want: Vec<f32> =
+                (0..n).flat_map(|q| input_of(q, len)[offset(r)..offset(r) + splits[r]].to_vec()).collect();
+            if got != want {
+                return bad("received blocks differ");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+}
+
+fn worker(args: &Args) -> Result<(), String> {
+    let mut comm = Communicator::from_env().map_err(|e| e.to_string())?;
+    let (r, n) = (comm.rank(), comm.size());
+    let e = |e: ferrovod::Error| e.to_string();
+    let mut rows = Vec::new();
+    if r == 0 {
+        println!(
+            "# ferrovod-bench: {} on {n} processes, f32; time = median over iterations of the slowest rank",
+            name(args.op)
+        );
+        println!(
+            "{:>12} {:>12} {:>6} {:>14} {:>4} {:>7} {:>11} {:>12} {:>12}",
+            "size(B)", "count", "type", "op", "np", "iters", "time(us)", "algbw(GB/s)", "busbw(GB/s)"
+        );
+    }
+    for &bytes in &args.sizes.0 {
+        check(&mut comm, args.op, bytes)?;
+        let mut buf = buffers(args.op, bytes, n, r);
+        // Zeros from here on: sums stay finite however many iterations run.
+        buf.a.iter_mut().for_each(|x| *x = 0.0);
+        for _ in 0..2 {
+            run_op(&mut comm, args.op, &mut buf).map_err(e)?;
+        }
+        comm.barrier().map_err(e)?;
+        let t = Instant::now();
+        run_op(&mut comm, args.op, &mut buf).map_err(e)?;
+        let mut est = [t.elapsed().as_secs_f64()];
+        comm.allreduce(&mut est, ReduceOp::Max).map_err(e)?;
+        let iters = ((args.min_time / est[0].max(1e-7)).ceil() as usize).clamp(args.min_iters, 100_000);
+        let mut times = vec![0f64; iters];
+        for slot in times.iter_mut() {
+            comm.barrier().map_err(e)?;
+            let t = Instant::now();
+            run_op(&mut comm, args.op, &mut buf).map_err(e)?;
+            *slot = t.elapsed().as_secs_f64();
+        }
+        comm.allreduce(&mut times, ReduceOp::Max).map_err(e)?;
+        let med = median(&mut times);
+        let algbw = bytes as f64 / med / 1e9;
+        let row = Row {
+            implementation: "ferrovod",
+            op: name(args.op),
+            np: n,
+            dtype: "f32",
+            bytes,
+            iters,
+            median_s: med,
+            algbw_gbs: algbw,
+            busbw_gbs: algbw * bus_factor(args.op, n),
+        };
+        if r == 0 {
+            println!(
+                "{:>12} {:>12} {:>6} {:>14} {:>4} {:>7} {:>11.1} {:>12.3} {:>12.3}",
+                row.bytes,
+                row.bytes / 4,
+                row.dtype,
+                row.op,
+                row.np,
+                row.iters,
+                row.median_s * 1e6,
+                row.algbw_gbs,
+                row.busbw_gbs
+            );
+        }
+        rows.push(row);
+    }
+    if let (0, Some(path)) = (r, &args.json) {
+        let text = serde_json::to_string_pretty(&rows).map_err(|e| e.to_string())?;
+        std::fs::write(path, text + "\n").map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn parent(args: &Args) -> Result<(), String> {
+    if args.np == 0 {
+        return Err("--np must be at least 1".into());
+    }
+    let sizes_ok =
+        args.sizes.0.iter().all(|&b| b % (4 * args.np) == 0 || args.op == Op::Allreduce || args.op == Op::Broadcast);
+    if !sizes_ok {
+        return Err(format!("{} sizes must be multiples of 4 × np bytes", name(args.op)));
+    }
+    let secret = Secret::generate_hex().map_err(|e| e.to_string())?;
+    let store =
+        StoreServer::bind("127.0.0.1:0", Secret::new(secret.clone().into_bytes())).map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut children: Vec<Child> = Vec::new();
+    for rank in 0..args.np {
+        let child = Command::new(&exe)
+            .args(std::env::args_os().skip(1))
+            .arg("--worker")
+            .env("FERROVOD_RANK", rank.to_string())
+            .env("FERROVOD_SIZE", args.np.to_string())
+            .env("FERROVOD_RENDEZVOUS", store.local_addr().to_string())
+            .env("FERROVOD_SECRET", &secret)
+            .spawn()
+            .map_err(|e| format!("starting rank {rank}: {e}"))?;
+        children.push(child);
+    }
+    // Wait for all; on the first failure stop the rest.
+    let mut failed = None;
+    let mut left = children.len();
+    while left > 0 {
+        left = 0;
+        for (rank, c) in children.iter_mut().enumerate() {
+            match c.try_wait() {
+                Ok(Some(st)) if !st.success() && failed.is_none() => {
+                    failed = Some(format!("rank {rank} exited with {st}"))
+                }
+                Ok(Some(_)) => {}
+                _ => left += 1,
+            }
+        }
+        if failed.is_some() {
+            for c in &mut children {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    drop(store);
+    failed.map_or(Ok(()), Err)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let result = if args.worker { worker(&args) } else { parent(&args) };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferrovod-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

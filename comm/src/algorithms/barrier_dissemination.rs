@@ -1,0 +1,21 @@
+//! Dissemination barrier.
+//!
+//! In round k = 0..⌈log2 n⌉-1 rank r sends an empty message to r+2^k and receives one from
+//! r-2^k. After the last round every rank has heard, directly or not, from every other.
+//!
+//! Cost: ⌈log2 n⌉·α.
+
+use crate::transport::{Error, Op, Tag, Transport, no_work};
+
+/// Returns once every rank has entered the barrier.
+pub fn barrier_dissemination<T: Transport + ?Sized>(t: &mut T, tag: Tag) -> Result<(), Error> {
+    let (r, n) = (t.rank(), t.size());
+    let mut dist = 1;
+    while dist < n {
+        let mut ops =
+            [Op::Send { peer: (r + dist) % n, buf: &[] }, Op::Recv { peer: (r + n - dist) % n, buf: &mut [] }];
+        t.exchange(tag, &mut ops, &mut no_work)?;
+        dist <<= 1;
+    }
+    Ok(())
+}

@@ -1,0 +1,41 @@
+//! Binomial-tree broadcast, for small messages.
+//!
+//! With virtual ranks counted from the root, virtual rank v receives from v minus its lowest
+//! set bit, then sends to v + 2^k for every 2^k below that bit (the root: below n), all sends
+//! posted at once.
+//!
+//! Cost: ⌈log2 n⌉·(α + m·β).
+
+use crate::transport::{Error, Op, Tag, Transport, no_work};
+
+/// Broadcasts `buf` from `root` to every rank.
+pub fn broadcast_binomial<T: Transport + ?Sized>(
+    t: &mut T,
+    tag: Tag,
+    buf: &mut [u8],
+    root: usize,
+) -> Result<(), Error> {
+    let (r, n) = (t.rank(), t.size());
+    let v = (r + n - root) % n;
+    let real = |v: usize| (v + root) % n;
+    let mut mask = 1;
+    while mask < n {
+        if v & mask != 0 {
+            t.exchange(tag, &mut [Op::Recv { peer: real(v - mask), buf: &mut *buf }], &mut no_work)?;
+            break;
+        }
+        mask <<= 1;
+    }
+    let mut sends = Vec::new();
+    mask >>= 1;
+    while mask > 0 {
+        if v + mask < n {
+            sends.push(Op::Send { peer: real(v + mask), buf: &*buf });
+        }
+        mask >>= 1;
+    }
+    if !sends.is_empty() {
+        t.exchange(tag, &mut sends, &mut no_work)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! Pipelined chain broadcast, for large messages.
+//!
+//! Ranks form a chain from the root (virtual rank v = rank - root mod n). The buffer is cut
+//! into segments; every rank but the ends receives segment k+1 from its predecessor while it
+//! forwards segment k to its successor, so after a fill of n-2 segments every link is busy.
+//!
+//! Cost: (n-2+s)·(α + m/s·β) for s segments, about m·β for large m: independent of n.
+
+use crate::transport::{Error, Op, Tag, Transport, no_work};
+
+/// Broadcasts `buf` from `root` to every rank.
+pub fn broadcast_chain<T: Transport + ?Sized>(
+    t: &mut T,
+    tag: Tag,
+    buf: &mut [u8],
+    root: usize,
+    segment: usize,
+) -> Result<(), Error> {
+    let (r, n) = (t.rank(), t.size());
+    if n == 1 {
+        return Ok(());
+    }
+    let v = (r + n - root) % n;
+    let prev = (r + n - 1) % n;
+    let next = (r + 1) % n;
+    let seg = segment.max(1);
+    let last = v == n - 1;
+    if v == 0 {
+        let mut ops: Vec<Op<'_>> = buf.chunks(seg).map(|c| Op::Send { peer: next, buf: c }).collect();
+        return t.exchange(tag, &mut ops, &mut no_work);
+    }
+    if last {
+        let mut ops: Vec<Op<'_>> = buf.chunks_mut(seg).map(|c| Op::Recv { peer: prev, buf: c }).collect();
+        return t.exchange(tag, &mut ops, &mut no_work);
+    }
+    let segments = buf.len().div_ceil(seg);
+    if segments == 0 {
+        t.exchange(tag, &mut [Op::Recv { peer: prev, buf: &mut [] }], &mut no_work)?;
+        return t.exchange(tag, &mut [Op::Send { peer: next, buf: &[] }], &mut no_work);
+    }
+    let first = seg.min(buf.len());
+    t.exchange(tag, &mut [Op::Recv { peer: prev, buf: &mut buf[..first] }], &mut no_work)?;
+    for k in 0..segments {
+        let (done, rest) = buf.split_at_mut(((k + 1) * seg).min(buf.len()));
+        let send = &done[k * seg..];
+        if k + 1 < segments {
+            let len = seg.min(rest.len());
+            let recv = &mut rest[..len];
+            t.exchange(
+                tag,
+                &mut [Op::Send { peer: next, buf: send }, Op::Recv { peer: prev, buf: recv }],
+                &mut no_work,
+            )?;
+        } else {
+            t.exchange(tag, &mut [Op::Send { peer: next, buf: send }], &mut no_work)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! The key-value store server: set, get, wait (for several keys, with a timeout) and add.
+//!
+//! Thread per connection, blocking I/O with timeouts. A connection that fails the handshake or
+//! sends a malformed request is dropped; the others are unaffected. Dropping the server stops
+//! the accept loop, wakes every waiter and shuts every connection.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Error, MAX_MESSAGE, Purpose, Secret, accept_handshake, read_msg, write_msg};
+use crate::sys::{PollFd, poll};
+
+/// A request from a store client.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum Request {
+    Set { key: String, value: Vec<u8> },
+    Get { key: String },
+    Wait { keys: Vec<String>, timeout_ms: u64 },
+    Add { key: String, delta: i64 },
+}
+
+/// The store's answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum Response {
+    Done,
+    Value(Option<Vec<u8>>),
+    Values(Vec<Vec<u8>>),
+    Counter(i64),
+    TimedOut { missing: Vec<String> },
+    Failed(String),
+}
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_KEY: usize = 4096;
+const MAX_TOTAL: usize = 1 << 30;
+const MAX_CONNECTIONS: usize = 4096;
+
+struct Shared {
+    secret: Secret,
+    state: Mutex<State>,
+    changed: Condvar,
+    stop: AtomicBool,
+    conns: Mutex<HashMap<u64, TcpStream>>,
+    next_id: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    map: HashMap<String, Vec<u8>>,
+    bytes: usize,
+}
+
+impl Shared {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the map half-updated (every update is
+        // one insert), so a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A running store. Dropping it stops it.
+pub struct StoreServer {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    accept: Option<JoinHandle<()>>,
+    /// Written on drop: wakes the accept loop at once.
+    wake: Option<io::PipeWriter>,
+}
+
+impl StoreServer {
+    /// Binds `addr` (port 0 picks one) and serves.
+    pub fn bind(addr: impl ToSocketAddrs, secret: Secret) -> Result<StoreServer, Error> {
+        let listener =
+            TcpListener::bind(addr).map_err(|source| Error::Io { what: "binding the store".into(), source })?;
+        StoreServer::serve(listener, secret)
+    }
+
+    /// Serves on a listener that is already bound, so its address can be published before the
+    /// store starts and no other process can take the port in between.
+    pub fn serve(listener: TcpListener, secret: Secret) -> Result<StoreServer, Error> {
+        let addr = listener.local_addr().map_err(|source| Error::Io { what: "store address".into(), source })?;
+        let shared = Arc::new(Shared {
+            secret,
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            stop: AtomicBool::new(false),
+            conns: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+        });
+        let (wake_rx, wake) = io::pipe().map_err(|source| Error::Io { what: "store wake-up pipe".into(), source })?;
+        let s = shared.clone();
+        let accept = std::thread::Builder::new()
+            .name("ferrovod-store".into())
+            .spawn(move || accept_loop(listener, wake_rx, s))
+            .map_err(|source| Error::Io { what: "starting the store thread".into(), source })?;
+        Ok(StoreServer { addr, shared, accept: Some(accept), wake: Some(wake) })
+    }
+
+    /// The address the store listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for StoreServer {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        self.shared.changed.notify_all();
+        // Closing the pipe's write end makes its read end readable: the accept loop wakes.
+        drop(self.wake.take());
+        for conn in self.shared.conns.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn accept_loop(listener: TcpListener, wake: io::PipeReader, shared: Arc<Shared>) {
+    let fd = listener.as_raw_fd();
+    while !shared.stop.load(Ordering::SeqCst) {
+        // Sleep until a connection is pending or the server is dropped (the pipe closes).
+        let mut pfd = [
+            PollFd { fd, read: true, write: false, ready: false },
+            PollFd { fd: wake.as_raw_fd(), read: true, write: false, ready: false },
+        ];
+        match poll(&mut pfd, Duration::from_secs(3600)) {
+            Ok(_) if pfd[1].ready => return,
+            Ok(0) => continue,
+            Ok(_) => {}
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        }
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::WouldBlock => continue,
+            // Out of descriptors or similar: back off rather than spin.
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut conns = shared.conns.lock().unwrap_or_else(|p| p.into_inner());
+            if conns.len() >= MAX_CONNECTIONS {
+                continue; // dropped: closes the socket
+            }
+            match stream.try_clone() {
+                Ok(c) => conns.insert(id, c),
+                Err(_) => continue,
+            };
+        }
+        let s = shared.clone();
+        let spawned = std::thread::Builder::new().name("ferrovod-store-conn".into()).spawn(move || {
+            serve_connection(stream, &s);
+            s.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        });
+        if spawned.is_err() {
+            shared.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        }
+    }
+}
+
+fn serve_connection(mut stream: TcpStream, shared: &Shared) {
+    let _ = stream.set_nodelay(true);
+    let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
+    if accept_handshake(&mut stream, &shared.secret, Purpose::Store).is_err() {
+        return;
+    }
+    // Clients keep their connection for the whole job; idle is fine, writes still time out.
+    let _ = stream.set_read_timeout(None);
+    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    while !shared.stop.load(Ordering::SeqCst) {
+        let Ok(req) = read_msg::<Request>(&mut stream, MAX_MESSAGE, &peer) else { return };
+        let resp = handle(shared, req);
+        if write_msg(&mut stream, &resp, &peer).is_err() {
+            return;
+        }
+    }
+}
+
+fn handle(shared: &Shared, req: Request) -> Response {
+    match req {
+        Request::Set { key, value } => {
+            if key.len() > MAX_KEY {
+                return Response::Failed(format!("key of {} bytes exceeds {MAX_KEY}", key.len()));
+            }
+            let mut st = shared.state();
+            let old = st.map.get(&key).map_or(0, |v| v.len() + key.len());
+            if st.bytes - old + key.len() + value.len() > MAX_TOTAL {
+                return Response::Failed(format!("store is full ({MAX_TOTAL} bytes)"));
+            }
+            st.bytes = st.bytes - old + key.len() + value.len();
+            st.map.insert(key, value);
+            drop(st);
+            shared.changed.notify_all();
+            Response::Done
+        }
+        Request::Get { key } => Response::Value(shared.state().map.get(&key).cloned()),
+        Request::Add { key, delta } => {
+            let mut st = shared.state();
+            let current = match st.map.get(&key) {
+                None => 0,
+                Some(v) => match <[u8; 8]>::try_from(v.as_slice()) {
+                    Ok(b) => i64::from_le_bytes(b),
+                    Err(_) => return Response::Failed(format!("key {key:?} holds a value that is not a counter")),
+                },
+            };
+            let next = current.wrapping_add(delta);
+            if !st.map.contains_key(&key) {
+                st.bytes += key.len() + 8;
+            }
+            st.map.insert(key, next.to_le_bytes().to_vec());
+            drop(st);
+            shared.changed.notify_all();
+            Response::Counter(next)
+        }
+        Request::Wait { keys, timeout_ms } => {
+            let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+            let mut st = shared.state();
+            loop {
+                let missing: Vec<String> = keys.iter().filter(|k| !st.map.contains_key(*k)).cloned().collect();
+                if missing.is_empty() {
+                    return Response::Values(keys.iter().map(|k| st.map[k].clone()).collect());
+                }
+                let now = Instant::now();
+                if now >= deadline || shared.stop.load(Ordering::SeqCst) {
+                    return Response::TimedOut { missing };
+                }
+                st = shared
+                    .changed
+                    .wait_timeout(st, deadline - now)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0);
+            }
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Every `FERROVOD_*` knob, declared once: name, default, one-line doc.
+//!
+//! [`KNOBS`] is the table (printed by `--help` texts and the README); [`Config::from_env`] reads
+//! it. A value that does not parse is an error that names the variable, never a silent default.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// One environment knob.
+#[derive(Debug, Clone, Copy)]
+pub struct Knob {
+    /// Environment variable name.
+    pub name: &'static str,
+    /// Default value as text ("" when there is none).
+    pub default: &'static str,
+    /// What it does.
+    pub doc: &'static str,
+}
+
+macro_rules! knobs {
+    ($($id:ident = $name:literal, $default:literal, $doc:literal;)*) => {
+        $(#[doc = $doc] pub const $id: Knob = Knob { name: $name, default: $default, doc: $doc };)*
+        /// All knobs, in declaration order.
+        pub const KNOBS: &[Knob] = &[$($id),*];
+    };
+}
+
+knobs! {
+    RANK = "FERROVOD_RANK", "0", "This process's rank in the job.";
+    SIZE = "FERROVOD_SIZE", "1", "Number of ranks in the job.";
+    LOCAL_RANK = "FERROVOD_LOCAL_RANK", "", "Rank among the processes on this host (set by the launcher; the rendezvous recomputes and checks it).";
+    LOCAL_SIZE = "FERROVOD_LOCAL_SIZE", "", "Number of processes on this host (set by the launcher).";
+    CROSS_RANK = "FERROVOD_CROSS_RANK", "", "Index of this process among those with the same local rank (set by the launcher).";
+    CROSS_SIZE = "FERROVOD_CROSS_SIZE", "", "Number of processes with this local rank (set by the launcher).";
+    RENDEZVOUS = "FERROVOD_RENDEZVOUS", "", "host:port of the rendezvous store; required when FERROVOD_SIZE > 1.";
+    SECRET = "FERROVOD_SECRET", "", "Job secret for the HMAC handshake on every connection; required when FERROVOD_SIZE > 1.";
+    HOST_STORE = "FERROVOD_HOST_STORE", "0", "1: rank 0 binds FERROVOD_RENDEZVOUS and serves the store itself (when no launcher does).";
+    TIMEOUT = "FERROVOD_TIMEOUT", "600", "Seconds a collective may wait without progress before it fails naming the silent peers.";
+    CONNECT_TIMEOUT = "FERROVOD_CONNECT_TIMEOUT", "120", "Seconds to wait for the store and for every peer at start-up.";
+    ADVERTISE_ADDR = "FERROVOD_ADVERTISE_ADDR", "", "IP address peers use to reach this process (default: the local address of the route to the store).";
+    TCP_STREAMS = "FERROVOD_TCP_STREAMS", "2", "TCP connections per peer; large messages are striped across them.";
+    TCP_BUFFER = "FERROVOD_TCP_BUFFER", "0", "SO_SNDBUF/SO_RCVBUF in bytes; 0 keeps the kernel's auto-tuning.";
+    STRIPE_MIN = "FERROVOD_STRIPE_MIN", "262144", "Messages of at least this many bytes are striped across all TCP streams.";
+    SMALL_ALLREDUCE = "FERROVOD_SMALL_ALLREDUCE", "65536", "Allreduce up to this many bytes uses recursive doubling, larger ones the ring.";
+    SMALL_BROADCAST = "FERROVOD_SMALL_BROADCAST", "65536", "Broadcast up to this many bytes uses a binomial tree, larger ones a pipelined chain.";
+    SEGMENT = "FERROVOD_SEGMENT", "262144", "Pipeline segment in bytes for the ring and the chain.";
+    GRACE_PERIOD = "FERROVOD_GRACE_PERIOD", "10", "ferrovod-run: seconds between SIGTERM and SIGKILL when stopping a job.";
+    STORE_LINGER = "FERROVOD_STORE_LINGER", "600", "ferrovod-run: seconds task 0 keeps serving the store for the other tasks' launchers.";
+    OUTPUT_DIR = "FERROVOD_OUTPUT_DIR", "", "ferrovod-run: also write each rank's output to DIR/rank.N/{stdout,stderr}.";
+    NO_PREFIX = "FERROVOD_NO_PREFIX", "0", "ferrovod-run: 1 forwards output lines without the [rank] prefix.";
+    NO_WATCH_PARENT = "FERROVOD_NO_WATCH_PARENT", "0", "ferrovod-run: 1 keeps the job running when the launcher's parent dies.";
+    VERBOSE = "FERROVOD_VERBOSE", "0", "ferrovod-run: verbosity level (0, 1, 2).";
+}
+
+/// Tuning shared by the transport and the algorithms.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// See [`TIMEOUT`].
+    pub timeout: Duration,
+    /// See [`CONNECT_TIMEOUT`].
+    pub connect_timeout: Duration,
+    /// See [`TCP_STREAMS`].
+    pub tcp_streams: usize,
+    /// See [`TCP_BUFFER`].
+    pub tcp_buffer: usize,
+    /// See [`STRIPE_MIN`].
+    pub stripe_min: usize,
+    /// See [`SMALL_ALLREDUCE`].
+    pub small_allreduce: usize,
+    /// See [`SMALL_BROADCAST`].
+    pub small_broadcast: usize,
+    /// See [`SEGMENT`].
+    pub segment: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        let num = |k: Knob| k.default.parse::<usize>().unwrap_or(0);
+        Tuning {
+            timeout: Duration::from_secs(num(TIMEOUT) as u64),
+            connect_timeout: Duration::from_secs(num(CONNECT_TIMEOUT) as u64),
+            tcp_streams: num(TCP_STREAMS),
+            tcp_buffer: num(TCP_BUFFER),
+            stripe_min: num(STRIPE_MIN),
+            small_allreduce: num(SMALL_ALLREDUCE),
+            small_broadcast: num(SMALL_BROADCAST),
+            segment: num(SEGMENT),
+        }
+    }
+}
+
+/// Everything a process reads from its environment to join a job.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// See [`RANK`].
+    pub rank: usize,
+    /// See [`SIZE`].
+    pub size: usize,
+    /// See [`RENDEZVOUS`].
+    pub rendezvous: Option<String>,
+    /// See [`SECRET`]; never printed.
+    pub secret: Option<crate::bootstrap::Secret>,
+    /// See [`HOST_STORE`].
+    pub host_store: bool,
+    /// See [`ADVERTISE_ADDR`].
+    pub advertise_addr: Option<std::net::IpAddr>,
+    /// Transport and algorithm tuning.
+    pub tuning: Tuning,
+}
+
+impl Config {
+    /// Reads every knob from the process environment.
+    pub fn from_env() -> Result<Config> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads every knob through `get` (the environment, or a map in tests).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config> {
+        let text = |k: Knob| get(k.name).filter(|v| !v.is_empty());
+        let parse = |k: Knob, what: &str| -> Result<usize> {
+            let v = text(k).unwrap_or_else(|| k.default.to_string());
+            v.trim()
+                .parse::<usize>()
+                .map_err(|_| Error::Config { name: k.name, detail: format!("{v:?} is not {what}") })
+        };
+        let secs = |k: Knob| -> Result<Duration> {
+            let v = text(k).unwrap_or_else(|| k.default.to_string());
+            match v.trim().parse::<f64>() {
+                Ok(s) if s > 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
+                _ => Err(Error::Config { name: k.name, detail: format!("{v:?} is not a positive number of seconds") }),
+            }
+        };
+        let size = parse(SIZE, "a positive integer")?;
+        let rank = parse(RANK, "a non-negative integer")?;
+        if size == 0 {
+            return Err(Error::Config { name: SIZE.name, detail: "must be at least 1".into() });
+        }
+        if rank >= size {
+            return Err(Error::Config {
+                name: RANK.name,
+                detail: format!("rank {rank} is not below FERROVOD_SIZE={size}"),
+            });
+        }
+        let tuning = Tuning {
+            timeout: secs(TIMEOUT)?,
+            connect_timeout: secs(CONNECT_TIMEOUT)?,
+            tcp_streams: parse(TCP_STREAMS, "a positive integer")?.clamp(1, 16),
+            tcp_buffer: parse(TCP_BUFFER, "a byte count")?,
+            stripe_min: parse(STRIPE_MIN, "a byte count")?,
+            small_allreduce: parse(SMALL_ALLREDUCE, "a byte count")?,
+            small_broadcast: parse(SMALL_BROADCAST, "a byte count")?,
+            segment: parse(SEGMENT, "a byte count")?.max(4096),
+        };
+        let advertise_addr = match text(ADVERTISE_ADDR) {
+            None => None,
+            Some(v) => Some(v.trim().parse().map_err(|_| Error::Config {
+                name: ADVERTISE_ADDR.name,
+                detail: format!("{v:?} is not an IP address"),
+            })?),
+        };
+        let host_store = match text(HOST_STORE).as_deref().map(str::trim) {
+            None | Some("0") | Some("false") => false,
+            Some("1") | Some("true") => true,
+            Some(v) => {
+                return Err(Error::Config { name: HOST_STORE.name, detail: format!("{v:?} is not 0 or 1") });
+            }
+        };
+        Ok(Config {
+            rank,
+            size,
+            rendezvous: text(RENDEZVOUS),
+            secret: text(SECRET).map(|s| crate::bootstrap::Secret::new(s.into_bytes())),
+            host_store,
+            advertise_addr,
+            tuning,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config> {
+        let map: std::collections::HashMap<String, String> =
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_make_a_single_rank() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!((c.rank, c.size), (0, 1));
+        assert_eq!(c.tuning.timeout, Duration::from_secs(600));
+        assert!(c.secret.is_none());
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let e = cfg(&[("FERROVOD_TIMEOUT", "soon")]).unwrap_err().to_string();
+        assert!(e.contains("FERROVOD_TIMEOUT") && e.contains("soon"), "{e}");
+        let e = cfg(&[("FERROVOD_RANK", "4"), ("FERROVOD_SIZE", "4")]).unwrap_err().to_string();
+        assert!(e.contains("FERROVOD_RANK") && e.contains("rank 4"), "{e}");
+        let e = cfg(&[("FERROVOD_SIZE", "0")]).unwrap_err().to_string();
+        assert!(e.contains("FERROVOD_SIZE"), "{e}");
+    }
+}

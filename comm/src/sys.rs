@@ -1,0 +1,67 @@
+//! The few OS facilities ferrovod needs beyond std: `poll(2)`, the host name, the boot id.
+
+use std::io;
+use std::os::fd::RawFd;
+use std::time::Duration;
+
+/// Readiness interest and result for one descriptor.
+#[derive(Clone, Copy, Debug)]
+pub struct PollFd {
+    /// The descriptor.
+    pub fd: RawFd,
+    /// Wait for readability.
+    pub read: bool,
+    /// Wait for writability.
+    pub write: bool,
+    /// Set by [`poll`]: the descriptor is ready (or in error, which the next I/O call reports).
+    pub ready: bool,
+}
+
+/// Blocks until one of `fds` is ready or `timeout` passes; returns how many are ready.
+/// Never spins: a zero timeout is only used by callers that have other work to do.
+pub fn poll(fds: &mut [PollFd], timeout: Duration) -> io::Result<usize> {
+    let mut raw: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|p| libc::pollfd {
+            fd: p.fd,
+            events: (if p.read { libc::POLLIN } else { 0 }) | (if p.write { libc::POLLOUT } else { 0 }),
+            revents: 0,
+        })
+        .collect();
+    // Round up so that a sub-millisecond remainder still sleeps instead of spinning.
+    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int;
+    loop {
+        // SAFETY: `raw` is a valid, exclusively borrowed array of `raw.len()` pollfd structs.
+        let n = unsafe { libc::poll(raw.as_mut_ptr(), raw.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(err);
+        }
+        for (p, r) in fds.iter_mut().zip(&raw) {
+            p.ready = r.revents != 0;
+        }
+        return Ok(n as usize);
+    }
+}
+
+/// This host's name.
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: the buffer is valid for `buf.len()` bytes; gethostname NUL-terminates within it
+    // or truncates, and we stop at the first NUL either way.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "unknown-host".to_string();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// The kernel's boot id: two processes with the same host name and boot id share a kernel
+/// (and so shared memory), whatever their containers call themselves.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
+}

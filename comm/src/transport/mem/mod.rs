@@ -1,0 +1,77 @@
+//! In-process transport: ranks are threads, links are queues. Sends never block, so any
+//! schedule of an algorithm completes; tests use it to check algorithms without sockets.
+
+mod pair;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Error, Op, Tag, Transport, check_peers};
+use pair::Pair;
+
+/// One rank's end of an in-process world.
+pub struct MemTransport {
+    rank: usize,
+    size: usize,
+    /// `links[src * size + dst]`.
+    links: Arc<Vec<Pair>>,
+    timeout: Duration,
+    failed: bool,
+}
+
+impl MemTransport {
+    /// A world of `size` connected ranks; element `r` is rank `r`.
+    pub fn world(size: usize, timeout: Duration) -> Vec<MemTransport> {
+        let links: Arc<Vec<Pair>> = Arc::new((0..size * size).map(|_| Pair::default()).collect());
+        (0..size).map(|rank| MemTransport { rank, size, links: links.clone(), timeout, failed: false }).collect()
+    }
+
+    fn link(&self, src: usize, dst: usize) -> &Pair {
+        &self.links[src * self.size + dst]
+    }
+}
+
+impl Transport for MemTransport {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn size(&self) -> usize {
+        self.size
+    }
+
+    fn exchange(&mut self, tag: Tag, ops: &mut [Op<'_>], work: &mut dyn FnMut() -> bool) -> Result<(), Error> {
+        if self.failed {
+            return Err(Error::Unusable);
+        }
+        check_peers(self.rank, self.size, ops)?;
+        for op in ops.iter() {
+            if let Op::Send { peer, buf } = op {
+                self.link(self.rank, *peer).push(tag, buf.to_vec());
+            }
+        }
+        while work() {}
+        for op in ops.iter_mut() {
+            if let Op::Recv { peer, buf } = op
+                && let Err(e) = self.link(*peer, self.rank).pop(*peer, tag, buf, self.timeout)
+            {
+                self.failed = true;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn close(&mut self) {
+        self.failed = true;
+        for peer in 0..self.size {
+            self.link(self.rank, peer).close();
+        }
+    }
+}
+
+impl Drop for MemTransport {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

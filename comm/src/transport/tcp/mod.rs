@@ -1,0 +1,252 @@
+//! TCP transport: a full mesh of authenticated connections, several streams per peer.
+//!
+//! Every stream is driven without blocking (`MSG_DONTWAIT`) from the calling thread; when no
+//! transfer can move and the caller has no work left, the thread sleeps in `poll(2)` until a
+//! socket is ready or the timeout passes. Nothing spins, so ranks may outnumber cores.
+//!
+//! A message travels as one stripe on stream 0, or, from `stripe_min` bytes, as one stripe per
+//! stream. Each stripe starts with a 32-byte header (tag, total length, stripe index, marker)
+//! that the receiver checks before it accepts the payload.
+
+mod connect;
+mod pair;
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use super::{Error, Op, Tag, Transport, check_peers};
+use crate::bootstrap::{self, Secret};
+use crate::config::Tuning;
+use crate::sys::{PollFd, poll};
+use pair::{HEADER, Pair, check_header, header, io_error, recv2, send2};
+
+/// A bound listener whose address is published at rendezvous before the mesh is built.
+pub struct TcpListenerHandle {
+    listener: TcpListener,
+    addr: SocketAddr,
+}
+
+impl TcpListenerHandle {
+    /// Binds an ephemeral port on `ip`.
+    pub fn bind(ip: IpAddr) -> Result<TcpListenerHandle, bootstrap::Error> {
+        let io = |source| bootstrap::Error::Io { what: format!("binding the transport listener on {ip}"), source };
+        let listener = TcpListener::bind(SocketAddr::new(ip, 0)).map_err(io)?;
+        let addr = listener.local_addr().map_err(io)?;
+        Ok(TcpListenerHandle { listener, addr })
+    }
+
+    /// The address to publish.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+/// One rank's links to all others over TCP.
+pub struct TcpTransport {
+    rank: usize,
+    size: usize,
+    pairs: Vec<Option<Pair>>,
+    streams: usize,
+    stripe_min: usize,
+    timeout: Duration,
+    failed: bool,
+}
+
+impl TcpTransport {
+    /// Connects to every peer (`addrs[r]` is rank `r`'s published listener address).
+    pub fn connect(
+        rank: usize,
+        listener: TcpListenerHandle,
+        addrs: &[SocketAddr],
+        secret: &Secret,
+        tuning: &Tuning,
+    ) -> Result<TcpTransport, bootstrap::Error> {
+        let streams = tuning.tcp_streams.max(1);
+        let spec = connect::MeshSpec {
+            rank,
+            size: addrs.len(),
+            streams,
+            buffer: tuning.tcp_buffer,
+            secret,
+            deadline: Instant::now() + tuning.connect_timeout,
+            timeout: tuning.connect_timeout,
+        };
+        let pairs = connect::connect_mesh(&spec, listener.listener, addrs)?;
+        Ok(TcpTransport {
+            rank,
+            size: addrs.len(),
+            pairs,
+            streams,
+            stripe_min: tuning.stripe_min.max(1),
+            timeout: tuning.timeout,
+            failed: false,
+        })
+    }
+
+    fn pair(&self, peer: usize) -> &Pair {
+        // check_peers ran first: every peer other than self has a pair.
+        self.pairs[peer].as_ref().unwrap_or_else(|| unreachable!("no link to rank {peer}"))
+    }
+
+    fn run(&mut self, tag: Tag, ops: &mut [Op<'_>], work: &mut dyn FnMut() -> bool) -> Result<(), Error> {
+        let mut chans = self.plan(tag, ops);
+        let mut work_left = true;
+        let mut last_progress = Instant::now();
+        loop {
+            let mut pending = false;
+            for ch in chans.iter_mut() {
+                if ch.ready && !ch.done() && ch.drive(self.pair(ch.peer).fd(ch.stream), ops)? {
+                    last_progress = Instant::now();
+                }
+                pending |= !ch.done();
+            }
+            if !pending {
+                // Whatever work the caller handed us is theirs to finish.
+                return Ok(());
+            }
+            let wait = if work_left {
+                work_left = work();
+                Duration::ZERO
+            } else {
+                let left = (last_progress + self.timeout).saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    let mut peers: Vec<usize> = chans.iter().filter(|c| !c.done()).map(|c| c.peer).collect();
+                    peers.dedup();
+                    return Err(Error::Timeout { peers, waited: self.timeout });
+                }
+                left
+            };
+            let mut fds: Vec<PollFd> = chans
+                .iter()
+                .filter(|c| !c.done())
+                .map(|c| PollFd { fd: self.pair(c.peer).fd(c.stream), read: !c.send, write: c.send, ready: false })
+                .collect();
+            let first_peer = chans.iter().find(|c| !c.done()).map_or(0, |c| c.peer);
+            poll(&mut fds, wait).map_err(|source| Error::Io { peer: first_peer, source })?;
+            let mut fds = fds.into_iter();
+            for ch in chans.iter_mut().filter(|c| !c.done()) {
+                ch.ready = fds.next().is_some_and(|f| f.ready);
+            }
+        }
+    }
+
+    /// Splits the ops into per-(peer, stream, direction) queues of stripes.
+    fn plan(&self, tag: Tag, ops: &[Op<'_>]) -> Vec<Channel> {
+        let mut chans: Vec<Channel> = Vec::new();
+        for (op, o) in ops.iter().enumerate() {
+            let (peer, send, len) = match o {
+                Op::Send { peer, buf } => (*peer, true, buf.len()),
+                Op::Recv { peer, buf } => (*peer, false, buf.len()),
+            };
+            let stripes = if len >= self.stripe_min { self.streams } else { 1 };
+            for s in 0..stripes {
+                let part = Part {
+                    op,
+                    range: len * s / stripes..len * (s + 1) / stripes,
+                    header: header(tag, len as u64, s as u32),
+                    got: [0; HEADER],
+                    header_done: 0,
+                    done: 0,
+                };
+                match chans.iter_mut().find(|c| c.peer == peer && c.stream == s && c.send == send) {
+                    Some(c) => c.parts.push(part),
+                    None => chans.push(Channel { peer, stream: s, send, parts: vec![part], next: 0, ready: true }),
+                }
+            }
+        }
+        chans
+    }
+}
+
+/// The stripes queued on one stream in one direction; the first unfinished one is active.
+struct Channel {
+    peer: usize,
+    stream: usize,
+    send: bool,
+    parts: Vec<Part>,
+    next: usize,
+    ready: bool,
+}
+
+struct Part {
+    op: usize,
+    range: Range<usize>,
+    header: [u8; HEADER],
+    got: [u8; HEADER],
+    header_done: usize,
+    done: usize,
+}
+
+impl Channel {
+    fn done(&self) -> bool {
+        self.next == self.parts.len()
+    }
+
+    /// Moves bytes until the socket would block or the queue is empty. Returns whether any
+    /// byte moved.
+    fn drive(&mut self, fd: std::os::fd::RawFd, ops: &mut [Op<'_>]) -> Result<bool, Error> {
+        let mut moved = false;
+        while let Some(part) = self.parts.get_mut(self.next) {
+            let payload = part.range.len();
+            if part.header_done == HEADER && part.done == payload {
+                self.next += 1;
+                continue;
+            }
+            let result = match &mut ops[part.op] {
+                Op::Send { buf, .. } => {
+                    send2(fd, &part.header[part.header_done..], &buf[part.range.start + part.done..part.range.end])
+                }
+                Op::Recv { buf, .. } => {
+                    recv2(fd, &mut part.got[part.header_done..], &mut buf[part.range.start + part.done..part.range.end])
+                }
+            };
+            let n = match result {
+                Ok(0) if !self.send => return Err(Error::Closed { peer: self.peer }),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.ready = false;
+                    return Ok(moved);
+                }
+                Err(e) => return Err(io_error(self.peer, e)),
+            };
+            moved |= n > 0;
+            let h = n.min(HEADER - part.header_done);
+            part.header_done += h;
+            part.done += n - h;
+            if !self.send && h > 0 && part.header_done == HEADER {
+                check_header(self.peer, &part.got, &part.header)?;
+            }
+        }
+        Ok(moved)
+    }
+}
+
+impl Transport for TcpTransport {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn size(&self) -> usize {
+        self.size
+    }
+
+    fn exchange(&mut self, tag: Tag, ops: &mut [Op<'_>], work: &mut dyn FnMut() -> bool) -> Result<(), Error> {
+        if self.failed {
+            return Err(Error::Unusable);
+        }
+        check_peers(self.rank, self.size, ops)?;
+        let result = self.run(tag, ops, work);
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
+    fn close(&mut self) {
+        self.failed = true;
+        for pair in self.pairs.iter().flatten() {
+            pair.shutdown();
+        }
+    }
+}

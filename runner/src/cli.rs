@@ -1,0 +1,184 @@
+//! The command line of `ferrovod-run`.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::FalseyValueParser;
+use clap::{ArgAction, Parser};
+
+use crate::error::Error;
+use crate::launch::{Launch, Mode};
+use crate::output::OutputOptions;
+
+const AFTER_HELP: &str = "\
+Each process gets FERROVOD_RANK, FERROVOD_SIZE, FERROVOD_LOCAL_RANK, FERROVOD_LOCAL_SIZE,
+FERROVOD_CROSS_RANK, FERROVOD_CROSS_SIZE, FERROVOD_RENDEZVOUS, FERROVOD_SECRET, the torchrun
+names RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT, and
+CUDA_VISIBLE_DEVICES with its one GPU (empty on CPU tasks of a plan; left as inherited in local
+mode without --gpus). The job secret is FERROVOD_SECRET from the launcher's environment, or
+generated; it never appears on a command line.
+
+Exit status: 0 when every process exited 0; otherwise the first failing rank's exit code
+(128 + N when signal N killed it), 128 + N when the launcher received signal N, 2 for a bad
+command line or plan (nothing is started), 126/127 when the command cannot be executed or
+found, 1 for other launcher errors.
+
+Examples:
+  ferrovod-run -np 4 -- python train.py --epochs 3
+  ferrovod-run -np 2 --gpus 0,1 -- python train.py
+  ferrovod-run --plan plan.json -- python train.py
+  ferrovod-run --plan - --listen-fd 3 -- python -m my.worker   (task 0 of a Spark barrier stage)";
+
+/// ferrovod-run: start one training process per GPU (or per slot), give each its place in the
+/// job, forward their output, and end the job cleanly on success, on the first failure, on a
+/// signal, or when whatever started the launcher dies.
+#[derive(Debug, Parser)]
+#[command(name = "ferrovod-run", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Local mode: start N processes on this host (also -np N, as with mpirun).
+    #[arg(short = 'n', long = "np", visible_alias = "num-proc", value_name = "N", conflicts_with = "plan")]
+    pub np: Option<usize>,
+
+    /// Plan mode: read the barrier plan (JSON, see the crate docs) from PATH, or from standard
+    /// input with `-`.
+    #[arg(long, value_name = "PATH|-")]
+    pub plan: Option<PathBuf>,
+
+    /// Plan mode, task 0: serve the rendezvous store on this inherited socket, already bound and
+    /// listening on the plan's rendezvous port, instead of binding the address itself.
+    #[arg(long, value_name = "FD", requires = "plan")]
+    pub listen_fd: Option<i32>,
+
+    /// Local mode: GPU ids (comma-separated), one process per GPU, each seeing only its own
+    /// through CUDA_VISIBLE_DEVICES. -np defaults to their number.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', conflicts_with = "plan")]
+    pub gpus: Option<Vec<u32>>,
+
+    /// Also write each rank's output, without prefix, to DIR/rank.N/stdout and DIR/rank.N/stderr.
+    #[arg(long, value_name = "DIR", env = ferrovod::config::OUTPUT_DIR.name)]
+    pub output_dir: Option<PathBuf>,
+
+    /// Forward the processes' output lines without the `[rank]` prefix.
+    #[arg(long, env = ferrovod::config::NO_PREFIX.name, value_parser = FalseyValueParser::new())]
+    pub no_prefix: bool,
+
+    /// Seconds between asking processes to stop (SIGTERM, or the signal the launcher received)
+    /// and killing them (SIGKILL), process groups included.
+    #[arg(long, value_name = "SECS", env = ferrovod::config::GRACE_PERIOD.name, default_value = ferrovod::config::GRACE_PERIOD.default, value_parser = parse_secs)]
+    pub grace_period: Duration,
+
+    /// Seconds to wait for the rendezvous store, for task 0's launcher, and for a plan on
+    /// standard input.
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = ferrovod::config::CONNECT_TIMEOUT.name,
+        default_value = ferrovod::config::CONNECT_TIMEOUT.default,
+        value_parser = parse_secs
+    )]
+    pub connect_timeout: Duration,
+
+    /// Plan mode, task 0: seconds to keep serving the store after this task's processes ended,
+    /// until every other task's launcher is done with it.
+    #[arg(long, value_name = "SECS", env = ferrovod::config::STORE_LINGER.name, default_value = ferrovod::config::STORE_LINGER.default, value_parser = parse_secs)]
+    pub store_linger: Duration,
+
+    /// Keep the job running when the launcher's parent process dies. By default the job is
+    /// stopped: a cancelled Spark task must not leave processes behind.
+    #[arg(long, env = ferrovod::config::NO_WATCH_PARENT.name, value_parser = FalseyValueParser::new())]
+    pub no_watch_parent: bool,
+
+    /// More messages on stderr: -v for the start and end of the job, -vv for every event.
+    /// FERROVOD_VERBOSE=N sets the level.
+    #[arg(short, long, action = ArgAction::Count, env = ferrovod::config::VERBOSE.name)]
+    pub verbose: u8,
+
+    /// The program to start in every process, and its arguments (after `--`).
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v >= 0.0 && v.is_finite() && v < 1e9 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!("{s:?} is not a number of seconds")),
+    }
+}
+
+/// Rewrites mpirun's `-np N` (and `-np=N`) into `--np N` before the `--` that starts the
+/// command, since clap's short options are single letters.
+pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let mut out = Vec::new();
+    let mut in_command = false;
+    for (i, a) in args.into_iter().enumerate() {
+        if !in_command && i > 0 {
+            if a == "--" {
+                in_command = true;
+            } else if a == "-np" {
+                out.push(OsString::from("--np"));
+                continue;
+            } else if let Some(v) = a.to_str().and_then(|s| s.strip_prefix("-np=")) {
+                out.push(OsString::from(format!("--np={v}")));
+                continue;
+            }
+        }
+        out.push(a);
+    }
+    out
+}
+
+impl Cli {
+    /// Checks what clap cannot and builds the launcher's settings.
+    pub fn into_launch(self) -> Result<Launch, Error> {
+        let mode = match (self.plan, self.np, self.gpus) {
+            (Some(p), _, _) => Mode::Plan(if p.as_os_str() == "-" { None } else { Some(p) }),
+            (None, Some(np), gpus) => Mode::Local { np, gpus },
+            (None, None, Some(gpus)) => Mode::Local { np: gpus.len(), gpus: Some(gpus) },
+            (None, None, None) => {
+                return Err(Error::Usage("give -np N (local mode) or --plan PATH|- (plan mode); see --help".into()));
+            }
+        };
+        Ok(Launch {
+            mode,
+            command: self.command,
+            listen_fd: self.listen_fd,
+            output: OutputOptions { prefix: !self.no_prefix, dir: self.output_dir, rank_width: 1 },
+            grace: self.grace_period,
+            connect_timeout: self.connect_timeout,
+            store_linger: self.store_linger,
+            watch_parent: !self.no_watch_parent,
+            verbose: self.verbose,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn os(v: &[&str]) -> Vec<OsString> {
+        v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn np_is_rewritten_only_before_the_command() {
+        let got = normalize_args(os(&["ferrovod-run", "-np", "4", "--", "cmd", "-np", "2"]));
+        assert_eq!(got, os(&["ferrovod-run", "--np", "4", "--", "cmd", "-np", "2"]));
+        assert_eq!(normalize_args(os(&["x", "-np=3", "cmd"])), os(&["x", "--np=3", "cmd"]));
+    }
+
+    #[test]
+    fn command_may_follow_without_separator() {
+        let cli =
+            Cli::try_parse_from(normalize_args(os(&["ferrovod-run", "-np", "2", "python", "-u", "t.py"]))).unwrap();
+        assert_eq!(cli.np, Some(2));
+        assert_eq!(cli.command, os(&["python", "-u", "t.py"]));
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

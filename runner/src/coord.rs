@@ -1,0 +1,348 @@
+//! Coordination between the launchers of a multi-task job, through the rendezvous store that
+//! task 0's launcher serves.
+//!
+//! Keys, all under `ferrovod-run/<job_id>/`:
+//!
+//! | key            | written by                  | meaning                                      |
+//! |----------------|-----------------------------|----------------------------------------------|
+//! | `master_port`  | task 0                      | `MASTER_PORT` for torch.distributed (u16 LE) |
+//! | `abort_claim`  | any launcher (counter)      | 1 for the first launcher to fail             |
+//! | `abort`        | the first failing launcher  | a postcard [`Failure`]                       |
+//! | `done/<task>`  | every launcher but task 0's | its processes are gone; it no longer needs the store |
+//!
+//! Each launcher runs a link thread with its own store connection that waits on `abort` (in
+//! slices of [`WATCH_SLICE`], so that it notices a stop request) and wakes the launcher's event
+//! loop through a pipe. The first launcher to fail claims `abort_claim` and publishes its
+//! failure; every other launcher stops its processes within a slice and reports that same
+//! failure, so all tasks exit with the first failing rank's code. Task 0's launcher keeps the
+//! store up until every other launcher wrote `done/<task>` (bounded by the linger timeout).
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use ferrovod::bootstrap::{Error as StoreError, Secret, StoreClient};
+use serde::{Deserialize, Serialize};
+
+use crate::os;
+use crate::supervisor::ExitKind;
+
+/// How long one store wait of the link thread lasts; bounds how late it notices a stop request.
+pub const WATCH_SLICE: Duration = Duration::from_millis(500);
+
+/// Why a launcher stopped its job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cause {
+    /// A rank ended badly.
+    Rank {
+        /// Its global rank.
+        rank: usize,
+        /// How it ended.
+        status: ExitKind,
+    },
+    /// A process could not be started.
+    Start {
+        /// The rank that could not start.
+        rank: usize,
+        /// Why.
+        detail: String,
+        /// The exit code this implies (127: not found, 126: not executable, 1: other).
+        code: i32,
+    },
+    /// The launcher received a signal.
+    Signal(i32),
+    /// The launcher's parent died (a cancelled Spark task).
+    ParentDied,
+    /// The launcher lost the rendezvous store.
+    StoreLost(String),
+}
+
+/// A failure as the launchers tell each other about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The task whose launcher saw it.
+    pub task: usize,
+    /// That task's host.
+    pub host: String,
+    /// What happened.
+    pub cause: Cause,
+}
+
+impl Failure {
+    /// The exit code every launcher of the job returns for it.
+    pub fn exit_code(&self) -> i32 {
+        match &self.cause {
+            Cause::Rank { status, .. } => status.exit_code(),
+            Cause::Start { code, .. } => *code,
+            Cause::Signal(s) => 128 + s,
+            Cause::ParentDied | Cause::StoreLost(_) => 1,
+        }
+    }
+
+    /// One line naming what failed, where.
+    pub fn describe(&self) -> String {
+        match &self.cause {
+            Cause::Rank { rank, status } => format!("rank {rank} (host {}, task {}) {status}", self.host, self.task),
+            Cause::Start { rank, detail, .. } => {
+                format!("rank {rank} (host {}, task {}) could not start: {detail}", self.host, self.task)
+            }
+            Cause::Signal(s) => {
+                format!("the launcher of task {} (host {}) received {}", self.task, self.host, os::signal_name(*s))
+            }
+            Cause::ParentDied => {
+                format!("the launcher of task {} (host {}) lost its parent process", self.task, self.host)
+            }
+            Cause::StoreLost(e) => {
+                format!("the launcher of task {} (host {}) lost the rendezvous store: {e}", self.task, self.host)
+            }
+        }
+    }
+}
+
+/// Store keys of one job.
+#[derive(Clone, Debug)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    /// The keys of job `job_id`.
+    pub fn new(job_id: &str) -> Keys {
+        Keys { prefix: format!("ferrovod-run/{job_id}") }
+    }
+    fn master_port(&self) -> String {
+        format!("{}/master_port", self.prefix)
+    }
+    fn abort_claim(&self) -> String {
+        format!("{}/abort_claim", self.prefix)
+    }
+    fn abort(&self) -> String {
+        format!("{}/abort", self.prefix)
+    }
+    fn done(&self, task: usize) -> String {
+        format!("{}/done/{task}", self.prefix)
+    }
+}
+
+/// What the link thread reports.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// Connected; `MASTER_PORT` is known. Processes may start.
+    Ready {
+        /// The port for torch.distributed.
+        master_port: u16,
+    },
+    /// Another launcher failed first.
+    Abort(Failure),
+    /// The store is unreachable (task 0's launcher is gone) or refused us.
+    Lost(String),
+}
+
+enum Msg {
+    Ready { master_port: u16, client: StoreClient },
+    Abort(Failure),
+    Lost(String),
+}
+
+/// Settings of a link.
+#[derive(Clone, Debug)]
+pub struct LinkConfig {
+    /// The store's address.
+    pub addr: String,
+    /// The job secret.
+    pub secret: Secret,
+    /// The job's keys.
+    pub keys: Keys,
+    /// This launcher's task.
+    pub task: usize,
+    /// Number of tasks.
+    pub tasks: usize,
+    /// Task 0 publishes `MASTER_PORT`; the others read it.
+    pub master_port: Option<u16>,
+    /// How long to keep trying to reach the store, and to wait for `MASTER_PORT`.
+    pub connect_timeout: Duration,
+}
+
+/// This launcher's end of the coordination.
+pub struct Link {
+    cfg: LinkConfig,
+    rx: mpsc::Receiver<Msg>,
+    wake_rx: OwnedFd,
+    stop: Arc<AtomicBool>,
+    client: Option<StoreClient>,
+    /// We published the job's first failure.
+    pub published_first: bool,
+}
+
+impl Link {
+    /// Starts the link thread.
+    pub fn start(cfg: LinkConfig) -> io::Result<Link> {
+        let (wake_rx, wake_tx) = os::pipe()?;
+        os::set_nonblocking(wake_rx.as_raw_fd())?;
+        let (tx, rx) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, s) = (cfg.clone(), stop.clone());
+        std::thread::Builder::new().name("ferrovod-run-link".into()).spawn(move || {
+            let notify = |m: Msg| {
+                let _ = tx.send(m);
+                // SAFETY: writing one byte from a valid buffer to our own pipe.
+                let _ = unsafe { libc::write(wake_tx.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+            };
+            link_main(&c, &s, notify);
+        })?;
+        Ok(Link { cfg, rx, wake_rx, stop, client: None, published_first: false })
+    }
+
+    /// Becomes readable when an event is waiting.
+    pub fn wake_fd(&self) -> RawFd {
+        self.wake_rx.as_raw_fd()
+    }
+
+    /// The next event, if any (never blocks).
+    pub fn next_event(&mut self) -> Option<LinkEvent> {
+        let mut sink = [0u8; 64];
+        // SAFETY: reading into a valid buffer from our non-blocking pipe.
+        while unsafe { libc::read(self.wake_rx.as_raw_fd(), sink.as_mut_ptr().cast(), sink.len()) } > 0 {}
+        match self.rx.try_recv().ok()? {
+            Msg::Ready { master_port, client } => {
+                self.client = Some(client);
+                Some(LinkEvent::Ready { master_port })
+            }
+            Msg::Abort(f) => Some(LinkEvent::Abort(f)),
+            Msg::Lost(e) => Some(LinkEvent::Lost(e)),
+        }
+    }
+
+    /// Publishes `f` as the job's failure unless another launcher did first; returns whether
+    /// ours is the first. Without a store connection (not ready yet, or lost) nothing happens.
+    pub fn publish_failure(&mut self, f: &Failure) -> Result<bool, StoreError> {
+        let Some(client) = &mut self.client else {
+            return Ok(false);
+        };
+        if client.add(&self.cfg.keys.abort_claim(), 1)? != 1 {
+            return Ok(false);
+        }
+        let bytes = postcard::to_stdvec(f).map_err(|e| StoreError::World(format!("encoding the failure: {e}")))?;
+        client.set(&self.cfg.keys.abort(), &bytes)?;
+        self.published_first = true;
+        Ok(true)
+    }
+
+    /// The job's first failure as published, waiting up to `wait` for it.
+    pub fn first_failure(&mut self, wait: Duration) -> Option<Failure> {
+        let client = self.client.as_mut()?;
+        match client.wait(&[self.cfg.keys.abort()], wait) {
+            Ok(Ok(v)) => v.first().and_then(|b| postcard::from_bytes(b).ok()),
+            _ => None,
+        }
+    }
+
+    /// Stops the link thread and, on tasks other than 0, tells task 0 that this launcher is
+    /// done with the store.
+    pub fn finish(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if self.cfg.task != 0
+            && let Some(client) = &mut self.client
+        {
+            let _ = client.set(&self.cfg.keys.done(self.cfg.task), &[1]);
+        }
+    }
+
+    /// On task 0: waits until every other launcher is done with the store, until `deadline`,
+    /// in slices, giving up early when `interrupted` says so. Returns the tasks that did not
+    /// report.
+    pub fn wait_for_others(&mut self, deadline: Instant, mut interrupted: impl FnMut() -> bool) -> Vec<usize> {
+        let mut missing: Vec<usize> = (1..self.cfg.tasks).collect();
+        let Some(client) = &mut self.client else {
+            return missing;
+        };
+        while !missing.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || interrupted() {
+                break;
+            }
+            let keys: Vec<String> = missing.iter().map(|&t| self.cfg.keys.done(t)).collect();
+            match client.wait(&keys, left.min(WATCH_SLICE)) {
+                Ok(Ok(_)) => missing.clear(),
+                Ok(Err(still)) => missing.retain(|&t| still.contains(&self.cfg.keys.done(t))),
+                Err(_) => break,
+            }
+        }
+        missing
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+fn connect(cfg: &LinkConfig, stop: &AtomicBool, deadline: Instant) -> Result<StoreClient, String> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match StoreClient::connect(&cfg.addr, &cfg.secret, left.min(Duration::from_secs(1))) {
+            Ok(c) => return Ok(c),
+            Err(e @ StoreError::Refused { .. }) => return Err(e.to_string()),
+            Err(e) => {
+                if stop.load(Ordering::SeqCst) || Instant::now() >= deadline {
+                    return Err(format!("{e} (gave up after {:.0} s)", cfg.connect_timeout.as_secs_f64()));
+                }
+            }
+        }
+    }
+}
+
+fn link_main(cfg: &LinkConfig, stop: &AtomicBool, notify: impl Fn(Msg)) {
+    let deadline = Instant::now() + cfg.connect_timeout;
+    let lost = |e: String| Msg::Lost(format!("rendezvous store at {}: {e}", cfg.addr));
+    let (mut watcher, mut client) = match (connect(cfg, stop, deadline), connect(cfg, stop, deadline)) {
+        (Ok(w), Ok(c)) => (w, c),
+        (Err(e), _) | (_, Err(e)) => return notify(lost(e)),
+    };
+    let master_port = match cfg.master_port {
+        Some(port) => match client.set(&cfg.keys.master_port(), &port.to_le_bytes()) {
+            Ok(()) => port,
+            Err(e) => return notify(lost(e.to_string())),
+        },
+        None => loop {
+            if stop.load(Ordering::SeqCst) {
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return notify(lost("task 0's launcher never published MASTER_PORT".into()));
+            }
+            match watcher.wait(&[cfg.keys.master_port()], left.min(WATCH_SLICE)) {
+                Ok(Ok(v)) => match v.first().and_then(|b| <[u8; 2]>::try_from(b.as_slice()).ok()) {
+                    Some(b) => break u16::from_le_bytes(b),
+                    None => return notify(lost("MASTER_PORT is malformed".into())),
+                },
+                Ok(Err(_)) => continue,
+                Err(e) => return notify(lost(e.to_string())),
+            }
+        },
+    };
+    notify(Msg::Ready { master_port, client });
+    while !stop.load(Ordering::SeqCst) {
+        match watcher.wait(&[cfg.keys.abort()], WATCH_SLICE) {
+            Ok(Ok(v)) => {
+                match v.first().and_then(|b| postcard::from_bytes::<Failure>(b).ok()) {
+                    Some(f) => notify(Msg::Abort(f)),
+                    None => notify(lost("the published failure is malformed".into())),
+                }
+                return;
+            }
+            Ok(Err(_)) => continue,
+            Err(e) => {
+                if !stop.load(Ordering::SeqCst) {
+                    notify(lost(e.to_string()));
+                }
+                return;
+            }
+        }
+    }
+}

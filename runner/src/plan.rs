@@ -1,0 +1,295 @@
+//! The barrier plan: which tasks take part in a job, where they run, and which of them this
+//! launcher is. The Spark side writes it after its one `allGather`; local mode builds one.
+//!
+//! The schema is in the [crate docs](crate#the-plan). Parsing is strict: unknown fields, missing
+//! fields, wrong types and inconsistent values are all errors that name what is wrong, found
+//! before anything is started.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The plan version this launcher reads.
+pub const PLAN_VERSION: u32 = 1;
+
+/// Largest plan accepted, in bytes.
+pub const MAX_PLAN_BYTES: usize = 16 << 20;
+
+/// Most processes one job may have.
+pub const MAX_PROCESSES: usize = 1 << 16;
+
+/// A job as the launchers of all its tasks see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plan {
+    /// Schema version; must be [`PLAN_VERSION`].
+    pub version: u32,
+    /// Names the job; keys of the launchers' coordination in the store start with it.
+    pub job_id: String,
+    /// `host:port` of the rendezvous store, served by task 0's launcher.
+    pub rendezvous: String,
+    /// Which task this launcher is.
+    pub task_index: usize,
+    /// Every task of the job.
+    pub tasks: Vec<Task>,
+}
+
+/// One task: a launcher on one host and the processes it starts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Task {
+    /// 0..N-1, unique; ranks are numbered task by task in this order.
+    pub index: usize,
+    /// The task's host as the other tasks know it. Processes of tasks with the same host string
+    /// count as one host for local and cross ranks.
+    pub host: String,
+    /// CUDA device ids of the task: one process per GPU. Empty on CPU.
+    pub gpus: Vec<u32>,
+    /// Processes to start when `gpus` is empty (ignored otherwise).
+    pub slots: usize,
+}
+
+impl Task {
+    /// How many processes this task starts.
+    pub fn processes(&self) -> usize {
+        if self.gpus.is_empty() { self.slots } else { self.gpus.len() }
+    }
+}
+
+/// What is wrong with a plan. Every message names the offending field and value.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    /// The text is not JSON.
+    #[error("not valid JSON: {0}")]
+    Json(#[source] serde_json::Error),
+    /// A field is missing, unknown, or of the wrong type.
+    #[error("{at}: {detail}")]
+    Schema {
+        /// Where: `plan`, or `tasks[i]`.
+        at: String,
+        /// serde's description (names the field).
+        detail: String,
+    },
+    /// The plan has a version this launcher does not read.
+    #[error("version {found} is not supported (this ferrovod-run reads version {PLAN_VERSION})")]
+    Version {
+        /// The plan's version.
+        found: u32,
+    },
+    /// `tasks` is empty.
+    #[error("tasks: the task list is empty (a job needs at least one task)")]
+    NoTasks,
+    /// Two tasks have the same index.
+    #[error("tasks: task index {index} appears twice")]
+    DuplicateTask {
+        /// The repeated index.
+        index: usize,
+    },
+    /// The task indices are not 0..N-1.
+    #[error("tasks: the {count} task indices must be 0..{count} but {missing} is missing")]
+    MissingTask {
+        /// Number of tasks.
+        count: usize,
+        /// The lowest index not present.
+        missing: usize,
+    },
+    /// `task_index` names no task of the plan.
+    #[error("task_index {task_index} is not the index of a task in the plan (indices 0..{count})")]
+    TaskIndex {
+        /// The plan's `task_index`.
+        task_index: usize,
+        /// Number of tasks.
+        count: usize,
+    },
+    /// A GPU id is not a non-negative integer.
+    #[error("tasks[{position}].gpus: GPU id {value} is not a non-negative integer")]
+    GpuId {
+        /// Position of the task in the list.
+        position: usize,
+        /// The offending value, as JSON.
+        value: String,
+    },
+    /// A task lists the same GPU twice.
+    #[error("task {task}: GPU {gpu} is listed twice")]
+    DuplicateGpu {
+        /// The task's index.
+        task: usize,
+        /// The repeated id.
+        gpu: u32,
+    },
+    /// The rendezvous address does not parse as `host:port`.
+    #[error("rendezvous {addr:?} is not a host:port address: {detail}")]
+    Rendezvous {
+        /// The plan's value.
+        addr: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Any other inconsistent value.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Plan {
+    /// Parses and validates a plan.
+    pub fn parse(text: &str) -> Result<Plan, PlanError> {
+        let value: Value = serde_json::from_str(text).map_err(PlanError::Json)?;
+        let Value::Object(mut top) = value else {
+            return Err(PlanError::Schema { at: "plan".into(), detail: "must be a JSON object".into() });
+        };
+        // Tasks are checked one by one so that errors can say which.
+        let raw_tasks = top.remove("tasks");
+        top.insert("tasks".into(), Value::Array(Vec::new()));
+        let mut plan: Plan = serde_json::from_value(Value::Object(top))
+            .map_err(|e| PlanError::Schema { at: "plan".into(), detail: e.to_string() })?;
+        let raw_tasks = match raw_tasks {
+            None => {
+                return Err(PlanError::Schema { at: "plan".into(), detail: "missing field `tasks`".into() });
+            }
+            Some(Value::Array(a)) => a,
+            Some(other) => {
+                return Err(PlanError::Schema { at: "tasks".into(), detail: format!("must be a list, not {other}") });
+            }
+        };
+        for (position, raw) in raw_tasks.into_iter().enumerate() {
+            if let Some(Value::Array(gpus)) = raw.get("gpus")
+                && let Some(bad) = gpus.iter().find(|g| g.as_u64().is_none_or(|v| v > u32::MAX as u64))
+            {
+                return Err(PlanError::GpuId { position, value: bad.to_string() });
+            }
+            let task: Task = serde_json::from_value(raw)
+                .map_err(|e| PlanError::Schema { at: format!("tasks[{position}]"), detail: e.to_string() })?;
+            plan.tasks.push(task);
+        }
+        plan.validate()?;
+        plan.tasks.sort_by_key(|t| t.index);
+        Ok(plan)
+    }
+
+    /// Checks everything serde cannot: versions, indices, GPUs, the address, sizes.
+    pub fn validate(&self) -> Result<(), PlanError> {
+        if self.version != PLAN_VERSION {
+            return Err(PlanError::Version { found: self.version });
+        }
+        if self.job_id.is_empty() || self.job_id.len() > 256 {
+            return Err(PlanError::Invalid(format!("job_id {:?} must have 1 to 256 characters", self.job_id)));
+        }
+        parse_host_port(&self.rendezvous)
+            .map_err(|detail| PlanError::Rendezvous { addr: self.rendezvous.clone(), detail })?;
+        if self.tasks.is_empty() {
+            return Err(PlanError::NoTasks);
+        }
+        let mut seen = BTreeSet::new();
+        for t in &self.tasks {
+            if !seen.insert(t.index) {
+                return Err(PlanError::DuplicateTask { index: t.index });
+            }
+        }
+        if let Some(missing) = (0..self.tasks.len()).find(|i| !seen.contains(i)) {
+            return Err(PlanError::MissingTask { count: self.tasks.len(), missing });
+        }
+        if self.task_index >= self.tasks.len() {
+            return Err(PlanError::TaskIndex { task_index: self.task_index, count: self.tasks.len() });
+        }
+        let mut total = 0usize;
+        for t in &self.tasks {
+            if t.host.is_empty() || t.host.len() > 255 || t.host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(PlanError::Invalid(format!(
+                    "task {}: host {:?} is not a host name or address",
+                    t.index, t.host
+                )));
+            }
+            let mut gpus = BTreeSet::new();
+            for &g in &t.gpus {
+                if !gpus.insert(g) {
+                    return Err(PlanError::DuplicateGpu { task: t.index, gpu: g });
+                }
+            }
+            if t.processes() == 0 {
+                return Err(PlanError::Invalid(format!(
+                    "task {}: no processes to start (gpus is empty and slots is 0)",
+                    t.index
+                )));
+            }
+            total = total.saturating_add(t.processes());
+        }
+        if total > MAX_PROCESSES {
+            return Err(PlanError::Invalid(format!("{total} processes in all; at most {MAX_PROCESSES} are supported")));
+        }
+        Ok(())
+    }
+
+    /// The plan of a local job: one task on this host, `np` processes, one per GPU of `gpus`
+    /// when given.
+    pub fn local(job_id: String, rendezvous: String, np: usize, gpus: Vec<u32>) -> Plan {
+        Plan {
+            version: PLAN_VERSION,
+            job_id,
+            rendezvous,
+            task_index: 0,
+            tasks: vec![Task { index: 0, host: "127.0.0.1".into(), gpus, slots: np }],
+        }
+    }
+
+    /// This launcher's task.
+    pub fn my_task(&self) -> Option<&Task> {
+        self.tasks.iter().find(|t| t.index == self.task_index)
+    }
+
+    /// Number of processes in the whole job.
+    pub fn world_size(&self) -> usize {
+        self.tasks.iter().map(Task::processes).sum()
+    }
+}
+
+/// Splits `host:port` (`[v6]:port` for IPv6); the port must be 1..65535 and the host a plain
+/// name or address. Nothing is resolved.
+pub fn parse_host_port(addr: &str) -> Result<(String, u16), String> {
+    if let Ok(sa) = addr.parse::<SocketAddr>() {
+        if sa.port() == 0 {
+            return Err("port 0 is not an address others can connect to".into());
+        }
+        return Ok((sa.ip().to_string(), sa.port()));
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err("no :port".into());
+    };
+    let port: u16 = match port.parse() {
+        Ok(p) if p > 0 => p,
+        _ => return Err(format!("port {port:?} is not a number in 1..65535")),
+    };
+    if host.is_empty() {
+        return Err("the host is empty".into());
+    }
+    if host.len() > 253 || !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_') {
+        return Err(format!("host {host:?} is not a host name or IP address"));
+    }
+    Ok((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(parse_host_port("10.0.0.1:29500").unwrap(), ("10.0.0.1".into(), 29500));
+        assert_eq!(parse_host_port("[::1]:7").unwrap(), ("::1".into(), 7));
+        assert_eq!(parse_host_port("node-3.cluster:80").unwrap(), ("node-3.cluster".into(), 80));
+        for bad in ["10.0.0.1", "10.0.0.1:0", ":80", "host:x", "a b:1", "::1:80", "h:70000"] {
+            assert!(parse_host_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn tasks_are_sorted_by_index() {
+        let text = r#"{"version":1,"job_id":"j","rendezvous":"h:1","task_index":1,"tasks":[
+            {"index":1,"host":"b","gpus":[],"slots":1},{"index":0,"host":"a","gpus":[3],"slots":0}]}"#;
+        let p = Plan::parse(text).unwrap();
+        assert_eq!(p.tasks.iter().map(|t| t.index).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(p.my_task().map(|t| t.host.as_str()), Some("b"));
+        assert_eq!(p.world_size(), 2);
+    }
+}

@@ -1,0 +1,45 @@
+//! Every collective with ranks as real OS processes over loopback TCP, N = 1, 2, 3, 4, 5, 8.
+
+use std::time::Duration;
+
+use ferrovod_tests::{World, workspace_bin};
+
+fn run(n: usize, args: &[&str], env: &[(&str, String)]) {
+    let world = World::spawn(n, &workspace_bin("ferrovod-test-worker"), args, env);
+    for (rank, e) in world.wait(Duration::from_secs(300)).iter().enumerate() {
+        assert_eq!(e.code, Some(0), "rank {rank} of {n} ({args:?}): {}", e.stderr);
+        assert!(e.stdout.contains("ok"), "rank {rank}: {}", e.stdout);
+    }
+}
+
+#[test]
+fn small_counts_every_dtype_and_op() {
+    // Small thresholds: the ring, the chain and striping all run on these small inputs too.
+    let small = [
+        ("FERROVOD_SMALL_ALLREDUCE", "64".to_string()),
+        ("FERROVOD_SMALL_BROADCAST", "64".into()),
+        ("FERROVOD_SEGMENT", "4096".into()),
+        ("FERROVOD_STRIPE_MIN", "1024".into()),
+    ];
+    for n in [1, 2, 3, 4, 5, 8] {
+        run(n, &["collectives", "all", "all", "small"], &[]);
+        run(n, &["collectives", "all", "all", "small"], &small);
+    }
+}
+
+#[test]
+fn one_mib_every_dtype_and_op() {
+    for n in [1, 2, 3, 4, 5, 8] {
+        run(n, &["collectives", "all", "all", "1mib"], &[]);
+    }
+}
+
+#[test]
+fn sixty_four_mib_allreduce() {
+    // Every dtype with sum and every op with f32 and bf16, at an even and an odd world size.
+    for n in [2, 5] {
+        run(n, &["collectives", "all", "sum", "64mib"], &[]);
+        run(n, &["collectives", "f32,bf16", "average,min,max,product", "64mib"], &[]);
+    }
+    run(8, &["collectives", "f32", "sum", "64mib"], &[]);
+}

@@ -1,0 +1,104 @@
+//! Failures with ranks as real processes: a rank killed mid-allreduce, mismatched arguments, a
+//! silent rank. Every surviving rank must fail within the timeout with an error that names
+//! the rank at fault and the operation.
+
+use std::time::{Duration, Instant};
+
+use ferrovod_tests::{Ended, World, workspace_bin};
+
+fn worker() -> std::path::PathBuf {
+    workspace_bin("ferrovod-test-worker")
+}
+
+fn assert_failed_naming(ended: &[Ended], skip: Option<usize>, needles: &[&str]) {
+    for (rank, e) in ended.iter().enumerate() {
+        if Some(rank) == skip {
+            continue;
+        }
+        assert_eq!(e.code, Some(3), "rank {rank} should fail with 3; stderr: {}", e.stderr);
+        for needle in needles {
+            assert!(e.stderr.contains(needle), "rank {rank}'s error lacks {needle:?}: {}", e.stderr);
+        }
+    }
+}
+
+#[test]
+fn kill_9_mid_64mib_allreduce_fails_every_rank_naming_it() {
+    let timeout = 30;
+    let mut world =
+        World::spawn(4, &worker(), &["loop", &(64 << 20).to_string()], &[("FERROVOD_TIMEOUT", timeout.to_string())]);
+    world.wait_for_line(0, "ready", Duration::from_secs(60));
+    // The ranks are in the middle of the next 64 MiB allreduce now.
+    std::thread::sleep(Duration::from_millis(100));
+    let victim = 2;
+    // SAFETY: kill(2) on a child's pid; no memory is involved.
+    unsafe { libc::kill(world.children[victim].id() as libc::pid_t, libc::SIGKILL) };
+    let start = Instant::now();
+    let ended = world.wait(Duration::from_secs(timeout + 10));
+    assert!(start.elapsed() < Duration::from_secs(timeout), "survivors took {:?}", start.elapsed());
+    assert_eq!(ended[victim].code, None, "rank 2 was killed by a signal");
+    assert_failed_naming(&ended, Some(victim), &["allreduce", "rank 2"]);
+    // The root cause is a lost link to rank 2, reported by a rank that saw it.
+    assert!(
+        ended.iter().all(|e| e.stderr.is_empty() || e.stderr.contains("connection to rank 2 closed")),
+        "{ended:#?}"
+    );
+}
+
+#[test]
+fn mismatched_counts_fail_every_rank() {
+    let ended = World::spawn(4, &worker(), &["mismatch-count"], &[("FERROVOD_TIMEOUT", "30".into())])
+        .wait(Duration::from_secs(40));
+    assert_failed_naming(&ended, None, &["allreduce #0 (f32, sum, 1001 elements)", "1000 elements"]);
+}
+
+#[test]
+fn mismatched_dtypes_fail_every_rank() {
+    let ended = World::spawn(3, &worker(), &["mismatch-dtype"], &[("FERROVOD_TIMEOUT", "30".into())])
+        .wait(Duration::from_secs(40));
+    assert_failed_naming(
+        &ended,
+        None,
+        &["allreduce #0 (f32, sum, 64 elements)", "allreduce #0 (f64, sum, 64 elements)"],
+    );
+}
+
+#[test]
+fn silent_rank_times_out_naming_it() {
+    let mut world = World::spawn(3, &worker(), &["stall"], &[("FERROVOD_TIMEOUT", "2".into())]);
+    let start = Instant::now();
+    // Rank 1 sleeps for an hour; collect the others, then kill it.
+    let mut sleeper = world.children.remove(1);
+    let ended = world.wait(Duration::from_secs(20));
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    assert!(start.elapsed() < Duration::from_secs(15), "took {:?}", start.elapsed());
+    for (i, e) in ended.iter().enumerate() {
+        assert_eq!(e.code, Some(3), "{i}: {}", e.stderr);
+        assert!(e.stderr.contains("allreduce #0") && e.stderr.contains("rank(s) [1]"), "{i}: {}", e.stderr);
+    }
+}
+
+#[test]
+fn wrong_secret_is_refused_at_start() {
+    let mut world = World::spawn(
+        2,
+        &worker(),
+        &["collectives", "f32", "sum", "small"],
+        &[("FERROVOD_CONNECT_TIMEOUT", "5".into())],
+    );
+    // Restart rank 1 with another secret.
+    let _ = world.children[1].kill();
+    let _ = world.children[1].wait();
+    let out = std::process::Command::new(worker())
+        .args(["collectives", "f32", "sum", "small"])
+        .env("FERROVOD_RANK", "1")
+        .env("FERROVOD_SIZE", "2")
+        .env("FERROVOD_RENDEZVOUS", world.store.local_addr().to_string())
+        .env("FERROVOD_SECRET", "not-the-job-secret")
+        .output()
+        .expect("worker runs");
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rank 1: start-up failed") && err.contains("wrong job secret"), "{err}");
+}
