@@ -2,8 +2,8 @@
 //!
 //! `ferrovod-bench --np N --op allreduce|broadcast|allgather|reducescatter|alltoall --sizes 4KiB,1MiB,64MiB [--json PATH]`
 //!
-//! Method, per size: check the result once; warm up; pick the iteration count (at least 5 and
-//! at least `--min-time` seconds in all, agreed across ranks); then per iteration a barrier and
+//! Method, per size: check the result once; warm up; pick the iteration count from the median
+//! of 5 timed iterations (at least `--min-iters` and `--min-time` seconds in all); then per iteration a barrier and
 //! the op timed on every rank. An iteration's time is the maximum over ranks; the table shows
 //! the median. Sizes follow nccl-tests: allgather's is the gathered output, reducescatter's the
 //! full input, alltoall's one rank's send buffer. busbw = algbw × 2(n−1)/n for allreduce,
@@ -199,6 +199,20 @@ fn median(v: &mut [f64]) -> f64 {
     if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
 }
 
+/// Times `iters` iterations, each after a barrier; returns each iteration's time on the slowest
+/// rank.
+fn timed(comm: &mut Communicator, op: Op, buf: &mut Buffers, iters: usize) -> Result<Vec<f64>, String> {
+    let mut times = vec![0f64; iters];
+    for slot in times.iter_mut() {
+        comm.barrier().map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        run_op(comm, op, buf).map_err(|e| e.to_string())?;
+        *slot = t.elapsed().as_secs_f64();
+    }
+    comm.allreduce(&mut times, ReduceOp::Max).map_err(|e| e.to_string())?;
+    Ok(times)
+}
+
 fn worker(args: &Args) -> Result<(), String> {
     let mut comm = Communicator::from_env().map_err(|e| e.to_string())?;
     let (r, n) = (comm.rank(), comm.size());
@@ -222,20 +236,12 @@ fn worker(args: &Args) -> Result<(), String> {
         for _ in 0..2 {
             run_op(&mut comm, args.op, &mut buf).map_err(e)?;
         }
-        comm.barrier().map_err(e)?;
-        let t = Instant::now();
-        run_op(&mut comm, args.op, &mut buf).map_err(e)?;
-        let mut est = [t.elapsed().as_secs_f64()];
-        comm.allreduce(&mut est, ReduceOp::Max).map_err(e)?;
-        let iters = ((args.min_time / est[0].max(1e-7)).ceil() as usize).clamp(args.min_iters, 100_000);
-        let mut times = vec![0f64; iters];
-        for slot in times.iter_mut() {
-            comm.barrier().map_err(e)?;
-            let t = Instant::now();
-            run_op(&mut comm, args.op, &mut buf).map_err(e)?;
-            *slot = t.elapsed().as_secs_f64();
-        }
-        comm.allreduce(&mut times, ReduceOp::Max).map_err(e)?;
+        // Estimate from the median of a few timed iterations (max over ranks): a single one is
+        // too noisy to size the run.
+        let mut est = timed(&mut comm, args.op, &mut buf, 5)?;
+        let est = median(&mut est);
+        let iters = ((args.min_time / est.max(1e-7)).ceil() as usize).clamp(args.min_iters, 100_000);
+        let mut times = timed(&mut comm, args.op, &mut buf, iters)?;
         let med = median(&mut times);
         let algbw = bytes as f64 / med / 1e9;
         let row = Row {

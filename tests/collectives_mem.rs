@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ferrovod::config::Tuning;
+use ferrovod::config::{AllreduceAlgorithm, Tuning};
 use ferrovod::transport::Transport;
 use ferrovod::transport::mem::MemTransport;
 use ferrovod::{Communicator, DType, ReduceOp};
@@ -12,17 +12,27 @@ use ferrovod_tests::{Plan, check_collectives, counts};
 
 const SIZES: [usize; 6] = [1, 2, 3, 4, 5, 8];
 
-/// Small thresholds so that the ring and the chain run on small inputs too, with many
-/// segments.
-fn tuning() -> Tuning {
+/// Small thresholds so that the large-message algorithms run on small inputs too, with many
+/// segments and chunks; `allreduce` forces one algorithm at every world size.
+fn tuning(allreduce: AllreduceAlgorithm) -> Tuning {
     Tuning {
+        allreduce,
         small_allreduce: 4096,
         small_broadcast: 4096,
         segment: 4096,
+        broadcast_segment: 4096,
+        ring_chunk: 4096 * 3,
         timeout: Duration::from_secs(60),
         ..Tuning::default()
     }
 }
+
+const ALGORITHMS: [AllreduceAlgorithm; 4] = [
+    AllreduceAlgorithm::Auto,
+    AllreduceAlgorithm::Ring,
+    AllreduceAlgorithm::HalvingDoubling,
+    AllreduceAlgorithm::RecursiveDoubling,
+];
 
 fn world(n: usize, tuning: Tuning, body: impl Fn(&mut Communicator) -> Result<(), String> + Sync) {
     let transports = MemTransport::world(n, tuning.timeout);
@@ -48,7 +58,7 @@ fn world(n: usize, tuning: Tuning, body: impl Fn(&mut Communicator) -> Result<()
 #[test]
 fn small_counts_every_dtype_and_op() {
     for n in SIZES {
-        for tuning in [tuning(), Tuning::default()] {
+        for tuning in ALGORITHMS.map(tuning).into_iter().chain([Tuning::default()]) {
             world(n, tuning, |c| {
                 for dtype in DType::ALL {
                     let small = &counts(dtype, false)[..4];
@@ -76,6 +86,25 @@ fn one_mib_every_dtype_and_op() {
             }
             Ok(())
         });
+    }
+}
+
+#[test]
+fn one_mib_allreduce_every_algorithm() {
+    for n in SIZES {
+        for algorithm in ALGORITHMS {
+            let tuning = Tuning { allreduce: algorithm, ..Tuning::default() };
+            world(n, tuning, |c| {
+                for dtype in [DType::F32, DType::BF16, DType::I64] {
+                    let mib = [counts(dtype, false)[4] + 3];
+                    check_collectives(
+                        c,
+                        Plan { dtypes: &[dtype], ops: &ReduceOp::ALL, allreduce_counts: &mib, other_counts: &[] },
+                    )?;
+                }
+                Ok(())
+            });
+        }
     }
 }
 

@@ -19,11 +19,23 @@ fn small_counts_every_dtype_and_op() {
         ("FERROVOD_SMALL_ALLREDUCE", "64".to_string()),
         ("FERROVOD_SMALL_BROADCAST", "64".into()),
         ("FERROVOD_SEGMENT", "4096".into()),
+        ("FERROVOD_BROADCAST_SEGMENT", "4096".into()),
         ("FERROVOD_STRIPE_MIN", "1024".into()),
     ];
     for n in [1, 2, 3, 4, 5, 8] {
         run(n, &["collectives", "all", "all", "small"], &[]);
         run(n, &["collectives", "all", "all", "small"], &small);
+        for algorithm in ["ring", "halving-doubling"] {
+            let forced: Vec<(&str, String)> = small
+                .iter()
+                .cloned()
+                .chain([
+                    ("FERROVOD_ALLREDUCE_ALGORITHM", algorithm.to_string()),
+                    ("FERROVOD_RING_CHUNK", "12288".into()),
+                ])
+                .collect();
+            run(n, &["collectives", "f32,i8,bf16", "all", "small"], &forced);
+        }
     }
 }
 

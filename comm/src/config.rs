@@ -42,15 +42,31 @@ knobs! {
     TCP_STREAMS = "FERROVOD_TCP_STREAMS", "2", "TCP connections per peer; large messages are striped across them.";
     TCP_BUFFER = "FERROVOD_TCP_BUFFER", "0", "SO_SNDBUF/SO_RCVBUF in bytes; 0 keeps the kernel's auto-tuning.";
     STRIPE_MIN = "FERROVOD_STRIPE_MIN", "262144", "Messages of at least this many bytes are striped across all TCP streams.";
+    ALLREDUCE_ALGORITHM = "FERROVOD_ALLREDUCE_ALGORITHM", "auto", "auto, ring, halving-doubling or recursive-doubling (auto: by size and world size).";
     SMALL_ALLREDUCE = "FERROVOD_SMALL_ALLREDUCE", "65536", "Allreduce up to this many bytes uses recursive doubling, larger ones the ring.";
     SMALL_BROADCAST = "FERROVOD_SMALL_BROADCAST", "65536", "Broadcast up to this many bytes uses a binomial tree, larger ones a pipelined chain.";
     SEGMENT = "FERROVOD_SEGMENT", "262144", "Pipeline segment in bytes for the ring and the chain.";
+    BROADCAST_SEGMENT = "FERROVOD_BROADCAST_SEGMENT", "4194304", "Pipeline segment in bytes for the chain broadcast (no reduction to overlap: larger is cheaper per byte).";
+    RING_CHUNK = "FERROVOD_RING_CHUNK", "1048576", "The ring allreduce runs on pieces of this many bytes, so that reduced data is still in cache when sent.";
     GRACE_PERIOD = "FERROVOD_GRACE_PERIOD", "10", "ferrovod-run: seconds between SIGTERM and SIGKILL when stopping a job.";
     STORE_LINGER = "FERROVOD_STORE_LINGER", "600", "ferrovod-run: seconds task 0 keeps serving the store for the other tasks' launchers.";
     OUTPUT_DIR = "FERROVOD_OUTPUT_DIR", "", "ferrovod-run: also write each rank's output to DIR/rank.N/{stdout,stderr}.";
     NO_PREFIX = "FERROVOD_NO_PREFIX", "0", "ferrovod-run: 1 forwards output lines without the [rank] prefix.";
     NO_WATCH_PARENT = "FERROVOD_NO_WATCH_PARENT", "0", "ferrovod-run: 1 keeps the job running when the launcher's parent dies.";
     VERBOSE = "FERROVOD_VERBOSE", "0", "ferrovod-run: verbosity level (0, 1, 2).";
+}
+
+/// Which allreduce algorithm runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllreduceAlgorithm {
+    /// By message size and world size (see the host backend).
+    Auto,
+    /// Pipelined ring.
+    Ring,
+    /// Recursive halving then doubling.
+    HalvingDoubling,
+    /// Recursive doubling (whole buffer every round).
+    RecursiveDoubling,
 }
 
 /// Tuning shared by the transport and the algorithms.
@@ -66,12 +82,18 @@ pub struct Tuning {
     pub tcp_buffer: usize,
     /// See [`STRIPE_MIN`].
     pub stripe_min: usize,
+    /// See [`ALLREDUCE_ALGORITHM`].
+    pub allreduce: AllreduceAlgorithm,
     /// See [`SMALL_ALLREDUCE`].
     pub small_allreduce: usize,
     /// See [`SMALL_BROADCAST`].
     pub small_broadcast: usize,
     /// See [`SEGMENT`].
     pub segment: usize,
+    /// See [`RING_CHUNK`].
+    pub ring_chunk: usize,
+    /// See [`BROADCAST_SEGMENT`].
+    pub broadcast_segment: usize,
 }
 
 impl Default for Tuning {
@@ -83,9 +105,12 @@ impl Default for Tuning {
             tcp_streams: num(TCP_STREAMS),
             tcp_buffer: num(TCP_BUFFER),
             stripe_min: num(STRIPE_MIN),
+            allreduce: AllreduceAlgorithm::Auto,
             small_allreduce: num(SMALL_ALLREDUCE),
             small_broadcast: num(SMALL_BROADCAST),
             segment: num(SEGMENT),
+            ring_chunk: num(RING_CHUNK),
+            broadcast_segment: num(BROADCAST_SEGMENT),
         }
     }
 }
@@ -148,9 +173,23 @@ impl Config {
             tcp_streams: parse(TCP_STREAMS, "a positive integer")?.clamp(1, 16),
             tcp_buffer: parse(TCP_BUFFER, "a byte count")?,
             stripe_min: parse(STRIPE_MIN, "a byte count")?,
+            allreduce: match text(ALLREDUCE_ALGORITHM).as_deref().map(str::trim).unwrap_or("auto") {
+                "auto" => AllreduceAlgorithm::Auto,
+                "ring" => AllreduceAlgorithm::Ring,
+                "halving-doubling" => AllreduceAlgorithm::HalvingDoubling,
+                "recursive-doubling" => AllreduceAlgorithm::RecursiveDoubling,
+                v => {
+                    return Err(Error::Config {
+                        name: ALLREDUCE_ALGORITHM.name,
+                        detail: format!("{v:?} is not auto, ring, halving-doubling or recursive-doubling"),
+                    });
+                }
+            },
             small_allreduce: parse(SMALL_ALLREDUCE, "a byte count")?,
             small_broadcast: parse(SMALL_BROADCAST, "a byte count")?,
             segment: parse(SEGMENT, "a byte count")?.max(4096),
+            ring_chunk: parse(RING_CHUNK, "a byte count")?.max(4096),
+            broadcast_segment: parse(BROADCAST_SEGMENT, "a byte count")?.max(4096),
         };
         let advertise_addr = match text(ADVERTISE_ADDR) {
             None => None,
@@ -202,6 +241,8 @@ mod tests {
         assert!(e.contains("FERROVOD_TIMEOUT") && e.contains("soon"), "{e}");
         let e = cfg(&[("FERROVOD_RANK", "4"), ("FERROVOD_SIZE", "4")]).unwrap_err().to_string();
         assert!(e.contains("FERROVOD_RANK") && e.contains("rank 4"), "{e}");
+        let e = cfg(&[("FERROVOD_ALLREDUCE_ALGORITHM", "bubble")]).unwrap_err().to_string();
+        assert!(e.contains("FERROVOD_ALLREDUCE_ALGORITHM") && e.contains("bubble"), "{e}");
         let e = cfg(&[("FERROVOD_SIZE", "0")]).unwrap_err().to_string();
         assert!(e.contains("FERROVOD_SIZE"), "{e}");
     }

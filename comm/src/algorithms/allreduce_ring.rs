@@ -4,8 +4,12 @@
 //! phase 2 circulates the reduced blocks. Every rank ends with the same bytes, since each block
 //! is reduced on one rank only and then copied.
 //!
-//! Cost: 2(n-1)·α + 2(n-1)/n·m·β + (n-1)/n·m·γ: bandwidth-optimal, the choice for large
-//! messages; latency grows with n.
+//! Large buffers run as a sequence of independent ring allreduces over `chunk`-byte pieces, so
+//! that the block a rank has just reduced is still in cache when phase 2 sends it (measured on
+//! loopback, where the kernel's copies dominate: see `benches/RESULTS.md`).
+//!
+//! Cost: 2(n-1)·⌈m/c⌉·α + 2(n-1)/n·m·β + (n-1)/n·m·γ for chunks of c bytes: bandwidth-optimal,
+//! the choice for large messages; latency grows with n.
 
 use super::{allgather_ring, even_blocks, reducescatter_ring};
 use crate::dtype::{DType, ReduceOp};
@@ -19,8 +23,15 @@ pub fn allreduce_ring<T: Transport + ?Sized>(
     dtype: DType,
     op: ReduceOp,
     segment: usize,
+    chunk: usize,
 ) -> Result<(), Error> {
-    let blocks = even_blocks(buf.len() / dtype.size(), t.size(), dtype.size());
-    reducescatter_ring(t, tag, buf, &blocks, dtype, op, segment)?;
-    allgather_ring(t, tag, buf, &blocks)
+    let chunk = (chunk / dtype.size()).max(1) * dtype.size();
+    // An empty buffer still exchanges (empty) messages, so that mismatches are seen.
+    let pieces: Vec<&mut [u8]> = if buf.is_empty() { vec![buf] } else { buf.chunks_mut(chunk).collect() };
+    for piece in pieces {
+        let blocks = even_blocks(piece.len() / dtype.size(), t.size(), dtype.size());
+        reducescatter_ring(t, tag, piece, &blocks, dtype, op, segment)?;
+        allgather_ring(t, tag, piece, &blocks)?;
+    }
+    Ok(())
 }

@@ -6,6 +6,7 @@
 //! Algorithms know nothing of sockets. The host backend picks one by message size.
 
 mod allgather_ring;
+mod allreduce_halving_doubling;
 mod allreduce_recursive_doubling;
 mod allreduce_ring;
 mod alltoall_pairwise;
@@ -15,6 +16,7 @@ mod broadcast_chain;
 mod reducescatter_ring;
 
 pub use allgather_ring::allgather_ring;
+pub use allreduce_halving_doubling::allreduce_halving_doubling;
 pub use allreduce_recursive_doubling::allreduce_recursive_doubling;
 pub use allreduce_ring::allreduce_ring;
 pub use alltoall_pairwise::alltoall_pairwise;
@@ -27,6 +29,7 @@ use std::ops::Range;
 
 use crate::dtype::{DType, ReduceOp};
 use crate::reduce::{Order, reduce_into};
+use crate::transport::{Error, Op, Tag, Transport};
 
 /// Splits `count` elements into `n` contiguous blocks as evenly as possible, the first
 /// `count % n` blocks one element larger (Horovod's reducescatter split). Byte ranges.
@@ -111,4 +114,65 @@ impl<'a> Reducer<'a> {
     pub(crate) fn finish(&mut self) {
         while self.step() {}
     }
+}
+
+/// One exchange-and-reduce step: send `buf[send]` to `to`, receive as many bytes as `dst` holds
+/// from `from`, and reduce them into `buf[dst]`.
+pub(crate) struct Unit {
+    pub to: usize,
+    pub send: Range<usize>,
+    pub from: usize,
+    pub dst: Range<usize>,
+}
+
+/// Runs `units` in order, each cut into segments of at most `segment` bytes, as one pipeline:
+/// while segment k is on the wire the transport gives its idle time to reducing segment k-1
+/// out of the other of two scratch buffers. A segment is sent only once the reduction of any
+/// earlier segment that lands in it has finished.
+pub(crate) fn reduce_pipeline<T: Transport + ?Sized>(
+    t: &mut T,
+    tag: Tag,
+    buf: &mut [u8],
+    units: &[Unit],
+    dtype: DType,
+    op: ReduceOp,
+    segment: usize,
+) -> Result<(), Error> {
+    let seg = (segment / dtype.size()).max(1) * dtype.size();
+    let mut scratch = [Scratch::new(seg), Scratch::new(seg)];
+    let piece = |r: &Range<usize>, j: usize| {
+        let start = (r.start + j * seg).min(r.end);
+        start..(start + seg).min(r.end)
+    };
+    // The segment received last: where it goes in `buf`, and which scratch holds it.
+    let mut pending: Option<(Range<usize>, usize)> = None;
+    let mut slot = 0;
+    for unit in units {
+        let segments = unit.send.len().max(unit.dst.len()).div_ceil(seg).max(1);
+        for j in 0..segments {
+            let send = piece(&unit.send, j);
+            let recv = piece(&unit.dst, j);
+            if let Some((dst, s)) = pending.as_ref().filter(|(dst, _)| dst.start < send.end && send.start < dst.end) {
+                let len = dst.len();
+                Reducer::new(&mut buf[dst.clone()], scratch[*s].bytes(len), dtype, op, Order::AccFirst).finish();
+                pending = None;
+            }
+            let [a, b] = &mut scratch;
+            let (cur, prev) = if slot == 0 { (a, b) } else { (b, a) };
+            let dst = pending.take().map_or(0..0, |(d, _)| d);
+            let (send_bytes, dst_bytes) = split_ref_mut(buf, send, dst.clone());
+            let mut work = Reducer::new(dst_bytes, prev.bytes(dst.len()), dtype, op, Order::AccFirst);
+            let mut ops =
+                [Op::Send { peer: unit.to, buf: send_bytes }, Op::Recv { peer: unit.from, buf: cur.bytes(recv.len()) }];
+            t.exchange(tag, &mut ops, &mut || work.step())?;
+            work.finish();
+            pending = Some((recv, slot));
+            slot ^= 1;
+        }
+    }
+    if let Some((dst, s)) = pending {
+        let len = dst.len();
+        Reducer::new(&mut buf[dst], scratch[s].bytes(len), dtype, op, Order::AccFirst).finish();
+    }
+    Ok(())
 }

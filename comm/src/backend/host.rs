@@ -2,7 +2,7 @@
 
 use super::{Backend, Request, Work};
 use crate::algorithms as alg;
-use crate::config::Tuning;
+use crate::config::{AllreduceAlgorithm, Tuning};
 use crate::dtype::ReduceOp;
 use crate::reduce::divide;
 use crate::transport::{self, Transport};
@@ -36,10 +36,13 @@ impl Backend for HostBackend {
         let dtype = req.dtype;
         match req.work {
             Work::Allreduce { buf, op } => {
-                if buf.len() <= self.tuning.small_allreduce {
-                    alg::allreduce_recursive_doubling(t, tag, buf, dtype, op)?;
-                } else {
-                    alg::allreduce_ring(t, tag, buf, dtype, op, self.tuning.segment)?;
+                let tu = &self.tuning;
+                match allreduce_algorithm(tu, buf.len(), n) {
+                    AllreduceAlgorithm::RecursiveDoubling => alg::allreduce_recursive_doubling(t, tag, buf, dtype, op)?,
+                    AllreduceAlgorithm::HalvingDoubling => {
+                        alg::allreduce_halving_doubling(t, tag, buf, dtype, op, tu.segment, tu.ring_chunk)?
+                    }
+                    _ => alg::allreduce_ring(t, tag, buf, dtype, op, tu.segment, tu.ring_chunk)?,
                 }
                 if op == ReduceOp::Average {
                     divide(dtype, buf, n);
@@ -49,7 +52,7 @@ impl Backend for HostBackend {
                 if buf.len() <= self.tuning.small_broadcast {
                     alg::broadcast_binomial(t, tag, buf, root)?;
                 } else {
-                    alg::broadcast_chain(t, tag, buf, root, self.tuning.segment)?;
+                    alg::broadcast_chain(t, tag, buf, root, self.tuning.broadcast_segment)?;
                 }
             }
             Work::Allgather { buf, blocks } => alg::allgather_ring(t, tag, buf, blocks)?,
@@ -69,5 +72,17 @@ impl Backend for HostBackend {
 
     fn close(&mut self) {
         self.transport.close();
+    }
+}
+
+/// The allreduce algorithm for `bytes` on `n` ranks: recursive doubling up to
+/// `small_allreduce` bytes (latency), halving-doubling above it when n is a power of two of at
+/// least 4 (fewer steps than the ring for the same bytes), the ring otherwise (no fold).
+fn allreduce_algorithm(tuning: &Tuning, bytes: usize, n: usize) -> AllreduceAlgorithm {
+    match tuning.allreduce {
+        AllreduceAlgorithm::Auto if bytes <= tuning.small_allreduce => AllreduceAlgorithm::RecursiveDoubling,
+        AllreduceAlgorithm::Auto if n >= 4 && n.is_power_of_two() => AllreduceAlgorithm::HalvingDoubling,
+        AllreduceAlgorithm::Auto => AllreduceAlgorithm::Ring,
+        chosen => chosen,
     }
 }

@@ -1,0 +1,108 @@
+//! Halving-doubling allreduce (Rabenseifner): a reduce-scatter by recursive halving, then an
+//! allgather by recursive doubling.
+//!
+//! With p the largest power of two ≤ n, the ranks beyond p first fold into a partner as in
+//! recursive doubling. Then, for k = log2(p)-1 down to 0, each participant exchanges half of
+//! its current range with the participant whose virtual rank differs in bit k: it keeps the
+//! lower half if its bit is 0, sends the other, and reduces what it receives into the half it
+//! keeps (pipelined in segments, see [`super::reduce_pipeline`]). Virtual rank v ends owning
+//! block v. The allgather runs the same pairs in reverse, doubling the range each time. Large
+//! buffers run as a sequence of `chunk`-byte pieces, as the ring does, to stay in cache.
+//!
+//! Cost: 2·log2(p)·α + 2(p-1)/p·m·β + (p-1)/p·m·γ (plus 2·(α + m·β) when n is not a power of
+//! two): the ring's bandwidth in log2(p) instead of p-1 steps per phase.
+
+use super::{Reducer, Scratch, Unit, even_blocks, reduce_pipeline, split_ref_mut};
+use crate::dtype::{DType, ReduceOp};
+use crate::reduce::Order;
+use crate::transport::{Error, Op, Tag, Transport, no_work};
+
+/// Allreduce in place (`Average` is left as a sum; the caller divides).
+pub fn allreduce_halving_doubling<T: Transport + ?Sized>(
+    t: &mut T,
+    tag: Tag,
+    buf: &mut [u8],
+    dtype: DType,
+    op: ReduceOp,
+    segment: usize,
+    chunk: usize,
+) -> Result<(), Error> {
+    let (r, n) = (t.rank(), t.size());
+    if n == 1 {
+        return Ok(());
+    }
+    let p = 1usize << (usize::BITS - 1 - n.leading_zeros());
+    let q = n - p;
+    let real = |v: usize| if v < q { 2 * v + 1 } else { v + q };
+
+    // Fold: even ranks below 2q hand their data to the odd rank above them.
+    let vrank = if r < 2 * q {
+        if r % 2 == 0 {
+            t.exchange(tag, &mut [Op::Send { peer: r + 1, buf: &*buf }], &mut no_work)?;
+            None
+        } else {
+            let mut scratch = Scratch::new(buf.len());
+            let tmp = scratch.bytes(buf.len());
+            t.exchange(tag, &mut [Op::Recv { peer: r - 1, buf: &mut *tmp }], &mut no_work)?;
+            Reducer::new(buf, tmp, dtype, op, Order::SrcFirst).finish();
+            Some(r / 2)
+        }
+    } else {
+        Some(r - q)
+    };
+    if let Some(v) = vrank {
+        let chunk = (chunk / dtype.size()).max(1) * dtype.size();
+        let pieces: Vec<&mut [u8]> = if buf.is_empty() { vec![&mut *buf] } else { buf.chunks_mut(chunk).collect() };
+        for piece in pieces {
+            halve_then_double(t, tag, piece, v, p, &real, dtype, op, segment)?;
+        }
+    }
+    // Unfold: the odd ranks below 2q return the result.
+    if r < 2 * q {
+        let op = if r % 2 == 0 { Op::Recv { peer: r + 1, buf } } else { Op::Send { peer: r - 1, buf } };
+        t.exchange(tag, &mut [op], &mut no_work)?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn halve_then_double<T: Transport + ?Sized>(
+    t: &mut T,
+    tag: Tag,
+    buf: &mut [u8],
+    v: usize,
+    p: usize,
+    real: &dyn Fn(usize) -> usize,
+    dtype: DType,
+    op: ReduceOp,
+    segment: usize,
+) -> Result<(), Error> {
+    let blocks = even_blocks(buf.len() / dtype.size(), p, dtype.size());
+    let bytes = |lo: usize, hi: usize| blocks[lo].start..blocks[hi - 1].end;
+    let (mut lo, mut hi) = (0, p);
+    let mut mask = p / 2;
+    while mask > 0 {
+        let mid = lo + (hi - lo) / 2;
+        let partner = real(v ^ mask);
+        let (keep, give) = if v & mask == 0 { ((lo, mid), (mid, hi)) } else { ((mid, hi), (lo, mid)) };
+        let unit = Unit { to: partner, send: bytes(give.0, give.1), from: partner, dst: bytes(keep.0, keep.1) };
+        reduce_pipeline(t, tag, buf, &[unit], dtype, op, segment)?;
+        (lo, hi) = keep;
+        mask >>= 1;
+    }
+    let mut mask = 1;
+    while mask < p {
+        let width = hi - lo;
+        let partner = real(v ^ mask);
+        let theirs = if v & mask == 0 { (hi, hi + width) } else { (lo - width, lo) };
+        let (send, recv) = split_ref_mut(buf, bytes(lo, hi), bytes(theirs.0, theirs.1));
+        t.exchange(
+            tag,
+            &mut [Op::Send { peer: partner, buf: send }, Op::Recv { peer: partner, buf: recv }],
+            &mut no_work,
+        )?;
+        (lo, hi) = (lo.min(theirs.0), hi.max(theirs.1));
+        mask <<= 1;
+    }
+    Ok(())
+}
