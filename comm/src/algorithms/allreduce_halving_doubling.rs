@@ -12,12 +12,13 @@
 //! Cost: 2·log2(p)·α + 2(p-1)/p·m·β + (p-1)/p·m·γ (plus 2·(α + m·β) when n is not a power of
 //! two): the ring's bandwidth in log2(p) instead of p-1 steps per phase.
 
-use super::{Reducer, Scratch, Unit, even_blocks, reduce_pipeline, split_ref_mut};
+use super::{Reducer, Unit, Workspace, even_blocks, reduce_pipeline, split_ref_mut};
 use crate::dtype::{DType, ReduceOp};
 use crate::reduce::Order;
 use crate::transport::{Error, Op, Tag, Transport, no_work};
 
 /// Allreduce in place (`Average` is left as a sum; the caller divides).
+#[allow(clippy::too_many_arguments)]
 pub fn allreduce_halving_doubling<T: Transport + ?Sized>(
     t: &mut T,
     tag: Tag,
@@ -26,6 +27,7 @@ pub fn allreduce_halving_doubling<T: Transport + ?Sized>(
     op: ReduceOp,
     segment: usize,
     chunk: usize,
+    ws: &mut Workspace,
 ) -> Result<(), Error> {
     let (r, n) = (t.rank(), t.size());
     if n == 1 {
@@ -41,8 +43,7 @@ pub fn allreduce_halving_doubling<T: Transport + ?Sized>(
             t.exchange(tag, &mut [Op::Send { peer: r + 1, buf: &*buf }], &mut no_work)?;
             None
         } else {
-            let mut scratch = Scratch::new(buf.len());
-            let tmp = scratch.bytes(buf.len());
+            let tmp = ws.a.bytes(buf.len());
             t.exchange(tag, &mut [Op::Recv { peer: r - 1, buf: &mut *tmp }], &mut no_work)?;
             Reducer::new(buf, tmp, dtype, op, Order::SrcFirst).finish();
             Some(r / 2)
@@ -54,7 +55,7 @@ pub fn allreduce_halving_doubling<T: Transport + ?Sized>(
         let chunk = (chunk / dtype.size()).max(1) * dtype.size();
         let pieces: Vec<&mut [u8]> = if buf.is_empty() { vec![&mut *buf] } else { buf.chunks_mut(chunk).collect() };
         for piece in pieces {
-            halve_then_double(t, tag, piece, v, p, &real, dtype, op, segment)?;
+            halve_then_double(t, tag, piece, v, p, &real, dtype, op, segment, ws)?;
         }
     }
     // Unfold: the odd ranks below 2q return the result.
@@ -76,6 +77,7 @@ fn halve_then_double<T: Transport + ?Sized>(
     dtype: DType,
     op: ReduceOp,
     segment: usize,
+    ws: &mut Workspace,
 ) -> Result<(), Error> {
     let blocks = even_blocks(buf.len() / dtype.size(), p, dtype.size());
     let bytes = |lo: usize, hi: usize| blocks[lo].start..blocks[hi - 1].end;
@@ -86,7 +88,7 @@ fn halve_then_double<T: Transport + ?Sized>(
         let partner = real(v ^ mask);
         let (keep, give) = if v & mask == 0 { ((lo, mid), (mid, hi)) } else { ((mid, hi), (lo, mid)) };
         let unit = Unit { to: partner, send: bytes(give.0, give.1), from: partner, dst: bytes(keep.0, keep.1) };
-        reduce_pipeline(t, tag, buf, &[unit], dtype, op, segment)?;
+        reduce_pipeline(t, tag, buf, &[unit], dtype, op, segment, ws)?;
         (lo, hi) = keep;
         mask >>= 1;
     }

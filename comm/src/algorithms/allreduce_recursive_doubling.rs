@@ -8,7 +8,7 @@
 //!
 //! Cost: (log2 p + 2·[q>0])·(α + m·β + m·γ): latency-optimal, the choice for small messages.
 
-use super::Scratch;
+use super::Workspace;
 use crate::dtype::{DType, ReduceOp};
 use crate::reduce::{Order, reduce_into};
 use crate::transport::{Error, Op, Tag, Transport, no_work};
@@ -20,6 +20,7 @@ pub fn allreduce_recursive_doubling<T: Transport + ?Sized>(
     buf: &mut [u8],
     dtype: DType,
     op: ReduceOp,
+    ws: &mut Workspace,
 ) -> Result<(), Error> {
     let (r, n) = (t.rank(), t.size());
     if n == 1 {
@@ -27,8 +28,7 @@ pub fn allreduce_recursive_doubling<T: Transport + ?Sized>(
     }
     let p = 1usize << (usize::BITS - 1 - n.leading_zeros());
     let q = n - p;
-    let mut scratch = Scratch::new(buf.len());
-    let tmp = scratch.bytes(buf.len());
+    let tmp = ws.a.bytes(buf.len());
     let real = |v: usize| if v < q { 2 * v + 1 } else { v + q };
 
     let vrank = if r < 2 * q {

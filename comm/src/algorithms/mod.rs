@@ -50,17 +50,26 @@ pub fn blocks_from_counts(counts: &[usize], elem: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
-/// A scratch buffer aligned for every dtype.
+/// A grow-only scratch buffer aligned for every dtype.
+#[derive(Default)]
 pub(crate) struct Scratch(Vec<u64>);
 
 impl Scratch {
-    pub(crate) fn new(bytes: usize) -> Scratch {
-        Scratch(vec![0; bytes.div_ceil(8)])
-    }
-
+    /// The first `len` bytes, growing the buffer if needed.
     pub(crate) fn bytes(&mut self, len: usize) -> &mut [u8] {
+        if self.0.len() * 8 < len {
+            self.0.resize(len.div_ceil(8), 0);
+        }
         &mut bytemuck::cast_slice_mut(&mut self.0)[..len]
     }
+}
+
+/// Scratch memory for the algorithms, kept by the backend between calls: steady-state
+/// collectives allocate (and page-fault) nothing.
+#[derive(Default)]
+pub struct Workspace {
+    a: Scratch,
+    b: Scratch,
 }
 
 /// `(&buf[a], &mut buf[b])` for disjoint ranges (either may be empty).
@@ -129,6 +138,7 @@ pub(crate) struct Unit {
 /// while segment k is on the wire the transport gives its idle time to reducing segment k-1
 /// out of the other of two scratch buffers. A segment is sent only once the reduction of any
 /// earlier segment that lands in it has finished.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn reduce_pipeline<T: Transport + ?Sized>(
     t: &mut T,
     tag: Tag,
@@ -137,9 +147,10 @@ pub(crate) fn reduce_pipeline<T: Transport + ?Sized>(
     dtype: DType,
     op: ReduceOp,
     segment: usize,
+    ws: &mut Workspace,
 ) -> Result<(), Error> {
     let seg = (segment / dtype.size()).max(1) * dtype.size();
-    let mut scratch = [Scratch::new(seg), Scratch::new(seg)];
+    let mut scratch = [&mut ws.a, &mut ws.b];
     let piece = |r: &Range<usize>, j: usize| {
         let start = (r.start + j * seg).min(r.end);
         start..(start + seg).min(r.end)
@@ -158,7 +169,7 @@ pub(crate) fn reduce_pipeline<T: Transport + ?Sized>(
                 pending = None;
             }
             let [a, b] = &mut scratch;
-            let (cur, prev) = if slot == 0 { (a, b) } else { (b, a) };
+            let (cur, prev) = if slot == 0 { (&mut **a, &mut **b) } else { (&mut **b, &mut **a) };
             let dst = pending.take().map_or(0..0, |(d, _)| d);
             let (send_bytes, dst_bytes) = split_ref_mut(buf, send, dst.clone());
             let mut work = Reducer::new(dst_bytes, prev.bytes(dst.len()), dtype, op, Order::AccFirst);

@@ -12,12 +12,13 @@
 
 use std::ops::Range;
 
-use super::{Unit, reduce_pipeline};
+use super::{Unit, Workspace, reduce_pipeline};
 use crate::dtype::{DType, ReduceOp};
 use crate::transport::{Error, Tag, Transport};
 
 /// Reduce-scatter in place: afterwards `buf[blocks[rank]]` holds the reduction of that block
 /// over all ranks (`Average` is left as a sum). Other blocks hold partial results.
+#[allow(clippy::too_many_arguments)]
 pub fn reducescatter_ring<T: Transport + ?Sized>(
     t: &mut T,
     tag: Tag,
@@ -26,6 +27,7 @@ pub fn reducescatter_ring<T: Transport + ?Sized>(
     dtype: DType,
     op: ReduceOp,
     segment: usize,
+    ws: &mut Workspace,
 ) -> Result<(), Error> {
     let (r, n) = (t.rank(), t.size());
     let (right, left) = ((r + 1) % n, (r + n - 1) % n);
@@ -37,5 +39,5 @@ pub fn reducescatter_ring<T: Transport + ?Sized>(
             dst: blocks[(r + 2 * n - step - 2) % n].clone(),
         })
         .collect();
-    reduce_pipeline(t, tag, buf, &units, dtype, op, segment)
+    reduce_pipeline(t, tag, buf, &units, dtype, op, segment, ws)
 }

@@ -11,12 +11,13 @@ use crate::transport::{self, Transport};
 pub struct HostBackend {
     transport: Box<dyn Transport>,
     tuning: Tuning,
+    ws: alg::Workspace,
 }
 
 impl HostBackend {
     /// A backend over `transport`.
     pub fn new(transport: Box<dyn Transport>, tuning: Tuning) -> HostBackend {
-        HostBackend { transport, tuning }
+        HostBackend { transport, tuning, ws: alg::Workspace::default() }
     }
 }
 
@@ -36,13 +37,15 @@ impl Backend for HostBackend {
         let dtype = req.dtype;
         match req.work {
             Work::Allreduce { buf, op } => {
-                let tu = &self.tuning;
+                let (tu, ws) = (&self.tuning, &mut self.ws);
                 match allreduce_algorithm(tu, buf.len(), n) {
-                    AllreduceAlgorithm::RecursiveDoubling => alg::allreduce_recursive_doubling(t, tag, buf, dtype, op)?,
-                    AllreduceAlgorithm::HalvingDoubling => {
-                        alg::allreduce_halving_doubling(t, tag, buf, dtype, op, tu.segment, tu.ring_chunk)?
+                    AllreduceAlgorithm::RecursiveDoubling => {
+                        alg::allreduce_recursive_doubling(t, tag, buf, dtype, op, ws)?
                     }
-                    _ => alg::allreduce_ring(t, tag, buf, dtype, op, tu.segment, tu.ring_chunk)?,
+                    AllreduceAlgorithm::HalvingDoubling => {
+                        alg::allreduce_halving_doubling(t, tag, buf, dtype, op, tu.segment, tu.ring_chunk, ws)?
+                    }
+                    _ => alg::allreduce_ring(t, tag, buf, dtype, op, tu.segment, tu.ring_chunk, ws)?,
                 }
                 if op == ReduceOp::Average {
                     divide(dtype, buf, n);
@@ -57,7 +60,7 @@ impl Backend for HostBackend {
             }
             Work::Allgather { buf, blocks } => alg::allgather_ring(t, tag, buf, blocks)?,
             Work::Reducescatter { buf, blocks, op } => {
-                alg::reducescatter_ring(t, tag, buf, blocks, dtype, op, self.tuning.segment)?;
+                alg::reducescatter_ring(t, tag, buf, blocks, dtype, op, self.tuning.segment, &mut self.ws)?;
                 if op == ReduceOp::Average {
                     divide(dtype, &mut buf[blocks[t.rank()].clone()], n);
                 }
