@@ -136,6 +136,30 @@ fn sixty_four_mib_allreduce() {
 }
 
 #[test]
+fn uneven_blocks_that_are_whole_segments() {
+    // Blocks of one segment plus one element next to blocks of exactly one segment: every
+    // rank must cut every step into the same number of messages.
+    let elems = Tuning::default().segment / 4;
+    for n in [3, 4, 5] {
+        for algorithm in [AllreduceAlgorithm::Ring, AllreduceAlgorithm::HalvingDoubling] {
+            let tuning = Tuning { allreduce: algorithm, ring_chunk: 64 << 20, ..Tuning::default() };
+            world(n, tuning, |c| {
+                let count = [n * elems + 1];
+                check_collectives(
+                    c,
+                    Plan {
+                        dtypes: &[DType::F32],
+                        ops: &[ReduceOp::Sum],
+                        allreduce_counts: &count,
+                        other_counts: &count,
+                    },
+                )
+            });
+        }
+    }
+}
+
+#[test]
 fn mismatched_counts_name_both_sides() {
     let transports = MemTransport::world(2, Duration::from_secs(5));
     let errors: Vec<String> = std::thread::scope(|s| {
@@ -170,10 +194,29 @@ fn bad_arguments_are_errors_not_panics() {
         assert!(e.contains("splits [1, 1]"), "{e}");
         let e = c.allreduce_bytes(&mut [0u8; 7], DType::F32, ReduceOp::Sum).expect_err("partial element").to_string();
         assert!(e.contains("7 bytes is not a whole number of f32"), "{e}");
+        let e = c
+            .alltoall_into(&[0u8; 8], &[1, 1], &mut [0u8; 8], &[2, 0], DType::F32)
+            .expect_err("self counts")
+            .to_string();
+        assert!(e.contains("sends itself"), "{e}");
         // Nothing was sent: the communicator still works.
         let mut v = [c.rank() as f32; 3];
         c.allreduce(&mut v, ReduceOp::Max).map_err(|e| e.to_string())?;
         assert_eq!(v, [1.0; 3]);
         Ok(())
     });
+}
+
+#[test]
+fn builder_rejects_impossible_worlds() {
+    let e = Communicator::builder().size(0).build().expect_err("size 0").to_string();
+    assert!(e.contains("FERROVOD_SIZE") && e.contains("at least 1"), "{e}");
+    let e = Communicator::builder().rank(3).size(2).build().expect_err("rank 3 of 2").to_string();
+    assert!(e.contains("rank 3 is not below FERROVOD_SIZE=2"), "{e}");
+    let e = Communicator::builder()
+        .size(2)
+        .rendezvous("127.0.0.1:1")
+        .secret(ferrovod::bootstrap::Secret::new(Vec::new()))
+        .build();
+    assert!(e.expect_err("empty secret").to_string().contains("FERROVOD_SECRET"));
 }

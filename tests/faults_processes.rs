@@ -102,3 +102,32 @@ fn wrong_secret_is_refused_at_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("rank 1: start-up failed") && err.contains("wrong job secret"), "{err}");
 }
+
+#[test]
+fn ranks_with_different_tuning_fail_at_start_naming_the_knob() {
+    let mut world = World::spawn(
+        2,
+        &worker(),
+        &["collectives", "f32", "sum", "small"],
+        &[("FERROVOD_CONNECT_TIMEOUT", "20".into())],
+    );
+    // Restart rank 1 with another ring chunk.
+    let _ = world.children[1].kill();
+    let _ = world.children[1].wait();
+    let out = std::process::Command::new(worker())
+        .args(["collectives", "f32", "sum", "small"])
+        .env("FERROVOD_RANK", "1")
+        .env("FERROVOD_SIZE", "2")
+        .env("FERROVOD_RENDEZVOUS", world.store.local_addr().to_string())
+        .env("FERROVOD_SECRET", &world.secret)
+        .env("FERROVOD_RING_CHUNK", "2097152")
+        .output()
+        .expect("worker runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("FERROVOD_RING_CHUNK") && err.contains("rank 0 has 1048576, rank 1 has 2097152"), "{err}");
+    let rank0 = world.children.remove(0).wait_with_output().expect("rank 0 ends");
+    let err0 = String::from_utf8_lossy(&rank0.stderr);
+    assert_eq!(rank0.status.code(), Some(3), "{err0}");
+    assert!(err0.contains("FERROVOD_RING_CHUNK") && err0.contains("rank 1 has 2097152"), "{err0}");
+}

@@ -144,6 +144,8 @@ pub fn workspace_bin(name: &str) -> std::path::PathBuf {
 pub struct World {
     /// The store every rank connects to.
     pub store: StoreServer,
+    /// The job secret (hex), as the ranks got it.
+    pub secret: String,
     /// Rank processes, in rank order.
     pub children: Vec<Child>,
 }
@@ -181,7 +183,7 @@ impl World {
                 cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
             })
             .collect();
-        World { store, children }
+        World { store, secret, children }
     }
 
     /// Waits until rank `rank` prints a line containing `text` on stdout (the rest of its

@@ -129,6 +129,7 @@ impl Communicator {
     }
 
     fn join(config: Config) -> Result<Communicator> {
+        config.validate()?;
         let rank = config.rank;
         if config.size == 1 {
             let [t] = <[MemTransport; 1]>::try_from(MemTransport::world(1, config.tuning.timeout))
@@ -158,15 +159,28 @@ impl Communicator {
             None => store.local_addr().map_err(boot)?.ip(),
         };
         let listener = TcpListenerHandle::bind(ip).map_err(boot)?;
+        let agreed = tuning.agreed();
         let me = PeerInfo {
             hostname: crate::sys::hostname(),
             boot_id: crate::sys::boot_id(),
             addr: listener.addr(),
             pid: std::process::id(),
+            tuning: agreed.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
         };
         let prefix = format!("ferrovod/comm{}", GENERATION.fetch_add(1, Ordering::Relaxed));
         let peers =
             exchange_peers(&mut store, &prefix, rank, config.size, &me, tuning.connect_timeout).map_err(boot)?;
+        for (peer, info) in peers.iter().enumerate() {
+            let theirs = info.tuning.iter().map(|(_, v)| v);
+            if let Some(((name, mine), theirs)) = agreed.iter().zip(theirs).find(|((_, m), t)| m != *t) {
+                return Err(Error::Config {
+                    name,
+                    detail: format!(
+                        "rank {peer} has {theirs}, rank {rank} has {mine}: every rank must use the same value"
+                    ),
+                });
+            }
+        }
         let addrs: Vec<_> = peers.iter().map(|p| p.addr).collect();
         let transport = TcpTransport::connect(rank, listener, &addrs, &secret, tuning).map_err(boot)?;
         Ok(Communicator {
@@ -277,7 +291,7 @@ impl Communicator {
             dtype: DType::U8,
             work: Work::Allgather { buf: bytemuck::cast_slice_mut(&mut raw), blocks: &blocks },
         })?;
-        Ok(raw.into_iter().map(|c| c as usize).collect())
+        self.addressable("allgather", raw, dtype)
     }
 
     /// Second half: gathers `input` into `output`, laid out by the `counts` of
@@ -375,7 +389,23 @@ impl Communicator {
             recv_blocks: &blocks,
         };
         self.run(Request { desc, dtype: DType::U8, work })?;
-        Ok(recv.into_iter().map(|c| c as usize).collect())
+        self.addressable("alltoall", recv, dtype)
+    }
+
+    /// Element counts announced by the ranks, checked to fit in memory together.
+    fn addressable(&self, op: &'static str, counts: Vec<u64>, dtype: DType) -> Result<Vec<usize>> {
+        let mut total: u64 = 0;
+        for (peer, &c) in counts.iter().enumerate() {
+            total = match c.checked_mul(dtype.size() as u64).and_then(|b| total.checked_add(b)) {
+                Some(t) if t <= isize::MAX as u64 => t,
+                _ => {
+                    return Err(
+                        self.invalid(op, format!("rank {peer} announced {c} elements: more than fits in memory"))
+                    );
+                }
+            };
+        }
+        Ok(counts.into_iter().map(|c| c as usize).collect())
     }
 
     /// Second half: the data exchange, laid out by both sides' counts.
@@ -402,6 +432,12 @@ impl Communicator {
                     output.len()
                 ),
             ));
+        }
+        if send_counts[self.rank] != recv_counts[self.rank] {
+            let (sent, expected) = (send_counts[self.rank], recv_counts[self.rank]);
+            return Err(
+                self.invalid("alltoall", format!("this rank sends itself {sent} elements but expects {expected}"))
+            );
         }
         let desc = self.desc(Kind::Alltoall, Some(dtype), None, 0, 0);
         let work = Work::Alltoall { send: input, send_blocks: &send_blocks, recv: output, recv_blocks: &recv_blocks };

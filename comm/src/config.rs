@@ -96,6 +96,23 @@ pub struct Tuning {
     pub broadcast_segment: usize,
 }
 
+impl Tuning {
+    /// The knobs every rank must agree on, with their values: exchanged at rendezvous, so that
+    /// ranks started with different settings fail at once, naming the knob.
+    pub fn agreed(&self) -> Vec<(&'static str, String)> {
+        vec![
+            (TCP_STREAMS.name, self.tcp_streams.to_string()),
+            (STRIPE_MIN.name, self.stripe_min.to_string()),
+            (ALLREDUCE_ALGORITHM.name, format!("{:?}", self.allreduce)),
+            (SMALL_ALLREDUCE.name, self.small_allreduce.to_string()),
+            (SMALL_BROADCAST.name, self.small_broadcast.to_string()),
+            (SEGMENT.name, self.segment.to_string()),
+            (BROADCAST_SEGMENT.name, self.broadcast_segment.to_string()),
+            (RING_CHUNK.name, self.ring_chunk.to_string()),
+        ]
+    }
+}
+
 impl Default for Tuning {
     fn default() -> Self {
         let num = |k: Knob| k.default.parse::<usize>().unwrap_or(0);
@@ -114,6 +131,9 @@ impl Default for Tuning {
         }
     }
 }
+
+/// Longest accepted timeout, in seconds.
+const MAX_SECS: f64 = 365.0 * 24.0 * 3600.0;
 
 /// Everything a process reads from its environment to join a job.
 #[derive(Debug, Clone)]
@@ -152,21 +172,13 @@ impl Config {
         let secs = |k: Knob| -> Result<Duration> {
             let v = text(k).unwrap_or_else(|| k.default.to_string());
             match v.trim().parse::<f64>() {
-                Ok(s) if s > 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s)),
+                // At most a year: later deadlines overflow `Instant` arithmetic.
+                Ok(s) if s > 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s.min(MAX_SECS))),
                 _ => Err(Error::Config { name: k.name, detail: format!("{v:?} is not a positive number of seconds") }),
             }
         };
         let size = parse(SIZE, "a positive integer")?;
         let rank = parse(RANK, "a non-negative integer")?;
-        if size == 0 {
-            return Err(Error::Config { name: SIZE.name, detail: "must be at least 1".into() });
-        }
-        if rank >= size {
-            return Err(Error::Config {
-                name: RANK.name,
-                detail: format!("rank {rank} is not below FERROVOD_SIZE={size}"),
-            });
-        }
         let tuning = Tuning {
             timeout: secs(TIMEOUT)?,
             connect_timeout: secs(CONNECT_TIMEOUT)?,
@@ -205,7 +217,7 @@ impl Config {
                 return Err(Error::Config { name: HOST_STORE.name, detail: format!("{v:?} is not 0 or 1") });
             }
         };
-        Ok(Config {
+        let config = Config {
             rank,
             size,
             rendezvous: text(RENDEZVOUS),
@@ -213,7 +225,26 @@ impl Config {
             host_store,
             advertise_addr,
             tuning,
-        })
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what every way of building a config must satisfy.
+    pub fn validate(&self) -> Result<()> {
+        if self.size == 0 {
+            return Err(Error::Config { name: SIZE.name, detail: "must be at least 1".into() });
+        }
+        if self.rank >= self.size {
+            return Err(Error::Config {
+                name: RANK.name,
+                detail: format!("rank {} is not below FERROVOD_SIZE={}", self.rank, self.size),
+            });
+        }
+        if self.secret.as_ref().is_some_and(|s| s.as_bytes().is_empty()) {
+            return Err(Error::Config { name: SECRET.name, detail: "must not be empty".into() });
+        }
+        Ok(())
     }
 }
 
@@ -243,6 +274,7 @@ mod tests {
         assert!(e.contains("FERROVOD_RANK") && e.contains("rank 4"), "{e}");
         let e = cfg(&[("FERROVOD_ALLREDUCE_ALGORITHM", "bubble")]).unwrap_err().to_string();
         assert!(e.contains("FERROVOD_ALLREDUCE_ALGORITHM") && e.contains("bubble"), "{e}");
+        assert_eq!(cfg(&[("FERROVOD_TIMEOUT", "1e30")]).unwrap().tuning.timeout, Duration::from_secs_f64(MAX_SECS));
         let e = cfg(&[("FERROVOD_SIZE", "0")]).unwrap_err().to_string();
         assert!(e.contains("FERROVOD_SIZE"), "{e}");
     }

@@ -25,12 +25,19 @@ pub fn broadcast_chain<T: Transport + ?Sized>(
     let next = (r + 1) % n;
     let seg = segment.max(1);
     let last = v == n - 1;
+    // An empty buffer still travels as one empty message per link, as the middle ranks expect.
     if v == 0 {
         let mut ops: Vec<Op<'_>> = buf.chunks(seg).map(|c| Op::Send { peer: next, buf: c }).collect();
+        if ops.is_empty() {
+            ops.push(Op::Send { peer: next, buf: &[] });
+        }
         return t.exchange(tag, &mut ops, &mut no_work);
     }
     if last {
         let mut ops: Vec<Op<'_>> = buf.chunks_mut(seg).map(|c| Op::Recv { peer: prev, buf: c }).collect();
+        if ops.is_empty() {
+            ops.push(Op::Recv { peer: prev, buf: &mut [] });
+        }
         return t.exchange(tag, &mut ops, &mut no_work);
     }
     let segments = buf.len().div_ceil(seg);

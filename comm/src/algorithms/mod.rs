@@ -134,7 +134,8 @@ pub(crate) struct Unit {
     pub dst: Range<usize>,
 }
 
-/// Runs `units` in order, each cut into segments of at most `segment` bytes, as one pipeline:
+/// Runs `units` in order, each cut into the same number of segments of at most `segment`
+/// bytes (empty where a unit is shorter), as one pipeline:
 /// while segment k is on the wire the transport gives its idle time to reducing segment k-1
 /// out of the other of two scratch buffers. A segment is sent only once the reduction of any
 /// earlier segment that lands in it has finished.
@@ -158,8 +159,11 @@ pub(crate) fn reduce_pipeline<T: Transport + ?Sized>(
     // The segment received last: where it goes in `buf`, and which scratch holds it.
     let mut pending: Option<(Range<usize>, usize)> = None;
     let mut slot = 0;
+    // One segment count for every unit: the units of all ranks together cover the same blocks,
+    // so every rank computes the same count and sends and receives the same messages. (A count
+    // per unit lets neighbours disagree when blocks differ in size.)
+    let segments = units.iter().map(|u| u.send.len().max(u.dst.len())).max().unwrap_or(0).div_ceil(seg).max(1);
     for unit in units {
-        let segments = unit.send.len().max(unit.dst.len()).div_ceil(seg).max(1);
         for j in 0..segments {
             let send = piece(&unit.send, j);
             let recv = piece(&unit.dst, j);

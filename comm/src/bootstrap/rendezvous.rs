@@ -19,6 +19,8 @@ pub struct PeerInfo {
     pub addr: SocketAddr,
     /// Process id, for error messages.
     pub pid: u32,
+    /// The knobs every rank must agree on, as (name, value).
+    pub tuning: Vec<(String, String)>,
 }
 
 /// Publishes `me` as `rank` under `prefix` and returns every rank's record, in rank order.

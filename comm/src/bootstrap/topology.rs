@@ -46,7 +46,13 @@ mod tests {
     use super::*;
 
     fn peer(host: &str, boot: &str) -> PeerInfo {
-        PeerInfo { hostname: host.into(), boot_id: boot.into(), addr: "127.0.0.1:1".parse().unwrap(), pid: 1 }
+        PeerInfo {
+            hostname: host.into(),
+            boot_id: boot.into(),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            pid: 1,
+            tuning: vec![],
+        }
     }
 
     #[test]

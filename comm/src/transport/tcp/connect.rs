@@ -11,8 +11,11 @@ use super::pair::{Pair, configure};
 use crate::bootstrap::{Error, Purpose, Secret, accept_handshake, connect_handshake};
 use crate::sys::{PollFd, poll};
 
-/// Per-connection limit for the handshake, so a silent client cannot hold up the mesh.
+/// Per-connection limit for the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After the handshake a connecting rank says: its rank, the stream, the world size, and its
+/// number of streams (u32 each).
+const HELLO: usize = 16;
 
 pub(super) struct MeshSpec<'a> {
     pub rank: usize,
@@ -67,10 +70,11 @@ fn connect_lower(spec: &MeshSpec<'_>, addrs: &[SocketAddr]) -> Result<Vec<(usize
             let _ = conn.set_nodelay(true);
             set_timeouts(&conn, spec.deadline).map_err(|source| Error::Io { what: what(), source })?;
             connect_handshake(&mut conn, spec.secret, Purpose::Transport)?;
-            let mut hello = [0u8; 12];
+            let mut hello = [0u8; HELLO];
             hello[..4].copy_from_slice(&(spec.rank as u32).to_le_bytes());
             hello[4..8].copy_from_slice(&(stream as u32).to_le_bytes());
-            hello[8..].copy_from_slice(&(spec.size as u32).to_le_bytes());
+            hello[8..12].copy_from_slice(&(spec.size as u32).to_le_bytes());
+            hello[12..].copy_from_slice(&(spec.streams as u32).to_le_bytes());
             conn.write_all(&hello).map_err(|source| Error::Io { what: what(), source })?;
             out.push((peer, stream, conn));
         }
@@ -99,16 +103,31 @@ fn set_timeouts(conn: &TcpStream, deadline: Instant) -> std::io::Result<()> {
     conn.set_write_timeout(Some(t))
 }
 
+/// Accepts until every higher rank's streams are in. Each connection is authenticated on a
+/// thread of its own, so a silent or slow client holds up nobody else.
 fn accept_all(spec: &MeshSpec<'_>, listener: &TcpListener) -> Result<Vec<(usize, usize, TcpStream)>, Error> {
     let expected = (spec.size - 1 - spec.rank) * spec.streams;
     let mut got: Vec<(usize, usize, TcpStream)> = Vec::with_capacity(expected);
     let mut last_refusal: Option<String> = None;
+    let (tx, rx) = std::sync::mpsc::channel::<Result<(usize, usize, TcpStream), String>>();
+    // Handshake threads write a byte here when they are done, waking the poll below.
+    let (mut wake_rx, wake_tx) =
+        std::io::pipe().map_err(|source| Error::Io { what: "accept wake-up pipe".into(), source })?;
     while got.len() < expected {
+        for result in rx.try_iter() {
+            match result {
+                Ok((peer, stream, conn)) if !got.iter().any(|g| g.0 == peer && g.1 == stream) => {
+                    got.push((peer, stream, conn))
+                }
+                Ok((peer, stream, _)) => last_refusal = Some(format!("rank {peer} stream {stream} connected twice")),
+                Err(note) => last_refusal = Some(note),
+            }
+        }
+        if got.len() == expected {
+            break;
+        }
         let left = spec.deadline.saturating_duration_since(Instant::now());
-        let mut pfd = [PollFd { fd: listener.as_raw_fd(), read: true, write: false, ready: false }];
-        let ready =
-            poll(&mut pfd, left).map_err(|source| Error::Io { what: "waiting for peers to connect".into(), source })?;
-        if ready == 0 {
+        if left.is_zero() {
             let missing: Vec<usize> = (spec.rank + 1..spec.size)
                 .filter(|&r| got.iter().filter(|g| g.0 == r).count() < spec.streams)
                 .collect();
@@ -118,27 +137,64 @@ fn accept_all(spec: &MeshSpec<'_>, listener: &TcpListener) -> Result<Vec<(usize,
                 waited: spec.timeout,
             });
         }
-        let Ok((mut conn, from)) = listener.accept() else { continue };
-        let _ = conn.set_nodelay(true);
-        if set_timeouts(&conn, spec.deadline).is_err() {
+        let mut pfd = [
+            PollFd { fd: listener.as_raw_fd(), read: true, write: false, ready: false },
+            PollFd { fd: wake_rx.as_raw_fd(), read: true, write: false, ready: false },
+        ];
+        poll(&mut pfd, left).map_err(|source| Error::Io { what: "waiting for peers to connect".into(), source })?;
+        if pfd[1].ready {
+            let _ = wake_rx.read(&mut [0u8; 64]);
+        }
+        if !pfd[0].ready {
             continue;
         }
-        if let Err(e) = accept_handshake(&mut conn, spec.secret, Purpose::Transport) {
-            last_refusal = Some(format!("{from}: {e}"));
-            continue;
+        let (conn, from) = match listener.accept() {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors or similar: note it and back off rather than spin.
+                last_refusal = Some(format!("accept failed: {e}"));
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+        };
+        let (tx, secret) = (tx.clone(), spec.secret.clone());
+        let Ok(mut wake) = wake_tx.try_clone() else { continue };
+        let (rank, size, streams, deadline) = (spec.rank, spec.size, spec.streams, spec.deadline);
+        let spawned = std::thread::Builder::new().name("ferrovod-accept".into()).spawn(move || {
+            let _ = tx.send(admit(conn, from, &secret, rank, size, streams, deadline));
+            let _ = wake.write(&[1]);
+        });
+        if spawned.is_err() {
+            last_refusal = Some(format!("{from}: could not start a handshake thread"));
         }
-        let mut hello = [0u8; 12];
-        if conn.read_exact(&mut hello).is_err() {
-            continue;
-        }
-        let word = |i: usize| u32::from_le_bytes([hello[i], hello[i + 1], hello[i + 2], hello[i + 3]]) as usize;
-        let (peer, stream, size) = (word(0), word(4), word(8));
-        let valid = size == spec.size && peer > spec.rank && peer < spec.size && stream < spec.streams;
-        if !valid || got.iter().any(|g| g.0 == peer && g.1 == stream) {
-            last_refusal = Some(format!("{from}: claimed rank {peer} stream {stream} of a world of {size}"));
-            continue;
-        }
-        got.push((peer, stream, conn));
     }
     Ok(got)
+}
+
+/// Authenticates one incoming connection and reads which rank and stream it is.
+fn admit(
+    mut conn: TcpStream,
+    from: SocketAddr,
+    secret: &Secret,
+    rank: usize,
+    size: usize,
+    streams: usize,
+    deadline: Instant,
+) -> Result<(usize, usize, TcpStream), String> {
+    let _ = conn.set_nodelay(true);
+    set_timeouts(&conn, deadline).map_err(|e| format!("{from}: {e}"))?;
+    accept_handshake(&mut conn, secret, Purpose::Transport).map_err(|e| format!("{from}: {e}"))?;
+    let mut hello = [0u8; HELLO];
+    conn.read_exact(&mut hello).map_err(|e| format!("{from}: no hello after the handshake: {e}"))?;
+    let word = |i: usize| u32::from_le_bytes([hello[i], hello[i + 1], hello[i + 2], hello[i + 3]]) as usize;
+    let (peer, stream, their_size, their_streams) = (word(0), word(4), word(8), word(12));
+    if their_size != size || peer <= rank || peer >= size || stream >= streams {
+        return Err(format!("{from}: claimed rank {peer} stream {stream} of a world of {their_size}"));
+    }
+    if their_streams != streams {
+        return Err(format!(
+            "rank {peer} uses {their_streams} TCP streams, this rank {streams} (FERROVOD_TCP_STREAMS differs)"
+        ));
+    }
+    Ok((peer, stream, conn))
 }

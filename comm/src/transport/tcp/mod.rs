@@ -112,6 +112,7 @@ impl TcpTransport {
                 let left = (last_progress + self.timeout).saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     let mut peers: Vec<usize> = chans.iter().filter(|c| !c.done()).map(|c| c.peer).collect();
+                    peers.sort_unstable();
                     peers.dedup();
                     return Err(Error::Timeout { peers, waited: self.timeout });
                 }
@@ -144,7 +145,7 @@ impl TcpTransport {
                 let part = Part {
                     op,
                     range: len * s / stripes..len * (s + 1) / stripes,
-                    header: header(tag, len as u64, s as u32),
+                    header: header(tag, len as u64, s as u16, stripes as u16),
                     got: [0; HEADER],
                     header_done: 0,
                     done: 0,

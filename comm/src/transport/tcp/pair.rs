@@ -29,12 +29,13 @@ impl Pair {
     }
 }
 
-/// The header of stripe `stripe` of a message of `total` bytes.
-pub(super) fn header(tag: Tag, total: u64, stripe: u32) -> [u8; HEADER] {
+/// The header of stripe `stripe` of `stripes` of a message of `total` bytes.
+pub(super) fn header(tag: Tag, total: u64, stripe: u16, stripes: u16) -> [u8; HEADER] {
     let mut h = [0u8; HEADER];
     h[..16].copy_from_slice(&tag.to_le_bytes());
     h[16..24].copy_from_slice(&total.to_le_bytes());
-    h[24..28].copy_from_slice(&stripe.to_le_bytes());
+    h[24..26].copy_from_slice(&stripe.to_le_bytes());
+    h[26..28].copy_from_slice(&stripes.to_le_bytes());
     h[28..32].copy_from_slice(&MARK.to_le_bytes());
     h
 }
@@ -54,7 +55,16 @@ pub(super) fn check_header(peer: usize, got: &[u8; HEADER], expected: &[u8; HEAD
     if len != want_len {
         return Err(Error::LengthMismatch { peer, expected: want_len, got: len });
     }
-    if got[24..28] != expected[24..28] {
+    if got[26..28] != expected[26..28] {
+        let (theirs, ours) = (u16::from_le_bytes([got[26], got[27]]), u16::from_le_bytes([expected[26], expected[27]]));
+        return Err(Error::Protocol {
+            peer,
+            detail: format!(
+                "message split into {theirs} stripes there and {ours} here (FERROVOD_TCP_STREAMS or FERROVOD_STRIPE_MIN differ)"
+            ),
+        });
+    }
+    if got[24..26] != expected[24..26] {
         return Err(Error::Protocol { peer, detail: "stripe arrived on the wrong stream".into() });
     }
     Ok(())
