@@ -106,24 +106,51 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
     }
 }
 
-/// Rewrites mpirun's `-np N` (and `-np=N`) into `--np N` before the `--` that starts the
-/// command, since clap's short options are single letters.
+/// Rewrites mpirun's `-np N` (and `-np=N`) into `--np N` among the launcher's own options,
+/// since clap's short options are single letters. The command starts at `--` or at the first
+/// argument that is neither an option nor an option's value, and is left as it is.
 pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    /// The launcher's options that take a separate value.
+    const WITH_VALUE: &[&str] = &[
+        "-np",
+        "-n",
+        "--np",
+        "--num-proc",
+        "--plan",
+        "--listen-fd",
+        "--gpus",
+        "--output-dir",
+        "--grace-period",
+        "--connect-timeout",
+        "--store-linger",
+    ];
     let mut out = Vec::new();
     let mut in_command = false;
+    let mut value_next = false;
     for (i, a) in args.into_iter().enumerate() {
-        if !in_command && i > 0 {
-            if a == "--" {
-                in_command = true;
-            } else if a == "-np" {
-                out.push(OsString::from("--np"));
-                continue;
-            } else if let Some(v) = a.to_str().and_then(|s| s.strip_prefix("-np=")) {
-                out.push(OsString::from(format!("--np={v}")));
-                continue;
-            }
+        if i == 0 || in_command {
+            out.push(a);
+            continue;
         }
-        out.push(a);
+        if value_next {
+            value_next = false;
+            out.push(a);
+            continue;
+        }
+        let text = a.to_str().unwrap_or("");
+        if a == "--" || !text.starts_with('-') {
+            in_command = true;
+            out.push(a);
+            continue;
+        }
+        value_next = WITH_VALUE.contains(&text);
+        if a == "-np" {
+            out.push(OsString::from("--np"));
+        } else if let Some(v) = text.strip_prefix("-np=") {
+            out.push(OsString::from(format!("--np={v}")));
+        } else {
+            out.push(a);
+        }
     }
     out
 }
@@ -166,6 +193,15 @@ mod tests {
         let got = normalize_args(os(&["ferrovod-run", "-np", "4", "--", "cmd", "-np", "2"]));
         assert_eq!(got, os(&["ferrovod-run", "--np", "4", "--", "cmd", "-np", "2"]));
         assert_eq!(normalize_args(os(&["x", "-np=3", "cmd"])), os(&["x", "--np=3", "cmd"]));
+        // Without `--`, the command starts at the first argument that is not an option's.
+        assert_eq!(
+            normalize_args(os(&["x", "-np", "2", "-v", "tool", "-np", "4"])),
+            os(&["x", "--np", "2", "-v", "tool", "-np", "4"])
+        );
+        assert_eq!(
+            normalize_args(os(&["x", "--output-dir", "d", "-np", "2", "tool", "-np=4"])),
+            os(&["x", "--output-dir", "d", "--np", "2", "tool", "-np=4"])
+        );
     }
 
     #[test]

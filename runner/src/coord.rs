@@ -175,6 +175,8 @@ pub struct Link {
     client: Option<StoreClient>,
     /// We published the job's first failure.
     pub published_first: bool,
+    /// The link thread has ended (its end of the wake pipe is closed).
+    ended: bool,
 }
 
 impl Link {
@@ -193,19 +195,28 @@ impl Link {
             };
             link_main(&c, &s, notify);
         })?;
-        Ok(Link { cfg, rx, wake_rx, stop, client: None, published_first: false })
+        Ok(Link { cfg, rx, wake_rx, stop, client: None, published_first: false, ended: false })
     }
 
-    /// Becomes readable when an event is waiting.
-    pub fn wake_fd(&self) -> RawFd {
-        self.wake_rx.as_raw_fd()
+    /// Becomes readable when an event is waiting; `None` once the link thread has ended (its
+    /// closed pipe would otherwise be readable for ever and make every poll return at once).
+    pub fn wake_fd(&self) -> Option<RawFd> {
+        (!self.ended).then(|| self.wake_rx.as_raw_fd())
     }
 
     /// The next event, if any (never blocks).
     pub fn next_event(&mut self) -> Option<LinkEvent> {
         let mut sink = [0u8; 64];
-        // SAFETY: reading into a valid buffer from our non-blocking pipe.
-        while unsafe { libc::read(self.wake_rx.as_raw_fd(), sink.as_mut_ptr().cast(), sink.len()) } > 0 {}
+        loop {
+            // SAFETY: reading into a valid buffer from our non-blocking pipe.
+            let n = unsafe { libc::read(self.wake_rx.as_raw_fd(), sink.as_mut_ptr().cast(), sink.len()) };
+            if n == 0 {
+                self.ended = true;
+            }
+            if n <= 0 {
+                break;
+            }
+        }
         match self.rx.try_recv().ok()? {
             Msg::Ready { master_port, client } => {
                 self.client = Some(client);
@@ -291,6 +302,8 @@ fn connect(cfg: &LinkConfig, stop: &AtomicBool, deadline: Instant) -> Result<Sto
                 if stop.load(Ordering::SeqCst) || Instant::now() >= deadline {
                     return Err(format!("{e} (gave up after {:.0} s)", cfg.connect_timeout.as_secs_f64()));
                 }
+                // Some failures return at once (a name that does not resolve): do not spin.
+                std::thread::sleep(Duration::from_millis(100));
             }
         }
     }

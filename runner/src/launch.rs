@@ -142,6 +142,10 @@ pub fn say(msg: &str) {
     let _ = writeln!(std::io::stderr().lock(), "ferrovod-run: {msg}");
 }
 
+/// On task 0 after a failure: how long, beyond the grace period, to keep the store for the
+/// other launchers to stop and report.
+const AFTER_FAILURE_LINGER: Duration = Duration::from_secs(10);
+
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "es" }
 }
@@ -149,6 +153,10 @@ fn plural(n: usize) -> &'static str {
 /// Runs one launcher. Call it from `main` before any other thread exists: it blocks the
 /// signals it handles, for this thread and every thread started afterwards.
 pub fn run(cfg: &Launch) -> Result<Report, Error> {
+    // A parent that ignores SIGCHLD passes that on through exec, and then the kernel reaps our
+    // children itself: waitpid would never report a rank's exit. Back to the default action.
+    // SAFETY: setting a signal's disposition to SIG_DFL has no memory effects.
+    unsafe { libc::signal(libc::SIGCHLD, libc::SIG_DFL) };
     let signals = SignalFd::new(&os::HANDLED).map_err(Error::io("blocking the handled signals"))?;
     let parent = ParentWatch::new(cfg.watch_parent);
     if cfg.command.is_empty() {
@@ -158,8 +166,13 @@ pub fn run(cfg: &Launch) -> Result<Report, Error> {
     // Everything that can be wrong with the input is found before anything starts.
     let (plan, listener, pin_gpus, secret) = match &cfg.mode {
         Mode::Local { np, gpus } => {
-            if *np == 0 {
-                return Err(Error::Usage("-np must be at least 1".into()));
+            if *np == 0 || *np > crate::plan::MAX_PROCESSES {
+                return Err(Error::Usage(format!("-np must be between 1 and {}", crate::plan::MAX_PROCESSES)));
+            }
+            if let Some(g) = gpus
+                && let Some(dup) = g.iter().enumerate().find(|(i, id)| g[..*i].contains(id)).map(|(_, id)| id)
+            {
+                return Err(Error::Usage(format!("--gpus lists GPU {dup} twice")));
             }
             if let Some(g) = gpus
                 && g.len() != *np
@@ -556,8 +569,8 @@ impl Job<'_> {
                 _ => TICK,
             };
             let mut fds = vec![PollFd { fd: self.signals.raw_fd(), read: true, write: false, ready: false }];
-            if let Some(link) = &self.link {
-                fds.push(PollFd { fd: link.wake_fd(), read: true, write: false, ready: false });
+            if let Some(fd) = self.link.as_ref().and_then(Link::wake_fd) {
+                fds.push(PollFd { fd, read: true, write: false, ready: false });
             }
             let parent_slot = self.parent.fd().map(|fd| {
                 fds.push(PollFd { fd, read: true, write: false, ready: false });
@@ -606,9 +619,16 @@ impl Job<'_> {
             }
             link.finish();
             if self.task == 0 {
-                let signals = &self.signals;
-                let interrupted = || matches!(signals.next(), Ok(Some(s)) if s != libc::SIGCHLD);
-                let missing = link.wait_for_others(Instant::now() + self.cfg.store_linger, interrupted);
+                let (signals, parent) = (&self.signals, &self.parent);
+                // A cancelled Spark task (parent gone) must not leave the store behind.
+                let interrupted = || matches!(signals.next(), Ok(Some(s)) if s != libc::SIGCHLD) || parent.died();
+                // After a failure the others stop within their grace period; a launcher that
+                // died or never started will not report, so do not wait the full linger.
+                let linger = match self.failure {
+                    Some(_) => self.cfg.store_linger.min(self.cfg.grace + AFTER_FAILURE_LINGER),
+                    None => self.cfg.store_linger,
+                };
+                let missing = link.wait_for_others(Instant::now() + linger, interrupted);
                 if !missing.is_empty() && self.cfg.verbose >= 1 {
                     say(&format!("closing the store although tasks {missing:?} did not report that they are done"));
                 }

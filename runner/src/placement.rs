@@ -84,8 +84,8 @@ pub fn place(plan: &Plan) -> Vec<Placement> {
     out
 }
 
-/// What every process of a job shares.
-#[derive(Clone, Debug)]
+/// What every process of a job shares. Its `Debug` output leaves the secret out.
+#[derive(Clone)]
 pub struct JobEnv {
     /// `host:port` of the ferrovod store.
     pub rendezvous: String,
@@ -103,6 +103,18 @@ pub struct JobEnv {
 /// Variables removed from every child's environment: `FERROVOD_HOST_STORE` would make rank 0
 /// serve a second store on the launcher's address.
 pub const ENV_REMOVED: &[&str] = &[config::HOST_STORE.name];
+
+impl std::fmt::Debug for JobEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobEnv")
+            .field("rendezvous", &self.rendezvous)
+            .field("secret", &"<redacted>")
+            .field("master_addr", &self.master_addr)
+            .field("master_port", &self.master_port)
+            .field("pin_gpus", &self.pin_gpus)
+            .finish()
+    }
+}
 
 /// The environment of the process at `p`, as listed in DESIGN.md.
 pub fn child_env(p: &Placement, job: &JobEnv) -> Vec<(String, String)> {

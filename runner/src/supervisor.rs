@@ -25,8 +25,9 @@ use crate::os::{self, Pid, WaitStatus};
 use crate::output::{Forwarders, OutputOptions, Stream};
 use crate::reaper::Reaper;
 
-/// What to start: one training process.
-#[derive(Clone, Debug)]
+/// What to start: one training process. Its `Debug` output shows variable names only (one of
+/// them is the job secret).
+#[derive(Clone)]
 pub struct Spec {
     /// Its global rank (names it in output prefixes and messages).
     pub rank: usize,
@@ -40,6 +41,19 @@ pub struct Spec {
     pub env: Vec<(String, String)>,
     /// Variables removed from the launcher's environment.
     pub env_remove: Vec<String>,
+}
+
+impl std::fmt::Debug for Spec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Spec")
+            .field("rank", &self.rank)
+            .field("host", &self.host)
+            .field("program", &self.program)
+            .field("args", &self.args)
+            .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+            .field("env_remove", &self.env_remove)
+            .finish()
+    }
 }
 
 /// How a process ended.

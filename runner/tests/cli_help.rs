@@ -56,6 +56,8 @@ fn usage_errors_exit_2() {
         &["-np", "2"],
         &["-np", "2", "--plan", "x.json", "--", "true"],
         &["-np", "2", "--grace-period", "soon", "--", "true"],
+        &["-np", "18446744073709551615", "--", "true"],
+        &["-np", "2", "--gpus", "0,0", "--", "true"],
     ] {
         let mut cmd = launcher();
         cmd.args(args);

@@ -64,3 +64,19 @@ fn success_leaves_nothing_behind() {
         assert!(!alive(*pid), "pid {pid} survived a successful job");
     }
 }
+
+#[test]
+fn a_parent_that_ignores_sigchld_does_not_hide_the_ranks_exits() {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = launcher();
+    cmd.args(["-np", "2", "--", FAKE, "--fail-rank", "1", "--fail-code", "5"]);
+    // SAFETY: signal(2) is async-signal-safe; the child execs right after.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+            Ok(())
+        })
+    };
+    let f = run(cmd, Duration::from_secs(20));
+    assert_eq!(f.code(), Some(5), "{f:?}");
+}
