@@ -79,25 +79,29 @@ fn silent_rank_times_out_naming_it() {
     }
 }
 
-#[test]
-fn wrong_secret_is_refused_at_start() {
-    let mut world = World::spawn(
-        2,
-        &worker(),
-        &["collectives", "f32", "sum", "small"],
-        &[("FERROVOD_CONNECT_TIMEOUT", "5".into())],
-    );
-    // Restart rank 1 with another secret.
+/// Starts 2 ranks, then replaces rank 1 with one that has `env` on top of the job's (same
+/// rank, same store); returns how the replacement ended, and the world with rank 0.
+fn replace_rank_1(timeout: &str, env: &[(&str, &str)]) -> (std::process::Output, World) {
+    let args = ["collectives", "f32", "sum", "small"];
+    let mut world = World::spawn(2, &worker(), &args, &[("FERROVOD_CONNECT_TIMEOUT", timeout.into())]);
     let _ = world.children[1].kill();
     let _ = world.children[1].wait();
-    let out = std::process::Command::new(worker())
-        .args(["collectives", "f32", "sum", "small"])
+    let mut cmd = std::process::Command::new(worker());
+    cmd.args(args)
         .env("FERROVOD_RANK", "1")
         .env("FERROVOD_SIZE", "2")
         .env("FERROVOD_RENDEZVOUS", world.store.local_addr().to_string())
-        .env("FERROVOD_SECRET", "not-the-job-secret")
-        .output()
-        .expect("worker runs");
+        .env("FERROVOD_SECRET", &world.secret)
+        .env("FERROVOD_CONNECT_TIMEOUT", timeout);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    (cmd.output().expect("worker runs"), world)
+}
+
+#[test]
+fn wrong_secret_is_refused_at_start() {
+    let (out, _world) = replace_rank_1("5", &[("FERROVOD_SECRET", "not-the-job-secret")]);
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("rank 1: start-up failed") && err.contains("wrong job secret"), "{err}");
@@ -105,24 +109,7 @@ fn wrong_secret_is_refused_at_start() {
 
 #[test]
 fn ranks_with_different_tuning_fail_at_start_naming_the_knob() {
-    let mut world = World::spawn(
-        2,
-        &worker(),
-        &["collectives", "f32", "sum", "small"],
-        &[("FERROVOD_CONNECT_TIMEOUT", "20".into())],
-    );
-    // Restart rank 1 with another ring chunk.
-    let _ = world.children[1].kill();
-    let _ = world.children[1].wait();
-    let out = std::process::Command::new(worker())
-        .args(["collectives", "f32", "sum", "small"])
-        .env("FERROVOD_RANK", "1")
-        .env("FERROVOD_SIZE", "2")
-        .env("FERROVOD_RENDEZVOUS", world.store.local_addr().to_string())
-        .env("FERROVOD_SECRET", &world.secret)
-        .env("FERROVOD_RING_CHUNK", "2097152")
-        .output()
-        .expect("worker runs");
+    let (out, mut world) = replace_rank_1("20", &[("FERROVOD_RING_CHUNK", "2097152")]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("FERROVOD_RING_CHUNK") && err.contains("rank 0 has 1048576, rank 1 has 2097152"), "{err}");

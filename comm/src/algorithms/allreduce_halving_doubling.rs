@@ -12,9 +12,8 @@
 //! Cost: 2·log2(p)·α + 2(p-1)/p·m·β + (p-1)/p·m·γ (plus 2·(α + m·β) when n is not a power of
 //! two): the ring's bandwidth in log2(p) instead of p-1 steps per phase.
 
-use super::{Reducer, Unit, Workspace, even_blocks, reduce_pipeline, split_ref_mut};
+use super::{Fold, Unit, Workspace, even_blocks, reduce_pipeline, split_ref_mut};
 use crate::dtype::{DType, ReduceOp};
-use crate::reduce::Order;
 use crate::transport::{Error, Op, Tag, Transport, no_work};
 
 /// Allreduce in place (`Average` is left as a sum; the caller divides).
@@ -29,40 +28,19 @@ pub fn allreduce_halving_doubling<T: Transport + ?Sized>(
     chunk: usize,
     ws: &mut Workspace,
 ) -> Result<(), Error> {
-    let (r, n) = (t.rank(), t.size());
+    let n = t.size();
     if n == 1 {
         return Ok(());
     }
-    let p = 1usize << (usize::BITS - 1 - n.leading_zeros());
-    let q = n - p;
-    let real = |v: usize| if v < q { 2 * v + 1 } else { v + q };
-
-    // Fold: even ranks below 2q hand their data to the odd rank above them.
-    let vrank = if r < 2 * q {
-        if r % 2 == 0 {
-            t.exchange(tag, &mut [Op::Send { peer: r + 1, buf: &*buf }], &mut no_work)?;
-            None
-        } else {
-            let tmp = ws.a.bytes(buf.len());
-            t.exchange(tag, &mut [Op::Recv { peer: r - 1, buf: &mut *tmp }], &mut no_work)?;
-            Reducer::new(buf, tmp, dtype, op, Order::SrcFirst).finish();
-            Some(r / 2)
-        }
-    } else {
-        Some(r - q)
-    };
-    if let Some(v) = vrank {
+    let fold = Fold::new(n);
+    if let Some(v) = fold.fold(t, tag, buf, dtype, op, ws)? {
         let chunk = (chunk / dtype.size()).max(1) * dtype.size();
         let pieces: Vec<&mut [u8]> = if buf.is_empty() { vec![&mut *buf] } else { buf.chunks_mut(chunk).collect() };
         for piece in pieces {
-            halve_then_double(t, tag, piece, v, p, &real, dtype, op, segment, ws)?;
+            halve_then_double(t, tag, piece, v, &fold, dtype, op, segment, ws)?;
         }
     }
-    // Unfold: the odd ranks below 2q return the result.
-    if r < 2 * q {
-        let op = if r % 2 == 0 { Op::Recv { peer: r + 1, buf } } else { Op::Send { peer: r - 1, buf } };
-        t.exchange(tag, &mut [op], &mut no_work)?;
-    }
+    fold.unfold(t, tag, buf)?;
     Ok(())
 }
 
@@ -72,13 +50,13 @@ fn halve_then_double<T: Transport + ?Sized>(
     tag: Tag,
     buf: &mut [u8],
     v: usize,
-    p: usize,
-    real: &dyn Fn(usize) -> usize,
+    fold: &Fold,
     dtype: DType,
     op: ReduceOp,
     segment: usize,
     ws: &mut Workspace,
 ) -> Result<(), Error> {
+    let (p, real) = (fold.p, |v: usize| fold.real(v));
     let blocks = even_blocks(buf.len() / dtype.size(), p, dtype.size());
     let bytes = |lo: usize, hi: usize| blocks[lo].start..blocks[hi - 1].end;
     let (mut lo, mut hi) = (0, p);

@@ -8,7 +8,7 @@
 //!
 //! Cost: (log2 p + 2·[q>0])·(α + m·β + m·γ): latency-optimal, the choice for small messages.
 
-use super::Workspace;
+use super::{Fold, Workspace};
 use crate::dtype::{DType, ReduceOp};
 use crate::reduce::{Order, reduce_into};
 use crate::transport::{Error, Op, Tag, Transport, no_work};
@@ -26,40 +26,19 @@ pub fn allreduce_recursive_doubling<T: Transport + ?Sized>(
     if n == 1 {
         return Ok(());
     }
-    let p = 1usize << (usize::BITS - 1 - n.leading_zeros());
-    let q = n - p;
-    let tmp = ws.a.bytes(buf.len());
-    let real = |v: usize| if v < q { 2 * v + 1 } else { v + q };
-
-    let vrank = if r < 2 * q {
-        if r % 2 == 0 {
-            t.exchange(tag, &mut [Op::Send { peer: r + 1, buf }], &mut no_work)?;
-            None
-        } else {
-            t.exchange(tag, &mut [Op::Recv { peer: r - 1, buf: tmp }], &mut no_work)?;
-            reduce_into(dtype, op, buf, tmp, Order::SrcFirst);
-            Some(r / 2)
-        }
-    } else {
-        Some(r - q)
-    };
-    if let Some(v) = vrank {
+    let fold = Fold::new(n);
+    if let Some(v) = fold.fold(t, tag, buf, dtype, op, ws)? {
+        let tmp = ws.a.bytes(buf.len());
         let mut mask = 1;
-        while mask < p {
-            let partner = real(v ^ mask);
-            t.exchange(
-                tag,
-                &mut [Op::Send { peer: partner, buf }, Op::Recv { peer: partner, buf: tmp }],
-                &mut no_work,
-            )?;
+        while mask < fold.p {
+            let partner = fold.real(v ^ mask);
+            let mut ops = [Op::Send { peer: partner, buf: &*buf }, Op::Recv { peer: partner, buf: &mut *tmp }];
+            t.exchange(tag, &mut ops, &mut no_work)?;
             let order = if partner < r { Order::SrcFirst } else { Order::AccFirst };
             reduce_into(dtype, op, buf, tmp, order);
             mask <<= 1;
         }
     }
-    if r < 2 * q {
-        let op = if r % 2 == 0 { Op::Recv { peer: r + 1, buf } } else { Op::Send { peer: r - 1, buf } };
-        t.exchange(tag, &mut [op], &mut no_work)?;
-    }
+    fold.unfold(t, tag, buf)?;
     Ok(())
 }

@@ -29,7 +29,7 @@ use std::ops::Range;
 
 use crate::dtype::{DType, ReduceOp};
 use crate::reduce::{Order, reduce_into};
-use crate::transport::{Error, Op, Tag, Transport};
+use crate::transport::{Error, Op, Tag, Transport, no_work};
 
 /// Splits `count` elements into `n` contiguous blocks as evenly as possible, the first
 /// `count % n` blocks one element larger (Horovod's reducescatter split). Byte ranges.
@@ -190,4 +190,59 @@ pub(crate) fn reduce_pipeline<T: Transport + ?Sized>(
         Reducer::new(&mut buf[dst], scratch[s].bytes(len), dtype, op, Order::AccFirst).finish();
     }
     Ok(())
+}
+
+/// Folding a world of n ranks onto p, the largest power of two ≤ n, for the algorithms that
+/// pair ranks by bits: the even ranks below 2q (q = n - p) hand their data to the odd rank
+/// above them and sit out; the others take virtual ranks 0..p.
+pub(crate) struct Fold {
+    /// Participants: the largest power of two ≤ n.
+    pub p: usize,
+    q: usize,
+}
+
+impl Fold {
+    pub(crate) fn new(n: usize) -> Fold {
+        let p = 1usize << (usize::BITS - 1 - n.leading_zeros());
+        Fold { p, q: n - p }
+    }
+
+    /// The real rank of virtual rank `v`.
+    pub(crate) fn real(&self, v: usize) -> usize {
+        if v < self.q { 2 * v + 1 } else { v + self.q }
+    }
+
+    /// Folds this rank's data in; returns its virtual rank, or `None` if it sits out.
+    pub(crate) fn fold<T: Transport + ?Sized>(
+        &self,
+        t: &mut T,
+        tag: Tag,
+        buf: &mut [u8],
+        dtype: DType,
+        op: ReduceOp,
+        ws: &mut Workspace,
+    ) -> Result<Option<usize>, Error> {
+        let r = t.rank();
+        if r >= 2 * self.q {
+            return Ok(Some(r - self.q));
+        }
+        if r.is_multiple_of(2) {
+            t.exchange(tag, &mut [Op::Send { peer: r + 1, buf: &*buf }], &mut no_work)?;
+            return Ok(None);
+        }
+        let tmp = ws.a.bytes(buf.len());
+        t.exchange(tag, &mut [Op::Recv { peer: r - 1, buf: &mut *tmp }], &mut no_work)?;
+        Reducer::new(buf, tmp, dtype, op, Order::SrcFirst).finish();
+        Ok(Some(r / 2))
+    }
+
+    /// Hands the result back to the ranks that sat out.
+    pub(crate) fn unfold<T: Transport + ?Sized>(&self, t: &mut T, tag: Tag, buf: &mut [u8]) -> Result<(), Error> {
+        let r = t.rank();
+        if r >= 2 * self.q {
+            return Ok(());
+        }
+        let op = if r.is_multiple_of(2) { Op::Recv { peer: r + 1, buf } } else { Op::Send { peer: r - 1, buf } };
+        t.exchange(tag, &mut [op], &mut no_work)
+    }
 }
