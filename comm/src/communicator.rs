@@ -507,7 +507,12 @@ impl Communicator {
             },
             cause => Error::Collective { rank: self.rank, op: op.clone(), cause },
         };
-        let root = self.abort.as_mut().and_then(|b| b.report(self.rank, &local.to_string()));
+        // The record holds what went wrong, not which op (every rank is in the same one).
+        let what = match &local {
+            Error::Collective { cause, .. } => cause.to_string(),
+            other => other.to_string(),
+        };
+        let root = self.abort.as_mut().and_then(|b| b.report(self.rank, &what));
         for b in &mut self.backends {
             b.close();
         }
