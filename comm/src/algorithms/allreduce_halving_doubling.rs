@@ -12,7 +12,7 @@
 //! Cost: 2·log2(p)·α + 2(p-1)/p·m·β + (p-1)/p·m·γ (plus 2·(α + m·β) when n is not a power of
 //! two): the ring's bandwidth in log2(p) instead of p-1 steps per phase.
 
-use super::{Fold, Unit, Workspace, even_blocks, reduce_pipeline, split_ref_mut};
+use super::{Fold, Unit, Workspace, even_blocks, pieces, reduce_pipeline, split_ref_mut};
 use crate::dtype::{DType, ReduceOp};
 use crate::transport::{Error, Op, Tag, Transport, no_work};
 
@@ -34,9 +34,7 @@ pub fn allreduce_halving_doubling<T: Transport + ?Sized>(
     }
     let fold = Fold::new(n);
     if let Some(v) = fold.fold(t, tag, buf, dtype, op, ws)? {
-        let chunk = (chunk / dtype.size()).max(1) * dtype.size();
-        let pieces: Vec<&mut [u8]> = if buf.is_empty() { vec![&mut *buf] } else { buf.chunks_mut(chunk).collect() };
-        for piece in pieces {
+        for piece in pieces(buf, chunk, dtype) {
             halve_then_double(t, tag, piece, v, &fold, dtype, op, segment, ws)?;
         }
     }

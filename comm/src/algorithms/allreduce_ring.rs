@@ -11,7 +11,7 @@
 //! Cost: 2(n-1)·⌈m/c⌉·α + 2(n-1)/n·m·β + (n-1)/n·m·γ for chunks of c bytes: bandwidth-optimal,
 //! the choice for large messages; latency grows with n.
 
-use super::{Workspace, allgather_ring, even_blocks, reducescatter_ring};
+use super::{Workspace, allgather_ring, even_blocks, pieces, reducescatter_ring};
 use crate::dtype::{DType, ReduceOp};
 use crate::transport::{Error, Tag, Transport};
 
@@ -27,10 +27,7 @@ pub fn allreduce_ring<T: Transport + ?Sized>(
     chunk: usize,
     ws: &mut Workspace,
 ) -> Result<(), Error> {
-    let chunk = (chunk / dtype.size()).max(1) * dtype.size();
-    // An empty buffer still exchanges (empty) messages, so that mismatches are seen.
-    let pieces: Vec<&mut [u8]> = if buf.is_empty() { vec![buf] } else { buf.chunks_mut(chunk).collect() };
-    for piece in pieces {
+    for piece in pieces(buf, chunk, dtype) {
         let blocks = even_blocks(piece.len() / dtype.size(), t.size(), dtype.size());
         reducescatter_ring(t, tag, piece, &blocks, dtype, op, segment, ws)?;
         allgather_ring(t, tag, piece, &blocks)?;

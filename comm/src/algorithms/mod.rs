@@ -50,6 +50,14 @@ pub fn blocks_from_counts(counts: &[usize], elem: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
+/// `buf` cut into pieces of about `chunk` bytes (whole elements), large allreduces run piece by
+/// piece so that reduced data is still in cache when it is sent. An empty buffer is one empty
+/// piece: it still exchanges (empty) messages, so that mismatches are seen.
+pub(crate) fn pieces(buf: &mut [u8], chunk: usize, dtype: DType) -> Vec<&mut [u8]> {
+    let chunk = (chunk / dtype.size()).max(1) * dtype.size();
+    if buf.is_empty() { vec![buf] } else { buf.chunks_mut(chunk).collect() }
+}
+
 /// A grow-only scratch buffer aligned for every dtype.
 #[derive(Default)]
 pub(crate) struct Scratch(Vec<u64>);
