@@ -21,6 +21,7 @@ use crate::config::{self, Config, Tuning};
 use crate::dtype::{DType, Element, ReduceOp};
 use crate::error::{Error, Result};
 use crate::op::{Kind, OpDesc};
+use crate::sys::Doorbell;
 use crate::transport::mem::MemTransport;
 use crate::transport::tcp::{TcpListenerHandle, TcpTransport};
 use crate::transport::{self, Transport};
@@ -36,6 +37,7 @@ pub struct Communicator {
     rank: usize,
     size: usize,
     topology: Topology,
+    tuning: Tuning,
     backends: Vec<Box<dyn Backend>>,
     abort: Option<AbortBoard>,
     seq: u32,
@@ -120,12 +122,18 @@ impl Communicator {
                 cross_size: 1,
                 local_ranks: (0..size).collect(),
             },
-            backends: vec![Box::new(HostBackend::new(transport, tuning))],
+            backends: vec![Box::new(HostBackend::new(transport, tuning.clone()))],
+            tuning,
             abort: None,
             seq: 0,
             broken: None,
             _store: None,
         }
+    }
+
+    /// Joins the job `config` describes.
+    pub fn from_config(config: Config) -> Result<Communicator> {
+        Communicator::join(config)
     }
 
     fn join(config: Config) -> Result<Communicator> {
@@ -188,6 +196,7 @@ impl Communicator {
             size: config.size,
             topology: Topology::compute(&peers, rank),
             backends: vec![Box::new(HostBackend::new(Box::new(transport), config.tuning.clone()))],
+            tuning: config.tuning.clone(),
             abort: Some(AbortBoard { store, prefix }),
             seq: 0,
             broken: None,
@@ -223,6 +232,11 @@ impl Communicator {
     /// Number of processes with this local rank.
     pub fn cross_size(&self) -> usize {
         self.topology.cross_size
+    }
+
+    /// Transport and algorithm tuning (the same on every rank).
+    pub fn tuning(&self) -> &Tuning {
+        &self.tuning
     }
 
     /// The full placement, including which ranks share this host.
@@ -448,6 +462,21 @@ impl Communicator {
     pub fn barrier(&mut self) -> Result<()> {
         let desc = self.desc(Kind::Barrier, None, None, 0, 0);
         self.run(Request { desc, dtype: DType::U8, work: Work::Barrier })
+    }
+
+    /// Sleeps until a peer sends this rank something, `wake` rings, or `timeout` passes;
+    /// returns whether a peer has something (see [`Transport::wait_incoming`]). For the engine,
+    /// which sleeps here between rounds.
+    pub fn wait_incoming(&mut self, wake: &Doorbell, timeout: Duration) -> Result<bool> {
+        if let Some(reason) = &self.broken {
+            return Err(Error::Broken { rank: self.rank, reason: reason.clone() });
+        }
+        let host = self.backends.last_mut().unwrap_or_else(|| unreachable!("the host backend is always present"));
+        host.wait_incoming(wake, timeout).map_err(|cause| {
+            let e = Error::Collective { rank: self.rank, op: "waiting for peers".into(), cause };
+            self.broken = Some(e.to_string());
+            e
+        })
     }
 
     fn desc(&mut self, kind: Kind, dtype: Option<DType>, op: Option<ReduceOp>, root: usize, count: usize) -> OpDesc {

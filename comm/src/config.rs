@@ -48,6 +48,11 @@ knobs! {
     SEGMENT = "FERROVOD_SEGMENT", "262144", "Pipeline segment in bytes for the ring and the chain.";
     BROADCAST_SEGMENT = "FERROVOD_BROADCAST_SEGMENT", "4194304", "Pipeline segment in bytes for the chain broadcast (no reduction to overlap: larger is cheaper per byte).";
     RING_CHUNK = "FERROVOD_RING_CHUNK", "1048576", "The ring allreduce runs on pieces of this many bytes, so that reduced data is still in cache when sent.";
+    FUSION_THRESHOLD = "FERROVOD_FUSION_THRESHOLD", "67108864", "Engine: tensors ready together are fused into buckets of up to this many bytes; 0 turns fusion off.";
+    CACHE_CAPACITY = "FERROVOD_CACHE_CAPACITY", "1024", "Engine: tensors whose agreed metadata is cached, so that steady-state steps negotiate with a bit each.";
+    STALL_WARNING = "FERROVOD_STALL_WARNING", "60", "Engine: seconds a tensor may wait for other ranks before rank 0 logs the missing ranks and names; 0 turns it off.";
+    STALL_TIMEOUT = "FERROVOD_STALL_TIMEOUT", "600", "Engine: seconds a tensor may wait for other ranks before every rank fails; 0 turns it off.";
+    TIMELINE = "FERROVOD_TIMELINE", "", "Engine: write a Chrome trace (Perfetto, chrome://tracing) of every tensor's phases to this path (rank N > 0 appends .N).";
     GRACE_PERIOD = "FERROVOD_GRACE_PERIOD", "10", "ferrovod-run: seconds between SIGTERM and SIGKILL when stopping a job.";
     STORE_LINGER = "FERROVOD_STORE_LINGER", "600", "ferrovod-run: seconds task 0 keeps serving the store for the other tasks' launchers.";
     OUTPUT_DIR = "FERROVOD_OUTPUT_DIR", "", "ferrovod-run: also write each rank's output to DIR/rank.N/{stdout,stderr}.";
@@ -94,6 +99,21 @@ pub struct Tuning {
     pub ring_chunk: usize,
     /// See [`BROADCAST_SEGMENT`].
     pub broadcast_segment: usize,
+    /// See [`FUSION_THRESHOLD`].
+    pub fusion_threshold: usize,
+    /// See [`CACHE_CAPACITY`].
+    pub cache_capacity: usize,
+}
+
+/// Engine settings that each rank may choose for itself.
+#[derive(Debug, Clone, Default)]
+pub struct EngineSettings {
+    /// See [`STALL_WARNING`]; `None` is off.
+    pub stall_warning: Option<Duration>,
+    /// See [`STALL_TIMEOUT`]; `None` is off.
+    pub stall_timeout: Option<Duration>,
+    /// See [`TIMELINE`].
+    pub timeline: Option<std::path::PathBuf>,
 }
 
 impl Tuning {
@@ -109,6 +129,8 @@ impl Tuning {
             (SEGMENT.name, self.segment.to_string()),
             (BROADCAST_SEGMENT.name, self.broadcast_segment.to_string()),
             (RING_CHUNK.name, self.ring_chunk.to_string()),
+            (FUSION_THRESHOLD.name, self.fusion_threshold.to_string()),
+            (CACHE_CAPACITY.name, self.cache_capacity.to_string()),
         ]
     }
 }
@@ -128,6 +150,8 @@ impl Default for Tuning {
             segment: num(SEGMENT),
             ring_chunk: num(RING_CHUNK),
             broadcast_segment: num(BROADCAST_SEGMENT),
+            fusion_threshold: num(FUSION_THRESHOLD),
+            cache_capacity: num(CACHE_CAPACITY),
         }
     }
 }
@@ -152,6 +176,8 @@ pub struct Config {
     pub advertise_addr: Option<std::net::IpAddr>,
     /// Transport and algorithm tuning.
     pub tuning: Tuning,
+    /// Engine settings.
+    pub engine: EngineSettings,
 }
 
 impl Config {
@@ -202,6 +228,21 @@ impl Config {
             segment: parse(SEGMENT, "a byte count")?.max(4096),
             ring_chunk: parse(RING_CHUNK, "a byte count")?.max(4096),
             broadcast_segment: parse(BROADCAST_SEGMENT, "a byte count")?.max(4096),
+            fusion_threshold: parse(FUSION_THRESHOLD, "a byte count")?,
+            cache_capacity: parse(CACHE_CAPACITY, "a count")?,
+        };
+        let optional_secs = |k: Knob| -> Result<Option<Duration>> {
+            let v = text(k).unwrap_or_else(|| k.default.to_string());
+            match v.trim().parse::<f64>() {
+                Ok(s) if s == 0.0 => Ok(None),
+                Ok(s) if s > 0.0 && s.is_finite() => Ok(Some(Duration::from_secs_f64(s.min(MAX_SECS)))),
+                _ => Err(Error::Config { name: k.name, detail: format!("{v:?} is not a number of seconds (0: off)") }),
+            }
+        };
+        let engine = EngineSettings {
+            stall_warning: optional_secs(STALL_WARNING)?,
+            stall_timeout: optional_secs(STALL_TIMEOUT)?,
+            timeline: text(TIMELINE).map(std::path::PathBuf::from),
         };
         let advertise_addr = match text(ADVERTISE_ADDR) {
             None => None,
@@ -225,6 +266,7 @@ impl Config {
             host_store,
             advertise_addr,
             tuning,
+            engine,
         };
         config.validate()?;
         Ok(config)

@@ -75,6 +75,37 @@ pub enum Error {
         reason: String,
     },
 
+    /// Ranks submitted the same tensor name with different arguments.
+    #[error("rank {rank}: tensor {name:?}: ranks disagree on {field}: {values}")]
+    TensorMismatch {
+        /// This rank.
+        rank: usize,
+        /// The tensor.
+        name: String,
+        /// What differs: op, root, dtype, shape or group.
+        field: &'static str,
+        /// Each side's value, with its ranks.
+        values: String,
+    },
+
+    /// Tensors waited for other ranks longer than `FERROVOD_STALL_TIMEOUT`.
+    #[error("rank {rank}: stalled: {detail}")]
+    Stalled {
+        /// This rank.
+        rank: usize,
+        /// Which tensors waited how long for which ranks.
+        detail: String,
+    },
+
+    /// The engine stopped (shut down, or failed) before this request completed.
+    #[error("rank {rank}: engine stopped: {reason}")]
+    EngineStopped {
+        /// This rank.
+        rank: usize,
+        /// Why.
+        reason: String,
+    },
+
     /// The communicator failed earlier and can no longer be used.
     #[error("rank {rank}: communicator is unusable after an earlier failure: {reason}")]
     Broken {

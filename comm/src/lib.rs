@@ -2,6 +2,7 @@
 //!
 //! | layer | module | what it does |
 //! |---|---|---|
+//! | engine | [`Engine`] | named, asynchronous collectives: matched across ranks, fused, watched for stalls |
 //! | API | [`Communicator`] | rank, size, placement; allreduce, broadcast, allgather, reducescatter, alltoall, barrier |
 //! | backends | [`backend`] | run whole collectives; the first that accepts a request runs it |
 //! | algorithms | [`algorithms`] | ring, recursive doubling, binomial tree, chain, pairwise, dissemination |
@@ -33,6 +34,7 @@ pub mod bootstrap;
 mod communicator;
 pub mod config;
 pub mod dtype;
+pub mod engine;
 pub mod error;
 pub mod op;
 pub mod reduce;
@@ -41,5 +43,6 @@ pub mod transport;
 
 pub use communicator::{Builder, Communicator};
 pub use dtype::{DType, Element, ReduceOp};
+pub use engine::{Collective, Engine, Handle, Output, Submission};
 pub use error::{Error, Result};
 pub use half::{bf16, f16};

@@ -58,6 +58,32 @@ pub fn divide(dtype: DType, buf: &mut [u8], n: usize) {
     }
 }
 
+/// Fills `buf` with the identity of `op` (what a rank that has joined contributes): 0 for sum
+/// and average, 1 for product, the largest value for min and the smallest for max.
+pub fn fill_identity(dtype: DType, op: ReduceOp, buf: &mut [u8]) {
+    macro_rules! fill {
+        ($t:ty, $zero:expr, $one:expr, $max:expr, $min:expr) => {{
+            let v: $t = match op {
+                ReduceOp::Sum | ReduceOp::Average => $zero,
+                ReduceOp::Product => $one,
+                ReduceOp::Min => $max,
+                ReduceOp::Max => $min,
+            };
+            map::<$t>(buf, |_| v)
+        }};
+    }
+    match dtype {
+        DType::U8 => fill!(u8, 0, 1, u8::MAX, u8::MIN),
+        DType::I8 => fill!(i8, 0, 1, i8::MAX, i8::MIN),
+        DType::I32 => fill!(i32, 0, 1, i32::MAX, i32::MIN),
+        DType::I64 => fill!(i64, 0, 1, i64::MAX, i64::MIN),
+        DType::F32 => fill!(f32, 0.0, 1.0, f32::INFINITY, f32::NEG_INFINITY),
+        DType::F64 => fill!(f64, 0.0, 1.0, f64::INFINITY, f64::NEG_INFINITY),
+        DType::F16 => fill!(f16, f16::ZERO, f16::ONE, f16::INFINITY, f16::NEG_INFINITY),
+        DType::BF16 => fill!(bf16, bf16::ZERO, bf16::ONE, bf16::INFINITY, bf16::NEG_INFINITY),
+    }
+}
+
 /// Integer ops: wrapping sum and product, exact min and max.
 trait Int: Pod + Ord {
     fn wadd(self, o: Self) -> Self;

@@ -1,10 +1,13 @@
 //! The host backend: host memory, algorithms over a byte transport, picked by message size.
 
+use std::time::Duration;
+
 use super::{Backend, Request, Work};
 use crate::algorithms as alg;
 use crate::config::{AllreduceAlgorithm, Tuning};
 use crate::dtype::ReduceOp;
 use crate::reduce::divide;
+use crate::sys::Doorbell;
 use crate::transport::{self, Transport};
 
 /// Runs every collective on host memory over `transport`.
@@ -71,6 +74,10 @@ impl Backend for HostBackend {
             Work::Barrier => alg::barrier_dissemination(t, tag)?,
         }
         Ok(())
+    }
+
+    fn wait_incoming(&mut self, wake: &Doorbell, timeout: Duration) -> Result<bool, transport::Error> {
+        self.transport.wait_incoming(wake, timeout)
     }
 
     fn close(&mut self) {

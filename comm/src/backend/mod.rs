@@ -5,9 +5,11 @@
 pub mod host;
 
 use std::ops::Range;
+use std::time::Duration;
 
 use crate::dtype::{DType, ReduceOp};
 use crate::op::OpDesc;
+use crate::sys::Doorbell;
 use crate::transport;
 
 /// The buffers and arguments of one collective, already validated by the communicator.
@@ -79,6 +81,9 @@ pub trait Backend: Send {
 
     /// Runs `req` to completion.
     fn run(&mut self, req: Request<'_>) -> Result<(), transport::Error>;
+
+    /// See [`transport::Transport::wait_incoming`].
+    fn wait_incoming(&mut self, wake: &Doorbell, timeout: Duration) -> Result<bool, transport::Error>;
 
     /// Closes every link so that peers waiting on this rank fail at once.
     fn close(&mut self);

@@ -17,6 +17,8 @@ pub mod tcp;
 
 use std::time::Duration;
 
+use crate::sys::Doorbell;
+
 /// Identifies what a message belongs to. Opaque to transports; compared for equality.
 pub type Tag = u128;
 
@@ -67,6 +69,11 @@ pub trait Transport: Send {
     /// peer closes, sends a message with another tag or length, or if nothing moves for the
     /// transport's timeout. After an error the transport is unusable.
     fn exchange(&mut self, tag: Tag, ops: &mut [Op<'_>], work: &mut dyn FnMut() -> bool) -> Result<(), Error>;
+
+    /// Sleeps until a peer has sent something this rank has not received yet (or closed its
+    /// link), `wake` rings, or `timeout` passes; returns whether a peer has something. Receives
+    /// nothing. The engine sleeps here while idle, so that a round another rank begins wakes it.
+    fn wait_incoming(&mut self, wake: &Doorbell, timeout: Duration) -> Result<bool, Error>;
 
     /// Closes every link, so that peers blocked on this rank fail at once.
     fn close(&mut self);

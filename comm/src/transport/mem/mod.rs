@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Error, Op, Tag, Transport, check_peers};
+use crate::sys::{Doorbell, PollFd, poll};
 use pair::Pair;
 
 /// One rank's end of an in-process world.
@@ -15,15 +16,28 @@ pub struct MemTransport {
     size: usize,
     /// `links[src * size + dst]`.
     links: Arc<Vec<Pair>>,
+    /// Rung on every message to rank `r`, for [`Transport::wait_incoming`].
+    bells: Arc<Vec<Doorbell>>,
     timeout: Duration,
     failed: bool,
 }
 
 impl MemTransport {
     /// A world of `size` connected ranks; element `r` is rank `r`.
+    ///
+    /// # Panics
+    /// If the process is out of file descriptors (each rank has a doorbell pipe).
     pub fn world(size: usize, timeout: Duration) -> Vec<MemTransport> {
         let links: Arc<Vec<Pair>> = Arc::new((0..size * size).map(|_| Pair::default()).collect());
-        (0..size).map(|rank| MemTransport { rank, size, links: links.clone(), timeout, failed: false }).collect()
+        let bells: Arc<Vec<Doorbell>> =
+            Arc::new((0..size).map(|_| Doorbell::new().expect("a pipe for an in-process rank")).collect());
+        (0..size)
+            .map(|rank| MemTransport { rank, size, links: links.clone(), bells: bells.clone(), timeout, failed: false })
+            .collect()
+    }
+
+    fn anything_for_me(&self) -> bool {
+        (0..self.size).any(|peer| peer != self.rank && self.link(peer, self.rank).has_message())
     }
 
     fn link(&self, src: usize, dst: usize) -> &Pair {
@@ -48,6 +62,7 @@ impl Transport for MemTransport {
         for op in ops.iter() {
             if let Op::Send { peer, buf } = op {
                 self.link(self.rank, *peer).push(tag, buf.to_vec());
+                self.bells[*peer].ring();
             }
         }
         while work() {}
@@ -62,10 +77,28 @@ impl Transport for MemTransport {
         Ok(())
     }
 
+    fn wait_incoming(&mut self, wake: &Doorbell, timeout: Duration) -> Result<bool, Error> {
+        if self.failed {
+            return Err(Error::Unusable);
+        }
+        let bell = &self.bells[self.rank];
+        bell.clear();
+        if self.anything_for_me() {
+            return Ok(true);
+        }
+        let mut fds = [
+            PollFd { fd: wake.fd(), read: true, write: false, ready: false },
+            PollFd { fd: bell.fd(), read: true, write: false, ready: false },
+        ];
+        poll(&mut fds, timeout).map_err(|source| Error::Io { peer: self.rank, source })?;
+        Ok(self.anything_for_me())
+    }
+
     fn close(&mut self) {
         self.failed = true;
         for peer in 0..self.size {
             self.link(self.rank, peer).close();
+            self.bells[peer].ring();
         }
     }
 }

@@ -25,6 +25,12 @@ impl Pair {
         self.arrived.notify_all();
     }
 
+    /// Whether a message is waiting or the link is closed.
+    pub(super) fn has_message(&self) -> bool {
+        let q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+        q.closed || !q.messages.is_empty()
+    }
+
     pub(super) fn close(&self) {
         self.queue.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
         self.arrived.notify_all();

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::pair::{Pair, configure};
 use crate::bootstrap::{Error, Purpose, Secret, accept_handshake, connect_handshake};
-use crate::sys::{PollFd, poll};
+use crate::sys::{Doorbell, PollFd, poll};
 
 /// Per-connection limit for the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -111,8 +111,9 @@ fn accept_all(spec: &MeshSpec<'_>, listener: &TcpListener) -> Result<Vec<(usize,
     let mut last_refusal: Option<String> = None;
     let (tx, rx) = std::sync::mpsc::channel::<Result<(usize, usize, TcpStream), String>>();
     // Handshake threads write a byte here when they are done, waking the poll below.
-    let (mut wake_rx, wake_tx) =
-        std::io::pipe().map_err(|source| Error::Io { what: "accept wake-up pipe".into(), source })?;
+    let wake = std::sync::Arc::new(
+        Doorbell::new().map_err(|source| Error::Io { what: "accept wake-up pipe".into(), source })?,
+    );
     while got.len() < expected {
         for result in rx.try_iter() {
             match result {
@@ -139,11 +140,11 @@ fn accept_all(spec: &MeshSpec<'_>, listener: &TcpListener) -> Result<Vec<(usize,
         }
         let mut pfd = [
             PollFd { fd: listener.as_raw_fd(), read: true, write: false, ready: false },
-            PollFd { fd: wake_rx.as_raw_fd(), read: true, write: false, ready: false },
+            PollFd { fd: wake.fd(), read: true, write: false, ready: false },
         ];
         poll(&mut pfd, left).map_err(|source| Error::Io { what: "waiting for peers to connect".into(), source })?;
         if pfd[1].ready {
-            let _ = wake_rx.read(&mut [0u8; 64]);
+            wake.clear();
         }
         if !pfd[0].ready {
             continue;
@@ -158,11 +159,11 @@ fn accept_all(spec: &MeshSpec<'_>, listener: &TcpListener) -> Result<Vec<(usize,
             }
         };
         let (tx, secret) = (tx.clone(), spec.secret.clone());
-        let Ok(mut wake) = wake_tx.try_clone() else { continue };
+        let wake = wake.clone();
         let (rank, size, streams, deadline) = (spec.rank, spec.size, spec.streams, spec.deadline);
         let spawned = std::thread::Builder::new().name("ferrovod-accept".into()).spawn(move || {
             let _ = tx.send(admit(conn, from, &secret, rank, size, streams, deadline));
-            let _ = wake.write(&[1]);
+            wake.ring();
         });
         if spawned.is_err() {
             last_refusal = Some(format!("{from}: could not start a handshake thread"));

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use super::{Error, Op, Tag, Transport, check_peers};
 use crate::bootstrap::{self, Secret};
 use crate::config::Tuning;
-use crate::sys::{PollFd, poll};
+use crate::sys::{Doorbell, PollFd, poll};
 use pair::{HEADER, Pair, check_header, header, io_error, recv2, send2};
 
 /// A bound listener whose address is published at rendezvous before the mesh is built.
@@ -242,6 +242,22 @@ impl Transport for TcpTransport {
             self.failed = true;
         }
         result
+    }
+
+    fn wait_incoming(&mut self, wake: &Doorbell, timeout: Duration) -> Result<bool, Error> {
+        if self.failed {
+            return Err(Error::Unusable);
+        }
+        let mut fds = vec![PollFd { fd: wake.fd(), read: true, write: false, ready: false }];
+        let mut peers = Vec::new();
+        for (peer, pair) in self.pairs.iter().enumerate() {
+            for s in 0..pair.as_ref().map_or(0, |p| p.streams.len()) {
+                fds.push(PollFd { fd: self.pair(peer).fd(s), read: true, write: false, ready: false });
+                peers.push(peer);
+            }
+        }
+        poll(&mut fds, timeout).map_err(|source| Error::Io { peer: peers.first().copied().unwrap_or(0), source })?;
+        Ok(fds[1..].iter().any(|f| f.ready))
     }
 
     fn close(&mut self) {

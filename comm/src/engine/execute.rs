@@ -1,0 +1,302 @@
+//! Running one bucket on the communicator, and turning the result into each tensor's output.
+//!
+//! A bucket of allreduces is one logical collective over its tensors laid end to end, streamed
+//! in pieces of `piece` bytes (the ring's chunk): consecutive small tensors are copied into a
+//! staging piece and reduced together; a piece that lies within one tensor is reduced in place.
+//! Every rank cuts the same pieces, since they follow from the agreed sizes alone.
+//!
+//! A rank that has joined and did not submit a tensor contributes a stand-in: the identity of
+//! the reduction, no rows for allgather and alltoall, a scratch buffer for broadcast.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::fusion::Bucket;
+use super::handle::Slot;
+use super::negotiate::Ready;
+use super::request::{Collective, Output};
+use super::timeline::{Phase, Timeline};
+use super::Pending;
+use crate::algorithms::even_blocks;
+use crate::communicator::Communicator;
+use crate::dtype::{DType, ReduceOp};
+use crate::error::{Error, Result};
+use crate::reduce::{divide, fill_identity};
+
+/// A tensor whose collective has run (or failed on its own, without breaking the engine).
+pub(crate) struct Done {
+    pub name: String,
+    pub slot: Arc<Slot>,
+    pub result: Result<Output>,
+    pub grouped: bool,
+}
+
+/// What running a bucket needs besides the bucket.
+pub(crate) struct Ctx<'a> {
+    pub comm: &'a mut Communicator,
+    pub stage: &'a mut Vec<u8>,
+    pub piece: usize,
+    pub timeline: Option<&'a mut Timeline>,
+    /// Start and end of the negotiation round that made the bucket ready.
+    pub negotiated: (Instant, Instant),
+}
+
+/// One tensor of the bucket: what every rank agreed on, and this rank's submission if any.
+struct Item {
+    ready: Ready,
+    pending: Option<Pending>,
+    data: Vec<u8>,
+    spans: [Option<(Instant, Instant)>; 3],
+}
+
+const COPY_IN: usize = 0;
+const COMM: usize = 1;
+const COPY_OUT: usize = 2;
+
+impl Item {
+    fn note(&mut self, which: usize, from: Instant, to: Instant) {
+        let s = &mut self.spans[which];
+        *s = Some(s.map_or((from, to), |(a, _)| (a, to)));
+    }
+
+    fn contributors(&self) -> usize {
+        self.ready.present.iter().filter(|&&p| p).count()
+    }
+}
+
+/// Runs `bucket`; `take` hands over this rank's submission of a name, if it made one.
+pub(crate) fn run(
+    ctx: &mut Ctx<'_>,
+    bucket: Bucket,
+    mut take: impl FnMut(&str) -> Option<Pending>,
+) -> Result<Vec<Done>> {
+    let rank = ctx.comm.rank();
+    let mut items: Vec<Item> = bucket
+        .entries
+        .into_iter()
+        .map(|ready| {
+            let mut pending = take(&ready.name);
+            let data = match pending.as_mut() {
+                Some(p) => std::mem::take(&mut p.sub.data),
+                None => stand_in(&ready),
+            };
+            Item { ready, pending, data, spans: [None; 3] }
+        })
+        .collect();
+    let collective = items[0].ready.meta.collective;
+    let mut done = Vec::with_capacity(items.len());
+    match collective {
+        Collective::Allreduce(op) => allreduce(ctx, &mut items, op, &mut done)?,
+        _ => {
+            let mut item = items.pop().unwrap_or_else(|| unreachable!("a bucket has at least one tensor"));
+            let start = Instant::now();
+            let result = single(ctx.comm, &mut item, rank);
+            item.note(COMM, start, Instant::now());
+            let result = match result {
+                // A per-tensor argument problem: every rank saw the same, the engine goes on.
+                Err(e @ Error::InvalidArgument { .. }) => Err(e),
+                Err(e) => return Err(e),
+                Ok(out) => Ok(out),
+            };
+            finish(ctx, item, result, &mut done);
+        }
+    }
+    Ok(done)
+}
+
+/// What a joined rank puts in for a tensor it did not submit.
+fn stand_in(ready: &Ready) -> Vec<u8> {
+    let meta = &ready.meta;
+    match meta.collective {
+        Collective::Allreduce(op) | Collective::Reducescatter(op) => {
+            let mut buf = vec![0u8; meta.bytes()];
+            fill_identity(meta.dtype, op, &mut buf);
+            buf
+        }
+        Collective::Broadcast(_) => vec![0u8; meta.bytes()],
+        Collective::Allgather | Collective::Alltoall => Vec::new(),
+    }
+}
+
+/// The fused allreduce: tensors end to end, in pieces; see the module docs.
+fn allreduce(ctx: &mut Ctx<'_>, items: &mut Vec<Item>, op: ReduceOp, done: &mut Vec<Done>) -> Result<()> {
+    let dtype = items[0].ready.meta.dtype;
+    // Average is a sum here, divided per tensor by the ranks that contributed to it.
+    let wire = if op == ReduceOp::Average { ReduceOp::Sum } else { op };
+    let piece = (ctx.piece / dtype.size()).max(1) * dtype.size();
+    if ctx.stage.len() < piece {
+        ctx.stage.resize(piece, 0);
+    }
+    let mut remaining: Vec<usize> = items.iter().map(|i| i.data.len()).collect();
+    let mut staged: Vec<(usize, Range<usize>)> = Vec::new();
+    let mut fill = 0;
+    for i in 0..items.len() {
+        let len = items[i].data.len();
+        let mut off = 0;
+        while off < len {
+            if fill == 0 && len - off >= piece {
+                let t = Instant::now();
+                ctx.comm.allreduce_bytes(&mut items[i].data[off..off + piece], dtype, wire)?;
+                items[i].note(COMM, t, Instant::now());
+                remaining[i] -= piece;
+                off += piece;
+                continue;
+            }
+            let n = (len - off).min(piece - fill);
+            let t = Instant::now();
+            ctx.stage[fill..fill + n].copy_from_slice(&items[i].data[off..off + n]);
+            items[i].note(COPY_IN, t, Instant::now());
+            staged.push((i, off..off + n));
+            fill += n;
+            off += n;
+            if fill == piece {
+                flush(ctx, items, &mut staged, &mut remaining, fill, dtype, wire)?;
+                fill = 0;
+            }
+        }
+    }
+    if fill > 0 {
+        flush(ctx, items, &mut staged, &mut remaining, fill, dtype, wire)?;
+    }
+    for mut item in items.drain(..) {
+        if op == ReduceOp::Average {
+            let n = item.contributors();
+            divide(dtype, &mut item.data, n);
+        }
+        let out = Output {
+            data: std::mem::take(&mut item.data),
+            dtype,
+            shape: item.ready.meta.shape.iter().map(|&d| d as usize).collect(),
+            splits: None,
+        };
+        finish(ctx, item, Ok(out), done);
+    }
+    Ok(())
+}
+
+/// Reduces the staging piece and copies each tensor's part back.
+fn flush(
+    ctx: &mut Ctx<'_>,
+    items: &mut [Item],
+    staged: &mut Vec<(usize, Range<usize>)>,
+    remaining: &mut [usize],
+    fill: usize,
+    dtype: DType,
+    wire: ReduceOp,
+) -> Result<()> {
+    let t = Instant::now();
+    ctx.comm.allreduce_bytes(&mut ctx.stage[..fill], dtype, wire)?;
+    let t1 = Instant::now();
+    let mut at = 0;
+    for (i, range) in staged.drain(..) {
+        let n = range.len();
+        let c = Instant::now();
+        items[i].data[range].copy_from_slice(&ctx.stage[at..at + n]);
+        items[i].note(COMM, t, t1);
+        items[i].note(COPY_OUT, c, Instant::now());
+        remaining[i] -= n;
+        at += n;
+    }
+    Ok(())
+}
+
+/// Broadcast, allgather, reducescatter or alltoall of one tensor.
+fn single(comm: &mut Communicator, item: &mut Item, rank: usize) -> Result<Output> {
+    let meta = item.ready.meta.clone();
+    let dtype = meta.dtype;
+    let rest: Vec<usize> = meta.shape.iter().skip(1).map(|&d| d as usize).collect();
+    let with_rows = |rows: usize| std::iter::once(rows).chain(rest.iter().copied()).collect::<Vec<_>>();
+    let row_elems = meta.row_elems();
+    let row_bytes = row_elems * dtype.size();
+    // Elements per rank from rows per rank, refusing totals that do not fit in memory.
+    let elems = |rows: &[usize], op: &'static str| -> Result<Vec<usize>> {
+        let counts: Option<Vec<usize>> = rows.iter().map(|&r| r.checked_mul(row_elems)).collect();
+        counts
+            .filter(|c| c.iter().try_fold(0usize, |a, &c| a.checked_add(c)).and_then(|t| t.checked_mul(dtype.size())).is_some_and(|b| b <= isize::MAX as usize))
+            .ok_or_else(|| Error::InvalidArgument { rank, op, detail: format!("row counts {rows:?} do not fit in memory") })
+    };
+    match meta.collective {
+        Collective::Broadcast(root) => {
+            if !item.ready.present[root as usize] {
+                return Err(Error::InvalidArgument {
+                    rank,
+                    op: "broadcast",
+                    detail: format!("tensor {:?}: root rank {root} has joined and sent nothing", item.ready.name),
+                });
+            }
+            comm.broadcast_bytes(&mut item.data, dtype, root as usize)?;
+            let shape = meta.shape.iter().map(|&d| d as usize).collect();
+            Ok(Output { data: std::mem::take(&mut item.data), dtype, shape, splits: None })
+        }
+        Collective::Allgather => {
+            let rows = pending_rows(item, row_bytes);
+            let all_rows = comm.allgather_counts(rows, dtype)?;
+            let counts = elems(&all_rows, "allgather")?;
+            let mut out = vec![0u8; counts.iter().sum::<usize>() * dtype.size()];
+            comm.allgatherv_into(&item.data, &mut out, &counts, dtype)?;
+            Ok(Output { data: out, dtype, shape: with_rows(all_rows.iter().sum()), splits: Some(all_rows) })
+        }
+        Collective::Reducescatter(op) => {
+            let wire = if op == ReduceOp::Average { ReduceOp::Sum } else { op };
+            let rows = meta.shape[0] as usize;
+            let blocks = even_blocks(rows, comm.size(), row_bytes.max(1));
+            let blocks: Vec<Range<usize>> = if row_bytes == 0 { vec![0..0; comm.size()] } else { blocks };
+            comm.reducescatter_bytes(&mut item.data, &blocks, dtype, wire)?;
+            let mut share = item.data[blocks[rank].clone()].to_vec();
+            if op == ReduceOp::Average {
+                divide(dtype, &mut share, item.contributors());
+            }
+            let my_rows = if row_bytes == 0 { 0 } else { share.len() / row_bytes };
+            Ok(Output { data: share, dtype, shape: with_rows(my_rows), splits: None })
+        }
+        Collective::Alltoall => {
+            let splits = match item.pending.as_ref().and_then(|p| p.sub.splits.clone()) {
+                Some(s) => s,
+                None if item.pending.is_some() => even_rows(pending_rows(item, row_bytes), comm.size()),
+                None => vec![0; comm.size()],
+            };
+            let total: usize = splits.iter().sum();
+            let recv_rows = comm.alltoall_counts(total, &splits, dtype)?;
+            let send = elems(&splits, "alltoall")?;
+            let recv = elems(&recv_rows, "alltoall")?;
+            let mut out = vec![0u8; recv.iter().sum::<usize>() * dtype.size()];
+            comm.alltoall_into(&item.data, &send, &mut out, &recv, dtype)?;
+            Ok(Output { data: out, dtype, shape: with_rows(recv_rows.iter().sum()), splits: Some(recv_rows) })
+        }
+        Collective::Allreduce(_) => unreachable!("allreduces run fused"),
+    }
+}
+
+/// Rows of this rank's submission (0 for a stand-in).
+fn pending_rows(item: &Item, row_bytes: usize) -> usize {
+    match &item.pending {
+        Some(p) => p.sub.shape[0],
+        None if row_bytes == 0 => 0,
+        None => item.data.len() / row_bytes,
+    }
+}
+
+/// Horovod's default all-to-all split: rows as even as possible, the first ranks one more.
+fn even_rows(rows: usize, size: usize) -> Vec<usize> {
+    (0..size).map(|r| rows / size + usize::from(r < rows % size)).collect()
+}
+
+/// Records the tensor's phases and hands its result over (stand-ins have no one to tell).
+fn finish(ctx: &mut Ctx<'_>, item: Item, result: Result<Output>, done: &mut Vec<Done>) {
+    let Some(p) = item.pending else { return };
+    if let Some(tl) = ctx.timeline.as_deref_mut() {
+        let name = item.ready.name.as_str();
+        let (n0, n1) = ctx.negotiated;
+        tl.phase(name, Phase::Queued, p.queued, n0, "");
+        tl.phase(name, Phase::Negotiated, n0, n1, "");
+        let phases = [Phase::CopyIn, Phase::Communicated, Phase::CopyOut];
+        for (span, phase) in item.spans.iter().zip(phases) {
+            if let Some((a, b)) = *span {
+                tl.phase(name, phase, a, b, "");
+            }
+        }
+        tl.done(name, Instant::now());
+    }
+    done.push(Done { name: item.ready.name, slot: p.slot, result, grouped: p.meta.group.is_some() });
+}

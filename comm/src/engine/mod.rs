@@ -1,0 +1,243 @@
+//! The engine: asynchronous, named collectives, matched across ranks, fused, watched.
+//!
+//! Training frameworks hand gradients over one at a time, in whatever order autograd produces
+//! them. [`Engine::submit`] queues a named tensor and returns a [`Handle`] at once; a
+//! background thread owns the [`Communicator`] and works in rounds:
+//!
+//! 1. Negotiate ([`negotiate`]): one allgather in which every rank says what it has pending —
+//!    a bit per cached tensor, name and arguments for the rest. Every rank derives the same
+//!    decisions from the same messages: which tensors every rank has submitted, and which
+//!    disagree (an error on every rank, naming the tensor, the field and each rank's value).
+//! 2. Fuse ([`fusion`]): ready allreduces of one dtype and op form buckets of up to
+//!    `FERROVOD_FUSION_THRESHOLD` bytes.
+//! 3. Run ([`execute`]): each bucket is one logical allreduce, streamed through a staging buffer
+//!    in ring-chunk-sized pieces. Small tensors are packed into a piece (that is the fusion);
+//!    a piece that lies within one tensor runs in place, so large tensors cost no copy.
+//! 4. Complete the handles; remember what was agreed in the [`cache`], so the next step's
+//!    identical submissions negotiate with one bit each.
+//!
+//! Between rounds the thread sleeps in `poll(2)` on the links and a doorbell: a local
+//! submission or a round begun by another rank wakes it. Nothing spins while idle.
+//!
+//! A tensor that waits for other ranks longer than `FERROVOD_STALL_WARNING` is logged by rank 0
+//! with the ranks it waits for; past `FERROVOD_STALL_TIMEOUT` every rank fails. `join` lets a
+//! rank that ran out of data contribute nothing (the identity of each reduction) until every
+//! rank has joined. `FERROVOD_TIMELINE` records every tensor's phases as a Chrome trace.
+
+mod cache;
+mod execute;
+mod fusion;
+mod handle;
+mod negotiate;
+mod request;
+mod timeline;
+mod worker;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+pub use handle::Handle;
+pub use request::{Collective, GroupKey, MAX_NAME, Meta, Output, Submission};
+
+use crate::bootstrap::Topology;
+use crate::communicator::Communicator;
+use crate::config::{Config, EngineSettings};
+use crate::dtype::{DType, ReduceOp};
+use crate::error::{Error, Result};
+use crate::sys::Doorbell;
+use handle::Slot;
+
+/// A rank's engine. Submit from any thread; results come back through handles.
+pub struct Engine {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    topology: Topology,
+    rank: usize,
+    size: usize,
+}
+
+/// What submitters and the engine thread share.
+pub(crate) struct Shared {
+    inbox: Mutex<Inbox>,
+    /// Rung on every submission, join and shutdown.
+    bell: Doorbell,
+}
+
+#[derive(Default)]
+pub(crate) struct Inbox {
+    /// Submitted, not yet taken by the engine thread.
+    pub(crate) new: Vec<Pending>,
+    /// Names pending on this rank (a name may be in flight once).
+    pub(crate) in_flight: HashSet<String>,
+    /// A join this rank asked for, until every rank has joined.
+    pub(crate) join: Option<Arc<Slot>>,
+    pub(crate) shutdown: bool,
+    /// Why the engine stopped; later calls fail with it.
+    pub(crate) stopped: Option<String>,
+}
+
+/// A submission on its way through the engine.
+pub(crate) struct Pending {
+    pub(crate) sub: Submission,
+    pub(crate) meta: Meta,
+    pub(crate) slot: Arc<Slot>,
+    pub(crate) queued: Instant,
+}
+
+impl Shared {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Engine {
+    /// Joins the job described by the `FERROVOD_*` environment and starts the engine.
+    pub fn from_env() -> Result<Engine> {
+        let config = Config::from_env()?;
+        let comm = Communicator::from_config(config.clone())?;
+        Engine::start(comm, &config.engine)
+    }
+
+    /// Starts an engine thread that owns `comm`.
+    pub fn start(comm: Communicator, settings: &EngineSettings) -> Result<Engine> {
+        let (rank, size) = (comm.rank(), comm.size());
+        let bell = Doorbell::new().map_err(|e| Error::EngineStopped {
+            rank,
+            reason: format!("could not create the engine's wake-up pipe: {e}"),
+        })?;
+        let shared = Arc::new(Shared { inbox: Mutex::new(Inbox::default()), bell });
+        let topology = comm.topology().clone();
+        let worker = worker::Worker::new(comm, shared.clone(), settings)?;
+        let thread = std::thread::Builder::new()
+            .name(format!("ferrovod-engine-{rank}"))
+            .spawn(move || worker.run())
+            .map_err(|e| Error::EngineStopped { rank, reason: format!("could not start the engine thread: {e}") })?;
+        Ok(Engine { shared, thread: Mutex::new(Some(thread)), topology, rank, size })
+    }
+
+    /// This rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Number of ranks.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Placement of the ranks on hosts.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Queues one tensor; never blocks on the network.
+    pub fn submit(&self, sub: Submission) -> Result<Handle> {
+        Ok(self.enqueue(vec![sub], false)?.remove(0))
+    }
+
+    /// Queues tensors that run together: in the same round, and completing together. Every
+    /// rank must submit a group with the same names.
+    pub fn submit_group(&self, subs: Vec<Submission>) -> Result<Vec<Handle>> {
+        if subs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.enqueue(subs, true)
+    }
+
+    fn enqueue(&self, subs: Vec<Submission>, grouped: bool) -> Result<Vec<Handle>> {
+        for s in &subs {
+            s.validate(self.rank, self.size)?;
+        }
+        let group = grouped.then(|| GroupKey::of(subs.iter().map(|s| s.name.as_str())));
+        let mut inbox = self.shared.lock();
+        if let Some(reason) = &inbox.stopped {
+            return Err(Error::EngineStopped { rank: self.rank, reason: reason.clone() });
+        }
+        let mut names = HashSet::new();
+        for s in &subs {
+            if inbox.in_flight.contains(&s.name) || !names.insert(s.name.as_str()) {
+                return Err(Error::InvalidArgument {
+                    rank: self.rank,
+                    op: s.collective.name(),
+                    detail: format!("tensor {:?} is already in flight: names must be unique until done", s.name),
+                });
+            }
+        }
+        let queued = Instant::now();
+        let mut handles = Vec::with_capacity(subs.len());
+        for sub in subs {
+            let (handle, slot) = Handle::new(sub.name.clone());
+            inbox.in_flight.insert(sub.name.clone());
+            let meta = sub.meta(group);
+            inbox.new.push(Pending { sub, meta, slot, queued });
+            handles.push(handle);
+        }
+        drop(inbox);
+        self.shared.bell.ring();
+        Ok(handles)
+    }
+
+    /// Allreduce of a typed slice, waited for: a convenience over [`Engine::submit`].
+    pub fn allreduce<T: crate::Element>(&self, name: &str, data: &[T], op: ReduceOp) -> Result<Vec<T>> {
+        let sub = Submission::from_slice(name, Collective::Allreduce(op), &[data.len()], data);
+        self.submit(sub)?.wait()?.to_vec()
+    }
+
+    /// Says this rank has no more data: until every rank has joined, it contributes nothing to
+    /// the other ranks' collectives (the identity for reductions, no rows for allgather). Blocks
+    /// until every rank has joined; returns the rank that joined last.
+    pub fn join(&self) -> Result<usize> {
+        let (handle, slot) = Handle::new("join".into());
+        {
+            let mut inbox = self.shared.lock();
+            if let Some(reason) = &inbox.stopped {
+                return Err(Error::EngineStopped { rank: self.rank, reason: reason.clone() });
+            }
+            if inbox.join.is_some() {
+                return Err(Error::InvalidArgument {
+                    rank: self.rank,
+                    op: "join",
+                    detail: "this rank is already joining".into(),
+                });
+            }
+            inbox.join = Some(slot);
+        }
+        self.shared.bell.ring();
+        let out = handle.wait()?;
+        let last = out.to_vec::<i64>()?.first().copied().unwrap_or(0);
+        Ok(last as usize)
+    }
+
+    /// Stops the engine on every rank after the current round; requests still pending on any
+    /// rank fail. Waits for this rank's engine thread.
+    pub fn shutdown(&self) -> Result<()> {
+        self.shared.lock().shutdown = true;
+        self.shared.bell.ring();
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(t) = thread
+            && t.join().is_err()
+        {
+            return Err(Error::EngineStopped { rank: self.rank, reason: "the engine thread panicked".into() });
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("rank", &self.rank).field("size", &self.size).finish_non_exhaustive()
+    }
+}
+
+/// The result a join handle carries: the last rank to join.
+pub(crate) fn join_output(last: usize) -> Output {
+    Output { data: (last as i64).to_le_bytes().to_vec(), dtype: DType::I64, shape: vec![1], splits: None }
+}

@@ -1,0 +1,296 @@
+//! One negotiation round: every rank tells every other what it has pending, and each rank
+//! derives, from the same gathered messages, the same decisions.
+//!
+//! There is no coordinator. A round is one allgather of a fixed-size frame per rank, holding a
+//! [`Message`]: a bit per cache slot this rank has a matching submission for, the names and
+//! arguments of submissions the cache does not hold (sent once, remembered by every rank in
+//! the [`Table`] until they run), and the join, shutdown and abort flags. A message too large
+//! for the frame spills its tail into a second allgather; steady-state steps never need it.
+//!
+//! [`agree`] is a pure function of the messages, the cache and the table, which are the same
+//! on every rank; so is everything it decides: what is ready, in which order, what mismatches.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::cache::Cache;
+use super::request::{GroupKey, Meta};
+use crate::communicator::Communicator;
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+
+/// What one rank says in a round.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Message {
+    /// Bit `s` set: this rank has a pending submission matching cache slot `s`.
+    pub bits: Vec<u8>,
+    /// Pending submissions the cache does not hold, each announced once.
+    pub announce: Vec<(String, Meta)>,
+    /// This rank has called join and contributes nothing until every rank has.
+    pub joined: bool,
+    /// This rank is shutting its engine down; every rank stops after this round.
+    pub shutdown: bool,
+    /// Every rank fails with this (rank 0's stall verdict).
+    pub abort: Option<String>,
+}
+
+impl Message {
+    pub(crate) fn set_bit(&mut self, slot: usize) {
+        if self.bits.len() <= slot / 8 {
+            self.bits.resize(slot / 8 + 1, 0);
+        }
+        self.bits[slot / 8] |= 1 << (slot % 8);
+    }
+
+    fn bit(&self, slot: usize) -> bool {
+        self.bits.get(slot / 8).is_some_and(|b| b & (1 << (slot % 8)) != 0)
+    }
+}
+
+/// Largest message a rank may send in one round.
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// Frame bytes per rank: room for the full bitset and a few announcements.
+fn frame_len(cache_len: usize) -> usize {
+    (4 + 16 + cache_len.div_ceil(8) + 96).next_multiple_of(8)
+}
+
+/// Runs one round: returns every rank's message, in rank order.
+pub(crate) fn exchange(comm: &mut Communicator, mine: &Message, cache_len: usize) -> Result<Vec<Message>> {
+    let (rank, size) = (comm.rank(), comm.size());
+    let body = postcard::to_stdvec(mine).map_err(|e| Error::EngineStopped {
+        rank,
+        reason: format!("could not encode this rank's negotiation message: {e}"),
+    })?;
+    let frame = frame_len(cache_len);
+    let room = frame - 4;
+    let mut mine_frame = vec![0u8; frame];
+    mine_frame[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
+    let head = body.len().min(room);
+    mine_frame[4..4 + head].copy_from_slice(&body[..head]);
+    let mut all = vec![0u8; frame * size];
+    comm.allgather(&mine_frame, &mut all)?;
+
+    let totals: Vec<usize> = all
+        .chunks_exact(frame)
+        .map(|f| u32::from_le_bytes([f[0], f[1], f[2], f[3]]) as usize)
+        .collect();
+    if let Some((peer, &t)) = totals.iter().enumerate().find(|&(_, &t)| t > MAX_MESSAGE) {
+        return Err(Error::EngineStopped {
+            rank,
+            reason: format!("rank {peer} sent a negotiation message of {t} bytes (the limit is {MAX_MESSAGE})"),
+        });
+    }
+    let spill: Vec<usize> = totals.iter().map(|&t| t.saturating_sub(room)).collect();
+    let mut rest = vec![0u8; spill.iter().sum()];
+    if !rest.is_empty() {
+        comm.allgatherv_into(&body[head..], &mut rest, &spill, DType::U8)?;
+    }
+    let mut messages = Vec::with_capacity(size);
+    let mut offset = 0;
+    for (peer, f) in all.chunks_exact(frame).enumerate() {
+        let mut bytes = f[4..4 + totals[peer].min(room)].to_vec();
+        bytes.extend_from_slice(&rest[offset..offset + spill[peer]]);
+        offset += spill[peer];
+        let message = postcard::from_bytes(&bytes).map_err(|e| Error::EngineStopped {
+            rank,
+            reason: format!("rank {peer} sent an unreadable negotiation message ({e}): is it the same ferrovod version?"),
+        })?;
+        messages.push(message);
+    }
+    Ok(messages)
+}
+
+/// Announced submissions not yet run: name → each rank's arguments (`None`: not yet).
+pub(crate) type Table = BTreeMap<String, Vec<Option<Meta>>>;
+
+/// A tensor every rank has submitted (or has joined without it): it runs this round.
+#[derive(Debug, Clone)]
+pub(crate) struct Ready {
+    pub name: String,
+    pub meta: Meta,
+    /// Which ranks contribute data; the others have joined.
+    pub present: Vec<bool>,
+    /// The cache slot it came by, if it did.
+    pub slot: Option<usize>,
+}
+
+/// Ranks that submitted a name with different arguments.
+#[derive(Debug, Clone)]
+pub(crate) struct Mismatch {
+    pub name: String,
+    pub field: &'static str,
+    /// "rank 0: f32, rank 1: f64".
+    pub values: String,
+}
+
+/// What every rank decides from one round.
+#[derive(Debug, Default)]
+pub(crate) struct Agreement {
+    /// To run, in this order.
+    pub ready: Vec<Ready>,
+    pub mismatches: Vec<Mismatch>,
+    /// Pending somewhere but not everywhere: name and the ranks it waits for.
+    pub waiting: Vec<(String, Vec<usize>)>,
+    /// Ranks that have called join.
+    pub joined: Vec<bool>,
+    /// The lowest rank that asked to shut down.
+    pub shutdown_by: Option<usize>,
+    /// The lowest rank that asked every rank to fail, and why.
+    pub abort: Option<(usize, String)>,
+}
+
+/// Decides a round. Updates `table` (new announcements in, decided names out) and evicts from
+/// `cache` every name announced with new arguments.
+pub(crate) fn agree(messages: &[Message], cache: &mut Cache, table: &mut Table) -> Agreement {
+    let n = messages.len();
+    let joined: Vec<bool> = messages.iter().map(|m| m.joined).collect();
+    let abort = messages.iter().enumerate().find_map(|(r, m)| m.abort.clone().map(|a| (r, a)));
+    let shutdown_by = messages.iter().position(|m| m.shutdown);
+
+    // An announcement of a cached name means its arguments changed on that rank: the slot
+    // goes, and ranks that sent its bit announce again next round.
+    let mut evicted: HashSet<&str> = HashSet::new();
+    for m in messages {
+        for (name, _) in &m.announce {
+            if cache.slot_of(name).is_some() {
+                evicted.insert(name);
+            }
+        }
+    }
+    let mut candidates: Vec<Ready> = Vec::new();
+    let mut waiting = Vec::new();
+    let everywhere = |present: &[bool]| present.iter().zip(&joined).all(|(&p, &j)| p || j);
+    let missing = |present: &[bool]| (0..n).filter(|&r| !present[r] && !joined[r]).collect::<Vec<_>>();
+    for slot in 0..cache.len() {
+        let Some((name, meta)) = cache.get(slot) else { continue };
+        if evicted.contains(name) {
+            continue;
+        }
+        let present: Vec<bool> = messages.iter().map(|m| m.bit(slot)).collect();
+        if !present.contains(&true) {
+            continue;
+        }
+        if everywhere(&present) {
+            candidates.push(Ready { name: name.to_string(), meta: meta.clone(), present, slot: Some(slot) });
+        } else {
+            waiting.push((name.to_string(), missing(&present)));
+        }
+    }
+    for name in evicted {
+        cache.evict(name);
+    }
+
+    for (rank, m) in messages.iter().enumerate() {
+        for (name, meta) in &m.announce {
+            table.entry(name.clone()).or_insert_with(|| vec![None; n])[rank] = Some(meta.clone());
+        }
+    }
+    let mut mismatches = Vec::new();
+    let mut decided = Vec::new();
+    for (name, metas) in table.iter() {
+        let present: Vec<bool> = metas.iter().map(Option::is_some).collect();
+        if !everywhere(&present) {
+            waiting.push((name.clone(), missing(&present)));
+            continue;
+        }
+        let given: Vec<(usize, &Meta)> = metas.iter().enumerate().filter_map(|(r, m)| Some((r, m.as_ref()?))).collect();
+        let first = given[0].1;
+        match given.iter().find_map(|(_, m)| first.first_difference(m)) {
+            Some(field) => {
+                let values: Vec<String> = given.iter().map(|(r, m)| format!("rank {r}: {}", m.field(field))).collect();
+                mismatches.push(Mismatch { name: name.clone(), field, values: values.join(", ") });
+                decided.push(name.clone());
+            }
+            None => candidates.push(Ready { name: name.clone(), meta: first.clone(), present, slot: None }),
+        }
+    }
+
+    // A group runs when all of its members can.
+    let mut counts: BTreeMap<GroupKey, u32> = BTreeMap::new();
+    for c in &candidates {
+        if let Some(g) = c.meta.group {
+            *counts.entry(g).or_default() += 1;
+        }
+    }
+    let (ready, held): (Vec<Ready>, Vec<Ready>) =
+        candidates.into_iter().partition(|c| c.meta.group.is_none_or(|g| counts[&g] >= g.size));
+    for h in held {
+        waiting.push((h.name, Vec::new()));
+    }
+    decided.extend(ready.iter().filter(|r| r.slot.is_none()).map(|r| r.name.clone()));
+    for name in decided {
+        table.remove(&name);
+    }
+    Agreement { ready, mismatches, waiting, joined, shutdown_by, abort }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::ReduceOp;
+    use crate::engine::request::Collective;
+
+    fn meta(dtype: DType, n: u64) -> Meta {
+        Meta { collective: Collective::Allreduce(ReduceOp::Sum), dtype, shape: vec![n], group: None }
+    }
+
+    fn announce(items: &[(&str, Meta)]) -> Message {
+        Message { announce: items.iter().map(|(n, m)| (n.to_string(), m.clone())).collect(), ..Message::default() }
+    }
+
+    #[test]
+    fn ready_only_when_every_rank_announced() {
+        let (mut cache, mut table) = (Cache::new(8), Table::new());
+        let a = agree(&[announce(&[("x", meta(DType::F32, 4))]), announce(&[])], &mut cache, &mut table);
+        assert!(a.ready.is_empty());
+        assert_eq!(a.waiting, [("x".to_string(), vec![1])]);
+        let a = agree(&[announce(&[]), announce(&[("x", meta(DType::F32, 4))])], &mut cache, &mut table);
+        assert_eq!(a.ready.len(), 1);
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn mismatch_names_field_and_ranks() {
+        let (mut cache, mut table) = (Cache::new(8), Table::new());
+        let msgs = [announce(&[("x", meta(DType::F32, 4))]), announce(&[("x", meta(DType::F64, 4))])];
+        let a = agree(&msgs, &mut cache, &mut table);
+        assert!(a.ready.is_empty());
+        assert_eq!(a.mismatches.len(), 1);
+        assert_eq!(a.mismatches[0].field, "dtype");
+        assert_eq!(a.mismatches[0].values, "rank 0: f32, rank 1: f64");
+        assert!(table.is_empty());
+    }
+
+    #[test]
+    fn bits_make_cached_tensors_ready_and_announcements_evict() {
+        let (mut cache, mut table) = (Cache::new(8), Table::new());
+        cache.insert("x", &meta(DType::F32, 4), 0);
+        let mut bit = Message::default();
+        bit.set_bit(0);
+        let a = agree(&[bit, Message { bits: vec![1], ..Message::default() }], &mut cache, &mut table);
+        assert_eq!(a.ready.len(), 1);
+        assert_eq!(a.ready[0].slot, Some(0));
+        let mut bit = Message::default();
+        bit.set_bit(0);
+        let a = agree(&[bit, announce(&[("x", meta(DType::F32, 5))])], &mut cache, &mut table);
+        assert!(a.ready.is_empty());
+        assert_eq!(cache.slot_of("x"), None, "a changed submission evicts the slot");
+    }
+
+    #[test]
+    fn joined_ranks_do_not_hold_anything_up_and_groups_wait_for_all_members() {
+        let (mut cache, mut table) = (Cache::new(8), Table::new());
+        let joined = Message { joined: true, ..Message::default() };
+        let a = agree(&[announce(&[("x", meta(DType::F32, 1))]), joined], &mut cache, &mut table);
+        assert_eq!(a.ready[0].present, [true, false]);
+        let g = GroupKey::of(["a", "b"].into_iter());
+        let m = Meta { group: Some(g), ..meta(DType::F32, 1) };
+        let one = announce(&[("a", m.clone())]);
+        let a = agree(&[one, announce(&[("a", m.clone())])], &mut cache, &mut table);
+        assert!(a.ready.is_empty(), "b is missing");
+        let a = agree(&[announce(&[("b", m.clone())]), announce(&[("b", m)])], &mut cache, &mut table);
+        assert_eq!(a.ready.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    }
+}

@@ -1,0 +1,238 @@
+//! What a caller submits ([`Submission`]), what ranks must agree on ([`Meta`]), and what a
+//! completed request hands back ([`Output`]).
+
+use serde::{Deserialize, Serialize};
+
+use crate::dtype::{DType, Element, ReduceOp};
+use crate::error::{Error, Result};
+
+/// The collective a tensor takes part in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Collective {
+    /// Reduce over all ranks; every rank gets the result.
+    Allreduce(ReduceOp),
+    /// Concatenate every rank's tensor along the first dimension (which may differ by rank).
+    Allgather,
+    /// Copy the root's tensor to every rank.
+    Broadcast(u32),
+    /// Reduce over all ranks; rank i gets the i-th share of the first dimension (the first
+    /// ranks one row more when it does not divide).
+    Reducescatter(ReduceOp),
+    /// Rank i sends `splits[j]` consecutive rows to rank j (see [`Submission::splits`]).
+    Alltoall,
+}
+
+impl Collective {
+    /// The user-facing name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Collective::Allreduce(_) => "allreduce",
+            Collective::Allgather => "allgather",
+            Collective::Broadcast(_) => "broadcast",
+            Collective::Reducescatter(_) => "reducescatter",
+            Collective::Alltoall => "alltoall",
+        }
+    }
+
+    /// Whether the first dimension may differ between ranks.
+    pub(crate) fn ragged(self) -> bool {
+        matches!(self, Collective::Allgather | Collective::Alltoall)
+    }
+}
+
+/// One tensor handed to the engine. The engine owns the data until the handle completes.
+#[derive(Debug)]
+pub struct Submission {
+    pub(crate) name: String,
+    pub(crate) collective: Collective,
+    pub(crate) dtype: DType,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) data: Vec<u8>,
+    pub(crate) splits: Option<Vec<usize>>,
+}
+
+impl Submission {
+    /// `data` (raw bytes of `dtype`, `shape` in row-major order) under `name`. The name is what
+    /// matches this tensor with the other ranks' submissions.
+    pub fn new(name: impl Into<String>, collective: Collective, dtype: DType, shape: &[usize], data: Vec<u8>) -> Self {
+        Submission { name: name.into(), collective, dtype, shape: shape.to_vec(), data, splits: None }
+    }
+
+    /// A typed tensor, copied.
+    pub fn from_slice<T: Element>(name: impl Into<String>, collective: Collective, shape: &[usize], data: &[T]) -> Self {
+        Submission::new(name, collective, T::DTYPE, shape, bytemuck::cast_slice(data).to_vec())
+    }
+
+    /// For an all-to-all: how many rows (first-dimension entries) go to each rank.
+    pub fn splits(mut self, splits: Vec<usize>) -> Self {
+        self.splits = Some(splits);
+        self
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Checks everything this rank can check alone; `rank` and `size` for the messages.
+    pub(crate) fn validate(&self, rank: usize, size: usize) -> Result<()> {
+        let bad = |detail: String| Error::InvalidArgument { rank, op: self.collective.name(), detail };
+        if self.name.is_empty() || self.name.len() > MAX_NAME {
+            return Err(bad(format!("a tensor name must have 1 to {MAX_NAME} bytes, not {}", self.name.len())));
+        }
+        let elems = self.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let bytes = elems.and_then(|e| e.checked_mul(self.dtype.size()));
+        if bytes != Some(self.data.len()) {
+            return Err(bad(format!(
+                "tensor {:?}: {} bytes do not hold shape {:?} of {}",
+                self.name,
+                self.data.len(),
+                self.shape,
+                self.dtype
+            )));
+        }
+        let needs_rows = !matches!(self.collective, Collective::Allreduce(_) | Collective::Broadcast(_));
+        if needs_rows && self.shape.is_empty() {
+            return Err(bad(format!("tensor {:?}: a scalar has no first dimension to split or join", self.name)));
+        }
+        if let Collective::Broadcast(root) = self.collective
+            && root as usize >= size
+        {
+            return Err(bad(format!("tensor {:?}: root {root} is not a rank of this world of {size}", self.name)));
+        }
+        match (&self.splits, self.collective) {
+            (Some(s), Collective::Alltoall) if s.len() != size || s.iter().sum::<usize>() != self.shape[0] => {
+                Err(bad(format!(
+                    "tensor {:?}: splits {s:?} must have {size} entries summing to the first dimension {}",
+                    self.name, self.shape[0]
+                )))
+            }
+            (Some(_), c) if c != Collective::Alltoall => {
+                Err(bad(format!("tensor {:?}: splits are for alltoall only", self.name)))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// What every rank must agree on.
+    pub(crate) fn meta(&self, group: Option<GroupKey>) -> Meta {
+        let mut shape: Vec<u64> = self.shape.iter().map(|&d| d as u64).collect();
+        if self.collective.ragged() {
+            shape[0] = 0;
+        }
+        Meta { collective: self.collective, dtype: self.dtype, shape, group }
+    }
+}
+
+/// Longest tensor name, in bytes.
+pub const MAX_NAME: usize = 4096;
+
+/// Identifies a group on every rank: a hash of its sorted member names and its size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct GroupKey {
+    /// FNV-1a of the sorted names.
+    pub hash: u64,
+    /// Members.
+    pub size: u32,
+}
+
+impl GroupKey {
+    /// The key of a group of tensors with these names.
+    pub(crate) fn of<'a>(names: impl Iterator<Item = &'a str>) -> GroupKey {
+        let mut names: Vec<&str> = names.collect();
+        names.sort_unstable();
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for n in &names {
+            for b in n.bytes().chain([0]) {
+                hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        GroupKey { hash, size: names.len() as u32 }
+    }
+}
+
+/// A tensor's arguments as every rank must agree on them. For allgather and alltoall the first
+/// dimension is per rank and not part of it (kept as 0).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// The collective, with its op or root.
+    pub collective: Collective,
+    /// Element type.
+    pub dtype: DType,
+    /// Shape.
+    pub shape: Vec<u64>,
+    /// The group it was submitted in.
+    pub group: Option<GroupKey>,
+}
+
+impl Meta {
+    /// The fields ranks must agree on, in the order they are compared.
+    pub const FIELDS: [&'static str; 5] = ["op", "root", "dtype", "shape", "group"];
+
+    /// One field's value, as an error message shows it.
+    pub fn field(&self, field: &str) -> String {
+        match field {
+            "op" => match self.collective {
+                Collective::Allreduce(op) | Collective::Reducescatter(op) => {
+                    format!("{} {}", self.collective.name(), format!("{op:?}").to_lowercase())
+                }
+                c => c.name().to_string(),
+            },
+            "root" => match self.collective {
+                Collective::Broadcast(root) => root.to_string(),
+                _ => "none".to_string(),
+            },
+            "dtype" => self.dtype.to_string(),
+            "shape" => {
+                let dims: Vec<String> = self.shape.iter().map(u64::to_string).collect();
+                match dims.split_first() {
+                    Some((_, rest)) if self.collective.ragged() => format!("[*{}]", rest.iter().map(|d| format!(", {d}")).collect::<String>()),
+                    _ => format!("[{}]", dims.join(", ")),
+                }
+            }
+            _ => self.group.map_or("no group".into(), |g| format!("a group of {} ({:#x})", g.size, g.hash)),
+        }
+    }
+
+    /// The first field in which `self` and `other` differ.
+    pub fn first_difference(&self, other: &Meta) -> Option<&'static str> {
+        Meta::FIELDS.into_iter().find(|f| self.field(f) != other.field(f))
+    }
+
+    /// Elements per row (the product of every dimension after the first).
+    pub(crate) fn row_elems(&self) -> usize {
+        self.shape.iter().skip(1).map(|&d| d as usize).product()
+    }
+
+    /// Bytes of the whole tensor (not for ragged collectives).
+    pub(crate) fn bytes(&self) -> usize {
+        self.shape.iter().map(|&d| d as usize).product::<usize>() * self.dtype.size()
+    }
+}
+
+/// A completed request's result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    /// Raw bytes of `dtype`.
+    pub data: Vec<u8>,
+    /// Element type.
+    pub dtype: DType,
+    /// Shape of the result (for allgather and alltoall, the first dimension is the total).
+    pub shape: Vec<usize>,
+    /// Alltoall: rows received from each rank. Allgather: rows contributed by each rank.
+    pub splits: Option<Vec<usize>>,
+}
+
+impl Output {
+    /// The data as typed elements; fails if `T` is not the dtype.
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        if T::DTYPE != self.dtype {
+            return Err(Error::InvalidArgument {
+                rank: 0,
+                op: "output",
+                detail: format!("the output holds {}, not {}", self.dtype, T::DTYPE),
+            });
+        }
+        Ok(self.data.chunks_exact(size_of::<T>()).map(bytemuck::pod_read_unaligned).collect())
+    }
+}

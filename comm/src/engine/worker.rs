@@ -1,0 +1,378 @@
+//! The engine thread: sleep until there is news, run a round, run what it made ready, repeat.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::cache::Cache;
+use super::execute::{self, Ctx, Done};
+use super::fusion;
+use super::negotiate::{self, Agreement, Message, Table};
+use super::timeline::Timeline;
+use super::{Pending, Shared, join_output};
+use crate::communicator::Communicator;
+use crate::config::EngineSettings;
+use crate::error::{Error, Result};
+
+/// How long an idle engine sleeps between looks at its stall clocks (when it has none).
+const IDLE: Duration = Duration::from_secs(3600);
+
+/// Why the engine stopped.
+enum Stop {
+    /// A rank asked to shut down.
+    Shutdown(usize),
+    /// Rank 0 declared a stall.
+    Stalled(String),
+    /// The communicator failed.
+    Failed(Error),
+}
+
+/// A pending submission of this rank, and what it has told the other ranks.
+struct Local {
+    pending: Pending,
+    /// Not yet in any round's message.
+    fresh: bool,
+    /// Announced by name (the other ranks hold it in their tables).
+    announced: bool,
+}
+
+/// A tensor waiting for other ranks (the same list on every rank; rank 0 acts on it).
+struct Wait {
+    since: Instant,
+    missing: Vec<usize>,
+    warned: bool,
+}
+
+pub(crate) struct Worker {
+    comm: Communicator,
+    shared: Arc<Shared>,
+    rank: usize,
+    local: BTreeMap<String, Local>,
+    cache: Cache,
+    table: Table,
+    round: u64,
+    threshold: usize,
+    piece: usize,
+    stage: Vec<u8>,
+    timeline: Option<Timeline>,
+    // Join: whether this rank asked, and the round in which each rank was first seen joined.
+    joining: bool,
+    join_round: Vec<Option<u64>>,
+    // Stalls.
+    waits: HashMap<String, Wait>,
+    stall_warning: Option<Duration>,
+    stall_timeout: Option<Duration>,
+    abort: Option<String>,
+    shutdown_sent: bool,
+}
+
+impl Worker {
+    pub(crate) fn new(comm: Communicator, shared: Arc<Shared>, settings: &EngineSettings) -> Result<Worker> {
+        let (rank, size) = (comm.rank(), comm.size());
+        let timeline = match &settings.timeline {
+            None => None,
+            Some(path) => {
+                let path = if rank == 0 { path.clone() } else { path.with_added_extension(rank.to_string()) };
+                Some(Timeline::create(&path, rank, Instant::now()).map_err(|e| Error::Config {
+                    name: crate::config::TIMELINE.name,
+                    detail: format!("cannot create {}: {e}", path.display()),
+                })?)
+            }
+        };
+        let tuning = comm.tuning().clone();
+        Ok(Worker {
+            comm,
+            shared,
+            rank,
+            local: BTreeMap::new(),
+            cache: Cache::new(tuning.cache_capacity),
+            table: Table::new(),
+            round: 0,
+            threshold: tuning.fusion_threshold,
+            piece: tuning.ring_chunk,
+            stage: Vec::new(),
+            timeline,
+            joining: false,
+            join_round: vec![None; size],
+            waits: HashMap::new(),
+            stall_warning: settings.stall_warning,
+            stall_timeout: settings.stall_timeout,
+            abort: None,
+            shutdown_sent: false,
+        })
+    }
+
+    pub(crate) fn run(mut self) {
+        let stop = loop {
+            match self.step() {
+                Ok(None) => {}
+                Ok(Some(stop)) => break stop,
+                Err(e) => break Stop::Failed(e),
+            }
+        };
+        self.stop(stop);
+    }
+
+    /// Waits for news, then runs a round. `Some` when the engine must stop.
+    fn step(&mut self) -> Result<Option<Stop>> {
+        self.shared.bell.clear();
+        let shutdown = self.take_inbox();
+        if !(shutdown && !self.shutdown_sent) && !self.has_news() {
+            let timeout = self.next_stall_check();
+            if !self.comm.wait_incoming(&self.shared.bell, timeout)? {
+                // The doorbell or a stall clock: look again.
+                self.check_stalls();
+                return Ok(None);
+            }
+        }
+        self.round(shutdown)
+    }
+
+    /// Moves new submissions and requests from the inbox; returns whether shutdown was asked.
+    fn take_inbox(&mut self) -> bool {
+        let mut inbox = self.shared.lock();
+        for pending in inbox.new.drain(..) {
+            let name = pending.sub.name.clone();
+            self.local.insert(name, Local { pending, fresh: true, announced: false });
+        }
+        self.joining = inbox.join.is_some();
+        inbox.shutdown
+    }
+
+    /// Whether this rank has something to tell: a new submission, one whose cache slot went,
+    /// a first join, or a stall verdict.
+    fn has_news(&self) -> bool {
+        self.abort.is_some()
+            || (self.joining && self.join_round[self.rank].is_none())
+            || self.local.iter().any(|(name, l)| {
+                l.fresh || (!l.announced && self.cache.lookup(name, &l.pending.meta).is_none())
+            })
+    }
+
+    fn round(&mut self, shutdown: bool) -> Result<Option<Stop>> {
+        let mut msg = Message { joined: self.joining, shutdown, abort: self.abort.take(), ..Message::default() };
+        self.shutdown_sent |= shutdown;
+        for (name, l) in self.local.iter_mut() {
+            l.fresh = false;
+            if l.announced {
+                continue;
+            }
+            match self.cache.lookup(name, &l.pending.meta) {
+                Some(slot) => msg.set_bit(slot),
+                None => {
+                    msg.announce.push((name.clone(), l.pending.meta.clone()));
+                    l.announced = true;
+                }
+            }
+        }
+        let t0 = Instant::now();
+        let messages = negotiate::exchange(&mut self.comm, &msg, self.cache.len())?;
+        let t1 = Instant::now();
+        let agreement = negotiate::agree(&messages, &mut self.cache, &mut self.table);
+        self.round += 1;
+        if let Some((by, reason)) = agreement.abort {
+            return Ok(Some(Stop::Stalled(format!("rank {by} reported: {reason}"))));
+        }
+        self.fail_mismatches(&agreement);
+        self.run_ready(&agreement, (t0, t1))?;
+        self.track_joins(&agreement);
+        self.track_waits(&agreement);
+        if let Some(by) = agreement.shutdown_by {
+            return Ok(Some(Stop::Shutdown(by)));
+        }
+        self.check_stalls();
+        Ok(None)
+    }
+
+    fn fail_mismatches(&mut self, agreement: &Agreement) {
+        for m in &agreement.mismatches {
+            if let Some(l) = self.local.remove(&m.name) {
+                let e = Error::TensorMismatch {
+                    rank: self.rank,
+                    name: m.name.clone(),
+                    field: m.field,
+                    values: m.values.clone(),
+                };
+                self.complete(vec![Done { name: m.name.clone(), slot: l.pending.slot, result: Err(e), grouped: false }]);
+            }
+        }
+    }
+
+    fn run_ready(&mut self, agreement: &Agreement, negotiated: (Instant, Instant)) -> Result<()> {
+        for r in &agreement.ready {
+            match r.slot {
+                Some(slot) => self.cache.touch(slot, self.round),
+                None => self.cache.insert(&r.name, &r.meta, self.round),
+            }
+        }
+        let mut deferred = Vec::new();
+        let mut ctx = Ctx {
+            comm: &mut self.comm,
+            stage: &mut self.stage,
+            piece: self.piece,
+            timeline: self.timeline.as_mut(),
+            negotiated,
+        };
+        let local = &mut self.local;
+        for bucket in fusion::plan(agreement.ready.clone(), self.threshold) {
+            let done = execute::run(&mut ctx, bucket, |name| local.remove(name).map(|l| l.pending))?;
+            let (group, now): (Vec<Done>, Vec<Done>) = done.into_iter().partition(|d| d.grouped);
+            deferred.extend(group);
+            complete(&self.shared, now);
+        }
+        // A group completes together, after its last member ran.
+        self.complete(deferred);
+        Ok(())
+    }
+
+    fn complete(&self, done: Vec<Done>) {
+        complete(&self.shared, done);
+    }
+
+    fn track_joins(&mut self, agreement: &Agreement) {
+        for (r, &joined) in agreement.joined.iter().enumerate() {
+            if joined && self.join_round[r].is_none() {
+                self.join_round[r] = Some(self.round);
+            }
+        }
+        if !agreement.joined.iter().all(|&j| j) {
+            return;
+        }
+        // Every rank has joined: the last to join (highest rank on a tie) is the answer.
+        let last = (0..self.join_round.len()).max_by_key(|&r| (self.join_round[r], r)).unwrap_or(0);
+        self.join_round.iter_mut().for_each(|j| *j = None);
+        self.joining = false;
+        if let Some(slot) = self.shared.lock().join.take() {
+            slot.complete(Ok(join_output(last)));
+        }
+    }
+
+    fn track_waits(&mut self, agreement: &Agreement) {
+        let now = Instant::now();
+        let mut waits = HashMap::with_capacity(agreement.waiting.len());
+        for (name, missing) in &agreement.waiting {
+            let old = self.waits.remove(name);
+            let (since, warned) = old.map_or((now, false), |w| (w.since, w.warned));
+            waits.insert(name.clone(), Wait { since, missing: missing.clone(), warned });
+        }
+        self.waits = waits;
+    }
+
+    /// How long rank 0 may sleep before a stall clock runs out.
+    fn next_stall_check(&self) -> Duration {
+        if self.rank != 0 {
+            return IDLE;
+        }
+        let now = Instant::now();
+        let due = |w: &Wait| {
+            let warn = self.stall_warning.filter(|_| !w.warned).map(|d| w.since + d);
+            let fail = self.stall_timeout.map(|d| w.since + d);
+            warn.into_iter().chain(fail).min()
+        };
+        self.waits
+            .values()
+            .filter_map(due)
+            .min()
+            .map_or(IDLE, |t| t.saturating_duration_since(now) + Duration::from_millis(1))
+    }
+
+    /// Rank 0: logs tensors waiting past the warning; past the timeout, tells every rank to fail.
+    fn check_stalls(&mut self) {
+        if self.rank != 0 || self.waits.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let describe = |names: &[(&String, &Wait)]| {
+            let parts: Vec<String> = names
+                .iter()
+                .map(|(n, w)| {
+                    let who = if w.missing.is_empty() {
+                        "the rest of its group".to_string()
+                    } else {
+                        format!("rank(s) {:?}", w.missing)
+                    };
+                    format!("{n:?} waited {:.1} s for {who}", now.duration_since(w.since).as_secs_f64())
+                })
+                .collect();
+            parts.join("; ")
+        };
+        let mut sorted: Vec<(&String, &Wait)> = self.waits.iter().collect();
+        sorted.sort_by(|a, b| a.0.cmp(b.0));
+        if let Some(limit) = self.stall_timeout {
+            let over: Vec<(&String, &Wait)> =
+                sorted.iter().copied().filter(|(_, w)| now.duration_since(w.since) >= limit).collect();
+            if !over.is_empty() && self.abort.is_none() {
+                self.abort = Some(format!(
+                    "{} (FERROVOD_STALL_TIMEOUT={} s)",
+                    describe(&over),
+                    limit.as_secs_f64()
+                ));
+                return;
+            }
+        }
+        if let Some(limit) = self.stall_warning {
+            let over: Vec<(&String, &Wait)> = sorted
+                .iter()
+                .copied()
+                .filter(|(_, w)| !w.warned && now.duration_since(w.since) >= limit)
+                .collect();
+            if !over.is_empty() {
+                eprintln!("ferrovod: rank 0: stall warning: {}", describe(&over));
+                let names: Vec<String> = over.iter().map(|(n, _)| (*n).clone()).collect();
+                for n in names {
+                    if let Some(w) = self.waits.get_mut(&n) {
+                        w.warned = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Fails everything still pending on this rank, and every later call.
+    fn stop(mut self, stop: Stop) {
+        let rank = self.rank;
+        let reason = match &stop {
+            Stop::Shutdown(by) if *by == rank => "shut down".to_string(),
+            Stop::Shutdown(by) => format!("rank {by} shut down its engine"),
+            Stop::Stalled(detail) => format!("stalled: {detail}"),
+            Stop::Failed(e) => e.to_string(),
+        };
+        let error = || match &stop {
+            Stop::Stalled(detail) => Error::Stalled { rank, detail: detail.clone() },
+            _ => Error::EngineStopped { rank, reason: reason.clone() },
+        };
+        let (new, join) = {
+            let mut inbox = self.shared.lock();
+            inbox.stopped = Some(reason.clone());
+            (std::mem::take(&mut inbox.new), inbox.join.take())
+        };
+        let mut done: Vec<Done> = std::mem::take(&mut self.local)
+            .into_values()
+            .map(|l| l.pending)
+            .chain(new)
+            .map(|p| Done { name: p.sub.name.clone(), slot: p.slot, result: Err(error()), grouped: false })
+            .collect();
+        if let Some(slot) = join {
+            done.push(Done { name: "join".into(), slot, result: Err(error()), grouped: false });
+        }
+        self.complete(done);
+        if let Some(t) = self.timeline.take() {
+            t.finish();
+        }
+    }
+}
+
+/// Hands results to their handles and frees their names.
+fn complete(shared: &Shared, done: Vec<Done>) {
+    if done.is_empty() {
+        return;
+    }
+    let mut inbox = shared.lock();
+    for d in &done {
+        inbox.in_flight.remove(&d.name);
+    }
+    drop(inbox);
+    for d in done {
+        d.slot.complete(d.result);
+    }
+}
