@@ -29,7 +29,8 @@ pub(crate) struct Done {
     pub name: String,
     pub slot: Arc<Slot>,
     pub result: Result<Output>,
-    pub grouped: bool,
+    /// A group member's gate, opened once every result of the batch is in.
+    pub gate: Option<Arc<Slot>>,
 }
 
 /// What running a bucket needs besides the bucket.
@@ -298,5 +299,5 @@ fn finish(ctx: &mut Ctx<'_>, item: Item, result: Result<Output>, done: &mut Vec<
         }
         tl.done(name, Instant::now());
     }
-    done.push(Done { name: item.ready.name, slot: p.slot, result, grouped: p.meta.group.is_some() });
+    done.push(Done { name: item.ready.name, slot: p.slot, result, gate: p.gate });
 }

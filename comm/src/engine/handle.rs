@@ -26,6 +26,35 @@ impl Slot {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    pub(crate) fn is_done(&self) -> bool {
+        !matches!(*self.lock(), State::Pending)
+    }
+
+    fn wait_done(&self) {
+        let mut s = self.lock();
+        while matches!(*s, State::Pending) {
+            s = self.done.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Waits until done or `deadline`; returns whether done.
+    fn wait_done_until(&self, deadline: Instant) -> bool {
+        let mut s = self.lock();
+        while matches!(*s, State::Pending) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            s = self.done.wait_timeout(s, left).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+        }
+        true
+    }
+
+    /// Opens a gate (a slot used only for its done-ness).
+    pub(crate) fn open(&self) {
+        self.complete(Err(crate::Error::EngineStopped { rank: 0, reason: "a gate has no result".into() }));
+    }
+
     /// Completes the request; the first completion wins.
     pub(crate) fn complete(&self, result: Result<Output>) {
         let mut s = self.lock();
@@ -41,13 +70,16 @@ impl Slot {
 #[must_use = "a handle is how the result comes back"]
 pub struct Handle {
     pub(crate) slot: Arc<Slot>,
+    /// For a group member: opened once every member's result is in, so that no member is seen
+    /// done before the others.
+    pub(crate) gate: Option<Arc<Slot>>,
     pub(crate) name: String,
 }
 
 impl Handle {
-    pub(crate) fn new(name: String) -> (Handle, Arc<Slot>) {
+    pub(crate) fn new(name: String, gate: Option<Arc<Slot>>) -> (Handle, Arc<Slot>) {
         let slot = Arc::new(Slot::default());
-        (Handle { slot: slot.clone(), name }, slot)
+        (Handle { slot: slot.clone(), gate, name }, slot)
     }
 
     /// The tensor name.
@@ -57,11 +89,14 @@ impl Handle {
 
     /// Whether the result is ready ([`Handle::wait`] will not block).
     pub fn poll(&self) -> bool {
-        !matches!(*self.slot.lock(), State::Pending)
+        self.gate.as_ref().is_none_or(|g| g.is_done()) && self.slot.is_done()
     }
 
     /// Blocks until the request completes and returns its result.
     pub fn wait(self) -> Result<Output> {
+        if let Some(g) = &self.gate {
+            g.wait_done();
+        }
         let mut s = self.slot.lock();
         while matches!(*s, State::Pending) {
             s = self.slot.done.wait(s).unwrap_or_else(|p| p.into_inner());
@@ -72,6 +107,11 @@ impl Handle {
     /// Like [`Handle::wait`], but gives the handle back if `timeout` passes first.
     pub fn wait_timeout(self, timeout: Duration) -> std::result::Result<Result<Output>, Handle> {
         let deadline = Instant::now() + timeout;
+        if let Some(g) = &self.gate
+            && !g.wait_done_until(deadline)
+        {
+            return Err(self);
+        }
         let mut s = self.slot.lock();
         while matches!(*s, State::Pending) {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -83,6 +83,8 @@ pub(crate) struct Pending {
     pub(crate) sub: Submission,
     pub(crate) meta: Meta,
     pub(crate) slot: Arc<Slot>,
+    /// The group's gate, for a group member.
+    pub(crate) gate: Option<Arc<Slot>>,
     pub(crate) queued: Instant,
 }
 
@@ -166,12 +168,13 @@ impl Engine {
             }
         }
         let queued = Instant::now();
+        let gate = grouped.then(|| Arc::new(Slot::default()));
         let mut handles = Vec::with_capacity(subs.len());
         for sub in subs {
-            let (handle, slot) = Handle::new(sub.name.clone());
+            let (handle, slot) = Handle::new(sub.name.clone(), gate.clone());
             inbox.in_flight.insert(sub.name.clone());
             let meta = sub.meta(group);
-            inbox.new.push(Pending { sub, meta, slot, queued });
+            inbox.new.push(Pending { sub, meta, slot, gate: gate.clone(), queued });
             handles.push(handle);
         }
         drop(inbox);
@@ -189,7 +192,7 @@ impl Engine {
     /// the other ranks' collectives (the identity for reductions, no rows for allgather). Blocks
     /// until every rank has joined; returns the rank that joined last.
     pub fn join(&self) -> Result<usize> {
-        let (handle, slot) = Handle::new("join".into());
+        let (handle, slot) = Handle::new("join".into(), None);
         {
             let mut inbox = self.shared.lock();
             if let Some(reason) = &inbox.stopped {

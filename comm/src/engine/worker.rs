@@ -193,7 +193,7 @@ impl Worker {
                     field: m.field,
                     values: m.values.clone(),
                 };
-                self.complete(vec![Done { name: m.name.clone(), slot: l.pending.slot, result: Err(e), grouped: false }]);
+                self.complete(vec![Done { name: m.name.clone(), slot: l.pending.slot, result: Err(e), gate: l.pending.gate }]);
             }
         }
     }
@@ -216,7 +216,7 @@ impl Worker {
         let local = &mut self.local;
         for bucket in fusion::plan(agreement.ready.clone(), self.threshold) {
             let done = execute::run(&mut ctx, bucket, |name| local.remove(name).map(|l| l.pending))?;
-            let (group, now): (Vec<Done>, Vec<Done>) = done.into_iter().partition(|d| d.grouped);
+            let (group, now): (Vec<Done>, Vec<Done>) = done.into_iter().partition(|d| d.gate.is_some());
             deferred.extend(group);
             complete(&self.shared, now);
         }
@@ -350,10 +350,10 @@ impl Worker {
             .into_values()
             .map(|l| l.pending)
             .chain(new)
-            .map(|p| Done { name: p.sub.name.clone(), slot: p.slot, result: Err(error()), grouped: false })
+            .map(|p| Done { name: p.sub.name.clone(), slot: p.slot, result: Err(error()), gate: p.gate })
             .collect();
         if let Some(slot) = join {
-            done.push(Done { name: "join".into(), slot, result: Err(error()), grouped: false });
+            done.push(Done { name: "join".into(), slot, result: Err(error()), gate: None });
         }
         self.complete(done);
         if let Some(t) = self.timeline.take() {
@@ -372,7 +372,13 @@ fn complete(shared: &Shared, done: Vec<Done>) {
         inbox.in_flight.remove(&d.name);
     }
     drop(inbox);
+    let mut gates = Vec::new();
     for d in done {
         d.slot.complete(d.result);
+        gates.extend(d.gate);
+    }
+    // Only now may a group member be seen done: every result above is in.
+    for g in gates {
+        g.open();
     }
 }

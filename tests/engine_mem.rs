@@ -1,0 +1,358 @@
+//! The engine with ranks as threads over the in-process transport: out-of-order submission,
+//! mismatches, join, groups, fusion on and off, the stall timeout, the timeline, and many
+//! submitting threads. (The stall warning's log line and real processes: `engine_processes`.)
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ferrovod::config::{EngineSettings, Tuning};
+use ferrovod::engine::{Collective, Engine, Output, Submission};
+use ferrovod::transport::mem::MemTransport;
+use ferrovod::{Communicator, Error, ReduceOp};
+
+fn tuning(fusion_threshold: usize) -> Tuning {
+    Tuning { fusion_threshold, ring_chunk: 4096, segment: 4096, timeout: Duration::from_secs(30), ..Tuning::default() }
+}
+
+/// Runs `body(rank, engine)` on `n` ranks (threads), each with its own engine.
+fn world<R: Send>(
+    n: usize,
+    tuning: Tuning,
+    settings: EngineSettings,
+    body: impl Fn(usize, &Engine) -> R + Sync,
+) -> Vec<R> {
+    let transports = MemTransport::world(n, tuning.timeout);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = transports
+            .into_iter()
+            .enumerate()
+            .map(|(rank, t)| {
+                let (tuning, settings, body) = (tuning.clone(), settings.clone(), &body);
+                s.spawn(move || {
+                    let engine = Engine::start(Communicator::from_transport(Box::new(t), tuning), &settings)
+                        .unwrap_or_else(|e| panic!("rank {rank}: engine did not start: {e}"));
+                    let r = body(rank, &engine);
+                    engine.shutdown().unwrap_or_else(|e| panic!("rank {rank}: shutdown: {e}"));
+                    r
+                })
+            })
+            .collect();
+        handles.into_iter().enumerate().map(|(r, h)| h.join().unwrap_or_else(|_| panic!("rank {r} panicked"))).collect()
+    })
+}
+
+/// Rank r's value for element i of tensor t: small integers, so that every sum is exact in f32
+/// whatever the order of reduction.
+fn value(rank: usize, t: usize, i: usize) -> f32 {
+    ((rank * 7 + t * 3 + i) % 11) as f32
+}
+
+fn tensor(rank: usize, t: usize, len: usize) -> Vec<f32> {
+    (0..len).map(|i| value(rank, t, i)).collect()
+}
+
+fn summed(n: usize, t: usize, len: usize) -> Vec<f32> {
+    (0..len).map(|i| (0..n).map(|r| value(r, t, i)).sum()).collect()
+}
+
+/// Tensor lengths: a mix of tiny, odd and larger than the ring chunk.
+fn lengths() -> Vec<usize> {
+    (0..24).map(|t| [1, 3, 100, 1025, 3000, 9001][t % 6] + t).collect()
+}
+
+fn submit_all(engine: &Engine, rank: usize, order: &[usize], step: usize) -> Vec<(usize, ferrovod::Handle)> {
+    let lens = lengths();
+    order
+        .iter()
+        .map(|&t| {
+            let data = tensor(rank, t + step, lens[t]);
+            let sub = Submission::from_slice(format!("grad.{t}"), Collective::Allreduce(ReduceOp::Sum), &[lens[t]], &data);
+            (t, engine.submit(sub).unwrap_or_else(|e| panic!("rank {rank}: submit: {e}")))
+        })
+        .collect()
+}
+
+/// Each rank submits the same tensors in its own order, for several steps (the first
+/// negotiates by name, the rest by cache bit); every result is checked element by element.
+fn out_of_order(n: usize, threshold: usize) -> Vec<Vec<Vec<u8>>> {
+    world(n, tuning(threshold), EngineSettings::default(), |rank, engine| {
+        let lens = lengths();
+        let mut results = Vec::new();
+        for step in 0..4 {
+            let mut order: Vec<usize> = (0..lens.len()).collect();
+            // A different permutation per rank and step.
+            order.sort_by_key(|&t| (t * (rank + 3) * (step + 1) * 7919) % 101);
+            let mut got: Vec<(usize, Output)> =
+                submit_all(engine, rank, &order, step).into_iter().map(|(t, h)| (t, h.wait().unwrap())).collect();
+            got.sort_by_key(|(t, _)| *t);
+            for (t, out) in &got {
+                assert_eq!(out.to_vec::<f32>().unwrap(), summed(n, t + step, lens[*t]), "rank {rank} tensor {t}");
+                assert_eq!(out.shape, [lens[*t]]);
+            }
+            results.extend(got.into_iter().map(|(_, o)| o.data));
+        }
+        results
+    })
+    .into_iter()
+    .collect()
+}
+
+#[test]
+fn out_of_order_submission_gives_correct_results() {
+    for n in [1, 2, 3, 4] {
+        out_of_order(n, 64 << 20);
+    }
+}
+
+#[test]
+fn fusion_off_and_on_give_identical_results() {
+    for n in [2, 3] {
+        let off = out_of_order(n, 0);
+        let small = out_of_order(n, 10_000);
+        let on = out_of_order(n, 64 << 20);
+        assert_eq!(off, on, "N={n}");
+        assert_eq!(small, on, "N={n}");
+    }
+}
+
+/// Runs `sub(rank)` on two ranks and returns each rank's error text, checking it came fast.
+fn mismatch(sub: impl Fn(usize) -> Submission + Sync) -> Vec<String> {
+    world(2, tuning(64 << 20), EngineSettings::default(), |rank, engine| {
+        let t = Instant::now();
+        let e = engine.submit(sub(rank)).unwrap().wait().expect_err("a mismatch must fail");
+        assert!(t.elapsed() < Duration::from_secs(1), "rank {rank}: the error took {:?}", t.elapsed());
+        assert!(matches!(e, Error::TensorMismatch { .. }), "rank {rank}: {e}");
+        // The engine goes on: a matching tensor still works.
+        let ok = engine.allreduce("after", &[1.0f32, 2.0], ReduceOp::Sum).unwrap();
+        assert_eq!(ok, [2.0, 4.0]);
+        e.to_string()
+    })
+}
+
+#[test]
+fn mismatches_fail_on_every_rank_naming_what_differs() {
+    let allreduce = Collective::Allreduce(ReduceOp::Sum);
+    let dtype = mismatch(|rank| match rank {
+        0 => Submission::from_slice("w", allreduce, &[2], &[1.0f32, 2.0]),
+        _ => Submission::from_slice("w", allreduce, &[2], &[1.0f64, 2.0]),
+    });
+    for (rank, e) in dtype.iter().enumerate() {
+        assert!(e.contains(&format!("rank {rank}")) && e.contains("\"w\""), "{e}");
+        assert!(e.contains("dtype") && e.contains("rank 0: f32") && e.contains("rank 1: f64"), "{e}");
+    }
+    let shape = mismatch(|rank| Submission::from_slice("w", allreduce, &[1 + rank], &vec![0i32; 1 + rank]));
+    assert!(shape.iter().all(|e| e.contains("shape") && e.contains("rank 0: [1]") && e.contains("rank 1: [2]")));
+    let op = mismatch(|rank| {
+        let op = if rank == 0 { ReduceOp::Sum } else { ReduceOp::Max };
+        Submission::from_slice("w", Collective::Allreduce(op), &[1], &[1i32])
+    });
+    assert!(op.iter().all(|e| e.contains("op") && e.contains("allreduce sum") && e.contains("allreduce max")), "{op:?}");
+    let root = mismatch(|rank| Submission::from_slice("w", Collective::Broadcast(rank as u32), &[1], &[1i32]));
+    assert!(root.iter().all(|e| e.contains("root") && e.contains("rank 0: 0") && e.contains("rank 1: 1")), "{root:?}");
+    let kind = mismatch(|rank| {
+        let c = if rank == 0 { Collective::Allgather } else { Collective::Broadcast(0) };
+        Submission::from_slice("w", c, &[1], &[1i32])
+    });
+    assert!(kind.iter().all(|e| e.contains("op") && e.contains("allgather") && e.contains("broadcast")), "{kind:?}");
+}
+
+#[test]
+fn a_changed_shape_after_caching_is_still_caught() {
+    world(2, tuning(64 << 20), EngineSettings::default(), |rank, engine| {
+        for _ in 0..3 {
+            assert_eq!(engine.allreduce("w", &[1i64, 2], ReduceOp::Sum).unwrap(), [2, 4]);
+        }
+        let len = if rank == 0 { 2 } else { 3 };
+        let sub = Submission::from_slice("w", Collective::Allreduce(ReduceOp::Sum), &[len], &vec![1i64; len]);
+        let e = engine.submit(sub).unwrap().wait().expect_err("shape changed on rank 1 only").to_string();
+        assert!(e.contains("shape") && e.contains("rank 0: [2]") && e.contains("rank 1: [3]"), "{e}");
+        assert_eq!(engine.allreduce("w", &[1i64, 2], ReduceOp::Sum).unwrap(), [2, 4]);
+    });
+}
+
+#[test]
+fn join_with_uneven_steps() {
+    let n = 3;
+    let results = world(n, tuning(64 << 20), EngineSettings::default(), |rank, engine| {
+        let steps = [2, 5, 3][rank];
+        let mut outs = Vec::new();
+        for step in 0..steps {
+            let data = vec![(rank + 1) as f32; 5];
+            let sum = engine.allreduce("g", &data, ReduceOp::Sum).unwrap();
+            let avg = engine.allreduce("a", &data, ReduceOp::Average).unwrap();
+            let max = engine.allreduce("m", &data, ReduceOp::Max).unwrap();
+            let rows = engine.submit(Submission::from_slice("rows", Collective::Allgather, &[rank + 1], &vec![rank as i32; rank + 1])).unwrap().wait().unwrap();
+            outs.push((step, sum[0], avg[0], max[0], rows.to_vec::<i32>().unwrap()));
+        }
+        (engine.join().unwrap(), outs)
+    });
+    for (rank, (last, outs)) in results.iter().enumerate() {
+        assert_eq!(*last, 1, "rank {rank}: rank 1 runs longest, so it joins last");
+        for (step, sum, avg, max, rows) in outs {
+            // Ranks still active at this step: those with more steps than `step`.
+            let active: Vec<usize> = (0..n).filter(|&r| [2, 5, 3][r] > *step).collect();
+            let want_sum: f32 = active.iter().map(|&r| (r + 1) as f32).sum();
+            assert_eq!(*sum, want_sum, "rank {rank} step {step}");
+            assert_eq!(*avg, want_sum / active.len() as f32, "rank {rank} step {step}: average over active ranks");
+            assert_eq!(*max, active.iter().map(|&r| (r + 1) as f32).fold(f32::MIN, f32::max));
+            let want_rows: Vec<i32> = active.iter().flat_map(|&r| vec![r as i32; r + 1]).collect();
+            assert_eq!(*rows, want_rows, "rank {rank} step {step}");
+        }
+    }
+}
+
+#[test]
+fn a_group_completes_together() {
+    world(2, tuning(1 << 20), EngineSettings::default(), |rank, engine| {
+        for step in 0..5 {
+            if rank == 1 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let big = vec![1.0f32; 4 << 20];
+            let subs = vec![
+                Submission::from_slice("a.small", Collective::Allreduce(ReduceOp::Sum), &[1], &[1.0f32]),
+                Submission::from_slice("b.big", Collective::Allreduce(ReduceOp::Sum), &[big.len()], &big),
+                Submission::from_slice("c.bcast", Collective::Broadcast(0), &[2], &[rank as i32, 7]),
+            ];
+            let mut handles = engine.submit_group(subs).unwrap();
+            let small = handles.remove(0);
+            let out = small.wait().unwrap();
+            assert_eq!(out.to_vec::<f32>().unwrap(), [2.0]);
+            assert!(handles.iter().all(|h| h.poll()), "rank {rank} step {step}: the group completed piecemeal");
+            let big = handles.remove(0).wait().unwrap().to_vec::<f32>().unwrap();
+            assert!(big.iter().all(|&x| x == 2.0));
+            assert_eq!(handles.remove(0).wait().unwrap().to_vec::<i32>().unwrap(), [0, 7]);
+        }
+    });
+}
+
+#[test]
+fn the_stall_timeout_fails_every_rank() {
+    let settings = EngineSettings {
+        stall_warning: Some(Duration::from_millis(100)),
+        stall_timeout: Some(Duration::from_millis(600)),
+        timeline: None,
+    };
+    let errors = world(3, tuning(64 << 20), settings, |rank, engine| {
+        let t = Instant::now();
+        let e = if rank == 2 {
+            // Rank 2 never submits "x"; it waits on something else that never comes either.
+            std::thread::sleep(Duration::from_millis(1500));
+            engine.submit(Submission::from_slice("y", Collective::Allreduce(ReduceOp::Sum), &[1], &[1u8])).err()
+                .unwrap_or_else(|| panic!("rank 2: the engine should have stopped"))
+        } else {
+            let sub = Submission::from_slice("x", Collective::Allreduce(ReduceOp::Sum), &[1], &[1u8]);
+            engine.submit(sub).unwrap().wait().expect_err("x stalls")
+        };
+        assert!(t.elapsed() < Duration::from_secs(5), "rank {rank}: {:?}", t.elapsed());
+        e.to_string()
+    });
+    for (rank, e) in errors.iter().enumerate() {
+        assert!(e.contains(&format!("rank {rank}")) && e.contains("stall"), "{e}");
+        assert!(e.contains("\"x\"") && e.contains("[2]"), "rank {rank}: should name x and the missing rank 2: {e}");
+    }
+}
+
+#[test]
+fn the_timeline_holds_every_phase() {
+    let dir = std::env::temp_dir().join(format!("ferrovod-timeline-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("trace.json");
+    let settings = EngineSettings { timeline: Some(path.clone()), ..EngineSettings::default() };
+    world(2, tuning(64 << 20), settings, |rank, engine| {
+        for step in 0..3 {
+            let order: Vec<usize> = (0..lengths().len()).collect();
+            for (_, h) in submit_all(engine, rank, &order, step) {
+                h.wait().unwrap();
+            }
+        }
+    });
+    for file in [path.clone(), PathBuf::from(format!("{}.1", path.display()))] {
+        let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        let events: Vec<serde_json::Value> =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", file.display()));
+        let phases: BTreeSet<&str> = events.iter().filter_map(|e| e["name"].as_str()).collect();
+        for phase in
+            ["QUEUED", "NEGOTIATED", "COPY_IN_FUSION_BUFFER", "COMMUNICATED", "COPY_OUT_FUSION_BUFFER", "DONE"]
+        {
+            assert!(phases.contains(phase), "{}: no {phase} event in {phases:?}", file.display());
+        }
+        let tracks = events.iter().filter(|e| e["name"] == "thread_name").count();
+        assert_eq!(tracks, lengths().len(), "one track per tensor");
+        for e in events.iter().filter(|e| e["ph"] == "X") {
+            assert!(e["ts"].as_f64().is_some() && e["dur"].as_f64().is_some_and(|d| d >= 0.0), "{e}");
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn many_threads_submit_at_once() {
+    let n = 3;
+    let (threads, per) = (8, 40);
+    world(n, tuning(64 << 20), EngineSettings::default(), |rank, engine| {
+        std::thread::scope(|s| {
+            for th in 0..threads {
+                s.spawn(move || {
+                    for i in 0..per {
+                        // Threads race each other differently on every rank.
+                        let t = th * per + i;
+                        let data = tensor(rank, t, 1 + t % 37);
+                        let name = format!("thread{th}.{i}");
+                        let out = engine.allreduce(&name, &data, ReduceOp::Sum).unwrap();
+                        assert_eq!(out, summed(n, t, 1 + t % 37), "rank {rank} {name}");
+                    }
+                });
+            }
+        });
+    });
+}
+
+#[test]
+fn every_collective_through_the_engine() {
+    let n = 3;
+    world(n, tuning(64 << 20), EngineSettings::default(), |rank, engine| {
+        let rows = rank + 1;
+        let mine: Vec<i32> = (0..rows * 2).map(|i| (rank * 100 + i) as i32).collect();
+        let got = engine.submit(Submission::from_slice("ag", Collective::Allgather, &[rows, 2], &mine)).unwrap();
+        let got = got.wait().unwrap();
+        assert_eq!(got.shape, [6, 2]);
+        assert_eq!(got.splits, Some(vec![1, 2, 3]));
+        let want: Vec<i32> = (0..n).flat_map(|r| (0..(r + 1) * 2).map(move |i| (r * 100 + i) as i32)).collect();
+        assert_eq!(got.to_vec::<i32>().unwrap(), want);
+
+        let b = engine.submit(Submission::from_slice("bc", Collective::Broadcast(2), &[2], &[rank as f64, 1.5])).unwrap();
+        assert_eq!(b.wait().unwrap().to_vec::<f64>().unwrap(), [2.0, 1.5]);
+
+        let input: Vec<i64> = (0..7).map(|i| i * (rank as i64 + 1)).collect();
+        let rs = engine.submit(Submission::from_slice("rs", Collective::Reducescatter(ReduceOp::Sum), &[7], &input));
+        let rs = rs.unwrap().wait().unwrap();
+        let (start, len) = [(0, 3), (3, 2), (5, 2)][rank];
+        assert_eq!(rs.shape, [len]);
+        assert_eq!(rs.to_vec::<i64>().unwrap(), (start..start + len).map(|i| i as i64 * 6).collect::<Vec<_>>());
+
+        // Rank r sends r+1 rows to each rank; row values say who sent them.
+        let splits = vec![rank + 1; n];
+        let data: Vec<u8> = vec![rank as u8; (rank + 1) * n];
+        let a2a = Submission::from_slice("a2a", Collective::Alltoall, &[(rank + 1) * n], &data).splits(splits);
+        let a2a = engine.submit(a2a).unwrap().wait().unwrap();
+        assert_eq!(a2a.splits, Some(vec![1, 2, 3]));
+        assert_eq!(a2a.to_vec::<u8>().unwrap(), [0, 1, 1, 2, 2, 2]);
+    });
+}
+
+#[test]
+fn bad_submissions_are_refused_at_once() {
+    world(2, tuning(64 << 20), EngineSettings::default(), |rank, engine| {
+        let wrong_len = Submission::new("w", Collective::Allreduce(ReduceOp::Sum), ferrovod::DType::F32, &[3], vec![0; 8]);
+        assert!(engine.submit(wrong_len).unwrap_err().to_string().contains("do not hold shape"));
+        let root = Submission::from_slice("r", Collective::Broadcast(5), &[1], &[1u8]);
+        assert!(engine.submit(root).unwrap_err().to_string().contains("root 5"));
+        let a = Submission::from_slice("dup", Collective::Allreduce(ReduceOp::Sum), &[1], &[1u8]);
+        let h = engine.submit(a).unwrap();
+        let again = Submission::from_slice("dup", Collective::Allreduce(ReduceOp::Sum), &[1], &[1u8]);
+        assert!(engine.submit(again).unwrap_err().to_string().contains("already in flight"), "rank {rank}");
+        assert_eq!(h.wait().unwrap().to_vec::<u8>().unwrap(), [2]);
+    });
+}
