@@ -1,6 +1,8 @@
 //! ferrovod-bench: starts N local processes of itself and prints an nccl-tests-style table.
 //!
 //! `ferrovod-bench --np N --op allreduce|broadcast|allgather|reducescatter|alltoall --sizes 4KiB,1MiB,64MiB [--json PATH]`
+//! `ferrovod-bench --np N --tensors resnet50 [--json PATH]`: a training step's gradients through
+//! the engine (see `tensors.rs`).
 //!
 //! Method, per size: check the result once; warm up; pick the iteration count from the median
 //! of 5 timed iterations (at least `--min-iters` and `--min-time` seconds in all); then per iteration a barrier and
@@ -17,6 +19,9 @@ use ferrovod::bootstrap::{Secret, StoreServer};
 use ferrovod::{Communicator, ReduceOp};
 use serde::Serialize;
 
+mod resnet50;
+mod tensors;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Op {
     Allreduce,
@@ -24,6 +29,14 @@ enum Op {
     Allgather,
     Reducescatter,
     Alltoall,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TensorSet {
+    /// ResNet-50's 161 parameter tensors (25.6 M f32).
+    Resnet50,
+    /// 1024 tensors of 256 f32 each: where per-collective latency dominates.
+    Small,
 }
 
 #[derive(Parser, Debug)]
@@ -47,6 +60,12 @@ struct Args {
     /// Minimum iterations per size.
     #[arg(long, default_value_t = 5)]
     min_iters: usize,
+    /// Instead of --op/--sizes: submit this model's gradient set through the engine.
+    #[arg(long, value_enum)]
+    tensors: Option<TensorSet>,
+    /// Where the timeline variant of --tensors writes its trace.
+    #[arg(long, default_value_os_t = std::env::temp_dir())]
+    timeline_dir: std::path::PathBuf,
     /// Internal: run as one rank (set by the parent).
     #[arg(long, hide = true)]
     worker: bool,
@@ -213,7 +232,64 @@ fn timed(comm: &mut Communicator, op: Op, buf: &mut Buffers, iters: usize) -> Re
     Ok(times)
 }
 
+/// `--tensors`: the engine variants against one plain allreduce of the same bytes.
+fn tensors_worker(args: &Args) -> Result<(), String> {
+    let (set, params) = match args.tensors {
+        Some(TensorSet::Small) => ("small", (0..1024).map(|i| (format!("small.{i}"), vec![256])).collect()),
+        _ => ("resnet50", resnet50::resnet50_parameters()),
+    };
+    let rows = tensors::run(params, args.min_time, args.min_iters, &args.timeline_dir)?;
+    let n: usize = std::env::var("FERROVOD_SIZE").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+    let rank: usize = std::env::var("FERROVOD_RANK").ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+    if rank != 0 {
+        return Ok(());
+    }
+    let base = rows[0].median_s;
+    println!(
+        "# ferrovod-bench: {set} gradients, {} tensors, {} bytes f32, on {n} processes; time = median step of the slowest rank",
+        rows[1].tensors, rows[0].bytes
+    );
+    println!(
+        "{:>16} {:>8} {:>12} {:>4} {:>6} {:>10} {:>12} {:>13}",
+        "variant", "tensors", "bytes", "np", "iters", "time(ms)", "busbw(GB/s)", "vs allreduce"
+    );
+    let mut json = Vec::new();
+    for r in &rows {
+        let algbw = r.bytes as f64 / r.median_s / 1e9;
+        println!(
+            "{:>16} {:>8} {:>12} {:>4} {:>6} {:>10.2} {:>12.3} {:>12.2}x",
+            r.variant,
+            r.tensors,
+            r.bytes,
+            n,
+            r.iters,
+            r.median_s * 1e3,
+            algbw * bus_factor(Op::Allreduce, n),
+            r.median_s / base
+        );
+        json.push(Row {
+            implementation: "ferrovod",
+            op: r.variant,
+            np: n,
+            dtype: "f32",
+            bytes: r.bytes,
+            iters: r.iters,
+            median_s: r.median_s,
+            algbw_gbs: algbw,
+            busbw_gbs: algbw * bus_factor(Op::Allreduce, n),
+        });
+    }
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&json).map_err(|e| e.to_string())?;
+        std::fs::write(path, text + "\n").map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
 fn worker(args: &Args) -> Result<(), String> {
+    if args.tensors.is_some() {
+        return tensors_worker(args);
+    }
     let mut comm = Communicator::from_env().map_err(|e| e.to_string())?;
     let (r, n) = (comm.rank(), comm.size());
     let e = |e: ferrovod::Error| e.to_string();

@@ -11,6 +11,8 @@ use crate::error::Result;
 pub(crate) struct Slot {
     state: Mutex<State>,
     done: Condvar,
+    /// Someone sleeps on `done` (guarded by `state`): completion skips the wake-up otherwise.
+    sleepers: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -33,7 +35,20 @@ impl Slot {
     fn wait_done(&self) {
         let mut s = self.lock();
         while matches!(*s, State::Pending) {
-            s = self.done.wait(s).unwrap_or_else(|p| p.into_inner());
+            s = self.sleep(s, None);
+        }
+    }
+
+    /// Sleeps on `done` (until `deadline`, if any), holding `state` as the guard.
+    fn sleep<'a>(&'a self, s: MutexGuard<'a, State>, deadline: Option<Instant>) -> MutexGuard<'a, State> {
+        // Set under the lock that `complete` takes, so a completion cannot miss it.
+        self.sleepers.store(true, std::sync::atomic::Ordering::Relaxed);
+        match deadline {
+            None => self.done.wait(s).unwrap_or_else(|p| p.into_inner()),
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                self.done.wait_timeout(s, left).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0)
+            }
         }
     }
 
@@ -45,7 +60,7 @@ impl Slot {
             if left.is_zero() {
                 return false;
             }
-            s = self.done.wait_timeout(s, left).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+            s = self.sleep(s, Some(deadline));
         }
         true
     }
@@ -60,7 +75,9 @@ impl Slot {
         let mut s = self.lock();
         if matches!(*s, State::Pending) {
             *s = State::Done(result);
-            self.done.notify_all();
+            if self.sleepers.load(std::sync::atomic::Ordering::Relaxed) {
+                self.done.notify_all();
+            }
         }
     }
 }
@@ -99,7 +116,7 @@ impl Handle {
         }
         let mut s = self.slot.lock();
         while matches!(*s, State::Pending) {
-            s = self.slot.done.wait(s).unwrap_or_else(|p| p.into_inner());
+            s = self.slot.sleep(s, None);
         }
         take(&mut s)
     }
@@ -119,7 +136,7 @@ impl Handle {
                 drop(s);
                 return Err(self);
             }
-            s = self.slot.done.wait_timeout(s, left).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
+            s = self.slot.sleep(s, Some(deadline));
         }
         Ok(take(&mut s))
     }

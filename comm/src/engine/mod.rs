@@ -167,6 +167,8 @@ impl Engine {
                 });
             }
         }
+        // The engine thread takes the whole inbox at once: only the first arrival needs to wake it.
+        let wake = inbox.new.is_empty();
         let queued = Instant::now();
         let gate = grouped.then(|| Arc::new(Slot::default()));
         let mut handles = Vec::with_capacity(subs.len());
@@ -178,7 +180,9 @@ impl Engine {
             handles.push(handle);
         }
         drop(inbox);
-        self.shared.bell.ring();
+        if wake {
+            self.shared.bell.ring();
+        }
         Ok(handles)
     }
 

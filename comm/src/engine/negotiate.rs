@@ -168,10 +168,10 @@ pub(crate) fn agree(messages: &[Message], cache: &mut Cache, table: &mut Table) 
         if evicted.contains(name) {
             continue;
         }
-        let present: Vec<bool> = messages.iter().map(|m| m.bit(slot)).collect();
-        if !present.contains(&true) {
+        if !messages.iter().any(|m| m.bit(slot)) {
             continue;
         }
+        let present: Vec<bool> = messages.iter().map(|m| m.bit(slot)).collect();
         if everywhere(&present) {
             candidates.push(Ready { name: name.to_string(), meta: meta.clone(), present, slot: Some(slot) });
         } else {

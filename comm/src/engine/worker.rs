@@ -168,13 +168,14 @@ impl Worker {
         let t0 = Instant::now();
         let messages = negotiate::exchange(&mut self.comm, &msg, self.cache.len())?;
         let t1 = Instant::now();
-        let agreement = negotiate::agree(&messages, &mut self.cache, &mut self.table);
+        let mut agreement = negotiate::agree(&messages, &mut self.cache, &mut self.table);
         self.round += 1;
         if let Some((by, reason)) = agreement.abort {
             return Ok(Some(Stop::Stalled(format!("rank {by} reported: {reason}"))));
         }
         self.fail_mismatches(&agreement);
-        self.run_ready(&agreement, (t0, t1))?;
+        let ready = std::mem::take(&mut agreement.ready);
+        self.run_ready(ready, (t0, t1))?;
         self.track_joins(&agreement);
         self.track_waits(&agreement);
         if let Some(by) = agreement.shutdown_by {
@@ -198,8 +199,8 @@ impl Worker {
         }
     }
 
-    fn run_ready(&mut self, agreement: &Agreement, negotiated: (Instant, Instant)) -> Result<()> {
-        for r in &agreement.ready {
+    fn run_ready(&mut self, ready: Vec<negotiate::Ready>, negotiated: (Instant, Instant)) -> Result<()> {
+        for r in &ready {
             match r.slot {
                 Some(slot) => self.cache.touch(slot, self.round),
                 None => self.cache.insert(&r.name, &r.meta, self.round),
@@ -214,7 +215,7 @@ impl Worker {
             negotiated,
         };
         let local = &mut self.local;
-        for bucket in fusion::plan(agreement.ready.clone(), self.threshold) {
+        for bucket in fusion::plan(ready, self.threshold) {
             let done = execute::run(&mut ctx, bucket, |name| local.remove(name).map(|l| l.pending))?;
             let (group, now): (Vec<Done>, Vec<Done>) = done.into_iter().partition(|d| d.gate.is_some());
             deferred.extend(group);
