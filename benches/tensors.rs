@@ -101,17 +101,17 @@ pub fn run(
     let iters = ((min_time / est[0].max(1e-6)).ceil() as usize).max(min_iters);
 
     // times[v][i]: variant v's i-th step on this rank; v = 0 is the plain allreduce.
-    let mut times = vec![vec![0f64; iters]; 1 + engines.len()];
-    for i in 0..iters {
+    let mut times = vec![Vec::with_capacity(iters); 1 + engines.len()];
+    for _ in 0..iters {
         plain.barrier().map_err(|e| e.to_string())?;
         let t = Instant::now();
         plain.allreduce(&mut flat, ReduceOp::Sum).map_err(|e| e.to_string())?;
-        times[0][i] = t.elapsed().as_secs_f64();
+        times[0].push(t.elapsed().as_secs_f64());
         for (v, (_, engine)) in engines.iter().enumerate() {
             sync(engine)?;
             let t = Instant::now();
             step(engine, &names, &shapes, &mut bufs)?;
-            times[v + 1][i] = t.elapsed().as_secs_f64();
+            times[v + 1].push(t.elapsed().as_secs_f64());
         }
     }
     let mut rows = Vec::new();

@@ -67,7 +67,8 @@ fn submit_all(engine: &Engine, rank: usize, order: &[usize], step: usize) -> Vec
         .iter()
         .map(|&t| {
             let data = tensor(rank, t + step, lens[t]);
-            let sub = Submission::from_slice(format!("grad.{t}"), Collective::Allreduce(ReduceOp::Sum), &[lens[t]], &data);
+            let sub =
+                Submission::from_slice(format!("grad.{t}"), Collective::Allreduce(ReduceOp::Sum), &[lens[t]], &data);
             (t, engine.submit(sub).unwrap_or_else(|e| panic!("rank {rank}: submit: {e}")))
         })
         .collect()
@@ -147,7 +148,10 @@ fn mismatches_fail_on_every_rank_naming_what_differs() {
         let op = if rank == 0 { ReduceOp::Sum } else { ReduceOp::Max };
         Submission::from_slice("w", Collective::Allreduce(op), &[1], &[1i32])
     });
-    assert!(op.iter().all(|e| e.contains("op") && e.contains("allreduce sum") && e.contains("allreduce max")), "{op:?}");
+    assert!(
+        op.iter().all(|e| e.contains("op") && e.contains("allreduce sum") && e.contains("allreduce max")),
+        "{op:?}"
+    );
     let root = mismatch(|rank| Submission::from_slice("w", Collective::Broadcast(rank as u32), &[1], &[1i32]));
     assert!(root.iter().all(|e| e.contains("root") && e.contains("rank 0: 0") && e.contains("rank 1: 1")), "{root:?}");
     let kind = mismatch(|rank| {
@@ -182,7 +186,16 @@ fn join_with_uneven_steps() {
             let sum = engine.allreduce("g", &data, ReduceOp::Sum).unwrap();
             let avg = engine.allreduce("a", &data, ReduceOp::Average).unwrap();
             let max = engine.allreduce("m", &data, ReduceOp::Max).unwrap();
-            let rows = engine.submit(Submission::from_slice("rows", Collective::Allgather, &[rank + 1], &vec![rank as i32; rank + 1])).unwrap().wait().unwrap();
+            let rows = engine
+                .submit(Submission::from_slice(
+                    "rows",
+                    Collective::Allgather,
+                    &[rank + 1],
+                    &vec![rank as i32; rank + 1],
+                ))
+                .unwrap()
+                .wait()
+                .unwrap();
             outs.push((step, sum[0], avg[0], max[0], rows.to_vec::<i32>().unwrap()));
         }
         (engine.join().unwrap(), outs)
@@ -239,7 +252,9 @@ fn the_stall_timeout_fails_every_rank() {
         let e = if rank == 2 {
             // Rank 2 never submits "x"; it waits on something else that never comes either.
             std::thread::sleep(Duration::from_millis(1500));
-            engine.submit(Submission::from_slice("y", Collective::Allreduce(ReduceOp::Sum), &[1], &[1u8])).err()
+            engine
+                .submit(Submission::from_slice("y", Collective::Allreduce(ReduceOp::Sum), &[1], &[1u8]))
+                .err()
                 .unwrap_or_else(|| panic!("rank 2: the engine should have stopped"))
         } else {
             let sub = Submission::from_slice("x", Collective::Allreduce(ReduceOp::Sum), &[1], &[1u8]);
@@ -273,8 +288,7 @@ fn the_timeline_holds_every_phase() {
         let events: Vec<serde_json::Value> =
             serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", file.display()));
         let phases: BTreeSet<&str> = events.iter().filter_map(|e| e["name"].as_str()).collect();
-        for phase in
-            ["QUEUED", "NEGOTIATED", "COPY_IN_FUSION_BUFFER", "COMMUNICATED", "COPY_OUT_FUSION_BUFFER", "DONE"]
+        for phase in ["QUEUED", "NEGOTIATED", "COPY_IN_FUSION_BUFFER", "COMMUNICATED", "COPY_OUT_FUSION_BUFFER", "DONE"]
         {
             assert!(phases.contains(phase), "{}: no {phase} event in {phases:?}", file.display());
         }
@@ -322,7 +336,8 @@ fn every_collective_through_the_engine() {
         let want: Vec<i32> = (0..n).flat_map(|r| (0..(r + 1) * 2).map(move |i| (r * 100 + i) as i32)).collect();
         assert_eq!(got.to_vec::<i32>().unwrap(), want);
 
-        let b = engine.submit(Submission::from_slice("bc", Collective::Broadcast(2), &[2], &[rank as f64, 1.5])).unwrap();
+        let b =
+            engine.submit(Submission::from_slice("bc", Collective::Broadcast(2), &[2], &[rank as f64, 1.5])).unwrap();
         assert_eq!(b.wait().unwrap().to_vec::<f64>().unwrap(), [2.0, 1.5]);
 
         let input: Vec<i64> = (0..7).map(|i| i * (rank as i64 + 1)).collect();
@@ -345,7 +360,8 @@ fn every_collective_through_the_engine() {
 #[test]
 fn bad_submissions_are_refused_at_once() {
     world(2, tuning(64 << 20), EngineSettings::default(), |rank, engine| {
-        let wrong_len = Submission::new("w", Collective::Allreduce(ReduceOp::Sum), ferrovod::DType::F32, &[3], vec![0; 8]);
+        let wrong_len =
+            Submission::new("w", Collective::Allreduce(ReduceOp::Sum), ferrovod::DType::F32, &[3], vec![0; 8]);
         assert!(engine.submit(wrong_len).unwrap_err().to_string().contains("do not hold shape"));
         let root = Submission::from_slice("r", Collective::Broadcast(5), &[1], &[1u8]);
         assert!(engine.submit(root).unwrap_err().to_string().contains("root 5"));

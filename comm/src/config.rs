@@ -234,7 +234,7 @@ impl Config {
         let optional_secs = |k: Knob| -> Result<Option<Duration>> {
             let v = text(k).unwrap_or_else(|| k.default.to_string());
             match v.trim().parse::<f64>() {
-                Ok(s) if s == 0.0 => Ok(None),
+                Ok(0.0) => Ok(None),
                 Ok(s) if s > 0.0 && s.is_finite() => Ok(Some(Duration::from_secs_f64(s.min(MAX_SECS)))),
                 _ => Err(Error::Config { name: k.name, detail: format!("{v:?} is not a number of seconds (0: off)") }),
             }

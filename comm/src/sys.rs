@@ -85,7 +85,8 @@ impl Doorbell {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
-        let (read, write) = unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) };
+        let (read, write) =
+            unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) };
         Ok(Doorbell { read, write })
     }
 

@@ -6,11 +6,28 @@
 //! - `mismatch-count`, `mismatch-dtype`: rank 1 calls allreduce with other arguments.
 //! - `stall`: rank 1 sleeps instead of calling allreduce.
 //!
-//! Exit codes: 0 success, 3 a collective failed (the error on stderr), 2 bad usage.
+//! Scenarios named `engine-*` start an [`Engine`] instead of a bare communicator, shut it
+//! down when they succeed, and give up on a handle after 20 s (exit 4):
+//!
+//! - `engine-steps STEPS`: each step submits 30 named f32 allreduces of 1 to 300,000 elements
+//!   in an order of its own (per rank and step), waits for all and checks every element.
+//!   Prints `ok` on success.
+//! - `engine-late-rank SECS`: rank 1 sleeps SECS seconds before submitting `late.x`, the
+//!   others submit it at once; every rank checks the result. Prints `ok` on success.
+//! - `engine-missing`: every rank but the last submits `never`; the last submits only
+//!   `other`, which nobody else does. Both stall: the wait fails (exit 3) once the stall
+//!   timeout strikes; a wait that succeeds prints `unexpectedly completed` and exits 0.
+//! - `engine-loop`: allreduces 4 MiB of f32 named `loop` forever, waiting for each, printing
+//!   `ready` after the first one.
+//!
+//! Exit codes: 0 success, 3 a collective failed (the error on stderr), 2 bad usage, 4 (engine
+//! scenarios) a handle did not complete in time, with what the engine says on stderr.
 
+use std::io::Write;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use ferrovod::{Communicator, DType, ReduceOp};
+use ferrovod::{Collective, Communicator, DType, Engine, Handle, Output, ReduceOp, Submission};
 use ferrovod_tests::{Plan, check_collectives, counts};
 
 fn list<T: Copy>(arg: &str, all: &[T], parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>, String> {
@@ -73,8 +90,197 @@ fn scenario(comm: &mut Communicator, args: &[String]) -> Result<(), String> {
     }
 }
 
+/// An engine scenario, parsed before joining so that bad usage exits 2.
+enum EngineScenario {
+    Steps(usize),
+    LateRank(Duration),
+    Missing,
+    Loop,
+}
+
+impl EngineScenario {
+    fn parse(args: &[String]) -> Option<EngineScenario> {
+        match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+            ["engine-steps", steps] => steps.parse().ok().map(EngineScenario::Steps),
+            ["engine-late-rank", secs] => {
+                let secs = secs.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0)?;
+                Some(EngineScenario::LateRank(Duration::from_secs_f64(secs)))
+            }
+            ["engine-missing"] => Some(EngineScenario::Missing),
+            ["engine-loop"] => Some(EngineScenario::Loop),
+            _ => None,
+        }
+    }
+}
+
+/// Lengths of the tensors of one `engine-steps` step: single elements, odd sizes, sizes around
+/// the 1 MiB ring chunk (262,144 f32) and a few larger than it.
+const STEP_LENGTHS: [usize; 30] = [
+    1, 2, 3, 5, 7, 16, 31, 64, 100, 127, 255, 512, 1000, 1023, 1025, 2048, 4093, 8191, 10_000, 16_384, 32_767, 65_536,
+    100_000, 131_072, 200_003, 262_143, 262_144, 262_145, 299_999, 300_000,
+];
+
+/// Rank `rank`'s element `i` of tensor `t` in `step`: a small integer, so that every sum is
+/// exact in f32 whatever order the reduction takes.
+fn step_value(rank: usize, step: usize, t: usize, i: usize) -> f32 {
+    ((rank * 7 + step * 5 + t * 3 + i) % 13) as f32
+}
+
+/// A permutation of `0..n` of its own for every seed (Fisher–Yates over splitmix64).
+fn permutation(n: usize, seed: u64) -> Vec<usize> {
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, (next() % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+/// How an engine scenario fails.
+enum Fail {
+    /// A collective failed, or gave a wrong result (exit 3).
+    Failed(String),
+    /// A handle did not complete within [`WAIT_LIMIT`] (exit 4).
+    Lost(String),
+}
+
+impl From<String> for Fail {
+    fn from(e: String) -> Fail {
+        Fail::Failed(e)
+    }
+}
+
+/// Longest wait for one handle in the engine scenarios. Every scenario completes or fails its
+/// handles within seconds; one the engine never completes must fail the test with a message
+/// rather than hang the rank until the harness kills it.
+const WAIT_LIMIT: Duration = Duration::from_secs(20);
+
+/// Waits for `h` (the tensor `what`), at most [`WAIT_LIMIT`].
+fn wait(engine: &Engine, h: Handle, what: &str) -> Result<Output, Fail> {
+    match h.wait_timeout(WAIT_LIMIT) {
+        Ok(result) => result.map_err(|e| Fail::Failed(format!("{what}: {e}"))),
+        Err(_) => {
+            // A stopped engine refuses new submissions, giving the reason it stopped.
+            let probe = Submission::from_slice("watchdog.probe", Collective::Allreduce(ReduceOp::Sum), &[1], &[0u8]);
+            let state = match engine.submit(probe) {
+                Err(e) => format!("the engine refuses new submissions: {e}"),
+                Ok(_) => "the engine still takes submissions".to_string(),
+            };
+            Err(Fail::Lost(format!("{what}: the handle did not complete within {WAIT_LIMIT:?}; {state}")))
+        }
+    }
+}
+
+/// Submits `data` for a sum allreduce under `name`.
+fn submit(engine: &Engine, name: &str, data: &[f32]) -> Result<Handle, Fail> {
+    let sub = Submission::from_slice(name, Collective::Allreduce(ReduceOp::Sum), &[data.len()], data);
+    engine.submit(sub).map_err(|e| Fail::Failed(format!("submitting {name:?}: {e}")))
+}
+
+fn engine_scenario(engine: &Engine, scenario: &EngineScenario) -> Result<(), Fail> {
+    let (r, n) = (engine.rank(), engine.size());
+    match scenario {
+        EngineScenario::Steps(steps) => {
+            for step in 0..*steps {
+                let order = permutation(STEP_LENGTHS.len(), ((r as u64) << 32) | step as u64);
+                let mut handles = Vec::with_capacity(order.len());
+                for &t in &order {
+                    let data: Vec<f32> = (0..STEP_LENGTHS[t]).map(|i| step_value(r, step, t, i)).collect();
+                    handles.push((t, submit(engine, &format!("grad.{t}"), &data)?));
+                }
+                for (t, h) in handles {
+                    let what = format!("step {step}: tensor \"grad.{t}\"");
+                    let out = wait(engine, h, &what)?;
+                    let len = STEP_LENGTHS[t];
+                    if out.shape != [len] {
+                        return Err(format!("{what}: shape {:?}, expected [{len}]", out.shape).into());
+                    }
+                    let got = out.to_vec::<f32>().map_err(|e| format!("{what}: {e}"))?;
+                    let want = |i: usize| (0..n).map(|q| step_value(q, step, t, i)).sum::<f32>();
+                    if let Some(i) = (0..len).find(|&i| got[i] != want(i)) {
+                        return Err(format!("{what}: element {i} is {}, expected {}", got[i], want(i)).into());
+                    }
+                }
+            }
+            println!("ok");
+            Ok(())
+        }
+        EngineScenario::LateRank(delay) => {
+            if r == 1 {
+                std::thread::sleep(*delay);
+            }
+            let data: Vec<f32> = (0..1000).map(|i| ((r + 1) * (i % 7)) as f32).collect();
+            let out = wait(engine, submit(engine, "late.x", &data)?, "late.x")?;
+            let got = out.to_vec::<f32>().map_err(|e| format!("late.x: {e}"))?;
+            let want = |i: usize| ((1..=n).sum::<usize>() * (i % 7)) as f32;
+            if got.len() != data.len() {
+                return Err(format!("late.x: {} elements, expected {}", got.len(), data.len()).into());
+            }
+            if let Some(i) = (0..data.len()).find(|&i| got[i] != want(i)) {
+                return Err(format!("late.x: element {i} is {}, expected {}", got[i], want(i)).into());
+            }
+            println!("ok");
+            Ok(())
+        }
+        EngineScenario::Missing => {
+            let name = if r + 1 == n { "other" } else { "never" };
+            wait(engine, submit(engine, name, &[1.0; 4])?, name)?;
+            println!("unexpectedly completed");
+            Ok(())
+        }
+        EngineScenario::Loop => {
+            let data = vec![1.0f32; (4 << 20) / 4];
+            let first = wait(engine, submit(engine, "loop", &data)?, "loop")?;
+            if first.to_vec::<f32>().map_err(|e| format!("loop: {e}"))?.iter().any(|&x| x != n as f32) {
+                return Err(format!("loop: the first allreduce did not sum to {n}").into());
+            }
+            println!("ready");
+            let _ = std::io::stdout().flush();
+            loop {
+                wait(engine, submit(engine, "loop", &data)?, "loop")?;
+            }
+        }
+    }
+}
+
+fn engine_main(args: &[String]) -> ExitCode {
+    let Some(scenario) = EngineScenario::parse(args) else {
+        eprintln!("usage: see the file's docs; got {args:?}");
+        return ExitCode::from(2);
+    };
+    let engine = match Engine::from_env() {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(3);
+        }
+    };
+    let (message, code) = match engine_scenario(&engine, &scenario) {
+        Ok(()) => match engine.shutdown() {
+            Ok(()) => return ExitCode::SUCCESS,
+            Err(e) => (format!("shutdown: {e}"), 3),
+        },
+        Err(Fail::Failed(e)) => (e, 3),
+        Err(Fail::Lost(e)) => (e, 4),
+    };
+    eprintln!("{message}");
+    // Not through the engine's `Drop`: shutting down is a round with the other ranks, which
+    // may be gone or have gone on.
+    std::process::exit(code)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().is_some_and(|a| a.starts_with("engine-")) {
+        return engine_main(&args);
+    }
     let mut comm = match Communicator::from_env() {
         Ok(c) => c,
         Err(e) => {

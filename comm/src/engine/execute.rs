@@ -12,12 +12,12 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::Pending;
 use super::fusion::Bucket;
 use super::handle::Slot;
 use super::negotiate::Ready;
 use super::request::{Collective, Output};
 use super::timeline::{Phase, Timeline};
-use super::Pending;
 use crate::algorithms::even_blocks;
 use crate::communicator::Communicator;
 use crate::dtype::{DType, ReduceOp};
@@ -71,7 +71,7 @@ pub(crate) fn run(
     ctx: &mut Ctx<'_>,
     bucket: Bucket,
     mut take: impl FnMut(&str) -> Option<Pending>,
-) -> Result<Vec<Done>> {
+) -> std::result::Result<Vec<Done>, Failure> {
     let rank = ctx.comm.rank();
     let mut items: Vec<Item> = bucket
         .entries
@@ -87,23 +87,49 @@ pub(crate) fn run(
         .collect();
     let collective = items[0].ready.meta.collective;
     let mut done = Vec::with_capacity(items.len());
-    match collective {
-        Collective::Allreduce(op) => allreduce(ctx, &mut items, op, &mut done)?,
+    let result = match collective {
+        Collective::Allreduce(op) => allreduce(ctx, &mut items, op, &mut done),
         _ => {
-            let mut item = items.pop().unwrap_or_else(|| unreachable!("a bucket has at least one tensor"));
             let start = Instant::now();
-            let result = single(ctx.comm, &mut item, rank);
-            item.note(COMM, start, Instant::now());
-            let result = match result {
+            let result = single(ctx.comm, &mut items[0], rank);
+            items[0].note(COMM, start, Instant::now());
+            match result {
                 // A per-tensor argument problem: every rank saw the same, the engine goes on.
-                Err(e @ Error::InvalidArgument { .. }) => Err(e),
-                Err(e) => return Err(e),
-                Ok(out) => Ok(out),
-            };
-            finish(ctx, item, result, &mut done);
+                Err(e @ Error::InvalidArgument { .. }) => finish(ctx, items.remove(0), Err(e), &mut done),
+                Err(e) => return Err(failure(rank, e, items, done)),
+                Ok(out) => finish(ctx, items.remove(0), Ok(out), &mut done),
+            }
+            Ok(())
         }
+    };
+    match result {
+        Ok(()) => Ok(done),
+        Err(e) => Err(failure(rank, e, items, done)),
     }
-    Ok(done)
+}
+
+/// A bucket whose collective failed: the error, and every tensor of this rank it held, failed
+/// with it (also those that had completed, so that a group never half-succeeds).
+pub(crate) struct Failure {
+    pub error: Error,
+    pub done: Vec<Done>,
+}
+
+fn failure(rank: usize, error: Error, items: Vec<Item>, done: Vec<Done>) -> Failure {
+    let reason = error.to_string();
+    let failed = done
+        .into_iter()
+        .map(|d| (d.name, d.slot, d.gate))
+        .chain(items.into_iter().filter_map(|i| i.pending.map(|p| (i.ready.name, p.slot, p.gate))));
+    let done = failed
+        .map(|(name, slot, gate)| Done {
+            name,
+            slot,
+            result: Err(Error::EngineStopped { rank, reason: reason.clone() }),
+            gate,
+        })
+        .collect();
+    Failure { error, done }
 }
 
 /// What a joined rank puts in for a tensor it did not submit.
@@ -214,8 +240,17 @@ fn single(comm: &mut Communicator, item: &mut Item, rank: usize) -> Result<Outpu
     let elems = |rows: &[usize], op: &'static str| -> Result<Vec<usize>> {
         let counts: Option<Vec<usize>> = rows.iter().map(|&r| r.checked_mul(row_elems)).collect();
         counts
-            .filter(|c| c.iter().try_fold(0usize, |a, &c| a.checked_add(c)).and_then(|t| t.checked_mul(dtype.size())).is_some_and(|b| b <= isize::MAX as usize))
-            .ok_or_else(|| Error::InvalidArgument { rank, op, detail: format!("row counts {rows:?} do not fit in memory") })
+            .filter(|c| {
+                c.iter()
+                    .try_fold(0usize, |a, &c| a.checked_add(c))
+                    .and_then(|t| t.checked_mul(dtype.size()))
+                    .is_some_and(|b| b <= isize::MAX as usize)
+            })
+            .ok_or_else(|| Error::InvalidArgument {
+                rank,
+                op,
+                detail: format!("row counts {rows:?} do not fit in memory"),
+            })
     };
     match meta.collective {
         Collective::Broadcast(root) => {
@@ -248,7 +283,7 @@ fn single(comm: &mut Communicator, item: &mut Item, rank: usize) -> Result<Outpu
             if op == ReduceOp::Average {
                 divide(dtype, &mut share, item.contributors());
             }
-            let my_rows = if row_bytes == 0 { 0 } else { share.len() / row_bytes };
+            let my_rows = share.len().checked_div(row_bytes).unwrap_or(0);
             Ok(Output { data: share, dtype, shape: with_rows(my_rows), splits: None })
         }
         Collective::Alltoall => {

@@ -72,10 +72,8 @@ pub(crate) fn exchange(comm: &mut Communicator, mine: &Message, cache_len: usize
     let mut all = vec![0u8; frame * size];
     comm.allgather(&mine_frame, &mut all)?;
 
-    let totals: Vec<usize> = all
-        .chunks_exact(frame)
-        .map(|f| u32::from_le_bytes([f[0], f[1], f[2], f[3]]) as usize)
-        .collect();
+    let totals: Vec<usize> =
+        all.chunks_exact(frame).map(|f| u32::from_le_bytes([f[0], f[1], f[2], f[3]]) as usize).collect();
     if let Some((peer, &t)) = totals.iter().enumerate().find(|&(_, &t)| t > MAX_MESSAGE) {
         return Err(Error::EngineStopped {
             rank,
@@ -95,7 +93,9 @@ pub(crate) fn exchange(comm: &mut Communicator, mine: &Message, cache_len: usize
         offset += spill[peer];
         let message = postcard::from_bytes(&bytes).map_err(|e| Error::EngineStopped {
             rank,
-            reason: format!("rank {peer} sent an unreadable negotiation message ({e}): is it the same ferrovod version?"),
+            reason: format!(
+                "rank {peer} sent an unreadable negotiation message ({e}): is it the same ferrovod version?"
+            ),
         })?;
         messages.push(message);
     }

@@ -59,7 +59,12 @@ impl Submission {
     }
 
     /// A typed tensor, copied.
-    pub fn from_slice<T: Element>(name: impl Into<String>, collective: Collective, shape: &[usize], data: &[T]) -> Self {
+    pub fn from_slice<T: Element>(
+        name: impl Into<String>,
+        collective: Collective,
+        shape: &[usize],
+        data: &[T],
+    ) -> Self {
         Submission::new(name, collective, T::DTYPE, shape, bytemuck::cast_slice(data).to_vec())
     }
 
@@ -186,7 +191,9 @@ impl Meta {
             "shape" => {
                 let dims: Vec<String> = self.shape.iter().map(u64::to_string).collect();
                 match dims.split_first() {
-                    Some((_, rest)) if self.collective.ragged() => format!("[*{}]", rest.iter().map(|d| format!(", {d}")).collect::<String>()),
+                    Some((_, rest)) if self.collective.ragged() => {
+                        format!("[*{}]", rest.iter().map(|d| format!(", {d}")).collect::<String>())
+                    }
                     _ => format!("[{}]", dims.join(", ")),
                 }
             }

@@ -117,7 +117,7 @@ impl Worker {
     fn step(&mut self) -> Result<Option<Stop>> {
         self.shared.bell.clear();
         let shutdown = self.take_inbox();
-        if !(shutdown && !self.shutdown_sent) && !self.has_news() {
+        if (!shutdown || self.shutdown_sent) && !self.has_news() {
             let timeout = self.next_stall_check();
             if !self.comm.wait_incoming(&self.shared.bell, timeout)? {
                 // The doorbell or a stall clock: look again.
@@ -144,9 +144,10 @@ impl Worker {
     fn has_news(&self) -> bool {
         self.abort.is_some()
             || (self.joining && self.join_round[self.rank].is_none())
-            || self.local.iter().any(|(name, l)| {
-                l.fresh || (!l.announced && self.cache.lookup(name, &l.pending.meta).is_none())
-            })
+            || self
+                .local
+                .iter()
+                .any(|(name, l)| l.fresh || (!l.announced && self.cache.lookup(name, &l.pending.meta).is_none()))
     }
 
     fn round(&mut self, shutdown: bool) -> Result<Option<Stop>> {
@@ -194,7 +195,12 @@ impl Worker {
                     field: m.field,
                     values: m.values.clone(),
                 };
-                self.complete(vec![Done { name: m.name.clone(), slot: l.pending.slot, result: Err(e), gate: l.pending.gate }]);
+                self.complete(vec![Done {
+                    name: m.name.clone(),
+                    slot: l.pending.slot,
+                    result: Err(e),
+                    gate: l.pending.gate,
+                }]);
             }
         }
     }
@@ -216,7 +222,20 @@ impl Worker {
         };
         let local = &mut self.local;
         for bucket in fusion::plan(ready, self.threshold) {
-            let done = execute::run(&mut ctx, bucket, |name| local.remove(name).map(|l| l.pending))?;
+            let done = match execute::run(&mut ctx, bucket, |name| local.remove(name).map(|l| l.pending)) {
+                Ok(done) => done,
+                Err(f) => {
+                    // Everything taken out of `local` fails here; `stop` fails the rest.
+                    let reason = f.error.to_string();
+                    let rank = self.rank;
+                    let group = deferred.into_iter().map(|d: Done| Done {
+                        result: Err(Error::EngineStopped { rank, reason: reason.clone() }),
+                        ..d
+                    });
+                    complete(&self.shared, f.done.into_iter().chain(group).collect());
+                    return Err(f.error);
+                }
+            };
             let (group, now): (Vec<Done>, Vec<Done>) = done.into_iter().partition(|d| d.gate.is_some());
             deferred.extend(group);
             complete(&self.shared, now);
@@ -303,20 +322,13 @@ impl Worker {
             let over: Vec<(&String, &Wait)> =
                 sorted.iter().copied().filter(|(_, w)| now.duration_since(w.since) >= limit).collect();
             if !over.is_empty() && self.abort.is_none() {
-                self.abort = Some(format!(
-                    "{} (FERROVOD_STALL_TIMEOUT={} s)",
-                    describe(&over),
-                    limit.as_secs_f64()
-                ));
+                self.abort = Some(format!("{} (FERROVOD_STALL_TIMEOUT={} s)", describe(&over), limit.as_secs_f64()));
                 return;
             }
         }
         if let Some(limit) = self.stall_warning {
-            let over: Vec<(&String, &Wait)> = sorted
-                .iter()
-                .copied()
-                .filter(|(_, w)| !w.warned && now.duration_since(w.since) >= limit)
-                .collect();
+            let over: Vec<(&String, &Wait)> =
+                sorted.iter().copied().filter(|(_, w)| !w.warned && now.duration_since(w.since) >= limit).collect();
             if !over.is_empty() {
                 eprintln!("ferrovod: rank 0: stall warning: {}", describe(&over));
                 let names: Vec<String> = over.iter().map(|(n, _)| (*n).clone()).collect();
