@@ -33,6 +33,18 @@ pub(crate) struct Done {
     pub gate: Option<Arc<Slot>>,
 }
 
+impl Done {
+    /// `pending` ended with `result`.
+    pub(crate) fn of(pending: Pending, result: Result<Output>) -> Done {
+        Done { name: pending.sub.name, slot: pending.slot, result, gate: pending.gate }
+    }
+
+    /// The same tensor, failed because the engine stopped for `reason`.
+    pub(crate) fn stopped(self, rank: usize, reason: &str) -> Done {
+        Done { result: Err(Error::EngineStopped { rank, reason: reason.to_string() }), ..self }
+    }
+}
+
 /// What running a bucket needs besides the bucket.
 pub(crate) struct Ctx<'a> {
     pub comm: &'a mut Communicator,
@@ -117,18 +129,9 @@ pub(crate) struct Failure {
 
 fn failure(rank: usize, error: Error, items: Vec<Item>, done: Vec<Done>) -> Failure {
     let reason = error.to_string();
-    let failed = done
-        .into_iter()
-        .map(|d| (d.name, d.slot, d.gate))
-        .chain(items.into_iter().filter_map(|i| i.pending.map(|p| (i.ready.name, p.slot, p.gate))));
-    let done = failed
-        .map(|(name, slot, gate)| Done {
-            name,
-            slot,
-            result: Err(Error::EngineStopped { rank, reason: reason.clone() }),
-            gate,
-        })
-        .collect();
+    let stopped = || Err(Error::EngineStopped { rank, reason: reason.clone() });
+    let taken = items.into_iter().filter_map(|i| i.pending).map(|p| Done::of(p, stopped()));
+    let done = done.into_iter().map(|d| d.stopped(rank, &reason)).chain(taken).collect();
     Failure { error, done }
 }
 
@@ -334,5 +337,5 @@ fn finish(ctx: &mut Ctx<'_>, item: Item, result: Result<Output>, done: &mut Vec<
         }
         tl.done(name, Instant::now());
     }
-    done.push(Done { name: item.ready.name, slot: p.slot, result, gate: p.gate });
+    done.push(Done::of(p, result));
 }

@@ -195,12 +195,7 @@ impl Worker {
                     field: m.field,
                     values: m.values.clone(),
                 };
-                self.complete(vec![Done {
-                    name: m.name.clone(),
-                    slot: l.pending.slot,
-                    result: Err(e),
-                    gate: l.pending.gate,
-                }]);
+                complete(&self.shared, vec![Done::of(l.pending, Err(e))]);
             }
         }
     }
@@ -227,11 +222,7 @@ impl Worker {
                 Err(f) => {
                     // Everything taken out of `local` fails here; `stop` fails the rest.
                     let reason = f.error.to_string();
-                    let rank = self.rank;
-                    let group = deferred.into_iter().map(|d: Done| Done {
-                        result: Err(Error::EngineStopped { rank, reason: reason.clone() }),
-                        ..d
-                    });
+                    let group = deferred.into_iter().map(|d: Done| d.stopped(self.rank, &reason));
                     complete(&self.shared, f.done.into_iter().chain(group).collect());
                     return Err(f.error);
                 }
@@ -241,12 +232,8 @@ impl Worker {
             complete(&self.shared, now);
         }
         // A group completes together, after its last member ran.
-        self.complete(deferred);
+        complete(&self.shared, deferred);
         Ok(())
-    }
-
-    fn complete(&self, done: Vec<Done>) {
-        complete(&self.shared, done);
     }
 
     fn track_joins(&mut self, agreement: &Agreement) {
@@ -363,12 +350,12 @@ impl Worker {
             .into_values()
             .map(|l| l.pending)
             .chain(new)
-            .map(|p| Done { name: p.sub.name.clone(), slot: p.slot, result: Err(error()), gate: p.gate })
+            .map(|p| Done::of(p, Err(error())))
             .collect();
         if let Some(slot) = join {
             done.push(Done { name: "join".into(), slot, result: Err(error()), gate: None });
         }
-        self.complete(done);
+        complete(&self.shared, done);
         if let Some(t) = self.timeline.take() {
             t.finish();
         }
