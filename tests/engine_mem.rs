@@ -357,6 +357,54 @@ fn every_collective_through_the_engine() {
     });
 }
 
+/// Submits `data` lent to the engine and waits for the result.
+fn lend<T: bytemuck::Pod>(engine: &Engine, name: &str, c: Collective, shape: &[usize], data: &mut [T]) -> Output {
+    let bytes: &mut [u8] = bytemuck::cast_slice_mut(data);
+    let ptr = std::ptr::NonNull::new(bytes.as_mut_ptr()).unwrap();
+    let dtype = if size_of::<T>() == 4 { ferrovod::DType::F32 } else { ferrovod::DType::I64 };
+    // SAFETY: `data` is borrowed mutably for this whole function, which waits for the handle.
+    let sub = unsafe { Submission::borrowed(name, c, dtype, shape, ptr, bytes.len()) };
+    engine.submit(sub).unwrap().wait().unwrap()
+}
+
+#[test]
+fn lent_memory_is_reduced_in_place_and_only_read_by_the_others() {
+    let n = 3;
+    for threshold in [0, 64 << 20] {
+        world(n, tuning(threshold), EngineSettings::default(), |rank, engine| {
+            // Large enough to be reduced in place piece by piece, and a small one that is staged.
+            for len in [0, 5, 20_000] {
+                let mut big: Vec<f32> = (0..len).map(|i| value(rank, 1, i)).collect();
+                let out = lend(engine, &format!("ar{len}"), Collective::Allreduce(ReduceOp::Sum), &[len], &mut big);
+                assert!(out.in_place && out.data.is_empty());
+                assert_eq!(big, summed(n, 1, len));
+            }
+            let mut avg: Vec<f32> = vec![rank as f32 * 3.0; 4];
+            lend(engine, "avg", Collective::Allreduce(ReduceOp::Average), &[4], &mut avg);
+            assert_eq!(avg, [3.0; 4]);
+
+            let mut b: Vec<i64> = vec![rank as i64 + 10; 3];
+            let out = lend(engine, "bc", Collective::Broadcast(1), &[3], &mut b);
+            assert!(out.in_place);
+            assert_eq!(b, [11; 3]);
+
+            // Reducescatter reduces in a copy: the lent input is left as it was.
+            let mut rs: Vec<i64> = (0..6).map(|i| i + rank as i64).collect();
+            let before = rs.clone();
+            let out = lend(engine, "rs", Collective::Reducescatter(ReduceOp::Sum), &[6], &mut rs);
+            assert_eq!(rs, before);
+            assert!(!out.in_place);
+            let want: Vec<i64> = (2 * rank..2 * rank + 2).map(|i| 3 * i as i64 + 3).collect();
+            assert_eq!(out.to_vec::<i64>().unwrap(), want);
+
+            let mut ag: Vec<f32> = vec![rank as f32; rank + 1];
+            let out = lend(engine, "ag", Collective::Allgather, &[rank + 1], &mut ag);
+            assert_eq!(ag, vec![rank as f32; rank + 1]);
+            assert_eq!(out.to_vec::<f32>().unwrap(), [0.0, 1.0, 1.0, 2.0, 2.0, 2.0]);
+        });
+    }
+}
+
 #[test]
 fn bad_submissions_are_refused_at_once() {
     world(2, tuning(64 << 20), EngineSettings::default(), |rank, engine| {

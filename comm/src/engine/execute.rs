@@ -16,7 +16,7 @@ use super::Pending;
 use super::fusion::Bucket;
 use super::handle::Slot;
 use super::negotiate::Ready;
-use super::request::{Collective, Output};
+use super::request::{Buffer, Collective, Output};
 use super::timeline::{Phase, Timeline};
 use crate::algorithms::even_blocks;
 use crate::communicator::Communicator;
@@ -59,7 +59,7 @@ pub(crate) struct Ctx<'a> {
 struct Item {
     ready: Ready,
     pending: Option<Pending>,
-    data: Vec<u8>,
+    data: Buffer,
     spans: [Option<(Instant, Instant)>; 3],
 }
 
@@ -92,7 +92,7 @@ pub(crate) fn run(
             let mut pending = take(&ready.name);
             let data = match pending.as_mut() {
                 Some(p) => std::mem::take(&mut p.sub.data),
-                None => stand_in(&ready),
+                None => Buffer::Owned(stand_in(&ready)),
             };
             Item { ready, pending, data, spans: [None; 3] }
         })
@@ -194,12 +194,9 @@ fn allreduce(ctx: &mut Ctx<'_>, items: &mut Vec<Item>, op: ReduceOp, done: &mut 
             let n = item.contributors();
             divide(dtype, &mut item.data, n);
         }
-        let out = Output {
-            data: std::mem::take(&mut item.data),
-            dtype,
-            shape: item.ready.meta.shape.iter().map(|&d| d as usize).collect(),
-            splits: None,
-        };
+        let (data, in_place) = std::mem::take(&mut item.data).into_result();
+        let shape = item.ready.meta.shape.iter().map(|&d| d as usize).collect();
+        let out = Output { data, dtype, shape, splits: None, in_place };
         finish(ctx, item, Ok(out), done);
     }
     Ok(())
@@ -266,7 +263,8 @@ fn single(comm: &mut Communicator, item: &mut Item, rank: usize) -> Result<Outpu
             }
             comm.broadcast_bytes(&mut item.data, dtype, root as usize)?;
             let shape = meta.shape.iter().map(|&d| d as usize).collect();
-            Ok(Output { data: std::mem::take(&mut item.data), dtype, shape, splits: None })
+            let (data, in_place) = std::mem::take(&mut item.data).into_result();
+            Ok(Output { data, dtype, shape, splits: None, in_place })
         }
         Collective::Allgather => {
             let rows = pending_rows(item, row_bytes);
@@ -274,20 +272,22 @@ fn single(comm: &mut Communicator, item: &mut Item, rank: usize) -> Result<Outpu
             let counts = elems(&all_rows, "allgather")?;
             let mut out = vec![0u8; counts.iter().sum::<usize>() * dtype.size()];
             comm.allgatherv_into(&item.data, &mut out, &counts, dtype)?;
-            Ok(Output { data: out, dtype, shape: with_rows(all_rows.iter().sum()), splits: Some(all_rows) })
+            Ok(Output::owned(out, dtype, with_rows(all_rows.iter().sum()), Some(all_rows)))
         }
         Collective::Reducescatter(op) => {
             let wire = if op == ReduceOp::Average { ReduceOp::Sum } else { op };
             let rows = meta.shape[0] as usize;
             let blocks = even_blocks(rows, comm.size(), row_bytes.max(1));
             let blocks: Vec<Range<usize>> = if row_bytes == 0 { vec![0..0; comm.size()] } else { blocks };
-            comm.reducescatter_bytes(&mut item.data, &blocks, dtype, wire)?;
-            let mut share = item.data[blocks[rank].clone()].to_vec();
+            // The ring reduces in its input: never in memory the caller lent.
+            let mut input = std::mem::take(&mut item.data).into_owned();
+            comm.reducescatter_bytes(&mut input, &blocks, dtype, wire)?;
+            let mut share = input[blocks[rank].clone()].to_vec();
             if op == ReduceOp::Average {
                 divide(dtype, &mut share, item.contributors());
             }
             let my_rows = share.len().checked_div(row_bytes).unwrap_or(0);
-            Ok(Output { data: share, dtype, shape: with_rows(my_rows), splits: None })
+            Ok(Output::owned(share, dtype, with_rows(my_rows), None))
         }
         Collective::Alltoall => {
             let splits = match item.pending.as_ref().and_then(|p| p.sub.splits.clone()) {
@@ -301,7 +301,7 @@ fn single(comm: &mut Communicator, item: &mut Item, rank: usize) -> Result<Outpu
             let recv = elems(&recv_rows, "alltoall")?;
             let mut out = vec![0u8; recv.iter().sum::<usize>() * dtype.size()];
             comm.alltoall_into(&item.data, &send, &mut out, &recv, dtype)?;
-            Ok(Output { data: out, dtype, shape: with_rows(recv_rows.iter().sum()), splits: Some(recv_rows) })
+            Ok(Output::owned(out, dtype, with_rows(recv_rows.iter().sum()), Some(recv_rows)))
         }
         Collective::Allreduce(_) => unreachable!("allreduces run fused"),
     }

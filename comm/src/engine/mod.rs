@@ -246,5 +246,5 @@ impl std::fmt::Debug for Engine {
 
 /// The result a join handle carries: the last rank to join.
 pub(crate) fn join_output(last: usize) -> Output {
-    Output { data: (last as i64).to_le_bytes().to_vec(), dtype: DType::I64, shape: vec![1], splits: None }
+    Output::owned((last as i64).to_le_bytes().to_vec(), DType::I64, vec![1], None)
 }

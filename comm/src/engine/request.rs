@@ -1,6 +1,9 @@
 //! What a caller submits ([`Submission`]), what ranks must agree on ([`Meta`]), and what a
 //! completed request hands back ([`Output`]).
 
+use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
+
 use serde::{Deserialize, Serialize};
 
 use crate::dtype::{DType, Element, ReduceOp};
@@ -40,21 +43,101 @@ impl Collective {
     }
 }
 
-/// One tensor handed to the engine. The engine owns the data until the handle completes.
+/// One tensor handed to the engine. The engine owns (or, see [`Submission::borrowed`], has the
+/// sole use of) the data until the handle completes.
 #[derive(Debug)]
 pub struct Submission {
     pub(crate) name: String,
     pub(crate) collective: Collective,
     pub(crate) dtype: DType,
     pub(crate) shape: Vec<usize>,
-    pub(crate) data: Vec<u8>,
+    pub(crate) data: Buffer,
     pub(crate) splits: Option<Vec<usize>>,
+}
+
+/// A submission's bytes: a vector the engine owns, or memory the caller lends it.
+#[derive(Debug)]
+pub(crate) enum Buffer {
+    Owned(Vec<u8>),
+    /// See [`Submission::borrowed`] for the contract that makes using it sound.
+    Borrowed { ptr: NonNull<u8>, len: usize },
+}
+
+// SAFETY: a borrowed buffer is used by one thread at a time (the engine's), and its lender
+// promised not to touch it meanwhile (see `Submission::borrowed`).
+unsafe impl Send for Buffer {}
+
+impl Default for Buffer {
+    fn default() -> Buffer {
+        Buffer::Owned(Vec::new())
+    }
+}
+
+impl Deref for Buffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Buffer::Owned(v) => v,
+            // SAFETY: valid for `len` bytes and unaliased until the handle completes (the contract).
+            Buffer::Borrowed { ptr, len } => unsafe { std::slice::from_raw_parts(ptr.as_ptr(), *len) },
+        }
+    }
+}
+
+impl DerefMut for Buffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        match self {
+            Buffer::Owned(v) => v,
+            // SAFETY: as above; writable by the contract.
+            Buffer::Borrowed { ptr, len } => unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), *len) },
+        }
+    }
+}
+
+impl Buffer {
+    /// The result of an in-place collective: the vector, or nothing when it was written into
+    /// the lender's memory.
+    pub(crate) fn into_result(self) -> (Vec<u8>, bool) {
+        match self {
+            Buffer::Owned(v) => (v, false),
+            Buffer::Borrowed { .. } => (Vec::new(), true),
+        }
+    }
+
+    /// An owned copy, for collectives that scribble on their input (reducescatter).
+    pub(crate) fn into_owned(self) -> Vec<u8> {
+        match self {
+            Buffer::Owned(v) => v,
+            b @ Buffer::Borrowed { .. } => b.to_vec(),
+        }
+    }
 }
 
 impl Submission {
     /// `data` (raw bytes of `dtype`, `shape` in row-major order) under `name`. The name is what
     /// matches this tensor with the other ranks' submissions.
     pub fn new(name: impl Into<String>, collective: Collective, dtype: DType, shape: &[usize], data: Vec<u8>) -> Self {
+        Submission { name: name.into(), collective, dtype, shape: shape.to_vec(), data: Buffer::Owned(data), splits: None }
+    }
+
+    /// `len` bytes at `ptr`, used where they lie: an allreduce or broadcast writes its result
+    /// there (the handle's [`Output::data`] is then empty and [`Output::in_place`] set); the
+    /// other collectives only read them. This is how a binding avoids copying its arrays.
+    ///
+    /// # Safety
+    /// From this call until the returned submission is dropped unsubmitted, or its handle has
+    /// completed (`wait` or `poll` reported a result, or the engine was dropped), the `len`
+    /// bytes at `ptr` must stay allocated and nothing else may read or write them. They must
+    /// be writable if the collective is an allreduce or a broadcast.
+    pub unsafe fn borrowed(
+        name: impl Into<String>,
+        collective: Collective,
+        dtype: DType,
+        shape: &[usize],
+        ptr: NonNull<u8>,
+        len: usize,
+    ) -> Self {
+        let data = Buffer::Borrowed { ptr, len };
         Submission { name: name.into(), collective, dtype, shape: shape.to_vec(), data, splits: None }
     }
 
@@ -220,7 +303,7 @@ impl Meta {
 /// A completed request's result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Output {
-    /// Raw bytes of `dtype`.
+    /// Raw bytes of `dtype`; empty when the result was written in place (see `in_place`).
     pub data: Vec<u8>,
     /// Element type.
     pub dtype: DType,
@@ -228,9 +311,16 @@ pub struct Output {
     pub shape: Vec<usize>,
     /// Alltoall: rows received from each rank. Allgather: rows contributed by each rank.
     pub splits: Option<Vec<usize>>,
+    /// The result is in the memory lent with [`Submission::borrowed`], not in `data`.
+    pub in_place: bool,
 }
 
 impl Output {
+    /// A result held in `data`.
+    pub(crate) fn owned(data: Vec<u8>, dtype: DType, shape: Vec<usize>, splits: Option<Vec<usize>>) -> Output {
+        Output { data, dtype, shape, splits, in_place: false }
+    }
+
     /// The data as typed elements; fails if `T` is not the dtype.
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
         if T::DTYPE != self.dtype {
