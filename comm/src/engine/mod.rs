@@ -196,6 +196,14 @@ impl Engine {
     /// the other ranks' collectives (the identity for reductions, no rows for allgather). Blocks
     /// until every rank has joined; returns the rank that joined last.
     pub fn join(&self) -> Result<usize> {
+        let out = self.join_async()?.wait()?;
+        let last = out.to_vec::<i64>()?.first().copied().unwrap_or(0);
+        Ok(last as usize)
+    }
+
+    /// [`Engine::join`] without the wait: the handle's output is one `i64`, the rank that
+    /// joined last.
+    pub fn join_async(&self) -> Result<Handle> {
         let (handle, slot) = Handle::new("join".into(), None);
         {
             let mut inbox = self.shared.lock();
@@ -212,9 +220,7 @@ impl Engine {
             inbox.join = Some(slot);
         }
         self.shared.bell.ring();
-        let out = handle.wait()?;
-        let last = out.to_vec::<i64>()?.first().copied().unwrap_or(0);
-        Ok(last as usize)
+        Ok(handle)
     }
 
     /// Stops the engine on every rank after the current round; requests still pending on any

@@ -60,7 +60,10 @@ pub struct Submission {
 pub(crate) enum Buffer {
     Owned(Vec<u8>),
     /// See [`Submission::borrowed`] for the contract that makes using it sound.
-    Borrowed { ptr: NonNull<u8>, len: usize },
+    Borrowed {
+        ptr: NonNull<u8>,
+        len: usize,
+    },
 }
 
 // SAFETY: a borrowed buffer is used by one thread at a time (the engine's), and its lender
@@ -117,7 +120,14 @@ impl Submission {
     /// `data` (raw bytes of `dtype`, `shape` in row-major order) under `name`. The name is what
     /// matches this tensor with the other ranks' submissions.
     pub fn new(name: impl Into<String>, collective: Collective, dtype: DType, shape: &[usize], data: Vec<u8>) -> Self {
-        Submission { name: name.into(), collective, dtype, shape: shape.to_vec(), data: Buffer::Owned(data), splits: None }
+        Submission {
+            name: name.into(),
+            collective,
+            dtype,
+            shape: shape.to_vec(),
+            data: Buffer::Owned(data),
+            splits: None,
+        }
     }
 
     /// `len` bytes at `ptr`, used where they lie: an allreduce or broadcast writes its result

@@ -1,0 +1,3 @@
+"""placeholder"""
+def run(*a, **k):  # replaced by the real implementation
+    raise NotImplementedError

@@ -1,0 +1,271 @@
+//! Borrowing an array's memory from Python without copying it: the buffer protocol (numpy,
+//! `bytearray`, `memoryview`, `array.array`, ...) or DLPack (torch tensors). What comes out is a
+//! [`Lent`] array that keeps the memory alive, and gives it back when dropped.
+
+use std::ffi::{CStr, c_char};
+use std::ptr::NonNull;
+
+use ferrovod::DType;
+use pyo3::ffi;
+use pyo3::prelude::*;
+
+use crate::dlpack;
+use crate::error::InvalidArgumentError;
+
+/// An array whose memory Python lends us: where it is, what it holds, and what keeps it alive.
+pub(crate) struct Lent {
+    pub ptr: NonNull<u8>,
+    pub len: usize,
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    keep: Keep,
+}
+
+enum Keep {
+    /// A buffer-protocol view, released with `PyBuffer_Release`.
+    Buffer(Box<ffi::Py_buffer>),
+    /// A consumed DLPack capsule's tensor, released with its deleter.
+    DLPack(NonNull<dlpack::ManagedTensor>),
+}
+
+// SAFETY: `Lent` only moves between threads inside ferrovod's own objects; the memory it names
+// is used by the engine thread under the `Submission::borrowed` contract, and the keep-alive is
+// released with the GIL held (see `Drop`).
+unsafe impl Send for Lent {}
+unsafe impl Sync for Lent {}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        Python::attach(|_py| match &mut self.keep {
+            // SAFETY: the view was filled by a successful PyObject_GetBuffer and is released once.
+            Keep::Buffer(view) => unsafe { ffi::PyBuffer_Release(&mut **view) },
+            // SAFETY: we consumed the capsule (renamed it "used_dltensor"), so the deleter is
+            // ours to call, exactly once.
+            Keep::DLPack(m) => unsafe {
+                if let Some(deleter) = (*m.as_ptr()).deleter {
+                    deleter(m.as_ptr());
+                }
+            },
+        });
+    }
+}
+
+/// What the caller will do with the memory.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Read it only.
+    Read,
+    /// Write the result into it.
+    Write,
+}
+
+fn invalid(what: &str, detail: impl std::fmt::Display) -> PyErr {
+    InvalidArgumentError::new_err(format!("{what}: {detail}"))
+}
+
+/// Borrows `obj`'s memory: the buffer protocol if it has it, DLPack otherwise. `what` names the
+/// argument in errors.
+pub(crate) fn lend(obj: &Bound<'_, PyAny>, access: Access, what: &str) -> PyResult<Lent> {
+    // SAFETY: a plain query on a live object.
+    if unsafe { ffi::PyObject_CheckBuffer(obj.as_ptr()) } == 1 {
+        return lend_buffer(obj, access, what);
+    }
+    if obj.hasattr("__dlpack__")? {
+        return lend_dlpack(obj, access, what);
+    }
+    let ty = obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
+    Err(invalid(what, format!("expected a numpy array, a torch tensor or a buffer, got {ty}")))
+}
+
+fn lend_buffer(obj: &Bound<'_, PyAny>, access: Access, what: &str) -> PyResult<Lent> {
+    let mut view = Box::new(ffi::Py_buffer::new());
+    // Ask for shape, strides and format; check writability and layout ourselves, for the message.
+    // SAFETY: `view` is a fresh Py_buffer; on success it is released by `Lent::drop`.
+    if unsafe { ffi::PyObject_GetBuffer(obj.as_ptr(), &mut *view, ffi::PyBUF_RECORDS_RO) } != 0 {
+        let cause = PyErr::fetch(obj.py());
+        return Err(invalid(what, format!("cannot read its buffer: {cause}")));
+    }
+    // From here on `view` must be released: wrap it at once (a placeholder pointer until checked).
+    let mut lent =
+        Lent { ptr: NonNull::dangling(), len: 0, dtype: DType::U8, shape: Vec::new(), keep: Keep::Buffer(view) };
+    let Keep::Buffer(view) = &lent.keep else { unreachable!() };
+    let itemsize = view.itemsize as usize;
+    // SAFETY: with PyBUF_FORMAT the format is a NUL-terminated string (or null, meaning "B").
+    let format = if view.format.is_null() { "B".to_string() } else { cstr(view.format) };
+    let dtype = buffer_dtype(&format, itemsize).ok_or_else(|| {
+        invalid(what, format!("unsupported element type (buffer format {format:?}, {itemsize} bytes); ferrovod takes uint8, int8, int32, int64, float16, bfloat16, float32 and float64"))
+    })?;
+    let ndim = view.ndim as usize;
+    // SAFETY: with PyBUF_ND and PyBUF_STRIDES, shape and strides have `ndim` entries.
+    let (shape, strides) = if ndim == 0 {
+        (Vec::new(), Vec::new())
+    } else {
+        unsafe {
+            (
+                std::slice::from_raw_parts(view.shape, ndim).iter().map(|&d| d as usize).collect::<Vec<_>>(),
+                std::slice::from_raw_parts(view.strides, ndim).iter().map(|&s| s as i64).collect::<Vec<_>>(),
+            )
+        }
+    };
+    if !row_major(&shape, &strides, itemsize as i64) {
+        return Err(invalid(
+            what,
+            format!(
+                "the array is not contiguous (shape {shape:?}, strides {strides:?} bytes); make a contiguous copy first, e.g. numpy.ascontiguousarray"
+            ),
+        ));
+    }
+    if access == Access::Write && view.readonly != 0 {
+        return Err(invalid(what, "the array is read-only and this operation writes its result into it"));
+    }
+    lent.len = view.len as usize;
+    lent.ptr = NonNull::new(view.buf.cast()).unwrap_or(NonNull::dangling());
+    lent.dtype = dtype;
+    lent.shape = shape;
+    Ok(lent)
+}
+
+fn lend_dlpack(obj: &Bound<'_, PyAny>, _access: Access, what: &str) -> PyResult<Lent> {
+    let capsule = obj.call_method0("__dlpack__").map_err(|e| invalid(what, format!("__dlpack__() failed: {e}")))?;
+    const NAME: &CStr = c"dltensor";
+    // SAFETY: checks the capsule's type and name before reading its pointer.
+    let raw = unsafe { ffi::PyCapsule_GetPointer(capsule.as_ptr(), NAME.as_ptr()) };
+    let Some(managed) = NonNull::new(raw.cast::<dlpack::ManagedTensor>()) else {
+        let _ = PyErr::take(obj.py());
+        return Err(invalid(what, "__dlpack__() did not return a \"dltensor\" capsule"));
+    };
+    // Consume the capsule: once renamed, its destructor leaves the tensor to us.
+    // SAFETY: a valid capsule; the name is a static string.
+    if unsafe { ffi::PyCapsule_SetName(capsule.as_ptr(), c"used_dltensor".as_ptr()) } != 0 {
+        return Err(PyErr::fetch(obj.py()));
+    }
+    let mut lent =
+        Lent { ptr: NonNull::dangling(), len: 0, dtype: DType::U8, shape: Vec::new(), keep: Keep::DLPack(managed) };
+    // SAFETY: the producer keeps the tensor valid until we call its deleter (in `Lent::drop`).
+    let t = unsafe { &managed.as_ref().dl_tensor };
+    match t.device.device_type {
+        dlpack::DEVICE_CPU => {}
+        dlpack::DEVICE_CUDA => {
+            return Err(invalid(
+                what,
+                format!(
+                    "the tensor is on cuda:{}; GPU tensors need the NCCL backend, which this build does not have yet: move it to the CPU first",
+                    t.device.device_id
+                ),
+            ));
+        }
+        d => return Err(invalid(what, format!("the tensor is on DLPack device type {d}; ferrovod takes CPU memory"))),
+    }
+    let dtype = dlpack_dtype(t.dtype).ok_or_else(|| {
+        invalid(what, format!("unsupported element type (DLPack code {} with {} bits, {} lanes); ferrovod takes uint8, int8, int32, int64, float16, bfloat16, float32 and float64", t.dtype.code, t.dtype.bits, t.dtype.lanes))
+    })?;
+    let ndim = usize::try_from(t.ndim).map_err(|_| invalid(what, "negative ndim"))?;
+    // SAFETY: DLPack gives `ndim` dims, and `ndim` strides unless null.
+    let shape: Vec<usize> = if ndim == 0 {
+        Vec::new()
+    } else {
+        unsafe { std::slice::from_raw_parts(t.shape, ndim) }.iter().map(|&d| d as usize).collect()
+    };
+    let itemsize = dtype.size() as i64;
+    if !t.strides.is_null() && ndim > 0 {
+        // SAFETY: as above.
+        let strides: Vec<i64> =
+            unsafe { std::slice::from_raw_parts(t.strides, ndim) }.iter().map(|&s| s * itemsize).collect();
+        if !row_major(&shape, &strides, itemsize) {
+            let elems: Vec<i64> = strides.iter().map(|s| s / itemsize).collect();
+            return Err(invalid(
+                what,
+                format!("the tensor is not contiguous (shape {shape:?}, strides {elems:?}); call .contiguous() first"),
+            ));
+        }
+    }
+    lent.len = shape.iter().product::<usize>() * dtype.size();
+    // SAFETY: data + byte_offset is where the tensor's first element lies.
+    let first = unsafe { t.data.cast::<u8>().add(t.byte_offset as usize) };
+    lent.ptr = NonNull::new(first).unwrap_or(NonNull::dangling());
+    lent.dtype = dtype;
+    lent.shape = shape;
+    Ok(lent)
+}
+
+/// Whether `strides` (in bytes) lay `shape` out densely in row-major order. Dimensions of one
+/// element may have any stride; an empty array is trivially dense.
+fn row_major(shape: &[usize], strides: &[i64], itemsize: i64) -> bool {
+    if shape.contains(&0) {
+        return true;
+    }
+    let mut want = itemsize;
+    for (&d, &s) in shape.iter().zip(strides).rev() {
+        if d != 1 && s != want {
+            return false;
+        }
+        want *= d as i64;
+    }
+    true
+}
+
+/// A struct-module format character (with an optional native or little-endian prefix) as a dtype.
+fn buffer_dtype(format: &str, itemsize: usize) -> Option<DType> {
+    let code = format.strip_prefix(['@', '=', '<']).unwrap_or(format);
+    if cfg!(target_endian = "big") && format.starts_with('<') {
+        return None;
+    }
+    let dtype = match code {
+        "B" => DType::U8,
+        "b" => DType::I8,
+        "e" => DType::F16,
+        "f" => DType::F32,
+        "d" => DType::F64,
+        "i" | "l" | "q" | "n" if itemsize == 4 => DType::I32,
+        "i" | "l" | "q" | "n" if itemsize == 8 => DType::I64,
+        _ => return None,
+    };
+    (dtype.size() == itemsize).then_some(dtype)
+}
+
+fn dlpack_dtype(t: dlpack::DataType) -> Option<DType> {
+    if t.lanes != 1 {
+        return None;
+    }
+    Some(match (t.code, t.bits) {
+        (dlpack::CODE_UINT, 8) => DType::U8,
+        (dlpack::CODE_INT, 8) => DType::I8,
+        (dlpack::CODE_INT, 32) => DType::I32,
+        (dlpack::CODE_INT, 64) => DType::I64,
+        (dlpack::CODE_FLOAT, 16) => DType::F16,
+        (dlpack::CODE_BFLOAT, 16) => DType::BF16,
+        (dlpack::CODE_FLOAT, 32) => DType::F32,
+        (dlpack::CODE_FLOAT, 64) => DType::F64,
+        _ => return None,
+    })
+}
+
+fn cstr(p: *const c_char) -> String {
+    // SAFETY: callers pass a NUL-terminated string owned by a live buffer view.
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts() {
+        assert!(row_major(&[2, 3], &[12, 4], 4));
+        assert!(!row_major(&[2, 3], &[4, 8], 4));
+        assert!(row_major(&[1, 3], &[999, 4], 4));
+        assert!(row_major(&[0, 3], &[4, 8], 4));
+        assert!(!row_major(&[3], &[8], 4));
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(buffer_dtype("<f", 4), Some(DType::F32));
+        assert_eq!(buffer_dtype("l", 8), Some(DType::I64));
+        assert_eq!(buffer_dtype("l", 4), Some(DType::I32));
+        assert_eq!(buffer_dtype(">f", 4), None);
+        assert_eq!(buffer_dtype("?", 1), None);
+        assert_eq!(buffer_dtype("H", 2), None);
+        assert_eq!(buffer_dtype("Zf", 8), None);
+    }
+}

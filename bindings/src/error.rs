@@ -1,0 +1,96 @@
+//! The Python exception hierarchy (`FerrovodError` and its subclasses), created here and mapped
+//! per error variant in one place.
+
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::{PyErr, create_exception};
+
+create_exception!(_ferrovod, FerrovodError, PyException, "Base class of every error ferrovod raises.");
+create_exception!(_ferrovod, ConfigError, FerrovodError, "A FERROVOD_* variable or argument is missing or malformed.");
+create_exception!(
+    _ferrovod,
+    InvalidArgumentError,
+    FerrovodError,
+    "An argument cannot work: unsupported dtype, non-contiguous or read-only array, bad root or splits."
+);
+create_exception!(
+    _ferrovod,
+    BootstrapError,
+    FerrovodError,
+    "Joining the job failed: store, authentication, rendezvous."
+);
+create_exception!(
+    _ferrovod,
+    CollectiveError,
+    FerrovodError,
+    "A collective failed: a peer died or closed its connection, or another rank reported a failure."
+);
+create_exception!(_ferrovod, TimeoutError, CollectiveError, "A peer sent nothing within FERROVOD_TIMEOUT.");
+create_exception!(
+    _ferrovod,
+    MismatchError,
+    FerrovodError,
+    "Ranks called a collective with different arguments (dtype, shape, op, root, kind)."
+);
+create_exception!(
+    _ferrovod,
+    StalledError,
+    FerrovodError,
+    "Tensors waited for other ranks past FERROVOD_STALL_TIMEOUT."
+);
+create_exception!(
+    _ferrovod,
+    NotInitializedError,
+    FerrovodError,
+    "ferrovod is not initialized (call init()), or was shut down, or its engine stopped."
+);
+create_exception!(_ferrovod, LaunchError, FerrovodError, "ferrovod-run could not start or supervise the job.");
+create_exception!(
+    _ferrovod,
+    RankFailedError,
+    FerrovodError,
+    "A rank of a job started by ferrovod.run or ferrovod.spark failed; carries its rank and traceback."
+);
+
+/// A core error on its way to Python (the orphan rule keeps `From` off the foreign type).
+pub(crate) struct PyFerrovodError(pub ferrovod::Error);
+
+impl From<ferrovod::Error> for PyFerrovodError {
+    fn from(e: ferrovod::Error) -> Self {
+        PyFerrovodError(e)
+    }
+}
+
+impl From<PyFerrovodError> for PyErr {
+    fn from(e: PyFerrovodError) -> PyErr {
+        use ferrovod::Error as E;
+        let msg = e.0.to_string();
+        match &e.0 {
+            E::Config { .. } => ConfigError::new_err(msg),
+            E::InvalidArgument { .. } => InvalidArgumentError::new_err(msg),
+            E::Bootstrap { .. } => BootstrapError::new_err(msg),
+            E::Collective { cause: ferrovod::transport::Error::Timeout { .. }, .. } => TimeoutError::new_err(msg),
+            E::Collective { .. } | E::Aborted { .. } | E::Broken { .. } => CollectiveError::new_err(msg),
+            E::Mismatch { .. } | E::TensorMismatch { .. } => MismatchError::new_err(msg),
+            E::Stalled { .. } => StalledError::new_err(msg),
+            E::EngineStopped { .. } => NotInitializedError::new_err(msg),
+        }
+    }
+}
+
+/// Registers the exception classes on the module.
+pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("FerrovodError", py.get_type::<FerrovodError>())?;
+    m.add("ConfigError", py.get_type::<ConfigError>())?;
+    m.add("InvalidArgumentError", py.get_type::<InvalidArgumentError>())?;
+    m.add("BootstrapError", py.get_type::<BootstrapError>())?;
+    m.add("CollectiveError", py.get_type::<CollectiveError>())?;
+    m.add("TimeoutError", py.get_type::<TimeoutError>())?;
+    m.add("MismatchError", py.get_type::<MismatchError>())?;
+    m.add("StalledError", py.get_type::<StalledError>())?;
+    m.add("NotInitializedError", py.get_type::<NotInitializedError>())?;
+    m.add("LaunchError", py.get_type::<LaunchError>())?;
+    m.add("RankFailedError", py.get_type::<RankFailedError>())?;
+    Ok(())
+}

@@ -1,0 +1,312 @@
+//! The process-wide engine behind the Python API: `init`/`shutdown`, the world's shape, and
+//! submitting arrays (lent, never copied) for the engine to run. Every wait goes through
+//! [`PyHandle::wait`], which releases the GIL and checks for signals.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ferrovod::engine::{Collective, Engine, Handle, Output, Submission};
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use crate::array::{Access, Lent, lend};
+use crate::buffer::OutBuffer;
+use crate::error::{InvalidArgumentError, NotInitializedError, PyFerrovodError};
+
+/// How often a wait wakes to let Python handle a signal (Ctrl-C).
+const SIGNAL_CHECK: Duration = Duration::from_millis(100);
+
+/// The engine, and handles dropped unwaited whose arrays the engine may still be using.
+struct State {
+    engine: Arc<Engine>,
+    orphans: Vec<(Handle, Vec<Lent>)>,
+}
+
+static STATE: Mutex<Option<State>> = Mutex::new(None);
+
+fn state() -> MutexGuard<'static, Option<State>> {
+    STATE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn engine() -> PyResult<Arc<Engine>> {
+    let mut guard = state();
+    let s = guard
+        .as_mut()
+        .ok_or_else(|| NotInitializedError::new_err("ferrovod is not initialized: call ferrovod.init() first"))?;
+    // Arrays of handles dropped unwaited go back to Python once the engine is done with them.
+    s.orphans.retain(|(h, _)| !h.poll());
+    Ok(s.engine.clone())
+}
+
+/// The reduction of an allreduce or reducescatter.
+#[pyclass(module = "ferrovod._ferrovod", name = "ReduceOp", eq, eq_int, frozen, from_py_object)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PyReduceOp {
+    Average,
+    Sum,
+    Min,
+    Max,
+    Product,
+}
+
+impl From<PyReduceOp> for ferrovod::ReduceOp {
+    fn from(op: PyReduceOp) -> Self {
+        match op {
+            PyReduceOp::Average => ferrovod::ReduceOp::Average,
+            PyReduceOp::Sum => ferrovod::ReduceOp::Sum,
+            PyReduceOp::Min => ferrovod::ReduceOp::Min,
+            PyReduceOp::Max => ferrovod::ReduceOp::Max,
+            PyReduceOp::Product => ferrovod::ReduceOp::Product,
+        }
+    }
+}
+
+/// Joins the job described by the `FERROVOD_*` environment (one rank of one without it) and
+/// starts the engine. Calling it again is a no-op.
+#[pyfunction]
+pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
+    let mut guard = state();
+    if guard.is_some() {
+        return Ok(());
+    }
+    let engine = py.detach(Engine::from_env).map_err(PyFerrovodError)?;
+    *guard = Some(State { engine: Arc::new(engine), orphans: Vec::new() });
+    Ok(())
+}
+
+/// Stops the engine on every rank (requests still pending fail) and forgets it; `init` may be
+/// called again afterwards. A no-op when not initialized.
+#[pyfunction]
+pub(crate) fn shutdown(py: Python<'_>) -> PyResult<()> {
+    let Some(engine) = state().as_ref().map(|s| s.engine.clone()) else { return Ok(()) };
+    // The state stays in place until the engine thread has ended, so that arrays of handles
+    // dropped meanwhile are kept until then.
+    let result = py.detach(|| engine.shutdown());
+    state().take();
+    result.map_err(|e| PyFerrovodError(e).into())
+}
+
+#[pyfunction]
+pub(crate) fn is_initialized() -> bool {
+    state().is_some()
+}
+
+/// `(rank, size, local_rank, local_size, cross_rank, cross_size)`.
+#[pyfunction]
+pub(crate) fn world() -> PyResult<(usize, usize, usize, usize, usize, usize)> {
+    let e = engine()?;
+    let t = e.topology();
+    Ok((e.rank(), e.size(), t.local_rank, t.local_size, t.cross_rank, t.cross_size))
+}
+
+/// A request in flight, or its result. Waiting releases the GIL; dropping it unwaited is safe
+/// (its arrays are kept until the engine is done with them).
+#[pyclass(module = "ferrovod._ferrovod", name = "Handle")]
+pub(crate) struct PyHandle {
+    name: String,
+    state: HandleState,
+}
+
+enum HandleState {
+    Pending(Handle, Vec<Lent>),
+    Done(PyResult<Py<PyAny>>),
+    /// Only while a wait has the handle.
+    Waiting,
+}
+
+impl PyHandle {
+    fn new(handle: Handle, lent: Vec<Lent>) -> PyHandle {
+        PyHandle { name: handle.name().to_string(), state: HandleState::Pending(handle, lent) }
+    }
+}
+
+#[pymethods]
+impl PyHandle {
+    /// The tensor name.
+    #[getter]
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the result is ready (`wait` will not block).
+    fn poll(&self) -> bool {
+        match &self.state {
+            HandleState::Pending(h, _) => h.poll(),
+            HandleState::Done(_) | HandleState::Waiting => true,
+        }
+    }
+
+    /// Waits for the result: `None` for an in-place collective, else
+    /// `(buffer, dtype, shape, splits)`. Raises the request's error. Ctrl-C interrupts it.
+    fn wait(&mut self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        loop {
+            match std::mem::replace(&mut self.state, HandleState::Waiting) {
+                HandleState::Pending(handle, lent) => match py.detach(move || handle.wait_timeout(SIGNAL_CHECK)) {
+                    Ok(result) => {
+                        // The engine is done with the arrays: give them back before anything else.
+                        drop(lent);
+                        let converted = result.map_err(|e| PyFerrovodError(e).into()).and_then(|o| convert(py, o));
+                        self.state = HandleState::Done(clone(py, &converted));
+                        return converted;
+                    }
+                    Err(handle) => {
+                        self.state = HandleState::Pending(handle, lent);
+                        py.check_signals()?;
+                    }
+                },
+                HandleState::Done(r) => {
+                    let again = clone(py, &r);
+                    self.state = HandleState::Done(r);
+                    return again;
+                }
+                HandleState::Waiting => {
+                    return Err(InvalidArgumentError::new_err(format!(
+                        "handle of {:?} is being waited for by another thread",
+                        self.name
+                    )));
+                }
+            }
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Handle(name={:?}, done={})", self.name, self.poll())
+    }
+}
+
+impl Drop for PyHandle {
+    fn drop(&mut self) {
+        if let HandleState::Pending(handle, lent) = std::mem::replace(&mut self.state, HandleState::Waiting)
+            && !lent.is_empty()
+            && !handle.poll()
+        {
+            match state().as_mut() {
+                Some(s) => s.orphans.push((handle, lent)),
+                // No engine any more: its thread has ended and nothing uses the arrays.
+                None => drop(lent),
+            }
+        }
+    }
+}
+
+fn clone(py: Python<'_>, r: &PyResult<Py<PyAny>>) -> PyResult<Py<PyAny>> {
+    match r {
+        Ok(v) => Ok(v.clone_ref(py)),
+        Err(e) => Err(e.clone_ref(py)),
+    }
+}
+
+/// A result as Python sees it: `None` if it was written in place.
+fn convert(py: Python<'_>, out: Output) -> PyResult<Py<PyAny>> {
+    if out.in_place {
+        return Ok(py.None());
+    }
+    let dtype = out.dtype.to_string();
+    let buffer = Bound::new(py, OutBuffer::new(out.data))?;
+    let shape = PyTuple::new(py, out.shape)?;
+    let t = (buffer, dtype, shape, out.splits).into_pyobject(py)?;
+    Ok(t.into_any().unbind())
+}
+
+/// Lends `tensor` and submits it as `collective` under `name`.
+fn submit(tensor: &Bound<'_, PyAny>, name: String, collective: Collective, access: Access) -> PyResult<PyHandle> {
+    submit_with(tensor, name, collective, access, None)
+}
+
+fn submit_with(
+    tensor: &Bound<'_, PyAny>,
+    name: String,
+    collective: Collective,
+    access: Access,
+    splits: Option<Vec<usize>>,
+) -> PyResult<PyHandle> {
+    let engine = engine()?;
+    let (sub, lent) = lend_submission(tensor, name, collective, access)?;
+    let sub = match splits {
+        Some(s) => sub.splits(s),
+        None => sub,
+    };
+    let handle = engine.submit(sub).map_err(PyFerrovodError)?;
+    Ok(PyHandle::new(handle, vec![lent]))
+}
+
+fn lend_submission(
+    tensor: &Bound<'_, PyAny>,
+    name: String,
+    collective: Collective,
+    access: Access,
+) -> PyResult<(Submission, Lent)> {
+    let lent = lend(tensor, access, &format!("{} of {name:?}", collective.name()))?;
+    // SAFETY: `lent` keeps the memory alive and goes with the handle (or the orphans) until the
+    // engine reports the request complete; Python code that touches the array meanwhile races
+    // with the collective, as with Horovod's async API (documented on the Python side).
+    let sub = unsafe { Submission::borrowed(name, collective, lent.dtype, &lent.shape, lent.ptr, lent.len) };
+    Ok((sub, lent))
+}
+
+/// Allreduce of `tensor` into itself.
+#[pyfunction]
+pub(crate) fn allreduce_async_(tensor: &Bound<'_, PyAny>, name: String, op: PyReduceOp) -> PyResult<PyHandle> {
+    submit(tensor, name, Collective::Allreduce(op.into()), Access::Write)
+}
+
+/// Allreduces of `tensors` into themselves, run and completed together.
+#[pyfunction]
+pub(crate) fn grouped_allreduce_async_(
+    tensors: Vec<Bound<'_, PyAny>>,
+    names: Vec<String>,
+    op: PyReduceOp,
+) -> PyResult<Vec<PyHandle>> {
+    if tensors.len() != names.len() {
+        return Err(InvalidArgumentError::new_err(format!("{} tensors but {} names", tensors.len(), names.len())));
+    }
+    let engine = engine()?;
+    let mut subs = Vec::with_capacity(tensors.len());
+    let mut lents = Vec::with_capacity(tensors.len());
+    for (t, name) in tensors.iter().zip(names) {
+        let (sub, lent) = lend_submission(t, name, Collective::Allreduce(op.into()), Access::Write)?;
+        subs.push(sub);
+        lents.push(lent);
+    }
+    let handles = engine.submit_group(subs).map_err(PyFerrovodError)?;
+    Ok(handles.into_iter().zip(lents).map(|(h, l)| PyHandle::new(h, vec![l])).collect())
+}
+
+/// Broadcast from `root_rank` into `tensor`.
+#[pyfunction]
+pub(crate) fn broadcast_async_(tensor: &Bound<'_, PyAny>, name: String, root_rank: i64) -> PyResult<PyHandle> {
+    let root = u32::try_from(root_rank).map_err(|_| {
+        InvalidArgumentError::new_err(format!("broadcast of {name:?}: root rank {root_rank} is negative"))
+    })?;
+    submit(tensor, name, Collective::Broadcast(root), Access::Write)
+}
+
+/// Allgather along the first dimension; the result is a new buffer.
+#[pyfunction]
+pub(crate) fn allgather_async(tensor: &Bound<'_, PyAny>, name: String) -> PyResult<PyHandle> {
+    submit(tensor, name, Collective::Allgather, Access::Read)
+}
+
+/// Reducescatter along the first dimension; the result is a new buffer.
+#[pyfunction]
+pub(crate) fn reducescatter_async(tensor: &Bound<'_, PyAny>, name: String, op: PyReduceOp) -> PyResult<PyHandle> {
+    submit(tensor, name, Collective::Reducescatter(op.into()), Access::Read)
+}
+
+/// All-to-all: `splits[j]` rows go to rank j (even split when `None`).
+#[pyfunction]
+#[pyo3(signature = (tensor, name, splits=None))]
+pub(crate) fn alltoall_async(
+    tensor: &Bound<'_, PyAny>,
+    name: String,
+    splits: Option<Vec<usize>>,
+) -> PyResult<PyHandle> {
+    submit_with(tensor, name, Collective::Alltoall, Access::Read, splits)
+}
+
+/// Starts joining: the handle's result is a one-element int64 buffer with the last rank to join.
+#[pyfunction]
+pub(crate) fn join_async() -> PyResult<PyHandle> {
+    let handle = engine()?.join_async().map_err(PyFerrovodError)?;
+    Ok(PyHandle::new(handle, Vec::new()))
+}
