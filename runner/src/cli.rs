@@ -180,6 +180,26 @@ impl Cli {
     }
 }
 
+/// The whole command: parse `args` (program name first), run, report, and return the exit code
+/// (clap prints help or a usage error and exits itself). `ferrovod-run` and the Python
+/// package's console script both come here.
+pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
+    let cli = Cli::parse_from(normalize_args(args));
+    let verbose = cli.verbose;
+    match cli.into_launch().and_then(|launch| crate::run(&launch)) {
+        Ok(report) => {
+            if report.exit_code() != 0 || verbose >= 1 {
+                crate::launch::say(&report.summary());
+            }
+            report.exit_code()
+        }
+        Err(e) => {
+            crate::launch::say(&e.to_string());
+            e.exit_code()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,25 +236,5 @@ mod tests {
     fn clap_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
-    }
-}
-
-/// The whole command: parse `args` (program name first), run, report, and return the exit code
-/// (clap prints help or a usage error and exits itself). `ferrovod-run` and the Python
-/// package's console script both come here.
-pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
-    let cli = Cli::parse_from(normalize_args(args));
-    let verbose = cli.verbose;
-    match cli.into_launch().and_then(|launch| crate::run(&launch)) {
-        Ok(report) => {
-            if report.exit_code() != 0 || verbose >= 1 {
-                crate::launch::say(&report.summary());
-            }
-            report.exit_code()
-        }
-        Err(e) => {
-            crate::launch::say(&e.to_string());
-            e.exit_code()
-        }
     }
 }
