@@ -1,0 +1,38 @@
+"""Shared pytest helpers: running a worker script on N ranks through the real launcher."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+WORKERS = TESTS / "workers"
+
+
+def launch(np_: int, script: str, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Runs ``tests/workers/<script>`` on ``np_`` ranks with ``ferrovod-run`` (the console script
+    of the installed package, through ``python -m ferrovod._launcher``) and returns the finished
+    launcher: exit code, and every rank's output prefixed with ``[rank]``."""
+    cmd = [sys.executable, "-m", "ferrovod._launcher", "-np", str(np_), "--", sys.executable, str(WORKERS / script), *args]
+    full_env = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+def check(proc: subprocess.CompletedProcess[str]) -> str:
+    """The launcher's output, after asserting it succeeded (showing everything if not)."""
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc.stdout
+
+
+@pytest.fixture
+def ranks():
+    """``ranks(np, script, *args)``: run a worker on ``np`` ranks and return its checked stdout."""
+
+    def go(np_: int, script: str, *args: str, timeout: float = 120) -> str:
+        return check(launch(np_, script, *args, timeout=timeout))
+
+    return go
