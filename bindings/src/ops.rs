@@ -39,8 +39,8 @@ fn engine() -> PyResult<Arc<Engine>> {
 }
 
 /// The reduction of an allreduce or reducescatter.
-#[pyclass(module = "ferrovod._ferrovod", name = "ReduceOp", eq, eq_int, frozen, from_py_object)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[pyclass(module = "ferrovod._ferrovod", name = "ReduceOp", eq, eq_int, hash, frozen, from_py_object)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum PyReduceOp {
     Average,
     Sum,

@@ -1,5 +1,5 @@
 """The ``ferrovod-run`` console script: the launcher lives in the extension module, so a pip
-install is all a machine needs. ``python -m ferrovod._launcher`` is the same command."""
+install is all a machine needs. ``python -m ferrovod`` is the same command."""
 
 from __future__ import annotations
 
@@ -14,8 +14,4 @@ def main() -> None:
 
 def command() -> list[str]:
     """The argv prefix that starts the launcher from this Python."""
-    return [sys.executable, "-m", "ferrovod._launcher"]
-
-
-if __name__ == "__main__":
-    main()
+    return [sys.executable, "-m", "ferrovod"]

@@ -15,9 +15,9 @@ WORKERS = TESTS / "workers"
 
 def launch(np_: int, script: str, *args: str, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Runs ``tests/workers/<script>`` on ``np_`` ranks with ``ferrovod-run`` (the console script
-    of the installed package, through ``python -m ferrovod._launcher``) and returns the finished
+    of the installed package, through ``python -m ferrovod``) and returns the finished
     launcher: exit code, and every rank's output prefixed with ``[rank]``."""
-    cmd = [sys.executable, "-m", "ferrovod._launcher", "-np", str(np_), "--", sys.executable, str(WORKERS / script), *args]
+    cmd = [sys.executable, "-m", "ferrovod", "-np", str(np_), "--", sys.executable, str(WORKERS / script), *args]
     full_env = {**os.environ, "PYTHONPATH": str(TESTS), **(env or {})}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
 

@@ -1,0 +1,164 @@
+"""The core API: every function on 1, 2 and 4 ranks (numpy and torch, every dtype, 0-d and
+empty), bad inputs refused with clear errors, waits that free the GIL and obey Ctrl-C, and
+the launcher installed with the package."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import ferrovod as fv
+from conftest import launch
+
+
+@pytest.fixture
+def world1():
+    """This process as rank 0 of 1 (no launcher environment)."""
+    for k in [k for k in os.environ if k.startswith("FERROVOD_")]:
+        os.environ.pop(k)
+    fv.init()
+    yield
+    fv.shutdown()
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("np_", [1, 2, 4])
+def test_every_function_on_numpy_and_torch(ranks, np_):
+    out = ranks(np_, "core_ops.py", timeout=240)
+    for r in range(np_):
+        assert f"[{r}] rank {r} of {np_}: ok, 15 dtype suites" in out
+
+
+def test_in_place_means_the_same_memory(world1):
+    x = np.arange(5, dtype=np.float32)
+    before = x.ctypes.data
+    assert fv.allreduce_(x, op=fv.Sum) is x and x.ctypes.data == before
+    t = torch.arange(5, dtype=torch.float32)
+    ptr = t.data_ptr()
+    assert fv.broadcast_(t, 0) is t and t.data_ptr() == ptr
+
+
+def test_results_are_the_callers_array_type(world1):
+    assert isinstance(fv.allreduce(torch.ones(3)), torch.Tensor)
+    assert isinstance(fv.allgather(np.ones((2, 2))), np.ndarray)
+    assert isinstance(fv.allreduce(bytearray(b"abc"), op=fv.Sum), np.ndarray)
+    g = fv.allgather(torch.ones(2, 3, dtype=torch.bfloat16))
+    assert g.dtype == torch.bfloat16 and g.shape == (2, 3)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: np.zeros((4, 4), np.float32)[:, ::2], "not contiguous"),
+        (lambda: torch.zeros(4, 4).t(), "not contiguous"),
+        (lambda: np.zeros(3, dtype=bool), "unsupported element type"),
+        (lambda: np.zeros(3, dtype=np.complex64), "unsupported element type"),
+        (lambda: np.zeros(3, dtype=np.uint16), "unsupported element type"),
+        (lambda: np.zeros(3, dtype=">f4"), "unsupported element type"),
+        (lambda: torch.zeros(3, dtype=torch.bool), "unsupported element type"),
+        (lambda: torch.zeros(3, dtype=torch.complex64), "unsupported element type"),
+        (lambda: [1.0, 2.0], "expected a numpy array, a torch tensor or a buffer, got list"),
+        (lambda: b"bytes are read-only", "read-only"),
+    ],
+)
+def test_bad_inputs_to_in_place_ops_are_refused(world1, make, message):
+    with pytest.raises(fv.InvalidArgumentError, match=message):
+        fv.allreduce_(make(), op=fv.Sum)
+
+
+def test_read_only_arrays_are_refused_in_place_but_fine_out_of_place(world1):
+    x = np.arange(3, dtype=np.float32)
+    x.flags.writeable = False
+    with pytest.raises(fv.InvalidArgumentError, match="read-only and this operation writes"):
+        fv.allreduce_(x)
+    with pytest.raises(fv.InvalidArgumentError, match="read-only"):
+        fv.broadcast_(x, 0)
+    assert fv.allreduce(x, op=fv.Sum).tolist() == [0, 1, 2]
+    assert fv.allgather(x).tolist() == [0, 1, 2]
+
+
+def test_out_of_place_ops_take_non_contiguous_input(world1):
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)[:, ::2]
+    assert fv.allreduce(x, op=fv.Sum).tolist() == [[0, 2], [4, 6]]
+
+
+def test_argument_errors(world1):
+    with pytest.raises(fv.InvalidArgumentError, match="root 3 is not a rank"):
+        fv.broadcast(np.ones(2), 3)
+    with pytest.raises(fv.InvalidArgumentError, match="root rank -1 is negative"):
+        fv.broadcast(np.ones(2), -1)
+    with pytest.raises(fv.InvalidArgumentError, match="scalar has no first dimension"):
+        fv.allgather(np.float32(1.0) * np.ones(()))
+    with pytest.raises(fv.InvalidArgumentError, match="splits"):
+        fv.alltoall(np.ones(4), splits=[1, 2])
+    with pytest.raises(ValueError, match="op or average"):
+        fv.allreduce(np.ones(2), average=True, op=fv.Sum)
+
+
+def test_name_in_flight_twice_is_refused(world1):
+    # A one-rank world completes at once, so hold the first request back with a group gate:
+    # simpler to submit the same name twice in one group.
+    with pytest.raises(fv.InvalidArgumentError, match="already in flight"):
+        fv._ferrovod.grouped_allreduce_async_([np.ones(1), np.ones(1)], ["same", "same"], fv.Sum)
+
+
+def test_calls_before_init_say_so():
+    assert not fv.is_initialized()
+    with pytest.raises(fv.NotInitializedError, match="call ferrovod.init"):
+        fv.allreduce(np.ones(2))
+    with pytest.raises(fv.NotInitializedError):
+        fv.rank()
+
+
+def test_broadcast_object_refuses_what_json_cannot_carry(world1):
+    with pytest.raises(TypeError, match="not JSON-serialisable"):
+        fv.broadcast_object({"s": {1, 2}})
+    assert fv.broadcast_object({"a": [1, "b", None]}) == {"a": [1, "b", None]}
+
+
+def test_error_hierarchy():
+    for cls in (fv.ConfigError, fv.InvalidArgumentError, fv.BootstrapError, fv.CollectiveError,
+                fv.MismatchError, fv.StalledError, fv.NotInitializedError, fv.LaunchError, fv.RankFailedError):
+        assert issubclass(cls, fv.FerrovodError)
+    assert issubclass(fv.TimeoutError, fv.CollectiveError)
+
+
+@pytest.mark.multiproc
+def test_a_wait_releases_the_gil():
+    out = launch(2, "core_waits.py", "gil")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "[0] rank 0: waited" in out.stdout
+
+
+@pytest.mark.multiproc
+def test_ctrl_c_interrupts_a_wait_and_the_handle_stays_usable():
+    out = launch(2, "core_waits.py", "interrupt")
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = next(l for l in out.stdout.splitlines() if "interrupted after" in l)
+    assert float(line.split()[-2]) < 1.5, line
+    assert "[0] rank 0: then completed: [3.0, 3.0, 3.0, 3.0]" in out.stdout
+
+
+@pytest.mark.multiproc
+def test_a_dtype_mismatch_fails_every_rank_naming_it():
+    out = launch(2, "core_waits.py", "mismatch")
+    assert out.returncode == 0, out.stdout + out.stderr
+    for r in range(2):
+        assert f'[{r}] rank {r}: MismatchError: rank {r}: tensor "w": ranks disagree on dtype: rank 0: f32, rank 1: f64' in out.stdout
+
+
+def test_ferrovod_run_is_on_the_venvs_path():
+    exe = shutil.which("ferrovod-run", path=str(Path(sys.executable).parent))
+    assert exe is not None
+    out = subprocess.run([exe, "-np", "2", "--", sys.executable, "-c", "print('hi')"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert sorted(out.stdout.splitlines()) == ["[0] hi", "[1] hi"]
+    bad = subprocess.run([exe, "-np", "0", "--", "true"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "np" in bad.stderr
