@@ -77,7 +77,11 @@ fn submit_all(engine: &Engine, rank: usize, order: &[usize], step: usize) -> Vec
 /// Each rank submits the same tensors in its own order, for several steps (the first
 /// negotiates by name, the rest by cache bit); every result is checked element by element.
 fn out_of_order(n: usize, threshold: usize) -> Vec<Vec<Vec<u8>>> {
-    world(n, tuning(threshold), EngineSettings::default(), |rank, engine| {
+    out_of_order_with(n, tuning(threshold))
+}
+
+fn out_of_order_with(n: usize, tuning: Tuning) -> Vec<Vec<Vec<u8>>> {
+    world(n, tuning, EngineSettings::default(), |rank, engine| {
         let lens = lengths();
         let mut results = Vec::new();
         for step in 0..4 {
@@ -114,6 +118,17 @@ fn fusion_off_and_on_give_identical_results() {
         let on = out_of_order(n, 64 << 20);
         assert_eq!(off, on, "N={n}");
         assert_eq!(small, on, "N={n}");
+    }
+}
+
+#[test]
+fn eager_data_in_the_round_gives_the_same_results() {
+    // Off; the default (the small tensors only); every tensor of the test (up to 36 kB).
+    for n in [2, 3] {
+        let run = |eager_bytes| out_of_order_with(n, Tuning { eager_bytes, ..tuning(64 << 20) });
+        let off = run(0);
+        assert_eq!(run(8192), off, "N={n}");
+        assert_eq!(run(1 << 20), off, "N={n}");
     }
 }
 

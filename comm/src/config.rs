@@ -49,6 +49,7 @@ knobs! {
     BROADCAST_SEGMENT = "FERROVOD_BROADCAST_SEGMENT", "4194304", "Pipeline segment in bytes for the chain broadcast (no reduction to overlap: larger is cheaper per byte).";
     RING_CHUNK = "FERROVOD_RING_CHUNK", "1048576", "The ring allreduce runs on pieces of this many bytes, so that reduced data is still in cache when sent.";
     FUSION_THRESHOLD = "FERROVOD_FUSION_THRESHOLD", "67108864", "Engine: tensors ready together are fused into buckets of up to this many bytes; 0 turns fusion off.";
+    EAGER_BYTES = "FERROVOD_EAGER_BYTES", "8192", "Engine: cached allreduces up to this many bytes in all per round travel inside the negotiation round itself and are reduced on arrival, saving an exchange; 0 turns it off.";
     CACHE_CAPACITY = "FERROVOD_CACHE_CAPACITY", "1024", "Engine: tensors whose agreed metadata is cached, so that steady-state steps negotiate with a bit each.";
     STALL_WARNING = "FERROVOD_STALL_WARNING", "60", "Engine: seconds a tensor may wait for other ranks before rank 0 logs the missing ranks and names; 0 turns it off.";
     STALL_TIMEOUT = "FERROVOD_STALL_TIMEOUT", "600", "Engine: seconds a tensor may wait for other ranks before every rank fails; 0 turns it off.";
@@ -103,6 +104,8 @@ pub struct Tuning {
     pub fusion_threshold: usize,
     /// See [`CACHE_CAPACITY`].
     pub cache_capacity: usize,
+    /// See [`EAGER_BYTES`].
+    pub eager_bytes: usize,
 }
 
 /// Engine settings that each rank may choose for itself.
@@ -131,6 +134,7 @@ impl Tuning {
             (RING_CHUNK.name, self.ring_chunk.to_string()),
             (FUSION_THRESHOLD.name, self.fusion_threshold.to_string()),
             (CACHE_CAPACITY.name, self.cache_capacity.to_string()),
+            (EAGER_BYTES.name, self.eager_bytes.to_string()),
         ]
     }
 }
@@ -152,9 +156,13 @@ impl Default for Tuning {
             broadcast_segment: num(BROADCAST_SEGMENT),
             fusion_threshold: num(FUSION_THRESHOLD),
             cache_capacity: num(CACHE_CAPACITY),
+            eager_bytes: num(EAGER_BYTES),
         }
     }
 }
+
+/// Largest eager budget: it is part of every round's fixed frame.
+const MAX_EAGER: usize = 1 << 20;
 
 /// Longest accepted timeout, in seconds.
 const MAX_SECS: f64 = 365.0 * 24.0 * 3600.0;
@@ -230,6 +238,7 @@ impl Config {
             broadcast_segment: parse(BROADCAST_SEGMENT, "a byte count")?.max(4096),
             fusion_threshold: parse(FUSION_THRESHOLD, "a byte count")?,
             cache_capacity: parse(CACHE_CAPACITY, "a count")?,
+            eager_bytes: parse(EAGER_BYTES, "a byte count")?.min(MAX_EAGER),
         };
         let optional_secs = |k: Knob| -> Result<Option<Duration>> {
             let v = text(k).unwrap_or_else(|| k.default.to_string());

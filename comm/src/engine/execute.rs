@@ -22,7 +22,7 @@ use crate::algorithms::even_blocks;
 use crate::communicator::Communicator;
 use crate::dtype::{DType, ReduceOp};
 use crate::error::{Error, Result};
-use crate::reduce::{divide, fill_identity};
+use crate::reduce::{Order, divide, fill_identity, reduce_into};
 
 /// A tensor whose collective has run (or failed on its own, without breaking the engine).
 pub(crate) struct Done {
@@ -76,6 +76,33 @@ impl Item {
     fn contributors(&self) -> usize {
         self.ready.present.iter().filter(|&&p| p).count()
     }
+}
+
+/// A tensor whose every rank's data came with the negotiation round: reduced here, in rank
+/// order, so that every rank computes the same bits.
+pub(crate) fn eager(ctx: &mut Ctx<'_>, ready: Ready, mut pending: Pending) -> Done {
+    let t = Instant::now();
+    let meta = &ready.meta;
+    let Collective::Allreduce(op) = meta.collective else { unreachable!("only allreduces travel eagerly") };
+    let wire = if op == ReduceOp::Average { ReduceOp::Sum } else { op };
+    let mut ranks = ready.eager.clone().unwrap_or_default().into_iter();
+    let mut acc = ranks.next().unwrap_or_default();
+    for data in ranks {
+        reduce_into(meta.dtype, wire, &mut acc, &data, Order::AccFirst);
+    }
+    if op == ReduceOp::Average {
+        divide(meta.dtype, &mut acc, ready.present.len());
+    }
+    let mut buffer = std::mem::take(&mut pending.sub.data);
+    buffer.copy_from_slice(&acc);
+    let (data, in_place) = buffer.into_result();
+    let shape = meta.shape.iter().map(|&d| d as usize).collect();
+    let out = Output { data, dtype: meta.dtype, shape, splits: None, in_place };
+    let mut item = Item { ready, pending: Some(pending), data: Buffer::default(), spans: [None; 3] };
+    item.note(COMM, t, Instant::now());
+    let mut done = Vec::with_capacity(1);
+    finish(ctx, item, Ok(out), &mut done);
+    done.remove(0)
 }
 
 /// Runs `bucket`; `take` hands over this rank's submission of a name, if it made one.

@@ -52,7 +52,7 @@ mod tests {
 
     fn ready(name: &str, dtype: DType, op: ReduceOp, elems: u64) -> Ready {
         let meta = Meta { collective: Collective::Allreduce(op), dtype, shape: vec![elems], group: None };
-        Ready { name: name.into(), meta, present: vec![true; 2], slot: None }
+        Ready { name: name.into(), meta, present: vec![true; 2], slot: None, eager: None }
     }
 
     fn names(buckets: &[Bucket]) -> Vec<Vec<&str>> {

@@ -7,6 +7,11 @@
 //! the [`Table`] until they run), and the join, shutdown and abort flags. A message too large
 //! for the frame spills its tail into a second allgather; steady-state steps never need it.
 //!
+//! Small cached allreduces may also ride in the frame with their data (up to
+//! `FERROVOD_EAGER_BYTES` per rank and round): when every rank sent a tensor's data in the same
+//! round, each rank reduces the gathered copies itself, in rank order, so that every rank gets
+//! the same bits, and the tensor costs one exchange instead of two.
+//!
 //! [`agree`] is a pure function of the messages, the cache and the table, which are the same
 //! on every rank; so is everything it decides: what is ready, in which order, what mismatches.
 
@@ -15,7 +20,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use super::cache::Cache;
-use super::request::{GroupKey, Meta};
+use super::request::{Collective, GroupKey, Meta};
 use crate::communicator::Communicator;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -33,6 +38,8 @@ pub(crate) struct Message {
     pub shutdown: bool,
     /// Every rank fails with this (rank 0's stall verdict).
     pub abort: Option<String>,
+    /// Data of cached allreduces (by slot), sent with the round; see the module docs.
+    pub eager: Vec<(u32, Vec<u8>)>,
 }
 
 impl Message {
@@ -51,19 +58,33 @@ impl Message {
 /// Largest message a rank may send in one round.
 const MAX_MESSAGE: usize = 64 << 20;
 
-/// Frame bytes per rank: room for the full bitset and a few announcements.
-fn frame_len(cache_len: usize) -> usize {
-    (4 + 16 + cache_len.div_ceil(8) + 96).next_multiple_of(8)
+/// Frame bytes per rank: room for the full bitset, a few announcements, and the eager data.
+fn frame_len(cache_len: usize, eager_bytes: usize) -> usize {
+    (4 + 16 + cache_len.div_ceil(8) + 96 + eager_room(eager_bytes)).next_multiple_of(8)
+}
+
+/// Most tensors one rank sends eagerly in a round.
+pub(crate) const MAX_EAGER_TENSORS: usize = 64;
+
+/// Frame bytes that `eager_bytes` of data take with their encoding: a slot and a length of at
+/// most 5 bytes each per tensor, and the list's length.
+fn eager_room(eager_bytes: usize) -> usize {
+    if eager_bytes == 0 { 0 } else { eager_bytes + 10 * MAX_EAGER_TENSORS + 5 }
 }
 
 /// Runs one round: returns every rank's message, in rank order.
-pub(crate) fn exchange(comm: &mut Communicator, mine: &Message, cache_len: usize) -> Result<Vec<Message>> {
+pub(crate) fn exchange(
+    comm: &mut Communicator,
+    mine: &Message,
+    cache_len: usize,
+    eager_bytes: usize,
+) -> Result<Vec<Message>> {
     let (rank, size) = (comm.rank(), comm.size());
     let body = postcard::to_stdvec(mine).map_err(|e| Error::EngineStopped {
         rank,
         reason: format!("could not encode this rank's negotiation message: {e}"),
     })?;
-    let frame = frame_len(cache_len);
+    let frame = frame_len(cache_len, eager_bytes);
     let room = frame - 4;
     let mut mine_frame = vec![0u8; frame];
     mine_frame[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
@@ -114,6 +135,9 @@ pub(crate) struct Ready {
     pub present: Vec<bool>,
     /// The cache slot it came by, if it did.
     pub slot: Option<usize>,
+    /// Every rank's data, when every rank sent it with the round: reduce these, do not
+    /// communicate.
+    pub eager: Option<Vec<Vec<u8>>>,
 }
 
 /// Ranks that submitted a name with different arguments.
@@ -173,7 +197,8 @@ pub(crate) fn agree(messages: &[Message], cache: &mut Cache, table: &mut Table) 
         }
         let present: Vec<bool> = messages.iter().map(|m| m.bit(slot)).collect();
         if everywhere(&present) {
-            candidates.push(Ready { name: name.to_string(), meta: meta.clone(), present, slot: Some(slot) });
+            let eager = eager_data(messages, slot, meta);
+            candidates.push(Ready { name: name.to_string(), meta: meta.clone(), present, slot: Some(slot), eager });
         } else {
             waiting.push((name.to_string(), missing(&present)));
         }
@@ -203,7 +228,9 @@ pub(crate) fn agree(messages: &[Message], cache: &mut Cache, table: &mut Table) 
                 mismatches.push(Mismatch { name: name.clone(), field, values: values.join(", ") });
                 decided.push(name.clone());
             }
-            None => candidates.push(Ready { name: name.clone(), meta: first.clone(), present, slot: None }),
+            None => {
+                candidates.push(Ready { name: name.clone(), meta: first.clone(), present, slot: None, eager: None })
+            }
         }
     }
 
@@ -226,11 +253,28 @@ pub(crate) fn agree(messages: &[Message], cache: &mut Cache, table: &mut Table) 
     Agreement { ready, mismatches, waiting, joined, shutdown_by, abort }
 }
 
+/// Every rank's eager data for cached `slot`, if every rank sent it (a joined rank sends none),
+/// ungrouped, and of the agreed size.
+fn eager_data(messages: &[Message], slot: usize, meta: &Meta) -> Option<Vec<Vec<u8>>> {
+    if !matches!(meta.collective, Collective::Allreduce(_)) || meta.group.is_some() {
+        return None;
+    }
+    messages
+        .iter()
+        .map(|m| {
+            m.eager
+                .iter()
+                .find(|(s, _)| *s as usize == slot)
+                .map(|(_, d)| d.clone())
+                .filter(|d| d.len() == meta.bytes())
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::dtype::ReduceOp;
-    use crate::engine::request::Collective;
 
     fn meta(dtype: DType, n: u64) -> Meta {
         Meta { collective: Collective::Allreduce(ReduceOp::Sum), dtype, shape: vec![n], group: None }

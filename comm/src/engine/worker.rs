@@ -8,6 +8,7 @@ use super::cache::Cache;
 use super::execute::{self, Ctx, Done};
 use super::fusion;
 use super::negotiate::{self, Agreement, Message, Table};
+use super::request::Collective;
 use super::timeline::Timeline;
 use super::{Pending, Shared, join_output};
 use crate::communicator::Communicator;
@@ -52,6 +53,8 @@ pub(crate) struct Worker {
     table: Table,
     round: u64,
     threshold: usize,
+    /// Eager budget per round (see `negotiate`).
+    eager_bytes: usize,
     piece: usize,
     stage: Vec<u8>,
     timeline: Option<Timeline>,
@@ -89,6 +92,7 @@ impl Worker {
             table: Table::new(),
             round: 0,
             threshold: tuning.fusion_threshold,
+            eager_bytes: tuning.eager_bytes,
             piece: tuning.ring_chunk,
             stage: Vec::new(),
             timeline,
@@ -167,7 +171,8 @@ impl Worker {
             }
         }
         let t0 = Instant::now();
-        let messages = negotiate::exchange(&mut self.comm, &msg, self.cache.len())?;
+        self.add_eager(&mut msg);
+        let messages = negotiate::exchange(&mut self.comm, &msg, self.cache.len(), self.eager_bytes)?;
         let t1 = Instant::now();
         let mut agreement = negotiate::agree(&messages, &mut self.cache, &mut self.table);
         self.round += 1;
@@ -184,6 +189,31 @@ impl Worker {
         }
         self.check_stalls();
         Ok(None)
+    }
+
+    /// Puts the data of small cached allreduces in the round's message, as the budget allows
+    /// (see `negotiate`). A joined rank sends none: it contributes nothing.
+    fn add_eager(&self, msg: &mut Message) {
+        if self.eager_bytes == 0 || self.joining {
+            return;
+        }
+        let mut used = 0;
+        for (name, l) in &self.local {
+            if msg.eager.len() == negotiate::MAX_EAGER_TENSORS {
+                break;
+            }
+            let sub = &l.pending.sub;
+            if !matches!(sub.collective, Collective::Allreduce(_)) || l.pending.meta.group.is_some() {
+                continue;
+            }
+            if used + sub.data.len() > self.eager_bytes {
+                continue;
+            }
+            if let Some(slot) = self.cache.lookup(name, &l.pending.meta) {
+                msg.eager.push((slot as u32, sub.data.to_vec()));
+                used += sub.data.len();
+            }
+        }
     }
 
     fn fail_mismatches(&mut self, agreement: &Agreement) {
@@ -216,6 +246,18 @@ impl Worker {
             negotiated,
         };
         let local = &mut self.local;
+        // Reduced from the round's own data: nothing to communicate.
+        let (eager, ready): (Vec<_>, Vec<_>) = ready.into_iter().partition(|r| r.eager.is_some());
+        for r in eager {
+            if let Some(l) = local.remove(&r.name) {
+                let done = execute::eager(&mut ctx, r, l.pending);
+                if done.gate.is_some() {
+                    deferred.push(done);
+                } else {
+                    complete(&self.shared, vec![done]);
+                }
+            }
+        }
         for bucket in fusion::plan(ready, self.threshold) {
             let done = match execute::run(&mut ctx, bucket, |name| local.remove(name).map(|l| l.pending)) {
                 Ok(done) => done,
