@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
 # The demo: 4 local processes started by ferrovod-run run `hello` (barrier, small allreduce,
-# then a checked 64 MiB allreduce), then ferrovod-bench prints an allreduce table for 4 ranks.
+# then a checked 64 MiB allreduce); then, from the Python package (installed into the project
+# venv), a Horovod-style PyTorch training script on 2 ranks (`import ferrovod.torch as hvd`) and
+# a function run on 2 ranks with `ferrovod.run`; last, ferrovod-bench prints an allreduce table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace
 bin=target/release
 echo "== ferrovod-run -np 4 -- hello --bytes 64MiB"
 "$bin/ferrovod-run" -np 4 -- "$bin/hello" --bytes 64MiB
+echo
+echo "== the Python package: bash scripts/python-env.sh (venv, torch, pip install ./bindings)"
+bash scripts/python-env.sh
+echo
+echo "== ferrovod-run -np 2 -- python examples/python/train_torch.py"
+.venv/bin/ferrovod-run -np 2 -- .venv/bin/python examples/python/train_torch.py
+echo
+echo "== python examples/python/run_example.py (ferrovod.run, np=2)"
+.venv/bin/python examples/python/run_example.py
 echo
 echo "== ferrovod-bench --np 4 --op allreduce"
 "$bin/ferrovod-bench" --np 4 --op allreduce --sizes 4KiB,1MiB,16MiB --min-time 0.5

@@ -1,0 +1,108 @@
+"""One rank of ``ferrovod.run``: ``python -m ferrovod._worker SPEC``, started by the launcher.
+
+Reads the JSON spec the caller wrote, finds the function (by importing it, or by running its
+source in a fresh namespace), calls it with the JSON arguments and writes
+``rank-{FERROVOD_RANK}.json`` into the result directory: ``{"ok": true, "value": ...}``, or
+``{"ok": false, "type", "message", "traceback"}``. It does not call ``ferrovod.init()``: the
+function does, as a script started by ``ferrovod-run`` would, so the same function runs either
+way.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import json
+import linecache
+import os
+import sys
+import traceback
+import time
+import types
+from typing import Any
+
+from ._run import SPEC_VERSION, check_json
+
+
+def main(argv: list[str]) -> int:
+    """Runs the spec's function once; the exit code tells the launcher whether it failed."""
+    if len(argv) != 1:
+        print("usage: python -m ferrovod._worker SPEC (started by ferrovod.run)", file=sys.stderr)
+        return 2
+    # Output goes to the launcher through a pipe: flush every line so it is forwarded live.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
+    with open(argv[0], encoding="utf-8") as f:
+        spec = json.load(f)
+    if spec.get("version") != SPEC_VERSION:
+        print(f"ferrovod._worker: spec version {spec.get('version')!r}, expected {SPEC_VERSION}", file=sys.stderr)
+        return 2
+    rank = int(os.environ.get("FERROVOD_RANK", "0"))
+    try:
+        _extend_path(spec["sys_path"])
+        fn = _resolve(spec["function"])
+        value = fn(*spec["args"], **spec["kwargs"])
+        try:
+            check_json(value, "return value")
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"{fn.__qualname__} returned a value that cannot travel back as JSON: {e}") from None
+        result: dict[str, Any] = {"ok": True, "value": value}
+    except (Exception, SystemExit) as e:
+        tb = _format(e)
+        print(tb, end="", file=sys.stderr)
+        result = {
+            "ok": False,
+            "type": type(e).__qualname__,
+            "message": str(e),
+            "traceback": tb,
+            "time_ns": time.time_ns(),  # the earliest error is the cause; later ones follow from it
+        }
+    _write(os.path.join(spec["result_dir"], f"rank-{rank}.json"), result)
+    return 0 if result["ok"] else 1
+
+
+def _format(e: BaseException) -> str:
+    """``e``'s traceback from the user's code on: this file's frames say nothing to them."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename == __file__ and tb.tb_next is not None:
+        tb = tb.tb_next
+    return "".join(traceback.format_exception(type(e), e, tb))
+
+
+def _extend_path(entries: list[str]) -> None:
+    """Puts the caller's ``sys.path`` entries this process lacks in front of its own, in the
+    caller's order, so that a module the caller imported resolves here too."""
+    have = set(sys.path)
+    sys.path[:0] = [p for p in entries if p not in have]
+
+
+def _resolve(target: dict[str, Any]) -> Any:
+    """The function the spec names: imported by reference, or rebuilt from its source."""
+    if "module" in target:
+        obj: Any = importlib.import_module(target["module"])
+        for part in target["qualname"].split("."):
+            obj = getattr(obj, part)
+        return obj
+    # Pad to the original line numbers and register the text, so tracebacks show the caller's
+    # file, line and code even where that file does not exist (a notebook cell).
+    filename = target["filename"]
+    text = "\n" * (target["firstlineno"] - 1) + target["source"]
+    linecache.cache[filename] = (len(text), None, text.splitlines(keepends=True), filename)
+    module = types.ModuleType("__ferrovod_main__")
+    module.__dict__["__builtins__"] = builtins
+    sys.modules["__ferrovod_main__"] = module
+    exec(compile(text, filename, "exec", flags=target["flags"], dont_inherit=True), module.__dict__)
+    return module.__dict__[target["name"]]
+
+
+def _write(path: str, result: dict[str, Any]) -> None:
+    """Writes ``result`` atomically: the caller never reads a half-written file."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(result, f)
+    os.replace(tmp, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

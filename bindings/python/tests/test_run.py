@@ -1,0 +1,171 @@
+"""``ferrovod.run``: every rank's return value comes back in rank order; what cannot travel as a
+reference, source or JSON is refused before anything starts; a failing rank is named with its
+traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import pytest
+import runfns
+
+import ferrovod
+from conftest import WORKERS
+
+
+@pytest.fixture
+def no_launch(monkeypatch):
+    """Makes starting any process (or making the spec directory) fail the test: a refusal must
+    come before either."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("ferrovod.run started something before refusing")
+
+    monkeypatch.setattr(ferrovod._run.subprocess, "Popen", refuse)
+    monkeypatch.setattr(ferrovod._run.tempfile, "mkdtemp", refuse)
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+@pytest.mark.multiproc
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_importable_function_returns_every_rank_value_in_rank_order(n, monkeypatch):
+    made = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp(**kwargs):
+        made.append(real_mkdtemp(**kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(ferrovod._run.tempfile, "mkdtemp", mkdtemp)
+    results = ferrovod.run(runfns.allreduce_rank, np=n)
+    assert results == [{"rank": r, "size": n, "sum": [n * (n - 1) / 2, n]} for r in range(n)]
+    assert made and not os.path.exists(made[0]), "the spec directory was left behind"
+
+
+@pytest.mark.multiproc
+def test_args_kwargs_and_env_round_trip():
+    opts = {"lr": 0.5, "layers": [1, 2, {"deep": None}], "name": "ü", "flag": True}
+    results = ferrovod.run(
+        runfns.echo, args=(3, "x", (1, 2), 4.5), kwargs={"scale": 2, "opts": opts}, np=2, env={"RUNFNS_VAR": "v"}
+    )
+    assert results == [
+        {"rank": r, "a": 6, "b": "x", "rest": [[1, 2], 4.5], "opts": opts, "env": "v"} for r in range(2)
+    ]
+
+
+@pytest.mark.multiproc
+def test_rank_output_reaches_the_caller_with_its_rank(capsys):
+    assert ferrovod.run(runfns.say_hello, np=2) == [0, 0]
+    out = capsys.readouterr().out
+    assert "[0] hello from rank 0" in out
+    assert "[1] hello from rank 1" in out
+
+
+@pytest.mark.multiproc
+def test_function_in_main_travels_as_source():
+    proc = subprocess.run(
+        [sys.executable, str(WORKERS / "main_fn.py"), "ok"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    # total = (0 + 10) + (1 + 10) = 21, doubled by scale=2
+    assert results == [{"rank": 0, "total": 42.0}, {"rank": 1, "total": 42.0}]
+
+
+# --- failures ----------------------------------------------------------------------------------
+
+
+@pytest.mark.multiproc
+def test_failing_rank_is_named_with_its_traceback():
+    with pytest.raises(ferrovod.RankFailedError) as info:
+        ferrovod.run(runfns.fail_on_rank_1, np=2)
+    err = info.value
+    assert isinstance(err, ferrovod.FerrovodError)
+    assert err.rank == 1
+    text = str(err)
+    assert "rank 1" in text and "ValueError" in text and "boom from rank 1" in text
+    assert "Traceback" in text and "fail_on_rank_1" in text
+    assert "fail_on_rank_1" in err.traceback
+
+
+@pytest.mark.multiproc
+def test_rank_dying_without_an_error_fails_the_run():
+    with pytest.raises(ferrovod.RankFailedError) as info:
+        ferrovod.run(runfns.exit_silently_on_rank_1, np=2)
+    assert info.value.rank == 1
+    assert "exit status 7" in str(info.value)
+    assert "rank 1 ended without reporting an error" in str(info.value)
+
+
+@pytest.mark.multiproc
+def test_non_json_return_value_is_an_error_naming_its_type():
+    with pytest.raises(ferrovod.RankFailedError) as info:
+        ferrovod.run(runfns.return_array, np=1)
+    assert info.value.rank == 0
+    assert "numpy.ndarray is not JSON" in str(info.value)
+
+
+# --- refusals, before anything starts ----------------------------------------------------------
+
+
+def test_lambda_is_refused(no_launch):
+    with pytest.raises(TypeError, match=r"lambda .*<lambda>"):
+        ferrovod.run(lambda: 1)
+
+
+def test_closure_is_refused_naming_the_variable(no_launch):
+    secret = 3
+
+    def inner():
+        return secret
+
+    with pytest.raises(TypeError, match=r"inner: it closes over local variables \(secret\)"):
+        ferrovod.run(inner)
+
+
+def test_nested_function_is_refused(no_launch):
+    def inner():
+        return 1
+
+    with pytest.raises(TypeError, match=r"<locals>\.inner: it is defined inside another function"):
+        ferrovod.run(inner)
+
+
+def test_bound_method_is_refused(no_launch):
+    with pytest.raises(TypeError, match=r"bound method Holder\.method"):
+        ferrovod.run(runfns.Holder().method)
+
+
+def test_non_json_argument_is_refused_naming_where(no_launch):
+    with pytest.raises(TypeError, match=r"kwargs\['opt'\]\[2\]: set is not JSON"):
+        ferrovod.run(runfns.echo, args=(1, 2), kwargs={"opt": [1, 2, {3}]})
+    with pytest.raises(TypeError, match=r"args\[1\]\['k'\]: numpy\.ndarray is not JSON"):
+        ferrovod.run(runfns.echo, args=(1, {"k": runfns.np.ones(2)}))
+    with pytest.raises(TypeError, match=r"args\[0\]: key 1 is a int; JSON keys are strings"):
+        ferrovod.run(runfns.echo, args=({1: "a"}, 2))
+
+
+def test_bad_np_env_and_arguments_are_refused(no_launch):
+    with pytest.raises(ValueError, match="np must be at least 1"):
+        ferrovod.run(runfns.allreduce_rank, np=0)
+    with pytest.raises(TypeError, match="np must be an int"):
+        ferrovod.run(runfns.allreduce_rank, np=2.0)
+    with pytest.raises(TypeError, match=r"env\['X'\]"):
+        ferrovod.run(runfns.allreduce_rank, env={"X": 1})
+    with pytest.raises(TypeError, match=r"echo\(\) cannot be called with these arguments"):
+        ferrovod.run(runfns.echo, args=(1,))
+
+
+def test_function_in_main_using_a_module_global_is_refused():
+    proc = subprocess.run(
+        [sys.executable, str(WORKERS / "main_fn.py"), "global"], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "TypeError: ferrovod.run cannot send uses_module_global from __main__" in proc.stdout
+    assert "module-level names that will not exist on the ranks (json)" in proc.stdout
