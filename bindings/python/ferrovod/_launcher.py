@@ -15,3 +15,7 @@ def main() -> None:
 def command() -> list[str]:
     """The argv prefix that starts the launcher from this Python."""
     return [sys.executable, "-m", "ferrovod"]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""The ``horovod.torch`` surface: ``import ferrovod.torch as hvd`` runs a Horovod PyTorch script.
+
+Usage, in every process of ``ferrovod-run -np N -- python train.py``::
+
+    import ferrovod.torch as hvd
+
+    hvd.init()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01 * hvd.size())
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+    optimizer = hvd.DistributedOptimizer(optimizer, named_parameters=model.named_parameters())
+    # ... loss.backward(); optimizer.step() as usual: gradients are averaged over ranks.
+
+Everything of ``ferrovod`` is here too. The allreduces (grouped too) take ``compression=`` as well, and
+``allreduce``, ``allgather``, ``broadcast``, ``reducescatter`` and ``alltoall`` are
+differentiable when their input requires grad. Tensors are CPU tensors.
+"""
+
+from __future__ import annotations
+
+import ferrovod as _core
+from ferrovod import *  # noqa: F403  (the core API, re-exported as it is)
+from ferrovod import gloo_built, mpi_built, mpi_threads_supported, nccl_built
+
+from .compression import Compression, Compressor, FP16Compressor, NoneCompressor
+from .functions import broadcast_optimizer_state, broadcast_parameters
+from .ops import (
+    allgather,
+    allreduce,
+    allreduce_,
+    allreduce_async,
+    allreduce_async_,
+    alltoall,
+    broadcast,
+    grouped_allreduce,
+    grouped_allreduce_,
+    grouped_allreduce_async,
+    grouped_allreduce_async_,
+    reducescatter,
+)
+from .optimizer import DistributedOptimizer
+
+__all__ = [
+    *_core.__all__,
+    "Compression",
+    "Compressor",
+    "DistributedOptimizer",
+    "FP16Compressor",
+    "NoneCompressor",
+    "broadcast_optimizer_state",
+    "broadcast_parameters",
+    "gloo_built",
+    "mpi_built",
+    "mpi_threads_supported",
+    "nccl_built",
+]

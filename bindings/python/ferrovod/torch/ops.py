@@ -1,0 +1,302 @@
+"""Collectives on torch tensors: the core ones, with gradient compression for the allreduces, and
+differentiable when their input requires grad.
+
+Gradients follow one convention: the objective is the sum of every rank's loss. So the gradient
+of an allreduce is the same allreduce of the gradients, the gradient of an allgather is this
+rank's rows of the summed gradients, and only the root of a broadcast gets a gradient. With
+``DistributedOptimizer`` averaging parameter gradients on top, that is the gradient of the mean
+loss, which is what a user training through these ops expects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+import ferrovod as _core
+from ferrovod import Average, Handle, ReduceOp, Sum
+
+from .compression import Compression, Compressor
+
+# The dtypes ferrovod carries; everything else is staged through one of them.
+_CARRIED = {
+    torch.uint8,
+    torch.int8,
+    torch.int32,
+    torch.int64,
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+}
+
+
+def staged(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself when ferrovod can work on it in place (CPU, contiguous, a carried dtype), else
+    a copy that it can (bool travels as uint8). The caller copies the result back into ``t`` when
+    they differ."""
+    if t.device.type == "cpu" and t.is_contiguous() and t.dtype in _CARRIED:
+        return t
+    dtype = torch.uint8 if t.dtype == torch.bool else t.dtype
+    if dtype not in _CARRIED:
+        raise TypeError(f"ferrovod cannot carry {t.dtype} tensors (it carries {sorted(map(str, _CARRIED))} and bool)")
+    return t.detach().to("cpu", dtype, memory_format=torch.contiguous_format, copy=True)
+
+
+def _then(handle: Handle, finish: Callable[[Any], Any]) -> Handle:
+    """A handle whose result is ``finish`` of ``handle``'s: a ``Handle`` wraps anything with
+    ``name``, ``poll`` and ``wait``, a core one included."""
+    return Handle(handle, finish)  # type: ignore[arg-type]
+
+
+def _tracks_grad(tensor: Any) -> bool:
+    return isinstance(tensor, torch.Tensor) and tensor.requires_grad and torch.is_grad_enabled()
+
+
+def _grad_name(name: str | None) -> str | None:
+    return None if name is None else f"{name}.grad"
+
+
+# --- allreduce ---------------------------------------------------------------------------------
+
+
+def allreduce_async_(
+    tensor: torch.Tensor,
+    average: bool | None = None,
+    name: str | None = None,
+    op: ReduceOp | None = None,
+    prescale_factor: float = 1.0,
+    postscale_factor: float = 1.0,
+    compression: type[Compressor] | Compressor = Compression.none,
+) -> Handle:
+    """Starts reducing ``tensor`` over every rank, in place; with a compression that casts, the
+    compressed copy travels and the result is copied back into ``tensor`` on ``synchronize``."""
+    plain = tensor.detach()
+    compressed, ctx = compression.compress(plain)
+    inner = _core.allreduce_async_(compressed, average, name, op, prescale_factor, postscale_factor)
+
+    def finish(reduced: torch.Tensor) -> torch.Tensor:
+        out = compression.decompress(reduced, ctx)
+        if out is not plain:
+            plain.copy_(out)
+        return tensor
+
+    return _then(inner, finish)
+
+
+def allreduce_async(
+    tensor: torch.Tensor,
+    average: bool | None = None,
+    name: str | None = None,
+    op: ReduceOp | None = None,
+    prescale_factor: float = 1.0,
+    postscale_factor: float = 1.0,
+    compression: type[Compressor] | Compressor = Compression.none,
+) -> Handle:
+    """Like ``allreduce_async_``, into a new tensor of ``tensor``'s dtype; ``tensor`` is left
+    alone."""
+    compressed, ctx = compression.compress(tensor.detach())
+    inner = _core.allreduce_async(compressed, average, name, op, prescale_factor, postscale_factor)
+    return _then(inner, lambda reduced: compression.decompress(reduced, ctx))
+
+
+def allreduce_(
+    tensor: torch.Tensor,
+    average: bool | None = None,
+    name: str | None = None,
+    op: ReduceOp | None = None,
+    prescale_factor: float = 1.0,
+    postscale_factor: float = 1.0,
+    compression: type[Compressor] | Compressor = Compression.none,
+) -> torch.Tensor:
+    """Reduces ``tensor`` over every rank, in place, and returns it."""
+    return allreduce_async_(tensor, average, name, op, prescale_factor, postscale_factor, compression).wait()
+
+
+def allreduce(
+    tensor: torch.Tensor,
+    average: bool | None = None,
+    name: str | None = None,
+    op: ReduceOp | None = None,
+    prescale_factor: float = 1.0,
+    postscale_factor: float = 1.0,
+    compression: type[Compressor] | Compressor = Compression.none,
+) -> torch.Tensor:
+    """The reduction of ``tensor`` over every rank, as a new tensor; differentiable for ``Sum``
+    and ``Average`` when ``tensor`` requires grad."""
+    reduce_op = _core._op(op, average)
+    if _tracks_grad(tensor):
+        return _Allreduce.apply(tensor, name, reduce_op, prescale_factor, postscale_factor, compression)
+    return allreduce_async(tensor, None, name, reduce_op, prescale_factor, postscale_factor, compression).wait()
+
+
+class _Allreduce(torch.autograd.Function):
+    """Sum and Average are linear and their own adjoint: the gradient is the same reduction of
+    every rank's gradient."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor, name: str | None, op: ReduceOp, pre: float, post: float, compression: Any) -> torch.Tensor:
+        ctx.args = (name, op, pre, post, compression)
+        return allreduce_async(tensor, None, name, op, pre, post, compression).wait()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        name, op, pre, post, compression = ctx.args
+        if op not in (Sum, Average):
+            raise RuntimeError(f"allreduce with {op!r} has no gradient; only Sum and Average do")
+        g = allreduce_async(grad.contiguous(), None, _grad_name(name), op, pre, post, compression).wait()
+        return g, None, None, None, None, None
+
+
+def grouped_allreduce_async_(
+    tensors: Sequence[torch.Tensor],
+    average: bool | None = None,
+    name: str | None = None,
+    op: ReduceOp | None = None,
+    compression: type[Compressor] | Compressor = Compression.none,
+) -> Handle:
+    """Starts reducing ``tensors`` in place as one group (they complete together); compressed
+    copies travel where the compression casts."""
+    plain = [t.detach() for t in tensors]
+    packed = [compression.compress(t) for t in plain]
+    inner = _core.grouped_allreduce_async_([c for c, _ in packed], average, name, op)
+
+    def finish(reduced: list[torch.Tensor]) -> list[torch.Tensor]:
+        for t, r, (_, ctx) in zip(plain, reduced, packed):
+            out = compression.decompress(r, ctx)
+            if out is not t:
+                t.copy_(out)
+        return list(tensors)
+
+    return _then(inner, finish)
+
+
+def grouped_allreduce_async(
+    tensors: Sequence[torch.Tensor],
+    average: bool | None = None,
+    name: str | None = None,
+    op: ReduceOp | None = None,
+    compression: type[Compressor] | Compressor = Compression.none,
+) -> Handle:
+    """Like ``grouped_allreduce_async_``, into new tensors."""
+    packed = [compression.compress(t.detach()) for t in tensors]
+    inner = _core.grouped_allreduce_async([c for c, _ in packed], average, name, op)
+    return _then(inner, lambda reduced: [compression.decompress(r, ctx) for r, (_, ctx) in zip(reduced, packed)])
+
+
+def grouped_allreduce_(
+    tensors: Sequence[torch.Tensor],
+    average: bool | None = None,
+    name: str | None = None,
+    op: ReduceOp | None = None,
+    compression: type[Compressor] | Compressor = Compression.none,
+) -> list[torch.Tensor]:
+    return grouped_allreduce_async_(tensors, average, name, op, compression).wait()
+
+
+def grouped_allreduce(
+    tensors: Sequence[torch.Tensor],
+    average: bool | None = None,
+    name: str | None = None,
+    op: ReduceOp | None = None,
+    compression: type[Compressor] | Compressor = Compression.none,
+) -> list[torch.Tensor]:
+    return grouped_allreduce_async(tensors, average, name, op, compression).wait()
+
+
+# --- allgather, broadcast, reducescatter, alltoall ---------------------------------------------
+
+
+def allgather(tensor: torch.Tensor, name: str | None = None) -> torch.Tensor:
+    """Every rank's ``tensor`` concatenated along the first dimension (sizes may differ);
+    differentiable."""
+    if _tracks_grad(tensor):
+        return _Allgather.apply(tensor, name)
+    return _core.allgather(tensor, name)
+
+
+class _Allgather(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor, name: str | None) -> torch.Tensor:
+        rows_name = None if name is None else f"{name}.rows"
+        rows = _core.allgather(torch.tensor([tensor.shape[0]], dtype=torch.int64), rows_name).tolist()
+        ctx.offset, ctx.rows, ctx.name = sum(rows[: _core.rank()]), tensor.shape[0], name
+        return _core.allgather(tensor, name)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        total = _core.allreduce(grad.contiguous(), name=_grad_name(ctx.name), op=Sum)
+        return total.narrow(0, ctx.offset, ctx.rows), None
+
+
+def broadcast(tensor: torch.Tensor, root_rank: int, name: str | None = None) -> torch.Tensor:
+    """``root_rank``'s ``tensor``, as a new tensor on every rank; differentiable (the root gets
+    the sum of every rank's gradient, the others zero)."""
+    if _tracks_grad(tensor):
+        return _Broadcast.apply(tensor, root_rank, name)
+    return _core.broadcast(tensor, root_rank, name)
+
+
+class _Broadcast(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor, root_rank: int, name: str | None) -> torch.Tensor:
+        ctx.root, ctx.name = root_rank, name
+        return _core.broadcast(tensor, root_rank, name)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        total = _core.allreduce(grad.contiguous(), name=_grad_name(ctx.name), op=Sum)
+        return (total if _core.rank() == ctx.root else torch.zeros_like(total)), None, None
+
+
+def reducescatter(tensor: torch.Tensor, op: ReduceOp | None = None, name: str | None = None) -> torch.Tensor:
+    """This rank's share of the first dimension of the reduction (``Average`` by default);
+    differentiable for ``Sum`` and ``Average``."""
+    reduce_op = Average if op is None else op
+    if _tracks_grad(tensor):
+        return _Reducescatter.apply(tensor, reduce_op, name)
+    return _core.reducescatter(tensor, reduce_op, name)
+
+
+class _Reducescatter(torch.autograd.Function):
+    """Each rank's gradient belongs to its rows of every rank's input: gather them."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor, op: ReduceOp, name: str | None) -> torch.Tensor:
+        ctx.op, ctx.name = op, name
+        return _core.reducescatter(tensor, op, name)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        if ctx.op not in (Sum, Average):
+            raise RuntimeError(f"reducescatter with {ctx.op!r} has no gradient; only Sum and Average do")
+        g = _core.allgather(grad.contiguous(), _grad_name(ctx.name))
+        return (g / _core.size() if ctx.op == Average else g), None, None
+
+
+def alltoall(
+    tensor: torch.Tensor, splits: Sequence[int] | torch.Tensor | None = None, name: str | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(output, received_splits)``: ``splits[j]`` rows of ``tensor`` go to rank j;
+    differentiable in ``tensor``."""
+    if _tracks_grad(tensor):
+        return _Alltoall.apply(tensor, splits, name)
+    return _core.alltoall(tensor, splits, name)
+
+
+class _Alltoall(torch.autograd.Function):
+    """The gradient goes back the way the rows came: an alltoall with the received splits."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor, splits: Any, name: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+        out, received = _core.alltoall(tensor, splits, name)
+        ctx.received, ctx.name = received, name
+        ctx.mark_non_differentiable(received)
+        return out, received
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor, _received: Any) -> tuple[Any, ...]:
+        g, _ = _core.alltoall(grad.contiguous(), ctx.received, _grad_name(ctx.name))
+        return g, None, None

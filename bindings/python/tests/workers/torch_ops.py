@@ -1,0 +1,217 @@
+"""Every collective of ``ferrovod.torch`` on torch tensors, checked against values each rank can
+compute by itself. Prints ``ok <check>`` per check and ``ok all`` at the end; any mismatch
+raises (the launcher then fails)."""
+
+import warnings
+
+warnings.simplefilter("error")
+
+import torch  # noqa: E402
+
+import ferrovod.torch as hvd  # noqa: E402
+
+torch.set_num_threads(1)
+hvd.init()
+R, N = hvd.rank(), hvd.size()
+ALL = range(N)
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32, torch.int64, torch.uint8, torch.int8]
+
+
+def same(got, want, what):
+    assert got.dtype == want.dtype and got.shape == want.shape and torch.equal(got, want), f"{what}: got {got!r}, want {want!r}"
+
+
+def ok(check):
+    print(f"ok {check}", flush=True)
+
+
+def world():
+    assert (hvd.local_rank(), hvd.local_size(), hvd.cross_rank(), hvd.cross_size()) == (R, N, 0, 1)
+    assert hvd.is_initialized() and not hvd.mpi_threads_supported()
+    ok("world")
+
+
+def allreduce_ops():
+    """Each op on each dtype; inputs small enough that no dtype overflows or rounds."""
+    base = torch.tensor([1, 2, 3, 4])
+    inputs = {k: base + k for k in ALL}
+    factors = {k: torch.tensor([1, 2, 1, 1]) + (torch.arange(4) == k % 4) for k in ALL}
+    stacked = torch.stack([inputs[k] for k in ALL]).double()
+    want = {
+        hvd.Sum: stacked.sum(0),
+        hvd.Min: stacked.min(0).values,
+        hvd.Max: stacked.max(0).values,
+        hvd.Average: stacked.mean(0),
+        hvd.Product: torch.stack([factors[k] for k in ALL]).double().prod(0),
+    }
+    for dtype in DTYPES:
+        for op, expected in want.items():
+            x = (factors[R] if op == hvd.Product else inputs[R]).to(dtype)
+            if op == hvd.Average and not dtype.is_floating_point:
+                expected = torch.div(stacked.sum(0), N, rounding_mode="floor")
+            name = f"ops.{dtype}.{op!r}"
+            same(hvd.allreduce(x, op=op, name=name), expected.to(dtype), name)
+            same(x, (factors[R] if op == hvd.Product else inputs[R]).to(dtype), f"{name} left its input alone")
+    ok("allreduce ops x dtypes")
+
+
+def allreduce_variants():
+    # In place: the same memory, now holding the sum.
+    x = torch.full((5,), float(R + 1))
+    ptr = x.data_ptr()
+    out = hvd.allreduce_(x, op=hvd.Sum)
+    assert out is x and x.data_ptr() == ptr, "allreduce_ did not reduce in place"
+    same(x, torch.full((5,), float(N * (N + 1) // 2)), "allreduce_")
+    # average=, the legacy spelling, and the default op (Average).
+    same(hvd.allreduce(torch.full((2,), float(R)), average=False), torch.full((2,), float(N * (N - 1) // 2)), "average=False")
+    same(hvd.allreduce(torch.full((2,), float(R))), torch.full((2,), (N - 1) / 2), "default op")
+    # Scaling.
+    got = hvd.allreduce(torch.ones(3), op=hvd.Sum, prescale_factor=2.0, postscale_factor=0.5)
+    same(got, torch.full((3,), float(N)), "prescale/postscale")
+    # Async, both kinds; synchronize returns the tensor.
+    h1 = hvd.allreduce_async(torch.ones(4), op=hvd.Sum, name="async")
+    y = torch.ones(4)
+    h2 = hvd.allreduce_async_(y, op=hvd.Sum, name="async_")
+    same(hvd.synchronize(h1), torch.full((4,), float(N)), "allreduce_async")
+    assert hvd.synchronize(h2) is y and hvd.poll(h2)
+    same(y, torch.full((4,), float(N)), "allreduce_async_")
+    # 0-d and empty tensors.
+    same(hvd.allreduce(torch.tensor(float(R)), op=hvd.Sum), torch.tensor(float(N * (N - 1) // 2)), "0-d")
+    same(hvd.allreduce(torch.empty(0, 3), op=hvd.Sum), torch.empty(0, 3), "empty")
+    # A non-contiguous input (the out-of-place allreduce copies it).
+    t = torch.arange(6.0).reshape(2, 3).t()
+    same(hvd.allreduce(t, op=hvd.Sum), t * N, "non-contiguous")
+    ok("allreduce variants")
+
+
+def allreduce_compressed():
+    x = torch.full((6,), 0.25 * (R + 1), dtype=torch.float32)
+    got = hvd.allreduce(x, op=hvd.Sum, compression=hvd.Compression.fp16)
+    same(got, torch.full((6,), 0.25 * N * (N + 1) / 2), "fp16 compression returns float32")
+    ptr = x.data_ptr()
+    hvd.allreduce_(x, op=hvd.Sum, compression=hvd.Compression.fp16)
+    assert x.data_ptr() == ptr
+    same(x, torch.full((6,), 0.25 * N * (N + 1) / 2), "allreduce_ with fp16 compression")
+    i = torch.arange(3, dtype=torch.int64)
+    same(hvd.allreduce(i, op=hvd.Sum, compression=hvd.Compression.fp16), i * N, "fp16 compression leaves ints alone")
+    ok("compression")
+
+
+def gradients():
+    """Through allreduce, allgather and broadcast: the gradient of the sum of every rank's loss."""
+    x = torch.full((3,), float(R + 1), requires_grad=True)
+    y = hvd.allreduce(x, op=hvd.Sum, name="grad.allreduce")
+    assert y.requires_grad
+    (y * (R + 1)).sum().backward()
+    same(x.grad, torch.full((3,), float(N * (N + 1) // 2)), "allreduce gradient")
+
+    x = torch.full((R + 1, 2), 1.0, requires_grad=True)
+    g = hvd.allgather(x, name="grad.allgather")
+    weights = torch.arange(g.shape[0], dtype=torch.float32)[:, None]
+    (g * weights).sum().backward()
+    first = R * (R + 1) // 2  # this rank's first row in the gathered tensor
+    same(x.grad, N * torch.arange(first, first + R + 1, dtype=torch.float32)[:, None].expand(R + 1, 2), "allgather gradient")
+
+    x = torch.ones(2, requires_grad=True)
+    b = hvd.broadcast(x, root_rank=0, name="grad.broadcast")
+    (b * (R + 1)).sum().backward()
+    same(x.grad, torch.full((2,), float(N * (N + 1) // 2) if R == 0 else 0.0), "broadcast gradient")
+    ok("gradients")
+
+
+def allgather():
+    for dtype in (torch.float32, torch.bfloat16, torch.int64, torch.uint8):
+        x = torch.full((R + 1, 2), R, dtype=dtype)
+        want = torch.cat([torch.full((k + 1, 2), k, dtype=dtype) for k in ALL])
+        same(hvd.allgather(x, name=f"gather.{dtype}"), want, f"allgather {dtype}")
+    # A rank with no rows.
+    x = torch.full((R % 2, 3), float(R))
+    want = torch.cat([torch.full((k % 2, 3), float(k)) for k in ALL])
+    same(hvd.allgather(x), want, "allgather with empty ranks")
+    ok("allgather")
+
+
+def broadcast():
+    root = N - 1
+    x = torch.arange(4, dtype=torch.float64) + 10 * R
+    same(hvd.broadcast(x, root_rank=root), torch.arange(4, dtype=torch.float64) + 10 * root, "broadcast")
+    same(x, torch.arange(4, dtype=torch.float64) + 10 * R, "broadcast left its input alone")
+    ptr = x.data_ptr()
+    hvd.broadcast_(x, root_rank=root)
+    assert x.data_ptr() == ptr
+    same(x, torch.arange(4, dtype=torch.float64) + 10 * root, "broadcast_")
+    y = torch.full((2, 2), R, dtype=torch.int32)
+    hvd.synchronize(hvd.broadcast_async_(y, 0, name="bcast.async"))
+    same(y, torch.zeros(2, 2, dtype=torch.int32), "broadcast_async_")
+    ok("broadcast")
+
+
+def reducescatter():
+    rows = 2 * N + 1
+    x = torch.arange(rows * 2, dtype=torch.float32).reshape(rows, 2) * (R + 1)
+    total = torch.arange(rows * 2, dtype=torch.float32).reshape(rows, 2) * (N * (N + 1) // 2)
+    counts = [rows // N + (k < rows % N) for k in ALL]
+    start = sum(counts[:R])
+    same(hvd.reducescatter(x, op=hvd.Sum), total[start : start + counts[R]], "reducescatter Sum")
+    same(hvd.reducescatter(x), total[start : start + counts[R]] / N, "reducescatter Average")
+    ok("reducescatter")
+
+
+def alltoall():
+    # Rank R sends j + 1 rows of value 10R + j to rank j; so it receives R + 1 rows from each.
+    splits = [j + 1 for j in ALL]
+    x = torch.cat([torch.full((j + 1, 2), 10.0 * R + j) for j in ALL])
+    out, received = hvd.alltoall(x, splits=splits)
+    same(out, torch.cat([torch.full((R + 1, 2), 10.0 * k + R) for k in ALL]), "alltoall with splits")
+    assert received.tolist() == [R + 1] * N, received
+    out, received = hvd.alltoall(x, splits=torch.tensor(splits, dtype=torch.int32))
+    assert received.tolist() == [R + 1] * N
+    # Even split.
+    x = torch.arange(2 * N, dtype=torch.int64) + 100 * R
+    out, _ = hvd.alltoall(x)
+    same(out, torch.tensor([100 * k + 2 * R + i for k in ALL for i in range(2)]), "alltoall even")
+    ok("alltoall")
+
+
+def grouped():
+    a, b = torch.full((3,), float(R)), torch.full((2, 2), float(R), dtype=torch.float64)
+    s = float(N * (N - 1) // 2)
+    out = hvd.grouped_allreduce([a, b], op=hvd.Sum, name="grp")
+    same(out[0], torch.full((3,), s), "grouped 0")
+    same(out[1], torch.full((2, 2), s, dtype=torch.float64), "grouped 1")
+    pa = a.data_ptr()
+    hvd.grouped_allreduce_([a, b], op=hvd.Sum, name="grp_")
+    assert a.data_ptr() == pa
+    same(a, torch.full((3,), s), "grouped_ in place")
+    c = [torch.full((2,), 0.5 * (R + 1)), torch.full((3,), 0.25 * (R + 1), dtype=torch.bfloat16)]
+    out = hvd.grouped_allreduce(c, op=hvd.Sum, compression=hvd.Compression.fp16)
+    same(out[0], torch.full((2,), 0.5 * N * (N + 1) / 2), "grouped with fp16 compression 0")
+    same(out[1], torch.full((3,), 0.25 * N * (N + 1) / 2, dtype=torch.bfloat16), "grouped with fp16 compression 1")
+    pc = c[0].data_ptr()
+    hvd.grouped_allreduce_(c, op=hvd.Sum, compression=hvd.Compression.fp16)
+    assert c[0].data_ptr() == pc
+    same(c[0], torch.full((2,), 0.5 * N * (N + 1) / 2), "grouped_ with fp16 compression")
+    ok("grouped_allreduce")
+
+
+def objects():
+    got = hvd.broadcast_object({"from": R, "list": [1, 2.5, "x", None]} if R == 0 else None, root_rank=0)
+    assert got == {"from": 0, "list": [1, 2.5, "x", None]}, got
+    assert hvd.allgather_object({"r": R}) == [{"r": k} for k in ALL]
+    hvd.barrier()
+    ok("objects and barrier")
+
+
+def join():
+    # Every rank but 0 joins at once; rank 0's allreduce then reduces with the joined ranks
+    # contributing nothing, and rank 0 is the last to join.
+    if R == 0:
+        same(hvd.allreduce(torch.full((2,), 5.0), op=hvd.Sum, name="after.join"), torch.full((2,), 5.0), "allreduce while others joined")
+    last = hvd.join()
+    assert last == 0, last
+    ok("join")
+
+
+for check in (world, allreduce_ops, allreduce_variants, allreduce_compressed, gradients, allgather, broadcast, reducescatter, alltoall, grouped, objects, join):
+    check()
+ok("all")
