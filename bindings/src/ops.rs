@@ -29,13 +29,20 @@ fn state() -> MutexGuard<'static, Option<State>> {
 }
 
 fn engine() -> PyResult<Arc<Engine>> {
-    let mut guard = state();
-    let s = guard
-        .as_mut()
-        .ok_or_else(|| NotInitializedError::new_err("ferrovod is not initialized: call ferrovod.init() first"))?;
-    // Arrays of handles dropped unwaited go back to Python once the engine is done with them.
-    s.orphans.retain(|(h, _)| !h.poll());
-    Ok(s.engine.clone())
+    let (engine, finished) = {
+        let mut guard = state();
+        let s = guard
+            .as_mut()
+            .ok_or_else(|| NotInitializedError::new_err("ferrovod is not initialized: call ferrovod.init() first"))?;
+        // Arrays of handles dropped unwaited go back to Python once the engine is done with them.
+        let (finished, pending): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut s.orphans).into_iter().partition(|(h, _)| h.poll());
+        s.orphans = pending;
+        (s.engine.clone(), finished)
+    };
+    // Released outside the lock: giving an array back runs Python code.
+    drop(finished);
+    Ok(engine)
 }
 
 /// The reduction of an allreduce or reducescatter.
@@ -65,12 +72,16 @@ impl From<PyReduceOp> for ferrovod::ReduceOp {
 /// starts the engine. Calling it again is a no-op.
 #[pyfunction]
 pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
-    let mut guard = state();
-    if guard.is_some() {
+    if state().is_some() {
         return Ok(());
     }
+    // Not under the lock: another thread blocking on it while holding the GIL would deadlock
+    // with this one taking the GIL back.
     let engine = py.detach(Engine::from_env).map_err(PyFerrovodError)?;
-    *guard = Some(State { engine: Arc::new(engine), orphans: Vec::new() });
+    let mut guard = state();
+    if guard.is_none() {
+        *guard = Some(State { engine: Arc::new(engine), orphans: Vec::new() });
+    }
     Ok(())
 }
 
@@ -82,7 +93,9 @@ pub(crate) fn shutdown(py: Python<'_>) -> PyResult<()> {
     // The state stays in place until the engine thread has ended, so that arrays of handles
     // dropped meanwhile are kept until then.
     let result = py.detach(|| engine.shutdown());
-    state().take();
+    let gone = state().take();
+    // Outside the lock, as in `engine()`.
+    drop(gone);
     result.map_err(|e| PyFerrovodError(e).into())
 }
 
