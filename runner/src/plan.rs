@@ -119,6 +119,18 @@ pub enum PlanError {
         /// The repeated id.
         gpu: u32,
     },
+    /// Two tasks on one host were given the same GPU: their processes would share it.
+    #[error("tasks {first} and {second} on host {host} were both given GPU {gpu}; each GPU of a host goes to one task")]
+    SharedGpu {
+        /// The host both tasks run on.
+        host: String,
+        /// The GPU id.
+        gpu: u32,
+        /// The lower task index.
+        first: usize,
+        /// The other task's index.
+        second: usize,
+    },
     /// The rendezvous address does not parse as `host:port`.
     #[error("rendezvous {addr:?} is not a host:port address: {detail}")]
     Rendezvous {
@@ -215,6 +227,18 @@ impl Plan {
             }
             total = total.saturating_add(t.processes());
         }
+        // Tasks are numbered in index order here, so `first` is the lower index.
+        let mut by_index: Vec<&Task> = self.tasks.iter().collect();
+        by_index.sort_by_key(|t| t.index);
+        let mut owner = std::collections::BTreeMap::new();
+        for t in by_index {
+            for &g in &t.gpus {
+                if let Some(&first) = owner.get(&(t.host.as_str(), g)) {
+                    return Err(PlanError::SharedGpu { host: t.host.clone(), gpu: g, first, second: t.index });
+                }
+                owner.insert((t.host.as_str(), g), t.index);
+            }
+        }
         if total > MAX_PROCESSES {
             return Err(PlanError::Invalid(format!("{total} processes in all; at most {MAX_PROCESSES} are supported")));
         }
@@ -281,6 +305,26 @@ mod tests {
         for bad in ["10.0.0.1", "10.0.0.1:0", ":80", "host:x", "a b:1", "::1:80", "h:70000"] {
             assert!(parse_host_port(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_gpu_is_given_to_one_task_per_host() {
+        let plan = |hosts: [&str; 3]| {
+            format!(
+                r#"{{"version":1,"job_id":"j","rendezvous":"h:1","task_index":0,"tasks":[
+                {{"index":2,"host":"{}","gpus":[1],"slots":0}},{{"index":0,"host":"{}","gpus":[0,1],"slots":0}},
+                {{"index":1,"host":"{}","gpus":[2],"slots":0}}]}}"#,
+                hosts[0], hosts[1], hosts[2]
+            )
+        };
+        let err = Plan::parse(&plan(["a", "a", "a"])).unwrap_err();
+        assert!(matches!(err, PlanError::SharedGpu { gpu: 1, first: 0, second: 2, .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "tasks 0 and 2 on host a were both given GPU 1; each GPU of a host goes to one task"
+        );
+        // The same id on another host is another GPU.
+        assert!(Plan::parse(&plan(["b", "a", "a"])).is_ok());
     }
 
     #[test]
