@@ -30,7 +30,7 @@ import tempfile
 import textwrap
 import threading
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import IO, Any
 
 from . import _launcher
@@ -66,65 +66,75 @@ def run(
     attributes.
     """
     if isinstance(np, bool) or not isinstance(np, int):
-        raise TypeError(f"ferrovod.run: np must be an int, not {_type_name(np)}")
+        raise TypeError(f"ferrovod.run: np must be an int, not {type_name(np)}")
     if np < 1:
         raise ValueError(f"ferrovod.run: np must be at least 1, not {np}")
-    if not isinstance(args, (tuple, list)):
-        raise TypeError(f"ferrovod.run: args must be a tuple or a list, not {_type_name(args)}")
-    kwargs = {} if kwargs is None else kwargs
-    if not isinstance(kwargs, Mapping):
-        raise TypeError(f"ferrovod.run: kwargs must be a dict, not {_type_name(kwargs)}")
-    kwargs = dict(kwargs)
-    check_json(list(args), "args")
-    check_json(kwargs, "kwargs")
-    extra_env = _check_env(env)
-    target = describe(fn)
-    try:
-        inspect.signature(fn).bind(*args, **kwargs)
-    except TypeError as e:
-        raise TypeError(f"ferrovod.run: {fn.__qualname__}() cannot be called with these arguments: {e}") from None
+    call = prepare(fn, args, kwargs, "ferrovod.run")
+    extra_env = check_env(env, "ferrovod.run")
 
     workdir = tempfile.mkdtemp(prefix="ferrovod-run-")
     try:
         spec_path = os.path.join(workdir, "spec.json")
-        spec = {
-            "version": SPEC_VERSION,
-            "function": target,
-            "args": list(args),
-            "kwargs": kwargs,
-            "result_dir": workdir,
-            "sys_path": [os.path.abspath(p) for p in sys.path if isinstance(p, str)],
-        }
         with open(spec_path, "w", encoding="utf-8") as f:
-            json.dump(spec, f)
-        cmd = [*_launcher.command(), "-np", str(np), "--", sys.executable, "-m", "ferrovod._worker", spec_path]
+            json.dump({**call, "result_dir": workdir}, f)
+        cmd = [*_launcher.command(), "-np", str(np), "--", *worker_command(spec_path)]
         code, tail = _launch(cmd, {**os.environ, **extra_env})
-        return _collect(workdir, np, code, tail)
+        return outcome(load_results(workdir, range(np)), np, code, tail)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def prepare(fn: Callable[..., Any], args: Any, kwargs: Any, api: str) -> dict[str, Any]:
+    """The worker spec for calling ``fn(*args, **kwargs)`` on the ranks, without its
+    ``result_dir``; raises ``TypeError``/``ValueError`` naming what cannot travel."""
+    if not isinstance(args, (tuple, list)):
+        raise TypeError(f"{api}: args must be a tuple or a list, not {type_name(args)}")
+    kwargs = {} if kwargs is None else kwargs
+    if not isinstance(kwargs, Mapping):
+        raise TypeError(f"{api}: kwargs must be a dict, not {type_name(kwargs)}")
+    kwargs = dict(kwargs)
+    check_json(list(args), "args")
+    check_json(kwargs, "kwargs")
+    target = describe(fn, api)
+    try:
+        inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"{api}: {fn.__qualname__}() cannot be called with these arguments: {e}") from None
+    return {
+        "version": SPEC_VERSION,
+        "function": target,
+        "args": list(args),
+        "kwargs": kwargs,
+        "sys_path": [os.path.abspath(p) for p in sys.path if isinstance(p, str)],
+    }
+
+
+def worker_command(spec_path: str) -> list[str]:
+    """The command every rank runs: this Python, calling the spec's function once."""
+    return [sys.executable, "-m", "ferrovod._worker", spec_path]
 
 
 # --- what can travel ---------------------------------------------------------------------------
 
 
-def describe(fn: Any) -> dict[str, Any]:
+def describe(fn: Any, api: str = "ferrovod.run") -> dict[str, Any]:
     """How ``fn`` travels to the ranks: ``{"module", "qualname"}`` when importing its module and
     walking its qualname finds this very function, else ``{"source", "name", "filename",
     "firstlineno", "flags"}`` when it is self-contained. Raises ``TypeError`` naming why it can do
     neither."""
     if inspect.ismethod(fn):
         raise TypeError(
-            f"ferrovod.run cannot send the bound method {fn.__qualname__} (its object would have to be "
+            f"{api} cannot send the bound method {fn.__qualname__} (its object would have to be "
             "pickled): pass a module-level function and give it the object's data as JSON arguments"
         )
     if not inspect.isfunction(fn):
         raise TypeError(
-            f"ferrovod.run needs a function defined with def, not {_type_name(fn)} ({fn!r:.80})"
+            f"{api} needs a function defined with def, not {type_name(fn)} ({fn!r:.80})"
         )
     name = fn.__qualname__
     if fn.__name__ == "<lambda>":
         raise TypeError(
-            f"ferrovod.run cannot send the lambda {name} defined in {fn.__module__}: a lambda has no "
+            f"{api} cannot send the lambda {name} defined in {fn.__module__}: a lambda has no "
             "name to import and no source of its own; define it with def at the top level"
         )
     if fn.__module__ != "__main__" and _resolves(fn):
@@ -132,7 +142,7 @@ def describe(fn: Any) -> dict[str, Any]:
     # By source: the function must rebuild from its text alone.
     if hasattr(fn, "__wrapped__"):
         raise TypeError(
-            f"ferrovod.run cannot send the decorated function {name} from {fn.__module__}: the wrapper "
+            f"{api} cannot send the decorated function {name} from {fn.__module__}: the wrapper "
             "cannot be rebuilt from source; remove the decorator or move the function into an "
             "importable module"
         )
@@ -140,20 +150,20 @@ def describe(fn: Any) -> dict[str, Any]:
         free = ", ".join(fn.__code__.co_freevars)
         what = f"closes over local variables ({free})" if free else "is defined inside another function"
         raise TypeError(
-            f"ferrovod.run cannot send {name}: it {what}, which would have to be pickled; define it "
+            f"{api} cannot send {name}: it {what}, which would have to be pickled; define it "
             "at the top level of a module and pass what it needs as arguments"
         )
     try:
         lines, firstlineno = inspect.getsourcelines(fn)
     except (OSError, TypeError) as e:
         raise TypeError(
-            f"ferrovod.run cannot send {name}: its module {fn.__module__} cannot be imported by the "
+            f"{api} cannot send {name}: its module {fn.__module__} cannot be imported by the "
             f"ranks and its source is not available ({e}); define it in a file or a notebook cell"
         ) from None
     source = textwrap.dedent("".join(lines))
     if source.lstrip().startswith("@"):
         raise TypeError(
-            f"ferrovod.run cannot send the decorated function {name} from {fn.__module__}: its source "
+            f"{api} cannot send the decorated function {name} from {fn.__module__}: its source "
             "would run without the decorator's effect; remove the decorator or move the function "
             "into an importable module"
         )
@@ -163,11 +173,11 @@ def describe(fn: Any) -> dict[str, Any]:
     try:
         code = compile(source, fn.__code__.co_filename, "exec", flags=flags, dont_inherit=True)
     except SyntaxError as e:
-        raise TypeError(f"ferrovod.run cannot send {name}: its source does not compile alone ({e})") from None
+        raise TypeError(f"{api} cannot send {name}: its source does not compile alone ({e})") from None
     missing = sorted(_free_globals(code))
     if missing:
         raise TypeError(
-            f"ferrovod.run cannot send {name} from {fn.__module__}: it uses module-level names that will "
+            f"{api} cannot send {name} from {fn.__module__}: it uses module-level names that will "
             f"not exist on the ranks ({', '.join(missing)}); import them inside the function body, or "
             "move the function into an importable module"
         )
@@ -240,7 +250,7 @@ def check_json(value: Any, where: str) -> None:
             if isinstance(v, dict):
                 for k, item in v.items():
                     if not isinstance(k, str):
-                        raise TypeError(f"{path}: key {k!r} is a {_type_name(k)}; JSON keys are strings")
+                        raise TypeError(f"{path}: key {k!r} is a {type_name(k)}; JSON keys are strings")
                     visit(item, f"{path}[{k!r}]")
             else:
                 for i, item in enumerate(v):
@@ -248,28 +258,26 @@ def check_json(value: Any, where: str) -> None:
             active.discard(id(v))
             return
         hint = " (use .tolist() or .item())" if hasattr(v, "tolist") else ""
-        raise TypeError(f"{path}: {_type_name(v)} is not JSON{hint}")
+        raise TypeError(f"{path}: {type_name(v)} is not JSON{hint}")
 
     visit(value, where)
 
 
-def _check_env(env: Mapping[str, str] | None) -> dict[str, str]:
+def check_env(env: Mapping[str, str] | None, api: str) -> dict[str, str]:
     """``env`` as a dict of str to str, or a ``TypeError``/``ValueError`` naming the bad entry."""
     if env is None:
         return {}
     if not isinstance(env, Mapping):
-        raise TypeError(f"ferrovod.run: env must be a dict of str to str, not {_type_name(env)}")
+        raise TypeError(f"{api}: env must be a dict of str to str, not {type_name(env)}")
     for k, v in env.items():
         if not isinstance(k, str) or not isinstance(v, str):
-            raise TypeError(
-                f"ferrovod.run: env[{k!r}]: keys and values must be str, not {_type_name(k)} -> {_type_name(v)}"
-            )
+            raise TypeError(f"{api}: env[{k!r}]: keys and values must be str, not {type_name(k)} -> {type_name(v)}")
         if not k or "=" in k or "\0" in k or "\0" in v:
-            raise ValueError(f"ferrovod.run: env[{k!r}] is not a valid environment variable")
+            raise ValueError(f"{api}: env[{k!r}] is not a valid environment variable")
     return dict(env)
 
 
-def _type_name(v: Any) -> str:
+def type_name(v: Any) -> str:
     t = type(v)
     return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
@@ -344,24 +352,42 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 # --- results -----------------------------------------------------------------------------------
 
 
-def _collect(result_dir: str, np: int, code: int, tail: str) -> list[Any]:
-    """Every rank's value when the job succeeded; otherwise a ``RankFailedError`` for the rank
-    that failed first. A rank that reported an error recorded when; the earliest is the cause,
-    the others failed because it stopped (the launcher's "first to exit" is not the cause: a
-    rank that raised still shuts down its engine while its peers fail fast). But a rank the
-    launcher names that reported nothing died without raising (a signal, ``os._exit``): that
-    death is the cause, and the others' errors follow from it."""
+def load_results(result_dir: str, ranks: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """The ``rank-{r}.json`` files the ranks of ``ranks`` wrote into ``result_dir``; a rank
+    that wrote none is absent."""
     results: dict[int, dict[str, Any]] = {}
-    for r in range(np):
+    for r in ranks:
         try:
             with open(os.path.join(result_dir, f"rank-{r}.json"), encoding="utf-8") as f:
                 results[r] = json.load(f)
         except FileNotFoundError:
             pass
+    return results
+
+
+def outcome(
+    results: Mapping[int, dict[str, Any]],
+    np: int,
+    code: int,
+    tail: str,
+    hosts: Mapping[int, str] | None = None,
+    rank_tails: Mapping[int, str] | None = None,
+) -> list[Any]:
+    """Every rank's value when the job succeeded; otherwise a ``RankFailedError`` for the rank
+    that failed first. A rank that reported an error recorded when; the earliest is the cause,
+    the others failed because it stopped (the launcher's "first to exit" is not the cause: a
+    rank that raised still shuts down its engine while its peers fail fast). But a rank the
+    launcher names that reported nothing died without raising (a signal, ``os._exit``): that
+    death is the cause, and the others' errors follow from it. ``hosts`` names each rank's host
+    in the message, and ``rank_tails`` (each rank's last ``[rank]``-prefixed output lines) adds
+    what the failing rank printed last."""
     missing = [r for r in range(np) if r not in results]
     errors = {r: res for r, res in results.items() if not res["ok"]}
     if code == 0 and not missing and not errors:
         return [results[r]["value"] for r in range(np)]
+
+    def who(r: int) -> str:
+        return f"rank {r} on {hosts[r]}" if hosts and r in hosts else f"rank {r}"
 
     named = re.findall(r"^ferrovod-run: job failed: rank (\d+) ", tail, re.MULTILINE)
     first = int(named[-1]) if named else None
@@ -369,18 +395,33 @@ def _collect(result_dir: str, np: int, code: int, tail: str) -> list[Any]:
         first = min(errors, key=lambda r: (errors[r]["time_ns"], r))
     if first in errors:
         res = errors[first]
-        message = f"rank {first} failed: {res['type']}: {res['message']}\n\n{res['traceback']}"
+        message = f"{who(first)} failed: {res['type']}: {res['message']}\n\n{res['traceback']}"
+        message += _last_output(first, rank_tails, res["traceback"])
         raise _rank_failed(message, first, res["traceback"])
     if first is not None or missing:
-        who = f"rank {first}" if first is not None else f"rank(s) {', '.join(map(str, missing))}"
+        whom = who(first) if first is not None else f"rank(s) {', '.join(map(str, missing))}"
         why = (
-            f": {who} ended without reporting an error (killed by a signal, or exited without "
+            f": {whom} ended without reporting an error (killed by a signal, or exited without "
             "returning from the function)"
         )
     else:
         why = ""
     message = f"the job failed (launcher exit status {code}){why}. The launcher's last output:\n{tail}"
+    if first is not None:
+        message += _last_output(first, rank_tails, "")
     raise _rank_failed(message, first, None)
+
+
+def _last_output(rank: int, rank_tails: Mapping[int, str] | None, traceback: str) -> str:
+    """The rank's last output lines, less those of its traceback (already in the message)."""
+    if not rank_tails or not rank_tails.get(rank):
+        return ""
+    prefix = f"[{rank}] "
+    shown = set(traceback.splitlines())
+    lines = [ln for ln in rank_tails[rank].splitlines() if ln.removeprefix(prefix) not in shown]
+    if not lines:
+        return ""
+    return f"\nLast output of rank {rank}:\n" + "\n".join(lines[-10:]) + "\n"
 
 
 def _rank_failed(message: str, rank: int | None, tb: str | None) -> RankFailedError:

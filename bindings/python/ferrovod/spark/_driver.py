@@ -1,0 +1,204 @@
+"""The driver side of a Spark launch: check early what would otherwise fail late, submit one
+barrier stage, stream the ranks' output, and turn the tasks' answers into values or one error.
+
+What crosses to the executors: the stage's task function is ``ferrovod.spark._task.barrier_task``,
+which PySpark ships by name (it is importable), bound to one JSON string (the job). The user's
+function travels inside that JSON by reference or as source, its arguments and results as JSON,
+exactly as in ``ferrovod.run``: nothing of the user's is pickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import secrets
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from .. import _run
+from .._ferrovod import FerrovodError, LaunchError, __version__
+from . import _logs, _task
+
+#: Seconds to wait for a cluster's executors to register enough task slots before refusing the
+#: job (a local master has all its slots at once).
+SLOT_WAIT_S = float(os.environ.get("FERROVOD_SPARK_SLOT_WAIT", "10"))
+
+
+def run_job(
+    fn: Callable[..., Any],
+    args: Any,
+    kwargs: Any,
+    np: int | None,
+    env: Mapping[str, str] | None,
+    stream_all: bool,
+    api: str,
+) -> list[Any]:
+    """Runs ``fn`` on ``np`` processes (``None``: one per task slot) as a barrier stage of the
+    active SparkContext and returns every rank's value in rank order."""
+    call = _run.prepare(fn, args, kwargs, api)
+    extra_env = _run.check_env(env, api)
+    sc = _context(api)
+    _check_dynamic_allocation(sc, api)
+    gpus_per_task = _gpus_per_task(sc, api)
+    per_task = gpus_per_task or 1
+    if np is None:
+        np = _wait_for_slots(sc, 1) * per_task
+    if np % per_task:
+        raise LaunchError(
+            f"{api}: np={np} processes do not split into tasks of {per_task} GPUs each "
+            f"(spark.task.resource.gpu.amount={per_task}); ask for a multiple of {per_task}"
+        )
+    tasks = np // per_task
+    slots = _wait_for_slots(sc, tasks)
+    if tasks > slots:
+        unit = f"tasks of {per_task} GPU(s)" if gpus_per_task else "tasks"
+        raise LaunchError(
+            f"{api}: np={np} needs {tasks} {unit} running at once, but the cluster ({sc.master}) has "
+            f"{slots} task slot(s); a barrier stage cannot start with fewer (Spark would retry for "
+            "minutes). Ask for fewer processes or add executors."
+        )
+
+    secret = secrets.token_hex(32)
+    server = _logs.LogServer(secret, sc.getConf().get("spark.driver.host") or socket.gethostname())
+    job = {
+        "version": __version__,
+        "job_id": f"spark-{uuid.uuid4().hex[:16]}",
+        "spec": call,
+        "env": extra_env,
+        "secret": secret,
+        "log_address": server.address,
+        "stream_all": stream_all,
+        "gpus_per_task": gpus_per_task,
+        "processes_per_task": per_task,
+    }
+    task_fn = functools.partial(_task.barrier_task, json.dumps(job))
+    try:
+        with _description(sc, f"ferrovod: {fn.__qualname__} on {np} processes"):
+            try:
+                outputs = sc.parallelize(range(tasks), tasks).barrier().mapPartitions(task_fn).collect()
+            except Exception as e:
+                raise _stage_failed(e, api, sc) from e
+    finally:
+        server.close()
+    return _results([json.loads(o) for o in outputs], np, api)
+
+
+def _context(api: str) -> Any:
+    try:
+        from pyspark import SparkContext
+    except ImportError:
+        raise LaunchError(f"{api} needs pyspark, which is not installed in {sys.executable}") from None
+    sc = SparkContext._active_spark_context
+    if sc is None:
+        raise LaunchError(
+            f"{api} needs an active SparkContext: create a SparkSession first "
+            "(a Spark Connect session cannot run barrier stages)"
+        )
+    return sc
+
+
+def _check_dynamic_allocation(sc: Any, api: str) -> None:
+    """Barrier stages and dynamic allocation do not mix; Spark's own test, asked directly."""
+    try:
+        enabled = bool(sc._jvm.org.apache.spark.util.Utils.isDynamicAllocationEnabled(sc._jsc.sc().conf()))
+    except Exception:
+        enabled = sc.getConf().get("spark.dynamicAllocation.enabled", "false").lower() == "true" and not _is_local(sc)
+    if enabled:
+        raise LaunchError(
+            f"{api}: dynamic allocation is enabled (spark.dynamicAllocation.enabled=true), and barrier "
+            "stages need a fixed set of executors; disable it for this cluster"
+        )
+
+
+def _gpus_per_task(sc: Any, api: str) -> int:
+    """GPUs per task from ``spark.task.resource.gpu.amount`` (0: a CPU job)."""
+    raw = sc.getConf().get("spark.task.resource.gpu.amount")
+    if raw is None:
+        return 0
+    try:
+        amount = float(raw)
+    except ValueError:
+        raise LaunchError(f"{api}: spark.task.resource.gpu.amount={raw!r} is not a number") from None
+    if amount < 1 or amount != int(amount):
+        raise LaunchError(
+            f"{api}: spark.task.resource.gpu.amount={raw}, but ferrovod starts one process per GPU and "
+            "needs whole GPUs per task (1, 2, ...)"
+        )
+    return int(amount)
+
+
+def _is_local(sc: Any) -> bool:
+    master = str(sc.master)
+    return master == "local" or master.startswith("local[")
+
+
+def _slots(sc: Any) -> int:
+    """How many tasks of the default resource profile the cluster can run at once: the number
+    Spark's own barrier check compares against."""
+    try:
+        jsc = sc._jsc.sc()
+        return int(jsc.maxNumConcurrentTasks(jsc.resourceProfileManager().defaultResourceProfile()))
+    except Exception:
+        return int(sc.defaultParallelism)
+
+
+def _wait_for_slots(sc: Any, needed: int) -> int:
+    """The slot count, after waiting up to :data:`SLOT_WAIT_S` for executors still registering."""
+    slots = _slots(sc)
+    if _is_local(sc):
+        return slots
+    deadline = time.monotonic() + SLOT_WAIT_S
+    while slots < needed and time.monotonic() < deadline:
+        time.sleep(0.2)
+        slots = _slots(sc)
+    return slots
+
+
+@contextlib.contextmanager
+def _description(sc: Any, text: str) -> Iterator[None]:
+    """Names the job in the Spark UI for this thread, and puts back what was there."""
+    key = "spark.job.description"
+    before = sc.getLocalProperty(key)
+    sc.setLocalProperty(key, text)
+    try:
+        yield
+    finally:
+        sc.setLocalProperty(key, before)
+
+
+def _stage_failed(e: Exception, api: str, sc: Any) -> FerrovodError:
+    """The error to raise when Spark itself failed the stage: the task code never ran (ferrovod
+    missing on an executor), the job was cancelled, or a task's Python worker died."""
+    text = str(e)
+    if "No module named 'ferrovod'" in text:
+        return LaunchError(
+            f"{api}: ferrovod is not installed in the Python the executors run "
+            f"(spark.pyspark.python / PYSPARK_PYTHON, {sc.pythonExec!r}); install it there"
+        )
+    if "cancelled" in text:
+        return FerrovodError(f"{api}: the Spark job was cancelled; every process of the job was stopped")
+    lines = [ln for ln in text.splitlines() if ln.strip()][:20]
+    return FerrovodError(f"{api}: the barrier stage failed:\n" + "\n".join(lines))
+
+
+def _results(parts: list[dict[str, Any]], np: int, api: str) -> list[Any]:
+    """Every rank's value, or the first failing rank's error, from the tasks' answers."""
+    setup = list(dict.fromkeys(e for p in parts for e in p.get("setup_errors", [])))
+    if setup:
+        raise LaunchError(f"{api}: the job could not start:\n" + "\n".join(setup))
+    results: dict[int, dict[str, Any]] = {}
+    hosts: dict[int, str] = {}
+    rank_tails: dict[int, str] = {}
+    for p in parts:
+        results.update({int(r): res for r, res in p["results"].items()})
+        rank_tails.update({int(r): t for r, t in p["rank_tails"].items()})
+        hosts.update({r: p["host"] for r in p["ranks"]})
+    code = next((p["exit"] for p in sorted(parts, key=lambda p: p["task"]) if p["exit"] != 0), 0)
+    tail = "".join(p["tail"] for p in sorted(parts, key=lambda p: p["task"]))
+    return _run.outcome(results, np, code, tail, hosts, rank_tails)

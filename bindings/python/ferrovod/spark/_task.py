@@ -1,0 +1,232 @@
+"""One task of the barrier stage: learn its place, do the stage's one ``allGather``, run
+``ferrovod-run`` with the plan, and hand back its ranks' results as one JSON string.
+
+Every task calls ``allGather`` exactly once, even when something is already wrong on it: a task
+that skipped it would leave the others waiting in the barrier. A problem found before the
+``allGather`` travels in its record instead, and then no task starts anything.
+
+A rank's failure is not an exception of the task: the task returns the failure as data, so that
+the stage succeeds and the driver raises it at once, instead of Spark retrying the whole stage.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from typing import IO, Any
+
+from .. import _launcher, _run
+from .._ferrovod import __version__
+from . import _logs
+
+#: Output lines of each rank kept for the driver's error message.
+_TAIL_LINES = 20
+
+
+def barrier_task(job_text: str, _partition: Iterator[Any]) -> Iterator[str]:
+    """The function of the barrier stage's ``mapPartitions``. ``job_text`` is the JSON the
+    driver wrote (:func:`ferrovod.spark._driver.job`)."""
+    from pyspark import BarrierTaskContext
+
+    job = json.loads(job_text)
+    ctx = BarrierTaskContext.get()
+    index = ctx.partitionId()
+    host = _host_of(ctx.getTaskInfos()[index].address)
+    record: dict[str, Any] = {"host": host, "gpus": [], "port": None, "error": None}
+    listener = None
+    try:
+        if job["version"] != __version__:
+            raise RuntimeError(
+                f"the driver runs ferrovod {job['version']} but this executor's Python ({sys.executable}) "
+                f"has ferrovod {__version__}; install the same version on both"
+            )
+        if job["gpus_per_task"]:
+            record["gpus"] = _task_gpus(ctx, job["gpus_per_task"])
+        if index == 0:
+            listener = _logs.listen(host)
+            listener.set_inheritable(True)
+            record["port"] = listener.getsockname()[1]
+    except Exception as e:
+        record["error"] = f"task {index} on {host}: {e}"
+
+    # The stage's one synchronisation: every task learns every other's host, GPUs and the port.
+    records = [json.loads(m) for m in ctx.allGather(json.dumps(record))]
+    errors = [r["error"] for r in records if r["error"]]
+    if errors:
+        if listener is not None:
+            listener.close()
+        yield json.dumps({"task": index, "host": host, "setup_errors": errors})
+        return
+
+    workdir = tempfile.mkdtemp(prefix="ferrovod-spark-")
+    try:
+        yield json.dumps(_run_launcher(job, index, records, listener, workdir))
+    finally:
+        if listener is not None:
+            listener.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run_launcher(
+    job: dict[str, Any], index: int, records: list[dict[str, Any]], listener: Any, workdir: str
+) -> dict[str, Any]:
+    """Starts this task's ``ferrovod-run`` and waits for it; returns what the driver needs."""
+    per_task = job["processes_per_task"]
+    first_rank = index * per_task
+    my_ranks = range(first_rank, first_rank + per_task)
+    rdv_host = records[0]["host"]
+    plan = {
+        "version": 1,
+        "job_id": job["job_id"],
+        "rendezvous": f"[{rdv_host}]:{records[0]['port']}" if ":" in rdv_host else f"{rdv_host}:{records[0]['port']}",
+        "task_index": index,
+        "tasks": [{"index": i, "host": r["host"], "gpus": r["gpus"], "slots": per_task} for i, r in enumerate(records)],
+    }
+    spec_path = os.path.join(workdir, "spec.json")
+    with open(spec_path, "w", encoding="utf-8") as f:
+        json.dump({**job["spec"], "result_dir": workdir}, f)
+
+    cmd = [*_launcher.command(), "--plan", "-"]
+    fds: tuple[int, ...] = ()
+    if listener is not None:
+        cmd += ["--listen-fd", str(listener.fileno())]
+        fds = (listener.fileno(),)
+    cmd += ["--", *_run.worker_command(spec_path)]
+    env = {
+        **os.environ,
+        **job["env"],
+        "FERROVOD_SECRET": job["secret"],
+        "FERROVOD_SPARK_LOG": job["log_address"],
+        "PYTHONUNBUFFERED": "1",
+    }
+    client = None
+    if job["stream_all"]:
+        try:
+            client = _logs.LogClient(job["log_address"], job["secret"])
+        except OSError as e:
+            print(f"ferrovod: cannot stream output to the driver at {job['log_address']}: {e}", file=sys.stderr)
+    tails: dict[int, collections.deque[str]] = {r: collections.deque(maxlen=_TAIL_LINES) for r in my_ranks}
+    launcher_tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
+    forward = _Forward(client, tails, launcher_tail)
+    with subprocess.Popen(
+        cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        pass_fds=fds,
+        env=env,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+    ) as proc:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        if listener is not None:
+            listener.close()  # the launcher has its own copy now
+        readers = [
+            threading.Thread(target=forward.pump, args=(proc.stdout, "out"), daemon=True),
+            threading.Thread(target=forward.pump, args=(proc.stderr, "err"), daemon=True),
+        ]
+        for t in readers:
+            t.start()
+        try:
+            proc.stdin.write(json.dumps(plan))
+            proc.stdin.close()
+        except OSError:
+            pass  # it exited before reading the plan; its exit status says why
+        code = proc.wait()
+        for t in readers:
+            t.join(timeout=10)
+    if client is not None:
+        client.close()
+    return {
+        "task": index,
+        "host": records[index]["host"],
+        "ranks": list(my_ranks),
+        "exit": code,
+        "results": _run.load_results(workdir, my_ranks),
+        "rank_tails": {r: "".join(t) for r, t in tails.items()},
+        "tail": "".join(launcher_tail),
+    }
+
+
+class _Forward:
+    """Copies the launcher's output to the driver when the job streams everything (else to the
+    executor's own streams, its log), and into the tails for the driver's error message."""
+
+    def __init__(
+        self,
+        client: _logs.LogClient | None,
+        tails: dict[int, collections.deque[str]],
+        launcher_tail: collections.deque[str],
+    ) -> None:
+        self._client = client
+        self._tails = tails
+        self._launcher_tail = launcher_tail
+        self._lock = threading.Lock()
+
+    def pump(self, stream: IO[str], name: str) -> None:
+        for line in stream:
+            with self._lock:
+                rank = _rank_of(line)
+                if rank in self._tails:
+                    self._tails[rank].append(line)
+                else:
+                    self._launcher_tail.append(line)
+            if not self._send(name, line):
+                # Not streamed: the executor's log gets it (under a local master, that is the
+                # driver's terminal, so a streamed line is not written twice).
+                try:
+                    local = sys.stdout if name == "out" else sys.stderr
+                    local.write(line)
+                    local.flush()
+                except Exception:
+                    pass
+
+    def _send(self, name: str, line: str) -> bool:
+        client = self._client
+        if client is None:
+            return False
+        try:
+            client.send(name, line.rstrip("\n"))
+            return True
+        except OSError as e:
+            self._client = None
+            print(f"ferrovod: stopped streaming output to the driver: {e}", file=sys.stderr)
+            return False
+
+
+def _rank_of(line: str) -> int | None:
+    """The rank of a ``[rank] ``-prefixed launcher line."""
+    if line.startswith("["):
+        end = line.find("] ", 1, 12)
+        if end > 0 and line[1:end].isdigit():
+            return int(line[1:end])
+    return None
+
+
+def _host_of(address: str) -> str:
+    """The host of Spark's ``host:port`` (``[v6]:port``) task address."""
+    host = address.rpartition(":")[0] if ":" in address else address
+    return host.strip("[]")
+
+
+def _task_gpus(ctx: Any, expected: int) -> list[int]:
+    """The CUDA ids of the GPUs Spark gave this task, checked: as many as each task needs, and
+    integers, since they become ``CUDA_VISIBLE_DEVICES``."""
+    resource = ctx.resources().get("gpu")
+    addresses = list(resource.addresses) if resource is not None else []
+    if len(addresses) != expected:
+        raise RuntimeError(
+            f"Spark gave this task {len(addresses)} GPU(s) ({', '.join(addresses) or 'none'}) "
+            f"but each task should have {expected}"
+        )
+    if not all(a.isdigit() for a in addresses):
+        raise RuntimeError(f"GPU addresses {addresses} are not CUDA device ids (non-negative integers)")
+    return [int(a) for a in addresses]
