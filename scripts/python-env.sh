@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
-# The project venv (.venv): pinned requirements (torch included), then the ferrovod package
+# The project venv (.venv): Java for pyspark, pinned requirements (torch and pyspark included), then the ferrovod package
 # installed from bindings/ exactly as a user would (`pip install ./bindings`), which also puts
 # `ferrovod-run` on the venv's PATH. Idempotent; re-run after changing Rust or Python code.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# pyspark needs a Java runtime (17 is what Spark 4 supports and this machine has).
+if ! command -v java >/dev/null 2>&1; then
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends openjdk-17-jre-headless
+fi
 if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
 fi

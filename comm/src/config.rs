@@ -60,6 +60,8 @@ knobs! {
     NO_PREFIX = "FERROVOD_NO_PREFIX", "0", "ferrovod-run: 1 forwards output lines without the [rank] prefix.";
     NO_WATCH_PARENT = "FERROVOD_NO_WATCH_PARENT", "0", "ferrovod-run: 1 keeps the job running when the launcher's parent dies.";
     VERBOSE = "FERROVOD_VERBOSE", "0", "ferrovod-run: verbosity level (0, 1, 2).";
+    SPARK_SLOT_WAIT = "FERROVOD_SPARK_SLOT_WAIT", "10", "ferrovod.spark: seconds to wait for a cluster's executors to register enough task slots before refusing the job (local masters: no wait).";
+    SPARK_LOG = "FERROVOD_SPARK_LOG", "", "ferrovod.spark: host:port of the driver's log channel, set for each process by its barrier task (log_to_driver uses it).";
 }
 
 /// Which allreduce algorithm runs.
