@@ -5,8 +5,11 @@ process), whose training function is defined in that script's ``__main__``."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -64,3 +67,38 @@ def test_the_spark_example_trains_from_its_own_driver(tmp_path):
     line = next(ln for ln in out.splitlines() if ln.startswith("rank 0 returned"))
     weights = json.loads(line.split("returned ", 1)[1].split(" (", 1)[0])
     assert weights == pytest.approx([2.0, -1.0, 0.5, 0.3], abs=0.05)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process (a zombie waiting for its reaper is not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_ctrl_c_in_the_driver_leaves_no_process_alive(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent)}
+    driver = subprocess.Popen(
+        [sys.executable, str(DRIVER.parent / "interrupt.py"), str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("rank-?"))) < 2:
+            assert time.monotonic() < deadline and driver.poll() is None, "the ranks did not start"
+            time.sleep(0.1)
+        pids = [int(p) for f in sorted(tmp_path.glob("rank-?")) for p in f.read_text().split()]
+        assert all(_alive(p) for p in pids)
+        pressed = time.monotonic()
+        driver.send_signal(signal.SIGINT)
+        out, _ = driver.communicate(timeout=60)
+    finally:
+        driver.kill()
+    assert driver.returncode == 130, out
+    assert "interrupted: KeyboardInterrupt" in out
+    while any(_alive(p) for p in pids) and time.monotonic() - pressed < 10:
+        time.sleep(0.1)
+    left = [p for p in pids if _alive(p)]
+    assert not left, f"still alive 10 s after Ctrl-C: {left} (ranks and their launchers: {pids})"
