@@ -102,6 +102,16 @@ _client: _logs.LogClient | None = None
 _client_failed = False
 
 
+def _forget_client_in_child() -> None:
+    """A forked child (a DataLoader worker) must not write into its parent's connection, nor
+    wait on a lock the parent held at the fork: it opens its own."""
+    global _client_lock, _client, _client_failed
+    _client_lock, _client, _client_failed = threading.Lock(), None, False
+
+
+os.register_at_fork(after_in_child=_forget_client_in_child)
+
+
 def log_to_driver(message: Any) -> None:
     """Sends ``str(message)`` to the driver's output, prefixed with this process's ``[rank]``,
     whatever the ``driver_log_verbosity``. Outside a Spark job (``np < 0``, ``ferrovod-run``)
@@ -118,6 +128,8 @@ def log_to_driver(message: Any) -> None:
                 _client.send("out", text)
                 return
             except OSError as e:
+                if _client is not None:
+                    _client.close()
                 _client, _client_failed = None, True
                 print(f"ferrovod: log_to_driver cannot reach the driver at {address} ({e}); printing instead",
                       file=sys.stderr, flush=True)

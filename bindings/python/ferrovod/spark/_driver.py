@@ -26,8 +26,8 @@ from .._ferrovod import FerrovodError, LaunchError, __version__
 from . import _logs, _task
 
 #: Seconds to wait for a cluster's executors to register enough task slots before refusing the
-#: job (a local master has all its slots at once).
-SLOT_WAIT_S = float(os.environ.get("FERROVOD_SPARK_SLOT_WAIT", "10"))
+#: job (a local master has all its slots at once), unless FERROVOD_SPARK_SLOT_WAIT says otherwise.
+SLOT_WAIT_S = 10.0
 
 
 def run_job(
@@ -47,15 +47,18 @@ def run_job(
     _check_dynamic_allocation(sc, api)
     gpus_per_task = _gpus_per_task(sc, api)
     per_task = gpus_per_task or 1
+    wait = _slot_wait(api)
     if np is None:
-        np = _wait_for_slots(sc, 1) * per_task
+        np = _wait_for_slots(sc, 1, wait) * per_task
+        if np == 0:
+            raise LaunchError(f"{api}: no executor of {sc.master} registered a task slot within {wait:g} s")
     if np % per_task:
         raise LaunchError(
             f"{api}: np={np} processes do not split into tasks of {per_task} GPUs each "
             f"(spark.task.resource.gpu.amount={per_task}); ask for a multiple of {per_task}"
         )
     tasks = np // per_task
-    slots = _wait_for_slots(sc, tasks)
+    slots = _wait_for_slots(sc, tasks, wait)
     if tasks > slots:
         unit = f"tasks of {per_task} GPU(s)" if gpus_per_task else "tasks"
         raise LaunchError(
@@ -125,7 +128,7 @@ def _gpus_per_task(sc: Any, api: str) -> int:
         amount = float(raw)
     except ValueError:
         raise LaunchError(f"{api}: spark.task.resource.gpu.amount={raw!r} is not a number") from None
-    if amount < 1 or amount != int(amount):
+    if not 1 <= amount < 1e6 or amount != int(amount):
         raise LaunchError(
             f"{api}: spark.task.resource.gpu.amount={raw}, but ferrovod starts one process per GPU and "
             "needs whole GPUs per task (1, 2, ...)"
@@ -148,12 +151,25 @@ def _slots(sc: Any) -> int:
         return int(sc.defaultParallelism)
 
 
-def _wait_for_slots(sc: Any, needed: int) -> int:
-    """The slot count, after waiting up to :data:`SLOT_WAIT_S` for executors still registering."""
+def _slot_wait(api: str) -> float:
+    raw = os.environ.get("FERROVOD_SPARK_SLOT_WAIT")
+    if raw is None:
+        return SLOT_WAIT_S
+    try:
+        wait = float(raw)
+    except ValueError:
+        wait = -1.0
+    if not 0 <= wait < 1e6:
+        raise LaunchError(f"{api}: FERROVOD_SPARK_SLOT_WAIT={raw!r} is not a number of seconds")
+    return wait
+
+
+def _wait_for_slots(sc: Any, needed: int, wait: float) -> int:
+    """The slot count, after waiting up to ``wait`` seconds for executors still registering."""
     slots = _slots(sc)
     if _is_local(sc):
         return slots
-    deadline = time.monotonic() + SLOT_WAIT_S
+    deadline = time.monotonic() + wait
     while slots < needed and time.monotonic() < deadline:
         time.sleep(0.2)
         slots = _slots(sc)
@@ -176,13 +192,15 @@ def _stage_failed(e: Exception, api: str, sc: Any) -> FerrovodError:
     """The error to raise when Spark itself failed the stage: the task code never ran (ferrovod
     missing on an executor), the job was cancelled, or a task's Python worker died."""
     text = str(e)
-    if "No module named 'ferrovod'" in text:
+    if "No module named 'ferrovod" in text:
         return LaunchError(
             f"{api}: ferrovod is not installed in the Python the executors run "
             f"(spark.pyspark.python / PYSPARK_PYTHON, {sc.pythonExec!r}); install it there"
         )
     if "cancelled" in text:
-        return FerrovodError(f"{api}: the Spark job was cancelled; every process of the job was stopped")
+        return FerrovodError(
+            f"{api}: the Spark job was cancelled; its processes are being stopped with their tasks"
+        )
     lines = [ln for ln in text.splitlines() if ln.strip()][:20]
     return FerrovodError(f"{api}: the barrier stage failed:\n" + "\n".join(lines))
 
@@ -192,6 +210,11 @@ def _results(parts: list[dict[str, Any]], np: int, api: str) -> list[Any]:
     setup = list(dict.fromkeys(e for p in parts for e in p.get("setup_errors", [])))
     if setup:
         raise LaunchError(f"{api}: the job could not start:\n" + "\n".join(setup))
+    # A task that failed itself (not its ranks) ran nothing, or stopped its launcher: that is
+    # the cause whatever the ranks of the other tasks then reported.
+    task_errors = [p["task_error"] for p in parts if "task_error" in p]
+    if task_errors:
+        raise FerrovodError(f"{api}: the job failed:\n" + "\n".join(task_errors))
     results: dict[int, dict[str, Any]] = {}
     hosts: dict[int, str] = {}
     rank_tails: dict[int, str] = {}
@@ -199,6 +222,7 @@ def _results(parts: list[dict[str, Any]], np: int, api: str) -> list[Any]:
         results.update({int(r): res for r, res in p["results"].items()})
         rank_tails.update({int(r): t for r, t in p["rank_tails"].items()})
         hosts.update({r: p["host"] for r in p["ranks"]})
-    code = next((p["exit"] for p in sorted(parts, key=lambda p: p["task"]) if p["exit"] != 0), 0)
-    tail = "".join(p["tail"] for p in sorted(parts, key=lambda p: p["task"]))
+    # The launcher output of the first task whose launcher failed (all say the same thing).
+    failed = next((p for p in sorted(parts, key=lambda p: p["task"]) if p["exit"] != 0), None)
+    code, tail = (failed["exit"], failed["tail"]) if failed else (0, "")
     return _run.outcome(results, np, code, tail, hosts, rank_tails)

@@ -1,9 +1,12 @@
 """The log channel from the barrier tasks and the ranks to the driver: TCP, one JSON object per
 line, and every connection proves it knows the job secret before the driver prints a byte of it.
 
-Handshake: the driver sends ``ferrovod-log 1 NONCE`` (32 random bytes in hex); the client
-answers with ``HMAC-SHA256(secret, "ferrovod-spark-log:" + NONCE)`` in hex. A fresh nonce per
-connection means a recorded answer cannot be replayed. Then the client sends lines
+Handshake, mutual: the driver sends ``ferrovod-log 1 NONCE_D`` (32 random bytes in hex); the
+client answers ``PROOF_C NONCE_C`` with ``PROOF_C = HMAC-SHA256(secret, "ferrovod-spark-log:client:"
++ NONCE_D)``; the driver checks it and answers ``PROOF_D = HMAC-SHA256(secret,
+"ferrovod-spark-log:driver:" + NONCE_C)``, which the client checks before it sends anything.
+Fresh nonces on both sides mean a recorded answer cannot be replayed, and a program that took the
+driver's port learns nothing. Then the client sends lines
 ``{"s": "out" | "err", "t": TEXT}``; the driver writes ``TEXT`` to its own ``sys.stdout`` or
 ``sys.stderr``. ``TEXT`` is already tagged with the rank (the launcher prefixes ``[rank] ``, and
 ``log_to_driver`` does the same).
@@ -18,10 +21,12 @@ import secrets
 import socket
 import sys
 import threading
+import time
 from typing import Any
 
 _GREETING = b"ferrovod-log 1 "
-_CONTEXT = b"ferrovod-spark-log:"
+_CLIENT = b"ferrovod-spark-log:client:"
+_DRIVER = b"ferrovod-spark-log:driver:"
 
 #: Seconds a client has to connect and answer the challenge.
 HANDSHAKE_TIMEOUT_S = 10.0
@@ -33,9 +38,13 @@ SEND_TIMEOUT_S = 30.0
 MAX_LINE = 1 << 20
 MAX_TEXT = 64 << 10
 
+#: Connections the driver lets handshake at once; more are closed at once (a port scan or a
+#: flood must not pile up threads on the driver).
+MAX_PENDING = 64
 
-def _proof(secret: str, nonce: bytes) -> bytes:
-    return hmac.new(secret.encode(), _CONTEXT + nonce, hashlib.sha256).hexdigest().encode()
+
+def _proof(secret: str, context: bytes, nonce: bytes) -> bytes:
+    return hmac.new(secret.encode(), context + nonce, hashlib.sha256).hexdigest().encode()
 
 
 class LogServer:
@@ -50,6 +59,7 @@ class LogServer:
         self._lines = threading.Lock()  # one line at a time on the driver's streams
         self._conns: set[socket.socket] = set()
         self._handlers: list[threading.Thread] = []
+        self._pending = threading.BoundedSemaphore(MAX_PENDING)
         self._closed = False
         self.refused = 0
         self._acceptor = threading.Thread(target=self._accept, name="ferrovod-log-accept", daemon=True)
@@ -61,26 +71,36 @@ class LogServer:
                 conn, _ = self._sock.accept()
             except OSError:
                 return  # closed
+            if not self._pending.acquire(blocking=False):
+                conn.close()
+                with self._lock:
+                    self.refused += 1
+                continue
             with self._lock:
                 if self._closed:
                     conn.close()
                     return
                 self._conns.add(conn)
+                self._handlers = [t for t in self._handlers if t.is_alive()]
                 t = threading.Thread(target=self._serve, args=(conn,), name="ferrovod-log", daemon=True)
                 self._handlers.append(t)
             t.start()
 
     def _serve(self, conn: socket.socket) -> None:
+        pending = True
         try:
             conn.settimeout(HANDSHAKE_TIMEOUT_S)
             nonce = secrets.token_hex(32).encode()
             conn.sendall(_GREETING + nonce + b"\n")
             reader = conn.makefile("rb")
-            answer = reader.readline(256).strip()
-            if not hmac.compare_digest(answer, _proof(self._secret, nonce)):
+            answer = reader.readline(256).split()
+            if len(answer) != 2 or not hmac.compare_digest(answer[0], _proof(self._secret, _CLIENT, nonce)):
                 with self._lock:
                     self.refused += 1
                 return
+            conn.sendall(_proof(self._secret, _DRIVER, answer[1][:128]) + b"\n")
+            self._pending.release()
+            pending = False
             # Authenticated: a rank may stay quiet for as long as it trains; close() unblocks.
             conn.settimeout(None)
             while True:
@@ -97,6 +117,8 @@ class LogServer:
         except OSError:
             pass
         finally:
+            if pending:
+                self._pending.release()
             with self._lock:
                 self._conns.discard(conn)
             conn.close()
@@ -119,8 +141,9 @@ class LogServer:
             handlers = list(self._handlers)
         _close_listener(self._sock)
         self._acceptor.join(timeout=2)
+        deadline = time.monotonic() + drain_s
         for t in handlers:
-            t.join(timeout=drain_s / max(len(handlers), 1))
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
         with self._lock:
             conns = list(self._conns)
         for c in conns:
@@ -144,7 +167,10 @@ class LogClient:
             if not greeting.startswith(_GREETING):
                 raise ConnectionError(f"{address} is not a ferrovod log channel")
             nonce = greeting[len(_GREETING) :].strip()
-            self._sock.sendall(_proof(secret, nonce) + b"\n")
+            mine = secrets.token_hex(32).encode()
+            self._sock.sendall(_proof(secret, _CLIENT, nonce) + b" " + mine + b"\n")
+            if not hmac.compare_digest(reader.readline(256).strip(), _proof(secret, _DRIVER, mine)):
+                raise ConnectionError(f"{address} did not prove it knows the job secret")
             self._sock.settimeout(SEND_TIMEOUT_S)
         except BaseException:
             self._sock.close()

@@ -27,7 +27,7 @@ from .._ferrovod import __version__
 from . import _logs
 
 #: Output lines of each rank kept for the driver's error message.
-_TAIL_LINES = 20
+_TAIL_LINES = 60
 
 
 def barrier_task(job_text: str, _partition: Iterator[Any]) -> Iterator[str]:
@@ -67,7 +67,12 @@ def barrier_task(job_text: str, _partition: Iterator[Any]) -> Iterator[str]:
 
     workdir = tempfile.mkdtemp(prefix="ferrovod-spark-")
     try:
-        yield json.dumps(_run_launcher(job, index, records, listener, workdir))
+        try:
+            answer = _run_launcher(job, index, records, listener, workdir)
+        except Exception as e:
+            # An answer, not an exception: a failed task would make Spark rerun the stage.
+            answer = {"task": index, "host": host, "task_error": f"task {index} on {host}: {type(e).__name__}: {e}"}
+        yield json.dumps(answer)
     finally:
         if listener is not None:
             listener.close()
@@ -102,6 +107,10 @@ def _run_launcher(
     env = {
         **os.environ,
         **job["env"],
+        # Whatever the executor's environment says: the launcher must stop its processes when
+        # Spark kills this task, and tag their lines (the tails above depend on it).
+        "FERROVOD_NO_WATCH_PARENT": "0",
+        "FERROVOD_NO_PREFIX": "0",
         "FERROVOD_SECRET": job["secret"],
         "FERROVOD_SPARK_LOG": job["log_address"],
         "PYTHONUNBUFFERED": "1",
