@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import linecache
 import os
+import signal
 import sys
 import threading
 import time
@@ -217,3 +218,38 @@ def test_an_executor_python_without_ferrovod_is_named(spark):
     finally:
         sc.pythonExec = before
     assert fs.HorovodRunner(np=2).run(sparkfns.whoami)["size"] == 2
+
+
+def test_a_killed_task_fails_the_job_once_and_leaves_no_process(spark, tmp_path):
+    # Kill one task's Python worker (the launcher's parent) as a lost executor would: Spark
+    # fails the barrier stage (a result stage is not retried, so the function does not run
+    # again), and the other task's processes are stopped with it.
+    outcome: dict = {}
+
+    def driver_thread():
+        try:
+            fs.HorovodRunner(np=2).run(sparkfns.record_pids_and_sleep, pid_dir=str(tmp_path), seconds=60.0)
+        except BaseException as e:
+            outcome["error"] = e
+
+    t = threading.Thread(target=driver_thread)
+    t.start()
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("rank-?"))) < 2:
+        assert time.monotonic() < deadline and t.is_alive(), f"the ranks did not start: {outcome}"
+        time.sleep(0.1)
+    first = {f.name: f.read_text() for f in tmp_path.glob("rank-?")}
+    pids = [int(p) for text in first.values() for p in text.split()]
+    launcher = int(first["rank-1"].split()[1])
+    with open(f"/proc/{launcher}/stat") as f:
+        worker = int(f.read().rsplit(")", 1)[1].split()[1])
+    killed = time.monotonic()
+    os.kill(worker, signal.SIGKILL)
+    t.join(timeout=60)
+    assert not t.is_alive()
+    assert isinstance(outcome.get("error"), ferrovod.FerrovodError), outcome
+    assert "barrier stage failed" in str(outcome["error"])
+    assert {f.name: f.read_text() for f in tmp_path.glob("rank-?")} == first, "the function ran again"
+    while any(_alive(p) for p in pids) and time.monotonic() - killed < 10:
+        time.sleep(0.1)
+    assert not [p for p in pids if _alive(p)]

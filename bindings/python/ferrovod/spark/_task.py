@@ -5,8 +5,8 @@ Every task calls ``allGather`` exactly once, even when something is already wron
 that skipped it would leave the others waiting in the barrier. A problem found before the
 ``allGather`` travels in its record instead, and then no task starts anything.
 
-A rank's failure is not an exception of the task: the task returns the failure as data, so that
-the stage succeeds and the driver raises it at once, instead of Spark retrying the whole stage.
+A rank's failure is not an exception of the task: the task returns the failure as data (the
+ranks' tracebacks and last lines), which a failed Spark task could not carry to the driver.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def barrier_task(job_text: str, _partition: Iterator[Any]) -> Iterator[str]:
         try:
             answer = _run_launcher(job, index, records, listener, workdir)
         except Exception as e:
-            # An answer, not an exception: a failed task would make Spark rerun the stage.
+            # An answer, not an exception: the driver then names this task's error, not Spark's.
             answer = {"task": index, "host": host, "task_error": f"task {index} on {host}: {type(e).__name__}: {e}"}
         yield json.dumps(answer)
     finally:
