@@ -327,12 +327,17 @@ def _forward(stream: IO[str], name: str, tail: collections.deque[str], lock: thr
     for line in stream:
         with lock:
             tail.append(line)
-        try:
-            out = getattr(sys, name)
-            out.write(line)
-            out.flush()
-        except Exception:
-            pass  # a closed or broken caller stream must not kill the reader (and the pipe)
+        write_quietly(getattr(sys, name), line)
+
+
+def write_quietly(out: Any, text: str) -> None:
+    """Writes and flushes ``text``; a closed or broken stream (a caller's, the driver's) must
+    not stop whoever forwards a job's output, or the job behind the pipe."""
+    try:
+        out.write(text)
+        out.flush()
+    except Exception:
+        pass
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:

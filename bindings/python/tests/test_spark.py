@@ -17,6 +17,7 @@ import pytest
 import ferrovod
 import ferrovod.spark as fs
 
+import procs
 import sparkfns
 
 pytestmark = pytest.mark.spark
@@ -156,15 +157,6 @@ def test_what_cannot_travel_is_refused_before_spark_runs_anything(spark):
     sc.setLocalProperty("spark.jobGroup.id", None)
 
 
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` is a running process (a zombie waiting for its reaper is not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.parametrize("how", ["job_group", "all_jobs"])
 def test_cancel_leaves_no_process_alive(spark, tmp_path, how):
     sc = spark.sparkContext
@@ -181,12 +173,8 @@ def test_cancel_leaves_no_process_alive(spark, tmp_path, how):
 
     t = threading.Thread(target=driver_thread)
     t.start()
-    deadline = time.monotonic() + 60
-    while len(list(tmp_path.glob("rank-?"))) < 2:
-        assert time.monotonic() < deadline and t.is_alive(), f"the ranks did not start: {outcome}"
-        time.sleep(0.1)
-    pids = [int(p) for f in sorted(tmp_path.glob("rank-?")) for p in f.read_text().split()]
-    assert all(_alive(p) for p in pids)
+    pids = procs.pids_of(procs.wait_for_pid_files(tmp_path, 2, t.is_alive))
+    assert all(procs.alive(p) for p in pids)
 
     cancelled = time.monotonic()
     if how == "job_group":
@@ -197,10 +185,7 @@ def test_cancel_leaves_no_process_alive(spark, tmp_path, how):
     assert not t.is_alive()
     assert isinstance(outcome.get("error"), ferrovod.FerrovodError), outcome
     assert "cancelled" in str(outcome["error"])
-    while any(_alive(p) for p in pids) and time.monotonic() - cancelled < 10:
-        time.sleep(0.1)
-    left = [p for p in pids if _alive(p)]
-    assert not left, f"still alive 10 s after the cancel: {left} (ranks and their launchers: {pids})"
+    procs.assert_gone_within(pids, cancelled, 10, "the cancel")
 
 
 def test_an_executor_python_without_ferrovod_is_named(spark):
@@ -234,22 +219,15 @@ def test_a_killed_task_fails_the_job_once_and_leaves_no_process(spark, tmp_path)
 
     t = threading.Thread(target=driver_thread)
     t.start()
-    deadline = time.monotonic() + 60
-    while len(list(tmp_path.glob("rank-?"))) < 2:
-        assert time.monotonic() < deadline and t.is_alive(), f"the ranks did not start: {outcome}"
-        time.sleep(0.1)
-    first = {f.name: f.read_text() for f in tmp_path.glob("rank-?")}
-    pids = [int(p) for text in first.values() for p in text.split()]
+    first = procs.wait_for_pid_files(tmp_path, 2, t.is_alive)
+    pids = procs.pids_of(first)
     launcher = int(first["rank-1"].split()[1])
-    with open(f"/proc/{launcher}/stat") as f:
-        worker = int(f.read().rsplit(")", 1)[1].split()[1])
+    worker = int(procs.stat(launcher)[1])
     killed = time.monotonic()
     os.kill(worker, signal.SIGKILL)
     t.join(timeout=60)
     assert not t.is_alive()
     assert isinstance(outcome.get("error"), ferrovod.FerrovodError), outcome
     assert "barrier stage failed" in str(outcome["error"])
-    assert {f.name: f.read_text() for f in tmp_path.glob("rank-?")} == first, "the function ran again"
-    while any(_alive(p) for p in pids) and time.monotonic() - killed < 10:
-        time.sleep(0.1)
-    assert not [p for p in pids if _alive(p)]
+    assert {f.name: f.read_text() for f in sorted(tmp_path.glob("rank-?"))} == first, "the function ran again"
+    procs.assert_gone_within(pids, killed, 10, "the kill")

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+import procs
+
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 DRIVER = Path(__file__).resolve().parent / "drivers" / "gpu_cluster.py"
@@ -69,15 +71,6 @@ def test_the_spark_example_trains_from_its_own_driver(tmp_path):
     assert weights == pytest.approx([2.0, -1.0, 0.5, 0.3], abs=0.05)
 
 
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` is a running process (a zombie waiting for its reaper is not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_ctrl_c_in_the_driver_leaves_no_process_alive(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent)}
     driver = subprocess.Popen(
@@ -85,12 +78,8 @@ def test_ctrl_c_in_the_driver_leaves_no_process_alive(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
     )
     try:
-        deadline = time.monotonic() + 120
-        while len(list(tmp_path.glob("rank-?"))) < 2:
-            assert time.monotonic() < deadline and driver.poll() is None, "the ranks did not start"
-            time.sleep(0.1)
-        pids = [int(p) for f in sorted(tmp_path.glob("rank-?")) for p in f.read_text().split()]
-        assert all(_alive(p) for p in pids)
+        pids = procs.pids_of(procs.wait_for_pid_files(tmp_path, 2, lambda: driver.poll() is None))
+        assert all(procs.alive(p) for p in pids)
         pressed = time.monotonic()
         driver.send_signal(signal.SIGINT)
         out, _ = driver.communicate(timeout=60)
@@ -98,7 +87,4 @@ def test_ctrl_c_in_the_driver_leaves_no_process_alive(tmp_path):
         driver.kill()
     assert driver.returncode == 130, out
     assert "interrupted: KeyboardInterrupt" in out
-    while any(_alive(p) for p in pids) and time.monotonic() - pressed < 10:
-        time.sleep(0.1)
-    left = [p for p in pids if _alive(p)]
-    assert not left, f"still alive 10 s after Ctrl-C: {left} (ranks and their launchers: {pids})"
+    procs.assert_gone_within(pids, pressed, 10, "Ctrl-C")

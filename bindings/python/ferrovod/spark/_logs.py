@@ -24,6 +24,8 @@ import threading
 import time
 from typing import Any
 
+from .._run import write_quietly
+
 _GREETING = b"ferrovod-log 1 "
 _CLIENT = b"ferrovod-spark-log:client:"
 _DRIVER = b"ferrovod-spark-log:driver:"
@@ -115,7 +117,7 @@ class LogServer:
                 if stream in ("out", "err") and isinstance(text, str):
                     self._write(sys.stdout if stream == "out" else sys.stderr, text)
         except OSError:
-            pass
+            pass  # the client went away or timed out in the handshake: nothing more to do
         finally:
             if pending:
                 self._pending.release()
@@ -127,11 +129,7 @@ class LogServer:
         """Looks the stream up per line: under pytest or Jupyter it is not a real file, and it
         may be swapped while the job runs."""
         with self._lines:
-            try:
-                out.write(text if text.endswith("\n") else text + "\n")
-                out.flush()
-            except Exception:
-                pass  # a broken driver stream must not stop the job
+            write_quietly(out, text if text.endswith("\n") else text + "\n")
 
     def close(self, drain_s: float = 5.0) -> None:
         """Stops accepting, gives the open connections ``drain_s`` seconds to finish what they
@@ -147,10 +145,7 @@ class LogServer:
         with self._lock:
             conns = list(self._conns)
         for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _shutdown(c, socket.SHUT_RDWR)
         for t in handlers:
             t.join(timeout=1)
 
@@ -187,10 +182,7 @@ class LogClient:
             self._sock.sendall(data)
 
     def close(self) -> None:
-        try:
-            self._sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
+        _shutdown(self._sock, socket.SHUT_WR)
         self._sock.close()
 
 
@@ -203,29 +195,33 @@ def split_host_port(address: str) -> tuple[str, int]:
 def listen(host: str) -> socket.socket:
     """A listening TCP socket on ``host`` (any port), or on every interface when ``host`` is
     not an address of this machine."""
-    for bind_host in (host, ""):
-        try:
-            family, kind, proto, _, addr = socket.getaddrinfo(
-                bind_host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-            )[0]
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.bind(addr)
-                sock.listen(128)
-            except OSError:
-                sock.close()
-                raise
-            return sock
-        except OSError:
-            if not bind_host:
-                raise
-    raise AssertionError("unreachable")
+    try:
+        return _listen_on(host)
+    except OSError:
+        return _listen_on(None)
+
+
+def _listen_on(host: str | None) -> socket.socket:
+    family, kind, proto, _, addr = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 def _close_listener(sock: socket.socket) -> None:
     """Closes a listening socket so that a thread blocked in ``accept`` wakes up."""
+    _shutdown(sock, socket.SHUT_RDWR)
+    sock.close()
+
+
+def _shutdown(sock: socket.socket, how: int) -> None:
+    """``shutdown``, for a socket the peer may already have closed."""
     try:
-        sock.shutdown(socket.SHUT_RDWR)
+        sock.shutdown(how)
     except OSError:
         pass
-    sock.close()

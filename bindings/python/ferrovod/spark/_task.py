@@ -191,12 +191,7 @@ class _Forward:
             if not self._send(name, line):
                 # Not streamed: the executor's log gets it (under a local master, that is the
                 # driver's terminal, so a streamed line is not written twice).
-                try:
-                    local = sys.stdout if name == "out" else sys.stderr
-                    local.write(line)
-                    local.flush()
-                except Exception:
-                    pass
+                _run.write_quietly(sys.stdout if name == "out" else sys.stderr, line)
 
     def _send(self, name: str, line: str) -> bool:
         client = self._client
