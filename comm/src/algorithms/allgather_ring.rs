@@ -2,14 +2,17 @@
 //!
 //! Rank r starts with block r filled. In step s = 0..n-2 it sends block (r-s) to its right
 //! neighbour and receives block (r-s-1) from its left straight into place. Blocks may differ in
-//! size (allgather with per-rank first dimensions).
+//! size (allgather with per-rank first dimensions). Each block is cut into segments, and every
+//! (step, segment) is one message of a [`Schedule`]: a segment is passed on as soon as it has
+//! arrived.
 //!
 //! Cost: (n-1)·α + (n-1)/n·m·β for equal blocks.
 
 use std::ops::Range;
 
-use super::split_ref_mut;
-use crate::transport::{Error, Op, Tag, Transport, no_work};
+use super::{Schedule, Scratch, schedule::Msg};
+use crate::dtype::{DType, ReduceOp};
+use crate::transport::{Error, Tag, Transport};
 
 /// Allgather in place: on entry `buf[blocks[rank]]` holds this rank's data; on return every
 /// block holds its owner's data.
@@ -18,14 +21,28 @@ pub fn allgather_ring<T: Transport + ?Sized>(
     tag: Tag,
     buf: &mut [u8],
     blocks: &[Range<usize>],
+    segment: usize,
 ) -> Result<(), Error> {
-    let (r, n) = (t.rank(), t.size());
+    let mut s = Schedule::default();
+    allgather_messages(&mut s, t.rank(), t.size(), blocks, segment.max(1));
+    // Nothing is reduced: the dtype and op are never used.
+    s.run(t, tag, buf, DType::U8, ReduceOp::Sum, &mut Scratch::default())
+}
+
+/// Appends the ring allgather's messages over `blocks` to `s`, in `segment`-byte parts.
+pub(crate) fn allgather_messages(s: &mut Schedule, r: usize, n: usize, blocks: &[Range<usize>], segment: usize) {
     let (right, left) = ((r + 1) % n, (r + n - 1) % n);
+    let parts = Schedule::parts(blocks, segment);
     for step in 0..n.saturating_sub(1) {
-        let send = blocks[(r + n - step) % n].clone();
-        let recv = blocks[(r + 2 * n - step - 1) % n].clone();
-        let (send, recv) = split_ref_mut(buf, send, recv);
-        t.exchange(tag, &mut [Op::Send { peer: right, buf: send }, Op::Recv { peer: left, buf: recv }], &mut no_work)?;
+        let (send, recv) = (&blocks[(r + n - step) % n], &blocks[(r + 2 * n - step - 1) % n]);
+        for j in 0..parts {
+            s.push(Msg {
+                to: right,
+                from: left,
+                send: Schedule::part(send, segment, j),
+                recv: Schedule::part(recv, segment, j),
+                reduce: false,
+            });
+        }
     }
-    Ok(())
 }

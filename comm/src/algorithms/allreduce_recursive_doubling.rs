@@ -11,7 +11,7 @@
 use super::{Fold, Workspace};
 use crate::dtype::{DType, ReduceOp};
 use crate::reduce::{Order, reduce_into};
-use crate::transport::{Error, Op, Tag, Transport, no_work};
+use crate::transport::{Error, Op, Tag, Transport};
 
 /// Allreduce in place (`Average` is left as a sum; the caller divides).
 pub fn allreduce_recursive_doubling<T: Transport + ?Sized>(
@@ -33,7 +33,7 @@ pub fn allreduce_recursive_doubling<T: Transport + ?Sized>(
         while mask < fold.p {
             let partner = fold.real(v ^ mask);
             let mut ops = [Op::Send { peer: partner, buf: &*buf }, Op::Recv { peer: partner, buf: &mut *tmp }];
-            t.exchange(tag, &mut ops, &mut no_work)?;
+            t.exchange(tag, &mut ops)?;
             let order = if partner < r { Order::SrcFirst } else { Order::AccFirst };
             reduce_into(dtype, op, buf, tmp, order);
             mask <<= 1;

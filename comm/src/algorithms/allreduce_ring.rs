@@ -4,14 +4,18 @@
 //! phase 2 circulates the reduced blocks. Every rank ends with the same bytes, since each block
 //! is reduced on one rank only and then copied.
 //!
-//! Large buffers run as a sequence of independent ring allreduces over `chunk`-byte pieces, so
-//! that the block a rank has just reduced is still in cache when phase 2 sends it (measured on
-//! loopback, where the kernel's copies dominate: see `benches/RESULTS.md`).
+//! Large buffers are cut into `chunk`-byte pieces, each a ring allreduce of its own, so that the
+//! block a rank has just reduced is still in cache when phase 2 sends it (measured on loopback,
+//! where the kernel's copies dominate: see `benches/RESULTS.md`). All pieces form one
+//! [`Schedule`]: the next piece starts while the last one's final segments are on the wire.
 //!
 //! Cost: 2(n-1)·⌈m/c⌉·α + 2(n-1)/n·m·β + (n-1)/n·m·γ for chunks of c bytes: bandwidth-optimal,
 //! the choice for large messages; latency grows with n.
 
-use super::{Workspace, allgather_ring, even_blocks, pieces, reducescatter_ring};
+use super::{
+    Schedule, Workspace, allgather_ring::allgather_messages, even_blocks, piece_ranges,
+    reducescatter_ring::reducescatter_messages,
+};
 use crate::dtype::{DType, ReduceOp};
 use crate::transport::{Error, Tag, Transport};
 
@@ -27,10 +31,17 @@ pub fn allreduce_ring<T: Transport + ?Sized>(
     chunk: usize,
     ws: &mut Workspace,
 ) -> Result<(), Error> {
-    for piece in pieces(buf, chunk, dtype) {
-        let blocks = even_blocks(piece.len() / dtype.size(), t.size(), dtype.size());
-        reducescatter_ring(t, tag, piece, &blocks, dtype, op, segment, ws)?;
-        allgather_ring(t, tag, piece, &blocks)?;
+    let (r, n, size) = (t.rank(), t.size(), dtype.size());
+    let segment = (segment / size).max(1) * size;
+    let mut s = Schedule::default();
+    for piece in piece_ranges(buf.len(), chunk, dtype) {
+        let blocks: Vec<_> = even_blocks(piece.len() / size, n, size)
+            .into_iter()
+            .map(|b| piece.start + b.start..piece.start + b.end)
+            .collect();
+        s.group();
+        reducescatter_messages(&mut s, r, n, &blocks, segment);
+        allgather_messages(&mut s, r, n, &blocks, segment);
     }
-    Ok(())
+    s.run(t, tag, buf, dtype, op, &mut ws.a)
 }

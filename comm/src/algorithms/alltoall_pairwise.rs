@@ -8,7 +8,7 @@
 
 use std::ops::Range;
 
-use crate::transport::{Error, Op, Tag, Transport, no_work};
+use crate::transport::{Error, Op, Tag, Transport};
 
 /// All-to-all: `send[send_blocks[i]]` goes to rank i, rank i's data for this rank lands in
 /// `recv[recv_blocks[i]]`. Both block lists are contiguous and in rank order.
@@ -39,5 +39,5 @@ pub fn alltoall_pairwise<T: Transport + ?Sized>(
     if ops.is_empty() {
         return Ok(());
     }
-    t.exchange(tag, &mut ops, &mut no_work)
+    t.exchange(tag, &mut ops)
 }

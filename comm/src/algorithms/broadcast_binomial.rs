@@ -6,7 +6,7 @@
 //!
 //! Cost: ⌈log2 n⌉·(α + m·β).
 
-use crate::transport::{Error, Op, Tag, Transport, no_work};
+use crate::transport::{Error, Op, Tag, Transport};
 
 /// Broadcasts `buf` from `root` to every rank.
 pub fn broadcast_binomial<T: Transport + ?Sized>(
@@ -21,7 +21,7 @@ pub fn broadcast_binomial<T: Transport + ?Sized>(
     let mut mask = 1;
     while mask < n {
         if v & mask != 0 {
-            t.exchange(tag, &mut [Op::Recv { peer: real(v - mask), buf: &mut *buf }], &mut no_work)?;
+            t.exchange(tag, &mut [Op::Recv { peer: real(v - mask), buf: &mut *buf }])?;
             break;
         }
         mask <<= 1;
@@ -35,7 +35,7 @@ pub fn broadcast_binomial<T: Transport + ?Sized>(
         mask >>= 1;
     }
     if !sends.is_empty() {
-        t.exchange(tag, &mut sends, &mut no_work)?;
+        t.exchange(tag, &mut sends)?;
     }
     Ok(())
 }

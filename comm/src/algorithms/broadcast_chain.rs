@@ -6,7 +6,7 @@
 //!
 //! Cost: (n-2+s)·(α + m/s·β) for s segments, about m·β for large m: independent of n.
 
-use crate::transport::{Error, Op, Tag, Transport, no_work};
+use crate::transport::{Error, Op, Tag, Transport};
 
 /// Broadcasts `buf` from `root` to every rank.
 pub fn broadcast_chain<T: Transport + ?Sized>(
@@ -31,35 +31,31 @@ pub fn broadcast_chain<T: Transport + ?Sized>(
         if ops.is_empty() {
             ops.push(Op::Send { peer: next, buf: &[] });
         }
-        return t.exchange(tag, &mut ops, &mut no_work);
+        return t.exchange(tag, &mut ops);
     }
     if last {
         let mut ops: Vec<Op<'_>> = buf.chunks_mut(seg).map(|c| Op::Recv { peer: prev, buf: c }).collect();
         if ops.is_empty() {
             ops.push(Op::Recv { peer: prev, buf: &mut [] });
         }
-        return t.exchange(tag, &mut ops, &mut no_work);
+        return t.exchange(tag, &mut ops);
     }
     let segments = buf.len().div_ceil(seg);
     if segments == 0 {
-        t.exchange(tag, &mut [Op::Recv { peer: prev, buf: &mut [] }], &mut no_work)?;
-        return t.exchange(tag, &mut [Op::Send { peer: next, buf: &[] }], &mut no_work);
+        t.exchange(tag, &mut [Op::Recv { peer: prev, buf: &mut [] }])?;
+        return t.exchange(tag, &mut [Op::Send { peer: next, buf: &[] }]);
     }
     let first = seg.min(buf.len());
-    t.exchange(tag, &mut [Op::Recv { peer: prev, buf: &mut buf[..first] }], &mut no_work)?;
+    t.exchange(tag, &mut [Op::Recv { peer: prev, buf: &mut buf[..first] }])?;
     for k in 0..segments {
         let (done, rest) = buf.split_at_mut(((k + 1) * seg).min(buf.len()));
         let send = &done[k * seg..];
         if k + 1 < segments {
             let len = seg.min(rest.len());
             let recv = &mut rest[..len];
-            t.exchange(
-                tag,
-                &mut [Op::Send { peer: next, buf: send }, Op::Recv { peer: prev, buf: recv }],
-                &mut no_work,
-            )?;
+            t.exchange(tag, &mut [Op::Send { peer: next, buf: send }, Op::Recv { peer: prev, buf: recv }])?;
         } else {
-            t.exchange(tag, &mut [Op::Send { peer: next, buf: send }], &mut no_work)?;
+            t.exchange(tag, &mut [Op::Send { peer: next, buf: send }])?;
         }
     }
     Ok(())

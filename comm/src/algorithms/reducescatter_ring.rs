@@ -3,16 +3,16 @@
 //! The buffer is cut into n blocks (any sizes, rank i ends with block i reduced over all
 //! ranks). In step s = 0..n-2 rank r sends block (r-s-1) to its right neighbour and receives
 //! block (r-s-2) from its left, which it reduces into its own copy; the block it sends at step
-//! s+1 is the one it reduced at step s. Each block is cut into segments and the (step, segment)
-//! units form one pipeline ([`super::reduce_pipeline`]): while one segment is on the wire, the
-//! previous one is reduced.
+//! s+1 is the one it reduced at step s. Each block is cut into segments, and every (step,
+//! segment) is one message of a [`Schedule`]: a segment moves on as soon as it is reduced,
+//! while the other segments are still on the wire.
 //!
 //! Cost: (n-1)·(α + m/n·β + m/n·γ) without overlap; with it the γ term hides behind β once a
 //! block spans two or more segments.
 
 use std::ops::Range;
 
-use super::{Unit, Workspace, reduce_pipeline};
+use super::{Schedule, Workspace, schedule::Msg};
 use crate::dtype::{DType, ReduceOp};
 use crate::transport::{Error, Tag, Transport};
 
@@ -29,15 +29,25 @@ pub fn reducescatter_ring<T: Transport + ?Sized>(
     segment: usize,
     ws: &mut Workspace,
 ) -> Result<(), Error> {
-    let (r, n) = (t.rank(), t.size());
+    let mut s = Schedule::default();
+    reducescatter_messages(&mut s, t.rank(), t.size(), blocks, (segment / dtype.size()).max(1) * dtype.size());
+    s.run(t, tag, buf, dtype, op, &mut ws.a)
+}
+
+/// Appends the ring reduce-scatter's messages over `blocks` to `s`, in `segment`-byte parts.
+pub(crate) fn reducescatter_messages(s: &mut Schedule, r: usize, n: usize, blocks: &[Range<usize>], segment: usize) {
     let (right, left) = ((r + 1) % n, (r + n - 1) % n);
-    let units: Vec<Unit> = (0..n.saturating_sub(1))
-        .map(|step| Unit {
-            to: right,
-            send: blocks[(r + 2 * n - step - 1) % n].clone(),
-            from: left,
-            dst: blocks[(r + 2 * n - step - 2) % n].clone(),
-        })
-        .collect();
-    reduce_pipeline(t, tag, buf, &units, dtype, op, segment, ws)
+    let parts = Schedule::parts(blocks, segment);
+    for step in 0..n.saturating_sub(1) {
+        let (send, recv) = (&blocks[(r + 2 * n - step - 1) % n], &blocks[(r + 2 * n - step - 2) % n]);
+        for j in 0..parts {
+            s.push(Msg {
+                to: right,
+                from: left,
+                send: Schedule::part(send, segment, j),
+                recv: Schedule::part(recv, segment, j),
+                reduce: true,
+            });
+        }
+    }
 }

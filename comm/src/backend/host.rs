@@ -61,7 +61,7 @@ impl Backend for HostBackend {
                     alg::broadcast_chain(t, tag, buf, root, self.tuning.broadcast_segment)?;
                 }
             }
-            Work::Allgather { buf, blocks } => alg::allgather_ring(t, tag, buf, blocks)?,
+            Work::Allgather { buf, blocks } => alg::allgather_ring(t, tag, buf, blocks, self.tuning.segment)?,
             Work::Reducescatter { buf, blocks, op } => {
                 alg::reducescatter_ring(t, tag, buf, blocks, dtype, op, self.tuning.segment, &mut self.ws)?;
                 if op == ReduceOp::Average {

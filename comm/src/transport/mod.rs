@@ -1,11 +1,12 @@
 //! Byte-level point-to-point links between ranks.
 //!
-//! A transport moves byte slices between ranks and knows nothing of dtypes or reductions. Its
-//! one primitive is [`Transport::exchange`]: run a set of sends and receives to completion,
-//! concurrently, while giving spare time to the caller's `work` (the ring reduces one segment
-//! while the next one is on the wire). Each message carries a [`Tag`] and its length; the
-//! receiver checks both, so ranks that disagree on what they are doing fail instead of
-//! misreading each other's bytes.
+//! A transport moves byte slices between ranks and knows nothing of dtypes or reductions. It
+//! has two primitives: [`Transport::exchange`] runs a set of sends and receives to completion,
+//! concurrently; [`Transport::stream`] moves a
+//! numbered sequence of messages (a [`Flow`]), each as soon as the flow says it may go, so that
+//! a long pipeline never waits for the slowest message of a step before starting the next. Each
+//! message carries a [`Tag`] and its length; the receiver checks both, so ranks that disagree
+//! on what they are doing fail instead of misreading each other's bytes.
 //!
 //! | transport | for | file set |
 //! |---|---|---|
@@ -50,9 +51,28 @@ impl Op<'_> {
     }
 }
 
-/// No work to overlap with I/O.
-pub fn no_work() -> bool {
-    false
+/// A numbered sequence of messages that [`Transport::stream`] moves. Message `k` is one send to
+/// `to(k)` and one receive from `from(k)`; the sender's message `k` is the receiver's message
+/// `k`, which is what both sides use to keep their links in step. The flow decides when each
+/// transfer may start (its data is ready, its buffer is free) and does the deferred work
+/// (reductions) whenever no transfer can move.
+pub trait Flow {
+    /// Number of messages.
+    fn count(&self) -> usize;
+    /// Destination of send `k`.
+    fn to(&self, k: usize) -> usize;
+    /// Source of receive `k`.
+    fn from(&self, k: usize) -> usize;
+    /// The bytes of send `k`, once they may be sent (from then on until `sent(k)`).
+    fn send(&self, k: usize) -> Option<&[u8]>;
+    /// Where receive `k` lands, once it may be received (from then on until `received(k)`).
+    fn recv(&mut self, k: usize) -> Option<&mut [u8]>;
+    /// Send `k` has left.
+    fn sent(&mut self, k: usize);
+    /// Receive `k` is complete.
+    fn received(&mut self, k: usize);
+    /// Does a slice of deferred work; returns whether more is ready to do now.
+    fn work(&mut self) -> bool;
 }
 
 /// A set of links from this rank to every other rank.
@@ -64,11 +84,41 @@ pub trait Transport: Send {
     fn size(&self) -> usize;
 
     /// Runs every op to completion. Ops to the same peer in the same direction complete in
-    /// order; all others proceed concurrently. Whenever no I/O can proceed, `work` is called
-    /// until it returns `false` (no work left); only then does the transport block. Fails if a
-    /// peer closes, sends a message with another tag or length, or if nothing moves for the
-    /// transport's timeout. After an error the transport is unusable.
-    fn exchange(&mut self, tag: Tag, ops: &mut [Op<'_>], work: &mut dyn FnMut() -> bool) -> Result<(), Error>;
+    /// order; all others proceed concurrently. Fails if a peer closes, sends a message with
+    /// another tag or length, or if nothing moves for the transport's timeout. After an error
+    /// the transport is unusable.
+    fn exchange(&mut self, tag: Tag, ops: &mut [Op<'_>]) -> Result<(), Error>;
+
+    /// Moves every message of `flow` and finishes its work. Transfers start as soon as the flow
+    /// allows, in message order per link; the same failures as [`Transport::exchange`].
+    ///
+    /// The default runs one message at a time through `exchange` (no overlap between
+    /// messages); transports whose sends may block override it.
+    fn stream(&mut self, tag: Tag, flow: &mut dyn Flow) -> Result<(), Error> {
+        for k in 0..flow.count() {
+            let (to, from) = (flow.to(k), flow.from(k));
+            let stalled = |peer| Error::Protocol { peer, detail: "stream schedule stalled".into() };
+            while flow.send(k).is_none() {
+                if !flow.work() {
+                    return Err(stalled(to));
+                }
+            }
+            let data = flow.send(k).map(<[u8]>::to_vec).unwrap_or_default();
+            let buf = loop {
+                if flow.recv(k).is_some() {
+                    break flow.recv(k).unwrap_or_else(|| unreachable!("just checked"));
+                }
+                if !flow.work() {
+                    return Err(stalled(from));
+                }
+            };
+            self.exchange(tag, &mut [Op::Send { peer: to, buf: &data }, Op::Recv { peer: from, buf }])?;
+            flow.sent(k);
+            flow.received(k);
+            while flow.work() {}
+        }
+        Ok(())
+    }
 
     /// Sleeps until a peer has sent something this rank has not received yet (or closed its
     /// link), `wake` rings, or `timeout` passes; returns whether a peer has something. Receives

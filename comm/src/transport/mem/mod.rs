@@ -54,7 +54,7 @@ impl Transport for MemTransport {
         self.size
     }
 
-    fn exchange(&mut self, tag: Tag, ops: &mut [Op<'_>], work: &mut dyn FnMut() -> bool) -> Result<(), Error> {
+    fn exchange(&mut self, tag: Tag, ops: &mut [Op<'_>]) -> Result<(), Error> {
         if self.failed {
             return Err(Error::Unusable);
         }
@@ -65,7 +65,6 @@ impl Transport for MemTransport {
                 self.bells[*peer].ring();
             }
         }
-        while work() {}
         for op in ops.iter_mut() {
             if let Op::Recv { peer, buf } = op
                 && let Err(e) = self.link(*peer, self.rank).pop(*peer, tag, buf, self.timeout)

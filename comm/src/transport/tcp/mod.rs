@@ -1,21 +1,23 @@
 //! TCP transport: a full mesh of authenticated connections, several streams per peer.
 //!
 //! Every stream is driven without blocking (`MSG_DONTWAIT`) from the calling thread; when no
-//! transfer can move and the caller has no work left, the thread sleeps in `poll(2)` until a
-//! socket is ready or the timeout passes. Nothing spins, so ranks may outnumber cores.
+//! transfer can move (and, in a stream, the flow has no work left), the thread sleeps in
+//! `poll(2)` until a socket is ready or the timeout passes. Nothing spins, so ranks may outnumber cores.
 //!
-//! A message travels as one stripe on stream 0, or, from `stripe_min` bytes, as one stripe per
-//! stream. Each stripe starts with a 32-byte header (tag, total length, stripe index, marker)
+//! In an exchange, a message travels as one stripe on stream 0, or, from `stripe_min` bytes, as
+//! one stripe per stream; in a stream (`stream.rs`), message k travels whole on stream k mod
+//! streams. Each stripe starts with a 32-byte header (tag, total length, stripe index, marker)
 //! that the receiver checks before it accepts the payload.
 
 mod connect;
 mod pair;
+mod stream;
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use super::{Error, Op, Tag, Transport, check_peers};
+use super::{Error, Flow, Op, Tag, Transport, check_peers};
 use crate::bootstrap::{self, Secret};
 use crate::config::Tuning;
 use crate::sys::{Doorbell, PollFd, poll};
@@ -89,9 +91,8 @@ impl TcpTransport {
         self.pairs[peer].as_ref().unwrap_or_else(|| unreachable!("no link to rank {peer}"))
     }
 
-    fn run(&mut self, tag: Tag, ops: &mut [Op<'_>], work: &mut dyn FnMut() -> bool) -> Result<(), Error> {
+    fn run(&mut self, tag: Tag, ops: &mut [Op<'_>]) -> Result<(), Error> {
         let mut chans = self.plan(tag, ops);
-        let mut work_left = true;
         let mut last_progress = Instant::now();
         loop {
             let mut pending = false;
@@ -102,22 +103,9 @@ impl TcpTransport {
                 pending |= !ch.done();
             }
             if !pending {
-                // Whatever work the caller handed us is theirs to finish.
                 return Ok(());
             }
-            let wait = if work_left {
-                work_left = work();
-                Duration::ZERO
-            } else {
-                let left = (last_progress + self.timeout).saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    let mut peers: Vec<usize> = chans.iter().filter(|c| !c.done()).map(|c| c.peer).collect();
-                    peers.sort_unstable();
-                    peers.dedup();
-                    return Err(Error::Timeout { peers, waited: self.timeout });
-                }
-                left
-            };
+            let wait = self.time_left(last_progress, chans.iter().filter(|c| !c.done()).map(|c| c.peer))?;
             let mut fds: Vec<PollFd> = chans
                 .iter()
                 .filter(|c| !c.done())
@@ -130,6 +118,19 @@ impl TcpTransport {
                 ch.ready = fds.next().is_some_and(|f| f.ready);
             }
         }
+    }
+
+    /// How long a wait may last before nothing has moved for the timeout since
+    /// `last_progress`; past that, the timeout error naming the `pending` peers.
+    fn time_left(&self, last_progress: Instant, pending: impl Iterator<Item = usize>) -> Result<Duration, Error> {
+        let left = (last_progress + self.timeout).saturating_duration_since(Instant::now());
+        if !left.is_zero() {
+            return Ok(left);
+        }
+        let mut peers: Vec<usize> = pending.collect();
+        peers.sort_unstable();
+        peers.dedup();
+        Err(Error::Timeout { peers, waited: self.timeout })
     }
 
     /// Splits the ops into per-(peer, stream, direction) queues of stripes.
@@ -232,12 +233,23 @@ impl Transport for TcpTransport {
         self.size
     }
 
-    fn exchange(&mut self, tag: Tag, ops: &mut [Op<'_>], work: &mut dyn FnMut() -> bool) -> Result<(), Error> {
+    fn exchange(&mut self, tag: Tag, ops: &mut [Op<'_>]) -> Result<(), Error> {
         if self.failed {
             return Err(Error::Unusable);
         }
         check_peers(self.rank, self.size, ops)?;
-        let result = self.run(tag, ops, work);
+        let result = self.run(tag, ops);
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
+    fn stream(&mut self, tag: Tag, flow: &mut dyn Flow) -> Result<(), Error> {
+        if self.failed {
+            return Err(Error::Unusable);
+        }
+        let result = self.run_stream(tag, flow);
         if result.is_err() {
             self.failed = true;
         }
