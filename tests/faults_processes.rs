@@ -64,18 +64,30 @@ fn mismatched_dtypes_fail_every_rank() {
 }
 
 #[test]
-fn silent_rank_times_out_naming_it() {
-    let mut world = World::spawn(3, &worker(), &["stall"], &[("FERROVOD_TIMEOUT", "2".into())]);
-    let start = Instant::now();
-    // Rank 1 sleeps for an hour; collect the others, then kill it.
-    let mut sleeper = world.children.remove(1);
-    let ended = world.wait(Duration::from_secs(20));
-    let _ = sleeper.kill();
-    let _ = sleeper.wait();
-    assert!(start.elapsed() < Duration::from_secs(15), "took {:?}", start.elapsed());
-    for (i, e) in ended.iter().enumerate() {
-        assert_eq!(e.code, Some(3), "{i}: {}", e.stderr);
-        assert!(e.stderr.contains("allreduce #0") && e.stderr.contains("rank(s) [1]"), "{i}: {}", e.stderr);
+fn silent_rank_times_out_naming_it_and_waiting_sleeps() {
+    // With FERROVOD_SPIN_US at its maximum a wait spins 10 ms before it sleeps, no longer.
+    for spin in ["0", "10000"] {
+        let env = [("FERROVOD_TIMEOUT", "2".to_string()), ("FERROVOD_SPIN_US", spin.to_string())];
+        let mut world = World::spawn(3, &worker(), &["stall"], &env);
+        let start = Instant::now();
+        // Rank 1 sleeps for an hour; collect the others, then kill it.
+        let mut sleeper = world.children.remove(1);
+        let ended = world.wait(Duration::from_secs(20));
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        assert!(start.elapsed() < Duration::from_secs(15), "took {:?}", start.elapsed());
+        for (i, e) in ended.iter().enumerate() {
+            assert_eq!(e.code, Some(3), "{i}: {}", e.stderr);
+            assert!(e.stderr.contains("allreduce #0") && e.stderr.contains("rank(s) [1]"), "{i}: {}", e.stderr);
+            // Two seconds of waiting (plus start-up) cost a few milliseconds of CPU, not two
+            // seconds: the wait sleeps.
+            let cpu: u64 = e
+                .stderr
+                .lines()
+                .find_map(|l| l.strip_prefix("cpu: ")?.strip_suffix(" ms")?.parse().ok())
+                .unwrap_or_else(|| panic!("{i}: no cpu line in {}", e.stderr));
+            assert!(cpu < 400, "rank {i} with FERROVOD_SPIN_US={spin} used {cpu} ms of CPU in a 2 s wait");
+        }
     }
 }
 

@@ -42,10 +42,11 @@ knobs! {
     TCP_STREAMS = "FERROVOD_TCP_STREAMS", "2", "TCP connections per peer; large messages are striped across them.";
     TCP_BUFFER = "FERROVOD_TCP_BUFFER", "0", "SO_SNDBUF/SO_RCVBUF in bytes; 0 keeps the kernel's auto-tuning.";
     STRIPE_MIN = "FERROVOD_STRIPE_MIN", "262144", "Messages of at least this many bytes are striped across all TCP streams.";
+    SPIN_US = "FERROVOD_SPIN_US", "0", "Microseconds a rank waiting inside a collective keeps re-checking its sockets before it sleeps (at most 10000); 0 never spins. Only where every rank has a core of its own: it trades CPU time for the cost of a wake-up.";
     ALLREDUCE_ALGORITHM = "FERROVOD_ALLREDUCE_ALGORITHM", "auto", "auto, ring, halving-doubling or recursive-doubling (auto: by size and world size).";
     SMALL_ALLREDUCE = "FERROVOD_SMALL_ALLREDUCE", "65536", "Allreduce up to this many bytes uses recursive doubling, larger ones the ring.";
     SMALL_BROADCAST = "FERROVOD_SMALL_BROADCAST", "65536", "Broadcast up to this many bytes uses a binomial tree, larger ones a pipelined chain.";
-    SEGMENT = "FERROVOD_SEGMENT", "262144", "Pipeline segment in bytes for the ring and the chain.";
+    SEGMENT = "FERROVOD_SEGMENT", "262144", "Pipeline segment in bytes: one message of the ring and halving-doubling schedules.";
     BROADCAST_SEGMENT = "FERROVOD_BROADCAST_SEGMENT", "4194304", "Pipeline segment in bytes for the chain broadcast (no reduction to overlap: larger is cheaper per byte).";
     RING_CHUNK = "FERROVOD_RING_CHUNK", "1048576", "The ring allreduce runs on pieces of this many bytes, so that reduced data is still in cache when sent.";
     FUSION_THRESHOLD = "FERROVOD_FUSION_THRESHOLD", "67108864", "Engine: tensors ready together are fused into buckets of up to this many bytes; 0 turns fusion off.";
@@ -90,6 +91,8 @@ pub struct Tuning {
     pub tcp_buffer: usize,
     /// See [`STRIPE_MIN`].
     pub stripe_min: usize,
+    /// See [`SPIN_US`].
+    pub spin: Duration,
     /// See [`ALLREDUCE_ALGORITHM`].
     pub allreduce: AllreduceAlgorithm,
     /// See [`SMALL_ALLREDUCE`].
@@ -150,6 +153,7 @@ impl Default for Tuning {
             tcp_streams: num(TCP_STREAMS),
             tcp_buffer: num(TCP_BUFFER),
             stripe_min: num(STRIPE_MIN),
+            spin: Duration::from_micros(num(SPIN_US) as u64),
             allreduce: AllreduceAlgorithm::Auto,
             small_allreduce: num(SMALL_ALLREDUCE),
             small_broadcast: num(SMALL_BROADCAST),
@@ -165,6 +169,9 @@ impl Default for Tuning {
 
 /// Largest eager budget: it is part of every round's fixed frame.
 const MAX_EAGER: usize = 1 << 20;
+
+/// Longest spin before sleeping, in microseconds.
+const MAX_SPIN_US: usize = 10_000;
 
 /// Longest accepted timeout, in seconds.
 const MAX_SECS: f64 = 365.0 * 24.0 * 3600.0;
@@ -221,6 +228,7 @@ impl Config {
             tcp_streams: parse(TCP_STREAMS, "a positive integer")?.clamp(1, 16),
             tcp_buffer: parse(TCP_BUFFER, "a byte count")?,
             stripe_min: parse(STRIPE_MIN, "a byte count")?,
+            spin: Duration::from_micros(parse(SPIN_US, "a number of microseconds")?.min(MAX_SPIN_US) as u64),
             allreduce: match text(ALLREDUCE_ALGORITHM).as_deref().map(str::trim).unwrap_or("auto") {
                 "auto" => AllreduceAlgorithm::Auto,
                 "ring" => AllreduceAlgorithm::Ring,
@@ -330,5 +338,14 @@ mod tests {
         assert_eq!(cfg(&[("FERROVOD_TIMEOUT", "1e30")]).unwrap().tuning.timeout, Duration::from_secs_f64(MAX_SECS));
         let e = cfg(&[("FERROVOD_SIZE", "0")]).unwrap_err().to_string();
         assert!(e.contains("FERROVOD_SIZE"), "{e}");
+        let e = cfg(&[("FERROVOD_SPIN_US", "-5")]).unwrap_err().to_string();
+        assert!(e.contains("FERROVOD_SPIN_US") && e.contains("-5"), "{e}");
+    }
+
+    #[test]
+    fn spinning_is_off_unless_asked_and_bounded() {
+        assert!(cfg(&[]).unwrap().tuning.spin.is_zero());
+        assert_eq!(cfg(&[("FERROVOD_SPIN_US", "50")]).unwrap().tuning.spin, Duration::from_micros(50));
+        assert_eq!(cfg(&[("FERROVOD_SPIN_US", "99999999")]).unwrap().tuning.spin, Duration::from_millis(10));
     }
 }

@@ -47,6 +47,21 @@ pub fn poll(fds: &mut [PollFd], timeout: Duration) -> io::Result<usize> {
     }
 }
 
+/// [`poll`], but for up to `spin` first only looking (non-blocking) before it sleeps: a thread
+/// that keeps its core hears a peer at once instead of a wake-up later. `spin` zero never spins.
+pub fn poll_after_spin(fds: &mut [PollFd], timeout: Duration, spin: Duration) -> io::Result<usize> {
+    if !spin.is_zero() && !timeout.is_zero() {
+        let start = std::time::Instant::now();
+        while start.elapsed() < spin.min(timeout) {
+            let n = poll(fds, Duration::ZERO)?;
+            if n > 0 {
+                return Ok(n);
+            }
+        }
+    }
+    poll(fds, timeout)
+}
+
 /// This host's name.
 pub fn hostname() -> String {
     let mut buf = [0u8; 256];

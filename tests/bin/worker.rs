@@ -292,7 +292,20 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");
+            eprintln!("cpu: {} ms", cpu_ms());
             ExitCode::from(3)
         }
     }
+}
+
+/// User plus system CPU time this process has used, in milliseconds.
+fn cpu_ms() -> u128 {
+    // SAFETY: getrusage fills the zeroed struct it is given; nothing else is touched.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut u);
+        u
+    };
+    let ms = |t: libc::timeval| t.tv_sec as u128 * 1000 + t.tv_usec as u128 / 1000;
+    ms(usage.ru_utime) + ms(usage.ru_stime)
 }

@@ -2,7 +2,8 @@
 //!
 //! Every stream is driven without blocking (`MSG_DONTWAIT`) from the calling thread; when no
 //! transfer can move (and, in a stream, the flow has no work left), the thread sleeps in
-//! `poll(2)` until a socket is ready or the timeout passes. Nothing spins, so ranks may outnumber cores.
+//! `poll(2)` until a socket is ready or the timeout passes. Nothing spins (unless
+//! `FERROVOD_SPIN_US` asks for it), so ranks may outnumber cores.
 //!
 //! In an exchange, a message travels as one stripe on stream 0, or, from `stripe_min` bytes, as
 //! one stripe per stream; in a stream (`stream.rs`), message k travels whole on stream k mod
@@ -20,7 +21,7 @@ use std::time::{Duration, Instant};
 use super::{Error, Flow, Op, Tag, Transport, check_peers};
 use crate::bootstrap::{self, Secret};
 use crate::config::Tuning;
-use crate::sys::{Doorbell, PollFd, poll};
+use crate::sys::{Doorbell, PollFd, poll, poll_after_spin};
 use pair::{HEADER, Pair, check_header, header, io_error, recv2, send2};
 
 /// A bound listener whose address is published at rendezvous before the mesh is built.
@@ -52,6 +53,7 @@ pub struct TcpTransport {
     streams: usize,
     stripe_min: usize,
     timeout: Duration,
+    spin: Duration,
     failed: bool,
 }
 
@@ -82,6 +84,7 @@ impl TcpTransport {
             streams,
             stripe_min: tuning.stripe_min.max(1),
             timeout: tuning.timeout,
+            spin: tuning.spin,
             failed: false,
         })
     }
@@ -112,7 +115,7 @@ impl TcpTransport {
                 .map(|c| PollFd { fd: self.pair(c.peer).fd(c.stream), read: !c.send, write: c.send, ready: false })
                 .collect();
             let first_peer = chans.iter().find(|c| !c.done()).map_or(0, |c| c.peer);
-            poll(&mut fds, wait).map_err(|source| Error::Io { peer: first_peer, source })?;
+            poll_after_spin(&mut fds, wait, self.spin).map_err(|source| Error::Io { peer: first_peer, source })?;
             let mut fds = fds.into_iter();
             for ch in chans.iter_mut().filter(|c| !c.done()) {
                 ch.ready = fds.next().is_some_and(|f| f.ready);

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::TcpTransport;
 use super::pair::{HEADER, check_header, header, io_error, recv2, send2};
-use crate::sys::{PollFd, poll};
+use crate::sys::{PollFd, poll_after_spin};
 use crate::transport::{Error, Flow, Tag};
 
 /// The messages one (peer, stream, direction) carries, in order, and the progress of the first
@@ -150,7 +150,8 @@ impl TcpTransport {
                     PollFd { fd: self.pair(l.peer).fd(l.stream), read: !l.send, write: l.send, ready: false }
                 })
                 .collect();
-            poll(&mut fds, wait).map_err(|source| Error::Io { peer: lanes[polled[0]].peer, source })?;
+            poll_after_spin(&mut fds, wait, self.spin)
+                .map_err(|source| Error::Io { peer: lanes[polled[0]].peer, source })?;
             for (&i, f) in polled.iter().zip(&fds) {
                 lanes[i].ready = f.ready;
             }
