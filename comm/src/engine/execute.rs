@@ -2,7 +2,8 @@
 //!
 //! A bucket of allreduces is one logical collective over its tensors laid end to end, streamed
 //! in pieces of `piece` bytes (the ring's chunk): consecutive small tensors are copied into a
-//! staging piece and reduced together; a piece that lies within one tensor is reduced in place.
+//! staging piece and reduced together; the whole pieces that lie within one tensor are reduced
+//! in place, by one allreduce.
 //! Every rank cuts the same pieces, since they follow from the agreed sizes alone.
 //!
 //! A rank that has joined and did not submit a tensor contributes a stand-in: the identity of
@@ -193,11 +194,14 @@ fn allreduce(ctx: &mut Ctx<'_>, items: &mut Vec<Item>, op: ReduceOp, done: &mut 
         let mut off = 0;
         while off < len {
             if fill == 0 && len - off >= piece {
+                // Every whole piece left in this tensor, in place and in one call: the
+                // allreduce cuts the same pieces and streams through them without draining.
+                let span = (len - off) / piece * piece;
                 let t = Instant::now();
-                ctx.comm.allreduce_bytes(&mut items[i].data[off..off + piece], dtype, wire)?;
+                ctx.comm.allreduce_bytes(&mut items[i].data[off..off + span], dtype, wire)?;
                 items[i].note(COMM, t, Instant::now());
-                remaining[i] -= piece;
-                off += piece;
+                remaining[i] -= span;
+                off += span;
                 continue;
             }
             let n = (len - off).min(piece - fill);
