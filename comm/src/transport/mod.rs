@@ -92,28 +92,30 @@ pub trait Transport: Send {
     /// Moves every message of `flow` and finishes its work. Transfers start as soon as the flow
     /// allows, in message order per link; the same failures as [`Transport::exchange`].
     ///
-    /// The default runs one message at a time through `exchange` (no overlap between
-    /// messages); transports whose sends may block override it.
+    /// The default runs one message at a time through `exchange`, the send before the receive
+    /// (no overlap between messages); transports whose sends may block override it.
     fn stream(&mut self, tag: Tag, flow: &mut dyn Flow) -> Result<(), Error> {
         for k in 0..flow.count() {
             let (to, from) = (flow.to(k), flow.from(k));
-            let stalled = |peer| Error::Protocol { peer, detail: "stream schedule stalled".into() };
-            while flow.send(k).is_none() {
-                if !flow.work() {
-                    return Err(stalled(to));
+            // Work until the transfer may start; the flow guarantees it will once every
+            // earlier message is done and its work finished.
+            let ready = |flow: &mut dyn Flow, send: bool| {
+                let may = |flow: &mut dyn Flow| if send { flow.send(k).is_some() } else { flow.recv(k).is_some() };
+                while !may(flow) {
+                    if !flow.work() && !may(flow) {
+                        let peer = if send { to } else { from };
+                        return Err(Error::Protocol { peer, detail: "stream schedule stalled".into() });
+                    }
                 }
-            }
-            let data = flow.send(k).map(<[u8]>::to_vec).unwrap_or_default();
-            let buf = loop {
-                if flow.recv(k).is_some() {
-                    break flow.recv(k).unwrap_or_else(|| unreachable!("just checked"));
-                }
-                if !flow.work() {
-                    return Err(stalled(from));
-                }
+                Ok(())
             };
-            self.exchange(tag, &mut [Op::Send { peer: to, buf: &data }, Op::Recv { peer: from, buf }])?;
+            ready(flow, true)?;
+            let data = flow.send(k).map(<[u8]>::to_vec).unwrap_or_default();
+            self.exchange(tag, &mut [Op::Send { peer: to, buf: &data }])?;
             flow.sent(k);
+            ready(flow, false)?;
+            let buf = flow.recv(k).unwrap_or_else(|| unreachable!("ready"));
+            self.exchange(tag, &mut [Op::Recv { peer: from, buf }])?;
             flow.received(k);
             while flow.work() {}
         }
