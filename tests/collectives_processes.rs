@@ -40,6 +40,20 @@ fn small_counts_every_dtype_and_op() {
         let three: Vec<(&str, String)> =
             small.iter().cloned().chain([("FERROVOD_TCP_STREAMS", "3".to_string())]).collect();
         run(n, &["collectives", "f32", "sum", "small"], &three);
+        // Halving-doubling where blocks differ by one element across a segment boundary (4093
+        // f64: blocks of 8192 and 8184 bytes, segments of 8184), so ranges at one level span
+        // different part counts on different ranks; every rank must still number the messages
+        // alike, or, over three connections, partners read each other's messages out of order.
+        let uneven: Vec<(&str, String)> = small[..1]
+            .iter()
+            .cloned()
+            .chain([
+                ("FERROVOD_SEGMENT", "8188".to_string()),
+                ("FERROVOD_TCP_STREAMS", "3".into()),
+                ("FERROVOD_ALLREDUCE_ALGORITHM", "halving-doubling".into()),
+            ])
+            .collect();
+        run(n, &["collectives", "f64", "sum", "small"], &uneven);
     }
 }
 

@@ -39,7 +39,7 @@ knobs! {
     TIMEOUT = "FERROVOD_TIMEOUT", "600", "Seconds a collective may wait without progress before it fails naming the silent peers.";
     CONNECT_TIMEOUT = "FERROVOD_CONNECT_TIMEOUT", "120", "Seconds to wait for the store and for every peer at start-up.";
     ADVERTISE_ADDR = "FERROVOD_ADVERTISE_ADDR", "", "IP address peers use to reach this process (default: the local address of the route to the store).";
-    TCP_STREAMS = "FERROVOD_TCP_STREAMS", "2", "TCP connections per peer; large messages are striped across them.";
+    TCP_STREAMS = "FERROVOD_TCP_STREAMS", "2", "TCP connections per peer; large messages are striped across them, pipelined messages take them in turn.";
     TCP_BUFFER = "FERROVOD_TCP_BUFFER", "0", "SO_SNDBUF/SO_RCVBUF in bytes; 0 keeps the kernel's auto-tuning.";
     STRIPE_MIN = "FERROVOD_STRIPE_MIN", "262144", "Messages of at least this many bytes are striped across all TCP streams.";
     SPIN_US = "FERROVOD_SPIN_US", "0", "Microseconds a rank waiting inside a collective keeps re-checking its sockets, yielding its core between checks, before it sleeps (at most 10000); 0 (the default) never spins. Trades CPU time for wake-ups: see benches/RESULTS.md.";

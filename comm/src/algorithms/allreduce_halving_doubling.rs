@@ -13,6 +13,8 @@
 //! Cost: 2·log2(p)·α + 2(p-1)/p·m·β + (p-1)/p·m·γ (plus 2·(α + m·β) when n is not a power of
 //! two): the ring's bandwidth in log2(p) instead of p-1 steps per phase.
 
+use std::ops::Range;
+
 use super::{Fold, Schedule, Workspace, even_blocks, piece_ranges, schedule::Msg};
 use crate::dtype::{DType, ReduceOp};
 use crate::transport::{Error, Tag, Transport};
@@ -48,23 +50,19 @@ pub fn allreduce_halving_doubling<T: Transport + ?Sized>(
 }
 
 /// Appends the messages of one piece: the halving steps (reduced), then the doubling steps.
-fn halve_then_double(
-    s: &mut Schedule,
-    piece: std::ops::Range<usize>,
-    v: usize,
-    fold: &Fold,
-    dtype: DType,
-    segment: usize,
-) {
+fn halve_then_double(s: &mut Schedule, piece: Range<usize>, v: usize, fold: &Fold, dtype: DType, segment: usize) {
     let p = fold.p;
     let blocks: Vec<_> = even_blocks(piece.len() / dtype.size(), p, dtype.size())
         .into_iter()
         .map(|b| piece.start + b.start..piece.start + b.end)
         .collect();
     let bytes = |lo: usize, hi: usize| blocks[lo].start..blocks[hi - 1].end;
-    let mut push = |partner: usize, send: std::ops::Range<usize>, recv: std::ops::Range<usize>, reduce: bool| {
-        // Both partners cut the two ranges alike, so they agree on the number of parts.
-        for j in 0..Schedule::parts(&[send.clone(), recv.clone()], segment) {
+    // Every range of a step spans `width` blocks; the first such range is the longest (the
+    // larger blocks come first). Cutting every rank's step into as many parts as that range
+    // needs keeps the message numbering the same on all ranks, which the schedule requires:
+    // partners of a doubling step held different ranges in earlier steps.
+    let mut push = |partner: usize, width: usize, send: Range<usize>, recv: Range<usize>, reduce: bool| {
+        for j in 0..Schedule::parts(&[bytes(0, width)], segment) {
             let (send, recv) = (Schedule::part(&send, segment, j), Schedule::part(&recv, segment, j));
             s.push(Msg { to: partner, from: partner, send, recv, reduce });
         }
@@ -74,7 +72,7 @@ fn halve_then_double(
     while mask > 0 {
         let mid = lo + (hi - lo) / 2;
         let (keep, give) = if v & mask == 0 { ((lo, mid), (mid, hi)) } else { ((mid, hi), (lo, mid)) };
-        push(fold.real(v ^ mask), bytes(give.0, give.1), bytes(keep.0, keep.1), true);
+        push(fold.real(v ^ mask), mid - lo, bytes(give.0, give.1), bytes(keep.0, keep.1), true);
         (lo, hi) = keep;
         mask >>= 1;
     }
@@ -82,7 +80,7 @@ fn halve_then_double(
     while mask < p {
         let width = hi - lo;
         let theirs = if v & mask == 0 { (hi, hi + width) } else { (lo - width, lo) };
-        push(fold.real(v ^ mask), bytes(lo, hi), bytes(theirs.0, theirs.1), false);
+        push(fold.real(v ^ mask), width, bytes(lo, hi), bytes(theirs.0, theirs.1), false);
         (lo, hi) = (lo.min(theirs.0), hi.max(theirs.1));
         mask <<= 1;
     }

@@ -10,7 +10,7 @@
 //!
 //! | transport | for | file set |
 //! |---|---|---|
-//! | [`tcp`] | ranks in different processes | `mod.rs` (transport), `pair.rs` (one peer), `connect.rs` (mesh set-up) |
+//! | [`tcp`] | ranks in different processes | `mod.rs` (transport, exchanges), `stream.rs` (flows), `pair.rs` (one peer), `connect.rs` (mesh set-up) |
 //! | [`mem`] | ranks as threads of one process, for deterministic tests | `mod.rs` (transport), `pair.rs` (one peer) |
 
 pub mod mem;

@@ -11,8 +11,8 @@ use crate::transport::{Error, Tag};
 pub(super) const HEADER: usize = 32;
 const MARK: u32 = 0xFE77_0D01;
 
-/// The streams to one peer; stream 0 carries every message, the others carry stripes of
-/// large ones.
+/// The streams to one peer. In an exchange, stream 0 carries every message and the others
+/// carry stripes of large ones; in a stream, messages take the streams in turn.
 pub(super) struct Pair {
     pub(super) streams: Vec<TcpStream>,
 }
@@ -29,7 +29,8 @@ impl Pair {
     }
 }
 
-/// The header of stripe `stripe` of `stripes` of a message of `total` bytes.
+/// The header of stripe `stripe` of `stripes` of a message of `total` bytes (in a stream:
+/// message `stripe` mod 2^16, over `stripes` streams).
 pub(super) fn header(tag: Tag, total: u64, stripe: u16, stripes: u16) -> [u8; HEADER] {
     let mut h = [0u8; HEADER];
     h[..16].copy_from_slice(&tag.to_le_bytes());
@@ -65,7 +66,11 @@ pub(super) fn check_header(peer: usize, got: &[u8; HEADER], expected: &[u8; HEAD
         });
     }
     if got[24..26] != expected[24..26] {
-        return Err(Error::Protocol { peer, detail: "stripe arrived on the wrong stream".into() });
+        let (theirs, ours) = (u16::from_le_bytes([got[24], got[25]]), u16::from_le_bytes([expected[24], expected[25]]));
+        return Err(Error::Protocol {
+            peer,
+            detail: format!("out of step: stripe or message {theirs} arrived where this rank expects {ours}"),
+        });
     }
     Ok(())
 }

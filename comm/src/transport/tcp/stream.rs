@@ -3,6 +3,8 @@
 //!
 //! Message `k` travels whole (one header, no striping) on stream `k % streams` of its link, so
 //! consecutive messages use different connections and both ends agree on where each one is.
+//! Its header carries `k` (mod 2^16) where an exchange's carries the stripe index, so ranks
+//! whose schedules number messages differently fail instead of reading each other's bytes.
 //! Each (peer, stream, direction) is a lane that moves its messages in order; lanes move
 //! independently. When no lane can move, the flow's work runs; when there is none, the thread
 //! sleeps in `poll(2)` on the lanes whose next message is waiting for the socket (never on a
@@ -52,7 +54,7 @@ impl Lane {
             let result = if self.send {
                 let Some(buf) = flow.send(k) else { return Ok((moved, Wait::Flow)) };
                 if self.header_done == 0 && self.done == 0 {
-                    self.header = header(tag, buf.len() as u64, self.stream as u16, lanes as u16);
+                    self.header = header(tag, buf.len() as u64, k as u16, lanes as u16);
                 }
                 if self.header_done == HEADER && self.done == buf.len() {
                     flow.sent(k);
@@ -76,7 +78,7 @@ impl Lane {
                     && self.header_done < HEADER
                     && self.header_done + n >= HEADER
                 {
-                    let expected = header(tag, len as u64, self.stream as u16, lanes as u16);
+                    let expected = header(tag, len as u64, k as u16, lanes as u16);
                     check_header(self.peer, &self.header, &expected)?;
                 }
                 r
