@@ -10,7 +10,7 @@
 
 use std::ops::Range;
 
-use super::{Schedule, Scratch, schedule::Msg};
+use super::{Schedule, Scratch, ring_steps};
 use crate::dtype::{DType, ReduceOp};
 use crate::transport::{Error, Tag, Transport};
 
@@ -31,18 +31,5 @@ pub fn allgather_ring<T: Transport + ?Sized>(
 
 /// Appends the ring allgather's messages over `blocks` to `s`, in `segment`-byte parts.
 pub(crate) fn allgather_messages(s: &mut Schedule, r: usize, n: usize, blocks: &[Range<usize>], segment: usize) {
-    let (right, left) = ((r + 1) % n, (r + n - 1) % n);
-    let parts = Schedule::parts(blocks, segment);
-    for step in 0..n.saturating_sub(1) {
-        let (send, recv) = (&blocks[(r + n - step) % n], &blocks[(r + 2 * n - step - 1) % n]);
-        for j in 0..parts {
-            s.push(Msg {
-                to: right,
-                from: left,
-                send: Schedule::part(send, segment, j),
-                recv: Schedule::part(recv, segment, j),
-                reduce: false,
-            });
-        }
-    }
+    ring_steps(s, r, n, blocks, segment, 0, false);
 }

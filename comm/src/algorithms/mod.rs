@@ -81,6 +81,30 @@ pub struct Workspace {
     a: Scratch,
 }
 
+/// Appends the n-1 steps of a ring over `blocks` to `s`, each cut into `segment`-byte parts:
+/// in step i rank r sends block (r-i-lag) to its right neighbour and receives block (r-i-lag-1)
+/// from its left, reduced into place or stored as is. The reduce-scatter has lag 1 (a rank
+/// never sends the block it ends with), the allgather lag 0 (it starts by sending its own).
+pub(crate) fn ring_steps(
+    s: &mut Schedule,
+    r: usize,
+    n: usize,
+    blocks: &[Range<usize>],
+    segment: usize,
+    lag: usize,
+    reduce: bool,
+) {
+    let (right, left) = ((r + 1) % n, (r + n - 1) % n);
+    let parts = Schedule::parts(blocks, segment);
+    for step in 0..n.saturating_sub(1) {
+        let (send, recv) = (&blocks[(r + 2 * n - step - lag) % n], &blocks[(r + 2 * n - step - lag - 1) % n]);
+        for j in 0..parts {
+            let (send, recv) = (Schedule::part(send, segment, j), Schedule::part(recv, segment, j));
+            s.push(schedule::Msg { to: right, from: left, send, recv, reduce });
+        }
+    }
+}
+
 /// Reduction handed to the transport as overlap work: a slice at a time, so that I/O gets its
 /// turn between slices.
 pub(crate) struct Reducer<'a> {

@@ -12,7 +12,7 @@
 
 use std::ops::Range;
 
-use super::{Schedule, Workspace, schedule::Msg};
+use super::{Schedule, Workspace, ring_steps};
 use crate::dtype::{DType, ReduceOp};
 use crate::transport::{Error, Tag, Transport};
 
@@ -36,18 +36,5 @@ pub fn reducescatter_ring<T: Transport + ?Sized>(
 
 /// Appends the ring reduce-scatter's messages over `blocks` to `s`, in `segment`-byte parts.
 pub(crate) fn reducescatter_messages(s: &mut Schedule, r: usize, n: usize, blocks: &[Range<usize>], segment: usize) {
-    let (right, left) = ((r + 1) % n, (r + n - 1) % n);
-    let parts = Schedule::parts(blocks, segment);
-    for step in 0..n.saturating_sub(1) {
-        let (send, recv) = (&blocks[(r + 2 * n - step - 1) % n], &blocks[(r + 2 * n - step - 2) % n]);
-        for j in 0..parts {
-            s.push(Msg {
-                to: right,
-                from: left,
-                send: Schedule::part(send, segment, j),
-                recv: Schedule::part(recv, segment, j),
-                reduce: true,
-            });
-        }
-    }
+    ring_steps(s, r, n, blocks, segment, 1, true);
 }

@@ -153,9 +153,9 @@ struct Run<'a> {
 }
 
 impl Run<'_> {
-    fn slot(&mut self, k: usize, len: usize) -> &mut [u8] {
-        let start = self.s.ordinal[k] % SLOTS * self.s.slot_bytes;
-        &mut self.slots[start..start + len]
+    /// Where message k's slot starts in the scratch.
+    fn slot_start(&self, k: usize) -> usize {
+        self.s.ordinal[k] % SLOTS * self.s.slot_bytes
     }
 
     fn advance_recvs(&mut self) {
@@ -200,7 +200,12 @@ impl Flow for Run<'_> {
             return None;
         }
         let r = m.recv.clone();
-        Some(if m.reduce { self.slot(k, r.len()) } else { &mut self.buf[r] })
+        Some(if m.reduce {
+            let start = self.slot_start(k);
+            &mut self.slots[start..start + r.len()]
+        } else {
+            &mut self.buf[r]
+        })
     }
 
     fn sent(&mut self, k: usize) {
@@ -223,7 +228,7 @@ impl Flow for Run<'_> {
         let r = self.s.msgs[k].recv.clone();
         let step = Reducer::STEP / self.dtype.size() * self.dtype.size();
         let (from, to) = (self.reduce_done, (self.reduce_done + step).min(r.len()));
-        let start = self.s.ordinal[k] % SLOTS * self.s.slot_bytes;
+        let start = self.slot_start(k);
         reduce_into(
             self.dtype,
             self.op,
