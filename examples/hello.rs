@@ -44,7 +44,7 @@ fn run() -> Result<(), String> {
         comm.local_size(),
         comm.cross_rank(),
         comm.cross_size(),
-        ferrovod::sys::hostname()
+        ferrovod::os::hostname()
     );
 
     if bytes > 0 {

@@ -21,7 +21,7 @@ use crate::config::{self, Config, Tuning};
 use crate::dtype::{DType, Element, ReduceOp};
 use crate::error::{Error, Result};
 use crate::op::{Kind, OpDesc};
-use crate::sys::Doorbell;
+use crate::os::Doorbell;
 use crate::transport::mem::MemTransport;
 use crate::transport::tcp::{TcpListenerHandle, TcpTransport};
 use crate::transport::{self, Transport};
@@ -169,8 +169,8 @@ impl Communicator {
         let listener = TcpListenerHandle::bind(ip).map_err(boot)?;
         let agreed = tuning.agreed();
         let me = PeerInfo {
-            hostname: crate::sys::hostname(),
-            boot_id: crate::sys::boot_id(),
+            hostname: crate::os::hostname(),
+            boot_id: crate::os::boot_id(),
             addr: listener.addr(),
             pid: std::process::id(),
             tuning: agreed.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),

@@ -37,8 +37,8 @@ pub mod dtype;
 pub mod engine;
 pub mod error;
 pub mod op;
+pub mod os;
 pub mod reduce;
-pub mod sys;
 pub mod transport;
 
 pub use communicator::{Builder, Communicator};

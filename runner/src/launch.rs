@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ferrovod::bootstrap::{Secret, StoreServer};
-use ferrovod::sys::{PollFd, poll};
+use ferrovod::os::{PollFd, poll};
 
 use crate::coord::{Cause, Failure, Keys, Link, LinkConfig, LinkEvent};
 use crate::error::Error;

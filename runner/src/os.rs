@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use ferrovod::sys::{PollFd, poll};
+use ferrovod::os::{PollFd, poll};
 
 /// A process id (also a process-group id: every child leads its own group).
 pub type Pid = libc::pid_t;

@@ -297,8 +297,8 @@ impl Drop for Supervisor {
             drop(reaper);
             if let Some(fd) = pidfd {
                 use std::os::fd::AsRawFd;
-                let mut pfd = [ferrovod::sys::PollFd { fd: fd.as_raw_fd(), read: true, write: false, ready: false }];
-                let _ = ferrovod::sys::poll(&mut pfd, std::time::Duration::from_millis(500));
+                let mut pfd = [ferrovod::os::PollFd { fd: fd.as_raw_fd(), read: true, write: false, ready: false }];
+                let _ = ferrovod::os::poll(&mut pfd, std::time::Duration::from_millis(500));
             }
             let _ = self.reap();
         }

@@ -6,8 +6,8 @@ use super::{Backend, Request, Work};
 use crate::algorithms as alg;
 use crate::config::{AllreduceAlgorithm, Tuning};
 use crate::dtype::ReduceOp;
+use crate::os::Doorbell;
 use crate::reduce::divide;
-use crate::sys::Doorbell;
 use crate::transport::{self, Transport};
 
 /// Runs every collective on host memory over `transport`.

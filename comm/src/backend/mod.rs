@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::dtype::{DType, ReduceOp};
 use crate::op::OpDesc;
-use crate::sys::Doorbell;
+use crate::os::Doorbell;
 use crate::transport;
 
 /// The buffers and arguments of one collective, already validated by the communicator.

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{Error, MAX_MESSAGE, Purpose, Secret, accept_handshake, read_msg, write_msg};
-use crate::sys::{PollFd, poll};
+use crate::os::{PollFd, poll};
 
 /// A request from a store client.
 #[derive(Debug, Serialize, Deserialize)]

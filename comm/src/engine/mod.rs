@@ -46,7 +46,7 @@ use crate::communicator::Communicator;
 use crate::config::{Config, EngineSettings};
 use crate::dtype::{DType, ReduceOp};
 use crate::error::{Error, Result};
-use crate::sys::Doorbell;
+use crate::os::Doorbell;
 use handle::Slot;
 
 /// A rank's engine. Submit from any thread; results come back through handles.

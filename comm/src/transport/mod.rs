@@ -18,7 +18,7 @@ pub mod tcp;
 
 use std::time::Duration;
 
-use crate::sys::Doorbell;
+use crate::os::Doorbell;
 
 /// Identifies what a message belongs to. Opaque to transports; compared for equality.
 pub type Tag = u128;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Error, Op, Tag, Transport, check_peers};
-use crate::sys::{Doorbell, PollFd, poll};
+use crate::os::{Doorbell, PollFd, poll};
 use pair::Pair;
 
 /// One rank's end of an in-process world.

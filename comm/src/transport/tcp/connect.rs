@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::pair::{Pair, configure};
 use crate::bootstrap::{Error, Purpose, Secret, accept_handshake, connect_handshake};
-use crate::sys::{Doorbell, PollFd, poll};
+use crate::os::{Doorbell, PollFd, poll};
 
 /// Per-connection limit for the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use super::{Error, Flow, Op, Tag, Transport, check_peers};
 use crate::bootstrap::{self, Secret};
 use crate::config::Tuning;
-use crate::sys::{Doorbell, PollFd, poll, poll_after_spin};
+use crate::os::{Doorbell, PollFd, poll, poll_after_spin};
 use pair::{HEADER, Pair, check_header, header, io_error, recv2, send2};
 
 /// A bound listener whose address is published at rendezvous before the mesh is built.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::TcpTransport;
 use super::pair::{HEADER, check_header, header, io_error, recv2, send2};
-use crate::sys::{PollFd, poll_after_spin};
+use crate::os::{PollFd, poll_after_spin};
 use crate::transport::{Error, Flow, Tag};
 
 /// The messages one (peer, stream, direction) carries, in order, and the progress of the first
