@@ -1,10 +1,12 @@
 //! Joining a job: a small authenticated key-value store, the handshake every connection opens
-//! with, and the rendezvous that publishes each rank's transport address and host identity.
+//! with, the rendezvous that publishes each rank's transport address and host identity, and the
+//! job's first-failure record.
 //!
 //! Transports never find peers themselves: they get addresses from here.
 
 mod auth;
 mod client;
+mod first_failure;
 mod rendezvous;
 mod secret;
 mod store;
@@ -16,6 +18,7 @@ use std::time::Duration;
 
 pub use auth::{Purpose, accept_handshake, connect_handshake};
 pub use client::StoreClient;
+pub use first_failure::FirstFailure;
 pub use rendezvous::{PeerInfo, exchange_peers};
 pub use secret::Secret;
 pub use store::StoreServer;
