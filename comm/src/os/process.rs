@@ -1,0 +1,85 @@
+//! Processes: ids, pidfds (a descriptor that becomes readable when a process exits), and signal
+//! names for messages. The launcher watches its parent through a pidfd; shared memory will watch
+//! its peers the same way.
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+/// A process id (also a process-group id for a group leader).
+pub type Pid = libc::pid_t;
+
+/// This process's id.
+pub fn getpid() -> Pid {
+    // SAFETY: getpid cannot fail.
+    unsafe { libc::getpid() }
+}
+
+/// The parent's process id.
+pub fn getppid() -> Pid {
+    // SAFETY: getppid cannot fail.
+    unsafe { libc::getppid() }
+}
+
+/// A descriptor that becomes readable when process `pid` exits (Linux 5.3+); `None` where the
+/// kernel has no pidfds (or `pid` is gone), in which case callers poll.
+pub fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
+    // SAFETY: the syscall takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: a fresh descriptor that nothing else owns.
+    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// The conventional name of a signal ("SIGTERM"), or "signal N".
+pub fn signal_name(sig: i32) -> String {
+    let name = match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        _ => return format!("signal {sig}"),
+    };
+    name.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::os::{PollFd, poll};
+
+    #[test]
+    fn a_pidfd_becomes_readable_when_its_process_exits() {
+        let mut child = std::process::Command::new("sleep").arg("0.2").spawn().unwrap();
+        let Some(fd) = pidfd_open(child.id() as Pid) else {
+            let _ = child.wait();
+            return; // a kernel without pidfds: callers poll instead
+        };
+        let mut pfd = [PollFd { fd: fd.as_raw_fd(), read: true, write: false, ready: false }];
+        assert_eq!(poll(&mut pfd, Duration::from_millis(10)).unwrap(), 0, "readable while the child runs");
+        assert_eq!(poll(&mut pfd, Duration::from_secs(10)).unwrap(), 1, "not readable after the child exited");
+        let _ = child.wait();
+    }
+
+    #[test]
+    fn signal_names() {
+        assert_eq!(signal_name(libc::SIGTERM), "SIGTERM");
+        assert_eq!(signal_name(64), "signal 64");
+        assert_ne!(getpid(), getppid());
+    }
+}
