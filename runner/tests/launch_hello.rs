@@ -4,8 +4,8 @@
 //! `hello` is a binary of another package (`ferrovod-examples`), which cargo does not build for
 //! this crate's tests; the test builds it (`cargo build -p ferrovod-examples --bin hello`, same
 //! profile and target directory: a no-op when it is fresh) and runs it from
-//! `target/<profile>/hello`. It is skipped, saying so, only when the package is not in the
-//! workspace.
+//! `target/<profile>/hello`. A missing package is a failure, never a skip: a test that passes
+//! without running proves nothing.
 
 mod support;
 
@@ -22,14 +22,15 @@ fn profile_dir() -> PathBuf {
     deps.parent().unwrap().to_path_buf()
 }
 
-fn build_hello(profile_dir: &Path) -> Option<PathBuf> {
+fn build_hello(profile_dir: &Path) -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let manifest = workspace.join("examples/Cargo.toml");
     let has_package = std::fs::read_to_string(&manifest).is_ok_and(|t| t.contains("name = \"ferrovod-examples\""));
-    if !has_package {
-        eprintln!("SKIPPED launch_hello: no ferrovod-examples package at {}", manifest.display());
-        return None;
-    }
+    assert!(
+        has_package,
+        "launch_hello needs the ferrovod-examples package (its hello binary) at {}, and it is missing",
+        manifest.display()
+    );
     let target_dir = profile_dir.parent().unwrap();
     let profile = profile_dir.file_name().unwrap().to_string_lossy().into_owned();
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
@@ -49,14 +50,12 @@ fn build_hello(profile_dir: &Path) -> Option<PathBuf> {
     assert!(status.success(), "cargo build -p ferrovod-examples --bin hello failed");
     let hello = profile_dir.join("hello");
     assert!(hello.exists(), "{} missing after the build", hello.display());
-    Some(hello)
+    hello
 }
 
 #[test]
 fn four_ranks_of_hello() {
-    let Some(hello) = build_hello(&profile_dir()) else {
-        return;
-    };
+    let hello = build_hello(&profile_dir());
     let mut cmd = launcher();
     cmd.arg("-np").arg("4").arg("--").arg(&hello);
     let f = run(cmd, Duration::from_secs(60));
