@@ -50,6 +50,16 @@ pub struct Cli {
     #[arg(long, value_name = "FD", requires = "plan")]
     pub listen_fd: Option<i32>,
 
+    /// Write every failure and the final report as JSON lines to this inherited descriptor
+    /// (the schema is in the crate docs, module `events`).
+    #[arg(long, value_name = "FD")]
+    pub events_fd: Option<i32>,
+
+    /// With --events-fd: send each rank's output lines through it as `output` events instead of
+    /// writing them to the launcher's stdout and stderr.
+    #[arg(long, requires = "events_fd")]
+    pub events_output: bool,
+
     /// Local mode: GPU ids (comma-separated), one process per GPU, each seeing only its own
     /// through CUDA_VISIBLE_DEVICES. -np defaults to their number.
     #[arg(long, value_name = "LIST", value_delimiter = ',', conflicts_with = "plan")]
@@ -118,6 +128,7 @@ pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString>
         "--num-proc",
         "--plan",
         "--listen-fd",
+        "--events-fd",
         "--gpus",
         "--output-dir",
         "--grace-period",
@@ -170,7 +181,14 @@ impl Cli {
             mode,
             command: self.command,
             listen_fd: self.listen_fd,
-            output: OutputOptions { prefix: !self.no_prefix, dir: self.output_dir, rank_width: 1 },
+            events_fd: self.events_fd,
+            events_output: self.events_output,
+            output: OutputOptions {
+                prefix: !self.no_prefix,
+                dir: self.output_dir,
+                rank_width: 1,
+                events: crate::events::Events::disabled(),
+            },
             grace: self.grace_period,
             connect_timeout: self.connect_timeout,
             store_linger: self.store_linger,
@@ -189,12 +207,12 @@ pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
     match cli.into_launch().and_then(|launch| crate::run(&launch)) {
         Ok(report) => {
             if report.exit_code() != 0 || verbose >= 1 {
-                crate::launch::say(&report.summary());
+                crate::report::say(&report.summary());
             }
             report.exit_code()
         }
         Err(e) => {
-            crate::launch::say(&e.to_string());
+            crate::report::say(&e.to_string());
             e.exit_code()
         }
     }

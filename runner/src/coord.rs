@@ -3,34 +3,38 @@
 //!
 //! Keys, all under `ferrovod-run/<job_id>/`:
 //!
-//! | key            | written by                  | meaning                                      |
-//! |----------------|-----------------------------|----------------------------------------------|
-//! | `master_port`  | task 0                      | `MASTER_PORT` for torch.distributed (u16 LE) |
-//! | `abort_claim`  | any launcher (counter)      | 1 for the first launcher to fail             |
-//! | `abort`        | the first failing launcher  | a postcard [`Failure`]                       |
-//! | `done/<task>`  | every launcher but task 0's | its processes are gone; it no longer needs the store |
+//! | key                         | written by                  | meaning                                      |
+//! |-----------------------------|-----------------------------|----------------------------------------------|
+//! | `master_port`               | task 0                      | `MASTER_PORT` for torch.distributed (u16 LE) |
+//! | `first_failure/claim`       | any launcher (counter)      | 1 for the first launcher to fail             |
+//! | `first_failure/value`       | the first failing launcher  | a postcard [`Failure`]                       |
+//! | `done/<task>`               | every launcher but task 0's | its processes are gone; it no longer needs the store |
 //!
-//! Each launcher runs a link thread with its own store connection that waits on `abort` (in
-//! slices of [`WATCH_SLICE`], so that it notices a stop request) and wakes the launcher's event
-//! loop through a pipe. The first launcher to fail claims `abort_claim` and publishes its
+//! The two `first_failure` keys are a [`FirstFailure`] record, the same one the communicator's
+//! ranks agree on their first failure with.
+//!
+//! Each launcher runs a coordination thread with its own store connection that waits on the
+//! first failure (in slices of [`WATCH_SLICE`], so that it notices a stop request) and wakes the
+//! launcher's event loop through a [`Doorbell`]. The first launcher to fail publishes its
 //! failure; every other launcher stops its processes within a slice and reports that same
 //! failure, so all tasks exit with the first failing rank's code. Task 0's launcher keeps the
 //! store up until every other launcher wrote `done/<task>` (bounded by the linger timeout).
 
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::RawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use ferrovod::bootstrap::{Error as StoreError, Secret, StoreClient};
+use ferrovod::bootstrap::{Error as StoreError, FirstFailure, Secret, StoreClient};
+use ferrovod::os::{Doorbell, signal_name};
 use serde::{Deserialize, Serialize};
 
-use crate::os;
 use crate::supervisor::ExitKind;
 
-/// How long one store wait of the link thread lasts; bounds how late it notices a stop request.
+/// How long one store wait of the coordination thread lasts; bounds how late it notices a stop
+/// request.
 pub const WATCH_SLICE: Duration = Duration::from_millis(500);
 
 /// Why a launcher stopped its job.
@@ -90,7 +94,7 @@ impl Failure {
                 format!("rank {rank} (host {}, task {}) could not start: {detail}", self.host, self.task)
             }
             Cause::Signal(s) => {
-                format!("the launcher of task {} (host {}) received {}", self.task, self.host, os::signal_name(*s))
+                format!("the launcher of task {} (host {}) received {}", self.task, self.host, signal_name(*s))
             }
             Cause::ParentDied => {
                 format!("the launcher of task {} (host {}) lost its parent process", self.task, self.host)
@@ -116,20 +120,17 @@ impl Keys {
     fn master_port(&self) -> String {
         format!("{}/master_port", self.prefix)
     }
-    fn abort_claim(&self) -> String {
-        format!("{}/abort_claim", self.prefix)
-    }
-    fn abort(&self) -> String {
-        format!("{}/abort", self.prefix)
+    fn first_failure(&self) -> FirstFailure {
+        FirstFailure::new(self.prefix.clone())
     }
     fn done(&self, task: usize) -> String {
         format!("{}/done/{task}", self.prefix)
     }
 }
 
-/// What the link thread reports.
+/// What the coordination thread reports.
 #[derive(Debug)]
-pub enum LinkEvent {
+pub enum CoordEvent {
     /// Connected; `MASTER_PORT` is known. Processes may start.
     Ready {
         /// The port for torch.distributed.
@@ -147,9 +148,9 @@ enum Msg {
     Lost(String),
 }
 
-/// Settings of a link.
+/// Settings of the coordination with the other tasks' launchers.
 #[derive(Clone, Debug)]
-pub struct LinkConfig {
+pub struct CoordConfig {
     /// The store's address.
     pub addr: String,
     /// The job secret.
@@ -166,64 +167,53 @@ pub struct LinkConfig {
     pub connect_timeout: Duration,
 }
 
-/// This launcher's end of the coordination.
-pub struct Link {
-    cfg: LinkConfig,
+/// This launcher's end of the coordination between the tasks' launchers (named apart from the
+/// transports' links between ranks).
+pub struct Coordinator {
+    cfg: CoordConfig,
+    first_failure: FirstFailure,
     rx: mpsc::Receiver<Msg>,
-    wake_rx: OwnedFd,
+    bell: Arc<Doorbell>,
     stop: Arc<AtomicBool>,
     client: Option<StoreClient>,
     /// We published the job's first failure.
     pub published_first: bool,
-    /// The link thread has ended (its end of the wake pipe is closed).
-    ended: bool,
 }
 
-impl Link {
-    /// Starts the link thread.
-    pub fn start(cfg: LinkConfig) -> io::Result<Link> {
-        let (wake_rx, wake_tx) = os::pipe()?;
-        os::set_nonblocking(wake_rx.as_raw_fd())?;
+impl Coordinator {
+    /// Starts the coordination thread.
+    pub fn start(cfg: CoordConfig) -> io::Result<Coordinator> {
+        let bell = Arc::new(Doorbell::new()?);
         let (tx, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let (c, s) = (cfg.clone(), stop.clone());
-        std::thread::Builder::new().name("ferrovod-run-link".into()).spawn(move || {
+        let (c, s, b) = (cfg.clone(), stop.clone(), bell.clone());
+        std::thread::Builder::new().name("ferrovod-run-coord".into()).spawn(move || {
             let notify = |m: Msg| {
                 let _ = tx.send(m);
-                // SAFETY: writing one byte from a valid buffer to our own pipe.
-                let _ = unsafe { libc::write(wake_tx.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+                b.ring();
             };
-            link_main(&c, &s, notify);
+            coord_main(&c, &s, notify);
         })?;
-        Ok(Link { cfg, rx, wake_rx, stop, client: None, published_first: false, ended: false })
+        let first_failure = cfg.keys.first_failure();
+        Ok(Coordinator { cfg, first_failure, rx, bell, stop, client: None, published_first: false })
     }
 
-    /// Becomes readable when an event is waiting; `None` once the link thread has ended (its
-    /// closed pipe would otherwise be readable for ever and make every poll return at once).
-    pub fn wake_fd(&self) -> Option<RawFd> {
-        (!self.ended).then(|| self.wake_rx.as_raw_fd())
+    /// Becomes readable when an event is waiting.
+    pub fn wake_fd(&self) -> RawFd {
+        self.bell.fd()
     }
 
     /// The next event, if any (never blocks).
-    pub fn next_event(&mut self) -> Option<LinkEvent> {
-        let mut sink = [0u8; 64];
-        loop {
-            // SAFETY: reading into a valid buffer from our non-blocking pipe.
-            let n = unsafe { libc::read(self.wake_rx.as_raw_fd(), sink.as_mut_ptr().cast(), sink.len()) };
-            if n == 0 {
-                self.ended = true;
-            }
-            if n <= 0 {
-                break;
-            }
-        }
+    pub fn next_event(&mut self) -> Option<CoordEvent> {
+        // Cleared before looking, so that a message sent after the look rings again.
+        self.bell.clear();
         match self.rx.try_recv().ok()? {
             Msg::Ready { master_port, client } => {
                 self.client = Some(client);
-                Some(LinkEvent::Ready { master_port })
+                Some(CoordEvent::Ready { master_port })
             }
-            Msg::Abort(f) => Some(LinkEvent::Abort(f)),
-            Msg::Lost(e) => Some(LinkEvent::Lost(e)),
+            Msg::Abort(f) => Some(CoordEvent::Abort(f)),
+            Msg::Lost(e) => Some(CoordEvent::Lost(e)),
         }
     }
 
@@ -233,26 +223,19 @@ impl Link {
         let Some(client) = &mut self.client else {
             return Ok(false);
         };
-        if client.add(&self.cfg.keys.abort_claim(), 1)? != 1 {
-            return Ok(false);
-        }
-        let bytes = postcard::to_stdvec(f).map_err(|e| StoreError::World(format!("encoding the failure: {e}")))?;
-        client.set(&self.cfg.keys.abort(), &bytes)?;
-        self.published_first = true;
-        Ok(true)
+        let first = self.first_failure.publish(client, f)?;
+        self.published_first |= first;
+        Ok(first)
     }
 
     /// The job's first failure as published, waiting up to `wait` for it.
     pub fn first_failure(&mut self, wait: Duration) -> Option<Failure> {
         let client = self.client.as_mut()?;
-        match client.wait(&[self.cfg.keys.abort()], wait) {
-            Ok(Ok(v)) => v.first().and_then(|b| postcard::from_bytes(b).ok()),
-            _ => None,
-        }
+        self.first_failure.first(client, wait)
     }
 
-    /// Stops the link thread and, on tasks other than 0, tells task 0 that this launcher is
-    /// done with the store.
+    /// Stops the coordination thread and, on tasks other than 0, tells task 0 that this
+    /// launcher is done with the store.
     pub fn finish(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if self.cfg.task != 0
@@ -286,13 +269,13 @@ impl Link {
     }
 }
 
-impl Drop for Link {
+impl Drop for Coordinator {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
     }
 }
 
-fn connect(cfg: &LinkConfig, stop: &AtomicBool, deadline: Instant) -> Result<StoreClient, String> {
+fn connect(cfg: &CoordConfig, stop: &AtomicBool, deadline: Instant) -> Result<StoreClient, String> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         match StoreClient::connect(&cfg.addr, &cfg.secret, left.min(Duration::from_secs(1))) {
@@ -309,7 +292,7 @@ fn connect(cfg: &LinkConfig, stop: &AtomicBool, deadline: Instant) -> Result<Sto
     }
 }
 
-fn link_main(cfg: &LinkConfig, stop: &AtomicBool, notify: impl Fn(Msg)) {
+fn coord_main(cfg: &CoordConfig, stop: &AtomicBool, notify: impl Fn(Msg)) {
     let deadline = Instant::now() + cfg.connect_timeout;
     let lost = |e: String| Msg::Lost(format!("rendezvous store at {}: {e}", cfg.addr));
     let (mut watcher, mut client) = match (connect(cfg, stop, deadline), connect(cfg, stop, deadline)) {
@@ -340,16 +323,11 @@ fn link_main(cfg: &LinkConfig, stop: &AtomicBool, notify: impl Fn(Msg)) {
         },
     };
     notify(Msg::Ready { master_port, client });
+    let first_failure = cfg.keys.first_failure();
     while !stop.load(Ordering::SeqCst) {
-        match watcher.wait(&[cfg.keys.abort()], WATCH_SLICE) {
-            Ok(Ok(v)) => {
-                match v.first().and_then(|b| postcard::from_bytes::<Failure>(b).ok()) {
-                    Some(f) => notify(Msg::Abort(f)),
-                    None => notify(lost("the published failure is malformed".into())),
-                }
-                return;
-            }
-            Ok(Err(_)) => continue,
+        match first_failure.watch::<Failure>(&mut watcher, WATCH_SLICE) {
+            Ok(Some(f)) => return notify(Msg::Abort(f)),
+            Ok(None) => continue,
             Err(e) => {
                 if !stop.load(Ordering::SeqCst) {
                     notify(lost(e.to_string()));

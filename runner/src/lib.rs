@@ -12,11 +12,13 @@
 //! | layer | module | what it does |
 //! |-------|--------|--------------|
 //! | command line | [`cli`] | options, each knob also a `FERROVOD_*` variable |
-//! | run | [`launch`] | plan → store → link → start → event loop → teardown → [`Report`] |
-//! | input | [`plan`], [`placement`] | the barrier plan, strict validation; ranks and environments |
+//! | run | [`launch`] | settings; input → store → coordination → job → [`Report`] |
+//! | input | [`input`], [`plan`], [`placement`] | the secret, the barrier plan (one builder, strict validation); ranks and environments |
+//! | job | [`job`] | starting this task's processes, the event loop, teardown |
+//! | outcome | [`report`], [`events`] | how the job ended; the JSON-lines channel to whatever started the launcher |
 //! | coordination | [`coord`] | failure propagation between the tasks' launchers through the store |
 //! | supervision | [`supervisor`], [`reaper`], [`output`] | spawning into process groups, reaping, killing, output forwarding |
-//! | system | [`os`] | signalfd, process groups, waitpid, prctl, pidfds, inherited sockets |
+//! | system | [`os`] | signalfd, process groups, waitpid, prctl, inherited sockets (the general helpers are in `ferrovod::os`) |
 //!
 //! # Usage
 //!
@@ -32,7 +34,11 @@
 //! 4. Options: `--output-dir DIR` for per-rank files, `--no-prefix`, `--grace-period`,
 //!    `--connect-timeout`, `--store-linger`, `--no-watch-parent`, `-v`; `ferrovod-run --help`
 //!    lists them with their `FERROVOD_*` variables.
-//! 5. From Rust (a future worker pool, tests): [`cli::Cli`] → [`launch::Launch`] →
+//! 5. From a program that wants structured results (the Python package, a Spark task):
+//!    `--events-fd FD [--events-output]` writes every failure and the report, and with
+//!    `--events-output` the ranks' output lines, as JSON lines to the inherited descriptor FD;
+//!    the schema is in [`events`].
+//! 6. From Rust (a future worker pool, tests): [`cli::Cli`] → [`launch::Launch`] →
 //!    [`launch::run`] → [`Report`], or [`supervisor::Supervisor`] directly.
 //!
 //! ```no_run
@@ -106,14 +112,19 @@
 pub mod cli;
 pub mod coord;
 pub mod error;
+pub mod events;
+pub mod input;
+pub mod job;
 pub mod launch;
 pub mod os;
 pub mod output;
 pub mod placement;
 pub mod plan;
 pub mod reaper;
+pub mod report;
 pub mod supervisor;
 
 pub use error::Error;
-pub use launch::{Launch, Mode, Outcome, Report, run};
+pub use launch::{Launch, Mode, run};
 pub use plan::{Plan, PlanError, Task};
+pub use report::{Outcome, Report};

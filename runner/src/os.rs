@@ -1,18 +1,15 @@
-//! The Linux facilities the launcher needs beyond std: blocked signals read through a
-//! `signalfd`, process groups, `waitpid(-1)`, `PR_SET_PDEATHSIG` / `PR_SET_CHILD_SUBREAPER`,
-//! pidfds, and inherited listening sockets.
+//! The Linux facilities only a launcher needs: blocked signals read through a `signalfd`,
+//! process groups, `waitpid(-1)`, `PR_SET_PDEATHSIG` / `PR_SET_CHILD_SUBREAPER`, and inherited
+//! listening sockets. The general ones (pidfds, pipes, process ids, signal names) are in
+//! [`ferrovod::os`].
 //!
 //! Every function here is a thin, `Result`-returning wrapper; the policy lives in the callers.
 
 use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::time::{Duration, Instant};
 
-use ferrovod::os::{PollFd, poll};
-
-/// A process id (also a process-group id: every child leads its own group).
-pub type Pid = libc::pid_t;
+use ferrovod::os::Pid;
 
 /// The signals the launcher handles itself: they are blocked in every thread and read from a
 /// [`SignalFd`]. `SIGCHLD` says that a child changed state.
@@ -147,18 +144,6 @@ pub fn reap_any() -> Option<(Pid, WaitStatus)> {
     }
 }
 
-/// This process's id.
-pub fn getpid() -> Pid {
-    // SAFETY: getpid cannot fail.
-    unsafe { libc::getpid() }
-}
-
-/// The parent's process id.
-pub fn getppid() -> Pid {
-    // SAFETY: getppid cannot fail.
-    unsafe { libc::getppid() }
-}
-
 /// Runs in a freshly forked child before `exec`: unblocks every signal (the launcher blocks the
 /// ones it reads through its [`SignalFd`], and a blocked mask survives `exec`), asks the kernel
 /// for `SIGKILL` when the thread that forked it exits, then makes sure that thread's process has
@@ -182,35 +167,6 @@ pub fn child_setup(launcher: Pid) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// A descriptor that becomes readable when process `pid` exits (Linux 5.3+); `None` where the
-/// kernel has no pidfds, in which case callers poll.
-pub fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
-    // SAFETY: the syscall takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: a fresh descriptor that nothing else owns.
-    Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// A pipe whose both ends are close-on-exec: (read end, write end).
-pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as libc::c_int; 2];
-    // SAFETY: `fds` is a valid array of two ints.
-    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-    // SAFETY: pipe2 returned two fresh descriptors that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// Makes `fd` non-blocking.
-pub fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on a descriptor number has no memory-safety preconditions.
-    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
-    // SAFETY: as above.
-    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) }).map(drop)
 }
 
 /// Takes ownership of an inherited, already bound and listening TCP socket (`--listen-fd`),
@@ -260,60 +216,4 @@ pub fn inherited_listener(fd: RawFd) -> Result<TcpListener, String> {
     // SAFETY: the caller hands this descriptor over to us (it came from our parent for this
     // purpose); it is an open, listening TCP socket, checked above.
     Ok(unsafe { TcpListener::from_raw_fd(fd) })
-}
-
-/// Reads `fd` to end of file, giving up at `deadline` (the plan on standard input).
-pub fn read_to_end_until(fd: RawFd, deadline: Instant, limit: usize) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, "no end of input"));
-        }
-        let mut pfd = [PollFd { fd, read: true, write: false, ready: false }];
-        if poll(&mut pfd, left.min(Duration::from_secs(1)))? == 0 {
-            continue;
-        }
-        // SAFETY: `buf` is valid for its length.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            let err = io::Error::last_os_error();
-            if matches!(err.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) {
-                continue;
-            }
-            return Err(err);
-        }
-        if n == 0 {
-            return Ok(out);
-        }
-        out.extend_from_slice(&buf[..n as usize]);
-        if out.len() > limit {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("more than {limit} bytes")));
-        }
-    }
-}
-
-/// The conventional name of a signal ("SIGTERM"), or "signal N".
-pub fn signal_name(sig: i32) -> String {
-    let name = match sig {
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGINT => "SIGINT",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGILL => "SIGILL",
-        libc::SIGTRAP => "SIGTRAP",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGUSR1 => "SIGUSR1",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGUSR2 => "SIGUSR2",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGALRM => "SIGALRM",
-        libc::SIGTERM => "SIGTERM",
-        libc::SIGXCPU => "SIGXCPU",
-        _ => return format!("signal {sig}"),
-    };
-    name.to_string()
 }

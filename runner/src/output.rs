@@ -1,5 +1,6 @@
 //! Forwarding the children's output: line by line, with a `[rank]` prefix, to the launcher's
-//! own stdout and stderr, and optionally into per-rank files.
+//! own stdout and stderr (or, with `--events-output`, as `output` events of the
+//! [events channel](crate::events)), and optionally into per-rank files.
 //!
 //! One thread per pipe reads until end of file, so nothing a child wrote is lost when it exits:
 //! complete lines are written whole (one `write` per batch of lines, under the stream's lock,
@@ -15,6 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
+use crate::events::{Event, Events};
+
 /// Longest line kept whole; longer ones are forwarded in pieces.
 pub const MAX_LINE: usize = 1 << 20;
 
@@ -28,6 +31,9 @@ pub struct OutputOptions {
     /// Zero-padding of rank numbers in the directory names, so they sort (the width of the
     /// largest rank).
     pub rank_width: usize,
+    /// When enabled, lines go to this channel as `output` events instead of the launcher's
+    /// stdout and stderr (back to those if the channel's reader goes away).
+    pub events: Events,
 }
 
 /// Which of a child's streams.
@@ -87,8 +93,10 @@ impl Forwarders {
         let prefix = self.opts.prefix.then(|| format!("[{rank}] ").into_bytes());
         let broken = self.broken[stream as usize].clone();
         let done = self.done_tx.clone();
+        let events = self.opts.events.clone();
         std::thread::Builder::new().name(format!("ferrovod-out-{rank}")).spawn(move || {
-            let mut sink = Sink { stream, prefix, file: file.map(|(_, f)| f), broken, scratch: Vec::new() };
+            let file = file.map(|(_, f)| f);
+            let mut sink = Sink { rank, stream, prefix, file, broken, events, scratch: Vec::new() };
             pump(pipe, &mut sink);
             let _ = done.send(());
         })?;
@@ -112,10 +120,12 @@ impl Forwarders {
 }
 
 struct Sink {
+    rank: usize,
     stream: Stream,
     prefix: Option<Vec<u8>>,
     file: Option<File>,
     broken: Arc<AtomicBool>,
+    events: Events,
     scratch: Vec<u8>,
 }
 
@@ -126,6 +136,13 @@ impl Sink {
             && f.write_all(lines).is_err()
         {
             self.file = None;
+        }
+        if self.events.enabled() {
+            for line in lines.split_inclusive(|&b| b == b'\n') {
+                let line = line.strip_suffix(b"\n").unwrap_or(line);
+                self.events.emit(&Event::output(self.rank, self.stream, line));
+            }
+            return;
         }
         if self.broken.load(Ordering::Relaxed) {
             return;

@@ -245,16 +245,47 @@ impl Plan {
         Ok(())
     }
 
-    /// The plan of a local job: one task on this host, `np` processes, one per GPU of `gpus`
-    /// when given.
-    pub fn local(job_id: String, rendezvous: String, np: usize, gpus: Vec<u32>) -> Plan {
-        Plan {
+    /// Builds and validates the plan of a job: the one builder of plans, used by local mode here
+    /// and by the Spark tasks through the Python bindings. `rendezvous_host` is a name or an
+    /// address (an IPv6 one is bracketed in the plan's `rendezvous`); `tasks` may come in any
+    /// order and are sorted by index.
+    pub fn build(
+        job_id: impl Into<String>,
+        rendezvous_host: &str,
+        rendezvous_port: u16,
+        task_index: usize,
+        mut tasks: Vec<Task>,
+    ) -> Result<Plan, PlanError> {
+        let plan = Plan {
             version: PLAN_VERSION,
-            job_id,
-            rendezvous,
-            task_index: 0,
-            tasks: vec![Task { index: 0, host: "127.0.0.1".into(), gpus, slots: np }],
-        }
+            job_id: job_id.into(),
+            rendezvous: host_port(rendezvous_host, rendezvous_port),
+            task_index,
+            tasks: Vec::new(),
+        };
+        tasks.sort_by_key(|t| t.index);
+        let plan = Plan { tasks, ..plan };
+        plan.validate()?;
+        Ok(plan)
+    }
+
+    /// The plan of a local job: one task on this host, `np` processes, one per GPU of `gpus`
+    /// when given, the store at `rendezvous_host:rendezvous_port`.
+    pub fn local(
+        job_id: impl Into<String>,
+        rendezvous_host: &str,
+        rendezvous_port: u16,
+        np: usize,
+        gpus: Vec<u32>,
+    ) -> Result<Plan, PlanError> {
+        let task = Task { index: 0, host: "127.0.0.1".into(), gpus, slots: np };
+        Plan::build(job_id, rendezvous_host, rendezvous_port, 0, vec![task])
+    }
+
+    /// The plan as the JSON the launcher reads (`--plan`).
+    pub fn to_json(&self) -> String {
+        // A plan is strings and integers: serialising it cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
     }
 
     /// This launcher's task.
@@ -266,6 +297,12 @@ impl Plan {
     pub fn world_size(&self) -> usize {
         self.tasks.iter().map(Task::processes).sum()
     }
+}
+
+/// `host:port`, with an IPv6 address bracketed (`[v6]:port`): the form [`parse_host_port`]
+/// reads.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
 }
 
 /// Splits `host:port` (`[v6]:port` for IPv6); the port must be 1..65535 and the host a plain
@@ -325,6 +362,22 @@ mod tests {
         );
         // The same id on another host is another GPU.
         assert!(Plan::parse(&plan(["b", "a", "a"])).is_ok());
+    }
+
+    #[test]
+    fn built_plans_read_back_as_they_were_built() {
+        let tasks = vec![
+            Task { index: 1, host: "10.0.0.2".into(), gpus: vec![], slots: 2 },
+            Task { index: 0, host: "10.0.0.1".into(), gpus: vec![0, 1], slots: 2 },
+        ];
+        let plan = Plan::build("job-1", "10.0.0.1", 29400, 1, tasks).unwrap();
+        assert_eq!(plan.rendezvous, "10.0.0.1:29400");
+        assert_eq!(plan.tasks.iter().map(|t| t.index).collect::<Vec<_>>(), vec![0, 1]);
+        assert_eq!(Plan::parse(&plan.to_json()).unwrap(), plan);
+        assert_eq!(Plan::build("j", "fe80::1", 7, 0, vec![plan.tasks[0].clone()]).unwrap().rendezvous, "[fe80::1]:7");
+        let err = Plan::build("j", "h", 7, 3, plan.tasks.clone()).unwrap_err();
+        assert!(matches!(err, PlanError::TaskIndex { task_index: 3, count: 2 }), "{err}");
+        assert_eq!(Plan::local("j", "127.0.0.1", 9, 4, vec![]).unwrap().world_size(), 4);
     }
 
     #[test]

@@ -17,7 +17,7 @@
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use crate::os::{self, Pid};
+use ferrovod::os::{self, Pid};
 
 /// Most process groups the reaper tracks at once.
 const CAPACITY: usize = 1 << 16;

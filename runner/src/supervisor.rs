@@ -21,7 +21,9 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::os::{self, Pid, WaitStatus};
+use ferrovod::os::Pid;
+
+use crate::os::{self, WaitStatus};
 use crate::output::{Forwarders, OutputOptions, Stream};
 use crate::reaper::Reaper;
 
@@ -93,7 +95,7 @@ impl fmt::Display for ExitKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             ExitKind::Code(c) => write!(f, "exited with code {c}"),
-            ExitKind::Signal(s) => write!(f, "was killed by {} (exit code {})", os::signal_name(s), 128 + s),
+            ExitKind::Signal(s) => write!(f, "was killed by {} (exit code {})", ferrovod::os::signal_name(s), 128 + s),
         }
     }
 }
@@ -149,7 +151,7 @@ impl Supervisor {
         let _ = os::become_subreaper();
         let reaper = Reaper::start()?;
         Ok(Supervisor {
-            launcher: os::getpid(),
+            launcher: ferrovod::os::getpid(),
             reaper: Some(reaper),
             children: Vec::new(),
             by_pid: HashMap::new(),
@@ -293,7 +295,7 @@ impl Drop for Supervisor {
         }
         if let Some(reaper) = self.reaper.take() {
             let pid = reaper.pid();
-            let pidfd = os::pidfd_open(pid);
+            let pidfd = ferrovod::os::pidfd_open(pid);
             drop(reaper);
             if let Some(fd) = pidfd {
                 use std::os::fd::AsRawFd;

@@ -1,0 +1,133 @@
+//! What a launcher run starts from, checked before anything starts: the job secret, the plan
+//! (built for local mode, read for plan mode), and task 0's store socket.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ferrovod::bootstrap::Secret;
+
+use crate::error::Error;
+use crate::launch::{Launch, Mode};
+use crate::os;
+use crate::plan::{self, MAX_PLAN_BYTES, Plan};
+
+/// The plan and what comes with it.
+pub struct Input {
+    /// The job's plan, this task's index in it.
+    pub plan: Plan,
+    /// Task 0: the socket to serve the store on.
+    pub listener: Option<TcpListener>,
+    /// Give each process its own GPU through `CUDA_VISIBLE_DEVICES`.
+    pub pin_gpus: bool,
+    /// The job secret.
+    pub secret: String,
+}
+
+/// Builds (local mode) or reads (plan mode) the plan and checks everything about it.
+pub fn prepare(cfg: &Launch) -> Result<Input, Error> {
+    match &cfg.mode {
+        Mode::Local { np, gpus } => {
+            if *np == 0 || *np > plan::MAX_PROCESSES {
+                return Err(Error::Usage(format!("-np must be between 1 and {}", plan::MAX_PROCESSES)));
+            }
+            if let Some(g) = gpus
+                && let Some(dup) = g.iter().enumerate().find(|(i, id)| g[..*i].contains(id)).map(|(_, id)| id)
+            {
+                return Err(Error::Usage(format!("--gpus lists GPU {dup} twice")));
+            }
+            if let Some(g) = gpus
+                && g.len() != *np
+            {
+                return Err(Error::Usage(format!("-np {np} but --gpus lists {} GPUs", g.len())));
+            }
+            let listener =
+                TcpListener::bind(("127.0.0.1", 0)).map_err(Error::io("binding the rendezvous store on 127.0.0.1"))?;
+            let port = listener.local_addr().map_err(Error::io("rendezvous store address"))?.port();
+            let secret = job_secret(1)?;
+            let job_id = Secret::generate_hex().map_err(Error::io("generating a job id"))?;
+            let plan = Plan::local(
+                job_id.get(..16).unwrap_or(&job_id).to_string(),
+                "127.0.0.1",
+                port,
+                *np,
+                gpus.clone().unwrap_or_default(),
+            )
+            .map_err(|source| Error::Plan { origin: "-np".into(), source })?;
+            Ok(Input { plan, listener: Some(listener), pin_gpus: gpus.is_some(), secret })
+        }
+        Mode::Plan(path) => {
+            let plan = read_plan(path.as_ref(), cfg.connect_timeout)?;
+            if cfg.listen_fd.is_some() && plan.task_index != 0 {
+                return Err(Error::Usage(format!(
+                    "--listen-fd is for task 0's launcher, which serves the store; this is task {}",
+                    plan.task_index
+                )));
+            }
+            let secret = job_secret(plan.tasks.len())?;
+            let listener = if plan.task_index == 0 { Some(bind_store(cfg, &plan)?) } else { None };
+            Ok(Input { plan, listener, pin_gpus: true, secret })
+        }
+    }
+}
+
+/// The job secret: `FERROVOD_SECRET`, or a fresh one when this launcher is the job's only one.
+fn job_secret(tasks: usize) -> Result<String, Error> {
+    match std::env::var("FERROVOD_SECRET") {
+        Ok(s) if !s.is_empty() => Ok(s),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(Error::Usage("FERROVOD_SECRET is not valid UTF-8 (use hex)".into()))
+        }
+        _ if tasks > 1 => Err(Error::Usage(format!(
+            "FERROVOD_SECRET is not set: the {tasks} task launchers of a plan must share the job secret, so it \
+             must come from the environment (32 random bytes, hex)"
+        ))),
+        _ => Secret::generate_hex().map_err(Error::io("generating the job secret")),
+    }
+}
+
+fn read_plan(path: Option<&PathBuf>, timeout: Duration) -> Result<Plan, Error> {
+    let origin = match path {
+        Some(p) if p.as_os_str() != "-" => p.display().to_string(),
+        _ => "standard input".to_string(),
+    };
+    let read_err = |source| Error::PlanRead { origin: origin.clone(), source };
+    let bytes = match path {
+        Some(p) if p.as_os_str() != "-" => {
+            let meta = std::fs::metadata(p).map_err(read_err)?;
+            if meta.len() > MAX_PLAN_BYTES as u64 {
+                return Err(read_err(std::io::Error::other(format!("larger than {MAX_PLAN_BYTES} bytes"))));
+            }
+            std::fs::read(p).map_err(read_err)?
+        }
+        _ => ferrovod::os::read_to_end_until(0, Instant::now() + timeout, MAX_PLAN_BYTES).map_err(read_err)?,
+    };
+    let text = String::from_utf8(bytes).map_err(|e| read_err(std::io::Error::other(format!("not UTF-8: {e}"))))?;
+    Plan::parse(&text).map_err(|source| Error::Plan { origin, source })
+}
+
+/// Task 0's store socket: the inherited one, or the plan's rendezvous address bound here.
+fn bind_store(cfg: &Launch, plan: &Plan) -> Result<TcpListener, Error> {
+    let (host, port) = plan::parse_host_port(&plan.rendezvous).map_err(Error::Usage)?;
+    if let Some(fd) = cfg.listen_fd {
+        let l = os::inherited_listener(fd).map_err(|e| Error::Usage(format!("--listen-fd {fd}: {e}")))?;
+        let actual = l.local_addr().map_err(Error::io(format!("--listen-fd {fd}: its address")))?;
+        if actual.port() != port {
+            return Err(Error::Usage(format!(
+                "--listen-fd {fd} listens on {actual}, but the plan's rendezvous address is {}",
+                plan.rendezvous
+            )));
+        }
+        return Ok(l);
+    }
+    match TcpListener::bind((host.as_str(), port)) {
+        Ok(l) => Ok(l),
+        // The plan names the address others reach us by (NAT, a hostname of another
+        // interface): listen on every interface with that port.
+        Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+            let any = if host.contains(':') { "::" } else { "0.0.0.0" };
+            TcpListener::bind((any, port)).map_err(Error::io(format!("binding the rendezvous port {port} on {any}")))
+        }
+        Err(e) => Err(Error::Io { what: format!("binding the rendezvous address {}", plan.rendezvous), source: e }),
+    }
+}

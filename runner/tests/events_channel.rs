@@ -1,0 +1,140 @@
+//! The events channel (`--events-fd`): what started the launcher learns how the job went as
+//! JSON lines, never by parsing the launcher's text. Every line is versioned, the failing rank
+//! comes as a number, the report is the last line, and with `--events-output` the ranks' lines
+//! arrive tagged with their rank instead of on the launcher's stdout.
+
+mod support;
+
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+/// The descriptor number the launcher gets its channel on.
+const EVENTS_FD: i32 = 5;
+
+/// Runs `cmd` with the write end of a pipe as descriptor [`EVENTS_FD`]; returns what the
+/// launcher did and every line of the channel, parsed.
+fn run_with_events(mut cmd: Command, limit: Duration) -> (Finished, Vec<Value>) {
+    let (read, write) = ferrovod::os::pipe().unwrap();
+    let raw = write.as_raw_fd();
+    // SAFETY: dup2 is async-signal-safe; the child execs right after. dup2 leaves the new
+    // descriptor without close-on-exec, so the launcher inherits it.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(raw, EVENTS_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let running = start(cmd);
+    drop(write);
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::fs::File::from(read).read_to_string(&mut text);
+        text
+    });
+    let f = running.finish(limit);
+    let text = reader.join().unwrap();
+    let events = text
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect();
+    (f, events)
+}
+
+fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["event"] == kind).collect()
+}
+
+#[test]
+fn a_failing_rank_reaches_the_channel_as_data_with_every_rank_s_output() {
+    let mut cmd = launcher();
+    cmd.args(["-np", "3", "--events-fd", "5", "--events-output", "--"]);
+    cmd.args([FAKE, "--lines", "2", "--stderr-lines", "1", "--fail-rank", "1", "--fail-code", "7", "--sleep", "30"]);
+    let (f, events) = run_with_events(cmd, Duration::from_secs(30));
+    assert_eq!(f.code(), Some(7), "{f:?}");
+    assert!(!events.is_empty(), "no events; stderr:\n{}", f.stderr);
+    for e in &events {
+        assert_eq!(e["v"], 1, "unversioned line {e}");
+    }
+
+    let failures = of_kind(&events, "failure");
+    assert_eq!(failures.len(), 1, "{events:#?}");
+    let failure = &failures[0]["failure"];
+    assert_eq!(failures[0]["local"], true);
+    assert_eq!(failure["kind"], "rank");
+    assert_eq!(failure["rank"], 1);
+    assert_eq!(failure["exit_code"], 7);
+    assert_eq!(failure["task"], 0);
+    assert_eq!(failure["signal"], Value::Null);
+    assert!(failure["message"].as_str().unwrap().contains("rank 1"), "{failure}");
+
+    let last = events.last().unwrap();
+    assert_eq!(last["event"], "report", "the report comes last: {events:#?}");
+    assert_eq!(last["outcome"], "failed");
+    assert_eq!(last["exit_code"], 7);
+    assert_eq!(last["failure"], *failure);
+    assert_eq!(last["world"], 3);
+    assert_eq!(last["started"], 3);
+
+    // Rank 1's lines, tagged with its rank and stream, and none of them on the launcher's stdout.
+    let out: Vec<(u64, &str, &str)> = of_kind(&events, "output")
+        .iter()
+        .map(|e| (e["rank"].as_u64().unwrap(), e["stream"].as_str().unwrap(), e["line"].as_str().unwrap()))
+        .collect();
+    for want in
+        [(1, "stdout", "line 0 of rank 1"), (1, "stdout", "line 1 of rank 1"), (1, "stderr", "error line 0 of rank 1")]
+    {
+        assert!(out.contains(&want), "{want:?} missing from {out:?}");
+    }
+    assert!(!f.stdout.contains("line 0 of rank"), "output went to stdout too:\n{}", f.stdout);
+}
+
+#[test]
+fn success_is_one_report_and_output_stays_on_stdout_without_events_output() {
+    let mut cmd = launcher();
+    cmd.args(["-np", "2", "--events-fd", "5", "--", FAKE, "--lines", "1"]);
+    let (f, events) = run_with_events(cmd, Duration::from_secs(30));
+    assert_eq!(f.code(), Some(0), "{f:?}");
+    assert_eq!(events.len(), 1, "{events:#?}");
+    let report = &events[0];
+    assert_eq!((report["event"].as_str(), report["outcome"].as_str()), (Some("report"), Some("success")));
+    assert_eq!(report["exit_code"], 0);
+    assert_eq!(report["failure"], Value::Null);
+    assert!(f.stdout.contains("[0] line 0 of rank 0") && f.stdout.contains("[1] line 0 of rank 1"), "{}", f.stdout);
+}
+
+#[test]
+fn a_launcher_that_cannot_run_the_job_says_why_in_an_error_event() {
+    let dir = TempDir::new("events-plan");
+    let plan = write_file(&dir, "plan.json", r#"{"version": 1, "job_id": "j"}"#);
+    let mut cmd = launcher();
+    cmd.args(["--plan", &plan, "--events-fd", "5", "--", "true"]);
+    let (f, events) = run_with_events(cmd, Duration::from_secs(30));
+    assert_eq!(f.code(), Some(2), "{f:?}");
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["event"], "error");
+    assert_eq!(events[0]["exit_code"], 2);
+    assert!(events[0]["message"].as_str().unwrap().contains("missing field"), "{}", events[0]);
+}
+
+#[test]
+fn a_missing_or_read_only_events_descriptor_is_refused_before_anything_starts() {
+    let mut cmd = launcher();
+    cmd.args(["-np", "1", "--events-fd", "77", "--", "true"]);
+    let f = run(cmd, Duration::from_secs(20));
+    assert_eq!(f.code(), Some(2), "{f:?}");
+    assert!(f.stderr.contains("--events-fd 77") && f.stderr.contains("not open"), "{}", f.stderr);
+
+    let mut cmd = launcher();
+    cmd.args(["-np", "1", "--events-output", "--", "true"]);
+    let f = run(cmd, Duration::from_secs(20));
+    assert_eq!(f.code(), Some(2), "{f:?}");
+    assert!(f.stderr.contains("--events-fd"), "{}", f.stderr);
+}
