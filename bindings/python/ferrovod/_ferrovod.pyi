@@ -30,6 +30,7 @@ __all__ = [
     "alltoall_async",
     "join_async",
     "launcher_main",
+    "barrier_plan",
     "__version__",
 ]
 
@@ -87,3 +88,10 @@ def reducescatter_async(tensor: Any, name: str, op: ReduceOp) -> Handle: ...
 def alltoall_async(tensor: Any, name: str, splits: list[int] | None = None) -> Handle: ...
 def join_async() -> Handle: ...
 def launcher_main(argv: list[str]) -> int: ...
+def barrier_plan(
+    job_id: str,
+    rendezvous_host: str,
+    rendezvous_port: int,
+    task_index: int,
+    tasks: list[tuple[str, list[int], int]],
+) -> str: ...
