@@ -21,7 +21,7 @@ import time
 import types
 from typing import Any
 
-from ._run import SPEC_VERSION, check_json
+from ._ship import SPEC_VERSION, check_json
 
 
 def main(argv: list[str]) -> int:

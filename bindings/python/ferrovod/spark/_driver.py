@@ -21,8 +21,9 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from .. import _run
+from .. import _ship
 from .._ferrovod import FerrovodError, LaunchError, __version__
+from .._outcome import outcome
 from . import _logs, _task
 
 #: Seconds to wait for a cluster's executors to register enough task slots before refusing the
@@ -41,8 +42,8 @@ def run_job(
 ) -> list[Any]:
     """Runs ``fn`` on ``np`` processes (``None``: one per task slot) as a barrier stage of the
     active SparkContext and returns every rank's value in rank order."""
-    call = _run.prepare(fn, args, kwargs, api)
-    extra_env = _run.check_env(env, api)
+    call = _ship.prepare(fn, args, kwargs, api)
+    extra_env = _ship.check_env(env, api)
     sc = _context(api)
     _check_dynamic_allocation(sc, api)
     gpus_per_task = _gpus_per_task(sc, api)
@@ -217,12 +218,13 @@ def _results(parts: list[dict[str, Any]], np: int, api: str) -> list[Any]:
         raise FerrovodError(f"{api}: the job failed:\n" + "\n".join(task_errors))
     results: dict[int, dict[str, Any]] = {}
     hosts: dict[int, str] = {}
-    rank_tails: dict[int, str] = {}
+    rank_tails: dict[int, list[str]] = {}
     for p in parts:
         results.update({int(r): res for r, res in p["results"].items()})
         rank_tails.update({int(r): t for r, t in p["rank_tails"].items()})
         hosts.update({r: p["host"] for r in p["ranks"]})
-    # The launcher output of the first task whose launcher failed (all say the same thing).
+    # The report of the first task whose launcher failed: every launcher of a job reports the
+    # same first failure, agreed through the store.
     failed = next((p for p in sorted(parts, key=lambda p: p["task"]) if p["exit"] != 0), None)
-    code, tail = (failed["exit"], failed["tail"]) if failed else (0, "")
-    return _run.outcome(results, np, code, tail, hosts, rank_tails)
+    code, failure, tail = (failed["exit"], failed["failure"], failed["tail"]) if failed else (0, None, "")
+    return outcome(results, np, code, failure, tail, hosts, rank_tails)

@@ -8,8 +8,8 @@ client answers ``PROOF_C NONCE_C`` with ``PROOF_C = HMAC-SHA256(secret, "ferrovo
 Fresh nonces on both sides mean a recorded answer cannot be replayed, and a program that took the
 driver's port learns nothing. Then the client sends lines
 ``{"s": "out" | "err", "t": TEXT}``; the driver writes ``TEXT`` to its own ``sys.stdout`` or
-``sys.stderr``. ``TEXT`` is already tagged with the rank (the launcher prefixes ``[rank] ``, and
-``log_to_driver`` does the same).
+``sys.stderr``. ``TEXT`` is already tagged with the rank (``ferrovod._launch`` renders a rank's
+lines as ``[rank] line``, and ``log_to_driver`` does the same).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any
 
-from .._run import write_quietly
+from .._launch import write_quietly
 
 _GREETING = b"ferrovod-log 1 "
 _CLIENT = b"ferrovod-spark-log:client:"

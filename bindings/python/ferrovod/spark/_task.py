@@ -6,28 +6,25 @@ that skipped it would leave the others waiting in the barrier. A problem found b
 ``allGather`` travels in its record instead, and then no task starts anything.
 
 A rank's failure is not an exception of the task: the task returns the failure as data (the
-ranks' tracebacks and last lines), which a failed Spark task could not carry to the driver.
+launcher's structured report, the ranks' tracebacks and last lines), which a failed Spark task
+could not carry to the driver.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
 from collections.abc import Iterator
-from typing import IO, Any
+from typing import Any
 
-from .. import _launcher, _run
-from .._ferrovod import __version__
+from .. import _launch
+from .._ferrovod import __version__, barrier_plan
+from .._ship import load_results, worker_command
 from . import _logs
-
-#: Output lines of each rank kept for the driver's error message.
-_TAIL_LINES = 60
 
 
 def barrier_task(job_text: str, _partition: Iterator[Any]) -> Iterator[str]:
@@ -86,31 +83,29 @@ def _run_launcher(
     per_task = job["processes_per_task"]
     first_rank = index * per_task
     my_ranks = range(first_rank, first_rank + per_task)
-    rdv_host = records[0]["host"]
-    plan = {
-        "version": 1,
-        "job_id": job["job_id"],
-        "rendezvous": f"[{rdv_host}]:{records[0]['port']}" if ":" in rdv_host else f"{rdv_host}:{records[0]['port']}",
-        "task_index": index,
-        "tasks": [{"index": i, "host": r["host"], "gpus": r["gpus"], "slots": per_task} for i, r in enumerate(records)],
-    }
+    # The launcher's own builder checks the plan, so Python and Rust never disagree on it.
+    plan = barrier_plan(
+        job["job_id"],
+        records[0]["host"],
+        records[0]["port"],
+        index,
+        [(r["host"], r["gpus"], per_task) for r in records],
+    )
     spec_path = os.path.join(workdir, "spec.json")
     with open(spec_path, "w", encoding="utf-8") as f:
         json.dump({**job["spec"], "result_dir": workdir}, f)
 
-    cmd = [*_launcher.command(), "--plan", "-"]
+    options = ["--plan", "-"]
     fds: tuple[int, ...] = ()
     if listener is not None:
-        cmd += ["--listen-fd", str(listener.fileno())]
+        options += ["--listen-fd", str(listener.fileno())]
         fds = (listener.fileno(),)
-    cmd += ["--", *_run.worker_command(spec_path)]
     env = {
         **os.environ,
         **job["env"],
         # Whatever the executor's environment says: the launcher must stop its processes when
-        # Spark kills this task, and tag their lines (the tails above depend on it).
+        # Spark kills this task.
         "FERROVOD_NO_WATCH_PARENT": "0",
-        "FERROVOD_NO_PREFIX": "0",
         "FERROVOD_SECRET": job["secret"],
         "FERROVOD_SPARK_LOG": job["log_address"],
         "PYTHONUNBUFFERED": "1",
@@ -121,98 +116,58 @@ def _run_launcher(
             client = _logs.LogClient(job["log_address"], job["secret"])
         except OSError as e:
             print(f"ferrovod: cannot stream output to the driver at {job['log_address']}: {e}", file=sys.stderr)
-    tails: dict[int, collections.deque[str]] = {r: collections.deque(maxlen=_TAIL_LINES) for r in my_ranks}
-    launcher_tail: collections.deque[str] = collections.deque(maxlen=_TAIL_LINES)
-    forward = _Forward(client, tails, launcher_tail)
-    with subprocess.Popen(
-        cmd,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+    sink = _ToDriver(client)
+    done = _launch.launch(
+        options,
+        worker_command(spec_path),
+        env,
+        sink=sink,
+        stdin_text=plan,
         pass_fds=fds,
-        env=env,
-        text=True,
-        encoding="utf-8",
-        errors="replace",
-    ) as proc:
-        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        if listener is not None:
-            listener.close()  # the launcher has its own copy now
-        readers = [
-            threading.Thread(target=forward.pump, args=(proc.stdout, "out"), daemon=True),
-            threading.Thread(target=forward.pump, args=(proc.stderr, "err"), daemon=True),
-        ]
-        for t in readers:
-            t.start()
-        try:
-            proc.stdin.write(json.dumps(plan))
-            proc.stdin.close()
-        except OSError:
-            pass  # it exited before reading the plan; its exit status says why
-        code = proc.wait()
-        for t in readers:
-            t.join(timeout=10)
+        # The launcher has its own copy of the store socket now.
+        started=listener.close if listener is not None else None,
+    )
     if client is not None:
         client.close()
     return {
         "task": index,
         "host": records[index]["host"],
         "ranks": list(my_ranks),
-        "exit": code,
-        "results": _run.load_results(workdir, my_ranks),
-        "rank_tails": {r: "".join(t) for r, t in tails.items()},
-        "tail": "".join(launcher_tail),
+        "exit": done.code,
+        "failure": done.failure,
+        "results": load_results(workdir, my_ranks),
+        "rank_tails": {r: done.rank_tails.get(r, []) for r in my_ranks},
+        "tail": done.launcher_tail,
     }
 
 
-class _Forward:
-    """Copies the launcher's output to the driver when the job streams everything (else to the
-    executor's own streams, its log), and into the tails for the driver's error message."""
+class _ToDriver:
+    """The sink of a task's launcher: the driver's log channel when the job streams everything,
+    else the executor's own streams (its log)."""
 
-    def __init__(
-        self,
-        client: _logs.LogClient | None,
-        tails: dict[int, collections.deque[str]],
-        launcher_tail: collections.deque[str],
-    ) -> None:
+    def __init__(self, client: _logs.LogClient | None) -> None:
         self._client = client
-        self._tails = tails
-        self._launcher_tail = launcher_tail
         self._lock = threading.Lock()
 
-    def pump(self, stream: IO[str], name: str) -> None:
-        for line in stream:
-            with self._lock:
-                rank = _rank_of(line)
-                if rank in self._tails:
-                    self._tails[rank].append(line)
-                else:
-                    self._launcher_tail.append(line)
-            if not self._send(name, line):
-                # Not streamed: the executor's log gets it (under a local master, that is the
-                # driver's terminal, so a streamed line is not written twice).
-                _run.write_quietly(sys.stdout if name == "out" else sys.stderr, line)
+    def __call__(self, stream: str, text: str) -> None:
+        if not self._send(stream, text):
+            # Not streamed: the executor's log gets it (under a local master, that is the
+            # driver's terminal, so a streamed line is not written twice).
+            _launch.write_to_caller(stream, text)
 
-    def _send(self, name: str, line: str) -> bool:
-        client = self._client
+    def _send(self, stream: str, text: str) -> bool:
+        with self._lock:
+            client = self._client
         if client is None:
             return False
         try:
-            client.send(name, line.rstrip("\n"))
+            client.send("out" if stream == "stdout" else "err", text.rstrip("\n"))
             return True
         except OSError as e:
-            self._client = None
+            with self._lock:
+                self._client = None
             print(f"ferrovod: stopped streaming output to the driver: {e}", file=sys.stderr)
             return False
-
-
-def _rank_of(line: str) -> int | None:
-    """The rank of a ``[rank] ``-prefixed launcher line."""
-    if line.startswith("["):
-        end = line.find("] ", 1, 12)
-        if end > 0 and line[1:end].isdigit():
-            return int(line[1:end])
-    return None
 
 
 def _host_of(address: str) -> str:
