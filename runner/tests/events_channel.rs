@@ -17,16 +17,18 @@ use support::*;
 /// The descriptor number the launcher gets its channel on.
 const EVENTS_FD: i32 = 5;
 
-/// Runs `cmd` with the write end of a pipe as descriptor [`EVENTS_FD`]; returns what the
-/// launcher did and every line of the channel, parsed.
-fn run_with_events(mut cmd: Command, limit: Duration) -> (Finished, Vec<Value>) {
+/// Starts `cmd` with the write end of a pipe as descriptor [`EVENTS_FD`]; the handle gives
+/// back every line of the channel, parsed, once the launcher closed it.
+fn start_with_events(mut cmd: Command) -> (Running, std::thread::JoinHandle<Vec<Value>>) {
     let (read, write) = ferrovod::os::pipe().unwrap();
     let raw = write.as_raw_fd();
-    // SAFETY: dup2 is async-signal-safe; the child execs right after. dup2 leaves the new
-    // descriptor without close-on-exec, so the launcher inherits it.
+    // SAFETY: dup2 and fcntl are async-signal-safe; the child execs right after. dup2 leaves
+    // the new descriptor without close-on-exec, so the launcher inherits it; when the pipe end
+    // already is that number, dup2 does nothing and close-on-exec is cleared by hand.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(raw, EVENTS_FD) < 0 {
+            let rc = if raw == EVENTS_FD { libc::fcntl(raw, libc::F_SETFD, 0) } else { libc::dup2(raw, EVENTS_FD) };
+            if rc < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -37,15 +39,18 @@ fn run_with_events(mut cmd: Command, limit: Duration) -> (Finished, Vec<Value>) 
     let reader = std::thread::spawn(move || {
         let mut text = String::new();
         let _ = std::fs::File::from(read).read_to_string(&mut text);
-        text
+        text.lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+            .collect()
     });
+    (running, reader)
+}
+
+/// Runs `cmd` to the end with an events channel: what the launcher did and every event.
+fn run_with_events(cmd: Command, limit: Duration) -> (Finished, Vec<Value>) {
+    let (running, reader) = start_with_events(cmd);
     let f = running.finish(limit);
-    let text = reader.join().unwrap();
-    let events = text
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
-        .collect();
-    (f, events)
+    (f, reader.join().unwrap())
 }
 
 fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
@@ -137,4 +142,39 @@ fn a_missing_or_read_only_events_descriptor_is_refused_before_anything_starts() 
     let f = run(cmd, Duration::from_secs(20));
     assert_eq!(f.code(), Some(2), "{f:?}");
     assert!(f.stderr.contains("--events-fd"), "{}", f.stderr);
+}
+
+#[test]
+fn every_task_reports_the_first_failure_and_says_whether_it_saw_it() {
+    let dir = TempDir::new("events-two");
+    let port = free_port();
+    let secret = secret();
+    let tasks = r#"[{"index": 0, "host": "host-a", "gpus": [], "slots": 2},
+                    {"index": 1, "host": "host-b", "gpus": [], "slots": 2}]"#;
+    let task = |index: usize| {
+        let plan = format!(
+            r#"{{"version": 1, "job_id": "ev-{port}", "rendezvous": "127.0.0.1:{port}", "task_index": {index}, "tasks": {tasks}}}"#
+        );
+        let path = write_file(&dir, &format!("plan-{index}.json"), &plan);
+        let mut cmd = launcher();
+        cmd.env("FERROVOD_SECRET", &secret).args(["--plan", &path, "--events-fd", "5", "--", FAKE]);
+        cmd.args(["--fail-rank", "3", "--fail-code", "5", "--sleep", "30"]);
+        cmd
+    };
+    let (t1, e1) = start_with_events(task(1));
+    let (t0, e0) = start_with_events(task(0));
+    let (f0, f1) = (t0.finish(Duration::from_secs(40)), t1.finish(Duration::from_secs(40)));
+    let (e0, e1) = (e0.join().unwrap(), e1.join().unwrap());
+    assert_eq!((f0.code(), f1.code()), (Some(5), Some(5)), "{f0:?}\n{f1:?}");
+
+    // Task 1 saw rank 3 fail; task 0 learnt it from task 1.
+    let (r0, r1) = (e0.last().unwrap(), e1.last().unwrap());
+    assert_eq!((r0["event"].as_str(), r1["event"].as_str()), (Some("report"), Some("report")));
+    assert_eq!(r0["failure"], r1["failure"], "both tasks report the same first failure");
+    assert_eq!((r1["failure"]["rank"].as_u64(), r1["failure"]["task"].as_u64()), (Some(3), Some(1)));
+    assert_eq!(r1["failure"]["host"], "host-b");
+    assert_eq!((r0["local"].as_bool(), r1["local"].as_bool()), (Some(false), Some(true)));
+    let adopted = of_kind(&e0, "failure");
+    assert_eq!(adopted.last().map(|f| &f["failure"]), Some(&r0["failure"]));
+    assert_eq!(adopted.last().map(|f| f["local"].as_bool()), Some(Some(false)));
 }
