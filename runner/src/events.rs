@@ -209,6 +209,22 @@ impl Event {
         Event::Output { rank, stream: stream.into(), line, cut }
     }
 
+    /// Reads one line of the channel (its newline optional), as a Rust reader (the coming
+    /// worker pool, tests) would: checks its size and version; a kind this reader does not
+    /// know is an error the caller may skip.
+    pub fn decode(line: &[u8]) -> Result<Event, String> {
+        if line.len() > MAX_EVENT_LINE {
+            return Err(format!("an events line of {} bytes (at most {MAX_EVENT_LINE})", line.len()));
+        }
+        let value: serde_json::Value = serde_json::from_slice(line).map_err(|e| format!("not JSON: {e}"))?;
+        match value.get("v").and_then(serde_json::Value::as_u64) {
+            Some(v) if v == u64::from(VERSION) => {}
+            Some(v) => return Err(format!("events version {v} (this reader knows {VERSION})")),
+            None => return Err("no \"v\" version field".into()),
+        }
+        serde_json::from_value(value).map_err(|e| format!("not an event of version {VERSION}: {e}"))
+    }
+
     /// The line as written, newline included; `None` if it would exceed [`MAX_EVENT_LINE`].
     pub fn encode(&self) -> Option<Vec<u8>> {
         #[derive(Serialize)]
@@ -353,6 +369,33 @@ mod tests {
         assert_eq!(v["failure"]["rank"], 1);
         assert_eq!(v["failure"]["exit_code"], 7);
         assert_eq!(v["failure"]["message"], "rank 1 (host h, task 0) exited with code 7");
+    }
+
+    #[test]
+    fn every_kind_reads_back_as_written_and_other_versions_are_refused() {
+        let f =
+            Failure { task: 1, host: "h".into(), cause: Cause::Start { rank: 2, detail: "nope".into(), code: 127 } };
+        let report = Report {
+            outcome: Outcome::Failed { failure: f.clone(), local: false },
+            started: 2,
+            stopped: 1,
+            world: 4,
+            leftovers: 0,
+        };
+        let events = [
+            Event::output(2, Stream::Stderr, b"line"),
+            Event::Failure { local: false, failure: (&f).into() },
+            Event::from(&report),
+            Event::Error { exit_code: 2, message: "bad plan".into() },
+        ];
+        for ev in events {
+            let line = ev.encode().unwrap();
+            assert_eq!(Event::decode(&line).unwrap(), ev);
+        }
+        let err = Event::decode(br#"{"v":2,"event":"error","exit_code":2,"message":"m"}"#).unwrap_err();
+        assert!(err.contains("version 2"), "{err}");
+        assert!(Event::decode(br#"{"event":"error","exit_code":2,"message":"m"}"#).is_err());
+        assert!(Event::decode(br#"{"v":1,"event":"hello"}"#).is_err());
     }
 
     #[test]
