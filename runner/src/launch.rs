@@ -1,6 +1,6 @@
 //! One launcher run, start to end: the settings ([`Launch`]), then [`run`]: check the input
 //! ([`crate::input`]), serve the store (task 0), start the coordination with the other tasks'
-//! launchers ([`crate::coord`]), supervise the job ([`crate::job`]) and return its
+//! launchers ([`crate::coord`]), supervise the job (module `job`) and return its
 //! [`Report`], which also goes to the events channel ([`crate::events`]).
 
 use std::ffi::OsString;

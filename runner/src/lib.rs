@@ -14,7 +14,7 @@
 //! | command line | [`cli`] | options, each knob also a `FERROVOD_*` variable |
 //! | run | [`launch`] | settings; input → store → coordination → job → [`Report`] |
 //! | input | [`input`], [`plan`], [`placement`] | the secret, the barrier plan (one builder, strict validation); ranks and environments |
-//! | job | [`job`] | starting this task's processes, the event loop, teardown |
+//! | job | `job` (private) | starting this task's processes, the event loop, teardown |
 //! | outcome | [`report`], [`events`] | how the job ended; the JSON-lines channel to whatever started the launcher |
 //! | coordination | [`coord`] | failure propagation between the tasks' launchers through the store |
 //! | supervision | [`supervisor`], [`reaper`], [`output`] | spawning into process groups, reaping, killing, output forwarding |
@@ -114,7 +114,7 @@ pub mod coord;
 pub mod error;
 pub mod events;
 pub mod input;
-pub mod job;
+mod job;
 pub mod launch;
 pub mod os;
 pub mod output;
