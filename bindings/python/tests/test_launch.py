@@ -122,7 +122,7 @@ def test_a_plan_the_launcher_would_refuse_is_refused_when_built():
 #: ``[rank] `` prefixes taken apart.
 _TEXT_PARSING = [
     re.compile(r"ferrovod-run: "),
-    re.compile(r"job (failed|stopped): "),
+    re.compile(r"job (failed|stopped): (rank|the launcher)"),
     re.compile(r"_rank_of\b"),
     re.compile(r"""startswith\(\s*["']\["""),
     re.compile(r"""\.(find|index|split|partition)\(\s*["']\] ?["']"""),
