@@ -60,7 +60,7 @@ fn nonce(addr: &str) -> Result<[u8; NONCE], Error> {
     let mut n = [0u8; NONCE];
     getrandom::fill(&mut n).map_err(|e| Error::Io {
         what: format!("handshake with {addr}: randomness"),
-        source: std::io::Error::other(e),
+        source: std::io::Error::other(e).into(),
     })?;
     Ok(n)
 }
@@ -70,7 +70,7 @@ fn peer(stream: &TcpStream) -> String {
 }
 
 fn io(addr: &str) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { what: format!("handshake with {addr}"), source }
+    move |source| Error::Io { what: format!("handshake with {addr}"), source: source.into() }
 }
 
 /// Server side. The caller sets socket timeouts first; a peer that stalls fails here.
@@ -152,7 +152,7 @@ pub fn connect_handshake(stream: &mut TcpStream, secret: &Secret, purpose: Purpo
         std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
             Error::Refused { addr: addr.clone(), reason: "closed during the handshake".into() }
         }
-        _ => Error::Io { what: format!("handshake with {addr}"), source },
+        _ => Error::Io { what: format!("handshake with {addr}"), source: source.into() },
     })?;
     let reason = match reply[0] {
         0 => None,

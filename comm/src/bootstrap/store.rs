@@ -78,15 +78,17 @@ pub struct StoreServer {
 impl StoreServer {
     /// Binds `addr` (port 0 picks one) and serves.
     pub fn bind(addr: impl ToSocketAddrs, secret: Secret) -> Result<StoreServer, Error> {
-        let listener =
-            TcpListener::bind(addr).map_err(|source| Error::Io { what: "binding the store".into(), source })?;
+        let listener = TcpListener::bind(addr)
+            .map_err(|source| Error::Io { what: "binding the store".into(), source: source.into() })?;
         StoreServer::serve(listener, secret)
     }
 
     /// Serves on a listener that is already bound, so its address can be published before the
     /// store starts and no other process can take the port in between.
     pub fn serve(listener: TcpListener, secret: Secret) -> Result<StoreServer, Error> {
-        let addr = listener.local_addr().map_err(|source| Error::Io { what: "store address".into(), source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| Error::Io { what: "store address".into(), source: source.into() })?;
         let shared = Arc::new(Shared {
             secret,
             state: Mutex::new(State::default()),
@@ -95,12 +97,13 @@ impl StoreServer {
             conns: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
         });
-        let (wake_rx, wake) = io::pipe().map_err(|source| Error::Io { what: "store wake-up pipe".into(), source })?;
+        let (wake_rx, wake) =
+            io::pipe().map_err(|source| Error::Io { what: "store wake-up pipe".into(), source: source.into() })?;
         let s = shared.clone();
         let accept = std::thread::Builder::new()
             .name("ferrovod-store".into())
             .spawn(move || accept_loop(listener, wake_rx, s))
-            .map_err(|source| Error::Io { what: "starting the store thread".into(), source })?;
+            .map_err(|source| Error::Io { what: "starting the store thread".into(), source: source.into() })?;
         Ok(StoreServer { addr, shared, accept: Some(accept), wake: Some(wake) })
     }
 

@@ -30,8 +30,9 @@ mod fusion;
 mod handle;
 mod negotiate;
 mod request;
+mod runloop;
+mod stall;
 mod timeline;
-mod worker;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -46,6 +47,7 @@ use crate::communicator::Communicator;
 use crate::config::{Config, EngineSettings};
 use crate::dtype::{DType, ReduceOp};
 use crate::error::{Error, Result};
+use crate::memory::HostOps;
 use crate::os::Doorbell;
 use handle::Slot;
 
@@ -75,7 +77,7 @@ pub(crate) struct Inbox {
     pub(crate) join: Option<Arc<Slot>>,
     pub(crate) shutdown: bool,
     /// Why the engine stopped; later calls fail with it.
-    pub(crate) stopped: Option<String>,
+    pub(crate) stopped: Option<Error>,
 }
 
 /// A submission on its way through the engine.
@@ -111,7 +113,7 @@ impl Engine {
         })?;
         let shared = Arc::new(Shared { inbox: Mutex::new(Inbox::default()), bell });
         let topology = comm.topology().clone();
-        let worker = worker::Worker::new(comm, shared.clone(), settings)?;
+        let worker = runloop::RunLoop::new(comm, shared.clone(), settings, Box::new(HostOps))?;
         let thread = std::thread::Builder::new()
             .name(format!("ferrovod-engine-{rank}"))
             .spawn(move || worker.run())
@@ -154,8 +156,8 @@ impl Engine {
         }
         let group = grouped.then(|| GroupKey::of(subs.iter().map(|s| s.name.as_str())));
         let mut inbox = self.shared.lock();
-        if let Some(reason) = &inbox.stopped {
-            return Err(Error::EngineStopped { rank: self.rank, reason: reason.clone() });
+        if let Some(error) = &inbox.stopped {
+            return Err(error.clone());
         }
         let mut names = HashSet::new();
         for s in &subs {
@@ -207,8 +209,8 @@ impl Engine {
         let (handle, slot) = Handle::new("join".into(), None);
         {
             let mut inbox = self.shared.lock();
-            if let Some(reason) = &inbox.stopped {
-                return Err(Error::EngineStopped { rank: self.rank, reason: reason.clone() });
+            if let Some(error) = &inbox.stopped {
+                return Err(error.clone());
             }
             if inbox.join.is_some() {
                 return Err(Error::InvalidArgument {

@@ -53,8 +53,10 @@ pub(super) fn connect_mesh(
         let streams: Option<Vec<TcpStream>> = slot.into_iter().collect();
         let streams = streams.ok_or_else(|| Error::World(format!("link to rank {peer} is incomplete")))?;
         for s in &streams {
-            configure(s, spec.buffer)
-                .map_err(|source| Error::Io { what: format!("configuring the link to rank {peer}"), source })?;
+            configure(s, spec.buffer).map_err(|source| Error::Io {
+                what: format!("configuring the link to rank {peer}"),
+                source: source.into(),
+            })?;
         }
         pairs.push(Some(Pair { streams }));
     }
@@ -66,16 +68,17 @@ fn connect_lower(spec: &MeshSpec<'_>, addrs: &[SocketAddr]) -> Result<Vec<(usize
     for (peer, addr) in addrs.iter().enumerate().take(spec.rank) {
         for stream in 0..spec.streams {
             let what = || format!("connecting to rank {peer} at {addr}");
-            let mut conn = connect_retry(*addr, spec.deadline).map_err(|source| Error::Io { what: what(), source })?;
+            let mut conn = connect_retry(*addr, spec.deadline)
+                .map_err(|source| Error::Io { what: what(), source: source.into() })?;
             let _ = conn.set_nodelay(true);
-            set_timeouts(&conn, spec.deadline).map_err(|source| Error::Io { what: what(), source })?;
+            set_timeouts(&conn, spec.deadline).map_err(|source| Error::Io { what: what(), source: source.into() })?;
             connect_handshake(&mut conn, spec.secret, Purpose::Transport)?;
             let mut hello = [0u8; HELLO];
             hello[..4].copy_from_slice(&(spec.rank as u32).to_le_bytes());
             hello[4..8].copy_from_slice(&(stream as u32).to_le_bytes());
             hello[8..12].copy_from_slice(&(spec.size as u32).to_le_bytes());
             hello[12..].copy_from_slice(&(spec.streams as u32).to_le_bytes());
-            conn.write_all(&hello).map_err(|source| Error::Io { what: what(), source })?;
+            conn.write_all(&hello).map_err(|source| Error::Io { what: what(), source: source.into() })?;
             out.push((peer, stream, conn));
         }
     }
@@ -112,7 +115,7 @@ fn accept_all(spec: &MeshSpec<'_>, listener: &TcpListener) -> Result<Vec<(usize,
     let (tx, rx) = std::sync::mpsc::channel::<Result<(usize, usize, TcpStream), String>>();
     // Handshake threads write a byte here when they are done, waking the poll below.
     let wake = std::sync::Arc::new(
-        Doorbell::new().map_err(|source| Error::Io { what: "accept wake-up pipe".into(), source })?,
+        Doorbell::new().map_err(|source| Error::Io { what: "accept wake-up pipe".into(), source: source.into() })?,
     );
     while got.len() < expected {
         for result in rx.try_iter() {
@@ -142,7 +145,8 @@ fn accept_all(spec: &MeshSpec<'_>, listener: &TcpListener) -> Result<Vec<(usize,
             PollFd { fd: listener.as_raw_fd(), read: true, write: false, ready: false },
             PollFd { fd: wake.fd(), read: true, write: false, ready: false },
         ];
-        poll(&mut pfd, left).map_err(|source| Error::Io { what: "waiting for peers to connect".into(), source })?;
+        poll(&mut pfd, left)
+            .map_err(|source| Error::Io { what: "waiting for peers to connect".into(), source: source.into() })?;
         if pfd[1].ready {
             wake.clear();
         }

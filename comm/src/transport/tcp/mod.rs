@@ -18,7 +18,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use super::{Error, Flow, Op, Tag, Transport, check_peers};
+use super::{Error, Flow, Step, Tag, Transport, check_peers};
 use crate::bootstrap::{self, Secret};
 use crate::config::Tuning;
 use crate::os::{Doorbell, PollFd, poll, poll_after_spin};
@@ -33,7 +33,10 @@ pub struct TcpListenerHandle {
 impl TcpListenerHandle {
     /// Binds an ephemeral port on `ip`.
     pub fn bind(ip: IpAddr) -> Result<TcpListenerHandle, bootstrap::Error> {
-        let io = |source| bootstrap::Error::Io { what: format!("binding the transport listener on {ip}"), source };
+        let io = |source: std::io::Error| bootstrap::Error::Io {
+            what: format!("binding the transport listener on {ip}"),
+            source: source.into(),
+        };
         let listener = TcpListener::bind(SocketAddr::new(ip, 0)).map_err(io)?;
         let addr = listener.local_addr().map_err(io)?;
         Ok(TcpListenerHandle { listener, addr })
@@ -42,6 +45,35 @@ impl TcpListenerHandle {
     /// The address to publish.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+}
+
+impl super::Endpoint for TcpListenerHandle {
+    fn name(&self) -> &'static str {
+        "tcp"
+    }
+
+    fn address(&self) -> Vec<u8> {
+        self.addr.to_string().into_bytes()
+    }
+
+    fn connect(
+        self: Box<Self>,
+        rank: usize,
+        addresses: &[&[u8]],
+        secret: &Secret,
+        tuning: &Tuning,
+    ) -> Result<Box<dyn Transport>, bootstrap::Error> {
+        let addrs = addresses
+            .iter()
+            .enumerate()
+            .map(|(r, a)| {
+                std::str::from_utf8(a).ok().and_then(|s| s.parse::<SocketAddr>().ok()).ok_or_else(|| {
+                    bootstrap::Error::World(format!("rank {r} published a malformed tcp address ({} bytes)", a.len()))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Box::new(TcpTransport::connect(rank, *self, &addrs, secret, tuning)?))
     }
 }
 
@@ -94,7 +126,7 @@ impl TcpTransport {
         self.pairs[peer].as_ref().unwrap_or_else(|| unreachable!("no link to rank {peer}"))
     }
 
-    fn run(&mut self, tag: Tag, ops: &mut [Op<'_>]) -> Result<(), Error> {
+    fn run(&mut self, tag: Tag, ops: &mut [Step<'_>]) -> Result<(), Error> {
         let mut chans = self.plan(tag, ops);
         let mut last_progress = Instant::now();
         loop {
@@ -115,7 +147,8 @@ impl TcpTransport {
                 .map(|c| PollFd { fd: self.pair(c.peer).fd(c.stream), read: !c.send, write: c.send, ready: false })
                 .collect();
             let first_peer = chans.iter().find(|c| !c.done()).map_or(0, |c| c.peer);
-            poll_after_spin(&mut fds, wait, self.spin).map_err(|source| Error::Io { peer: first_peer, source })?;
+            poll_after_spin(&mut fds, wait, self.spin)
+                .map_err(|source| Error::Io { peer: first_peer, source: source.into() })?;
             let mut fds = fds.into_iter();
             for ch in chans.iter_mut().filter(|c| !c.done()) {
                 ch.ready = fds.next().is_some_and(|f| f.ready);
@@ -137,12 +170,12 @@ impl TcpTransport {
     }
 
     /// Splits the ops into per-(peer, stream, direction) queues of stripes.
-    fn plan(&self, tag: Tag, ops: &[Op<'_>]) -> Vec<Channel> {
+    fn plan(&self, tag: Tag, ops: &[Step<'_>]) -> Vec<Channel> {
         let mut chans: Vec<Channel> = Vec::new();
         for (op, o) in ops.iter().enumerate() {
             let (peer, send, len) = match o {
-                Op::Send { peer, buf } => (*peer, true, buf.len()),
-                Op::Recv { peer, buf } => (*peer, false, buf.len()),
+                Step::Send { peer, buf } => (*peer, true, buf.len()),
+                Step::Recv { peer, buf } => (*peer, false, buf.len()),
             };
             let stripes = if len >= self.stripe_min { self.streams } else { 1 };
             for s in 0..stripes {
@@ -190,7 +223,7 @@ impl Channel {
 
     /// Moves bytes until the socket would block or the queue is empty. Returns whether any
     /// byte moved.
-    fn drive(&mut self, fd: std::os::fd::RawFd, ops: &mut [Op<'_>]) -> Result<bool, Error> {
+    fn drive(&mut self, fd: std::os::fd::RawFd, ops: &mut [Step<'_>]) -> Result<bool, Error> {
         let mut moved = false;
         while let Some(part) = self.parts.get_mut(self.next) {
             let payload = part.range.len();
@@ -199,10 +232,10 @@ impl Channel {
                 continue;
             }
             let result = match &mut ops[part.op] {
-                Op::Send { buf, .. } => {
+                Step::Send { buf, .. } => {
                     send2(fd, &part.header[part.header_done..], &buf[part.range.start + part.done..part.range.end])
                 }
-                Op::Recv { buf, .. } => {
+                Step::Recv { buf, .. } => {
                     recv2(fd, &mut part.got[part.header_done..], &mut buf[part.range.start + part.done..part.range.end])
                 }
             };
@@ -236,7 +269,7 @@ impl Transport for TcpTransport {
         self.size
     }
 
-    fn exchange(&mut self, tag: Tag, ops: &mut [Op<'_>]) -> Result<(), Error> {
+    fn exchange(&mut self, tag: Tag, ops: &mut [Step<'_>]) -> Result<(), Error> {
         if self.failed {
             return Err(Error::Unusable);
         }
@@ -271,7 +304,8 @@ impl Transport for TcpTransport {
                 peers.push(peer);
             }
         }
-        poll(&mut fds, timeout).map_err(|source| Error::Io { peer: peers.first().copied().unwrap_or(0), source })?;
+        poll(&mut fds, timeout)
+            .map_err(|source| Error::Io { peer: peers.first().copied().unwrap_or(0), source: source.into() })?;
         Ok(fds[1..].iter().any(|f| f.ready))
     }
 
