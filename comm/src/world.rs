@@ -18,12 +18,11 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Links;
 use crate::bootstrap::{self, PeerInfo, StoreClient, StoreServer, Topology, exchange_peers};
 use crate::config::{self, Config, Tuning};
 use crate::error::{Error, Fault, Result};
 use crate::transport::mem::MemTransport;
-use crate::transport::tcp::TcpListenerHandle;
+use crate::transport::tcp::TcpEndpoint;
 use crate::transport::{Endpoint, Transport};
 
 /// How long a failing rank waits for the root cause to appear in the store.
@@ -31,6 +30,19 @@ const RECORD_WAIT: Duration = Duration::from_secs(2);
 
 /// Worlds joined by this process, so that a second one uses fresh store keys.
 static GENERATION: AtomicU32 = AtomicU32::new(0);
+
+/// The transports of a communicator, lent to backends for one request at a time.
+pub struct Links {
+    /// Every peer, for host memory (TCP today; shared memory within a host joins it).
+    pub host: Box<dyn Transport>,
+}
+
+impl Links {
+    /// Closes every link so that peers waiting on this rank fail at once.
+    pub fn close(&mut self) {
+        self.host.close();
+    }
+}
 
 /// What a rank knows about its job.
 pub struct World {
@@ -79,8 +91,8 @@ impl FailureRecord {
 
 /// The transports this rank offers, each bound and with its address: the one place a
 /// transport registers.
-fn endpoints(ip: IpAddr) -> std::result::Result<Vec<Box<dyn Endpoint>>, bootstrap::Error> {
-    Ok(vec![Box::new(TcpListenerHandle::bind(ip)?)])
+fn endpoints(ip: IpAddr, tuning: &Tuning) -> std::result::Result<Vec<Box<dyn Endpoint>>, bootstrap::Error> {
+    Ok(vec![Box::new(TcpEndpoint::bind(ip, tuning)?)])
 }
 
 impl World {
@@ -115,7 +127,7 @@ impl World {
             Some(ip) => ip,
             None => store.local_addr().map_err(boot)?.ip(),
         };
-        let endpoints = endpoints(ip).map_err(boot)?;
+        let endpoints = endpoints(ip, tuning).map_err(boot)?;
         let agreed = tuning.agreed();
         let me = PeerInfo {
             hostname: crate::os::hostname(),
@@ -151,7 +163,7 @@ impl World {
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
-            host = Some(endpoint.connect(rank, &addresses, &secret, tuning).map_err(boot)?);
+            host = Some(endpoint.connect(rank, &addresses, &secret).map_err(boot)?);
         }
         let host = host.ok_or_else(|| boot(bootstrap::Error::World("no transport for host memory".into())))?;
         let world = World {

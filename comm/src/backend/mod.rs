@@ -12,21 +12,9 @@ use std::ops::Range;
 
 use crate::collective::Call;
 use crate::memory::{Memory, MemoryRef};
-use crate::transport::{self, Transport};
+use crate::transport;
+pub use crate::world::Links;
 use crate::world::World;
-
-/// The transports of a communicator, lent to backends for one request at a time.
-pub struct Links {
-    /// Every peer, for host memory (TCP today; shared memory within a host joins it).
-    pub host: Box<dyn Transport>,
-}
-
-impl Links {
-    /// Closes every link so that peers waiting on this rank fail at once.
-    pub fn close(&mut self) {
-        self.host.close();
-    }
-}
 
 /// The buffers of one collective, already validated by the communicator. What to do with
 /// them is the request's [`Call::collective`].

@@ -34,12 +34,12 @@ pub trait Endpoint {
     fn address(&self) -> Vec<u8>;
 
     /// Connects to every peer, given each rank's published address (this rank's included).
+    /// The endpoint was bound with the tuning it needs.
     fn connect(
         self: Box<Self>,
         rank: usize,
         addresses: &[&[u8]],
         secret: &crate::bootstrap::Secret,
-        tuning: &crate::config::Tuning,
     ) -> Result<Box<dyn Transport>, crate::bootstrap::Error>;
 }
 

@@ -24,22 +24,24 @@ use crate::config::Tuning;
 use crate::os::{Doorbell, PollFd, poll, poll_after_spin};
 use pair::{HEADER, Pair, check_header, header, io_error, recv2, send2};
 
-/// A bound listener whose address is published at rendezvous before the mesh is built.
-pub struct TcpListenerHandle {
+/// The TCP transport's endpoint: a bound listener whose address is published at rendezvous
+/// before the mesh is built, with the tuning the mesh will use.
+pub struct TcpEndpoint {
     listener: TcpListener,
     addr: SocketAddr,
+    tuning: Tuning,
 }
 
-impl TcpListenerHandle {
+impl TcpEndpoint {
     /// Binds an ephemeral port on `ip`.
-    pub fn bind(ip: IpAddr) -> Result<TcpListenerHandle, bootstrap::Error> {
+    pub fn bind(ip: IpAddr, tuning: &Tuning) -> Result<TcpEndpoint, bootstrap::Error> {
         let io = |source: std::io::Error| bootstrap::Error::Io {
             what: format!("binding the transport listener on {ip}"),
             source: source.into(),
         };
         let listener = TcpListener::bind(SocketAddr::new(ip, 0)).map_err(io)?;
         let addr = listener.local_addr().map_err(io)?;
-        Ok(TcpListenerHandle { listener, addr })
+        Ok(TcpEndpoint { listener, addr, tuning: tuning.clone() })
     }
 
     /// The address to publish.
@@ -48,7 +50,7 @@ impl TcpListenerHandle {
     }
 }
 
-impl super::Endpoint for TcpListenerHandle {
+impl super::Endpoint for TcpEndpoint {
     fn name(&self) -> &'static str {
         "tcp"
     }
@@ -62,7 +64,6 @@ impl super::Endpoint for TcpListenerHandle {
         rank: usize,
         addresses: &[&[u8]],
         secret: &Secret,
-        tuning: &Tuning,
     ) -> Result<Box<dyn Transport>, bootstrap::Error> {
         let addrs = addresses
             .iter()
@@ -73,7 +74,8 @@ impl super::Endpoint for TcpListenerHandle {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Box::new(TcpTransport::connect(rank, *self, &addrs, secret, tuning)?))
+        let tuning = self.tuning.clone();
+        Ok(Box::new(TcpTransport::connect(rank, *self, &addrs, secret, &tuning)?))
     }
 }
 
@@ -93,7 +95,7 @@ impl TcpTransport {
     /// Connects to every peer (`addrs[r]` is rank `r`'s published listener address).
     pub fn connect(
         rank: usize,
-        listener: TcpListenerHandle,
+        listener: TcpEndpoint,
         addrs: &[SocketAddr],
         secret: &Secret,
         tuning: &Tuning,
