@@ -196,6 +196,12 @@ pub struct OpsError {
 /// of an average. [`HostOps`] does them on host memory; a device version runs them on the
 /// memory's stream.
 pub trait Ops: Send {
+    /// Whether these operations reach device memory (the host version does not, and the
+    /// engine refuses device tensors without it).
+    fn takes_device_memory(&self) -> bool {
+        false
+    }
+
     /// Copies `src` into `dst` (equal lengths).
     fn copy(&mut self, dst: Memory<'_>, src: MemoryRef<'_>) -> Result<(), OpsError>;
     /// Fills `dst` with the identity of `op` for `dtype`.

@@ -56,6 +56,11 @@ impl Buffer {
         }
     }
 
+    /// Whether it lies in device memory.
+    pub(crate) fn is_device(&self) -> bool {
+        matches!(self, Buffer::Device(_))
+    }
+
     /// The bytes, when they lie in host memory.
     pub(crate) fn host(&self) -> Option<&[u8]> {
         match self {
