@@ -317,6 +317,13 @@ pub(crate) fn alltoall_async(
     submit_with(tensor, name, Collective::Alltoall, Access::Read, splits)
 }
 
+/// A barrier under `name`: the handle completes once every rank has submitted one by that name.
+#[pyfunction]
+pub(crate) fn barrier_async(name: String) -> PyResult<PyHandle> {
+    let handle = engine()?.submit(Submission::barrier(name)).map_err(PyFerrovodError)?;
+    Ok(PyHandle::new(handle, Vec::new()))
+}
+
 /// Starts joining: the handle's result is a one-element int64 buffer with the last rank to join.
 #[pyfunction]
 pub(crate) fn join_async() -> PyResult<PyHandle> {
