@@ -162,3 +162,48 @@ def test_ferrovod_run_is_on_the_venvs_path():
     assert sorted(out.stdout.splitlines()) == ["[0] hi", "[1] hi"]
     bad = subprocess.run([exe, "-np", "0", "--", "true"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "np" in bad.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.multiproc
+def test_a_killed_rank_is_a_collective_error_naming_it_on_every_rank():
+    """Without a launcher (rank 0 serves the store), rank 2 of 3 is SIGKILLed mid-job: the
+    others raise CollectiveError (not NotInitializedError) with ``blamed_ranks == [2]``."""
+    port = _free_port()
+    worker = Path(__file__).parent / "workers" / "core_faults.py"
+    procs = []
+    for r in range(3):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FERROVOD_")}
+        env.update(
+            FERROVOD_RANK=str(r),
+            FERROVOD_SIZE="3",
+            FERROVOD_RENDEZVOUS=f"127.0.0.1:{port}",
+            FERROVOD_SECRET="test-secret",
+            FERROVOD_HOST_STORE="1",
+            FERROVOD_TIMEOUT="20",
+        )
+        procs.append(subprocess.Popen([sys.executable, str(worker), "kill"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert procs[2].returncode == -9, outs[2]
+    for r in (0, 1):
+        assert procs[r].returncode == 0, f"rank {r}:\n{outs[r]}"
+        line = next(l for l in outs[r].splitlines() if l.startswith(f"rank {r}: CollectiveError"))
+        assert f"rank={r} blamed=[2]" in line and "rank 2" in line, line
+        assert f"rank {r}: later: CollectiveError blamed=[2]" in outs[r], outs[r]
+
+
+@pytest.mark.multiproc
+def test_a_silent_rank_past_ferrovod_timeout_is_a_collective_timeout_error():
+    out = launch(2, "core_faults.py", "timeout", env={"FERROVOD_TIMEOUT": "2"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = next(l for l in out.stdout.splitlines() if l.startswith("[0] rank 0:"))
+    assert "CollectiveTimeoutError rank=0 blamed=[1]" in line and "rank(s) [1]" in line, line
+    late = next(l for l in out.stdout.splitlines() if l.startswith("[1] rank 1:"))
+    assert "Error rank=1" in late, late
