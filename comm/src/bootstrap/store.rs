@@ -38,17 +38,30 @@ pub(super) enum Response {
     Failed(String),
 }
 
+/// The whole handshake of a new connection, however the peer paces its bytes.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_KEY: usize = 4096;
 const MAX_TOTAL: usize = 1 << 30;
+/// Authenticated connections (every rank's and launcher's clients).
 const MAX_CONNECTIONS: usize = 4096;
+/// Connections still in their handshake. Past this, the oldest of them is dropped to make room:
+/// unauthenticated connections can never take the place of authenticated ones, and a flood of
+/// them delays a real client by at most one handshake's worth of their turnover.
+const MAX_UNAUTHENTICATED: usize = 64;
+
+/// A connection the store serves: its socket (to shut it on drop or eviction) and whether it
+/// has proved the secret.
+struct Conn {
+    stream: TcpStream,
+    authenticated: bool,
+}
 
 struct Shared {
     secret: Secret,
     state: Mutex<State>,
     changed: Condvar,
     stop: AtomicBool,
-    conns: Mutex<HashMap<u64, TcpStream>>,
+    conns: Mutex<HashMap<u64, Conn>>,
     next_id: AtomicU64,
 }
 
@@ -120,7 +133,7 @@ impl Drop for StoreServer {
         // Closing the pipe's write end makes its read end readable: the accept loop wakes.
         drop(self.wake.take());
         for conn in self.shared.conns.lock().unwrap_or_else(|p| p.into_inner()).values() {
-            let _ = conn.shutdown(std::net::Shutdown::Both);
+            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
         }
         if let Some(t) = self.accept.take() {
             let _ = t.join();
@@ -157,17 +170,22 @@ fn accept_loop(listener: TcpListener, wake: io::PipeReader, shared: Arc<Shared>)
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         {
             let mut conns = shared.conns.lock().unwrap_or_else(|p| p.into_inner());
-            if conns.len() >= MAX_CONNECTIONS {
-                continue; // dropped: closes the socket
+            let pending: Vec<u64> = conns.iter().filter(|(_, c)| !c.authenticated).map(|(id, _)| *id).collect();
+            if pending.len() >= MAX_UNAUTHENTICATED {
+                // The oldest handshake in progress makes room; its thread sees the shutdown
+                // and ends.
+                if let Some(oldest) = pending.iter().min().and_then(|id| conns.remove(id)) {
+                    let _ = oldest.stream.shutdown(std::net::Shutdown::Both);
+                }
             }
             match stream.try_clone() {
-                Ok(c) => conns.insert(id, c),
+                Ok(c) => conns.insert(id, Conn { stream: c, authenticated: false }),
                 Err(_) => continue,
             };
         }
         let s = shared.clone();
         let spawned = std::thread::Builder::new().name("ferrovod-store-conn".into()).spawn(move || {
-            serve_connection(stream, &s);
+            serve_connection(stream, id, &s);
             s.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         });
         if spawned.is_err() {
@@ -176,12 +194,22 @@ fn accept_loop(listener: TcpListener, wake: io::PipeReader, shared: Arc<Shared>)
     }
 }
 
-fn serve_connection(mut stream: TcpStream, shared: &Shared) {
+fn serve_connection(mut stream: TcpStream, id: u64, shared: &Shared) {
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
     let _ = stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
-    if accept_handshake(&mut stream, &shared.secret, Purpose::Store).is_err() {
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    if accept_handshake(&mut stream, &shared.secret, Purpose::Store, deadline).is_err() {
         return;
+    }
+    {
+        let mut conns = shared.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let authenticated = conns.values().filter(|c| c.authenticated).count();
+        match conns.get_mut(&id) {
+            // Evicted while it finished its handshake: its socket is shut.
+            None => return,
+            Some(_) if authenticated >= MAX_CONNECTIONS => return,
+            Some(c) => c.authenticated = true,
+        }
     }
     // Clients keep their connection for the whole job; idle is fine, writes still time out.
     let _ = stream.set_read_timeout(None);

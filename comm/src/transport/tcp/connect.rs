@@ -188,7 +188,8 @@ fn admit(
 ) -> Result<(usize, usize, TcpStream), String> {
     let _ = conn.set_nodelay(true);
     set_timeouts(&conn, deadline).map_err(|e| format!("{from}: {e}"))?;
-    accept_handshake(&mut conn, secret, Purpose::Transport).map_err(|e| format!("{from}: {e}"))?;
+    accept_handshake(&mut conn, secret, Purpose::Transport, deadline).map_err(|e| format!("{from}: {e}"))?;
+    set_timeouts(&conn, deadline).map_err(|e| format!("{from}: {e}"))?;
     let mut hello = [0u8; HELLO];
     conn.read_exact(&mut hello).map_err(|e| format!("{from}: no hello after the handshake: {e}"))?;
     let word = |i: usize| u32::from_le_bytes([hello[i], hello[i + 1], hello[i + 2], hello[i + 3]]) as usize;
