@@ -42,7 +42,7 @@ pub mod reduce;
 pub mod transport;
 
 pub use communicator::{Builder, Communicator};
-pub use dtype::{DType, Element, ReduceOp};
+pub use dtype::{DType, DTypeInfo, Element, ReduceOp};
 pub use engine::{Collective, Engine, Handle, Output, Submission};
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
