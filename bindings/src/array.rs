@@ -201,6 +201,13 @@ fn lend_dlpack(obj: &Bound<'_, PyAny>, _access: Access, what: &str) -> PyResult<
     Ok(lent)
 }
 
+/// `[(name, long_name, itemsize), ...]`: every dtype ferrovod carries, from `DType::TABLE`, in
+/// wire order. Python derives its numpy and torch maps from it (by `long_name`).
+#[pyfunction]
+pub(crate) fn dtypes() -> Vec<(&'static str, &'static str, usize)> {
+    DType::TABLE.iter().map(|d| (d.name, d.long_name, d.size)).collect()
+}
+
 /// Whether `strides` (in bytes) lay `shape` out densely in row-major order. Dimensions of one
 /// element may have any stride; an empty array is trivially dense.
 fn row_major(shape: &[usize], strides: &[i64], itemsize: i64) -> bool {

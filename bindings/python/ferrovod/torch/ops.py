@@ -17,20 +17,13 @@ import torch
 
 import ferrovod as _core
 from ferrovod import Average, Handle, ReduceOp, Sum
+from ferrovod import _arrays
 
 from .compression import Compression, Compressor
 
-# The dtypes ferrovod carries; everything else is staged through one of them.
-_CARRIED = {
-    torch.uint8,
-    torch.int8,
-    torch.int32,
-    torch.int64,
-    torch.float16,
-    torch.bfloat16,
-    torch.float32,
-    torch.float64,
-}
+# The dtypes ferrovod carries (from its one dtype table); everything else is staged through one
+# of them.
+_CARRIED = set(_arrays.torch_dtypes().values())
 
 
 def staged(t: torch.Tensor) -> torch.Tensor:
