@@ -18,6 +18,7 @@ import torch
 import ferrovod as _core
 from ferrovod import Average, Handle, ReduceOp, Sum
 from ferrovod import _arrays
+from ferrovod._collectives import resolve_op
 
 from .compression import Compression, Compressor
 
@@ -119,7 +120,7 @@ def allreduce(
 ) -> torch.Tensor:
     """The reduction of ``tensor`` over every rank, as a new tensor; differentiable for ``Sum``
     and ``Average`` when ``tensor`` requires grad."""
-    reduce_op = _core._op(op, average)
+    reduce_op = resolve_op(op, average)
     if _tracks_grad(tensor):
         return _Allreduce.apply(tensor, name, reduce_op, prescale_factor, postscale_factor, compression)
     return allreduce_async(tensor, None, name, reduce_op, prescale_factor, postscale_factor, compression).wait()
