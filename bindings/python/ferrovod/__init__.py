@@ -18,7 +18,7 @@ then call in the same order. Until a handle is synchronized, the array belongs t
 reading or writing it meanwhile races with the collective.
 
 ``ferrovod.torch`` is the ``horovod.torch`` surface; ``ferrovod.run`` runs a function on N local
-processes.
+processes; ``ferrovod.exceptions`` holds the error classes (re-exported here).
 """
 
 from __future__ import annotations
@@ -31,8 +31,9 @@ from __future__ import annotations
 #   _objects      broadcast_object, allgather_object (as JSON)
 #   _arrays       numpy/torch arrays in and out; dtype maps derived from _ferrovod.dtypes()
 #   _run          ferrovod.run
+#   exceptions    the FerrovodError hierarchy (public: ferrovod.exceptions)
 
-from . import _ferrovod
+from . import _ferrovod, exceptions
 from ._collectives import (
     Average,
     Max,
@@ -79,9 +80,10 @@ from ._world import (
     shutdown,
     size,
 )
-from ._ferrovod import (
+from .exceptions import (
     BootstrapError,
     CollectiveError,
+    CollectiveTimeoutError,
     ConfigError,
     FerrovodError,
     InvalidArgumentError,
@@ -90,7 +92,6 @@ from ._ferrovod import (
     NotInitializedError,
     RankFailedError,
     StalledError,
-    TimeoutError,
 )
 
 __version__: str = _ferrovod.__version__
@@ -99,6 +100,7 @@ __all__ = [
     "Average",
     "BootstrapError",
     "CollectiveError",
+    "CollectiveTimeoutError",
     "ConfigError",
     "FerrovodError",
     "Handle",
@@ -113,7 +115,6 @@ __all__ = [
     "ReduceOp",
     "StalledError",
     "Sum",
-    "TimeoutError",
     "allgather",
     "allgather_async",
     "allgather_object",

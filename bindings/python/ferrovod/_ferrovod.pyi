@@ -9,7 +9,7 @@ __all__ = [
     "InvalidArgumentError",
     "BootstrapError",
     "CollectiveError",
-    "TimeoutError",
+    "TimeoutError",  # TODO(merge): CollectiveTimeoutError once error.rs renames it
     "MismatchError",
     "StalledError",
     "NotInitializedError",

@@ -127,7 +127,7 @@ def test_error_hierarchy():
     for cls in (fv.ConfigError, fv.InvalidArgumentError, fv.BootstrapError, fv.CollectiveError,
                 fv.MismatchError, fv.StalledError, fv.NotInitializedError, fv.LaunchError, fv.RankFailedError):
         assert issubclass(cls, fv.FerrovodError)
-    assert issubclass(fv.TimeoutError, fv.CollectiveError)
+    assert issubclass(fv.CollectiveTimeoutError, fv.CollectiveError)
 
 
 @pytest.mark.multiproc
