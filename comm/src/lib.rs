@@ -47,7 +47,7 @@ pub mod world;
 
 pub use collective::Collective;
 pub use communicator::{Builder, Communicator};
-pub use dtype::{DType, Element, ReduceOp};
+pub use dtype::{DType, DTypeInfo, Element, ReduceOp};
 pub use engine::{Engine, Handle, Output, Submission};
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
