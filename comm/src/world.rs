@@ -28,6 +28,10 @@ use crate::transport::{Endpoint, Transport};
 /// How long a failing rank waits for the root cause to appear in the store.
 const RECORD_WAIT: Duration = Duration::from_secs(2);
 
+/// How long a rank that serves the store keeps it up after a failure, for the other ranks to
+/// read the first-failure record (without it they would only see this rank go away).
+const RECORD_LINGER: Duration = Duration::from_secs(3);
+
 /// Worlds joined by this process, so that a second one uses fresh store keys.
 static GENERATION: AtomicU32 = AtomicU32::new(0);
 
@@ -73,19 +77,43 @@ pub struct FailureNote {
 struct FailureRecord {
     store: StoreClient,
     prefix: String,
+    /// The record this rank read, once it failed.
+    seen: Option<FailureNote>,
 }
 
 impl FailureRecord {
-    /// Posts `note` if no rank has posted before, then returns the first post.
+    fn key(&self, what: &str) -> String {
+        format!("{}/abort/{what}", self.prefix)
+    }
+
+    /// Posts `note` if no rank has posted before, then returns the first post, and counts this
+    /// rank among its readers.
     fn report(&mut self, note: &FailureNote) -> Option<FailureNote> {
-        let count = format!("{}/abort/count", self.prefix);
-        let key = format!("{}/abort/reason", self.prefix);
-        if let Ok(1) = self.store.add(&count, 1) {
+        let key = self.key("reason");
+        if let Ok(1) = self.store.add(&self.key("count"), 1) {
             let record = postcard::to_stdvec(note).ok()?;
             let _ = self.store.set(&key, &record);
         }
         let found = self.store.wait(std::slice::from_ref(&key), RECORD_WAIT).ok()?.ok()?;
-        postcard::from_bytes(found.first()?).ok()
+        let first: FailureNote = postcard::from_bytes(found.first()?).ok()?;
+        let _ = self.store.add(&self.key("read"), 1);
+        self.seen = Some(first.clone());
+        Some(first)
+    }
+
+    /// On the rank that serves the store, after a failure: waits until every rank that is not
+    /// blamed for it has read the record, or [`RECORD_LINGER`] passes.
+    fn linger(&mut self, size: usize) {
+        let Some(seen) = &self.seen else { return };
+        let readers = size.saturating_sub(seen.culprits.len()) as i64;
+        let key = self.key("read");
+        let deadline = std::time::Instant::now() + RECORD_LINGER;
+        while std::time::Instant::now() < deadline {
+            match self.store.add(&key, 0) {
+                Ok(n) if n < readers => std::thread::sleep(Duration::from_millis(20)),
+                _ => return,
+            }
+        }
     }
 }
 
@@ -93,6 +121,15 @@ impl FailureRecord {
 /// transport registers.
 fn endpoints(ip: IpAddr, tuning: &Tuning) -> std::result::Result<Vec<Box<dyn Endpoint>>, bootstrap::Error> {
     Ok(vec![Box::new(TcpEndpoint::bind(ip, tuning)?)])
+}
+
+/// Why `peer` can no longer connect, as far as `me` can see: a peer on this host whose
+/// process is gone. (A peer on another host is only noticed by its silence.)
+fn peer_gone(peer: &PeerInfo, me: &PeerInfo) -> Option<String> {
+    if peer.hostname != me.hostname || peer.boot_id != me.boot_id || peer.boot_id.is_empty() {
+        return None;
+    }
+    (!crate::os::process_exists(peer.pid)).then(|| format!("(pid {}, this host) exited", peer.pid))
 }
 
 impl World {
@@ -150,6 +187,7 @@ impl World {
                 });
             }
         }
+        let gone = |peer: usize| peer_gone(&peers[peer], &me);
         let mut host = None;
         for endpoint in endpoints {
             let name = endpoint.name();
@@ -163,7 +201,7 @@ impl World {
                         })
                     })
                     .collect::<Result<Vec<_>>>()?;
-            host = Some(endpoint.connect(rank, &addresses, &secret).map_err(boot)?);
+            host = Some(endpoint.connect(rank, &addresses, &secret, &gone).map_err(boot)?);
         }
         let host = host.ok_or_else(|| boot(bootstrap::Error::World("no transport for host memory".into())))?;
         let world = World {
@@ -171,7 +209,7 @@ impl World {
             size: config.size,
             topology: Topology::compute(&peers, rank),
             tuning: tuning.clone(),
-            record: Some(FailureRecord { store, prefix }),
+            record: Some(FailureRecord { store, prefix, seen: None }),
             _store: store_server,
         };
         Ok((world, Links { host }))
@@ -215,5 +253,17 @@ impl World {
     /// (`None` without a store, or when it cannot be read in time).
     pub(crate) fn report_failure(&mut self, note: &FailureNote) -> Option<FailureNote> {
         self.record.as_mut()?.report(note)
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // A store that goes away with this rank would leave the others naming this rank as the
+        // cause of a failure it only reported.
+        if self._store.is_some()
+            && let Some(record) = &mut self.record
+        {
+            record.linger(self.size);
+        }
     }
 }

@@ -7,5 +7,5 @@ mod host;
 mod poll;
 
 pub use doorbell::Doorbell;
-pub use host::{boot_id, hostname};
+pub use host::{boot_id, hostname, process_exists};
 pub use poll::{PollFd, poll, poll_after_spin};

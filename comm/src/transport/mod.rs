@@ -23,6 +23,9 @@ use crate::os::Doorbell;
 /// Identifies what a message belongs to. Opaque to transports; compared for equality.
 pub type Tag = u128;
 
+/// `gone(peer)`: why a peer can no longer take part (it exited), or `None` while it may.
+pub type Gone<'a> = dyn Fn(usize) -> Option<String> + Sync + 'a;
+
 /// A transport's listening half during rendezvous: it has an address that the world publishes
 /// (opaque bytes only this transport reads), and it becomes the transport once every rank's
 /// address is known. New transports register in [`crate::world`].
@@ -34,12 +37,15 @@ pub trait Endpoint {
     fn address(&self) -> Vec<u8>;
 
     /// Connects to every peer, given each rank's published address (this rank's included).
-    /// The endpoint was bound with the tuning it needs.
+    /// The endpoint was bound with the tuning it needs. While it waits for a peer it asks
+    /// `gone(peer)`, which says (as far as this rank can tell) why that peer can no longer
+    /// connect, so that a rank that died after rendezvous fails the others at once.
     fn connect(
         self: Box<Self>,
         rank: usize,
         addresses: &[&[u8]],
         secret: &crate::bootstrap::Secret,
+        gone: &Gone<'_>,
     ) -> Result<Box<dyn Transport>, crate::bootstrap::Error>;
 }
 

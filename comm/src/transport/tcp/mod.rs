@@ -64,6 +64,7 @@ impl super::Endpoint for TcpEndpoint {
         rank: usize,
         addresses: &[&[u8]],
         secret: &Secret,
+        gone: &super::Gone<'_>,
     ) -> Result<Box<dyn Transport>, bootstrap::Error> {
         let addrs = addresses
             .iter()
@@ -75,7 +76,7 @@ impl super::Endpoint for TcpEndpoint {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let tuning = self.tuning.clone();
-        Ok(Box::new(TcpTransport::connect(rank, *self, &addrs, secret, &tuning)?))
+        Ok(Box::new(TcpTransport::connect(rank, *self, &addrs, secret, &tuning, gone)?))
     }
 }
 
@@ -99,6 +100,7 @@ impl TcpTransport {
         addrs: &[SocketAddr],
         secret: &Secret,
         tuning: &Tuning,
+        gone: &super::Gone<'_>,
     ) -> Result<TcpTransport, bootstrap::Error> {
         let streams = tuning.tcp_streams.max(1);
         let spec = connect::MeshSpec {
@@ -109,6 +111,7 @@ impl TcpTransport {
             secret,
             deadline: Instant::now() + tuning.connect_timeout,
             timeout: tuning.connect_timeout,
+            gone,
         };
         let pairs = connect::connect_mesh(&spec, listener.listener, addrs)?;
         Ok(TcpTransport {
