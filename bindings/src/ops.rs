@@ -289,7 +289,8 @@ pub(crate) fn grouped_allreduce_async_(
 #[pyfunction]
 pub(crate) fn broadcast_async_(tensor: &Bound<'_, PyAny>, name: String, root_rank: i64) -> PyResult<PyHandle> {
     let root = u32::try_from(root_rank).map_err(|_| {
-        InvalidArgumentError::new_err(format!("broadcast of {name:?}: root rank {root_rank} is negative"))
+        let why = if root_rank < 0 { "is negative".to_string() } else { "is not a rank of this world".to_string() };
+        InvalidArgumentError::new_err(format!("broadcast of {name:?}: root rank {root_rank} {why}"))
     })?;
     submit(tensor, name, Collective::Broadcast(root), Access::Write)
 }

@@ -113,6 +113,8 @@ def test_argument_errors(world1):
         fv.broadcast(np.ones(2), 3)
     with pytest.raises(fv.InvalidArgumentError, match="root rank -1 is negative"):
         fv.broadcast(np.ones(2), -1)
+    with pytest.raises(fv.InvalidArgumentError, match=f"root rank {2**32} is not a rank of this world"):
+        fv.broadcast(np.ones(2), 2**32)
     with pytest.raises(fv.InvalidArgumentError, match="scalar has no first dimension"):
         fv.allgather(np.float32(1.0) * np.ones(()))
     with pytest.raises(fv.InvalidArgumentError, match="splits"):
