@@ -192,6 +192,24 @@ impl Error {
         }
     }
 
+    /// The same error, its operation prefixed with `what` (the engine says which tensors a
+    /// failed negotiation was about).
+    pub fn in_context(self, what: &str) -> Error {
+        match self {
+            Error::Collective { rank, op, cause } => Error::Collective { rank, op: format!("{what}: {op}"), cause },
+            Error::Mismatch { rank, op, peer, theirs } => {
+                Error::Mismatch { rank, op: format!("{what}: {op}"), peer, theirs }
+            }
+            Error::Aborted { rank, op, by, fault, culprits, reason } => {
+                Error::Aborted { rank, op: format!("{what}: {op}"), by, fault, culprits, reason }
+            }
+            Error::Backend { rank, op, backend, detail } => {
+                Error::Backend { rank, op: format!("{what}: {op}"), backend, detail }
+            }
+            other => other,
+        }
+    }
+
     /// The rank that raised this error.
     pub fn rank(&self) -> Option<usize> {
         match self {

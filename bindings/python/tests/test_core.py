@@ -226,5 +226,6 @@ def test_a_silent_rank_past_ferrovod_timeout_is_a_collective_timeout_error():
     assert out.returncode == 0, out.stdout + out.stderr
     line = next(l for l in out.stdout.splitlines() if l.startswith("[0] rank 0:"))
     assert "CollectiveTimeoutError rank=0 blamed=[1]" in line and "rank(s) [1]" in line, line
+    assert 'negotiating "late"' in line, line
     late = next(l for l in out.stdout.splitlines() if l.startswith("[1] rank 1:"))
-    assert "Error rank=1" in late, late
+    assert "CollectiveTimeoutError rank=1 blamed=[1]" in late, late

@@ -169,7 +169,8 @@ impl RunLoop {
         }
         let t0 = Instant::now();
         self.add_eager(&mut msg);
-        let messages = negotiate::exchange(&mut self.comm, &msg, self.cache.len(), self.eager_bytes)?;
+        let messages = negotiate::exchange(&mut self.comm, &msg, self.cache.len(), self.eager_bytes)
+            .map_err(|e| e.in_context(&self.negotiating()))?;
         let t1 = Instant::now();
         let mut agreement = negotiate::agree(&messages, &mut self.cache, &mut self.table);
         self.round += 1;
@@ -186,6 +187,18 @@ impl RunLoop {
         }
         self.check_stalls();
         Ok(None)
+    }
+
+    /// What a failed negotiation was about, for its error: the tensors this rank has pending.
+    fn negotiating(&self) -> String {
+        const SHOWN: usize = 3;
+        let names: Vec<String> = self.local.keys().take(SHOWN).map(|n| format!("{n:?}")).collect();
+        let more = self.local.len().saturating_sub(SHOWN);
+        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+        match names.is_empty() {
+            true => "negotiating (nothing pending here)".to_string(),
+            false => format!("negotiating {}{more}", names.join(", ")),
+        }
     }
 
     /// Puts the data of small cached allreduces in the round's message, as the budget allows

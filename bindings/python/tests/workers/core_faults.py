@@ -4,16 +4,19 @@ whichever rank saw it first. The scenario is argv[1].
 - ``kill``: run without a launcher (``FERROVOD_HOST_STORE=1``, the test starts each rank);
   rank 2 of 3 SIGKILLs itself before the second allreduce, and the others must raise
   ``CollectiveError`` blaming rank 2.
-- ``timeout``: under the launcher, with ``FERROVOD_TIMEOUT`` short; rank 1 stays silent past
-  it, and rank 0 must raise ``CollectiveTimeoutError`` blaming rank 1.
+- ``timeout``: under the launcher, with ``FERROVOD_TIMEOUT`` short; rank 1's whole process
+  stops (SIGSTOP, resumed by a helper after three timeouts), and rank 0 must raise
+  ``CollectiveTimeoutError`` blaming rank 1. (A rank whose Python thread is merely busy is not
+  silent: its engine thread still answers, and its tensors stall instead, see
+  ``FERROVOD_STALL_TIMEOUT``.)
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
-import time
 
 import numpy as np
 
@@ -45,7 +48,9 @@ def kill() -> None:
 
 def timeout() -> None:
     if fv.rank() == 1:
-        time.sleep(float(os.environ["FERROVOD_TIMEOUT"]) * 3)
+        wait = float(os.environ["FERROVOD_TIMEOUT"]) * 3
+        subprocess.Popen(["sh", "-c", f"sleep {wait}; kill -CONT {os.getpid()}"])
+        os.kill(os.getpid(), signal.SIGSTOP)
     try:
         fv.allreduce(np.ones(4, np.float32), name="late")
         sys.exit(f"rank {fv.rank()}: no error")
