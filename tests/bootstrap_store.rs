@@ -85,3 +85,96 @@ fn garbage_on_the_port_is_refused_and_good_clients_keep_working() {
     let mut late = StoreClient::connect(&addr, &secret, Duration::from_secs(5)).unwrap();
     assert_eq!(late.get("after-1048576").unwrap(), Some(b"x".to_vec()));
 }
+
+/// Connects to the store and sends one byte of a client hello every `every`, as a slow or
+/// hostile client would; returns when the store closes the connection, with how long that
+/// took (or `None` if it was still open at `limit`).
+fn trickle(addr: &str, every: Duration, limit: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(every)).ok()?;
+    let mut greeting = [0u8; 43];
+    let _ = s.read_exact(&mut greeting);
+    let mut buf = [0u8; 1];
+    while start.elapsed() < limit {
+        if s.write_all(b"F").is_err() {
+            return Some(start.elapsed());
+        }
+        match s.read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            _ => return Some(start.elapsed()),
+        }
+    }
+    None
+}
+
+#[test]
+fn a_trickling_client_is_cut_at_the_handshake_deadline() {
+    let (s, _) = server();
+    let addr = s.local_addr().to_string();
+    // One byte a second would keep a per-read timeout happy forever; the whole handshake has
+    // 10 s.
+    let closed = trickle(&addr, Duration::from_millis(500), Duration::from_secs(20));
+    let closed = closed.expect("the store never closed a connection that trickled its handshake");
+    assert!(closed < Duration::from_secs(13), "closed after {closed:?}");
+}
+
+#[test]
+fn a_flood_of_slow_unauthenticated_clients_does_not_keep_a_job_out() {
+    let (s, secret) = server();
+    let addr = s.local_addr().to_string();
+    // 300 connections from one thread (bounded, loopback only) that start a handshake and
+    // never finish it. The store keeps at most 64 handshakes in progress, dropping the oldest,
+    // so that such connections can never fill the room of real clients (a few thousand of them
+    // once did).
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        let mut c = TcpStream::connect(&addr).expect("connects");
+        let _ = c.write_all(b"FERR");
+        flood.push(c);
+    }
+    // A job starting during the flood: every client connects and works at once.
+    let start = Instant::now();
+    for r in 0..4 {
+        let mut c = StoreClient::connect(&addr, &secret, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("client {r} kept out by the flood: {e}"));
+        c.set(&format!("k{r}"), b"v").unwrap();
+        assert_eq!(c.get(&format!("k{r}")).unwrap().as_deref(), Some(&b"v"[..]));
+    }
+    assert!(start.elapsed() < Duration::from_secs(5), "joining took {:?}", start.elapsed());
+    // Well before the handshake deadline, the store has dropped all but its last 64.
+    let closed_by_store = |c: &mut TcpStream| {
+        c.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        let mut buf = [0u8; 64];
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue, // the greeting
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return false;
+                }
+                Err(_) => return true,
+            }
+        }
+    };
+    let open = flood.iter_mut().map(closed_by_store).filter(|closed| !closed).count();
+    assert!(open <= 64, "{open} unauthenticated connections still open after {:?}", start.elapsed());
+}
+
+#[test]
+fn a_connection_closed_before_the_greeting_says_so() {
+    // A listener that accepts and closes at once, as a store making room does.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    let t = std::thread::spawn(move || {
+        let (c, _) = l.accept().unwrap();
+        drop(c);
+    });
+    let Err(e) = StoreClient::connect(&addr, &Secret::new(b"x".to_vec()), Duration::from_secs(5)) else {
+        panic!("a connection closed before its greeting was accepted")
+    };
+    t.join().unwrap();
+    let text = e.to_string();
+    assert!(text.contains("closed the connection before greeting") && text.contains(&addr), "{text}");
+}

@@ -6,13 +6,43 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use ferrovod::config::{EngineSettings, Tuning};
 use ferrovod::engine::{Collective, Engine, Output, Submission};
+use ferrovod::memory::{DevicePtr, HostOps, Memory, MemoryRef, Ops, OpsError};
 use ferrovod::transport::mem::MemTransport;
-use ferrovod::{Communicator, Error, ReduceOp};
+use ferrovod::{Communicator, DType, Error, ReduceOp};
 
 fn tuning(fusion_threshold: usize) -> Tuning {
     Tuning { fusion_threshold, ring_chunk: 4096, segment: 4096, timeout: Duration::from_secs(30), ..Tuning::default() }
+}
+
+/// The host memory operations, counted: every engine test runs its copies, fills and
+/// divisions through this, so the engine is seen to use its `Ops` and nothing else.
+struct Counted {
+    host: HostOps,
+    counts: Arc<[AtomicUsize; 3]>,
+}
+
+const COPY: usize = 0;
+const FILL: usize = 1;
+const DIVIDE: usize = 2;
+
+impl Ops for Counted {
+    fn copy(&mut self, dst: Memory<'_>, src: MemoryRef<'_>) -> Result<(), OpsError> {
+        self.counts[COPY].fetch_add(1, Ordering::Relaxed);
+        self.host.copy(dst, src)
+    }
+    fn fill_identity(&mut self, dst: Memory<'_>, dtype: DType, op: ReduceOp) -> Result<(), OpsError> {
+        self.counts[FILL].fetch_add(1, Ordering::Relaxed);
+        self.host.fill_identity(dst, dtype, op)
+    }
+    fn divide(&mut self, buf: Memory<'_>, dtype: DType, n: usize) -> Result<(), OpsError> {
+        self.counts[DIVIDE].fetch_add(1, Ordering::Relaxed);
+        self.host.divide(buf, dtype, n)
+    }
 }
 
 /// Runs `body(rank, engine)` on `n` ranks (threads), each with its own engine.
@@ -22,6 +52,16 @@ fn world<R: Send>(
     settings: EngineSettings,
     body: impl Fn(usize, &Engine) -> R + Sync,
 ) -> Vec<R> {
+    world_counted(n, tuning, settings, body).into_iter().map(|(r, _)| r).collect()
+}
+
+/// [`world`], also returning how many copies, fills and divisions each rank's engine did.
+fn world_counted<R: Send>(
+    n: usize,
+    tuning: Tuning,
+    settings: EngineSettings,
+    body: impl Fn(usize, &Engine) -> R + Sync,
+) -> Vec<(R, [usize; 3])> {
     let transports = MemTransport::world(n, tuning.timeout);
     std::thread::scope(|s| {
         let handles: Vec<_> = transports
@@ -30,11 +70,14 @@ fn world<R: Send>(
             .map(|(rank, t)| {
                 let (tuning, settings, body) = (tuning.clone(), settings.clone(), &body);
                 s.spawn(move || {
-                    let engine = Engine::start(Communicator::from_transport(Box::new(t), tuning), &settings)
+                    let counts: Arc<[AtomicUsize; 3]> = Arc::default();
+                    let ops = Box::new(Counted { host: HostOps, counts: counts.clone() });
+                    let comm = Communicator::from_transport(Box::new(t), tuning);
+                    let engine = Engine::start_with(comm, &settings, ops)
                         .unwrap_or_else(|e| panic!("rank {rank}: engine did not start: {e}"));
                     let r = body(rank, &engine);
                     engine.shutdown().unwrap_or_else(|e| panic!("rank {rank}: shutdown: {e}"));
-                    r
+                    (r, counts.each_ref().map(|c| c.load(Ordering::Relaxed)))
                 })
             })
             .collect();
@@ -193,7 +236,7 @@ fn a_changed_shape_after_caching_is_still_caught() {
 #[test]
 fn join_with_uneven_steps() {
     let n = 3;
-    let results = world(n, tuning(64 << 20), EngineSettings::default(), |rank, engine| {
+    let results = world_counted(n, tuning(64 << 20), EngineSettings::default(), |rank, engine| {
         let steps = [2, 5, 3][rank];
         let mut outs = Vec::new();
         for step in 0..steps {
@@ -215,7 +258,15 @@ fn join_with_uneven_steps() {
         }
         (engine.join().unwrap(), outs)
     });
-    for (rank, (last, outs)) in results.iter().enumerate() {
+    for (rank, ((last, outs), counts)) in results.iter().enumerate() {
+        // Fused small tensors are staged (copies), averages divided, and a joined rank's
+        // stand-ins filled with the identity, all through the engine's memory operations.
+        assert!(counts[COPY] > 0 && counts[DIVIDE] > 0, "rank {rank}: {counts:?}");
+        if rank != 1 {
+            assert!(counts[FILL] > 0, "rank {rank} joined before rank 1 and filled stand-ins: {counts:?}");
+        } else {
+            assert_eq!(counts[FILL], 0, "rank 1 never joined early: {counts:?}");
+        }
         assert_eq!(*last, 1, "rank {rank}: rank 1 runs longest, so it joins last");
         for (step, sum, avg, max, rows) in outs {
             // Ranks still active at this step: those with more steps than `step`.
@@ -434,4 +485,38 @@ fn bad_submissions_are_refused_at_once() {
         assert!(engine.submit(again).unwrap_err().to_string().contains("already in flight"), "rank {rank}");
         assert_eq!(h.wait().unwrap().to_vec::<u8>().unwrap(), [2]);
     });
+}
+
+#[test]
+fn device_tensors_are_refused_without_device_support() {
+    let results = world(2, tuning(1 << 20), EngineSettings::default(), |_, engine| {
+        let dev = DevicePtr { ptr: 0x7000_0000, len: 16, device: 0, stream: 0 };
+        // SAFETY: the engine refuses it at submission, before anything could touch it.
+        let sub =
+            unsafe { Submission::device("gpu.grad", Collective::Allreduce(ReduceOp::Sum), DType::F32, &[4], dev) };
+        let refused = engine.submit(sub).map(|_| ()).expect_err("device memory without a device backend").to_string();
+        // The engine goes on: a host tensor after it is reduced as usual.
+        let after = engine.allreduce("host.grad", &[1.0f32, 2.0], ReduceOp::Sum).unwrap();
+        (refused, after)
+    });
+    for (rank, (refused, after)) in results.into_iter().enumerate() {
+        assert!(
+            refused.contains("\"gpu.grad\" is in device memory") && refused.contains("no device support"),
+            "rank {rank}: {refused}"
+        );
+        assert_eq!(after, [2.0, 4.0], "rank {rank}");
+    }
+}
+
+#[test]
+fn a_barrier_goes_through_the_engine_by_name() {
+    let results = world(3, tuning(1 << 20), EngineSettings::default(), |rank, engine| {
+        // Ranks reach the barrier at different times; none leaves before the last arrives.
+        std::thread::sleep(Duration::from_millis(100 * rank as u64));
+        let t = Instant::now();
+        let out = engine.submit(Submission::barrier("barrier.0")).unwrap().wait().unwrap();
+        (t.elapsed(), out.data.len())
+    });
+    assert!(results[0].0 >= Duration::from_millis(150), "rank 0 waited for rank 2: {:?}", results[0].0);
+    assert!(results.iter().all(|(_, len)| *len == 0));
 }

@@ -46,6 +46,35 @@ fn kill_9_mid_64mib_allreduce_fails_every_rank_naming_it() {
 }
 
 #[test]
+fn without_a_launcher_a_killed_rank_is_named_not_the_rank_serving_the_store() {
+    // Rank 0 serves the store; when it fails it keeps the store up until the others have read
+    // the first-failure record, so they blame rank 1 (killed), never rank 0 (which only left).
+    // Rank 3 pauses before each allreduce, so it meets the failure after ranks 0 and 2 have
+    // exited, and its first broken link is to rank 2.
+    for trial in 0..5u64 {
+        let args = ["loop-pause", "4096", "3", "700"];
+        let mut world = World::spawn_host_store(4, &worker(), &args, &[("FERROVOD_TIMEOUT", "20".into())]);
+        world.wait_for_line(0, "ready", Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(100 + 60 * trial));
+        // SAFETY: kill(2) on a child's pid; no memory is involved.
+        unsafe { libc::kill(world.children[1].id() as libc::pid_t, libc::SIGKILL) };
+        let ended = world.wait(Duration::from_secs(40));
+        assert_eq!(ended[1].code, None, "trial {trial}: rank 1 was killed by a signal");
+        assert_failed_naming(&ended, Some(1), &["rank 1"]);
+        for r in [0, 2, 3] {
+            for live in [0, 2, 3] {
+                let blamed = format!("rank {live} closed");
+                assert!(
+                    !ended[r].stderr.contains(&blamed),
+                    "trial {trial}: rank {r} blames rank {live}: {}",
+                    ended[r].stderr
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn mismatched_counts_fail_every_rank() {
     let ended = World::spawn(4, &worker(), &["mismatch-count"], &[("FERROVOD_TIMEOUT", "30".into())])
         .wait(Duration::from_secs(40));
@@ -102,7 +131,10 @@ fn replace_rank_1(timeout: &str, env: &[(&str, &str)]) -> (std::process::Output,
     cmd.args(args)
         .env("FERROVOD_RANK", "1")
         .env("FERROVOD_SIZE", "2")
-        .env("FERROVOD_RENDEZVOUS", world.store.local_addr().to_string())
+        .env(
+            "FERROVOD_RENDEZVOUS",
+            world.store.as_ref().expect("this process serves the store").local_addr().to_string(),
+        )
         .env("FERROVOD_SECRET", &world.secret)
         .env("FERROVOD_CONNECT_TIMEOUT", timeout);
     for (k, v) in env {
@@ -129,4 +161,49 @@ fn ranks_with_different_tuning_fail_at_start_naming_the_knob() {
     let err0 = String::from_utf8_lossy(&rank0.stderr);
     assert_eq!(rank0.status.code(), Some(3), "{err0}");
     assert!(err0.contains("FERROVOD_RING_CHUNK") && err0.contains("rank 1 has 2097152"), "{err0}");
+}
+
+#[test]
+fn a_rank_that_dies_after_rendezvous_fails_the_mesh_at_once_naming_it() {
+    use ferrovod::bootstrap::{PeerInfo, Secret, StoreClient, StoreServer, exchange_peers};
+    let secret = Secret::new(b"job".to_vec());
+    let store = StoreServer::bind("127.0.0.1:0", secret.clone()).unwrap();
+    let addr = store.local_addr().to_string();
+    // Rank 1 is a process that published its record and then died: a child that has exited
+    // and been reaped, on this host, with an address nobody listens on.
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    let pid = dead.id();
+    dead.wait().unwrap();
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let tuning = ferrovod::config::Tuning::default();
+    let me = PeerInfo {
+        hostname: ferrovod::os::hostname(),
+        boot_id: ferrovod::os::boot_id(),
+        addresses: vec![("tcp".into(), closed_port.to_string().into_bytes())],
+        pid,
+        tuning: tuning.agreed().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+    };
+    let rank1 = {
+        let (addr, secret) = (addr.clone(), secret.clone());
+        std::thread::spawn(move || {
+            let mut c = StoreClient::connect(&addr, &secret, Duration::from_secs(10)).unwrap();
+            // The key prefix of this process's first communicator (no other test of this
+            // binary builds one in process).
+            exchange_peers(&mut c, "ferrovod/comm0", 1, 2, &me, Duration::from_secs(30)).unwrap();
+        })
+    };
+    let start = Instant::now();
+    let e = ferrovod::Communicator::builder()
+        .rank(0)
+        .size(2)
+        .rendezvous(addr)
+        .secret(secret)
+        .tuning(ferrovod::config::Tuning { connect_timeout: Duration::from_secs(60), ..tuning })
+        .build()
+        .expect_err("rank 1 is dead");
+    rank1.join().unwrap();
+    let took = start.elapsed();
+    let text = e.to_string();
+    assert!(text.contains(&format!("rank 1 (pid {pid}, this host) exited before connecting")), "{text}");
+    assert!(took < Duration::from_secs(10), "noticed after {took:?} (the connect timeout is 60 s)");
 }

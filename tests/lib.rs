@@ -140,10 +140,10 @@ pub fn workspace_bin(name: &str) -> std::path::PathBuf {
     dir.join(name)
 }
 
-/// N ranks as OS processes, with the store in this (test) process.
+/// N ranks as OS processes, with the store in this (test) process, or served by rank 0.
 pub struct World {
-    /// The store every rank connects to.
-    pub store: StoreServer,
+    /// The store every rank connects to, when this process serves it.
+    pub store: Option<StoreServer>,
     /// The job secret (hex), as the ranks got it.
     pub secret: String,
     /// Rank processes, in rank order.
@@ -166,13 +166,36 @@ impl World {
     pub fn spawn(n: usize, bin: &std::path::Path, args: &[&str], env: &[(&str, String)]) -> World {
         let secret = Secret::generate_hex().expect("random secret");
         let store = StoreServer::bind("127.0.0.1:0", Secret::new(secret.clone().into_bytes())).expect("store binds");
+        let addr = store.local_addr().to_string();
+        World::start(n, bin, args, env, secret, &addr, Some(store))
+    }
+
+    /// [`World::spawn`] without a launcher's store: rank 0 serves it (`FERROVOD_HOST_STORE=1`)
+    /// on a free loopback port.
+    pub fn spawn_host_store(n: usize, bin: &std::path::Path, args: &[&str], env: &[(&str, String)]) -> World {
+        let secret = Secret::generate_hex().expect("random secret");
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        let mut env = env.to_vec();
+        env.push(("FERROVOD_HOST_STORE", "1".into()));
+        World::start(n, bin, args, &env, secret, &format!("127.0.0.1:{port}"), None)
+    }
+
+    fn start(
+        n: usize,
+        bin: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, String)],
+        secret: String,
+        rendezvous: &str,
+        store: Option<StoreServer>,
+    ) -> World {
         let children = (0..n)
             .map(|rank| {
                 let mut cmd = Command::new(bin);
                 cmd.args(args)
                     .env("FERROVOD_RANK", rank.to_string())
                     .env("FERROVOD_SIZE", n.to_string())
-                    .env("FERROVOD_RENDEZVOUS", store.local_addr().to_string())
+                    .env("FERROVOD_RENDEZVOUS", rendezvous)
                     .env("FERROVOD_SECRET", &secret)
                     .stdin(Stdio::null())
                     .stdout(Stdio::piped())

@@ -92,8 +92,14 @@ fn lend_buffer(obj: &Bound<'_, PyAny>, access: Access, what: &str) -> PyResult<L
     let itemsize = view.itemsize as usize;
     // SAFETY: with PyBUF_FORMAT the format is a NUL-terminated string (or null, meaning "B").
     let format = if view.format.is_null() { "B".to_string() } else { cstr(view.format) };
-    let dtype = buffer_dtype(&format, itemsize).ok_or_else(|| {
-        invalid(what, format!("unsupported element type (buffer format {format:?}, {itemsize} bytes); ferrovod takes uint8, int8, int32, int64, float16, bfloat16, float32 and float64"))
+    let dtype = DType::from_buffer_format(&format, itemsize).ok_or_else(|| {
+        invalid(
+            what,
+            format!(
+                "unsupported element type (buffer format {format:?}, {itemsize} bytes); ferrovod takes {}",
+                DType::supported()
+            ),
+        )
     })?;
     let ndim = view.ndim as usize;
     // SAFETY: with PyBUF_ND and PyBUF_STRIDES, shape and strides have `ndim` entries.
@@ -156,8 +162,15 @@ fn lend_dlpack(obj: &Bound<'_, PyAny>, _access: Access, what: &str) -> PyResult<
         }
         d => return Err(invalid(what, format!("the tensor is on DLPack device type {d}; ferrovod takes CPU memory"))),
     }
-    let dtype = dlpack_dtype(t.dtype).ok_or_else(|| {
-        invalid(what, format!("unsupported element type (DLPack code {} with {} bits, {} lanes); ferrovod takes uint8, int8, int32, int64, float16, bfloat16, float32 and float64", t.dtype.code, t.dtype.bits, t.dtype.lanes))
+    let dtype = DType::from_dlpack(t.dtype.code, t.dtype.bits, t.dtype.lanes).ok_or_else(|| {
+        let dlpack::DataType { code, bits, lanes } = t.dtype;
+        invalid(
+            what,
+            format!(
+                "unsupported element type (DLPack code {code} with {bits} bits, {lanes} lanes); ferrovod takes {}",
+                DType::supported()
+            ),
+        )
     })?;
     let ndim = usize::try_from(t.ndim).map_err(|_| invalid(what, "negative ndim"))?;
     // SAFETY: DLPack gives `ndim` dims, and `ndim` strides unless null.
@@ -188,6 +201,13 @@ fn lend_dlpack(obj: &Bound<'_, PyAny>, _access: Access, what: &str) -> PyResult<
     Ok(lent)
 }
 
+/// `[(name, long_name, itemsize), ...]`: every dtype ferrovod carries, from `DType::TABLE`, in
+/// wire order. Python derives its numpy and torch maps from it (by `long_name`).
+#[pyfunction]
+pub(crate) fn dtypes() -> Vec<(&'static str, &'static str, usize)> {
+    DType::TABLE.iter().map(|d| (d.name, d.long_name, d.size)).collect()
+}
+
 /// Whether `strides` (in bytes) lay `shape` out densely in row-major order. Dimensions of one
 /// element may have any stride; an empty array is trivially dense.
 fn row_major(shape: &[usize], strides: &[i64], itemsize: i64) -> bool {
@@ -202,42 +222,6 @@ fn row_major(shape: &[usize], strides: &[i64], itemsize: i64) -> bool {
         want *= d as i64;
     }
     true
-}
-
-/// A struct-module format character (with an optional native or little-endian prefix) as a dtype.
-fn buffer_dtype(format: &str, itemsize: usize) -> Option<DType> {
-    let code = format.strip_prefix(['@', '=', '<']).unwrap_or(format);
-    if cfg!(target_endian = "big") && format.starts_with('<') {
-        return None;
-    }
-    let dtype = match code {
-        "B" => DType::U8,
-        "b" => DType::I8,
-        "e" => DType::F16,
-        "f" => DType::F32,
-        "d" => DType::F64,
-        "i" | "l" | "q" | "n" if itemsize == 4 => DType::I32,
-        "i" | "l" | "q" | "n" if itemsize == 8 => DType::I64,
-        _ => return None,
-    };
-    (dtype.size() == itemsize).then_some(dtype)
-}
-
-fn dlpack_dtype(t: dlpack::DataType) -> Option<DType> {
-    if t.lanes != 1 {
-        return None;
-    }
-    Some(match (t.code, t.bits) {
-        (dlpack::CODE_UINT, 8) => DType::U8,
-        (dlpack::CODE_INT, 8) => DType::I8,
-        (dlpack::CODE_INT, 32) => DType::I32,
-        (dlpack::CODE_INT, 64) => DType::I64,
-        (dlpack::CODE_FLOAT, 16) => DType::F16,
-        (dlpack::CODE_BFLOAT, 16) => DType::BF16,
-        (dlpack::CODE_FLOAT, 32) => DType::F32,
-        (dlpack::CODE_FLOAT, 64) => DType::F64,
-        _ => return None,
-    })
 }
 
 fn cstr(p: *const c_char) -> String {
@@ -256,16 +240,5 @@ mod tests {
         assert!(row_major(&[1, 3], &[999, 4], 4));
         assert!(row_major(&[0, 3], &[4, 8], 4));
         assert!(!row_major(&[3], &[8], 4));
-    }
-
-    #[test]
-    fn formats() {
-        assert_eq!(buffer_dtype("<f", 4), Some(DType::F32));
-        assert_eq!(buffer_dtype("l", 8), Some(DType::I64));
-        assert_eq!(buffer_dtype("l", 4), Some(DType::I32));
-        assert_eq!(buffer_dtype(">f", 4), None);
-        assert_eq!(buffer_dtype("?", 1), None);
-        assert_eq!(buffer_dtype("H", 2), None);
-        assert_eq!(buffer_dtype("Zf", 8), None);
     }
 }

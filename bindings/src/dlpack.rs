@@ -1,5 +1,6 @@
 //! The DLPack C ABI (version 0.8, what `__dlpack__()` returns when asked for no version): just
-//! the structs a consumer reads. Device and dtype codes from `dlpack.h`.
+//! the structs a consumer reads. Device codes from `dlpack.h`; its dtype codes are
+//! `ferrovod::dtype::dlpack_code`, read through `DType::TABLE`.
 
 use std::ffi::c_void;
 
@@ -7,12 +8,6 @@ use std::ffi::c_void;
 pub(crate) const DEVICE_CPU: i32 = 1;
 /// `kDLCUDA`.
 pub(crate) const DEVICE_CUDA: i32 = 2;
-
-/// `kDLInt`, `kDLUInt`, `kDLFloat`, `kDLBfloat`, `kDLComplex`, `kDLBool`.
-pub(crate) const CODE_INT: u8 = 0;
-pub(crate) const CODE_UINT: u8 = 1;
-pub(crate) const CODE_FLOAT: u8 = 2;
-pub(crate) const CODE_BFLOAT: u8 = 4;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]

@@ -25,7 +25,12 @@ create_exception!(
     FerrovodError,
     "A collective failed: a peer died or closed its connection, or another rank reported a failure."
 );
-create_exception!(_ferrovod, TimeoutError, CollectiveError, "A peer sent nothing within FERROVOD_TIMEOUT.");
+create_exception!(
+    _ferrovod,
+    CollectiveTimeoutError,
+    CollectiveError,
+    "A peer sent nothing within FERROVOD_TIMEOUT (named so as not to shadow the builtin TimeoutError)."
+);
 create_exception!(
     _ferrovod,
     MismatchError,
@@ -62,19 +67,32 @@ impl From<ferrovod::Error> for PyFerrovodError {
 }
 
 impl From<PyFerrovodError> for PyErr {
+    /// The class follows the error's kind, whichever rank saw it first: a dead peer is a
+    /// `CollectiveError`, a silent one a `CollectiveTimeoutError`, disagreeing ranks a
+    /// `MismatchError`. The exception carries `rank` (the rank raising it) and `blamed_ranks`
+    /// (the dead, silent or disagreeing peers), so callers need not parse the message.
     fn from(e: PyFerrovodError) -> PyErr {
         use ferrovod::Error as E;
-        let msg = e.0.to_string();
-        match &e.0 {
-            E::Config { .. } => ConfigError::new_err(msg),
-            E::InvalidArgument { .. } => InvalidArgumentError::new_err(msg),
-            E::Bootstrap { .. } => BootstrapError::new_err(msg),
-            E::Collective { cause: ferrovod::transport::Error::Timeout { .. }, .. } => TimeoutError::new_err(msg),
-            E::Collective { .. } | E::Aborted { .. } | E::Broken { .. } => CollectiveError::new_err(msg),
-            E::Mismatch { .. } | E::TensorMismatch { .. } => MismatchError::new_err(msg),
-            E::Stalled { .. } => StalledError::new_err(msg),
-            E::EngineStopped { .. } => NotInitializedError::new_err(msg),
-        }
+        use ferrovod::error::Fault;
+        let e = e.0;
+        let msg = e.to_string();
+        let err = match (&e, e.fault()) {
+            (E::Config { .. }, _) => ConfigError::new_err(msg),
+            (E::InvalidArgument { .. }, _) => InvalidArgumentError::new_err(msg),
+            (E::Bootstrap { .. }, _) => BootstrapError::new_err(msg),
+            (E::Stalled { .. }, _) => StalledError::new_err(msg),
+            (E::EngineStopped { .. }, _) => NotInitializedError::new_err(msg),
+            (_, Some(Fault::Mismatch)) => MismatchError::new_err(msg),
+            (_, Some(Fault::Timeout)) => CollectiveTimeoutError::new_err(msg),
+            _ => CollectiveError::new_err(msg),
+        };
+        Python::attach(|py| {
+            let value = err.value(py);
+            // Plain attributes on a fresh exception instance: setting them cannot fail.
+            let _ = value.setattr("rank", e.rank());
+            let _ = value.setattr("blamed_ranks", e.culprits());
+        });
+        err
     }
 }
 
@@ -86,7 +104,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("InvalidArgumentError", py.get_type::<InvalidArgumentError>())?;
     m.add("BootstrapError", py.get_type::<BootstrapError>())?;
     m.add("CollectiveError", py.get_type::<CollectiveError>())?;
-    m.add("TimeoutError", py.get_type::<TimeoutError>())?;
+    m.add("CollectiveTimeoutError", py.get_type::<CollectiveTimeoutError>())?;
     m.add("MismatchError", py.get_type::<MismatchError>())?;
     m.add("StalledError", py.get_type::<StalledError>())?;
     m.add("NotInitializedError", py.get_type::<NotInitializedError>())?;

@@ -35,7 +35,9 @@ fn _ferrovod(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ops::allgather_async, m)?)?;
     m.add_function(wrap_pyfunction!(ops::reducescatter_async, m)?)?;
     m.add_function(wrap_pyfunction!(ops::alltoall_async, m)?)?;
+    m.add_function(wrap_pyfunction!(ops::barrier_async, m)?)?;
     m.add_function(wrap_pyfunction!(ops::join_async, m)?)?;
+    m.add_function(wrap_pyfunction!(array::dtypes, m)?)?;
     m.add_function(wrap_pyfunction!(launcher::launcher_main, m)?)?;
     m.add_function(wrap_pyfunction!(launcher::barrier_plan, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

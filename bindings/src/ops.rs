@@ -289,7 +289,8 @@ pub(crate) fn grouped_allreduce_async_(
 #[pyfunction]
 pub(crate) fn broadcast_async_(tensor: &Bound<'_, PyAny>, name: String, root_rank: i64) -> PyResult<PyHandle> {
     let root = u32::try_from(root_rank).map_err(|_| {
-        InvalidArgumentError::new_err(format!("broadcast of {name:?}: root rank {root_rank} is negative"))
+        let why = if root_rank < 0 { "is negative".to_string() } else { "is not a rank of this world".to_string() };
+        InvalidArgumentError::new_err(format!("broadcast of {name:?}: root rank {root_rank} {why}"))
     })?;
     submit(tensor, name, Collective::Broadcast(root), Access::Write)
 }
@@ -315,6 +316,13 @@ pub(crate) fn alltoall_async(
     splits: Option<Vec<usize>>,
 ) -> PyResult<PyHandle> {
     submit_with(tensor, name, Collective::Alltoall, Access::Read, splits)
+}
+
+/// A barrier under `name`: the handle completes once every rank has submitted one by that name.
+#[pyfunction]
+pub(crate) fn barrier_async(name: String) -> PyResult<PyHandle> {
+    let handle = engine()?.submit(Submission::barrier(name)).map_err(PyFerrovodError)?;
+    Ok(PyHandle::new(handle, Vec::new()))
 }
 
 /// Starts joining: the handle's result is a one-element int64 buffer with the last rank to join.

@@ -11,39 +11,29 @@
 //! rank's error then names the rank that saw the failure first and what it saw.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::algorithms::{blocks_from_counts, even_blocks};
-use crate::backend::{Backend, Request, Work, host::HostBackend};
-use crate::bootstrap::{PeerInfo, Secret, StoreClient, StoreServer, Topology, exchange_peers};
-use crate::config::{self, Config, Tuning};
+use crate::backend::{self, Backend, Links, Request, Work};
+use crate::bootstrap::{Secret, Topology};
+use crate::collective::{Call, Collective, Phase};
+use crate::config::{Config, Tuning};
 use crate::dtype::{DType, Element, ReduceOp};
-use crate::error::{Error, Result};
-use crate::op::{Kind, OpDesc};
+use crate::error::{Error, Fault, Result};
+use crate::memory::{Memory, MemoryRef};
 use crate::os::Doorbell;
-use crate::transport::mem::MemTransport;
-use crate::transport::tcp::{TcpListenerHandle, TcpTransport};
 use crate::transport::{self, Transport};
-
-/// How long a failing rank waits for the root cause to appear in the store.
-const ABORT_WAIT: Duration = Duration::from_secs(2);
-
-/// Communicators created by this process, so that a second one uses fresh store keys.
-static GENERATION: AtomicU32 = AtomicU32::new(0);
+use crate::world::{FailureNote, World};
 
 /// A rank's handle on a job.
 pub struct Communicator {
-    rank: usize,
-    size: usize,
-    topology: Topology,
-    tuning: Tuning,
+    // Drop order matters: links first (peers see closed links), the world (and a store it
+    // serves) last.
+    links: Links,
     backends: Vec<Box<dyn Backend>>,
-    abort: Option<AbortBoard>,
+    world: World,
     seq: u32,
-    broken: Option<String>,
-    // Declared last: dropped after the links, so peers see closed links before a dead store.
-    _store: Option<StoreServer>,
+    broken: Option<Error>,
 }
 
 /// Explicit construction, for tests and for programs that do not use the environment.
@@ -111,24 +101,8 @@ impl Communicator {
 
     /// A communicator over an existing transport, all ranks on one host, no store.
     pub fn from_transport(transport: Box<dyn Transport>, tuning: Tuning) -> Communicator {
-        let (rank, size) = (transport.rank(), transport.size());
-        Communicator {
-            rank,
-            size,
-            topology: Topology {
-                local_rank: rank,
-                local_size: size,
-                cross_rank: 0,
-                cross_size: 1,
-                local_ranks: (0..size).collect(),
-            },
-            backends: vec![Box::new(HostBackend::new(transport, tuning.clone()))],
-            tuning,
-            abort: None,
-            seq: 0,
-            broken: None,
-            _store: None,
-        }
+        let (world, links) = World::local(transport, tuning);
+        Communicator::over(world, links)
     }
 
     /// Joins the job `config` describes.
@@ -137,111 +111,52 @@ impl Communicator {
     }
 
     fn join(config: Config) -> Result<Communicator> {
-        config.validate()?;
-        let rank = config.rank;
-        if config.size == 1 {
-            let [t] = <[MemTransport; 1]>::try_from(MemTransport::world(1, config.tuning.timeout))
-                .unwrap_or_else(|_| unreachable!("world(1) has one rank"));
-            let mut c = Communicator::from_transport(Box::new(t), config.tuning);
-            c.topology = Topology::single();
-            return Ok(c);
-        }
-        let missing = |k: config::Knob| Error::Config {
-            name: k.name,
-            detail: format!("required when FERROVOD_SIZE={} > 1", config.size),
-        };
-        let addr = config.rendezvous.clone().ok_or_else(|| missing(config::RENDEZVOUS))?;
-        let secret = config.secret.clone().ok_or_else(|| missing(config::SECRET))?;
-        let boot = |cause| Error::Bootstrap { rank, cause };
-        let tuning = &config.tuning;
+        let (world, links) = World::join(&config)?;
+        Ok(Communicator::over(world, links))
+    }
 
-        let store_server = if config.host_store && rank == 0 {
-            Some(StoreServer::bind(addr.as_str(), secret.clone()).map_err(boot)?)
-        } else {
-            None
-        };
-        let mut store = StoreClient::connect(&addr, &secret, tuning.connect_timeout).map_err(boot)?;
-        // Peers reach this rank the way it reaches the store, unless told otherwise.
-        let ip = match config.advertise_addr {
-            Some(ip) => ip,
-            None => store.local_addr().map_err(boot)?.ip(),
-        };
-        let listener = TcpListenerHandle::bind(ip).map_err(boot)?;
-        let agreed = tuning.agreed();
-        let me = PeerInfo {
-            hostname: crate::os::hostname(),
-            boot_id: crate::os::boot_id(),
-            addr: listener.addr(),
-            pid: std::process::id(),
-            tuning: agreed.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
-        };
-        let prefix = format!("ferrovod/comm{}", GENERATION.fetch_add(1, Ordering::Relaxed));
-        let peers =
-            exchange_peers(&mut store, &prefix, rank, config.size, &me, tuning.connect_timeout).map_err(boot)?;
-        for (peer, info) in peers.iter().enumerate() {
-            let theirs = info.tuning.iter().map(|(_, v)| v);
-            if let Some(((name, mine), theirs)) = agreed.iter().zip(theirs).find(|((_, m), t)| m != *t) {
-                return Err(Error::Config {
-                    name,
-                    detail: format!(
-                        "rank {peer} has {theirs}, rank {rank} has {mine}: every rank must use the same value"
-                    ),
-                });
-            }
-        }
-        let addrs: Vec<_> = peers.iter().map(|p| p.addr).collect();
-        let transport = TcpTransport::connect(rank, listener, &addrs, &secret, tuning).map_err(boot)?;
-        Ok(Communicator {
-            rank,
-            size: config.size,
-            topology: Topology::compute(&peers, rank),
-            backends: vec![Box::new(HostBackend::new(Box::new(transport), config.tuning.clone()))],
-            tuning: config.tuning.clone(),
-            abort: Some(AbortBoard { store, prefix }),
-            seq: 0,
-            broken: None,
-            _store: store_server,
-        })
+    fn over(world: World, links: Links) -> Communicator {
+        Communicator { backends: backend::registry(&world), links, world, seq: 0, broken: None }
     }
 
     /// This rank.
     pub fn rank(&self) -> usize {
-        self.rank
+        self.world.rank()
     }
 
     /// Number of ranks.
     pub fn size(&self) -> usize {
-        self.size
+        self.world.size()
     }
 
     /// Rank among the processes on this host.
     pub fn local_rank(&self) -> usize {
-        self.topology.local_rank
+        self.world.topology().local_rank
     }
 
     /// Number of processes on this host.
     pub fn local_size(&self) -> usize {
-        self.topology.local_size
+        self.world.topology().local_size
     }
 
     /// Index among the processes with this local rank.
     pub fn cross_rank(&self) -> usize {
-        self.topology.cross_rank
+        self.world.topology().cross_rank
     }
 
     /// Number of processes with this local rank.
     pub fn cross_size(&self) -> usize {
-        self.topology.cross_size
+        self.world.topology().cross_size
     }
 
     /// Transport and algorithm tuning (the same on every rank).
     pub fn tuning(&self) -> &Tuning {
-        &self.tuning
+        self.world.tuning()
     }
 
     /// The full placement, including which ranks share this host.
     pub fn topology(&self) -> &Topology {
-        &self.topology
+        self.world.topology()
     }
 
     /// Reduces `buf` over all ranks in place.
@@ -250,10 +165,12 @@ impl Communicator {
     }
 
     /// [`Communicator::allreduce`] on raw bytes of `dtype`.
-    pub fn allreduce_bytes(&mut self, buf: &mut [u8], dtype: DType, op: ReduceOp) -> Result<()> {
+    /// The memory may be host bytes (`&mut [u8]`) or device memory, for a backend that takes it.
+    pub fn allreduce_bytes<'a>(&mut self, buf: impl Into<Memory<'a>>, dtype: DType, op: ReduceOp) -> Result<()> {
+        let buf = buf.into();
         let count = self.elements("allreduce", buf.len(), dtype)?;
-        let desc = self.desc(Kind::Allreduce, Some(dtype), Some(op), 0, count);
-        self.run(Request { desc, dtype, work: Work::Allreduce { buf, op } })
+        let call = self.call(Collective::Allreduce(op), Phase::Data, dtype, count);
+        self.run(Request { call, work: Work::InPlace { buf } })
     }
 
     /// Copies `buf` from `root` to every rank.
@@ -262,27 +179,29 @@ impl Communicator {
     }
 
     /// [`Communicator::broadcast`] on raw bytes of `dtype`.
-    pub fn broadcast_bytes(&mut self, buf: &mut [u8], dtype: DType, root: usize) -> Result<()> {
+    /// The memory may be host bytes (`&mut [u8]`) or device memory, for a backend that takes it.
+    pub fn broadcast_bytes<'a>(&mut self, buf: impl Into<Memory<'a>>, dtype: DType, root: usize) -> Result<()> {
+        let buf = buf.into();
         let count = self.elements("broadcast", buf.len(), dtype)?;
         self.check_root("broadcast", root)?;
-        let desc = self.desc(Kind::Broadcast, Some(dtype), None, root, count);
-        self.run(Request { desc, dtype, work: Work::Broadcast { buf, root } })
+        let call = self.call(Collective::Broadcast(root as u32), Phase::Data, dtype, count);
+        self.run(Request { call, work: Work::InPlace { buf } })
     }
 
     /// Gathers equal-sized inputs: `output` (of `size × input.len()` elements) holds rank i's
     /// input at block i.
     pub fn allgather<T: Element>(&mut self, input: &[T], output: &mut [T]) -> Result<()> {
-        if output.len() != input.len() * self.size {
+        if output.len() != input.len() * self.size() {
             return Err(self.invalid(
                 "allgather",
-                format!("output has {} elements, expected {} ranks × {}", output.len(), self.size, input.len()),
+                format!("output has {} elements, expected {} ranks × {}", output.len(), self.size(), input.len()),
             ));
         }
-        let blocks = even_blocks(output.len(), self.size, size_of::<T>());
+        let blocks = even_blocks(output.len(), self.size(), size_of::<T>());
         let out: &mut [u8] = bytemuck::cast_slice_mut(output);
-        out[blocks[self.rank].clone()].copy_from_slice(bytemuck::cast_slice(input));
-        let desc = self.desc(Kind::Allgather, Some(T::DTYPE), None, 0, input.len());
-        self.run(Request { desc, dtype: T::DTYPE, work: Work::Allgather { buf: out, blocks: &blocks } })
+        out[blocks[self.rank()].clone()].copy_from_slice(bytemuck::cast_slice(input));
+        let call = self.call(Collective::Allgather, Phase::Data, T::DTYPE, input.len());
+        self.run(Request { call, work: Work::Blocks { buf: Memory::Host(out), blocks: &blocks } })
     }
 
     /// Gathers inputs of any length (Horovod's allgather with per-rank first dimensions):
@@ -296,15 +215,12 @@ impl Communicator {
 
     /// First half of an allgather of unequal inputs: every rank's element count.
     pub fn allgather_counts(&mut self, count: usize, dtype: DType) -> Result<Vec<usize>> {
-        let mut raw = vec![0u64; self.size];
-        raw[self.rank] = count as u64;
-        let blocks = even_blocks(self.size, self.size, 8);
-        let desc = self.desc(Kind::AllgatherCounts, Some(dtype), None, 0, 0);
-        self.run(Request {
-            desc,
-            dtype: DType::U8,
-            work: Work::Allgather { buf: bytemuck::cast_slice_mut(&mut raw), blocks: &blocks },
-        })?;
+        let mut raw = vec![0u64; self.size()];
+        raw[self.rank()] = count as u64;
+        let blocks = even_blocks(self.size(), self.size(), 8);
+        let call = self.call(Collective::Allgather, Phase::Counts, dtype, 0);
+        let work = Work::Blocks { buf: Memory::Host(bytemuck::cast_slice_mut(&mut raw)), blocks: &blocks };
+        self.run(Request { call, work })?;
         self.addressable("allgather", raw, dtype)
     }
 
@@ -312,8 +228,8 @@ impl Communicator {
     /// [`Communicator::allgather_counts`].
     pub fn allgatherv_into(&mut self, input: &[u8], output: &mut [u8], counts: &[usize], dtype: DType) -> Result<()> {
         let blocks = blocks_from_counts(counts, dtype.size());
-        let fits = counts.len() == self.size
-            && blocks[self.rank].len() == input.len()
+        let fits = counts.len() == self.size()
+            && blocks[self.rank()].len() == input.len()
             && blocks.last().map_or(0, |b| b.end) == output.len();
         if !fits {
             return Err(self.invalid(
@@ -325,18 +241,18 @@ impl Communicator {
                 ),
             ));
         }
-        output[blocks[self.rank].clone()].copy_from_slice(input);
-        let desc = self.desc(Kind::Allgather, Some(dtype), None, 0, 0);
-        self.run(Request { desc, dtype, work: Work::Allgather { buf: output, blocks: &blocks } })
+        output[blocks[self.rank()].clone()].copy_from_slice(input);
+        let call = self.call(Collective::Allgather, Phase::Data, dtype, 0);
+        self.run(Request { call, work: Work::Blocks { buf: Memory::Host(output), blocks: &blocks } })
     }
 
     /// Reduces `input` over all ranks and returns this rank's share: the input split as evenly
     /// as possible, the first ranks one element more (Horovod's split).
     pub fn reducescatter<T: Element>(&mut self, input: &[T], op: ReduceOp) -> Result<Vec<T>> {
         let mut scratch = input.to_vec();
-        let blocks = even_blocks(input.len(), self.size, size_of::<T>());
+        let blocks = even_blocks(input.len(), self.size(), size_of::<T>());
         self.reducescatter_bytes(bytemuck::cast_slice_mut(&mut scratch), &blocks, T::DTYPE, op)?;
-        let mine = blocks[self.rank].start / size_of::<T>()..blocks[self.rank].end / size_of::<T>();
+        let mine = blocks[self.rank()].start / size_of::<T>()..blocks[self.rank()].end / size_of::<T>();
         Ok(scratch[mine].to_vec())
     }
 
@@ -350,7 +266,7 @@ impl Communicator {
         op: ReduceOp,
     ) -> Result<()> {
         let count = self.elements("reducescatter", buf.len(), dtype)?;
-        let contiguous = blocks.len() == self.size
+        let contiguous = blocks.len() == self.size()
             && blocks.first().is_some_and(|b| b.start == 0)
             && blocks.windows(2).all(|w| w[0].end == w[1].start)
             && blocks.last().is_some_and(|b| b.end == buf.len())
@@ -358,11 +274,11 @@ impl Communicator {
         if !contiguous {
             return Err(self.invalid(
                 "reducescatter",
-                format!("blocks {blocks:?} do not tile {} bytes of {dtype} in {} parts", buf.len(), self.size),
+                format!("blocks {blocks:?} do not tile {} bytes of {dtype} in {} parts", buf.len(), self.size()),
             ));
         }
-        let desc = self.desc(Kind::Reducescatter, Some(dtype), Some(op), 0, count);
-        self.run(Request { desc, dtype, work: Work::Reducescatter { buf, blocks, op } })
+        let call = self.call(Collective::Reducescatter(op), Phase::Data, dtype, count);
+        self.run(Request { call, work: Work::Blocks { buf: Memory::Host(buf), blocks } })
     }
 
     /// Sends `send_counts[i]` consecutive elements of `input` to rank i; returns what every
@@ -383,26 +299,26 @@ impl Communicator {
     /// First half of an all-to-all: tells every rank how much it gets from this one and
     /// returns how much this one gets from each.
     pub fn alltoall_counts(&mut self, input_len: usize, send_counts: &[usize], dtype: DType) -> Result<Vec<usize>> {
-        if send_counts.len() != self.size || send_counts.iter().sum::<usize>() != input_len {
+        if send_counts.len() != self.size() || send_counts.iter().sum::<usize>() != input_len {
             return Err(self.invalid(
                 "alltoall",
                 format!(
                     "splits {send_counts:?} must have {} entries summing to the input's {input_len} elements",
-                    self.size
+                    self.size()
                 ),
             ));
         }
         let send: Vec<u64> = send_counts.iter().map(|&c| c as u64).collect();
-        let mut recv = vec![0u64; self.size];
-        let blocks = even_blocks(self.size, self.size, 8);
-        let desc = self.desc(Kind::AlltoallCounts, Some(dtype), None, 0, 0);
-        let work = Work::Alltoall {
-            send: bytemuck::cast_slice(&send),
+        let mut recv = vec![0u64; self.size()];
+        let blocks = even_blocks(self.size(), self.size(), 8);
+        let call = self.call(Collective::Alltoall, Phase::Counts, dtype, 0);
+        let work = Work::Exchange {
+            send: MemoryRef::Host(bytemuck::cast_slice(&send)),
             send_blocks: &blocks,
-            recv: bytemuck::cast_slice_mut(&mut recv),
+            recv: Memory::Host(bytemuck::cast_slice_mut(&mut recv)),
             recv_blocks: &blocks,
         };
-        self.run(Request { desc, dtype: DType::U8, work })?;
+        self.run(Request { call, work })?;
         self.addressable("alltoall", recv, dtype)
     }
 
@@ -433,8 +349,8 @@ impl Communicator {
     ) -> Result<()> {
         let send_blocks = blocks_from_counts(send_counts, dtype.size());
         let recv_blocks = blocks_from_counts(recv_counts, dtype.size());
-        let fits = send_blocks.len() == self.size
-            && recv_blocks.len() == self.size
+        let fits = send_blocks.len() == self.size()
+            && recv_blocks.len() == self.size()
             && send_blocks.last().map_or(0, |b| b.end) == input.len()
             && recv_blocks.last().map_or(0, |b| b.end) == output.len();
         if !fits {
@@ -447,46 +363,48 @@ impl Communicator {
                 ),
             ));
         }
-        if send_counts[self.rank] != recv_counts[self.rank] {
-            let (sent, expected) = (send_counts[self.rank], recv_counts[self.rank]);
+        if send_counts[self.rank()] != recv_counts[self.rank()] {
+            let (sent, expected) = (send_counts[self.rank()], recv_counts[self.rank()]);
             return Err(
                 self.invalid("alltoall", format!("this rank sends itself {sent} elements but expects {expected}"))
             );
         }
-        let desc = self.desc(Kind::Alltoall, Some(dtype), None, 0, 0);
-        let work = Work::Alltoall { send: input, send_blocks: &send_blocks, recv: output, recv_blocks: &recv_blocks };
-        self.run(Request { desc, dtype, work })
+        let call = self.call(Collective::Alltoall, Phase::Data, dtype, 0);
+        let work = Work::Exchange {
+            send: MemoryRef::Host(input),
+            send_blocks: &send_blocks,
+            recv: Memory::Host(output),
+            recv_blocks: &recv_blocks,
+        };
+        self.run(Request { call, work })
     }
 
     /// Returns once every rank has called it.
     pub fn barrier(&mut self) -> Result<()> {
-        let desc = self.desc(Kind::Barrier, None, None, 0, 0);
-        self.run(Request { desc, dtype: DType::U8, work: Work::Barrier })
+        let call = self.call(Collective::Barrier, Phase::Data, DType::U8, 0);
+        self.run(Request { call, work: Work::InPlace { buf: Memory::Host(&mut []) } })
     }
 
     /// Sleeps until a peer sends this rank something, `wake` rings, or `timeout` passes;
     /// returns whether a peer has something (see [`Transport::wait_incoming`]). For the engine,
     /// which sleeps here between rounds.
     pub fn wait_incoming(&mut self, wake: &Doorbell, timeout: Duration) -> Result<bool> {
-        if let Some(reason) = &self.broken {
-            return Err(Error::Broken { rank: self.rank, reason: reason.clone() });
-        }
-        let host = self.backends.last_mut().unwrap_or_else(|| unreachable!("the host backend is always present"));
-        host.wait_incoming(wake, timeout).map_err(|cause| {
-            let e = Error::Collective { rank: self.rank, op: "waiting for peers".into(), cause };
-            self.broken = Some(e.to_string());
+        self.usable()?;
+        self.links.host.wait_incoming(wake, timeout).map_err(|cause| {
+            let e = Error::Collective { rank: self.rank(), op: "waiting for peers".into(), cause };
+            self.broken = Some(e.clone());
             e
         })
     }
 
-    fn desc(&mut self, kind: Kind, dtype: Option<DType>, op: Option<ReduceOp>, root: usize, count: usize) -> OpDesc {
+    fn call(&mut self, collective: Collective, phase: Phase, dtype: DType, count: usize) -> Call {
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1);
-        OpDesc { seq, kind, dtype, op, root: root as u32, count: count as u64 }
+        Call { seq, collective, phase, dtype, count: count as u64 }
     }
 
     fn invalid(&self, op: &'static str, detail: String) -> Error {
-        Error::InvalidArgument { rank: self.rank, op, detail }
+        Error::InvalidArgument { rank: self.rank(), op, detail }
     }
 
     fn elements(&self, op: &'static str, bytes: usize, dtype: DType) -> Result<usize> {
@@ -497,90 +415,89 @@ impl Communicator {
     }
 
     fn check_root(&self, op: &'static str, root: usize) -> Result<()> {
-        if root >= self.size {
-            return Err(self.invalid(op, format!("root {root} is not a rank of this world of {}", self.size)));
+        if root >= self.size() {
+            return Err(self.invalid(op, format!("root {root} is not a rank of this world of {}", self.size())));
         }
         Ok(())
     }
 
-    fn run(&mut self, req: Request<'_>) -> Result<()> {
-        if let Some(reason) = &self.broken {
-            return Err(Error::Broken { rank: self.rank, reason: reason.clone() });
+    fn usable(&self) -> Result<()> {
+        match &self.broken {
+            Some(earlier) => Err(Error::Broken { rank: self.rank(), earlier: Box::new(earlier.clone()) }),
+            None => Ok(()),
         }
-        let desc = req.desc;
+    }
+
+    fn run(&mut self, req: Request<'_>) -> Result<()> {
+        self.usable()?;
+        let call = req.call;
         let Some(backend) = self.backends.iter_mut().find(|b| b.accepts(&req)) else {
-            return Err(self.invalid(desc.kind.name(), "no backend accepts this request".into()));
+            let memory = if req.work.is_host() { "host" } else { "device" };
+            return Err(self.invalid(call.collective.name(), format!("no backend takes {memory} memory")));
         };
-        match backend.run(req) {
+        match backend.run(req, &mut self.links) {
             Ok(()) => Ok(()),
-            Err(cause) => Err(self.fail(desc, cause)),
+            Err(cause) => Err(self.fail(call, cause)),
         }
     }
 
     /// Records the failure, tears down the links, and says who saw the failure first.
-    fn fail(&mut self, desc: OpDesc, cause: transport::Error) -> Error {
-        let op = desc.to_string();
+    fn fail(&mut self, call: Call, cause: backend::Error) -> Error {
+        let rank = self.rank();
+        let op = call.to_string();
         let local = match cause {
-            transport::Error::TagMismatch { peer, got, .. } => Error::Mismatch {
-                rank: self.rank,
+            backend::Error::Transport(transport::Error::TagMismatch { peer, got, .. }) => Error::Mismatch {
+                rank,
                 op: op.clone(),
                 peer,
-                theirs: OpDesc::from_tag(got)
+                theirs: Call::from_tag(got)
                     .map_or_else(|| format!("an unknown operation (tag {got:#x})"), |d| d.to_string()),
             },
-            transport::Error::LengthMismatch { peer, expected, got } => Error::Mismatch {
-                rank: self.rank,
+            backend::Error::Transport(transport::Error::LengthMismatch { peer, expected, got }) => Error::Mismatch {
+                rank,
                 op: op.clone(),
                 peer,
                 theirs: format!("the same operation with {got} bytes where this rank has {expected}"),
             },
-            cause => Error::Collective { rank: self.rank, op: op.clone(), cause },
+            backend::Error::Transport(cause) => Error::Collective { rank, op: op.clone(), cause },
+            backend::Error::Invalid { backend, detail } | backend::Error::Device { backend, detail } => {
+                Error::Backend { rank, op: op.clone(), backend, detail }
+            }
         };
         // The record holds what went wrong, not which op (every rank is in the same one).
-        let what = match &local {
-            Error::Collective { cause, .. } => cause.to_string(),
-            other => other.to_string(),
+        let note = FailureNote {
+            by: rank as u64,
+            fault: local.fault().unwrap_or(Fault::Other),
+            culprits: local.culprits().into_iter().map(|r| r as u64).collect(),
+            text: match &local {
+                Error::Collective { cause, .. } => cause.to_string(),
+                other => other.to_string(),
+            },
         };
-        let root = self.abort.as_mut().and_then(|b| b.report(self.rank, &what));
-        for b in &mut self.backends {
-            b.close();
-        }
-        let error = match root {
-            Some((by, reason)) if by != self.rank => Error::Aborted { rank: self.rank, op, by, reason },
+        let first = self.world.report_failure(&note);
+        self.links.close();
+        let error = match first {
+            Some(f) if f.by != rank as u64 => Error::Aborted {
+                rank,
+                op,
+                by: f.by as usize,
+                fault: f.fault,
+                culprits: f.culprits.into_iter().map(|r| r as usize).collect(),
+                reason: f.text,
+            },
             _ => local,
         };
-        self.broken = Some(error.to_string());
+        self.broken = Some(error.clone());
         error
-    }
-}
-
-/// The job-wide record of the first failure, kept in the store.
-struct AbortBoard {
-    store: StoreClient,
-    prefix: String,
-}
-
-impl AbortBoard {
-    /// Posts `what` if no rank has posted before, then returns the first post (rank, text).
-    fn report(&mut self, rank: usize, what: &str) -> Option<(usize, String)> {
-        let count = format!("{}/abort/count", self.prefix);
-        let reason = format!("{}/abort/reason", self.prefix);
-        if let Ok(1) = self.store.add(&count, 1) {
-            let record = postcard::to_stdvec(&(rank as u64, what)).ok()?;
-            let _ = self.store.set(&reason, &record);
-        }
-        let found = self.store.wait(std::slice::from_ref(&reason), ABORT_WAIT).ok()?.ok()?;
-        let (by, text): (u64, String) = postcard::from_bytes(found.first()?).ok()?;
-        Some((by as usize, text))
     }
 }
 
 impl std::fmt::Debug for Communicator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Communicator")
-            .field("rank", &self.rank)
-            .field("size", &self.size)
-            .field("topology", &self.topology)
+            .field("rank", &self.rank())
+            .field("size", &self.size())
+            .field("topology", self.topology())
             .finish_non_exhaustive()
     }
 }

@@ -27,44 +27,131 @@ pub enum DType {
     F64 = 8,
 }
 
+/// DLPack's type codes (`DLDataTypeCode` in `dlpack.h`), as [`DTypeInfo::dlpack`] uses them.
+pub mod dlpack_code {
+    /// `kDLInt`: signed integer.
+    pub const INT: u8 = 0;
+    /// `kDLUInt`: unsigned integer.
+    pub const UINT: u8 = 1;
+    /// `kDLFloat`: IEEE 754 float.
+    pub const FLOAT: u8 = 2;
+    /// `kDLBfloat`: bfloat16.
+    pub const BFLOAT: u8 = 4;
+}
+
+/// Everything ferrovod knows about one dtype, in one row of [`DType::TABLE`]: the bindings read
+/// their buffer-protocol and DLPack conversions from it, and Python its numpy and torch maps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DTypeInfo {
+    /// The dtype this row describes.
+    pub dtype: DType,
+    /// The short name used on the wire, in messages and by the API (`f32`, `bf16`, ...).
+    pub name: &'static str,
+    /// The name numpy and torch give it (`float32`, `bfloat16`, ...).
+    pub long_name: &'static str,
+    /// Size of one element in bytes.
+    pub size: usize,
+    /// DLPack `(code, bits)` with one lane; codes in [`dlpack_code`].
+    pub dlpack: (u8, u8),
+    /// Python struct-module format characters that mean it when the buffer's item size is
+    /// [`size`](Self::size) (`l` is 4 or 8 bytes depending on the platform). Empty when the
+    /// buffer protocol has no character for it (bfloat16).
+    pub formats: &'static [&'static str],
+}
+
 impl DType {
+    /// The one table of dtypes, in wire order (`TABLE[i].dtype as u8 == i + 1`, checked at
+    /// compile time).
+    #[rustfmt::skip]
+    pub const TABLE: &'static [DTypeInfo] = {
+        use dlpack_code::{BFLOAT, FLOAT, INT, UINT};
+        const INTS: &[&str] = &["i", "l", "q", "n"];
+        &[
+            DTypeInfo { dtype: DType::U8,   name: "u8",   long_name: "uint8",    size: 1, dlpack: (UINT, 8),    formats: &["B"] },
+            DTypeInfo { dtype: DType::I8,   name: "i8",   long_name: "int8",     size: 1, dlpack: (INT, 8),     formats: &["b"] },
+            DTypeInfo { dtype: DType::I32,  name: "i32",  long_name: "int32",    size: 4, dlpack: (INT, 32),    formats: INTS },
+            DTypeInfo { dtype: DType::I64,  name: "i64",  long_name: "int64",    size: 8, dlpack: (INT, 64),    formats: INTS },
+            DTypeInfo { dtype: DType::F16,  name: "f16",  long_name: "float16",  size: 2, dlpack: (FLOAT, 16),  formats: &["e"] },
+            DTypeInfo { dtype: DType::BF16, name: "bf16", long_name: "bfloat16", size: 2, dlpack: (BFLOAT, 16), formats: &[] },
+            DTypeInfo { dtype: DType::F32,  name: "f32",  long_name: "float32",  size: 4, dlpack: (FLOAT, 32),  formats: &["f"] },
+            DTypeInfo { dtype: DType::F64,  name: "f64",  long_name: "float64",  size: 8, dlpack: (FLOAT, 64),  formats: &["d"] },
+        ]
+    };
+
     /// Every dtype, in wire order.
-    pub const ALL: [DType; 8] =
-        [DType::U8, DType::I8, DType::I32, DType::I64, DType::F16, DType::BF16, DType::F32, DType::F64];
+    pub const ALL: [DType; DType::TABLE.len()] = {
+        let mut all = [DType::U8; DType::TABLE.len()];
+        let mut i = 0;
+        while i < all.len() {
+            all[i] = DType::TABLE[i].dtype;
+            i += 1;
+        }
+        all
+    };
+
+    /// This dtype's row of [`DType::TABLE`].
+    pub const fn info(self) -> &'static DTypeInfo {
+        &DType::TABLE[self as usize - 1]
+    }
 
     /// Size of one element in bytes.
     pub const fn size(self) -> usize {
-        match self {
-            DType::U8 | DType::I8 => 1,
-            DType::F16 | DType::BF16 => 2,
-            DType::I32 | DType::F32 => 4,
-            DType::I64 | DType::F64 => 8,
-        }
+        self.info().size
     }
 
     /// The short lowercase name (`f32`, `bf16`, ...).
     pub const fn name(self) -> &'static str {
-        match self {
-            DType::U8 => "u8",
-            DType::I8 => "i8",
-            DType::I32 => "i32",
-            DType::I64 => "i64",
-            DType::F16 => "f16",
-            DType::BF16 => "bf16",
-            DType::F32 => "f32",
-            DType::F64 => "f64",
-        }
+        self.info().name
     }
 
     /// Parses a name as printed by [`DType::name`].
     pub fn from_name(name: &str) -> Option<DType> {
-        DType::ALL.into_iter().find(|d| d.name() == name)
+        DType::TABLE.iter().find(|d| d.name == name).map(|d| d.dtype)
+    }
+
+    /// The dtype of a DLPack `(code, bits, lanes)`; `None` for one ferrovod does not carry.
+    pub fn from_dlpack(code: u8, bits: u8, lanes: u16) -> Option<DType> {
+        if lanes != 1 {
+            return None;
+        }
+        DType::TABLE.iter().find(|d| d.dlpack == (code, bits)).map(|d| d.dtype)
+    }
+
+    /// The dtype of a Python buffer's format string and item size: one struct-module character,
+    /// optionally after a native (`@`, `=`) or, on little-endian machines, a `<` prefix. `None`
+    /// for anything else (big-endian data, unsigned 16-bit, bool, complex, structs).
+    pub fn from_buffer_format(format: &str, itemsize: usize) -> Option<DType> {
+        if cfg!(target_endian = "big") && format.starts_with('<') {
+            return None;
+        }
+        let code = format.strip_prefix(['@', '=', '<']).unwrap_or(format);
+        DType::TABLE.iter().find(|d| d.size == itemsize && d.formats.contains(&code)).map(|d| d.dtype)
+    }
+
+    /// The names numpy and torch give the dtypes ferrovod carries, for messages:
+    /// `"uint8, int8, ..., float32 and float64"`.
+    pub fn supported() -> String {
+        let names: Vec<&str> = DType::TABLE.iter().map(|d| d.long_name).collect();
+        match names.split_last() {
+            Some((last, [])) => (*last).to_string(),
+            Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+            None => String::new(),
+        }
     }
 
     pub(crate) fn from_u8(v: u8) -> Option<DType> {
-        DType::ALL.into_iter().find(|d| *d as u8 == v)
+        DType::TABLE.iter().find(|d| d.dtype as u8 == v).map(|d| d.dtype)
     }
 }
+
+// Row i of the table describes the dtype whose wire value is i + 1 (what `info` relies on).
+const _: () = {
+    let mut i = 0;
+    while i < DType::TABLE.len() {
+        assert!(DType::TABLE[i].dtype as usize == i + 1, "DType::TABLE is out of wire order");
+        i += 1;
+    }
+};
 
 impl fmt::Display for DType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -129,3 +216,61 @@ macro_rules! element {
     ($($t:ty => $d:ident),*) => { $(impl Element for $t { const DTYPE: DType = DType::$d; })* };
 }
 element!(u8 => U8, i8 => I8, i32 => I32, i64 => I64, f16 => F16, bf16 => BF16, f32 => F32, f64 => F64);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_row_round_trips() {
+        for info in DType::TABLE {
+            let d = info.dtype;
+            assert_eq!(d.info(), info);
+            assert_eq!(DType::from_u8(d as u8), Some(d));
+            assert_eq!(DType::from_name(d.name()), Some(d));
+            assert_eq!(d.to_string(), info.name);
+            assert_eq!(DType::from_dlpack(info.dlpack.0, info.dlpack.1, 1), Some(d));
+            assert_eq!(DType::from_dlpack(info.dlpack.0, info.dlpack.1, 4), None, "{d}: vectors are refused");
+            assert_eq!(usize::from(info.dlpack.1), 8 * info.size, "{d}: DLPack bits against size");
+            for f in info.formats {
+                for prefix in ["", "@", "=", "<"] {
+                    assert_eq!(DType::from_buffer_format(&format!("{prefix}{f}"), info.size), Some(d), "{prefix}{f}");
+                }
+            }
+        }
+        assert_eq!(DType::ALL.len(), DType::TABLE.len());
+        assert_eq!(DType::from_u8(0), None);
+        assert_eq!(DType::from_u8(DType::TABLE.len() as u8 + 1), None);
+        assert_eq!(DType::from_name("f128"), None);
+    }
+
+    #[test]
+    fn buffer_formats() {
+        assert_eq!(DType::from_buffer_format("<f", 4), Some(DType::F32));
+        assert_eq!(DType::from_buffer_format("l", 8), Some(DType::I64));
+        assert_eq!(DType::from_buffer_format("l", 4), Some(DType::I32));
+        assert_eq!(DType::from_buffer_format("q", 8), Some(DType::I64));
+        assert_eq!(DType::from_buffer_format("B", 1), Some(DType::U8));
+        assert_eq!(DType::from_buffer_format("b", 1), Some(DType::I8));
+        assert_eq!(DType::from_buffer_format(">f", 4), None);
+        assert_eq!(DType::from_buffer_format("f", 8), None);
+        assert_eq!(DType::from_buffer_format("?", 1), None);
+        assert_eq!(DType::from_buffer_format("H", 2), None);
+        assert_eq!(DType::from_buffer_format("Zf", 8), None);
+        assert_eq!(DType::from_buffer_format("", 1), None);
+    }
+
+    #[test]
+    fn dlpack_codes() {
+        assert_eq!(DType::from_dlpack(dlpack_code::BFLOAT, 16, 1), Some(DType::BF16));
+        assert_eq!(DType::from_dlpack(dlpack_code::FLOAT, 16, 1), Some(DType::F16));
+        assert_eq!(DType::from_dlpack(dlpack_code::UINT, 16, 1), None);
+        assert_eq!(DType::from_dlpack(6, 8, 1), None, "kDLBool");
+        assert_eq!(DType::from_dlpack(5, 64, 1), None, "kDLComplex");
+    }
+
+    #[test]
+    fn supported_lists_every_dtype_by_its_numpy_name() {
+        assert_eq!(DType::supported(), "uint8, int8, int32, int64, float16, bfloat16, float32 and float64");
+    }
+}

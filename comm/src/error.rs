@@ -7,7 +7,7 @@ use crate::{bootstrap, transport};
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in ferrovod.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// An environment knob or builder value is missing or malformed.
     #[error("configuration: {name}: {detail}")]
@@ -49,6 +49,20 @@ pub enum Error {
         cause: transport::Error,
     },
 
+    /// A backend could not run a collective: device memory work failed, or a request it
+    /// cannot take.
+    #[error("rank {rank}: {op} failed in the {backend} backend: {detail}")]
+    Backend {
+        /// This rank.
+        rank: usize,
+        /// The collective.
+        op: String,
+        /// The backend.
+        backend: &'static str,
+        /// What failed.
+        detail: String,
+    },
+
     /// Two ranks called different collectives, or the same one with different arguments.
     #[error("rank {rank}: {op} does not match rank {peer}, which called {theirs}")]
     Mismatch {
@@ -71,6 +85,10 @@ pub enum Error {
         op: String,
         /// The rank that saw the root cause.
         by: usize,
+        /// What kind of failure it saw.
+        fault: Fault,
+        /// The ranks it blamed (the dead, silent or disagreeing peers).
+        culprits: Vec<usize>,
         /// Its description of the root cause.
         reason: String,
     },
@@ -97,7 +115,8 @@ pub enum Error {
         detail: String,
     },
 
-    /// The engine stopped (shut down, or failed) before this request completed.
+    /// The engine was shut down (by this rank or another) before this request completed.
+    /// A failure of the engine is not this: requests get the failure itself.
     #[error("rank {rank}: engine stopped: {reason}")]
     EngineStopped {
         /// This rank.
@@ -107,11 +126,104 @@ pub enum Error {
     },
 
     /// The communicator failed earlier and can no longer be used.
-    #[error("rank {rank}: communicator is unusable after an earlier failure: {reason}")]
+    #[error("rank {rank}: communicator is unusable after an earlier failure: {earlier}")]
     Broken {
         /// This rank.
         rank: usize,
         /// The earlier failure.
-        reason: String,
+        earlier: Box<Error>,
     },
+}
+
+/// The kind of a collective's failure, kept typed from the transport to the caller (and across
+/// ranks, in the job's first-failure record), so that bindings can raise the right class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Fault {
+    /// A peer closed its links or its connection broke: it exited, crashed or aborted.
+    PeerLost,
+    /// A peer sent nothing for `FERROVOD_TIMEOUT`.
+    Timeout,
+    /// Ranks called different collectives, or the same with different arguments.
+    Mismatch,
+    /// Anything else: a protocol violation, an OS error.
+    Other,
+}
+
+impl Fault {
+    /// The kind of a transport failure.
+    pub fn of(cause: &transport::Error) -> Fault {
+        use transport::Error as T;
+        match cause {
+            T::Closed { .. } | T::Io { .. } => Fault::PeerLost,
+            T::Timeout { .. } => Fault::Timeout,
+            T::TagMismatch { .. } | T::LengthMismatch { .. } => Fault::Mismatch,
+            T::Protocol { .. } | T::BadPeer { .. } | T::Unusable => Fault::Other,
+        }
+    }
+}
+
+impl Error {
+    /// The kind of failure behind a collective error; `None` for errors that are not a
+    /// collective's failure (configuration, arguments, start-up, shutdown).
+    pub fn fault(&self) -> Option<Fault> {
+        match self {
+            Error::Collective { cause, .. } => Some(Fault::of(cause)),
+            Error::Mismatch { .. } | Error::TensorMismatch { .. } => Some(Fault::Mismatch),
+            Error::Aborted { fault, .. } => Some(*fault),
+            Error::Stalled { .. } => Some(Fault::Timeout),
+            Error::Broken { earlier, .. } => earlier.fault(),
+            Error::Backend { .. } => Some(Fault::Other),
+            Error::Config { .. }
+            | Error::InvalidArgument { .. }
+            | Error::Bootstrap { .. }
+            | Error::EngineStopped { .. } => None,
+        }
+    }
+
+    /// The ranks this error blames: a dead or silent peer, the rank that disagreed.
+    pub fn culprits(&self) -> Vec<usize> {
+        match self {
+            Error::Collective { cause: transport::Error::Timeout { peers, .. }, .. } => peers.clone(),
+            Error::Collective { cause, .. } => cause.peer().into_iter().collect(),
+            Error::Mismatch { peer, .. } => vec![*peer],
+            Error::Aborted { culprits, .. } => culprits.clone(),
+            Error::Broken { earlier, .. } => earlier.culprits(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The same error, its operation prefixed with `what` (the engine says which tensors a
+    /// failed negotiation was about).
+    pub fn in_context(self, what: &str) -> Error {
+        match self {
+            Error::Collective { rank, op, cause } => Error::Collective { rank, op: format!("{what}: {op}"), cause },
+            Error::Mismatch { rank, op, peer, theirs } => {
+                Error::Mismatch { rank, op: format!("{what}: {op}"), peer, theirs }
+            }
+            Error::Aborted { rank, op, by, fault, culprits, reason } => {
+                Error::Aborted { rank, op: format!("{what}: {op}"), by, fault, culprits, reason }
+            }
+            Error::Backend { rank, op, backend, detail } => {
+                Error::Backend { rank, op: format!("{what}: {op}"), backend, detail }
+            }
+            other => other,
+        }
+    }
+
+    /// The rank that raised this error.
+    pub fn rank(&self) -> Option<usize> {
+        match self {
+            Error::Config { .. } => None,
+            Error::InvalidArgument { rank, .. }
+            | Error::Bootstrap { rank, .. }
+            | Error::Collective { rank, .. }
+            | Error::Backend { rank, .. }
+            | Error::Mismatch { rank, .. }
+            | Error::Aborted { rank, .. }
+            | Error::TensorMismatch { rank, .. }
+            | Error::Stalled { rank, .. }
+            | Error::EngineStopped { rank, .. }
+            | Error::Broken { rank, .. } => Some(*rank),
+        }
+    }
 }

@@ -4,7 +4,9 @@
 //! |---|---|---|
 //! | engine | [`Engine`] | named, asynchronous collectives: matched across ranks, fused, watched for stalls |
 //! | API | [`Communicator`] | rank, size, placement; allreduce, broadcast, allgather, reducescatter, alltoall, barrier |
+//! | joining | [`world`] | store, rendezvous of opaque transport addresses, links, the first-failure record |
 //! | backends | [`backend`] | run whole collectives; the first that accepts a request runs it |
+//! | memory | [`memory`] | host or device memory, and the engine's copies, fills and scalings on it |
 //! | algorithms | [`algorithms`] | ring, recursive doubling, binomial tree, chain, pairwise, dissemination |
 //! | kernels | [`reduce`] | element-wise reductions per dtype and op |
 //! | transports | [`transport`] | bytes between ranks: TCP, in-process |
@@ -31,18 +33,23 @@
 pub mod algorithms;
 pub mod backend;
 pub mod bootstrap;
+pub mod collective;
 mod communicator;
 pub mod config;
 pub mod dtype;
 pub mod engine;
 pub mod error;
-pub mod op;
+pub mod memory;
 pub mod os;
 pub mod reduce;
 pub mod transport;
+pub mod world;
 
+pub use collective::Collective;
 pub use communicator::{Builder, Communicator};
-pub use dtype::{DType, Element, ReduceOp};
-pub use engine::{Collective, Engine, Handle, Output, Submission};
+pub use dtype::{DType, DTypeInfo, Element, ReduceOp};
+pub use engine::{Engine, Handle, Output, Submission};
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
+pub use memory::{DevicePtr, Memory, MemoryRef};
+pub use world::World;

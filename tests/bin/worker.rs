@@ -3,6 +3,8 @@
 //! - `collectives DTYPES OPS COUNTS`: `check_collectives` (comma lists; `all`; counts
 //!   `small` = 0,1,7,4093, `1mib`, `64mib`). Prints `ok` on success.
 //! - `loop BYTES`: allreduces BYTES of f32 forever, printing `ready` after the first one.
+//! - `loop-pause BYTES RANK MS`: the same, rank RANK sleeping MS before each allreduce (so
+//!   that it meets a failure late).
 //! - `mismatch-count`, `mismatch-dtype`: rank 1 calls allreduce with other arguments.
 //! - `stall`: rank 1 sleeps instead of calling allreduce.
 //!
@@ -66,6 +68,21 @@ fn scenario(comm: &mut Communicator, args: &[String]) -> Result<(), String> {
             comm.allreduce(&mut buf, ReduceOp::Sum).map_err(|e| e.to_string())?;
             println!("ready");
             loop {
+                comm.allreduce(&mut buf, ReduceOp::Average).map_err(|e| e.to_string())?;
+            }
+        }
+        ["loop-pause", bytes, who, ms] => {
+            let n: usize = bytes.parse::<usize>().map_err(|e| e.to_string())? / 4;
+            let who: usize = who.parse().map_err(|e: std::num::ParseIntError| e.to_string())?;
+            let pause =
+                std::time::Duration::from_millis(ms.parse().map_err(|e: std::num::ParseIntError| e.to_string())?);
+            let mut buf = vec![1.0f32; n];
+            comm.allreduce(&mut buf, ReduceOp::Sum).map_err(|e| e.to_string())?;
+            println!("ready");
+            loop {
+                if r == who {
+                    std::thread::sleep(pause);
+                }
                 comm.allreduce(&mut buf, ReduceOp::Average).map_err(|e| e.to_string())?;
             }
         }

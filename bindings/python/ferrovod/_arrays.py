@@ -11,16 +11,14 @@ from typing import Any
 
 import numpy as np
 
-# ferrovod's dtype names (Rust `DType`) to numpy; bfloat16 has no numpy dtype.
-NUMPY_DTYPES: dict[str, Any] = {
-    "u8": np.uint8,
-    "i8": np.int8,
-    "i32": np.int32,
-    "i64": np.int64,
-    "f16": np.float16,
-    "f32": np.float32,
-    "f64": np.float64,
-}
+from . import _ferrovod
+
+# The dtypes ferrovod carries, from the one table in Rust (`DType::TABLE`): short name (as
+# results name their dtype), numpy/torch name, item size.
+DTYPES: list[tuple[str, str, int]] = _ferrovod.dtypes()
+
+# ferrovod's dtype names to numpy; bfloat16 has no numpy dtype.
+NUMPY_DTYPES: dict[str, Any] = {name: getattr(np, long) for name, long, _ in DTYPES if hasattr(np, long)}
 
 
 def _torch() -> Any:
@@ -34,17 +32,9 @@ def is_torch(x: Any) -> bool:
 
 
 def torch_dtypes() -> dict[str, Any]:
+    """ferrovod's dtype names to torch dtypes (torch must be imported)."""
     torch = _torch()
-    return {
-        "u8": torch.uint8,
-        "i8": torch.int8,
-        "i32": torch.int32,
-        "i64": torch.int64,
-        "f16": torch.float16,
-        "bf16": torch.bfloat16,
-        "f32": torch.float32,
-        "f64": torch.float64,
-    }
+    return {name: getattr(torch, long) for name, long, _ in DTYPES}
 
 
 def lendable(x: Any) -> Any:

@@ -5,6 +5,7 @@ the launcher installed with the package."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -73,6 +74,24 @@ def test_bad_inputs_to_in_place_ops_are_refused(world1, make, message):
         fv.allreduce_(make(), op=fv.Sum)
 
 
+@pytest.mark.parametrize("make", [lambda: np.zeros(3, dtype=np.complex64), lambda: torch.zeros(3, dtype=torch.complex64)])
+def test_every_dtype_an_unsupported_type_error_lists_is_taken(world1, make):
+    # The list in the message, the buffer/DLPack conversions and the numpy/torch maps all come
+    # from one dtype table: whatever the message offers works, from numpy and from torch.
+    with pytest.raises(fv.InvalidArgumentError, match="ferrovod takes ") as e:
+        fv.allreduce(make())
+    listed = re.split(r", | and ", str(e.value).split("ferrovod takes ")[1])
+    assert listed == ["uint8", "int8", "int32", "int64", "float16", "bfloat16", "float32", "float64"]
+    for name in listed:
+        t = torch.arange(3).to(getattr(torch, name))
+        out = fv.allgather(t)  # a result ferrovod allocated, typed through the maps
+        assert out.dtype == t.dtype and torch.equal(out, t), name
+        if hasattr(np, name):  # numpy has no bfloat16
+            a = np.arange(3).astype(name)
+            out = fv.allgather(a)
+            assert out.dtype == a.dtype and np.array_equal(out, a), name
+
+
 def test_read_only_arrays_are_refused_in_place_but_fine_out_of_place(world1):
     x = np.arange(3, dtype=np.float32)
     x.flags.writeable = False
@@ -94,6 +113,8 @@ def test_argument_errors(world1):
         fv.broadcast(np.ones(2), 3)
     with pytest.raises(fv.InvalidArgumentError, match="root rank -1 is negative"):
         fv.broadcast(np.ones(2), -1)
+    with pytest.raises(fv.InvalidArgumentError, match=f"root rank {2**32} is not a rank of this world"):
+        fv.broadcast(np.ones(2), 2**32)
     with pytest.raises(fv.InvalidArgumentError, match="scalar has no first dimension"):
         fv.allgather(np.float32(1.0) * np.ones(()))
     with pytest.raises(fv.InvalidArgumentError, match="splits"):
@@ -127,7 +148,7 @@ def test_error_hierarchy():
     for cls in (fv.ConfigError, fv.InvalidArgumentError, fv.BootstrapError, fv.CollectiveError,
                 fv.MismatchError, fv.StalledError, fv.NotInitializedError, fv.LaunchError, fv.RankFailedError):
         assert issubclass(cls, fv.FerrovodError)
-    assert issubclass(fv.TimeoutError, fv.CollectiveError)
+    assert issubclass(fv.CollectiveTimeoutError, fv.CollectiveError)
 
 
 @pytest.mark.multiproc
@@ -162,3 +183,49 @@ def test_ferrovod_run_is_on_the_venvs_path():
     assert sorted(out.stdout.splitlines()) == ["[0] hi", "[1] hi"]
     bad = subprocess.run([exe, "-np", "0", "--", "true"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "np" in bad.stderr
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.multiproc
+def test_a_killed_rank_is_a_collective_error_naming_it_on_every_rank():
+    """Without a launcher (rank 0 serves the store), rank 2 of 3 is SIGKILLed mid-job: the
+    others raise CollectiveError (not NotInitializedError) with ``blamed_ranks == [2]``."""
+    port = _free_port()
+    worker = Path(__file__).parent / "workers" / "core_faults.py"
+    procs = []
+    for r in range(3):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FERROVOD_")}
+        env.update(
+            FERROVOD_RANK=str(r),
+            FERROVOD_SIZE="3",
+            FERROVOD_RENDEZVOUS=f"127.0.0.1:{port}",
+            FERROVOD_SECRET="test-secret",
+            FERROVOD_HOST_STORE="1",
+            FERROVOD_TIMEOUT="20",
+        )
+        procs.append(subprocess.Popen([sys.executable, str(worker), "kill"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert procs[2].returncode == -9, outs[2]
+    for r in (0, 1):
+        assert procs[r].returncode == 0, f"rank {r}:\n{outs[r]}"
+        line = next(l for l in outs[r].splitlines() if l.startswith(f"rank {r}: CollectiveError"))
+        assert f"rank={r} blamed=[2]" in line and "rank 2" in line, line
+        assert f"rank {r}: later: CollectiveError blamed=[2]" in outs[r], outs[r]
+
+
+@pytest.mark.multiproc
+def test_a_silent_rank_past_ferrovod_timeout_is_a_collective_timeout_error():
+    out = launch(2, "core_faults.py", "timeout", env={"FERROVOD_TIMEOUT": "2"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    line = next(l for l in out.stdout.splitlines() if l.startswith("[0] rank 0:"))
+    assert "CollectiveTimeoutError rank=0 blamed=[1]" in line and "rank(s) [1]" in line, line
+    assert 'negotiating "late"' in line, line
+    late = next(l for l in out.stdout.splitlines() if l.startswith("[1] rank 1:"))
+    assert "CollectiveTimeoutError rank=1 blamed=[1]" in late, late

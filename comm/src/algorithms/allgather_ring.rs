@@ -10,19 +10,19 @@
 
 use std::ops::Range;
 
-use super::{Schedule, Scratch, ring_steps};
+use super::{Params, Schedule, Scratch, ring_steps};
 use crate::dtype::{DType, ReduceOp};
-use crate::transport::{Error, Tag, Transport};
+use crate::transport::{Error, Transport};
 
 /// Allgather in place: on entry `buf[blocks[rank]]` holds this rank's data; on return every
 /// block holds its owner's data.
 pub fn allgather_ring<T: Transport + ?Sized>(
     t: &mut T,
-    tag: Tag,
+    p: &Params,
     buf: &mut [u8],
     blocks: &[Range<usize>],
-    segment: usize,
 ) -> Result<(), Error> {
+    let Params { tag, segment, .. } = *p;
     let mut s = Schedule::default();
     allgather_messages(&mut s, t.rank(), t.size(), blocks, segment.max(1));
     // Nothing is reduced: the dtype and op are never used.

@@ -15,22 +15,20 @@
 
 use std::ops::Range;
 
-use super::{Fold, Schedule, Workspace, even_blocks, piece_ranges, schedule::Msg};
+use super::{Fold, Params, Schedule, Workspace, even_blocks, piece_ranges, schedule::Msg};
 use crate::dtype::{DType, ReduceOp};
-use crate::transport::{Error, Tag, Transport};
+use crate::transport::{Error, Transport};
 
 /// Allreduce in place (`Average` is left as a sum; the caller divides).
 #[allow(clippy::too_many_arguments)]
 pub fn allreduce_halving_doubling<T: Transport + ?Sized>(
     t: &mut T,
-    tag: Tag,
+    p: &Params,
     buf: &mut [u8],
-    dtype: DType,
     op: ReduceOp,
-    segment: usize,
-    chunk: usize,
     ws: &mut Workspace,
 ) -> Result<(), Error> {
+    let Params { tag, dtype, segment, chunk } = *p;
     let n = t.size();
     if n == 1 {
         return Ok(());

@@ -8,20 +8,20 @@
 //!
 //! Cost: (log2 p + 2·[q>0])·(α + m·β + m·γ): latency-optimal, the choice for small messages.
 
-use super::{Fold, Workspace};
-use crate::dtype::{DType, ReduceOp};
+use super::{Fold, Params, Workspace};
+use crate::dtype::ReduceOp;
 use crate::reduce::{Order, reduce_into};
-use crate::transport::{Error, Op, Tag, Transport};
+use crate::transport::{Error, Step, Transport};
 
 /// Allreduce in place (`Average` is left as a sum; the caller divides).
 pub fn allreduce_recursive_doubling<T: Transport + ?Sized>(
     t: &mut T,
-    tag: Tag,
+    p: &Params,
     buf: &mut [u8],
-    dtype: DType,
     op: ReduceOp,
     ws: &mut Workspace,
 ) -> Result<(), Error> {
+    let Params { tag, dtype, .. } = *p;
     let (r, n) = (t.rank(), t.size());
     if n == 1 {
         return Ok(());
@@ -32,7 +32,7 @@ pub fn allreduce_recursive_doubling<T: Transport + ?Sized>(
         let mut mask = 1;
         while mask < fold.p {
             let partner = fold.real(v ^ mask);
-            let mut ops = [Op::Send { peer: partner, buf: &*buf }, Op::Recv { peer: partner, buf: &mut *tmp }];
+            let mut ops = [Step::Send { peer: partner, buf: &*buf }, Step::Recv { peer: partner, buf: &mut *tmp }];
             t.exchange(tag, &mut ops)?;
             let order = if partner < r { Order::SrcFirst } else { Order::AccFirst };
             reduce_into(dtype, op, buf, tmp, order);

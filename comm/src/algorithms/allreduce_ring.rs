@@ -13,24 +13,22 @@
 //! the choice for large messages; latency grows with n.
 
 use super::{
-    Schedule, Workspace, allgather_ring::allgather_messages, even_blocks, piece_ranges,
+    Params, Schedule, Workspace, allgather_ring::allgather_messages, even_blocks, piece_ranges,
     reducescatter_ring::reducescatter_messages,
 };
-use crate::dtype::{DType, ReduceOp};
-use crate::transport::{Error, Tag, Transport};
+use crate::dtype::ReduceOp;
+use crate::transport::{Error, Transport};
 
 /// Allreduce in place (`Average` is left as a sum; the caller divides).
 #[allow(clippy::too_many_arguments)]
 pub fn allreduce_ring<T: Transport + ?Sized>(
     t: &mut T,
-    tag: Tag,
+    p: &Params,
     buf: &mut [u8],
-    dtype: DType,
     op: ReduceOp,
-    segment: usize,
-    chunk: usize,
     ws: &mut Workspace,
 ) -> Result<(), Error> {
+    let Params { tag, dtype, segment, chunk } = *p;
     let (r, n, size) = (t.rank(), t.size(), dtype.size());
     let segment = (segment / size).max(1) * size;
     let mut s = Schedule::default();

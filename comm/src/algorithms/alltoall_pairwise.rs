@@ -8,7 +8,7 @@
 
 use std::ops::Range;
 
-use crate::transport::{Error, Op, Tag, Transport};
+use crate::transport::{Error, Step, Tag, Transport};
 
 /// All-to-all: `send[send_blocks[i]]` goes to rank i, rank i's data for this rank lands in
 /// `recv[recv_blocks[i]]`. Both block lists are contiguous and in rank order.
@@ -32,8 +32,8 @@ pub fn alltoall_pairwise<T: Transport + ?Sized>(
         if peer == r {
             mine.copy_from_slice(&send[send_blocks[r].clone()]);
         } else {
-            ops.push(Op::Send { peer, buf: &send[send_blocks[peer].clone()] });
-            ops.push(Op::Recv { peer, buf: mine });
+            ops.push(Step::Send { peer, buf: &send[send_blocks[peer].clone()] });
+            ops.push(Step::Recv { peer, buf: mine });
         }
     }
     if ops.is_empty() {

@@ -5,7 +5,7 @@
 //!
 //! Cost: ⌈log2 n⌉·α.
 
-use crate::transport::{Error, Op, Tag, Transport};
+use crate::transport::{Error, Step, Tag, Transport};
 
 /// Returns once every rank has entered the barrier.
 pub fn barrier_dissemination<T: Transport + ?Sized>(t: &mut T, tag: Tag) -> Result<(), Error> {
@@ -13,7 +13,7 @@ pub fn barrier_dissemination<T: Transport + ?Sized>(t: &mut T, tag: Tag) -> Resu
     let mut dist = 1;
     while dist < n {
         let mut ops =
-            [Op::Send { peer: (r + dist) % n, buf: &[] }, Op::Recv { peer: (r + n - dist) % n, buf: &mut [] }];
+            [Step::Send { peer: (r + dist) % n, buf: &[] }, Step::Recv { peer: (r + n - dist) % n, buf: &mut [] }];
         t.exchange(tag, &mut ops)?;
         dist <<= 1;
     }

@@ -6,7 +6,7 @@
 //!
 //! Cost: ⌈log2 n⌉·(α + m·β).
 
-use crate::transport::{Error, Op, Tag, Transport};
+use crate::transport::{Error, Step, Tag, Transport};
 
 /// Broadcasts `buf` from `root` to every rank.
 pub fn broadcast_binomial<T: Transport + ?Sized>(
@@ -21,7 +21,7 @@ pub fn broadcast_binomial<T: Transport + ?Sized>(
     let mut mask = 1;
     while mask < n {
         if v & mask != 0 {
-            t.exchange(tag, &mut [Op::Recv { peer: real(v - mask), buf: &mut *buf }])?;
+            t.exchange(tag, &mut [Step::Recv { peer: real(v - mask), buf: &mut *buf }])?;
             break;
         }
         mask <<= 1;
@@ -30,7 +30,7 @@ pub fn broadcast_binomial<T: Transport + ?Sized>(
     mask >>= 1;
     while mask > 0 {
         if v + mask < n {
-            sends.push(Op::Send { peer: real(v + mask), buf: &*buf });
+            sends.push(Step::Send { peer: real(v + mask), buf: &*buf });
         }
         mask >>= 1;
     }

@@ -6,7 +6,7 @@
 //!
 //! Cost: (n-2+s)·(α + m/s·β) for s segments, about m·β for large m: independent of n.
 
-use crate::transport::{Error, Op, Tag, Transport};
+use crate::transport::{Error, Step, Tag, Transport};
 
 /// Broadcasts `buf` from `root` to every rank.
 pub fn broadcast_chain<T: Transport + ?Sized>(
@@ -27,35 +27,35 @@ pub fn broadcast_chain<T: Transport + ?Sized>(
     let last = v == n - 1;
     // An empty buffer still travels as one empty message per link, as the middle ranks expect.
     if v == 0 {
-        let mut ops: Vec<Op<'_>> = buf.chunks(seg).map(|c| Op::Send { peer: next, buf: c }).collect();
+        let mut ops: Vec<Step<'_>> = buf.chunks(seg).map(|c| Step::Send { peer: next, buf: c }).collect();
         if ops.is_empty() {
-            ops.push(Op::Send { peer: next, buf: &[] });
+            ops.push(Step::Send { peer: next, buf: &[] });
         }
         return t.exchange(tag, &mut ops);
     }
     if last {
-        let mut ops: Vec<Op<'_>> = buf.chunks_mut(seg).map(|c| Op::Recv { peer: prev, buf: c }).collect();
+        let mut ops: Vec<Step<'_>> = buf.chunks_mut(seg).map(|c| Step::Recv { peer: prev, buf: c }).collect();
         if ops.is_empty() {
-            ops.push(Op::Recv { peer: prev, buf: &mut [] });
+            ops.push(Step::Recv { peer: prev, buf: &mut [] });
         }
         return t.exchange(tag, &mut ops);
     }
     let segments = buf.len().div_ceil(seg);
     if segments == 0 {
-        t.exchange(tag, &mut [Op::Recv { peer: prev, buf: &mut [] }])?;
-        return t.exchange(tag, &mut [Op::Send { peer: next, buf: &[] }]);
+        t.exchange(tag, &mut [Step::Recv { peer: prev, buf: &mut [] }])?;
+        return t.exchange(tag, &mut [Step::Send { peer: next, buf: &[] }]);
     }
     let first = seg.min(buf.len());
-    t.exchange(tag, &mut [Op::Recv { peer: prev, buf: &mut buf[..first] }])?;
+    t.exchange(tag, &mut [Step::Recv { peer: prev, buf: &mut buf[..first] }])?;
     for k in 0..segments {
         let (done, rest) = buf.split_at_mut(((k + 1) * seg).min(buf.len()));
         let send = &done[k * seg..];
         if k + 1 < segments {
             let len = seg.min(rest.len());
             let recv = &mut rest[..len];
-            t.exchange(tag, &mut [Op::Send { peer: next, buf: send }, Op::Recv { peer: prev, buf: recv }])?;
+            t.exchange(tag, &mut [Step::Send { peer: next, buf: send }, Step::Recv { peer: prev, buf: recv }])?;
         } else {
-            t.exchange(tag, &mut [Op::Send { peer: next, buf: send }])?;
+            t.exchange(tag, &mut [Step::Send { peer: next, buf: send }])?;
         }
     }
     Ok(())

@@ -31,7 +31,20 @@ use std::ops::Range;
 
 use crate::dtype::{DType, ReduceOp};
 use crate::reduce::{Order, reduce_into};
-use crate::transport::{Error, Op, Tag, Transport};
+use crate::transport::{Error, Step, Tag, Transport};
+
+/// What every algorithm call takes besides its transport and buffers.
+#[derive(Clone, Copy, Debug)]
+pub struct Params {
+    /// The call's tag, on every message.
+    pub tag: Tag,
+    /// Element type of the buffers.
+    pub dtype: DType,
+    /// Largest message of a streamed schedule, in bytes.
+    pub segment: usize,
+    /// Ring allreduce: bytes per piece (the pipeline's unit).
+    pub chunk: usize,
+}
 
 /// Splits `count` elements into `n` contiguous blocks as evenly as possible, the first
 /// `count % n` blocks one element larger (Horovod's reducescatter split). Byte ranges.
@@ -175,11 +188,11 @@ impl Fold {
             return Ok(Some(r - self.q));
         }
         if r.is_multiple_of(2) {
-            t.exchange(tag, &mut [Op::Send { peer: r + 1, buf: &*buf }])?;
+            t.exchange(tag, &mut [Step::Send { peer: r + 1, buf: &*buf }])?;
             return Ok(None);
         }
         let tmp = ws.a.bytes(buf.len());
-        t.exchange(tag, &mut [Op::Recv { peer: r - 1, buf: &mut *tmp }])?;
+        t.exchange(tag, &mut [Step::Recv { peer: r - 1, buf: &mut *tmp }])?;
         Reducer::new(buf, tmp, dtype, op, Order::SrcFirst).finish();
         Ok(Some(r / 2))
     }
@@ -190,7 +203,7 @@ impl Fold {
         if r >= 2 * self.q {
             return Ok(());
         }
-        let op = if r.is_multiple_of(2) { Op::Recv { peer: r + 1, buf } } else { Op::Send { peer: r - 1, buf } };
+        let op = if r.is_multiple_of(2) { Step::Recv { peer: r + 1, buf } } else { Step::Send { peer: r - 1, buf } };
         t.exchange(tag, &mut [op])
     }
 }

@@ -12,23 +12,22 @@
 
 use std::ops::Range;
 
-use super::{Schedule, Workspace, ring_steps};
-use crate::dtype::{DType, ReduceOp};
-use crate::transport::{Error, Tag, Transport};
+use super::{Params, Schedule, Workspace, ring_steps};
+use crate::dtype::ReduceOp;
+use crate::transport::{Error, Transport};
 
 /// Reduce-scatter in place: afterwards `buf[blocks[rank]]` holds the reduction of that block
 /// over all ranks (`Average` is left as a sum). Other blocks hold partial results.
 #[allow(clippy::too_many_arguments)]
 pub fn reducescatter_ring<T: Transport + ?Sized>(
     t: &mut T,
-    tag: Tag,
+    p: &Params,
     buf: &mut [u8],
     blocks: &[Range<usize>],
-    dtype: DType,
     op: ReduceOp,
-    segment: usize,
     ws: &mut Workspace,
 ) -> Result<(), Error> {
+    let Params { tag, dtype, segment, .. } = *p;
     let mut s = Schedule::default();
     reducescatter_messages(&mut s, t.rank(), t.size(), blocks, (segment / dtype.size()).max(1) * dtype.size());
     s.run(t, tag, buf, dtype, op, &mut ws.a)

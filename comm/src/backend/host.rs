@@ -1,26 +1,22 @@
-//! The host backend: host memory, algorithms over a byte transport, picked by message size.
+//! The host backend: host memory, algorithms over the host transport, picked by message size.
 
-use std::time::Duration;
-
-use super::{Backend, Request, Work};
-use crate::algorithms as alg;
+use super::{Backend, Error, Links, Request, Work};
+use crate::algorithms::{self as alg, Params};
+use crate::collective::Collective;
 use crate::config::{AllreduceAlgorithm, Tuning};
 use crate::dtype::ReduceOp;
-use crate::os::Doorbell;
 use crate::reduce::divide;
-use crate::transport::{self, Transport};
 
-/// Runs every collective on host memory over `transport`.
+/// Runs every collective on host memory.
 pub struct HostBackend {
-    transport: Box<dyn Transport>,
     tuning: Tuning,
     ws: alg::Workspace,
 }
 
 impl HostBackend {
-    /// A backend over `transport`.
-    pub fn new(transport: Box<dyn Transport>, tuning: Tuning) -> HostBackend {
-        HostBackend { transport, tuning, ws: alg::Workspace::default() }
+    /// A backend with `tuning`.
+    pub fn new(tuning: Tuning) -> HostBackend {
+        HostBackend { tuning, ws: alg::Workspace::default() }
     }
 }
 
@@ -29,59 +25,57 @@ impl Backend for HostBackend {
         "host"
     }
 
-    fn accepts(&self, _req: &Request<'_>) -> bool {
-        true
+    fn accepts(&self, req: &Request<'_>) -> bool {
+        req.work.is_host()
     }
 
-    fn run(&mut self, req: Request<'_>) -> Result<(), transport::Error> {
-        let t = self.transport.as_mut();
-        let tag = req.desc.tag();
+    fn run(&mut self, req: Request<'_>, links: &mut Links) -> Result<(), Error> {
+        let t = links.host.as_mut();
         let n = t.size();
-        let dtype = req.dtype;
-        match req.work {
-            Work::Allreduce { buf, op } => {
-                let (tu, ws) = (&self.tuning, &mut self.ws);
+        let tu = &self.tuning;
+        let p = Params { tag: req.call.tag(), dtype: req.call.dtype, segment: tu.segment, chunk: tu.ring_chunk };
+        let invalid = |detail: String| Error::Invalid { backend: "host", detail };
+        let shape = format!("{:?}", std::mem::discriminant(&req.work));
+        let host_only = || invalid("device memory reached the host backend".into());
+        match (req.call.collective, req.work) {
+            (Collective::Allreduce(op), Work::InPlace { mut buf }) => {
+                let buf = buf.host().ok_or_else(host_only)?;
+                let ws = &mut self.ws;
                 match allreduce_algorithm(tu, buf.len(), n) {
-                    AllreduceAlgorithm::RecursiveDoubling => {
-                        alg::allreduce_recursive_doubling(t, tag, buf, dtype, op, ws)?
-                    }
-                    AllreduceAlgorithm::HalvingDoubling => {
-                        alg::allreduce_halving_doubling(t, tag, buf, dtype, op, tu.segment, tu.ring_chunk, ws)?
-                    }
-                    _ => alg::allreduce_ring(t, tag, buf, dtype, op, tu.segment, tu.ring_chunk, ws)?,
+                    AllreduceAlgorithm::RecursiveDoubling => alg::allreduce_recursive_doubling(t, &p, buf, op, ws)?,
+                    AllreduceAlgorithm::HalvingDoubling => alg::allreduce_halving_doubling(t, &p, buf, op, ws)?,
+                    _ => alg::allreduce_ring(t, &p, buf, op, ws)?,
                 }
                 if op == ReduceOp::Average {
-                    divide(dtype, buf, n);
+                    divide(p.dtype, buf, n);
                 }
             }
-            Work::Broadcast { buf, root } => {
-                if buf.len() <= self.tuning.small_broadcast {
-                    alg::broadcast_binomial(t, tag, buf, root)?;
+            (Collective::Broadcast(root), Work::InPlace { mut buf }) => {
+                let buf = buf.host().ok_or_else(host_only)?;
+                if buf.len() <= tu.small_broadcast {
+                    alg::broadcast_binomial(t, p.tag, buf, root as usize)?;
                 } else {
-                    alg::broadcast_chain(t, tag, buf, root, self.tuning.broadcast_segment)?;
+                    alg::broadcast_chain(t, p.tag, buf, root as usize, tu.broadcast_segment)?;
                 }
             }
-            Work::Allgather { buf, blocks } => alg::allgather_ring(t, tag, buf, blocks, self.tuning.segment)?,
-            Work::Reducescatter { buf, blocks, op } => {
-                alg::reducescatter_ring(t, tag, buf, blocks, dtype, op, self.tuning.segment, &mut self.ws)?;
+            (Collective::Barrier, Work::InPlace { .. }) => alg::barrier_dissemination(t, p.tag)?,
+            (Collective::Allgather, Work::Blocks { mut buf, blocks }) => {
+                alg::allgather_ring(t, &p, buf.host().ok_or_else(host_only)?, blocks)?
+            }
+            (Collective::Reducescatter(op), Work::Blocks { mut buf, blocks }) => {
+                let buf = buf.host().ok_or_else(host_only)?;
+                alg::reducescatter_ring(t, &p, buf, blocks, op, &mut self.ws)?;
                 if op == ReduceOp::Average {
-                    divide(dtype, &mut buf[blocks[t.rank()].clone()], n);
+                    divide(p.dtype, &mut buf[blocks[t.rank()].clone()], n);
                 }
             }
-            Work::Alltoall { send, send_blocks, recv, recv_blocks } => {
-                alg::alltoall_pairwise(t, tag, send, send_blocks, recv, recv_blocks)?;
+            (Collective::Alltoall, Work::Exchange { send, send_blocks, mut recv, recv_blocks }) => {
+                let send = send.host().ok_or_else(host_only)?;
+                alg::alltoall_pairwise(t, p.tag, send, send_blocks, recv.host().ok_or_else(host_only)?, recv_blocks)?;
             }
-            Work::Barrier => alg::barrier_dissemination(t, tag)?,
+            (c, _) => return Err(invalid(format!("{} does not take buffers shaped {shape}", c.name()))),
         }
         Ok(())
-    }
-
-    fn wait_incoming(&mut self, wake: &Doorbell, timeout: Duration) -> Result<bool, transport::Error> {
-        self.transport.wait_incoming(wake, timeout)
-    }
-
-    fn close(&mut self) {
-        self.transport.close();
     }
 }
 

@@ -1,74 +1,92 @@
-//! Backends run whole collectives. They form an ordered list; the first that accepts a request
-//! runs it. Today there is one, [`host::HostBackend`] (algorithms over a transport, host
-//! memory); NCCL for device memory and a staged path slot in before it.
+//! Backends run whole collectives. They form an ordered list, built in one place
+//! ([`registry`]); the first that accepts a request runs it. Today there is one,
+//! [`host::HostBackend`] (algorithms over the host transport, host memory); NCCL for device
+//! memory and the staged path register before it, and take the requests it refuses.
+//!
+//! Backends own no transport: the communicator owns the [`Links`] and lends them to the
+//! backend that runs a request, so that two backends (host and staged) can share one.
 
 pub mod host;
 
 use std::ops::Range;
-use std::time::Duration;
 
-use crate::dtype::{DType, ReduceOp};
-use crate::op::OpDesc;
-use crate::os::Doorbell;
+use crate::collective::Call;
+use crate::memory::{Memory, MemoryRef};
 use crate::transport;
+pub use crate::world::Links;
+use crate::world::World;
 
-/// The buffers and arguments of one collective, already validated by the communicator.
+/// The buffers of one collective, already validated by the communicator. What to do with
+/// them is the request's [`Call::collective`].
 #[derive(Debug)]
 pub enum Work<'a> {
-    /// Reduce `buf` over all ranks, in place. `Average` arrives as such; the backend divides.
-    Allreduce {
+    /// Allreduce and broadcast: `buf` in place. Barrier: an empty `buf`.
+    InPlace {
         /// The data.
-        buf: &'a mut [u8],
-        /// The reduction.
-        op: ReduceOp,
+        buf: Memory<'a>,
     },
-    /// Copy `buf` from `root` to all ranks.
-    Broadcast {
+    /// Allgather (fill every block from its owner; this rank's block is filled) and
+    /// reduce-scatter (this rank's block ends reduced; the rest is scratch).
+    Blocks {
         /// The data.
-        buf: &'a mut [u8],
-        /// Source rank.
-        root: usize,
-    },
-    /// Fill every block of `buf` from its owner; this rank's block is already filled.
-    Allgather {
-        /// Output buffer.
-        buf: &'a mut [u8],
+        buf: Memory<'a>,
         /// Byte range of each rank's block.
         blocks: &'a [Range<usize>],
     },
-    /// Reduce `buf` over all ranks, leaving this rank's block reduced (the rest is scratch).
-    Reducescatter {
-        /// Input, overwritten.
-        buf: &'a mut [u8],
-        /// Byte range of each rank's block.
-        blocks: &'a [Range<usize>],
-        /// The reduction.
-        op: ReduceOp,
-    },
-    /// Send `send[send_blocks[i]]` to rank i, receive into `recv[recv_blocks[i]]`.
-    Alltoall {
+    /// Alltoall: send `send[send_blocks[i]]` to rank i, receive into `recv[recv_blocks[i]]`.
+    Exchange {
         /// Input.
-        send: &'a [u8],
+        send: MemoryRef<'a>,
         /// Per-destination byte ranges of `send`.
         send_blocks: &'a [Range<usize>],
         /// Output.
-        recv: &'a mut [u8],
+        recv: Memory<'a>,
         /// Per-source byte ranges of `recv`.
         recv_blocks: &'a [Range<usize>],
     },
-    /// Wait for every rank.
-    Barrier,
+}
+
+impl Work<'_> {
+    /// Whether every buffer lies in host memory.
+    pub fn is_host(&self) -> bool {
+        match self {
+            Work::InPlace { buf } | Work::Blocks { buf, .. } => buf.is_host(),
+            Work::Exchange { send, recv, .. } => send.is_host() && recv.is_host(),
+        }
+    }
 }
 
 /// One collective call.
 #[derive(Debug)]
 pub struct Request<'a> {
     /// What every rank agreed to run; its tag goes on every message.
-    pub desc: OpDesc,
-    /// Element type of the buffers (`U8` for a barrier).
-    pub dtype: DType,
-    /// Buffers and arguments.
+    pub call: Call,
+    /// Buffers.
     pub work: Work<'a>,
+}
+
+/// Why a backend could not run a request.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// A link failed: a peer died, went silent or disagreed.
+    #[error(transparent)]
+    Transport(#[from] transport::Error),
+    /// The request does not fit this backend (a work shape its collective does not take).
+    #[error("{backend} backend: {detail}")]
+    Invalid {
+        /// The backend.
+        backend: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+    /// Device memory work failed (copies, kernels, the device library).
+    #[error("{backend} backend: {detail}")]
+    Device {
+        /// The backend.
+        backend: &'static str,
+        /// What failed.
+        detail: String,
+    },
 }
 
 /// Something that runs collectives.
@@ -79,12 +97,12 @@ pub trait Backend: Send {
     /// Whether this backend runs `req`.
     fn accepts(&self, req: &Request<'_>) -> bool;
 
-    /// Runs `req` to completion.
-    fn run(&mut self, req: Request<'_>) -> Result<(), transport::Error>;
+    /// Runs `req` to completion over `links`.
+    fn run(&mut self, req: Request<'_>, links: &mut Links) -> Result<(), Error>;
+}
 
-    /// See [`transport::Transport::wait_incoming`].
-    fn wait_incoming(&mut self, wake: &Doorbell, timeout: Duration) -> Result<bool, transport::Error>;
-
-    /// Closes every link so that peers waiting on this rank fail at once.
-    fn close(&mut self);
+/// The backends of a communicator, in the order they are asked: the one place a backend
+/// registers.
+pub fn registry(world: &World) -> Vec<Box<dyn Backend>> {
+    vec![Box::new(host::HostBackend::new(world.tuning().clone()))]
 }

@@ -12,6 +12,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::time::Instant;
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -60,7 +61,7 @@ fn nonce(addr: &str) -> Result<[u8; NONCE], Error> {
     let mut n = [0u8; NONCE];
     getrandom::fill(&mut n).map_err(|e| Error::Io {
         what: format!("handshake with {addr}: randomness"),
-        source: std::io::Error::other(e),
+        source: std::io::Error::other(e).into(),
     })?;
     Ok(n)
 }
@@ -70,11 +71,43 @@ fn peer(stream: &TcpStream) -> String {
 }
 
 fn io(addr: &str) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { what: format!("handshake with {addr}"), source }
+    move |source| Error::Io { what: format!("handshake with {addr}"), source: source.into() }
 }
 
-/// Server side. The caller sets socket timeouts first; a peer that stalls fails here.
-pub fn accept_handshake(stream: &mut TcpStream, secret: &Secret, purpose: Purpose) -> Result<(), Error> {
+/// Reads exactly `buf.len()` bytes before `deadline`, whatever the pace of the peer: a peer that
+/// trickles one byte at a time cannot hold the connection past it.
+fn read_by(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant, addr: &str) -> Result<(), Error> {
+    let mut got = 0;
+    while got < buf.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::Protocol {
+                addr: addr.to_string(),
+                detail: "did not finish the handshake in time".into(),
+            });
+        }
+        stream.set_read_timeout(Some(left)).map_err(io(addr))?;
+        match stream.read(&mut buf[got..]) {
+            Ok(0) => {
+                return Err(Error::Protocol { addr: addr.to_string(), detail: "closed during the handshake".into() });
+            }
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) => return Err(io(addr)(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Server side: the whole handshake must be done by `deadline` (one deadline, not one per
+/// read). The caller sets a write timeout first.
+pub fn accept_handshake(
+    stream: &mut TcpStream,
+    secret: &Secret,
+    purpose: Purpose,
+    deadline: Instant,
+) -> Result<(), Error> {
     let addr = peer(stream);
     let nonce_s = nonce(&addr)?;
     let mut hello = [0u8; SERVER_HELLO];
@@ -85,7 +118,7 @@ pub fn accept_handshake(stream: &mut TcpStream, secret: &Secret, purpose: Purpos
     stream.write_all(&hello).map_err(io(&addr))?;
 
     let mut msg = [0u8; CLIENT_HELLO];
-    stream.read_exact(&mut msg).map_err(io(&addr))?;
+    read_by(stream, &mut msg, deadline, &addr)?;
     if msg[..8] != MAGIC {
         return Err(Error::Protocol { addr, detail: "not a ferrovod peer (bad magic)".into() });
     }
@@ -124,7 +157,15 @@ pub fn accept_handshake(stream: &mut TcpStream, secret: &Secret, purpose: Purpos
 pub fn connect_handshake(stream: &mut TcpStream, secret: &Secret, purpose: Purpose) -> Result<(), Error> {
     let addr = peer(stream);
     let mut hello = [0u8; SERVER_HELLO];
-    stream.read_exact(&mut hello).map_err(io(&addr))?;
+    stream.read_exact(&mut hello).map_err(|source| match source.kind() {
+        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => Error::Refused {
+            addr: addr.clone(),
+            reason: "closed the connection before greeting: it is not a ferrovod server, or it is shutting down, \
+                     or it dropped this connection to make room (too many unauthenticated connections)"
+                .into(),
+        },
+        _ => Error::Io { what: format!("waiting for the greeting of {addr}"), source: source.into() },
+    })?;
     if hello[..8] != MAGIC {
         return Err(Error::Protocol { addr, detail: "not a ferrovod server (bad magic)".into() });
     }
@@ -152,7 +193,7 @@ pub fn connect_handshake(stream: &mut TcpStream, secret: &Secret, purpose: Purpo
         std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
             Error::Refused { addr: addr.clone(), reason: "closed during the handshake".into() }
         }
-        _ => Error::Io { what: format!("handshake with {addr}"), source },
+        _ => Error::Io { what: format!("handshake with {addr}"), source: source.into() },
     })?;
     let reason = match reply[0] {
         0 => None,

@@ -25,7 +25,7 @@ impl StoreClient {
         let deadline = Instant::now() + timeout;
         let resolved: SocketAddr = addr
             .to_socket_addrs()
-            .map_err(|source| Error::Io { what: format!("resolving store address {addr:?}"), source })?
+            .map_err(|source| Error::Io { what: format!("resolving store address {addr:?}"), source: source.into() })?
             .next()
             .ok_or_else(|| Error::Protocol { addr: addr.to_string(), detail: "address resolves to nothing".into() })?;
         let mut backoff = Duration::from_millis(10);
@@ -41,12 +41,15 @@ impl StoreClient {
                 Err(source) => {
                     return Err(Error::Io {
                         what: format!("connecting to the store at {resolved} for {:.0} s", timeout.as_secs_f64()),
-                        source,
+                        source: source.into(),
                     });
                 }
             }
         };
-        let io = |source| Error::Io { what: format!("configuring store connection to {resolved}"), source };
+        let io = |source: std::io::Error| Error::Io {
+            what: format!("configuring store connection to {resolved}"),
+            source: source.into(),
+        };
         stream.set_nodelay(true).map_err(io)?;
         let hs = timeout.clamp(Duration::from_secs(1), Duration::from_secs(30));
         stream.set_read_timeout(Some(hs)).map_err(io)?;
@@ -66,7 +69,8 @@ impl StoreClient {
         }
         let peer = self.addr.to_string();
         let limit = wait + self.timeout.min(REPLY_SLACK).max(Duration::from_secs(1));
-        let io = |source| Error::Io { what: format!("store connection to {peer}"), source };
+        let io =
+            |source: std::io::Error| Error::Io { what: format!("store connection to {peer}"), source: source.into() };
         self.stream.set_read_timeout(Some(limit)).map_err(io)?;
         self.broken = true;
         write_msg(&mut self.stream, req, &peer)?;
@@ -122,6 +126,8 @@ impl StoreClient {
 impl StoreClient {
     /// This end's address: the interface that routes to the store.
     pub fn local_addr(&self) -> Result<SocketAddr, Error> {
-        self.stream.local_addr().map_err(|source| Error::Io { what: "store connection address".into(), source })
+        self.stream
+            .local_addr()
+            .map_err(|source| Error::Io { what: "store connection address".into(), source: source.into() })
     }
 }

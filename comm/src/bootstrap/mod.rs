@@ -26,7 +26,7 @@ pub use topology::Topology;
 pub use wire::{MAX_MESSAGE, read_msg, write_msg};
 
 /// Errors of the bootstrap layer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// A socket operation failed.
     #[error("{what}: {source}")]
@@ -35,7 +35,7 @@ pub enum Error {
         what: String,
         /// The OS error.
         #[source]
-        source: std::io::Error,
+        source: std::sync::Arc<std::io::Error>,
     },
     /// The other side refused our handshake (wrong secret, wrong protocol version).
     #[error("{addr} refused the connection: {reason}")]

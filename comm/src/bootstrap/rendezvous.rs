@@ -1,7 +1,6 @@
 //! Rendezvous: every rank publishes who it is and where its transport listens, then waits for
 //! everybody else's record.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -15,8 +14,9 @@ pub struct PeerInfo {
     pub hostname: String,
     /// Kernel boot id: with the host name, identifies a machine.
     pub boot_id: String,
-    /// Where this rank's transport accepts connections.
-    pub addr: SocketAddr,
+    /// Where this rank's transports accept connections: (transport name, opaque address that
+    /// only that transport reads).
+    pub addresses: Vec<(String, Vec<u8>)>,
     /// Process id, for error messages.
     pub pid: u32,
     /// The knobs every rank must agree on, as (name, value).

@@ -38,17 +38,30 @@ pub(super) enum Response {
     Failed(String),
 }
 
+/// The whole handshake of a new connection, however the peer paces its bytes.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_KEY: usize = 4096;
 const MAX_TOTAL: usize = 1 << 30;
+/// Authenticated connections (every rank's and launcher's clients).
 const MAX_CONNECTIONS: usize = 4096;
+/// Connections still in their handshake. Past this, the oldest of them is dropped to make room:
+/// unauthenticated connections can never take the place of authenticated ones, and a flood of
+/// them delays a real client by at most one handshake's worth of their turnover.
+const MAX_UNAUTHENTICATED: usize = 64;
+
+/// A connection the store serves: its socket (to shut it on drop or eviction) and whether it
+/// has proved the secret.
+struct Conn {
+    stream: TcpStream,
+    authenticated: bool,
+}
 
 struct Shared {
     secret: Secret,
     state: Mutex<State>,
     changed: Condvar,
     stop: AtomicBool,
-    conns: Mutex<HashMap<u64, TcpStream>>,
+    conns: Mutex<HashMap<u64, Conn>>,
     next_id: AtomicU64,
 }
 
@@ -78,15 +91,17 @@ pub struct StoreServer {
 impl StoreServer {
     /// Binds `addr` (port 0 picks one) and serves.
     pub fn bind(addr: impl ToSocketAddrs, secret: Secret) -> Result<StoreServer, Error> {
-        let listener =
-            TcpListener::bind(addr).map_err(|source| Error::Io { what: "binding the store".into(), source })?;
+        let listener = TcpListener::bind(addr)
+            .map_err(|source| Error::Io { what: "binding the store".into(), source: source.into() })?;
         StoreServer::serve(listener, secret)
     }
 
     /// Serves on a listener that is already bound, so its address can be published before the
     /// store starts and no other process can take the port in between.
     pub fn serve(listener: TcpListener, secret: Secret) -> Result<StoreServer, Error> {
-        let addr = listener.local_addr().map_err(|source| Error::Io { what: "store address".into(), source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| Error::Io { what: "store address".into(), source: source.into() })?;
         let shared = Arc::new(Shared {
             secret,
             state: Mutex::new(State::default()),
@@ -95,12 +110,13 @@ impl StoreServer {
             conns: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
         });
-        let (wake_rx, wake) = io::pipe().map_err(|source| Error::Io { what: "store wake-up pipe".into(), source })?;
+        let (wake_rx, wake) =
+            io::pipe().map_err(|source| Error::Io { what: "store wake-up pipe".into(), source: source.into() })?;
         let s = shared.clone();
         let accept = std::thread::Builder::new()
             .name("ferrovod-store".into())
             .spawn(move || accept_loop(listener, wake_rx, s))
-            .map_err(|source| Error::Io { what: "starting the store thread".into(), source })?;
+            .map_err(|source| Error::Io { what: "starting the store thread".into(), source: source.into() })?;
         Ok(StoreServer { addr, shared, accept: Some(accept), wake: Some(wake) })
     }
 
@@ -117,7 +133,7 @@ impl Drop for StoreServer {
         // Closing the pipe's write end makes its read end readable: the accept loop wakes.
         drop(self.wake.take());
         for conn in self.shared.conns.lock().unwrap_or_else(|p| p.into_inner()).values() {
-            let _ = conn.shutdown(std::net::Shutdown::Both);
+            let _ = conn.stream.shutdown(std::net::Shutdown::Both);
         }
         if let Some(t) = self.accept.take() {
             let _ = t.join();
@@ -154,17 +170,22 @@ fn accept_loop(listener: TcpListener, wake: io::PipeReader, shared: Arc<Shared>)
         let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
         {
             let mut conns = shared.conns.lock().unwrap_or_else(|p| p.into_inner());
-            if conns.len() >= MAX_CONNECTIONS {
-                continue; // dropped: closes the socket
+            let pending: Vec<u64> = conns.iter().filter(|(_, c)| !c.authenticated).map(|(id, _)| *id).collect();
+            if pending.len() >= MAX_UNAUTHENTICATED {
+                // The oldest handshake in progress makes room; its thread sees the shutdown
+                // and ends.
+                if let Some(oldest) = pending.iter().min().and_then(|id| conns.remove(id)) {
+                    let _ = oldest.stream.shutdown(std::net::Shutdown::Both);
+                }
             }
             match stream.try_clone() {
-                Ok(c) => conns.insert(id, c),
+                Ok(c) => conns.insert(id, Conn { stream: c, authenticated: false }),
                 Err(_) => continue,
             };
         }
         let s = shared.clone();
         let spawned = std::thread::Builder::new().name("ferrovod-store-conn".into()).spawn(move || {
-            serve_connection(stream, &s);
+            serve_connection(stream, id, &s);
             s.conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         });
         if spawned.is_err() {
@@ -173,12 +194,22 @@ fn accept_loop(listener: TcpListener, wake: io::PipeReader, shared: Arc<Shared>)
     }
 }
 
-fn serve_connection(mut stream: TcpStream, shared: &Shared) {
+fn serve_connection(mut stream: TcpStream, id: u64, shared: &Shared) {
     let _ = stream.set_nodelay(true);
-    let _ = stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT));
     let _ = stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT));
-    if accept_handshake(&mut stream, &shared.secret, Purpose::Store).is_err() {
+    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
+    if accept_handshake(&mut stream, &shared.secret, Purpose::Store, deadline).is_err() {
         return;
+    }
+    {
+        let mut conns = shared.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let authenticated = conns.values().filter(|c| c.authenticated).count();
+        match conns.get_mut(&id) {
+            // Evicted while it finished its handshake: its socket is shut.
+            None => return,
+            Some(_) if authenticated >= MAX_CONNECTIONS => return,
+            Some(c) => c.authenticated = true,
+        }
     }
     // Clients keep their connection for the whole job; idle is fine, writes still time out.
     let _ = stream.set_read_timeout(None);

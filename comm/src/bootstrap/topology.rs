@@ -46,13 +46,7 @@ mod tests {
     use super::*;
 
     fn peer(host: &str, boot: &str) -> PeerInfo {
-        PeerInfo {
-            hostname: host.into(),
-            boot_id: boot.into(),
-            addr: "127.0.0.1:1".parse().unwrap(),
-            pid: 1,
-            tuning: vec![],
-        }
+        PeerInfo { hostname: host.into(), boot_id: boot.into(), addresses: Vec::new(), pid: 1, tuning: vec![] }
     }
 
     #[test]

@@ -22,12 +22,12 @@ pub fn write_msg<T: Serialize>(w: &mut impl Write, msg: &T, peer: &str) -> Resul
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
     frame.extend_from_slice(&body);
-    w.write_all(&frame).map_err(|source| Error::Io { what: format!("sending to {peer}"), source })
+    w.write_all(&frame).map_err(|source| Error::Io { what: format!("sending to {peer}"), source: source.into() })
 }
 
 /// Reads one framed message of at most `cap` bytes.
 pub fn read_msg<T: DeserializeOwned>(r: &mut impl Read, cap: usize, peer: &str) -> Result<T, Error> {
-    let io = |source| Error::Io { what: format!("receiving from {peer}"), source };
+    let io = |source: std::io::Error| Error::Io { what: format!("receiving from {peer}"), source: source.into() };
     let mut len = [0u8; 4];
     r.read_exact(&mut len).map_err(io)?;
     let len = u32::from_le_bytes(len) as usize;

@@ -23,7 +23,8 @@ use crate::algorithms::even_blocks;
 use crate::communicator::Communicator;
 use crate::dtype::{DType, ReduceOp};
 use crate::error::{Error, Result};
-use crate::reduce::{Order, divide, fill_identity, reduce_into};
+use crate::memory::{Memory, Ops};
+use crate::reduce::{Order, divide, reduce_into};
 
 /// A tensor whose collective has run (or failed on its own, without breaking the engine).
 pub(crate) struct Done {
@@ -40,15 +41,17 @@ impl Done {
         Done { name: pending.sub.name, slot: pending.slot, result, gate: pending.gate }
     }
 
-    /// The same tensor, failed because the engine stopped for `reason`.
-    pub(crate) fn stopped(self, rank: usize, reason: &str) -> Done {
-        Done { result: Err(Error::EngineStopped { rank, reason: reason.to_string() }), ..self }
+    /// The same tensor, failed with the error that stopped the engine.
+    pub(crate) fn stopped(self, error: &Error) -> Done {
+        Done { result: Err(error.clone()), ..self }
     }
 }
 
 /// What running a bucket needs besides the bucket.
 pub(crate) struct Ctx<'a> {
     pub comm: &'a mut Communicator,
+    /// The copies, fills and scalings on the tensors' memory.
+    pub ops: &'a mut dyn Ops,
     pub stage: &'a mut Vec<u8>,
     pub piece: usize,
     pub timeline: Option<&'a mut Timeline>,
@@ -95,7 +98,10 @@ pub(crate) fn eager(ctx: &mut Ctx<'_>, ready: Ready, mut pending: Pending) -> Do
         divide(meta.dtype, &mut acc, ready.present.len());
     }
     let mut buffer = std::mem::take(&mut pending.sub.data);
-    buffer.copy_from_slice(&acc);
+    // Only host memory travels eagerly (see the engine's `add_eager`).
+    if let Memory::Host(b) = buffer.memory() {
+        b.copy_from_slice(&acc);
+    }
     let (data, in_place) = buffer.into_result();
     let shape = meta.shape.iter().map(|&d| d as usize).collect();
     let out = Output { data, dtype: meta.dtype, shape, splits: None, in_place };
@@ -111,7 +117,7 @@ pub(crate) fn run(
     ctx: &mut Ctx<'_>,
     bucket: Bucket,
     mut take: impl FnMut(&str) -> Option<Pending>,
-) -> std::result::Result<Vec<Done>, Failure> {
+) -> std::result::Result<Vec<Done>, Box<Failure>> {
     let rank = ctx.comm.rank();
     let mut items: Vec<Item> = bucket
         .entries
@@ -120,7 +126,7 @@ pub(crate) fn run(
             let mut pending = take(&ready.name);
             let data = match pending.as_mut() {
                 Some(p) => std::mem::take(&mut p.sub.data),
-                None => Buffer::Owned(stand_in(&ready)),
+                None => Buffer::Owned(stand_in(ctx.ops, &ready)),
             };
             Item { ready, pending, data, spans: [None; 3] }
         })
@@ -136,7 +142,7 @@ pub(crate) fn run(
             match result {
                 // A per-tensor argument problem: every rank saw the same, the engine goes on.
                 Err(e @ Error::InvalidArgument { .. }) => finish(ctx, items.remove(0), Err(e), &mut done),
-                Err(e) => return Err(failure(rank, e, items, done)),
+                Err(e) => return Err(failure(e, items, done)),
                 Ok(out) => finish(ctx, items.remove(0), Ok(out), &mut done),
             }
             Ok(())
@@ -144,7 +150,7 @@ pub(crate) fn run(
     };
     match result {
         Ok(()) => Ok(done),
-        Err(e) => Err(failure(rank, e, items, done)),
+        Err(e) => Err(failure(e, items, done)),
     }
 }
 
@@ -155,30 +161,30 @@ pub(crate) struct Failure {
     pub done: Vec<Done>,
 }
 
-fn failure(rank: usize, error: Error, items: Vec<Item>, done: Vec<Done>) -> Failure {
-    let reason = error.to_string();
-    let stopped = || Err(Error::EngineStopped { rank, reason: reason.clone() });
-    let taken = items.into_iter().filter_map(|i| i.pending).map(|p| Done::of(p, stopped()));
-    let done = done.into_iter().map(|d| d.stopped(rank, &reason)).chain(taken).collect();
-    Failure { error, done }
+fn failure(error: Error, items: Vec<Item>, done: Vec<Done>) -> Box<Failure> {
+    let taken = items.into_iter().filter_map(|i| i.pending).map(|p| Done::of(p, Err(error.clone())));
+    let done = done.into_iter().map(|d| d.stopped(&error)).chain(taken).collect();
+    Box::new(Failure { error, done })
 }
 
 /// What a joined rank puts in for a tensor it did not submit.
-fn stand_in(ready: &Ready) -> Vec<u8> {
+fn stand_in(ops: &mut dyn Ops, ready: &Ready) -> Vec<u8> {
     let meta = &ready.meta;
     match meta.collective {
         Collective::Allreduce(op) | Collective::Reducescatter(op) => {
             let mut buf = vec![0u8; meta.bytes()];
-            fill_identity(meta.dtype, op, &mut buf);
+            // Host memory: the host operations cannot fail on it.
+            let _ = ops.fill_identity(Memory::Host(&mut buf), meta.dtype, op);
             buf
         }
         Collective::Broadcast(_) => vec![0u8; meta.bytes()],
-        Collective::Allgather | Collective::Alltoall => Vec::new(),
+        Collective::Allgather | Collective::Alltoall | Collective::Barrier => Vec::new(),
     }
 }
 
 /// The fused allreduce: tensors end to end, in pieces; see the module docs.
 fn allreduce(ctx: &mut Ctx<'_>, items: &mut Vec<Item>, op: ReduceOp, done: &mut Vec<Done>) -> Result<()> {
+    let rank = ctx.comm.rank();
     let dtype = items[0].ready.meta.dtype;
     // Average is a sum here, divided per tensor by the ranks that contributed to it.
     let wire = if op == ReduceOp::Average { ReduceOp::Sum } else { op };
@@ -198,7 +204,7 @@ fn allreduce(ctx: &mut Ctx<'_>, items: &mut Vec<Item>, op: ReduceOp, done: &mut 
                 // allreduce cuts the same pieces and streams through them without draining.
                 let span = (len - off) / piece * piece;
                 let t = Instant::now();
-                ctx.comm.allreduce_bytes(&mut items[i].data[off..off + span], dtype, wire)?;
+                ctx.comm.allreduce_bytes(items[i].data.memory().range(off, off + span), dtype, wire)?;
                 items[i].note(COMM, t, Instant::now());
                 remaining[i] -= span;
                 off += span;
@@ -206,7 +212,8 @@ fn allreduce(ctx: &mut Ctx<'_>, items: &mut Vec<Item>, op: ReduceOp, done: &mut 
             }
             let n = (len - off).min(piece - fill);
             let t = Instant::now();
-            ctx.stage[fill..fill + n].copy_from_slice(&items[i].data[off..off + n]);
+            let src = items[i].data.memory_ref().range(off, off + n);
+            ctx.ops.copy(Memory::Host(&mut ctx.stage[fill..fill + n]), src).map_err(|e| ops_failed(rank, e))?;
             items[i].note(COPY_IN, t, Instant::now());
             staged.push((i, off..off + n));
             fill += n;
@@ -223,7 +230,7 @@ fn allreduce(ctx: &mut Ctx<'_>, items: &mut Vec<Item>, op: ReduceOp, done: &mut 
     for mut item in items.drain(..) {
         if op == ReduceOp::Average {
             let n = item.contributors();
-            divide(dtype, &mut item.data, n);
+            ctx.ops.divide(item.data.memory(), dtype, n).map_err(|e| ops_failed(rank, e))?;
         }
         let (data, in_place) = std::mem::take(&mut item.data).into_result();
         let shape = item.ready.meta.shape.iter().map(|&d| d as usize).collect();
@@ -250,7 +257,11 @@ fn flush(
     for (i, range) in staged.drain(..) {
         let n = range.len();
         let c = Instant::now();
-        items[i].data[range].copy_from_slice(&ctx.stage[at..at + n]);
+        let dst = items[i].data.memory();
+        let mut dst = dst;
+        ctx.ops
+            .copy(dst.range(range.start, range.end), (&ctx.stage[at..at + n]).into())
+            .map_err(|e| ops_failed(ctx.comm.rank(), e))?;
         items[i].note(COMM, t, t1);
         items[i].note(COPY_OUT, c, Instant::now());
         remaining[i] -= n;
@@ -292,7 +303,7 @@ fn single(comm: &mut Communicator, item: &mut Item, rank: usize) -> Result<Outpu
                     detail: format!("tensor {:?}: root rank {root} has joined and sent nothing", item.ready.name),
                 });
             }
-            comm.broadcast_bytes(&mut item.data, dtype, root as usize)?;
+            comm.broadcast_bytes(item.data.memory(), dtype, root as usize)?;
             let shape = meta.shape.iter().map(|&d| d as usize).collect();
             let (data, in_place) = std::mem::take(&mut item.data).into_result();
             Ok(Output { data, dtype, shape, splits: None, in_place })
@@ -302,7 +313,7 @@ fn single(comm: &mut Communicator, item: &mut Item, rank: usize) -> Result<Outpu
             let all_rows = comm.allgather_counts(rows, dtype)?;
             let counts = elems(&all_rows, "allgather")?;
             let mut out = vec![0u8; counts.iter().sum::<usize>() * dtype.size()];
-            comm.allgatherv_into(&item.data, &mut out, &counts, dtype)?;
+            comm.allgatherv_into(host(&item.data, rank, "allgather")?, &mut out, &counts, dtype)?;
             Ok(Output::owned(out, dtype, with_rows(all_rows.iter().sum()), Some(all_rows)))
         }
         Collective::Reducescatter(op) => {
@@ -311,7 +322,8 @@ fn single(comm: &mut Communicator, item: &mut Item, rank: usize) -> Result<Outpu
             let blocks = even_blocks(rows, comm.size(), row_bytes.max(1));
             let blocks: Vec<Range<usize>> = if row_bytes == 0 { vec![0..0; comm.size()] } else { blocks };
             // The ring reduces in its input: never in memory the caller lent.
-            let mut input = std::mem::take(&mut item.data).into_owned();
+            host(&item.data, rank, "reducescatter")?;
+            let mut input = std::mem::take(&mut item.data).into_owned().unwrap_or_default();
             comm.reducescatter_bytes(&mut input, &blocks, dtype, wire)?;
             let mut share = input[blocks[rank].clone()].to_vec();
             if op == ReduceOp::Average {
@@ -331,11 +343,29 @@ fn single(comm: &mut Communicator, item: &mut Item, rank: usize) -> Result<Outpu
             let send = elems(&splits, "alltoall")?;
             let recv = elems(&recv_rows, "alltoall")?;
             let mut out = vec![0u8; recv.iter().sum::<usize>() * dtype.size()];
-            comm.alltoall_into(&item.data, &send, &mut out, &recv, dtype)?;
+            comm.alltoall_into(host(&item.data, rank, "alltoall")?, &send, &mut out, &recv, dtype)?;
             Ok(Output::owned(out, dtype, with_rows(recv_rows.iter().sum()), Some(recv_rows)))
+        }
+        Collective::Barrier => {
+            comm.barrier()?;
+            Ok(Output::owned(Vec::new(), dtype, vec![0], None))
         }
         Collective::Allreduce(_) => unreachable!("allreduces run fused"),
     }
+}
+
+/// The host bytes of a buffer, for the collectives that only run on host memory so far.
+fn host<'a>(data: &'a Buffer, rank: usize, op: &'static str) -> Result<&'a [u8]> {
+    data.host().ok_or_else(|| Error::InvalidArgument {
+        rank,
+        op,
+        detail: "device memory is not supported for this collective: no backend takes it".into(),
+    })
+}
+
+/// A memory operation that failed: the engine cannot go on with a half-copied bucket.
+fn ops_failed(rank: usize, e: crate::memory::OpsError) -> Error {
+    Error::Backend { rank, op: "fusion".into(), backend: "memory", detail: e.to_string() }
 }
 
 /// Rows of this rank's submission (0 for a stand-in).

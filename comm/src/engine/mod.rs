@@ -30,8 +30,9 @@ mod fusion;
 mod handle;
 mod negotiate;
 mod request;
+mod runloop;
+mod stall;
 mod timeline;
-mod worker;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -46,6 +47,7 @@ use crate::communicator::Communicator;
 use crate::config::{Config, EngineSettings};
 use crate::dtype::{DType, ReduceOp};
 use crate::error::{Error, Result};
+use crate::memory::{HostOps, Ops};
 use crate::os::Doorbell;
 use handle::Slot;
 
@@ -56,6 +58,8 @@ pub struct Engine {
     topology: Topology,
     rank: usize,
     size: usize,
+    /// Whether the engine's memory operations reach device memory.
+    device_memory: bool,
 }
 
 /// What submitters and the engine thread share.
@@ -75,7 +79,7 @@ pub(crate) struct Inbox {
     pub(crate) join: Option<Arc<Slot>>,
     pub(crate) shutdown: bool,
     /// Why the engine stopped; later calls fail with it.
-    pub(crate) stopped: Option<String>,
+    pub(crate) stopped: Option<Error>,
 }
 
 /// A submission on its way through the engine.
@@ -102,21 +106,28 @@ impl Engine {
         Engine::start(comm, &config.engine)
     }
 
-    /// Starts an engine thread that owns `comm`.
+    /// Starts an engine thread that owns `comm`, doing its memory operations on the host.
     pub fn start(comm: Communicator, settings: &EngineSettings) -> Result<Engine> {
+        Engine::start_with(comm, settings, Box::new(HostOps))
+    }
+
+    /// Starts an engine thread that owns `comm` and does its copies, fills and scalings
+    /// through `ops` (a device version reaches device memory).
+    pub fn start_with(comm: Communicator, settings: &EngineSettings, ops: Box<dyn Ops>) -> Result<Engine> {
         let (rank, size) = (comm.rank(), comm.size());
+        let device_memory = ops.takes_device_memory();
         let bell = Doorbell::new().map_err(|e| Error::EngineStopped {
             rank,
             reason: format!("could not create the engine's wake-up pipe: {e}"),
         })?;
         let shared = Arc::new(Shared { inbox: Mutex::new(Inbox::default()), bell });
         let topology = comm.topology().clone();
-        let worker = worker::Worker::new(comm, shared.clone(), settings)?;
+        let worker = runloop::RunLoop::new(comm, shared.clone(), settings, ops)?;
         let thread = std::thread::Builder::new()
             .name(format!("ferrovod-engine-{rank}"))
             .spawn(move || worker.run())
             .map_err(|e| Error::EngineStopped { rank, reason: format!("could not start the engine thread: {e}") })?;
-        Ok(Engine { shared, thread: Mutex::new(Some(thread)), topology, rank, size })
+        Ok(Engine { shared, thread: Mutex::new(Some(thread)), topology, rank, size, device_memory })
     }
 
     /// This rank.
@@ -151,11 +162,21 @@ impl Engine {
     fn enqueue(&self, subs: Vec<Submission>, grouped: bool) -> Result<Vec<Handle>> {
         for s in &subs {
             s.validate(self.rank, self.size)?;
+            if s.data.is_device() && !self.device_memory {
+                return Err(Error::InvalidArgument {
+                    rank: self.rank,
+                    op: s.collective.name(),
+                    detail: format!(
+                        "tensor {:?} is in device memory, and this engine has no device support (NCCL or the staged path)",
+                        s.name
+                    ),
+                });
+            }
         }
         let group = grouped.then(|| GroupKey::of(subs.iter().map(|s| s.name.as_str())));
         let mut inbox = self.shared.lock();
-        if let Some(reason) = &inbox.stopped {
-            return Err(Error::EngineStopped { rank: self.rank, reason: reason.clone() });
+        if let Some(error) = &inbox.stopped {
+            return Err(error.clone());
         }
         let mut names = HashSet::new();
         for s in &subs {
@@ -207,8 +228,8 @@ impl Engine {
         let (handle, slot) = Handle::new("join".into(), None);
         {
             let mut inbox = self.shared.lock();
-            if let Some(reason) = &inbox.stopped {
-                return Err(Error::EngineStopped { rank: self.rank, reason: reason.clone() });
+            if let Some(error) = &inbox.stopped {
+                return Err(error.clone());
             }
             if inbox.join.is_some() {
                 return Err(Error::InvalidArgument {

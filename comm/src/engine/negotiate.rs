@@ -96,10 +96,7 @@ pub(crate) fn exchange(
     let totals: Vec<usize> =
         all.chunks_exact(frame).map(|f| u32::from_le_bytes([f[0], f[1], f[2], f[3]]) as usize).collect();
     if let Some((peer, &t)) = totals.iter().enumerate().find(|&(_, &t)| t > MAX_MESSAGE) {
-        return Err(Error::EngineStopped {
-            rank,
-            reason: format!("rank {peer} sent a negotiation message of {t} bytes (the limit is {MAX_MESSAGE})"),
-        });
+        return Err(protocol(rank, peer, format!("a negotiation message of {t} bytes (the limit is {MAX_MESSAGE})")));
     }
     let spill: Vec<usize> = totals.iter().map(|&t| t.saturating_sub(room)).collect();
     let mut rest = vec![0u8; spill.iter().sum()];
@@ -112,11 +109,8 @@ pub(crate) fn exchange(
         let mut bytes = f[4..4 + totals[peer].min(room)].to_vec();
         bytes.extend_from_slice(&rest[offset..offset + spill[peer]]);
         offset += spill[peer];
-        let message = postcard::from_bytes(&bytes).map_err(|e| Error::EngineStopped {
-            rank,
-            reason: format!(
-                "rank {peer} sent an unreadable negotiation message ({e}): is it the same ferrovod version?"
-            ),
+        let message = postcard::from_bytes(&bytes).map_err(|e| {
+            protocol(rank, peer, format!("an unreadable negotiation message ({e}): is it the same ferrovod version?"))
         })?;
         messages.push(message);
     }
@@ -269,6 +263,15 @@ fn eager_data(messages: &[Message], slot: usize, meta: &Meta) -> Option<Vec<Vec<
                 .filter(|d| d.len() == meta.bytes())
         })
         .collect()
+}
+
+/// A peer's negotiation message that breaks the protocol: a collective failure naming the peer.
+fn protocol(rank: usize, peer: usize, detail: String) -> Error {
+    Error::Collective {
+        rank,
+        op: "negotiation".into(),
+        cause: crate::transport::Error::Protocol { peer, detail: format!("rank {peer} sent {detail}") },
+    }
 }
 
 #[cfg(test)]

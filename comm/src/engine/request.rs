@@ -1,47 +1,14 @@
 //! What a caller submits ([`Submission`]), what ranks must agree on ([`Meta`]), and what a
 //! completed request hands back ([`Output`]).
 
-use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 
 use serde::{Deserialize, Serialize};
 
-use crate::dtype::{DType, Element, ReduceOp};
+pub use crate::collective::Collective;
+use crate::dtype::{DType, Element};
 use crate::error::{Error, Result};
-
-/// The collective a tensor takes part in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Collective {
-    /// Reduce over all ranks; every rank gets the result.
-    Allreduce(ReduceOp),
-    /// Concatenate every rank's tensor along the first dimension (which may differ by rank).
-    Allgather,
-    /// Copy the root's tensor to every rank.
-    Broadcast(u32),
-    /// Reduce over all ranks; rank i gets the i-th share of the first dimension (the first
-    /// ranks one row more when it does not divide).
-    Reducescatter(ReduceOp),
-    /// Rank i sends `splits[j]` consecutive rows to rank j (see [`Submission::splits`]).
-    Alltoall,
-}
-
-impl Collective {
-    /// The user-facing name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Collective::Allreduce(_) => "allreduce",
-            Collective::Allgather => "allgather",
-            Collective::Broadcast(_) => "broadcast",
-            Collective::Reducescatter(_) => "reducescatter",
-            Collective::Alltoall => "alltoall",
-        }
-    }
-
-    /// Whether the first dimension may differ between ranks.
-    pub(crate) fn ragged(self) -> bool {
-        matches!(self, Collective::Allgather | Collective::Alltoall)
-    }
-}
+use crate::memory::{DevicePtr, Memory, MemoryRef};
 
 /// One tensor handed to the engine. The engine owns (or, see [`Submission::borrowed`], has the
 /// sole use of) the data until the handle completes.
@@ -55,7 +22,8 @@ pub struct Submission {
     pub(crate) splits: Option<Vec<usize>>,
 }
 
-/// A submission's bytes: a vector the engine owns, or memory the caller lends it.
+/// A submission's memory: a vector the engine owns, host memory the caller lends it, or
+/// device memory the caller lends it.
 #[derive(Debug)]
 pub(crate) enum Buffer {
     Owned(Vec<u8>),
@@ -64,6 +32,8 @@ pub(crate) enum Buffer {
         ptr: NonNull<u8>,
         len: usize,
     },
+    /// See [`Submission::device`].
+    Device(DevicePtr),
 }
 
 // SAFETY: a borrowed buffer is used by one thread at a time (the engine's), and its lender
@@ -76,42 +46,67 @@ impl Default for Buffer {
     }
 }
 
-impl Deref for Buffer {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Buffer::Owned(v) => v,
-            // SAFETY: valid for `len` bytes and unaliased until the handle completes (the contract).
-            Buffer::Borrowed { ptr, len } => unsafe { std::slice::from_raw_parts(ptr.as_ptr(), *len) },
-        }
-    }
-}
-
-impl DerefMut for Buffer {
-    fn deref_mut(&mut self) -> &mut [u8] {
-        match self {
-            Buffer::Owned(v) => v,
-            // SAFETY: as above; writable by the contract.
-            Buffer::Borrowed { ptr, len } => unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), *len) },
-        }
-    }
-}
-
 impl Buffer {
+    /// Length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Buffer::Owned(v) => v.len(),
+            Buffer::Borrowed { len, .. } => *len,
+            Buffer::Device(d) => d.len,
+        }
+    }
+
+    /// Whether it lies in device memory.
+    pub(crate) fn is_device(&self) -> bool {
+        matches!(self, Buffer::Device(_))
+    }
+
+    /// The bytes, when they lie in host memory.
+    pub(crate) fn host(&self) -> Option<&[u8]> {
+        match self {
+            Buffer::Owned(v) => Some(v),
+            // SAFETY: valid for `len` bytes and unaliased until the handle completes (the contract).
+            Buffer::Borrowed { ptr, len } => Some(unsafe { std::slice::from_raw_parts(ptr.as_ptr(), *len) }),
+            Buffer::Device(_) => None,
+        }
+    }
+
+    /// The memory, for a collective or a memory operation to write.
+    pub(crate) fn memory(&mut self) -> Memory<'_> {
+        match self {
+            Buffer::Owned(v) => Memory::Host(v),
+            // SAFETY: as above; writable by the contract.
+            Buffer::Borrowed { ptr, len } => {
+                Memory::Host(unsafe { std::slice::from_raw_parts_mut(ptr.as_ptr(), *len) })
+            }
+            // SAFETY: the lender keeps it allocated and unused until the handle completes.
+            Buffer::Device(d) => unsafe { Memory::device(*d) },
+        }
+    }
+
+    /// The memory, read-only.
+    pub(crate) fn memory_ref(&self) -> MemoryRef<'_> {
+        match self {
+            Buffer::Device(d) => MemoryRef::Device(*d, std::marker::PhantomData),
+            host => MemoryRef::Host(host.host().unwrap_or_default()),
+        }
+    }
+
     /// The result of an in-place collective: the vector, or nothing when it was written into
     /// the lender's memory.
     pub(crate) fn into_result(self) -> (Vec<u8>, bool) {
         match self {
             Buffer::Owned(v) => (v, false),
-            Buffer::Borrowed { .. } => (Vec::new(), true),
+            Buffer::Borrowed { .. } | Buffer::Device(_) => (Vec::new(), true),
         }
     }
 
-    /// An owned copy, for collectives that scribble on their input (reducescatter).
-    pub(crate) fn into_owned(self) -> Vec<u8> {
+    /// An owned host copy, for collectives that scribble on their input (reducescatter);
+    /// `None` for device memory.
+    pub(crate) fn into_owned(self) -> Option<Vec<u8>> {
         match self {
-            Buffer::Owned(v) => v,
-            b @ Buffer::Borrowed { .. } => b.to_vec(),
+            Buffer::Owned(v) => Some(v),
+            b => b.host().map(<[u8]>::to_vec),
         }
     }
 }
@@ -149,6 +144,35 @@ impl Submission {
     ) -> Self {
         let data = Buffer::Borrowed { ptr, len };
         Submission { name: name.into(), collective, dtype, shape: shape.to_vec(), data, splits: None }
+    }
+
+    /// `ptr.len` bytes of device memory, used where they lie like [`Submission::borrowed`].
+    /// Only a backend that takes device memory runs it; without one the handle fails with an
+    /// error that says so.
+    ///
+    /// # Safety
+    /// As for [`Submission::borrowed`]: the region stays allocated, and nothing else uses it,
+    /// until the handle completes; the data is ready once `ptr.stream`'s work so far is done.
+    pub unsafe fn device(
+        name: impl Into<String>,
+        collective: Collective,
+        dtype: DType,
+        shape: &[usize],
+        ptr: DevicePtr,
+    ) -> Self {
+        Submission {
+            name: name.into(),
+            collective,
+            dtype,
+            shape: shape.to_vec(),
+            data: Buffer::Device(ptr),
+            splits: None,
+        }
+    }
+
+    /// A barrier under `name`: completes once every rank has submitted one under that name.
+    pub fn barrier(name: impl Into<String>) -> Self {
+        Submission::new(name, Collective::Barrier, DType::U8, &[0], Vec::new())
     }
 
     /// A typed tensor, copied.
@@ -189,7 +213,8 @@ impl Submission {
                 self.dtype
             )));
         }
-        let needs_rows = !matches!(self.collective, Collective::Allreduce(_) | Collective::Broadcast(_));
+        let needs_rows =
+            !matches!(self.collective, Collective::Allreduce(_) | Collective::Broadcast(_) | Collective::Barrier);
         if needs_rows && self.shape.is_empty() {
             return Err(bad(format!("tensor {:?}: a scalar has no first dimension to split or join", self.name)));
         }

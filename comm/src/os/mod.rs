@@ -10,6 +10,6 @@ mod process;
 
 pub use doorbell::Doorbell;
 pub use fd::{pipe, read_to_end_until, set_nonblocking};
-pub use host::{boot_id, hostname};
+pub use host::{boot_id, hostname, process_exists};
 pub use poll::{PollFd, poll, poll_after_spin};
 pub use process::{Pid, getpid, getppid, pidfd_open, signal_name};

@@ -23,9 +23,35 @@ use crate::os::Doorbell;
 /// Identifies what a message belongs to. Opaque to transports; compared for equality.
 pub type Tag = u128;
 
-/// One transfer within an [`Transport::exchange`].
+/// `gone(peer)`: why a peer can no longer take part (it exited), or `None` while it may.
+pub type Gone<'a> = dyn Fn(usize) -> Option<String> + Sync + 'a;
+
+/// A transport's listening half during rendezvous: it has an address that the world publishes
+/// (opaque bytes only this transport reads), and it becomes the transport once every rank's
+/// address is known. New transports register in [`crate::world`].
+pub trait Endpoint {
+    /// The transport's name, which keys its address in the rendezvous record.
+    fn name(&self) -> &'static str;
+
+    /// What peers need to reach this rank.
+    fn address(&self) -> Vec<u8>;
+
+    /// Connects to every peer, given each rank's published address (this rank's included).
+    /// The endpoint was bound with the tuning it needs. While it waits for a peer it asks
+    /// `gone(peer)`, which says (as far as this rank can tell) why that peer can no longer
+    /// connect, so that a rank that died after rendezvous fails the others at once.
+    fn connect(
+        self: Box<Self>,
+        rank: usize,
+        addresses: &[&[u8]],
+        secret: &crate::bootstrap::Secret,
+        gone: &Gone<'_>,
+    ) -> Result<Box<dyn Transport>, crate::bootstrap::Error>;
+}
+
+/// One step of an [`Transport::exchange`]: a send or a receive.
 #[derive(Debug)]
-pub enum Op<'a> {
+pub enum Step<'a> {
     /// Send `buf` to `peer`.
     Send {
         /// Destination rank.
@@ -42,11 +68,11 @@ pub enum Op<'a> {
     },
 }
 
-impl Op<'_> {
+impl Step<'_> {
     /// The other rank.
     pub fn peer(&self) -> usize {
         match self {
-            Op::Send { peer, .. } | Op::Recv { peer, .. } => *peer,
+            Step::Send { peer, .. } | Step::Recv { peer, .. } => *peer,
         }
     }
 }
@@ -87,7 +113,7 @@ pub trait Transport: Send {
     /// order; all others proceed concurrently. Fails if a peer closes, sends a message with
     /// another tag or length, or if nothing moves for the transport's timeout. After an error
     /// the transport is unusable.
-    fn exchange(&mut self, tag: Tag, ops: &mut [Op<'_>]) -> Result<(), Error>;
+    fn exchange(&mut self, tag: Tag, ops: &mut [Step<'_>]) -> Result<(), Error>;
 
     /// Moves every message of `flow` and finishes its work. Transfers start as soon as the flow
     /// allows, in message order per link; the same failures as [`Transport::exchange`].
@@ -111,11 +137,11 @@ pub trait Transport: Send {
             };
             ready(flow, true)?;
             let data = flow.send(k).map(<[u8]>::to_vec).unwrap_or_default();
-            self.exchange(tag, &mut [Op::Send { peer: to, buf: &data }])?;
+            self.exchange(tag, &mut [Step::Send { peer: to, buf: &data }])?;
             flow.sent(k);
             ready(flow, false)?;
             let buf = flow.recv(k).unwrap_or_else(|| unreachable!("ready"));
-            self.exchange(tag, &mut [Op::Recv { peer: from, buf }])?;
+            self.exchange(tag, &mut [Step::Recv { peer: from, buf }])?;
             flow.received(k);
             while flow.work() {}
         }
@@ -132,7 +158,7 @@ pub trait Transport: Send {
 }
 
 /// What can go wrong on a link.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The peer closed the connection (it exited, crashed or aborted).
     #[error("connection to rank {peer} closed (rank {peer} exited or aborted)")]
@@ -147,7 +173,7 @@ pub enum Error {
         peer: usize,
         /// The OS error.
         #[source]
-        source: std::io::Error,
+        source: std::sync::Arc<std::io::Error>,
     },
     /// Nothing moved for the timeout.
     #[error("no progress for {:.1} s waiting for rank(s) {peers:?}", waited.as_secs_f64())]
@@ -216,8 +242,8 @@ impl Error {
 }
 
 /// Checks that every op names another existing rank.
-pub(crate) fn check_peers(rank: usize, size: usize, ops: &[Op<'_>]) -> Result<(), Error> {
-    match ops.iter().map(Op::peer).find(|&p| p >= size || p == rank) {
+pub(crate) fn check_peers(rank: usize, size: usize, ops: &[Step<'_>]) -> Result<(), Error> {
+    match ops.iter().map(Step::peer).find(|&p| p >= size || p == rank) {
         Some(peer) => Err(Error::BadPeer { peer, rank, size }),
         None => Ok(()),
     }

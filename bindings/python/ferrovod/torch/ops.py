@@ -17,20 +17,14 @@ import torch
 
 import ferrovod as _core
 from ferrovod import Average, Handle, ReduceOp, Sum
+from ferrovod import _arrays
+from ferrovod._collectives import resolve_op
 
 from .compression import Compression, Compressor
 
-# The dtypes ferrovod carries; everything else is staged through one of them.
-_CARRIED = {
-    torch.uint8,
-    torch.int8,
-    torch.int32,
-    torch.int64,
-    torch.float16,
-    torch.bfloat16,
-    torch.float32,
-    torch.float64,
-}
+# The dtypes ferrovod carries (from its one dtype table); everything else is staged through one
+# of them.
+_CARRIED = set(_arrays.torch_dtypes().values())
 
 
 def staged(t: torch.Tensor) -> torch.Tensor:
@@ -126,7 +120,7 @@ def allreduce(
 ) -> torch.Tensor:
     """The reduction of ``tensor`` over every rank, as a new tensor; differentiable for ``Sum``
     and ``Average`` when ``tensor`` requires grad."""
-    reduce_op = _core._op(op, average)
+    reduce_op = resolve_op(op, average)
     if _tracks_grad(tensor):
         return _Allreduce.apply(tensor, name, reduce_op, prescale_factor, postscale_factor, compression)
     return allreduce_async(tensor, None, name, reduce_op, prescale_factor, postscale_factor, compression).wait()

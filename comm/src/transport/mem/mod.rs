@@ -6,7 +6,7 @@ mod pair;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{Error, Op, Tag, Transport, check_peers};
+use super::{Error, Step, Tag, Transport, check_peers};
 use crate::os::{Doorbell, PollFd, poll};
 use pair::Pair;
 
@@ -54,19 +54,19 @@ impl Transport for MemTransport {
         self.size
     }
 
-    fn exchange(&mut self, tag: Tag, ops: &mut [Op<'_>]) -> Result<(), Error> {
+    fn exchange(&mut self, tag: Tag, ops: &mut [Step<'_>]) -> Result<(), Error> {
         if self.failed {
             return Err(Error::Unusable);
         }
         check_peers(self.rank, self.size, ops)?;
         for op in ops.iter() {
-            if let Op::Send { peer, buf } = op {
+            if let Step::Send { peer, buf } = op {
                 self.link(self.rank, *peer).push(tag, buf.to_vec());
                 self.bells[*peer].ring();
             }
         }
         for op in ops.iter_mut() {
-            if let Op::Recv { peer, buf } = op
+            if let Step::Recv { peer, buf } = op
                 && let Err(e) = self.link(*peer, self.rank).pop(*peer, tag, buf, self.timeout)
             {
                 self.failed = true;
@@ -89,7 +89,7 @@ impl Transport for MemTransport {
             PollFd { fd: wake.fd(), read: true, write: false, ready: false },
             PollFd { fd: bell.fd(), read: true, write: false, ready: false },
         ];
-        poll(&mut fds, timeout).map_err(|source| Error::Io { peer: self.rank, source })?;
+        poll(&mut fds, timeout).map_err(|source| Error::Io { peer: self.rank, source: source.into() })?;
         Ok(self.anything_for_me())
     }
 

@@ -13,6 +13,8 @@ use crate::os::{Doorbell, PollFd, poll};
 
 /// Per-connection limit for the handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a rank waiting for peers looks whether one of them is gone.
+const LIVENESS_CHECK: Duration = Duration::from_millis(200);
 /// After the handshake a connecting rank says: its rank, the stream, the world size, and its
 /// number of streams (u32 each).
 const HELLO: usize = 16;
@@ -25,6 +27,20 @@ pub(super) struct MeshSpec<'a> {
     pub secret: &'a Secret,
     pub deadline: Instant,
     pub timeout: Duration,
+    /// Why a peer can no longer connect, if it is known to be gone.
+    pub gone: &'a super::super::Gone<'a>,
+}
+
+impl MeshSpec<'_> {
+    /// An error if one of `peers` is gone.
+    fn check_alive(&self, peers: impl IntoIterator<Item = usize>) -> Result<(), Error> {
+        for peer in peers {
+            if let Some(why) = (self.gone)(peer) {
+                return Err(Error::World(format!("rank {peer} {why} before connecting to rank {}", self.rank)));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Connects to every peer; element `r` of the result is the link to rank `r` (`None` for self).
@@ -53,8 +69,10 @@ pub(super) fn connect_mesh(
         let streams: Option<Vec<TcpStream>> = slot.into_iter().collect();
         let streams = streams.ok_or_else(|| Error::World(format!("link to rank {peer} is incomplete")))?;
         for s in &streams {
-            configure(s, spec.buffer)
-                .map_err(|source| Error::Io { what: format!("configuring the link to rank {peer}"), source })?;
+            configure(s, spec.buffer).map_err(|source| Error::Io {
+                what: format!("configuring the link to rank {peer}"),
+                source: source.into(),
+            })?;
         }
         pairs.push(Some(Pair { streams }));
     }
@@ -66,30 +84,34 @@ fn connect_lower(spec: &MeshSpec<'_>, addrs: &[SocketAddr]) -> Result<Vec<(usize
     for (peer, addr) in addrs.iter().enumerate().take(spec.rank) {
         for stream in 0..spec.streams {
             let what = || format!("connecting to rank {peer} at {addr}");
-            let mut conn = connect_retry(*addr, spec.deadline).map_err(|source| Error::Io { what: what(), source })?;
+            let mut conn = connect_retry(spec, peer, *addr)?;
             let _ = conn.set_nodelay(true);
-            set_timeouts(&conn, spec.deadline).map_err(|source| Error::Io { what: what(), source })?;
+            set_timeouts(&conn, spec.deadline).map_err(|source| Error::Io { what: what(), source: source.into() })?;
             connect_handshake(&mut conn, spec.secret, Purpose::Transport)?;
             let mut hello = [0u8; HELLO];
             hello[..4].copy_from_slice(&(spec.rank as u32).to_le_bytes());
             hello[4..8].copy_from_slice(&(stream as u32).to_le_bytes());
             hello[8..12].copy_from_slice(&(spec.size as u32).to_le_bytes());
             hello[12..].copy_from_slice(&(spec.streams as u32).to_le_bytes());
-            conn.write_all(&hello).map_err(|source| Error::Io { what: what(), source })?;
+            conn.write_all(&hello).map_err(|source| Error::Io { what: what(), source: source.into() })?;
             out.push((peer, stream, conn));
         }
     }
     Ok(out)
 }
 
-fn connect_retry(addr: SocketAddr, deadline: Instant) -> std::io::Result<TcpStream> {
+/// Connects to `peer` at `addr`, retrying until the deadline unless the peer is gone.
+fn connect_retry(spec: &MeshSpec<'_>, peer: usize, addr: SocketAddr) -> Result<TcpStream, Error> {
     let mut backoff = Duration::from_millis(5);
     loop {
-        let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+        let left = spec.deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
         match TcpStream::connect_timeout(&addr, left) {
             Ok(s) => return Ok(s),
-            Err(e) if Instant::now() + backoff >= deadline => return Err(e),
+            Err(e) if Instant::now() + backoff >= spec.deadline => {
+                return Err(Error::Io { what: format!("connecting to rank {peer} at {addr}"), source: e.into() });
+            }
             Err(_) => {
+                spec.check_alive([peer])?;
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_millis(200));
             }
@@ -112,7 +134,7 @@ fn accept_all(spec: &MeshSpec<'_>, listener: &TcpListener) -> Result<Vec<(usize,
     let (tx, rx) = std::sync::mpsc::channel::<Result<(usize, usize, TcpStream), String>>();
     // Handshake threads write a byte here when they are done, waking the poll below.
     let wake = std::sync::Arc::new(
-        Doorbell::new().map_err(|source| Error::Io { what: "accept wake-up pipe".into(), source })?,
+        Doorbell::new().map_err(|source| Error::Io { what: "accept wake-up pipe".into(), source: source.into() })?,
     );
     while got.len() < expected {
         for result in rx.try_iter() {
@@ -128,10 +150,10 @@ fn accept_all(spec: &MeshSpec<'_>, listener: &TcpListener) -> Result<Vec<(usize,
             break;
         }
         let left = spec.deadline.saturating_duration_since(Instant::now());
+        let missing: Vec<usize> =
+            (spec.rank + 1..spec.size).filter(|&r| got.iter().filter(|g| g.0 == r).count() < spec.streams).collect();
+        spec.check_alive(missing.iter().copied())?;
         if left.is_zero() {
-            let missing: Vec<usize> = (spec.rank + 1..spec.size)
-                .filter(|&r| got.iter().filter(|g| g.0 == r).count() < spec.streams)
-                .collect();
             let note = last_refusal.map(|r| format!("; last refused connection: {r}")).unwrap_or_default();
             return Err(Error::Timeout {
                 what: format!("waiting for rank(s) {missing:?} to connect{note}"),
@@ -142,7 +164,8 @@ fn accept_all(spec: &MeshSpec<'_>, listener: &TcpListener) -> Result<Vec<(usize,
             PollFd { fd: listener.as_raw_fd(), read: true, write: false, ready: false },
             PollFd { fd: wake.fd(), read: true, write: false, ready: false },
         ];
-        poll(&mut pfd, left).map_err(|source| Error::Io { what: "waiting for peers to connect".into(), source })?;
+        poll(&mut pfd, left.min(LIVENESS_CHECK))
+            .map_err(|source| Error::Io { what: "waiting for peers to connect".into(), source: source.into() })?;
         if pfd[1].ready {
             wake.clear();
         }
@@ -184,7 +207,8 @@ fn admit(
 ) -> Result<(usize, usize, TcpStream), String> {
     let _ = conn.set_nodelay(true);
     set_timeouts(&conn, deadline).map_err(|e| format!("{from}: {e}"))?;
-    accept_handshake(&mut conn, secret, Purpose::Transport).map_err(|e| format!("{from}: {e}"))?;
+    accept_handshake(&mut conn, secret, Purpose::Transport, deadline).map_err(|e| format!("{from}: {e}"))?;
+    set_timeouts(&conn, deadline).map_err(|e| format!("{from}: {e}"))?;
     let mut hello = [0u8; HELLO];
     conn.read_exact(&mut hello).map_err(|e| format!("{from}: no hello after the handshake: {e}"))?;
     let word = |i: usize| u32::from_le_bytes([hello[i], hello[i + 1], hello[i + 2], hello[i + 3]]) as usize;

@@ -18,30 +18,65 @@ use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use super::{Error, Flow, Op, Tag, Transport, check_peers};
+use super::{Error, Flow, Step, Tag, Transport, check_peers};
 use crate::bootstrap::{self, Secret};
 use crate::config::Tuning;
 use crate::os::{Doorbell, PollFd, poll, poll_after_spin};
 use pair::{HEADER, Pair, check_header, header, io_error, recv2, send2};
 
-/// A bound listener whose address is published at rendezvous before the mesh is built.
-pub struct TcpListenerHandle {
+/// The TCP transport's endpoint: a bound listener whose address is published at rendezvous
+/// before the mesh is built, with the tuning the mesh will use.
+pub struct TcpEndpoint {
     listener: TcpListener,
     addr: SocketAddr,
+    tuning: Tuning,
 }
 
-impl TcpListenerHandle {
+impl TcpEndpoint {
     /// Binds an ephemeral port on `ip`.
-    pub fn bind(ip: IpAddr) -> Result<TcpListenerHandle, bootstrap::Error> {
-        let io = |source| bootstrap::Error::Io { what: format!("binding the transport listener on {ip}"), source };
+    pub fn bind(ip: IpAddr, tuning: &Tuning) -> Result<TcpEndpoint, bootstrap::Error> {
+        let io = |source: std::io::Error| bootstrap::Error::Io {
+            what: format!("binding the transport listener on {ip}"),
+            source: source.into(),
+        };
         let listener = TcpListener::bind(SocketAddr::new(ip, 0)).map_err(io)?;
         let addr = listener.local_addr().map_err(io)?;
-        Ok(TcpListenerHandle { listener, addr })
+        Ok(TcpEndpoint { listener, addr, tuning: tuning.clone() })
     }
 
     /// The address to publish.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+}
+
+impl super::Endpoint for TcpEndpoint {
+    fn name(&self) -> &'static str {
+        "tcp"
+    }
+
+    fn address(&self) -> Vec<u8> {
+        self.addr.to_string().into_bytes()
+    }
+
+    fn connect(
+        self: Box<Self>,
+        rank: usize,
+        addresses: &[&[u8]],
+        secret: &Secret,
+        gone: &super::Gone<'_>,
+    ) -> Result<Box<dyn Transport>, bootstrap::Error> {
+        let addrs = addresses
+            .iter()
+            .enumerate()
+            .map(|(r, a)| {
+                std::str::from_utf8(a).ok().and_then(|s| s.parse::<SocketAddr>().ok()).ok_or_else(|| {
+                    bootstrap::Error::World(format!("rank {r} published a malformed tcp address ({} bytes)", a.len()))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let tuning = self.tuning.clone();
+        Ok(Box::new(TcpTransport::connect(rank, *self, &addrs, secret, &tuning, gone)?))
     }
 }
 
@@ -61,10 +96,11 @@ impl TcpTransport {
     /// Connects to every peer (`addrs[r]` is rank `r`'s published listener address).
     pub fn connect(
         rank: usize,
-        listener: TcpListenerHandle,
+        listener: TcpEndpoint,
         addrs: &[SocketAddr],
         secret: &Secret,
         tuning: &Tuning,
+        gone: &super::Gone<'_>,
     ) -> Result<TcpTransport, bootstrap::Error> {
         let streams = tuning.tcp_streams.max(1);
         let spec = connect::MeshSpec {
@@ -75,6 +111,7 @@ impl TcpTransport {
             secret,
             deadline: Instant::now() + tuning.connect_timeout,
             timeout: tuning.connect_timeout,
+            gone,
         };
         let pairs = connect::connect_mesh(&spec, listener.listener, addrs)?;
         Ok(TcpTransport {
@@ -94,7 +131,7 @@ impl TcpTransport {
         self.pairs[peer].as_ref().unwrap_or_else(|| unreachable!("no link to rank {peer}"))
     }
 
-    fn run(&mut self, tag: Tag, ops: &mut [Op<'_>]) -> Result<(), Error> {
+    fn run(&mut self, tag: Tag, ops: &mut [Step<'_>]) -> Result<(), Error> {
         let mut chans = self.plan(tag, ops);
         let mut last_progress = Instant::now();
         loop {
@@ -115,7 +152,8 @@ impl TcpTransport {
                 .map(|c| PollFd { fd: self.pair(c.peer).fd(c.stream), read: !c.send, write: c.send, ready: false })
                 .collect();
             let first_peer = chans.iter().find(|c| !c.done()).map_or(0, |c| c.peer);
-            poll_after_spin(&mut fds, wait, self.spin).map_err(|source| Error::Io { peer: first_peer, source })?;
+            poll_after_spin(&mut fds, wait, self.spin)
+                .map_err(|source| Error::Io { peer: first_peer, source: source.into() })?;
             let mut fds = fds.into_iter();
             for ch in chans.iter_mut().filter(|c| !c.done()) {
                 ch.ready = fds.next().is_some_and(|f| f.ready);
@@ -137,12 +175,12 @@ impl TcpTransport {
     }
 
     /// Splits the ops into per-(peer, stream, direction) queues of stripes.
-    fn plan(&self, tag: Tag, ops: &[Op<'_>]) -> Vec<Channel> {
+    fn plan(&self, tag: Tag, ops: &[Step<'_>]) -> Vec<Channel> {
         let mut chans: Vec<Channel> = Vec::new();
         for (op, o) in ops.iter().enumerate() {
             let (peer, send, len) = match o {
-                Op::Send { peer, buf } => (*peer, true, buf.len()),
-                Op::Recv { peer, buf } => (*peer, false, buf.len()),
+                Step::Send { peer, buf } => (*peer, true, buf.len()),
+                Step::Recv { peer, buf } => (*peer, false, buf.len()),
             };
             let stripes = if len >= self.stripe_min { self.streams } else { 1 };
             for s in 0..stripes {
@@ -190,7 +228,7 @@ impl Channel {
 
     /// Moves bytes until the socket would block or the queue is empty. Returns whether any
     /// byte moved.
-    fn drive(&mut self, fd: std::os::fd::RawFd, ops: &mut [Op<'_>]) -> Result<bool, Error> {
+    fn drive(&mut self, fd: std::os::fd::RawFd, ops: &mut [Step<'_>]) -> Result<bool, Error> {
         let mut moved = false;
         while let Some(part) = self.parts.get_mut(self.next) {
             let payload = part.range.len();
@@ -199,10 +237,10 @@ impl Channel {
                 continue;
             }
             let result = match &mut ops[part.op] {
-                Op::Send { buf, .. } => {
+                Step::Send { buf, .. } => {
                     send2(fd, &part.header[part.header_done..], &buf[part.range.start + part.done..part.range.end])
                 }
-                Op::Recv { buf, .. } => {
+                Step::Recv { buf, .. } => {
                     recv2(fd, &mut part.got[part.header_done..], &mut buf[part.range.start + part.done..part.range.end])
                 }
             };
@@ -236,7 +274,7 @@ impl Transport for TcpTransport {
         self.size
     }
 
-    fn exchange(&mut self, tag: Tag, ops: &mut [Op<'_>]) -> Result<(), Error> {
+    fn exchange(&mut self, tag: Tag, ops: &mut [Step<'_>]) -> Result<(), Error> {
         if self.failed {
             return Err(Error::Unusable);
         }
@@ -271,7 +309,8 @@ impl Transport for TcpTransport {
                 peers.push(peer);
             }
         }
-        poll(&mut fds, timeout).map_err(|source| Error::Io { peer: peers.first().copied().unwrap_or(0), source })?;
+        poll(&mut fds, timeout)
+            .map_err(|source| Error::Io { peer: peers.first().copied().unwrap_or(0), source: source.into() })?;
         Ok(fds[1..].iter().any(|f| f.ready))
     }
 

@@ -130,7 +130,7 @@ pub(super) fn io_error(peer: usize, e: io::Error) -> Error {
         io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionAborted => {
             Error::Closed { peer }
         }
-        _ => Error::Io { peer, source: e },
+        _ => Error::Io { peer, source: e.into() },
     }
 }
 

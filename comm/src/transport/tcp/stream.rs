@@ -153,7 +153,7 @@ impl TcpTransport {
                 })
                 .collect();
             poll_after_spin(&mut fds, wait, self.spin)
-                .map_err(|source| Error::Io { peer: lanes[polled[0]].peer, source })?;
+                .map_err(|source| Error::Io { peer: lanes[polled[0]].peer, source: source.into() })?;
             for (&i, f) in polled.iter().zip(&fds) {
                 lanes[i].ready = f.ready;
             }

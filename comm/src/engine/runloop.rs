@@ -1,22 +1,22 @@
-//! The engine thread: sleep until there is news, run a round, run what it made ready, repeat.
+//! The engine thread's loop: sleep until there is news, run a round, run what it made ready,
+//! repeat; on a stop, fail what is left with the cause.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::cache::Cache;
 use super::execute::{self, Ctx, Done};
 use super::fusion;
 use super::negotiate::{self, Agreement, Message, Table};
 use super::request::Collective;
+use super::stall::Stalls;
 use super::timeline::Timeline;
 use super::{Pending, Shared, join_output};
 use crate::communicator::Communicator;
 use crate::config::EngineSettings;
 use crate::error::{Error, Result};
-
-/// How long an idle engine sleeps between looks at its stall clocks (when it has none).
-const IDLE: Duration = Duration::from_secs(3600);
+use crate::memory::Ops;
 
 /// Why the engine stopped.
 enum Stop {
@@ -37,14 +37,7 @@ struct Local {
     announced: bool,
 }
 
-/// A tensor waiting for other ranks (the same list on every rank; rank 0 acts on it).
-struct Wait {
-    since: Instant,
-    missing: Vec<usize>,
-    warned: bool,
-}
-
-pub(crate) struct Worker {
+pub(crate) struct RunLoop {
     comm: Communicator,
     shared: Arc<Shared>,
     rank: usize,
@@ -56,21 +49,26 @@ pub(crate) struct Worker {
     /// Eager budget per round (see `negotiate`).
     eager_bytes: usize,
     piece: usize,
+    /// The copies, fills and scalings on the tensors' memory.
+    ops: Box<dyn Ops>,
     stage: Vec<u8>,
     timeline: Option<Timeline>,
     // Join: whether this rank asked, and the round in which each rank was first seen joined.
     joining: bool,
     join_round: Vec<Option<u64>>,
-    // Stalls.
-    waits: HashMap<String, Wait>,
-    stall_warning: Option<Duration>,
-    stall_timeout: Option<Duration>,
+    stalls: Stalls,
+    /// A stall verdict to send in the next round.
     abort: Option<String>,
     shutdown_sent: bool,
 }
 
-impl Worker {
-    pub(crate) fn new(comm: Communicator, shared: Arc<Shared>, settings: &EngineSettings) -> Result<Worker> {
+impl RunLoop {
+    pub(crate) fn new(
+        comm: Communicator,
+        shared: Arc<Shared>,
+        settings: &EngineSettings,
+        ops: Box<dyn Ops>,
+    ) -> Result<RunLoop> {
         let (rank, size) = (comm.rank(), comm.size());
         let timeline = match &settings.timeline {
             None => None,
@@ -83,7 +81,7 @@ impl Worker {
             }
         };
         let tuning = comm.tuning().clone();
-        Ok(Worker {
+        Ok(RunLoop {
             comm,
             shared,
             rank,
@@ -94,13 +92,12 @@ impl Worker {
             threshold: tuning.fusion_threshold,
             eager_bytes: tuning.eager_bytes,
             piece: tuning.ring_chunk,
+            ops,
             stage: Vec::new(),
             timeline,
             joining: false,
             join_round: vec![None; size],
-            waits: HashMap::new(),
-            stall_warning: settings.stall_warning,
-            stall_timeout: settings.stall_timeout,
+            stalls: Stalls::new(rank, settings),
             abort: None,
             shutdown_sent: false,
         })
@@ -122,7 +119,7 @@ impl Worker {
         self.shared.bell.clear();
         let shutdown = self.take_inbox();
         if (!shutdown || self.shutdown_sent) && !self.has_news() {
-            let timeout = self.next_stall_check();
+            let timeout = self.stalls.next_check();
             if !self.comm.wait_incoming(&self.shared.bell, timeout)? {
                 // The doorbell or a stall clock: look again.
                 self.check_stalls();
@@ -172,7 +169,8 @@ impl Worker {
         }
         let t0 = Instant::now();
         self.add_eager(&mut msg);
-        let messages = negotiate::exchange(&mut self.comm, &msg, self.cache.len(), self.eager_bytes)?;
+        let messages = negotiate::exchange(&mut self.comm, &msg, self.cache.len(), self.eager_bytes)
+            .map_err(|e| e.in_context(&self.negotiating()))?;
         let t1 = Instant::now();
         let mut agreement = negotiate::agree(&messages, &mut self.cache, &mut self.table);
         self.round += 1;
@@ -183,12 +181,24 @@ impl Worker {
         let ready = std::mem::take(&mut agreement.ready);
         self.run_ready(ready, (t0, t1))?;
         self.track_joins(&agreement);
-        self.track_waits(&agreement);
+        self.stalls.track(&agreement);
         if let Some(by) = agreement.shutdown_by {
             return Ok(Some(Stop::Shutdown(by)));
         }
         self.check_stalls();
         Ok(None)
+    }
+
+    /// What a failed negotiation was about, for its error: the tensors this rank has pending.
+    fn negotiating(&self) -> String {
+        const SHOWN: usize = 3;
+        let names: Vec<String> = self.local.keys().take(SHOWN).map(|n| format!("{n:?}")).collect();
+        let more = self.local.len().saturating_sub(SHOWN);
+        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+        match names.is_empty() {
+            true => "negotiating (nothing pending here)".to_string(),
+            false => format!("negotiating {}{more}", names.join(", ")),
+        }
     }
 
     /// Puts the data of small cached allreduces in the round's message, as the budget allows
@@ -206,13 +216,22 @@ impl Worker {
             if !matches!(sub.collective, Collective::Allreduce(_)) || l.pending.meta.group.is_some() {
                 continue;
             }
-            if used + sub.data.len() > self.eager_bytes {
+            // Only host memory travels in the round's message.
+            let Some(bytes) = sub.data.host() else { continue };
+            if used + bytes.len() > self.eager_bytes {
                 continue;
             }
             if let Some(slot) = self.cache.lookup(name, &l.pending.meta) {
-                msg.eager.push((slot as u32, sub.data.to_vec()));
-                used += sub.data.len();
+                msg.eager.push((slot as u32, bytes.to_vec()));
+                used += bytes.len();
             }
+        }
+    }
+
+    /// Rank 0: past a stall timeout, sends the verdict in the next round.
+    fn check_stalls(&mut self) {
+        if self.abort.is_none() {
+            self.abort = self.stalls.check();
         }
     }
 
@@ -240,6 +259,7 @@ impl Worker {
         let mut deferred = Vec::new();
         let mut ctx = Ctx {
             comm: &mut self.comm,
+            ops: self.ops.as_mut(),
             stage: &mut self.stage,
             piece: self.piece,
             timeline: self.timeline.as_mut(),
@@ -263,8 +283,7 @@ impl Worker {
                 Ok(done) => done,
                 Err(f) => {
                     // Everything taken out of `local` fails here; `stop` fails the rest.
-                    let reason = f.error.to_string();
-                    let group = deferred.into_iter().map(|d: Done| d.stopped(self.rank, &reason));
+                    let group = deferred.into_iter().map(|d: Done| d.stopped(&f.error));
                     complete(&self.shared, f.done.into_iter().chain(group).collect());
                     return Err(f.error);
                 }
@@ -296,96 +315,21 @@ impl Worker {
         }
     }
 
-    fn track_waits(&mut self, agreement: &Agreement) {
-        let now = Instant::now();
-        let mut waits = HashMap::with_capacity(agreement.waiting.len());
-        for (name, missing) in &agreement.waiting {
-            let old = self.waits.remove(name);
-            let (since, warned) = old.map_or((now, false), |w| (w.since, w.warned));
-            waits.insert(name.clone(), Wait { since, missing: missing.clone(), warned });
-        }
-        self.waits = waits;
-    }
-
-    /// How long rank 0 may sleep before a stall clock runs out.
-    fn next_stall_check(&self) -> Duration {
-        if self.rank != 0 {
-            return IDLE;
-        }
-        let now = Instant::now();
-        let due = |w: &Wait| {
-            let warn = self.stall_warning.filter(|_| !w.warned).map(|d| w.since + d);
-            let fail = self.stall_timeout.map(|d| w.since + d);
-            warn.into_iter().chain(fail).min()
-        };
-        self.waits
-            .values()
-            .filter_map(due)
-            .min()
-            .map_or(IDLE, |t| t.saturating_duration_since(now) + Duration::from_millis(1))
-    }
-
-    /// Rank 0: logs tensors waiting past the warning; past the timeout, tells every rank to fail.
-    fn check_stalls(&mut self) {
-        if self.rank != 0 || self.waits.is_empty() {
-            return;
-        }
-        let now = Instant::now();
-        let describe = |names: &[(&String, &Wait)]| {
-            let parts: Vec<String> = names
-                .iter()
-                .map(|(n, w)| {
-                    let who = if w.missing.is_empty() {
-                        "the rest of its group".to_string()
-                    } else {
-                        format!("rank(s) {:?}", w.missing)
-                    };
-                    format!("{n:?} waited {:.1} s for {who}", now.duration_since(w.since).as_secs_f64())
-                })
-                .collect();
-            parts.join("; ")
-        };
-        let mut sorted: Vec<(&String, &Wait)> = self.waits.iter().collect();
-        sorted.sort_by(|a, b| a.0.cmp(b.0));
-        if let Some(limit) = self.stall_timeout {
-            let over: Vec<(&String, &Wait)> =
-                sorted.iter().copied().filter(|(_, w)| now.duration_since(w.since) >= limit).collect();
-            if !over.is_empty() && self.abort.is_none() {
-                self.abort = Some(format!("{} (FERROVOD_STALL_TIMEOUT={} s)", describe(&over), limit.as_secs_f64()));
-                return;
-            }
-        }
-        if let Some(limit) = self.stall_warning {
-            let over: Vec<(&String, &Wait)> =
-                sorted.iter().copied().filter(|(_, w)| !w.warned && now.duration_since(w.since) >= limit).collect();
-            if !over.is_empty() {
-                eprintln!("ferrovod: rank 0: stall warning: {}", describe(&over));
-                let names: Vec<String> = over.iter().map(|(n, _)| (*n).clone()).collect();
-                for n in names {
-                    if let Some(w) = self.waits.get_mut(&n) {
-                        w.warned = true;
-                    }
-                }
-            }
-        }
-    }
-
     /// Fails everything still pending on this rank, and every later call.
     fn stop(mut self, stop: Stop) {
         let rank = self.rank;
-        let reason = match &stop {
-            Stop::Shutdown(by) if *by == rank => "shut down".to_string(),
-            Stop::Shutdown(by) => format!("rank {by} shut down its engine"),
-            Stop::Stalled(detail) => format!("stalled: {detail}"),
-            Stop::Failed(e) => e.to_string(),
+        // A shutdown is not a failure; a failure reaches every request as itself, so that its
+        // kind (a dead peer, a timeout, a mismatch) survives to the caller.
+        let cause = match stop {
+            Stop::Shutdown(by) if by == rank => Error::EngineStopped { rank, reason: "shut down".into() },
+            Stop::Shutdown(by) => Error::EngineStopped { rank, reason: format!("rank {by} shut down its engine") },
+            Stop::Stalled(detail) => Error::Stalled { rank, detail },
+            Stop::Failed(e) => e,
         };
-        let error = || match &stop {
-            Stop::Stalled(detail) => Error::Stalled { rank, detail: detail.clone() },
-            _ => Error::EngineStopped { rank, reason: reason.clone() },
-        };
+        let error = || cause.clone();
         let (new, join) = {
             let mut inbox = self.shared.lock();
-            inbox.stopped = Some(reason.clone());
+            inbox.stopped = Some(cause.clone());
             (std::mem::take(&mut inbox.new), inbox.join.take())
         };
         let mut done: Vec<Done> = std::mem::take(&mut self.local)

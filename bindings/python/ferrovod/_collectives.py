@@ -1,0 +1,213 @@
+"""The collectives on arrays: allreduce (single and grouped), broadcast, allgather,
+reducescatter, alltoall, barrier and join, each with its in-place (``_``) and asynchronous
+(``_async``) forms, and the reduction ops."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _arrays, _ferrovod
+from ._ferrovod import ReduceOp
+from ._handles import GroupHandle, Handle, tensor_name
+
+Average = ReduceOp.Average
+Sum = ReduceOp.Sum
+Min = ReduceOp.Min
+Max = ReduceOp.Max
+Product = ReduceOp.Product
+
+
+def resolve_op(op: ReduceOp | None, average: bool | None) -> ReduceOp:
+    """The op Horovod's ``op=``/``average=`` pair means (``Average`` when neither is given)."""
+    if op is not None and average is not None:
+        raise ValueError("give op or average, not both")
+    if average is not None:
+        return Average if average else Sum
+    return Average if op is None else op
+
+
+# --- allreduce ---------------------------------------------------------------------------------
+
+
+def allreduce_async_(
+    tensor: Any,
+    average: bool | None = None,
+    name: str | None = None,
+    op: ReduceOp | None = None,
+    prescale_factor: float = 1.0,
+    postscale_factor: float = 1.0,
+) -> Handle:
+    """Starts reducing ``tensor`` over every rank, in place. ``op`` defaults to ``Average``."""
+    reduce_op = resolve_op(op, average)
+    _arrays.scale(tensor, prescale_factor)
+    inner = _ferrovod.allreduce_async_(_arrays.lendable(tensor), tensor_name("allreduce", name), reduce_op)
+
+    def finish(_: Any) -> Any:
+        _arrays.scale(tensor, postscale_factor)
+        return tensor
+
+    return Handle(inner, finish)
+
+
+def allreduce_async(
+    tensor: Any,
+    average: bool | None = None,
+    name: str | None = None,
+    op: ReduceOp | None = None,
+    prescale_factor: float = 1.0,
+    postscale_factor: float = 1.0,
+) -> Handle:
+    """Like ``allreduce_async_``, into a copy; ``tensor`` is left alone."""
+    return allreduce_async_(_arrays.copy(tensor), average, name, op, prescale_factor, postscale_factor)
+
+
+def allreduce_(
+    tensor: Any,
+    average: bool | None = None,
+    name: str | None = None,
+    op: ReduceOp | None = None,
+    prescale_factor: float = 1.0,
+    postscale_factor: float = 1.0,
+) -> Any:
+    """Reduces ``tensor`` over every rank, in place, and returns it."""
+    return allreduce_async_(tensor, average, name, op, prescale_factor, postscale_factor).wait()
+
+
+def allreduce(
+    tensor: Any,
+    average: bool | None = None,
+    name: str | None = None,
+    op: ReduceOp | None = None,
+    prescale_factor: float = 1.0,
+    postscale_factor: float = 1.0,
+) -> Any:
+    """The reduction of ``tensor`` over every rank, as a new array of the same kind."""
+    return allreduce_async(tensor, average, name, op, prescale_factor, postscale_factor).wait()
+
+
+def grouped_allreduce_async_(
+    tensors: Sequence[Any],
+    average: bool | None = None,
+    name: str | None = None,
+    op: ReduceOp | None = None,
+) -> Handle:
+    """Starts reducing ``tensors`` in place, as one group: they run in the same round and
+    complete together. The handle's result is the list of tensors."""
+    base = tensor_name("grouped_allreduce", name)
+    names = [f"{base}.{i}" for i in range(len(tensors))]
+    lent = [_arrays.lendable(t) for t in tensors]
+    inners = _ferrovod.grouped_allreduce_async_(lent, names, resolve_op(op, average))
+    result = list(tensors)
+
+    def finish(_: Any) -> Any:
+        for h in inners:
+            h.wait()
+        return result
+
+    return Handle(GroupHandle(base, inners), finish)
+
+
+def grouped_allreduce_async(
+    tensors: Sequence[Any], average: bool | None = None, name: str | None = None, op: ReduceOp | None = None
+) -> Handle:
+    """Like ``grouped_allreduce_async_``, into copies."""
+    return grouped_allreduce_async_([_arrays.copy(t) for t in tensors], average, name, op)
+
+
+def grouped_allreduce_(
+    tensors: Sequence[Any], average: bool | None = None, name: str | None = None, op: ReduceOp | None = None
+) -> list[Any]:
+    return grouped_allreduce_async_(tensors, average, name, op).wait()
+
+
+def grouped_allreduce(
+    tensors: Sequence[Any], average: bool | None = None, name: str | None = None, op: ReduceOp | None = None
+) -> list[Any]:
+    return grouped_allreduce_async(tensors, average, name, op).wait()
+
+
+# --- broadcast ---------------------------------------------------------------------------------
+
+
+def broadcast_async_(tensor: Any, root_rank: int, name: str | None = None) -> Handle:
+    """Starts copying ``root_rank``'s ``tensor`` into every rank's ``tensor``."""
+    inner = _ferrovod.broadcast_async_(_arrays.lendable(tensor), tensor_name("broadcast", name), root_rank)
+    return Handle(inner, lambda _: tensor)
+
+
+def broadcast_async(tensor: Any, root_rank: int, name: str | None = None) -> Handle:
+    return broadcast_async_(_arrays.copy(tensor), root_rank, name)
+
+
+def broadcast_(tensor: Any, root_rank: int, name: str | None = None) -> Any:
+    return broadcast_async_(tensor, root_rank, name).wait()
+
+
+def broadcast(tensor: Any, root_rank: int, name: str | None = None) -> Any:
+    return broadcast_async(tensor, root_rank, name).wait()
+
+
+# --- allgather, reducescatter, alltoall --------------------------------------------------------
+
+
+def allgather_async(tensor: Any, name: str | None = None) -> Handle:
+    """Starts concatenating every rank's ``tensor`` along the first dimension (which may differ
+    between ranks)."""
+    inner = _ferrovod.allgather_async(_arrays.lendable(tensor), tensor_name("allgather", name))
+    return Handle(inner, lambda r: _arrays.wrap(r, tensor))
+
+
+def allgather(tensor: Any, name: str | None = None) -> Any:
+    return allgather_async(tensor, name).wait()
+
+
+def reducescatter_async(tensor: Any, op: ReduceOp | None = None, name: str | None = None) -> Handle:
+    """Starts reducing ``tensor`` over every rank and keeping this rank's share of the first
+    dimension (the first ranks get one row more when it does not divide)."""
+    reduce_op = Average if op is None else op
+    inner = _ferrovod.reducescatter_async(_arrays.lendable(tensor), tensor_name("reducescatter", name), reduce_op)
+    return Handle(inner, lambda r: _arrays.wrap(r, tensor))
+
+
+def reducescatter(tensor: Any, op: ReduceOp | None = None, name: str | None = None) -> Any:
+    return reducescatter_async(tensor, op, name).wait()
+
+
+def alltoall_async(tensor: Any, splits: Sequence[int] | Any | None = None, name: str | None = None) -> Handle:
+    """Starts sending ``splits[j]`` rows of ``tensor`` to rank j (an even split without
+    ``splits``). The result is ``(output, received_splits)``."""
+    split_list = None if splits is None else [int(s) for s in (splits.tolist() if hasattr(splits, "tolist") else splits)]
+    inner = _ferrovod.alltoall_async(_arrays.lendable(tensor), tensor_name("alltoall", name), split_list)
+
+    def finish(r: Any) -> Any:
+        received = np.asarray(r[3], dtype=np.int32)
+        if _arrays.is_torch(tensor):
+            received = _arrays._torch().from_numpy(received)
+        return _arrays.wrap(r, tensor), received
+
+    return Handle(inner, finish)
+
+
+def alltoall(tensor: Any, splits: Sequence[int] | Any | None = None, name: str | None = None) -> Any:
+    """``(output, received_splits)``: see ``alltoall_async``."""
+    return alltoall_async(tensor, splits, name).wait()
+
+
+# --- barrier, join -----------------------------------------------------------------------------
+
+
+def barrier() -> None:
+    """Returns once every rank has called it: a barrier collective of the engine, matched across
+    ranks by its call count like an unnamed tensor. The GIL is free meanwhile, and Ctrl-C
+    interrupts the wait."""
+    _ferrovod.barrier_async(tensor_name("barrier", None)).wait()
+
+
+def join() -> int:
+    """Says this rank has no more data: until every rank has joined, it contributes the identity
+    to the others' reductions (nothing to averages). Blocks until every rank has joined and
+    returns the rank that joined last."""
+    return Handle(_ferrovod.join_async(), lambda r: int(np.frombuffer(r[0], dtype=np.int64)[0])).wait()

@@ -1,0 +1,75 @@
+"""Collectives in flight: ``Handle``, ``poll`` and ``synchronize``, and the names that match
+tensors across ranks when the caller gives none."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from . import _ferrovod
+
+
+class Handle:
+    """A collective in flight. ``poll(handle)`` says whether it is done; ``synchronize(handle)``
+    waits (without the GIL, Ctrl-C interrupts) and returns its result."""
+
+    __slots__ = ("_finish", "_inner")
+
+    def __init__(self, inner: _ferrovod.Handle, finish: Callable[[Any], Any]) -> None:
+        self._inner = inner
+        self._finish = finish
+
+    @property
+    def name(self) -> str:
+        return self._inner.name
+
+    def poll(self) -> bool:
+        return self._inner.poll()
+
+    def wait(self) -> Any:
+        return self._finish(self._inner.wait())
+
+    def __repr__(self) -> str:
+        return f"Handle(name={self.name!r}, done={self.poll()})"
+
+
+class GroupHandle:
+    """Several handles behind one ``Handle``."""
+
+    __slots__ = ("_inners", "name")
+
+    def __init__(self, name: str, inners: list[_ferrovod.Handle]) -> None:
+        self.name = name
+        self._inners = inners
+
+    def poll(self) -> bool:
+        return all(h.poll() for h in self._inners)
+
+    def wait(self) -> None:
+        for h in self._inners:
+            h.wait()
+
+
+def poll(handle: Handle) -> bool:
+    """Whether ``handle``'s collective is done (``synchronize`` will not block)."""
+    return handle.poll()
+
+
+def synchronize(handle: Handle) -> Any:
+    """Waits for ``handle`` and returns its result (the output tensor)."""
+    return handle.wait()
+
+
+_counters: dict[str, itertools.count[int]] = {}
+_counters_lock = threading.Lock()
+
+
+def tensor_name(kind: str, name: str | None) -> str:
+    """``name``, or ``<kind>.noname.<n>`` in call order when the caller gave none."""
+    if name is not None:
+        return name
+    with _counters_lock:
+        n = next(_counters.setdefault(kind, itertools.count()))
+    return f"{kind}.noname.{n}"

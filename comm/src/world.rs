@@ -1,0 +1,269 @@
+//! Joining a job, apart from running collectives: the [`World`] is what a rank knows about the
+//! job (its rank, the topology, the agreed tuning, the store and the job's first-failure
+//! record); the [`Links`] are its transports to every peer.
+//!
+//! Joining, in order:
+//! 1. Rank 0 serves the store if asked (`FERROVOD_HOST_STORE`); every rank connects to it.
+//! 2. Every transport of [`endpoints`] binds and yields an opaque address.
+//! 3. Rendezvous: every rank publishes its host identity, pid, addresses and the knobs that
+//!    must agree, and reads everyone else's.
+//! 4. Tuning is checked to agree; each transport connects to its peers.
+//!
+//! A new transport (shared memory) registers in [`endpoints`] and in [`Links`]; backends
+//! register in [`crate::backend::registry`].
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bootstrap::{self, PeerInfo, StoreClient, StoreServer, Topology, exchange_peers};
+use crate::config::{self, Config, Tuning};
+use crate::error::{Error, Fault, Result};
+use crate::transport::mem::MemTransport;
+use crate::transport::tcp::TcpEndpoint;
+use crate::transport::{Endpoint, Transport};
+
+/// How long a failing rank waits for the root cause to appear in the store.
+const RECORD_WAIT: Duration = Duration::from_secs(2);
+
+/// How long a rank that serves the store keeps it up after a failure, for the other ranks to
+/// read the first-failure record (without it they would only see this rank go away).
+const RECORD_LINGER: Duration = Duration::from_secs(3);
+
+/// Worlds joined by this process, so that a second one uses fresh store keys.
+static GENERATION: AtomicU32 = AtomicU32::new(0);
+
+/// The transports of a communicator, lent to backends for one request at a time.
+pub struct Links {
+    /// Every peer, for host memory (TCP today; shared memory within a host joins it).
+    pub host: Box<dyn Transport>,
+}
+
+impl Links {
+    /// Closes every link so that peers waiting on this rank fail at once.
+    pub fn close(&mut self) {
+        self.host.close();
+    }
+}
+
+/// What a rank knows about its job.
+pub struct World {
+    rank: usize,
+    size: usize,
+    topology: Topology,
+    tuning: Tuning,
+    record: Option<FailureRecord>,
+    // Last: a communicator drops its links before its world, so peers see closed links
+    // before a dead store.
+    _store: Option<StoreServer>,
+}
+
+/// The first failure of a job, as the rank that saw it recorded it for every other rank.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailureNote {
+    /// The rank that saw it.
+    pub by: u64,
+    /// Its kind.
+    pub fault: Fault,
+    /// The ranks it blamed.
+    pub culprits: Vec<u64>,
+    /// What it saw, in words.
+    pub text: String,
+}
+
+/// The job-wide record of the first failure, kept in the store (first writer wins).
+struct FailureRecord {
+    store: StoreClient,
+    prefix: String,
+    /// The record this rank read, once it failed.
+    seen: Option<FailureNote>,
+}
+
+impl FailureRecord {
+    fn key(&self, what: &str) -> String {
+        format!("{}/abort/{what}", self.prefix)
+    }
+
+    /// Posts `note` if no rank has posted before, then returns the first post, and counts this
+    /// rank among its readers.
+    fn report(&mut self, note: &FailureNote) -> Option<FailureNote> {
+        let key = self.key("reason");
+        if let Ok(1) = self.store.add(&self.key("count"), 1) {
+            let record = postcard::to_stdvec(note).ok()?;
+            let _ = self.store.set(&key, &record);
+        }
+        let found = self.store.wait(std::slice::from_ref(&key), RECORD_WAIT).ok()?.ok()?;
+        let first: FailureNote = postcard::from_bytes(found.first()?).ok()?;
+        let _ = self.store.add(&self.key("read"), 1);
+        self.seen = Some(first.clone());
+        Some(first)
+    }
+
+    /// On the rank that serves the store, after a failure: waits until every rank that is not
+    /// blamed for it has read the record, or [`RECORD_LINGER`] passes.
+    fn linger(&mut self, size: usize) {
+        let Some(seen) = &self.seen else { return };
+        let readers = size.saturating_sub(seen.culprits.len()) as i64;
+        let key = self.key("read");
+        let deadline = std::time::Instant::now() + RECORD_LINGER;
+        while std::time::Instant::now() < deadline {
+            match self.store.add(&key, 0) {
+                Ok(n) if n < readers => std::thread::sleep(Duration::from_millis(20)),
+                _ => return,
+            }
+        }
+    }
+}
+
+/// The transports this rank offers, each bound and with its address: the one place a
+/// transport registers.
+fn endpoints(ip: IpAddr, tuning: &Tuning) -> std::result::Result<Vec<Box<dyn Endpoint>>, bootstrap::Error> {
+    Ok(vec![Box::new(TcpEndpoint::bind(ip, tuning)?)])
+}
+
+/// Why `peer` can no longer connect, as far as `me` can see: a peer on this host whose
+/// process is gone. (A peer on another host is only noticed by its silence.)
+fn peer_gone(peer: &PeerInfo, me: &PeerInfo) -> Option<String> {
+    if peer.hostname != me.hostname || peer.boot_id != me.boot_id || peer.boot_id.is_empty() {
+        return None;
+    }
+    (!crate::os::process_exists(peer.pid)).then(|| format!("(pid {}, this host) exited", peer.pid))
+}
+
+impl World {
+    /// Joins the job `config` describes.
+    pub fn join(config: &Config) -> Result<(World, Links)> {
+        config.validate()?;
+        let rank = config.rank;
+        if config.size == 1 {
+            let [t] = <[MemTransport; 1]>::try_from(MemTransport::world(1, config.tuning.timeout))
+                .unwrap_or_else(|_| unreachable!("world(1) has one rank"));
+            let (mut world, links) = World::local(Box::new(t), config.tuning.clone());
+            world.topology = Topology::single();
+            return Ok((world, links));
+        }
+        let missing = |k: config::Knob| Error::Config {
+            name: k.name,
+            detail: format!("required when FERROVOD_SIZE={} > 1", config.size),
+        };
+        let addr = config.rendezvous.clone().ok_or_else(|| missing(config::RENDEZVOUS))?;
+        let secret = config.secret.clone().ok_or_else(|| missing(config::SECRET))?;
+        let boot = |cause| Error::Bootstrap { rank, cause };
+        let tuning = &config.tuning;
+
+        let store_server = if config.host_store && rank == 0 {
+            Some(StoreServer::bind(addr.as_str(), secret.clone()).map_err(boot)?)
+        } else {
+            None
+        };
+        let mut store = StoreClient::connect(&addr, &secret, tuning.connect_timeout).map_err(boot)?;
+        // Peers reach this rank the way it reaches the store, unless told otherwise.
+        let ip = match config.advertise_addr {
+            Some(ip) => ip,
+            None => store.local_addr().map_err(boot)?.ip(),
+        };
+        let endpoints = endpoints(ip, tuning).map_err(boot)?;
+        let agreed = tuning.agreed();
+        let me = PeerInfo {
+            hostname: crate::os::hostname(),
+            boot_id: crate::os::boot_id(),
+            addresses: endpoints.iter().map(|e| (e.name().to_string(), e.address())).collect(),
+            pid: std::process::id(),
+            tuning: agreed.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        };
+        let prefix = format!("ferrovod/comm{}", GENERATION.fetch_add(1, Ordering::Relaxed));
+        let peers =
+            exchange_peers(&mut store, &prefix, rank, config.size, &me, tuning.connect_timeout).map_err(boot)?;
+        for (peer, info) in peers.iter().enumerate() {
+            let theirs = info.tuning.iter().map(|(_, v)| v);
+            if let Some(((name, mine), theirs)) = agreed.iter().zip(theirs).find(|((_, m), t)| m != *t) {
+                return Err(Error::Config {
+                    name,
+                    detail: format!(
+                        "rank {peer} has {theirs}, rank {rank} has {mine}: every rank must use the same value"
+                    ),
+                });
+            }
+        }
+        let gone = |peer: usize| peer_gone(&peers[peer], &me);
+        let mut host = None;
+        for endpoint in endpoints {
+            let name = endpoint.name();
+            let addresses =
+                peers
+                    .iter()
+                    .enumerate()
+                    .map(|(r, p)| {
+                        p.addresses.iter().find(|(n, _)| n == name).map(|(_, a)| a.as_slice()).ok_or_else(|| {
+                            boot(bootstrap::Error::World(format!("rank {r} published no {name} address")))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+            host = Some(endpoint.connect(rank, &addresses, &secret, &gone).map_err(boot)?);
+        }
+        let host = host.ok_or_else(|| boot(bootstrap::Error::World("no transport for host memory".into())))?;
+        let world = World {
+            rank,
+            size: config.size,
+            topology: Topology::compute(&peers, rank),
+            tuning: tuning.clone(),
+            record: Some(FailureRecord { store, prefix, seen: None }),
+            _store: store_server,
+        };
+        Ok((world, Links { host }))
+    }
+
+    /// A world over an existing transport, all ranks on one host, no store.
+    pub fn local(transport: Box<dyn Transport>, tuning: Tuning) -> (World, Links) {
+        let (rank, size) = (transport.rank(), transport.size());
+        let topology = Topology {
+            local_rank: rank,
+            local_size: size,
+            cross_rank: 0,
+            cross_size: 1,
+            local_ranks: (0..size).collect(),
+        };
+        let world = World { rank, size, topology, tuning, record: None, _store: None };
+        (world, Links { host: transport })
+    }
+
+    /// This rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Number of ranks.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The placement of every rank.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// The tuning every rank agreed on.
+    pub fn tuning(&self) -> &Tuning {
+        &self.tuning
+    }
+
+    /// Records `note` as the job's first failure unless a rank did first; returns the first
+    /// (`None` without a store, or when it cannot be read in time).
+    pub(crate) fn report_failure(&mut self, note: &FailureNote) -> Option<FailureNote> {
+        self.record.as_mut()?.report(note)
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // A store that goes away with this rank would leave the others naming this rank as the
+        // cause of a failure it only reported.
+        if self._store.is_some()
+            && let Some(record) = &mut self.record
+        {
+            record.linger(self.size);
+        }
+    }
+}
