@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::bootstrap::{self, PeerInfo, StoreClient, StoreServer, Topology, exchange_peers};
+use crate::bootstrap::{self, FirstFailure, PeerInfo, StoreClient, StoreServer, Topology, exchange_peers};
 use crate::config::{self, Config, Tuning};
 use crate::error::{Error, Fault, Result};
 use crate::transport::mem::MemTransport;
@@ -73,30 +73,32 @@ pub struct FailureNote {
     pub text: String,
 }
 
-/// The job-wide record of the first failure, kept in the store (first writer wins).
+/// The job-wide record of the first failure, kept in the store (first writer wins), and a
+/// count of the ranks that have read it.
 struct FailureRecord {
     store: StoreClient,
-    prefix: String,
+    first: FirstFailure,
+    readers: String,
     /// The record this rank read, once it failed.
     seen: Option<FailureNote>,
 }
 
 impl FailureRecord {
-    fn key(&self, what: &str) -> String {
-        format!("{}/abort/{what}", self.prefix)
+    fn new(store: StoreClient, prefix: &str) -> FailureRecord {
+        FailureRecord {
+            store,
+            first: FirstFailure::new(prefix),
+            readers: format!("{prefix}/first_failure/read"),
+            seen: None,
+        }
     }
 
     /// Posts `note` if no rank has posted before, then returns the first post, and counts this
     /// rank among its readers.
     fn report(&mut self, note: &FailureNote) -> Option<FailureNote> {
-        let key = self.key("reason");
-        if let Ok(1) = self.store.add(&self.key("count"), 1) {
-            let record = postcard::to_stdvec(note).ok()?;
-            let _ = self.store.set(&key, &record);
-        }
-        let found = self.store.wait(std::slice::from_ref(&key), RECORD_WAIT).ok()?.ok()?;
-        let first: FailureNote = postcard::from_bytes(found.first()?).ok()?;
-        let _ = self.store.add(&self.key("read"), 1);
+        let _ = self.first.publish(&mut self.store, note);
+        let first: FailureNote = self.first.first(&mut self.store, RECORD_WAIT)?;
+        let _ = self.store.add(&self.readers, 1);
         self.seen = Some(first.clone());
         Some(first)
     }
@@ -106,10 +108,9 @@ impl FailureRecord {
     fn linger(&mut self, size: usize) {
         let Some(seen) = &self.seen else { return };
         let readers = size.saturating_sub(seen.culprits.len()) as i64;
-        let key = self.key("read");
         let deadline = std::time::Instant::now() + RECORD_LINGER;
         while std::time::Instant::now() < deadline {
-            match self.store.add(&key, 0) {
+            match self.store.add(&self.readers, 0) {
                 Ok(n) if n < readers => std::thread::sleep(Duration::from_millis(20)),
                 _ => return,
             }
@@ -209,7 +210,7 @@ impl World {
             size: config.size,
             topology: Topology::compute(&peers, rank),
             tuning: tuning.clone(),
-            record: Some(FailureRecord { store, prefix, seen: None }),
+            record: Some(FailureRecord::new(store, &prefix)),
             _store: store_server,
         };
         Ok((world, Links { host }))

@@ -31,6 +31,9 @@ from __future__ import annotations
 #   _objects      broadcast_object, allgather_object (as JSON)
 #   _arrays       numpy/torch arrays in and out; dtype maps derived from _ferrovod.dtypes()
 #   _run          ferrovod.run
+#   _ship         what travels to the ranks: the function's description, JSON checks, the spec
+#   _launch       starting ferrovod-run and reading its events channel (output, failure, report)
+#   _outcome      a finished job's result, or the first failing rank's error
 #   exceptions    the FerrovodError hierarchy (public: ferrovod.exceptions)
 
 from . import _ferrovod, exceptions

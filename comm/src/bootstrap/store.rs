@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{Error, MAX_MESSAGE, Purpose, Secret, accept_handshake, read_msg, write_msg};
-use crate::os::{PollFd, poll};
+use crate::os::{Doorbell, PollFd, poll};
 
 /// A request from a store client.
 #[derive(Debug, Serialize, Deserialize)]
@@ -84,8 +84,8 @@ pub struct StoreServer {
     addr: SocketAddr,
     shared: Arc<Shared>,
     accept: Option<JoinHandle<()>>,
-    /// Written on drop: wakes the accept loop at once.
-    wake: Option<io::PipeWriter>,
+    /// Rung on drop: wakes the accept loop at once.
+    bell: Arc<Doorbell>,
 }
 
 impl StoreServer {
@@ -110,14 +110,15 @@ impl StoreServer {
             conns: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
         });
-        let (wake_rx, wake) =
-            io::pipe().map_err(|source| Error::Io { what: "store wake-up pipe".into(), source: source.into() })?;
-        let s = shared.clone();
+        let bell = Arc::new(
+            Doorbell::new().map_err(|source| Error::Io { what: "store wake-up pipe".into(), source: source.into() })?,
+        );
+        let (s, b) = (shared.clone(), bell.clone());
         let accept = std::thread::Builder::new()
             .name("ferrovod-store".into())
-            .spawn(move || accept_loop(listener, wake_rx, s))
+            .spawn(move || accept_loop(listener, &b, s))
             .map_err(|source| Error::Io { what: "starting the store thread".into(), source: source.into() })?;
-        Ok(StoreServer { addr, shared, accept: Some(accept), wake: Some(wake) })
+        Ok(StoreServer { addr, shared, accept: Some(accept), bell })
     }
 
     /// The address the store listens on.
@@ -130,8 +131,7 @@ impl Drop for StoreServer {
     fn drop(&mut self) {
         self.shared.stop.store(true, Ordering::SeqCst);
         self.shared.changed.notify_all();
-        // Closing the pipe's write end makes its read end readable: the accept loop wakes.
-        drop(self.wake.take());
+        self.bell.ring();
         for conn in self.shared.conns.lock().unwrap_or_else(|p| p.into_inner()).values() {
             let _ = conn.stream.shutdown(std::net::Shutdown::Both);
         }
@@ -141,13 +141,13 @@ impl Drop for StoreServer {
     }
 }
 
-fn accept_loop(listener: TcpListener, wake: io::PipeReader, shared: Arc<Shared>) {
+fn accept_loop(listener: TcpListener, bell: &Doorbell, shared: Arc<Shared>) {
     let fd = listener.as_raw_fd();
     while !shared.stop.load(Ordering::SeqCst) {
-        // Sleep until a connection is pending or the server is dropped (the pipe closes).
+        // Sleep until a connection is pending or the server is dropped (the bell rings).
         let mut pfd = [
             PollFd { fd, read: true, write: false, ready: false },
-            PollFd { fd: wake.as_raw_fd(), read: true, write: false, ready: false },
+            PollFd { fd: bell.fd(), read: true, write: false, ready: false },
         ];
         match poll(&mut pfd, Duration::from_secs(3600)) {
             Ok(_) if pfd[1].ready => return,

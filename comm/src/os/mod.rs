@@ -1,6 +1,7 @@
 //! The few OS facilities ferrovod needs beyond std, one file each: `poll(2)` with a bounded,
-//! yielding look first ([`poll`]), a wake-up pipe ([`Doorbell`]), the host's identity
-//! ([`hostname`], [`boot_id`]).
+//! yielding look first ([`poll`]), a wake-up pipe ([`Doorbell`]), descriptors ([`pipe`],
+//! [`set_nonblocking`], [`read_to_end_until`]), the host's identity ([`hostname`], [`boot_id`]),
+//! processes ([`pidfd_open`], [`process_exists`], [`signal_name`]).
 
 mod doorbell;
 mod fd;
@@ -10,6 +11,6 @@ mod process;
 
 pub use doorbell::Doorbell;
 pub use fd::{pipe, read_to_end_until, set_nonblocking};
-pub use host::{boot_id, hostname, process_exists};
+pub use host::{boot_id, hostname};
 pub use poll::{PollFd, poll, poll_after_spin};
-pub use process::{Pid, getpid, getppid, pidfd_open, signal_name};
+pub use process::{Pid, getpid, getppid, pidfd_open, process_exists, signal_name};

@@ -55,6 +55,15 @@ pub fn signal_name(sig: i32) -> String {
     name.to_string()
 }
 
+/// Whether a process with this pid exists on this host (a zombie counts as gone only once
+/// reaped). Pid reuse within the seconds this is used for is not a concern.
+pub fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+    // SAFETY: signal 0 only checks for existence and permission; nothing is delivered.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::fd::AsRawFd;
