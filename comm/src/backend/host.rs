@@ -35,7 +35,6 @@ impl Backend for HostBackend {
         let tu = &self.tuning;
         let p = Params { tag: req.call.tag(), dtype: req.call.dtype, segment: tu.segment, chunk: tu.ring_chunk };
         let invalid = |detail: String| Error::Invalid { backend: "host", detail };
-        let shape = format!("{:?}", std::mem::discriminant(&req.work));
         let host_only = || invalid("device memory reached the host backend".into());
         match (req.call.collective, req.work) {
             (Collective::Allreduce(op), Work::InPlace { mut buf }) => {
@@ -73,7 +72,14 @@ impl Backend for HostBackend {
                 let send = send.host().ok_or_else(host_only)?;
                 alg::alltoall_pairwise(t, p.tag, send, send_blocks, recv.host().ok_or_else(host_only)?, recv_blocks)?;
             }
-            (c, _) => return Err(invalid(format!("{} does not take buffers shaped {shape}", c.name()))),
+            (c, work) => {
+                let shape = match work {
+                    Work::InPlace { .. } => "in place",
+                    Work::Blocks { .. } => "in blocks",
+                    Work::Exchange { .. } => "as an exchange",
+                };
+                return Err(invalid(format!("{} does not take buffers {shape}", c.name())));
+            }
         }
         Ok(())
     }
