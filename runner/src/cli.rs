@@ -79,8 +79,8 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", env = ferrovod::config::GRACE_PERIOD.name, default_value = ferrovod::config::GRACE_PERIOD.default, value_parser = parse_secs)]
     pub grace_period: Duration,
 
-    /// Seconds to wait for the rendezvous store, for task 0's launcher, and for a plan on
-    /// standard input.
+    /// Seconds to wait for the rendezvous store, for task 0's launcher, and for the plan (from
+    /// standard input, a FIFO, ...) to be written and closed.
     #[arg(
         long,
         value_name = "SECS",

@@ -33,6 +33,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A signal asked the launcher to stop before anything was started (while it waited for
+    /// its plan).
+    #[error("received {} while reading the plan from {origin}; nothing was started", ferrovod::os::signal_name(*.signal))]
+    Signal {
+        /// The signal number.
+        signal: i32,
+        /// Where the plan was coming from.
+        origin: String,
+    },
     /// The rendezvous store could not be started.
     #[error("{what}: {source}")]
     Store {
@@ -54,10 +63,12 @@ pub enum Error {
 }
 
 impl Error {
-    /// The launcher's exit code for this error: 2 for bad input, 1 otherwise.
+    /// The launcher's exit code for this error: 2 for bad input, 128 + N for signal N, 1
+    /// otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) | Error::Plan { .. } | Error::PlanRead { .. } => 2,
+            Error::Signal { signal, .. } => 128 + signal,
             Error::Store { .. } | Error::Io { .. } => 1,
         }
     }
