@@ -100,6 +100,11 @@
 //! the other launchers through the ferrovod store. torch binds it moments later; like torchrun,
 //! this leaves a small window in which another program could take it.
 //!
+//! Each process also inherits every descriptor that the launcher inherited without
+//! close-on-exec (the launcher's own are all close-on-exec): `ferrovod.run` and the Spark tasks
+//! hand the ranks the function's spec and a result slot per rank that way, as memfds, so that
+//! nothing of a job is written to disk.
+//!
 //! # Ending a job
 //!
 //! Each process leads its own process group. The first process to end badly stops the job:
