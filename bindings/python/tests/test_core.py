@@ -103,6 +103,40 @@ def test_read_only_arrays_are_refused_in_place_but_fine_out_of_place(world1):
     assert fv.allgather(x).tolist() == [0, 1, 2]
 
 
+class _DLPackOnly:
+    """Memory that reaches ferrovod only through DLPack (as a torch tensor does), from a numpy
+    array: numpy flags a read-only array in a DLPack 1.x capsule."""
+
+    def __init__(self, a: np.ndarray) -> None:
+        self.a = a
+
+    def __dlpack__(self, **kwargs):
+        return self.a.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.a.__dlpack_device__()
+
+
+def _numpy_error(call) -> str:
+    """The error an in-place collective gives for a read-only numpy array."""
+    a = np.arange(3, dtype=np.float32)
+    a.flags.writeable = False
+    with pytest.raises(fv.InvalidArgumentError) as e:
+        call(a)
+    return str(e.value)
+
+
+def test_a_dlpack_tensor_flagged_read_only_is_refused_in_place_as_numpy_is(world1):
+    a = np.arange(3, dtype=np.float32)
+    a.flags.writeable = False
+    with pytest.raises(fv.InvalidArgumentError) as e:
+        fv.allreduce_(_DLPackOnly(a), name="x")
+    assert str(e.value) == _numpy_error(lambda x: fv.allreduce_(x, name="x"))
+    w = np.arange(3, dtype=np.float32)
+    fv.allreduce_(_DLPackOnly(w), op=fv.Sum)  # a writable one is taken in place
+    assert w.tolist() == [0, 1, 2]
+
+
 def test_out_of_place_ops_take_non_contiguous_input(world1):
     x = np.arange(8, dtype=np.float32).reshape(2, 4)[:, ::2]
     assert fv.allreduce(x, op=fv.Sum).tolist() == [[0, 2], [4, 6]]
