@@ -33,7 +33,7 @@ from __future__ import annotations
 #   _run          ferrovod.run
 #   exceptions    the FerrovodError hierarchy (public: ferrovod.exceptions)
 
-from . import _ferrovod, exceptions
+from . import _arrays, _ferrovod, exceptions
 from ._collectives import (
     Average,
     Max,
@@ -150,3 +150,7 @@ __all__ = [
     "size",
     "synchronize",
 ]
+
+# With torch already imported, tensors it makes over read-only memory from here on are known
+# (ferrovod.torch does the same when it is imported).
+_arrays.watch_torch()
