@@ -26,6 +26,8 @@ enum Keep {
     Buffer(Box<ffi::Py_buffer>),
     /// A consumed DLPack capsule's tensor, released with its deleter.
     DLPack(NonNull<dlpack::ManagedTensor>),
+    /// The same from a versioned (DLPack 1.x) capsule.
+    DLPackVersioned(NonNull<dlpack::ManagedTensorVersioned>),
 }
 
 // SAFETY: `Lent` only moves between threads inside ferrovod's own objects; the memory it names
@@ -46,6 +48,12 @@ impl Drop for Lent {
                     deleter(m.as_ptr());
                 }
             },
+            // SAFETY: as above, for a "used_dltensor_versioned" capsule.
+            Keep::DLPackVersioned(m) => unsafe {
+                if let Some(deleter) = (*m.as_ptr()).deleter {
+                    deleter(m.as_ptr());
+                }
+            },
         });
     }
 }
@@ -58,6 +66,10 @@ pub(crate) enum Access {
     /// Write the result into it.
     Write,
 }
+
+/// Why a read-only array cannot take an in-place collective (the Python torch layer raises the
+/// same words for tensors it knows to be read-only: `ferrovod._arrays.READ_ONLY`).
+const READ_ONLY: &str = "the array is read-only and this operation writes its result into it";
 
 fn invalid(what: &str, detail: impl std::fmt::Display) -> PyErr {
     InvalidArgumentError::new_err(format!("{what}: {detail}"))
@@ -122,7 +134,7 @@ fn lend_buffer(obj: &Bound<'_, PyAny>, access: Access, what: &str) -> PyResult<L
         ));
     }
     if access == Access::Write && view.readonly != 0 {
-        return Err(invalid(what, "the array is read-only and this operation writes its result into it"));
+        return Err(invalid(what, READ_ONLY));
     }
     lent.len = view.len as usize;
     lent.ptr = NonNull::new(view.buf.cast()).unwrap_or(NonNull::dangling());
@@ -131,24 +143,78 @@ fn lend_buffer(obj: &Bound<'_, PyAny>, access: Access, what: &str) -> PyResult<L
     Ok(lent)
 }
 
-fn lend_dlpack(obj: &Bound<'_, PyAny>, _access: Access, what: &str) -> PyResult<Lent> {
-    let capsule = obj.call_method0("__dlpack__").map_err(|e| invalid(what, format!("__dlpack__() failed: {e}")))?;
-    const NAME: &CStr = c"dltensor";
-    // SAFETY: checks the capsule's type and name before reading its pointer.
-    let raw = unsafe { ffi::PyCapsule_GetPointer(capsule.as_ptr(), NAME.as_ptr()) };
-    let Some(managed) = NonNull::new(raw.cast::<dlpack::ManagedTensor>()) else {
-        let _ = PyErr::take(obj.py());
-        return Err(invalid(what, "__dlpack__() did not return a \"dltensor\" capsule"));
+/// Asks `obj` for a versioned capsule first (DLPack 1.x says whether the memory is read-only),
+/// and for a plain one when it does not know `max_version` (an older producer).
+fn lend_dlpack(obj: &Bound<'_, PyAny>, access: Access, what: &str) -> PyResult<Lent> {
+    let py = obj.py();
+    let kwargs = pyo3::types::PyDict::new(py);
+    kwargs.set_item("max_version", (dlpack::MAJOR_VERSION, 0))?;
+    let capsule = match obj.call_method("__dlpack__", (), Some(&kwargs)) {
+        Ok(c) => c,
+        Err(e) if e.is_instance_of::<pyo3::exceptions::PyTypeError>(py) => {
+            obj.call_method0("__dlpack__").map_err(|e| invalid(what, format!("__dlpack__() failed: {e}")))?
+        }
+        Err(e) => return Err(invalid(what, format!("__dlpack__(max_version=(1, 0)) failed: {e}"))),
     };
-    // Consume the capsule: once renamed, its destructor leaves the tensor to us.
+    const VERSIONED: &CStr = c"dltensor_versioned";
+    const PLAIN: &CStr = c"dltensor";
+    // SAFETY: checks the capsule's type and name before reading its pointer.
+    let raw = unsafe { ffi::PyCapsule_GetPointer(capsule.as_ptr(), VERSIONED.as_ptr()) };
+    let (lent, t, flags) = if let Some(managed) = NonNull::new(raw.cast::<dlpack::ManagedTensorVersioned>()) {
+        // SAFETY: a valid versioned capsule: the struct starts with its version.
+        let version = unsafe { managed.as_ref().version };
+        if version.major != dlpack::MAJOR_VERSION {
+            // Not consumed: the capsule's destructor frees it.
+            return Err(invalid(
+                what,
+                format!(
+                    "__dlpack__ gave DLPack {}.{}, asked for at most {}.x",
+                    version.major,
+                    version.minor,
+                    dlpack::MAJOR_VERSION
+                ),
+            ));
+        }
+        consume(&capsule, c"used_dltensor_versioned")?;
+        let lent = Lent {
+            ptr: NonNull::dangling(),
+            len: 0,
+            dtype: DType::U8,
+            shape: Vec::new(),
+            keep: Keep::DLPackVersioned(managed),
+        };
+        // SAFETY: the producer keeps the tensor valid until we call its deleter (in `Lent::drop`).
+        let m = unsafe { &*managed.as_ptr() };
+        (lent, &m.dl_tensor, m.flags)
+    } else {
+        let _ = PyErr::take(py);
+        // SAFETY: as above, for the unversioned name.
+        let raw = unsafe { ffi::PyCapsule_GetPointer(capsule.as_ptr(), PLAIN.as_ptr()) };
+        let Some(managed) = NonNull::new(raw.cast::<dlpack::ManagedTensor>()) else {
+            let _ = PyErr::take(py);
+            return Err(invalid(what, "__dlpack__() did not return a \"dltensor\" capsule"));
+        };
+        consume(&capsule, c"used_dltensor")?;
+        let lent =
+            Lent { ptr: NonNull::dangling(), len: 0, dtype: DType::U8, shape: Vec::new(), keep: Keep::DLPack(managed) };
+        // SAFETY: as above.
+        (lent, unsafe { &(*managed.as_ptr()).dl_tensor }, 0)
+    };
+    fill_from_dlpack(lent, t, flags, access, what)
+}
+
+/// Renames a capsule so that its destructor leaves the tensor to us.
+fn consume(capsule: &Bound<'_, PyAny>, used: &CStr) -> PyResult<()> {
     // SAFETY: a valid capsule; the name is a static string.
-    if unsafe { ffi::PyCapsule_SetName(capsule.as_ptr(), c"used_dltensor".as_ptr()) } != 0 {
-        return Err(PyErr::fetch(obj.py()));
+    if unsafe { ffi::PyCapsule_SetName(capsule.as_ptr(), used.as_ptr()) } != 0 {
+        return Err(PyErr::fetch(capsule.py()));
     }
-    let mut lent =
-        Lent { ptr: NonNull::dangling(), len: 0, dtype: DType::U8, shape: Vec::new(), keep: Keep::DLPack(managed) };
-    // SAFETY: the producer keeps the tensor valid until we call its deleter (in `Lent::drop`).
-    let t = unsafe { &managed.as_ref().dl_tensor };
+    Ok(())
+}
+
+/// Checks a consumed DLPack tensor and fills in where `lent` points. `t` lives as long as
+/// `lent` keeps the capsule's tensor.
+fn fill_from_dlpack(mut lent: Lent, t: &dlpack::Tensor, flags: u64, access: Access, what: &str) -> PyResult<Lent> {
     match t.device.device_type {
         dlpack::DEVICE_CPU => {}
         dlpack::DEVICE_CUDA => {
@@ -191,6 +257,9 @@ fn lend_dlpack(obj: &Bound<'_, PyAny>, _access: Access, what: &str) -> PyResult<
                 format!("the tensor is not contiguous (shape {shape:?}, strides {elems:?}); call .contiguous() first"),
             ));
         }
+    }
+    if access == Access::Write && flags & dlpack::FLAG_READ_ONLY != 0 {
+        return Err(invalid(what, READ_ONLY));
     }
     lent.len = shape.iter().product::<usize>() * dtype.size();
     // SAFETY: data + byte_offset is where the tensor's first element lies.

@@ -1,5 +1,7 @@
-//! The DLPack C ABI (version 0.8, what `__dlpack__()` returns when asked for no version): just
-//! the structs a consumer reads. Device codes from `dlpack.h`; its dtype codes are
+//! The DLPack C ABI: just the structs a consumer reads. `__dlpack__(max_version=(1, 0))` gives a
+//! `"dltensor_versioned"` capsule ([`ManagedTensorVersioned`], DLPack 1.x, with flags such as
+//! [`FLAG_READ_ONLY`]); a producer older than that only gives `__dlpack__()`, a `"dltensor"`
+//! capsule ([`ManagedTensor`], version 0.8). Device codes from `dlpack.h`; its dtype codes are
 //! `ferrovod::dtype::dlpack_code`, read through `DType::TABLE`.
 
 use std::ffi::c_void;
@@ -43,4 +45,27 @@ pub(crate) struct ManagedTensor {
     pub dl_tensor: Tensor,
     pub manager_ctx: *mut c_void,
     pub deleter: Option<unsafe extern "C" fn(*mut ManagedTensor)>,
+}
+
+/// `DLPACK_FLAG_BITMASK_READ_ONLY`: the consumer must not write the tensor's memory.
+pub(crate) const FLAG_READ_ONLY: u64 = 1 << 0;
+
+/// The major version of the versioned ABI this consumer reads.
+pub(crate) const MAJOR_VERSION: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PackVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+#[repr(C)]
+#[derive(Debug)]
+pub(crate) struct ManagedTensorVersioned {
+    pub version: PackVersion,
+    pub manager_ctx: *mut c_void,
+    pub deleter: Option<unsafe extern "C" fn(*mut ManagedTensorVersioned)>,
+    pub flags: u64,
+    pub dl_tensor: Tensor,
 }

@@ -1,6 +1,7 @@
 //! The command line of `ferrovod-run`.
 
 use std::ffi::OsString;
+use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -78,8 +79,8 @@ pub struct Cli {
     #[arg(long, value_name = "SECS", env = ferrovod::config::GRACE_PERIOD.name, default_value = ferrovod::config::GRACE_PERIOD.default, value_parser = parse_secs)]
     pub grace_period: Duration,
 
-    /// Seconds to wait for the rendezvous store, for task 0's launcher, and for a plan on
-    /// standard input.
+    /// Seconds to wait for the rendezvous store, for task 0's launcher, and for the plan (from
+    /// standard input, a FIFO, ...) to be written and closed.
     #[arg(
         long,
         value_name = "SECS",
@@ -112,7 +113,7 @@ pub struct Cli {
 fn parse_secs(s: &str) -> Result<Duration, String> {
     match s.trim().parse::<f64>() {
         Ok(v) if v >= 0.0 && v.is_finite() && v < 1e9 => Ok(Duration::from_secs_f64(v)),
-        _ => Err(format!("{s:?} is not a number of seconds")),
+        _ => Err(format!("{} is not a number of seconds", crate::error::quoted(s))),
     }
 }
 
@@ -202,7 +203,17 @@ impl Cli {
 /// (clap prints help or a usage error and exits itself). `ferrovod-run` and the Python
 /// package's console script both come here.
 pub fn main(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
-    let cli = Cli::parse_from(normalize_args(args));
+    let cli = match Cli::try_parse_from(normalize_args(args)) {
+        Ok(cli) => cli,
+        // clap quotes the offending value whole: cut every long line of its message.
+        Err(e) if e.use_stderr() => {
+            let text = e.to_string();
+            let lines: Vec<String> = text.lines().map(crate::error::cut).collect();
+            let _ = writeln!(std::io::stderr().lock(), "{}", lines.join("\n").trim_end());
+            return e.exit_code();
+        }
+        Err(e) => e.exit(),
+    };
     let verbose = cli.verbose;
     match cli.into_launch().and_then(|launch| crate::run(&launch)) {
         Ok(report) => {

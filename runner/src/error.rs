@@ -1,5 +1,9 @@
 //! The launcher's errors: what stops it before or while it sets a job up. How a job that did
 //! start ended is a [`crate::Report`], not an error.
+//!
+//! A message that quotes what a user or a peer gave (a plan's field, a path, a value) quotes at
+//! most [`MAX_QUOTED`] bytes of it and says how much it left out: [`quoted`] for our own
+//! messages, [`cut`] for a message of another crate that may echo input (serde's).
 
 use std::io;
 
@@ -29,6 +33,15 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A signal asked the launcher to stop before anything was started (while it waited for
+    /// its plan).
+    #[error("received {} while reading the plan from {origin}; nothing was started", ferrovod::os::signal_name(*.signal))]
+    Signal {
+        /// The signal number.
+        signal: i32,
+        /// Where the plan was coming from.
+        origin: String,
+    },
     /// The rendezvous store could not be started.
     #[error("{what}: {source}")]
     Store {
@@ -50,10 +63,12 @@ pub enum Error {
 }
 
 impl Error {
-    /// The launcher's exit code for this error: 2 for bad input, 1 otherwise.
+    /// The launcher's exit code for this error: 2 for bad input, 128 + N for signal N, 1
+    /// otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) | Error::Plan { .. } | Error::PlanRead { .. } => 2,
+            Error::Signal { signal, .. } => 128 + signal,
             Error::Store { .. } | Error::Io { .. } => 1,
         }
     }
@@ -61,5 +76,60 @@ impl Error {
     pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
         let what = what.into();
         move |source| Error::Io { what, source }
+    }
+}
+
+/// Most bytes of one piece of input that an error message quotes.
+pub const MAX_QUOTED: usize = 200;
+
+/// The largest char boundary of `s` at or below `at`.
+fn floor_boundary(s: &str, at: usize) -> usize {
+    (0..=at.min(s.len())).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)
+}
+
+/// `s` quoted for an error message (as `{:?}` quotes it), cut after [`MAX_QUOTED`] bytes with a
+/// note of how many were left out: a 10 MB field must not become a 10 MB message.
+pub fn quoted(s: &str) -> String {
+    if s.len() <= MAX_QUOTED {
+        return format!("{s:?}");
+    }
+    let head = &s[..floor_boundary(s, MAX_QUOTED)];
+    format!("{head:?}... ({} more bytes cut)", s.len() - head.len())
+}
+
+/// Another crate's message that may quote input at any length (serde's "invalid type: string
+/// ..."), with its middle cut when it is long: the start says what is wrong, the end where
+/// (serde ends with the line and column, or with what it expected).
+pub fn cut(message: &str) -> String {
+    const TAIL: usize = 100;
+    if message.len() <= MAX_QUOTED + TAIL + 40 {
+        return message.to_string();
+    }
+    let head = floor_boundary(message, MAX_QUOTED);
+    let mut tail = message.len() - TAIL;
+    while !message.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{} ...({} bytes cut)... {}", &message[..head], tail - head, &message[tail..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_input_is_cut_and_says_how_much() {
+        assert_eq!(quoted("abc"), "\"abc\"");
+        let long = "é".repeat(1000); // 2000 bytes, two per char
+        let q = quoted(&long);
+        assert!(q.len() < MAX_QUOTED + 40, "{q}");
+        assert!(q.ends_with("... (1800 more bytes cut)"), "{q}");
+        let msg = format!("invalid type: string {long:?}, expected u32 at line 1 column 9");
+        let c = cut(&msg);
+        assert!(c.len() < 400, "{c}");
+        assert!(c.starts_with("invalid type: string \"é"), "{c}");
+        assert!(c.ends_with("expected u32 at line 1 column 9"), "{c}");
+        assert!(c.contains("bytes cut"), "{c}");
+        assert_eq!(cut("short"), "short");
     }
 }

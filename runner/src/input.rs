@@ -1,15 +1,24 @@
 //! What a launcher run starts from, checked before anything starts: the job secret, the plan
 //! (built for local mode, read for plan mode), and task 0's store socket.
+//!
+//! Reading the plan is bounded three ways, whatever the source (a file, a FIFO, standard input,
+//! a device such as `/dev/zero`): at most [`MAX_PLAN_BYTES`] are read, it ends at the connect
+//! timeout, and a handled signal (SIGTERM, SIGINT, ...) ends it at once with 128 + N, as it
+//! would end a running job.
 
+use std::io;
 use std::net::TcpListener;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use ferrovod::bootstrap::Secret;
+use ferrovod::os::{PollFd, poll};
 
-use crate::error::Error;
+use crate::error::{Error, quoted};
 use crate::launch::{Launch, Mode};
-use crate::os;
+use crate::os::{self, SignalFd};
 use crate::plan::{self, MAX_PLAN_BYTES, Plan};
 
 /// The plan and what comes with it.
@@ -24,8 +33,9 @@ pub struct Input {
     pub secret: String,
 }
 
-/// Builds (local mode) or reads (plan mode) the plan and checks everything about it.
-pub fn prepare(cfg: &Launch) -> Result<Input, Error> {
+/// Builds (local mode) or reads (plan mode) the plan and checks everything about it. A signal
+/// read from `signals` while the plan is awaited ends it with [`Error::Signal`].
+pub fn prepare(cfg: &Launch, signals: &SignalFd) -> Result<Input, Error> {
     match &cfg.mode {
         Mode::Local { np, gpus } => {
             if *np == 0 || *np > plan::MAX_PROCESSES {
@@ -57,7 +67,7 @@ pub fn prepare(cfg: &Launch) -> Result<Input, Error> {
             Ok(Input { plan, listener: Some(listener), pin_gpus: gpus.is_some(), secret })
         }
         Mode::Plan(path) => {
-            let plan = read_plan(path.as_ref(), cfg.connect_timeout)?;
+            let plan = read_plan(path.as_ref(), cfg.connect_timeout, signals)?;
             if cfg.listen_fd.is_some() && plan.task_index != 0 {
                 return Err(Error::Usage(format!(
                     "--listen-fd is for task 0's launcher, which serves the store; this is task {}",
@@ -86,24 +96,110 @@ fn job_secret(tasks: usize) -> Result<String, Error> {
     }
 }
 
-fn read_plan(path: Option<&PathBuf>, timeout: Duration) -> Result<Plan, Error> {
+fn read_plan(path: Option<&PathBuf>, timeout: Duration, signals: &SignalFd) -> Result<Plan, Error> {
+    let deadline = Instant::now() + timeout;
     let origin = match path {
-        Some(p) if p.as_os_str() != "-" => p.display().to_string(),
+        Some(p) if p.as_os_str() != "-" => quoted(&p.display().to_string()),
         _ => "standard input".to_string(),
     };
     let read_err = |source| Error::PlanRead { origin: origin.clone(), source };
-    let bytes = match path {
+    let read = match path {
         Some(p) if p.as_os_str() != "-" => {
-            let meta = std::fs::metadata(p).map_err(read_err)?;
-            if meta.len() > MAX_PLAN_BYTES as u64 {
-                return Err(read_err(std::io::Error::other(format!("larger than {MAX_PLAN_BYTES} bytes"))));
+            // Non-blocking, so that opening a FIFO does not wait for a writer (reading it
+            // then waits in `poll`, where signals and the deadline are heard).
+            let file =
+                std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(p).map_err(read_err)?;
+            let meta = file.metadata().map_err(read_err)?;
+            if meta.is_file() && meta.len() > MAX_PLAN_BYTES as u64 {
+                return Err(read_err(too_large()));
             }
-            std::fs::read(p).map_err(read_err)?
+            read_bounded(file.as_raw_fd(), deadline, signals)
         }
-        _ => ferrovod::os::read_to_end_until(0, Instant::now() + timeout, MAX_PLAN_BYTES).map_err(read_err)?,
+        // Standard input is not ours to make non-blocking (a terminal would stay so after we
+        // exit): it is only read once `poll` says it is readable.
+        _ => read_bounded(0, deadline, signals),
     };
-    let text = String::from_utf8(bytes).map_err(|e| read_err(std::io::Error::other(format!("not UTF-8: {e}"))))?;
+    let bytes = match read {
+        Ok(b) => b,
+        Err(Ended::Signal(signal)) => return Err(Error::Signal { signal, origin }),
+        Err(Ended::Io(e)) if e.kind() == io::ErrorKind::TimedOut => {
+            return Err(read_err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "no complete plan within {:?} (--connect-timeout, {}): nothing wrote it, or its writer \
+                     did not close it",
+                    timeout,
+                    ferrovod::config::CONNECT_TIMEOUT.name
+                ),
+            )));
+        }
+        Err(Ended::Io(e)) => return Err(read_err(e)),
+    };
+    let text = String::from_utf8(bytes).map_err(|e| read_err(io::Error::other(format!("not UTF-8: {e}"))))?;
     Plan::parse(&text).map_err(|source| Error::Plan { origin, source })
+}
+
+fn too_large() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("it is larger than {MAX_PLAN_BYTES} bytes (a plan is a few kilobytes); not reading further"),
+    )
+}
+
+/// Why [`read_bounded`] stopped short of the end of its input.
+enum Ended {
+    /// A handled signal arrived.
+    Signal(i32),
+    /// Reading failed, the deadline passed (`TimedOut`), or the input is larger than a plan
+    /// can be (`InvalidData`).
+    Io(io::Error),
+}
+
+/// Reads `fd` to its end, keeping at most [`MAX_PLAN_BYTES`], until `deadline`, returning early
+/// on a signal other than `SIGCHLD` (no child exists yet). `fd` is read only when `poll` says
+/// it is readable, so it need not be non-blocking.
+fn read_bounded(fd: RawFd, deadline: Instant, signals: &SignalFd) -> Result<Vec<u8>, Ended> {
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Ended::Io(io::Error::from(io::ErrorKind::TimedOut)));
+        }
+        let mut fds = [
+            PollFd { fd: signals.raw_fd(), read: true, write: false, ready: false },
+            PollFd { fd, read: true, write: false, ready: false },
+        ];
+        poll(&mut fds, left).map_err(Ended::Io)?;
+        if fds[0].ready {
+            while let Some(sig) = signals.next().map_err(Ended::Io)? {
+                if sig != libc::SIGCHLD {
+                    return Err(Ended::Signal(sig));
+                }
+            }
+        }
+        if !fds[1].ready {
+            continue;
+        }
+        // Never more than one byte past the limit: that byte says the input is too large.
+        let want = buf.len().min(MAX_PLAN_BYTES + 1 - out.len());
+        // SAFETY: `buf` is valid for `want <= buf.len()` bytes.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), want) };
+        if n < 0 {
+            let err = io::Error::last_os_error();
+            if matches!(err.kind(), io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock) {
+                continue;
+            }
+            return Err(Ended::Io(err));
+        }
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&buf[..n as usize]);
+        if out.len() > MAX_PLAN_BYTES {
+            return Err(Ended::Io(too_large()));
+        }
+    }
 }
 
 /// Task 0's store socket: the inherited one, or the plan's rendezvous address bound here.

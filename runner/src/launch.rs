@@ -101,7 +101,7 @@ fn run_job(cfg: &Launch, events: &Events) -> Result<Report, Error> {
     }
 
     // Everything that can be wrong with the input is found before anything starts.
-    let crate::input::Input { plan, listener, pin_gpus, secret } = crate::input::prepare(cfg)?;
+    let crate::input::Input { plan, listener, pin_gpus, secret } = crate::input::prepare(cfg, &signals)?;
     let me = plan.task_index;
     let (rdv_host, rdv_port) = plan::parse_host_port(&plan.rendezvous).map_err(Error::Usage)?;
     let store = match listener {

@@ -79,10 +79,13 @@
 //! | `tasks[].slots` | integer | processes to start when `gpus` is empty (ignored otherwise) |
 //!
 //! Every field is required and no other is allowed. A malformed plan (not JSON, a missing or
-//! unknown field, a duplicate or missing task index, a GPU id that is not a non-negative
-//! integer, an empty task list, a rendezvous address that does not parse, a `task_index` not in
-//! the plan, a task with no processes) is refused with exit code 2 and a message that names the
-//! problem; nothing is started.
+//! unknown field, a key given twice in one object, a duplicate or missing task index, a GPU id
+//! that is not a non-negative integer, an empty task list, a rendezvous address that does not
+//! parse, a `task_index` not in the plan, a task with no processes) is refused with exit code 2
+//! and a message that names the problem, quoting at most 200 bytes of any value; nothing is
+//! started. At most 16 MiB of plan are read, from any source (a file, a FIFO, standard input),
+//! within the connect timeout; a signal while the launcher waits for its plan ends it with
+//! 128 + N, as it would end a job.
 //!
 //! # What each process gets
 //!
@@ -96,6 +99,11 @@
 //! free on its host when the job starts (bind to port 0, read it, close) and publishes it to
 //! the other launchers through the ferrovod store. torch binds it moments later; like torchrun,
 //! this leaves a small window in which another program could take it.
+//!
+//! Each process also inherits every descriptor that the launcher inherited without
+//! close-on-exec (the launcher's own are all close-on-exec): `ferrovod.run` and the Spark tasks
+//! hand the ranks the function's spec and a result slot per rank that way, as memfds, so that
+//! nothing of a job is written to disk.
 //!
 //! # Ending a job
 //!

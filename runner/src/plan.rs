@@ -2,14 +2,20 @@
 //! launcher is. The Spark side writes it after its one `allGather`; local mode builds one.
 //!
 //! The schema is in the [crate docs](crate#the-plan). Parsing is strict: unknown fields, missing
-//! fields, wrong types and inconsistent values are all errors that name what is wrong, found
-//! before anything is started.
+//! fields, a key repeated in one object, wrong types and inconsistent values are all errors that
+//! name what is wrong, found before anything is started. Errors quote at most
+//! [`MAX_QUOTED`](crate::error::MAX_QUOTED) bytes of any value.
 
+use std::cell::RefCell;
 use std::collections::BTreeSet;
+use std::fmt;
 use std::net::SocketAddr;
 
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::{cut, quoted};
 
 /// The plan version this launcher reads.
 pub const PLAN_VERSION: u32 = 1;
@@ -62,10 +68,19 @@ impl Task {
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     /// The text is not JSON.
-    #[error("not valid JSON: {0}")]
+    #[error("not valid JSON: {}", cut(&.0.to_string()))]
     Json(#[source] serde_json::Error),
+    /// An object has the same key twice (JSON parsers disagree on which one counts, so a plan
+    /// must not depend on it).
+    #[error("{at}: the key {} appears twice", quoted(key))]
+    DuplicateKey {
+        /// The object: `plan`, `tasks[i]`, ...
+        at: String,
+        /// The repeated key.
+        key: String,
+    },
     /// A field is missing, unknown, or of the wrong type.
-    #[error("{at}: {detail}")]
+    #[error("{at}: {}", cut(detail))]
     Schema {
         /// Where: `plan`, or `tasks[i]`.
         at: String,
@@ -132,7 +147,7 @@ pub enum PlanError {
         second: usize,
     },
     /// The rendezvous address does not parse as `host:port`.
-    #[error("rendezvous {addr:?} is not a host:port address: {detail}")]
+    #[error("rendezvous {} is not a host:port address: {detail}", quoted(addr))]
     Rendezvous {
         /// The plan's value.
         addr: String,
@@ -147,7 +162,7 @@ pub enum PlanError {
 impl Plan {
     /// Parses and validates a plan.
     pub fn parse(text: &str) -> Result<Plan, PlanError> {
-        let value: Value = serde_json::from_str(text).map_err(PlanError::Json)?;
+        let value = strict_json(text)?;
         let Value::Object(mut top) = value else {
             return Err(PlanError::Schema { at: "plan".into(), detail: "must be a JSON object".into() });
         };
@@ -162,14 +177,17 @@ impl Plan {
             }
             Some(Value::Array(a)) => a,
             Some(other) => {
-                return Err(PlanError::Schema { at: "tasks".into(), detail: format!("must be a list, not {other}") });
+                return Err(PlanError::Schema {
+                    at: "tasks".into(),
+                    detail: format!("must be a list, not {}", cut(&other.to_string())),
+                });
             }
         };
         for (position, raw) in raw_tasks.into_iter().enumerate() {
             if let Some(Value::Array(gpus)) = raw.get("gpus")
                 && let Some(bad) = gpus.iter().find(|g| g.as_u64().is_none_or(|v| v > u32::MAX as u64))
             {
-                return Err(PlanError::GpuId { position, value: bad.to_string() });
+                return Err(PlanError::GpuId { position, value: cut(&bad.to_string()) });
             }
             let task: Task = serde_json::from_value(raw)
                 .map_err(|e| PlanError::Schema { at: format!("tasks[{position}]"), detail: e.to_string() })?;
@@ -186,7 +204,7 @@ impl Plan {
             return Err(PlanError::Version { found: self.version });
         }
         if self.job_id.is_empty() || self.job_id.len() > 256 {
-            return Err(PlanError::Invalid(format!("job_id {:?} must have 1 to 256 characters", self.job_id)));
+            return Err(PlanError::Invalid(format!("job_id {} must have 1 to 256 characters", quoted(&self.job_id))));
         }
         parse_host_port(&self.rendezvous)
             .map_err(|detail| PlanError::Rendezvous { addr: self.rendezvous.clone(), detail })?;
@@ -209,8 +227,9 @@ impl Plan {
         for t in &self.tasks {
             if t.host.is_empty() || t.host.len() > 255 || t.host.chars().any(|c| c.is_whitespace() || c.is_control()) {
                 return Err(PlanError::Invalid(format!(
-                    "task {}: host {:?} is not a host name or address",
-                    t.index, t.host
+                    "task {}: host {} is not a host name or address",
+                    t.index,
+                    quoted(&t.host)
                 )));
             }
             let mut gpus = BTreeSet::new();
@@ -299,6 +318,117 @@ impl Plan {
     }
 }
 
+/// Parses `text` as JSON like `serde_json::from_str::<Value>`, but refuses an object that has a
+/// key twice (serde_json keeps the last one silently), naming the object and the key.
+fn strict_json(text: &str) -> Result<Value, PlanError> {
+    let duplicate = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_str(text);
+    let parsed =
+        Strict { at: &At::Root, duplicate: &duplicate }.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+    match (parsed, duplicate.into_inner()) {
+        (_, Some((at, key))) => Err(PlanError::DuplicateKey { at, key }),
+        (Ok(v), None) => Ok(v),
+        (Err(e), None) => Err(PlanError::Json(e)),
+    }
+}
+
+/// Where a value sits in the plan, rendered only for an error: `plan`, `tasks[1]`,
+/// `tasks[1].gpus`.
+enum At<'a> {
+    Root,
+    Key(&'a At<'a>, &'a str),
+    Index(&'a At<'a>, usize),
+}
+
+impl fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            At::Root => f.write_str("plan"),
+            At::Key(At::Root, k) => f.write_str(&cut(k)),
+            At::Key(parent, k) => write!(f, "{parent}.{}", cut(k)),
+            At::Index(parent, i) => write!(f, "{parent}[{i}]"),
+        }
+    }
+}
+
+/// A JSON value read through serde, checking every object for repeated keys. The first one
+/// found is left in `duplicate` (as where and which key) and stops the parse.
+struct Strict<'a> {
+    at: &'a At<'a>,
+    duplicate: &'a RefCell<Option<(String, String)>>,
+}
+
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        // JSON has no NaN or infinity, so this is never Null in practice.
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        loop {
+            let at = At::Index(self.at, out.len());
+            match seq.next_element_seed(Strict { at: &at, duplicate: self.duplicate })? {
+                Some(v) => out.push(v),
+                None => return Ok(Value::Array(out)),
+            }
+        }
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                let message = format!("{}: the key {} appears twice", self.at, quoted(&key));
+                *self.duplicate.borrow_mut() = Some((self.at.to_string(), key));
+                return Err(de::Error::custom(message));
+            }
+            let at = At::Key(self.at, &key);
+            let value = map.next_value_seed(Strict { at: &at, duplicate: self.duplicate })?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
+}
+
 /// `host:port`, with an IPv6 address bracketed (`[v6]:port`): the form [`parse_host_port`]
 /// reads.
 pub fn host_port(host: &str, port: u16) -> String {
@@ -319,13 +449,13 @@ pub fn parse_host_port(addr: &str) -> Result<(String, u16), String> {
     };
     let port: u16 = match port.parse() {
         Ok(p) if p > 0 => p,
-        _ => return Err(format!("port {port:?} is not a number in 1..65535")),
+        _ => return Err(format!("port {} is not a number in 1..65535", quoted(port))),
     };
     if host.is_empty() {
         return Err("the host is empty".into());
     }
     if host.len() > 253 || !host.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_') {
-        return Err(format!("host {host:?} is not a host name or IP address"));
+        return Err(format!("host {} is not a host name or IP address", quoted(host)));
     }
     Ok((host.to_string(), port))
 }
@@ -378,6 +508,64 @@ mod tests {
         let err = Plan::build("j", "h", 7, 3, plan.tasks.clone()).unwrap_err();
         assert!(matches!(err, PlanError::TaskIndex { task_index: 3, count: 2 }), "{err}");
         assert_eq!(Plan::local("j", "127.0.0.1", 9, 4, vec![]).unwrap().world_size(), 4);
+    }
+
+    #[test]
+    fn a_repeated_key_is_refused_by_name() {
+        let text = r#"{"version":1,"job_id":"j","rendezvous":"h:1","task_index":0,"version":2,"tasks":[]}"#;
+        let err = Plan::parse(text).unwrap_err();
+        assert!(matches!(&err, PlanError::DuplicateKey { at, key } if at == "plan" && key == "version"), "{err}");
+        assert_eq!(err.to_string(), "plan: the key \"version\" appears twice");
+        let text = r#"{"version":1,"job_id":"j","rendezvous":"h:1","task_index":0,"tasks":[
+            {"index":0,"host":"a","gpus":[],"slots":1},{"index":1,"host":"a","gpus":[],"slots":1,"host":"b"}]}"#;
+        assert_eq!(Plan::parse(text).unwrap_err().to_string(), "tasks[1]: the key \"host\" appears twice");
+        // Nested anywhere, even where the schema would refuse the field anyway.
+        let text = r#"{"version":1,"x":{"y":[{"z":1,"z":2}]}}"#;
+        assert_eq!(Plan::parse(text).unwrap_err().to_string(), "x.y[0]: the key \"z\" appears twice");
+        // Equal keys in different objects are fine; so is a well-formed plan.
+        let text = r#"{"version":1,"job_id":"j","rendezvous":"h:1","task_index":0,"tasks":[
+            {"index":0,"host":"a","gpus":[0],"slots":0}]}"#;
+        assert!(Plan::parse(text).is_ok());
+        assert!(matches!(Plan::parse(r#"{"a":1} x"#), Err(PlanError::Json(_))));
+        assert!(matches!(Plan::parse("[[[["), Err(PlanError::Json(_))));
+        assert!(matches!(Plan::parse(&"[".repeat(100_000)), Err(PlanError::Json(_))), "deep nesting is an error");
+    }
+
+    #[test]
+    fn huge_values_are_cut_in_errors() {
+        let big = "A".repeat(1 << 20);
+        let base = |field: &str, value: &str| {
+            let mut fields = vec![
+                ("version", "1".to_string()),
+                ("job_id", "\"j\"".to_string()),
+                ("rendezvous", "\"h:1\"".to_string()),
+                ("task_index", "0".to_string()),
+                ("tasks", r#"[{"index":0,"host":"a","gpus":[],"slots":1}]"#.to_string()),
+            ];
+            match fields.iter_mut().find(|(k, _)| *k == field) {
+                Some(f) => f.1 = value.to_string(),
+                None => fields.push((field, value.to_string())),
+            }
+            let body: Vec<String> = fields.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            format!("{{{}}}", body.join(","))
+        };
+        let s = format!("\"{big}\"");
+        let cases = [
+            base("version", &s),
+            base("job_id", &s),
+            base("rendezvous", &s),
+            base("rendezvous", &format!("\"h:{}\"", "9".repeat(1 << 20))),
+            base("tasks", &s),
+            base("tasks", &format!(r#"[{{"index":0,"host":{s},"gpus":[],"slots":1}}]"#)),
+            base("tasks", &format!(r#"[{{"index":0,"host":"a","gpus":[{s}],"slots":0}}]"#)),
+            base(&big, "1"),
+            format!(r#"{{"{big}":1,"{big}":2}}"#),
+        ];
+        for text in cases {
+            let msg = Plan::parse(&text).unwrap_err().to_string();
+            assert!(msg.len() < 1000, "{} bytes: {}", msg.len(), &msg[..1000]);
+            assert!(msg.contains("bytes cut"), "{msg}");
+        }
     }
 
     #[test]

@@ -76,3 +76,24 @@ fn knobs_are_read_from_the_environment() {
     assert_eq!(f.code(), Some(2), "{f:?}");
     assert!(f.stderr.contains("soon"), "{}", f.stderr);
 }
+
+#[test]
+fn a_huge_bad_value_is_cut_in_the_message() {
+    // clap quotes a bad value whole; a 100 KB one must not become a 100 KB message.
+    let huge = "9x".repeat(50_000);
+    for (env, args) in [
+        (None, vec!["-np", "1", "--grace-period", huge.as_str(), "--", "true"]),
+        (Some(("FERROVOD_CONNECT_TIMEOUT", huge.as_str())), vec!["-np", "1", "--", "true"]),
+    ] {
+        let mut cmd = launcher();
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        cmd.args(&args);
+        let f = run(cmd, Duration::from_secs(10));
+        assert_eq!(f.code(), Some(2), "{f:?}");
+        assert!(f.stderr.len() < 2000, "{} bytes of message:\n{}", f.stderr.len(), &f.stderr[..2000]);
+        assert!(f.stderr.contains("bytes cut"), "{}", f.stderr);
+        assert!(f.stderr.contains("9x9x"), "{}", f.stderr);
+    }
+}

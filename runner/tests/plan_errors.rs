@@ -180,3 +180,33 @@ fn plan_file_that_does_not_exist() {
     assert_eq!(f.code(), Some(2), "{f:?}");
     assert!(f.stderr.contains("/nonexistent/plan.json"), "{}", f.stderr);
 }
+
+#[test]
+fn a_key_given_twice() {
+    let text = plan_with(&[]).replacen("\"version\": 1", "\"version\": 1, \"version\": 2", 1);
+    refused(&text, &["plan: the key \"version\" appears twice"]);
+    let tasks = r#"[{"index": 0, "host": "127.0.0.1", "gpus": [], "slots": 1, "slots": 4}]"#;
+    refused(&plan_with(&[("tasks", tasks)]), &["tasks[0]: the key \"slots\" appears twice"]);
+}
+
+#[test]
+fn a_huge_field_is_cut_in_the_message() {
+    let text = "A".repeat(10 << 20);
+    let huge = format!("\"{text}\"");
+    for plan in [
+        plan_with(&[("job_id", &huge)]),
+        plan_with(&[("version", &huge)]),
+        plan_with(&[("rendezvous", &huge)]),
+        plan_with(&[("tasks", &huge)]),
+        plan_with(&[(&text, "1")]),
+    ] {
+        let dir = TempDir::new("plan-huge");
+        let path = write_file(&dir, "plan.json", &plan);
+        let mut cmd = launcher();
+        cmd.args(["--plan", &path, "--", FAKE]);
+        let f = run(cmd, Duration::from_secs(20));
+        assert_eq!(f.code(), Some(2), "{}", &f.stderr[..f.stderr.len().min(2000)]);
+        assert!(f.stderr.len() < 2000, "{} bytes of message:\n{}", f.stderr.len(), &f.stderr[..2000]);
+        assert!(f.stderr.contains("bytes cut"), "{}", f.stderr);
+    }
+}

@@ -36,7 +36,7 @@ from __future__ import annotations
 #   _outcome      a finished job's result, or the first failing rank's error
 #   exceptions    the FerrovodError hierarchy (public: ferrovod.exceptions)
 
-from . import _ferrovod, exceptions
+from . import _arrays, _ferrovod, exceptions
 from ._collectives import (
     Average,
     Max,
@@ -153,3 +153,7 @@ __all__ = [
     "size",
     "synchronize",
 ]
+
+# With torch already imported, tensors it makes over read-only memory from here on are known
+# (ferrovod.torch does the same when it is imported).
+_arrays.watch_torch()

@@ -42,8 +42,10 @@ def allreduce_async_(
 ) -> Handle:
     """Starts reducing ``tensor`` over every rank, in place. ``op`` defaults to ``Average``."""
     reduce_op = resolve_op(op, average)
+    name = tensor_name("allreduce", name)
+    _arrays.refuse_read_only(tensor, "allreduce", name)  # before the prescale writes into it
     _arrays.scale(tensor, prescale_factor)
-    inner = _ferrovod.allreduce_async_(_arrays.lendable(tensor), tensor_name("allreduce", name), reduce_op)
+    inner = _ferrovod.allreduce_async_(_arrays.lendable(tensor), name, reduce_op)
 
     def finish(_: Any) -> Any:
         _arrays.scale(tensor, postscale_factor)
@@ -98,6 +100,8 @@ def grouped_allreduce_async_(
     complete together. The handle's result is the list of tensors."""
     base = tensor_name("grouped_allreduce", name)
     names = [f"{base}.{i}" for i in range(len(tensors))]
+    for t, n in zip(tensors, names):
+        _arrays.refuse_read_only(t, "allreduce", n)
     lent = [_arrays.lendable(t) for t in tensors]
     inners = _ferrovod.grouped_allreduce_async_(lent, names, resolve_op(op, average))
     result = list(tensors)
@@ -134,7 +138,9 @@ def grouped_allreduce(
 
 def broadcast_async_(tensor: Any, root_rank: int, name: str | None = None) -> Handle:
     """Starts copying ``root_rank``'s ``tensor`` into every rank's ``tensor``."""
-    inner = _ferrovod.broadcast_async_(_arrays.lendable(tensor), tensor_name("broadcast", name), root_rank)
+    name = tensor_name("broadcast", name)
+    _arrays.refuse_read_only(tensor, "broadcast", name)
+    inner = _ferrovod.broadcast_async_(_arrays.lendable(tensor), name, root_rank)
     return Handle(inner, lambda _: tensor)
 
 

@@ -2,24 +2,22 @@
 
 Nothing is pickled: the function and its arguments travel as :mod:`ferrovod._ship` describes,
 the ranks are started by the real launcher through :mod:`ferrovod._launch` (``ferrovod-run -np N
--- python -m ferrovod._worker SPEC``), so ``run`` gets the launcher's behaviour for free (every
+-- python -m ferrovod._worker --spec-fd FD``, the spec and the results in memory: nothing is
+written to disk), so ``run`` gets the launcher's behaviour for free (every
 rank stopped on the first failure, signals passed on), and :mod:`ferrovod._outcome` turns the
 results and the launcher's report into values or one error.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess  # noqa: F401  (tests patch ferrovod._run.subprocess.Popen to see that nothing starts)
-import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._launch import launch
 from ._outcome import outcome
-from ._ship import check_env, load_results, prepare, type_name, worker_command
+from ._ship import Exchange, check_env, prepare, type_name
 
 
 def run(
@@ -48,13 +46,7 @@ def run(
     call = prepare(fn, args, kwargs, "ferrovod.run")
     extra_env = check_env(env, "ferrovod.run")
 
-    workdir = tempfile.mkdtemp(prefix="ferrovod-run-")
-    try:
-        spec_path = os.path.join(workdir, "spec.json")
-        with open(spec_path, "w", encoding="utf-8") as f:
-            json.dump({**call, "result_dir": workdir}, f)
-        done = launch(["-np", str(np)], worker_command(spec_path), {**os.environ, **extra_env})
-        results = load_results(workdir, range(np))
-        return outcome(results, np, done.code, done.failure, done.launcher_tail, rank_tails=done.rank_tails)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    with Exchange(call, range(np)) as exchange:
+        done = launch(["-np", str(np)], exchange.command(), {**os.environ, **extra_env}, pass_fds=exchange.pass_fds)
+        results = exchange.results()
+    return outcome(results, np, done.code, done.failure, done.launcher_tail, rank_tails=done.rank_tails)

@@ -5,7 +5,10 @@ travel that way is refused here, before any process starts, with an error that n
 failure on N ranks is far harder to read than an early one in the caller.
 
 ``ferrovod.run`` and the Spark tasks both use it; the ranks run ``ferrovod._worker``, which reads
-the spec written here and writes ``rank-{r}.json`` back (:func:`load_results`).
+the spec and writes its result back through an :class:`Exchange`: anonymous in-memory files
+(memfds) that the ranks inherit through the launcher. Nothing touches the disk, so nothing is left
+behind however the run ends (Spark SIGKILLs a cancelled task's Python worker, which no ``finally``
+survives), and no other user can read the function, its arguments or the results.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import __future__
 import builtins
 import dis
+import fcntl
 import importlib
 import inspect
 import json
@@ -23,12 +27,13 @@ import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2
 
 
 def prepare(fn: Callable[..., Any], args: Any, kwargs: Any, api: str) -> dict[str, Any]:
     """The worker spec for calling ``fn(*args, **kwargs)`` on the ranks, without its
-    ``result_dir``; raises ``TypeError``/``ValueError`` naming what cannot travel."""
+    ``result_fds`` (an :class:`Exchange` adds them); raises ``TypeError``/``ValueError`` naming
+    what cannot travel."""
     if not isinstance(args, (tuple, list)):
         raise TypeError(f"{api}: args must be a tuple or a list, not {type_name(args)}")
     kwargs = {} if kwargs is None else kwargs
@@ -51,9 +56,6 @@ def prepare(fn: Callable[..., Any], args: Any, kwargs: Any, api: str) -> dict[st
     }
 
 
-def worker_command(spec_path: str) -> list[str]:
-    """The command every rank runs: this Python, calling the spec's function once."""
-    return [sys.executable, "-m", "ferrovod._worker", spec_path]
 
 
 # --- what can travel ---------------------------------------------------------------------------
@@ -224,17 +226,99 @@ def type_name(v: Any) -> str:
     return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
 
 
-# --- results -----------------------------------------------------------------------------------
+# --- the exchange with the ranks ---------------------------------------------------------------
 
 
-def load_results(result_dir: str, ranks: Iterable[int]) -> dict[int, dict[str, Any]]:
-    """The ``rank-{r}.json`` files the ranks of ``ranks`` wrote into ``result_dir``; a rank
-    that wrote none is absent."""
-    results: dict[int, dict[str, Any]] = {}
-    for r in ranks:
+class Exchange:
+    """What one launcher run hands its ranks: the spec, in a sealed memfd, and one memfd per rank
+    for its result. The launcher inherits them (``pass_fds``) and its ranks inherit them from
+    it; each rank reads the spec, closes every descriptor that is not its own result's, and
+    writes its result there (:mod:`ferrovod._worker`). A context manager: the descriptors are
+    closed on exit, and the memory goes with the last process that holds them."""
+
+    def __init__(self, spec: Mapping[str, Any], ranks: Iterable[int]) -> None:
+        self._results: dict[int, int] = {}
+        self.spec_fd = -1
         try:
-            with open(os.path.join(result_dir, f"rank-{r}.json"), encoding="utf-8") as f:
-                results[r] = json.load(f)
-        except FileNotFoundError:
-            pass
-    return results
+            for r in ranks:
+                self._results[r] = os.memfd_create(f"ferrovod-result-{r}")
+            text = json.dumps({**spec, "result_fds": {str(r): fd for r, fd in self._results.items()}})
+            self.spec_fd = os.memfd_create("ferrovod-spec", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+            _write_all(self.spec_fd, text.encode())
+            # Read-only from here on, for the ranks too.
+            fcntl.fcntl(
+                self.spec_fd,
+                fcntl.F_ADD_SEALS,
+                fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL,
+            )
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def pass_fds(self) -> tuple[int, ...]:
+        """The descriptors the launcher must inherit."""
+        return (self.spec_fd, *self._results.values())
+
+    def command(self) -> list[str]:
+        """The command every rank runs: this Python, calling the spec's function once."""
+        return [sys.executable, "-m", "ferrovod._worker", "--spec-fd", str(self.spec_fd)]
+
+    def results(self) -> dict[int, dict[str, Any]]:
+        """The result each rank wrote; a rank that wrote none (or was killed while writing) is
+        absent."""
+        out: dict[int, dict[str, Any]] = {}
+        for r, fd in self._results.items():
+            raw = _read_all(fd)
+            if not raw:
+                continue
+            try:
+                out[r] = json.loads(raw)
+            except ValueError:
+                pass  # cut short: a JSON object is only complete at its last byte
+        return out
+
+    def close(self) -> None:
+        for fd in (self.spec_fd, *self._results.values()):
+            if fd >= 0:
+                os.close(fd)
+        self.spec_fd = -1
+        self._results = {}
+
+    def __enter__(self) -> Exchange:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def read_spec(fd: int) -> dict[str, Any]:
+    """The spec an :class:`Exchange` wrote (read without moving the descriptor's offset, which
+    every rank shares)."""
+    spec: dict[str, Any] = json.loads(_read_all(fd))
+    return spec
+
+
+def write_result(fd: int, result: Mapping[str, Any]) -> None:
+    """Writes a rank's result into its slot."""
+    _write_all(fd, json.dumps(result).encode())
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    offset = 0
+    while offset < len(view):
+        offset += os.pwrite(fd, view[offset:], offset)
+
+
+def _read_all(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    parts = []
+    offset = 0
+    while offset < size:
+        chunk = os.pread(fd, min(size - offset, 1 << 24), offset)
+        if not chunk:
+            break
+        parts.append(chunk)
+        offset += len(chunk)
+    return b"".join(parts)

@@ -1,9 +1,11 @@
-"""One rank of ``ferrovod.run``: ``python -m ferrovod._worker SPEC``, started by the launcher.
+"""One rank of ``ferrovod.run``: ``python -m ferrovod._worker --spec-fd FD``, started by the
+launcher.
 
-Reads the JSON spec the caller wrote, finds the function (by importing it, or by running its
-source in a fresh namespace), calls it with the JSON arguments and writes
-``rank-{FERROVOD_RANK}.json`` into the result directory: ``{"ok": true, "value": ...}``, or
-``{"ok": false, "type", "message", "traceback"}``. It does not call ``ferrovod.init()``: the
+Reads the JSON spec the caller put in the inherited descriptor FD (:class:`ferrovod._ship.Exchange`),
+closes every descriptor of the exchange but its own result's (the function must not inherit them),
+finds the function (by importing it, or by running its source in a fresh namespace), calls it with
+the JSON arguments and writes its result into the descriptor of ``FERROVOD_RANK``:
+``{"ok": true, "value": ...}``, or ``{"ok": false, "type", "message", "traceback"}``. It does not call ``ferrovod.init()``: the
 function does, as a script started by ``ferrovod-run`` would, so the same function runs either
 way.
 """
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import builtins
 import importlib
-import json
 import linecache
 import os
 import sys
@@ -21,24 +22,36 @@ import time
 import types
 from typing import Any
 
-from ._ship import SPEC_VERSION, check_json
+from ._ship import SPEC_VERSION, check_json, read_spec, write_result
 
 
 def main(argv: list[str]) -> int:
     """Runs the spec's function once; the exit code tells the launcher whether it failed."""
-    if len(argv) != 1:
-        print("usage: python -m ferrovod._worker SPEC (started by ferrovod.run)", file=sys.stderr)
+    if len(argv) != 2 or argv[0] != "--spec-fd" or not argv[1].isdigit():
+        print("usage: python -m ferrovod._worker --spec-fd FD (started by ferrovod.run)", file=sys.stderr)
         return 2
     # Output goes to the launcher through a pipe: flush every line so it is forwarded live.
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(line_buffering=True)
-    with open(argv[0], encoding="utf-8") as f:
-        spec = json.load(f)
+    spec_fd = int(argv[1])
+    try:
+        spec = read_spec(spec_fd)
+    except (OSError, ValueError) as e:
+        print(f"ferrovod._worker: cannot read the spec from descriptor {spec_fd}: {e}", file=sys.stderr)
+        return 2
     if spec.get("version") != SPEC_VERSION:
         print(f"ferrovod._worker: spec version {spec.get('version')!r}, expected {SPEC_VERSION}", file=sys.stderr)
         return 2
     rank = int(os.environ.get("FERROVOD_RANK", "0"))
+    fds = {int(r): fd for r, fd in spec["result_fds"].items()}
+    mine = fds.pop(rank, None)
+    for fd in (spec_fd, *fds.values()):
+        _close(fd)
+    if mine is None:
+        print(f"ferrovod._worker: the spec has no result slot for rank {rank}", file=sys.stderr)
+        return 2
+    os.set_inheritable(mine, False)
     try:
         _extend_path(spec["sys_path"])
         fn = _resolve(spec["function"])
@@ -58,7 +71,8 @@ def main(argv: list[str]) -> int:
             "traceback": tb,
             "time_ns": time.time_ns(),  # the earliest error is the cause; later ones follow from it
         }
-    _write(os.path.join(spec["result_dir"], f"rank-{rank}.json"), result)
+    write_result(mine, result)
+    os.close(mine)
     return 0 if result["ok"] else 1
 
 
@@ -96,12 +110,11 @@ def _resolve(target: dict[str, Any]) -> Any:
     return module.__dict__[target["name"]]
 
 
-def _write(path: str, result: dict[str, Any]) -> None:
-    """Writes ``result`` atomically: the caller never reads a half-written file."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(result, f)
-    os.replace(tmp, path)
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ processes they name are still alive."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,3 +44,28 @@ def assert_gone_within(pids: list[int], since: float, seconds: float, after: str
         time.sleep(0.1)
     left = [p for p in pids if alive(p)]
     assert not left, f"still alive {seconds:g} s after {after}: {left} (ranks and their launchers: {pids})"
+
+
+def wait_gone(pid: int, seconds: float) -> None:
+    """Waits up to ``seconds`` for ``pid`` to end; fails if it does not."""
+    deadline = time.monotonic() + seconds
+    while alive(pid):
+        assert time.monotonic() < deadline, f"pid {pid} still alive after {seconds:g} s"
+        time.sleep(0.05)
+
+
+def paths_of(pids: list[int]) -> list[str]:
+    """Every file path in the command lines of ``pids`` and every file they hold open (pipes,
+    sockets and memfds have no path)."""
+    out = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                out += [a.decode(errors="replace") for a in f.read().split(b"\0") if a.startswith(b"/")]
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if target.startswith("/") and not target.startswith("/memfd:"):
+                    out.append(target)
+        except OSError:
+            pass
+    return out

@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,74 @@ def test_read_only_arrays_are_refused_in_place_but_fine_out_of_place(world1):
         fv.broadcast_(x, 0)
     assert fv.allreduce(x, op=fv.Sum).tolist() == [0, 1, 2]
     assert fv.allgather(x).tolist() == [0, 1, 2]
+
+
+class _DLPackOnly:
+    """Memory that reaches ferrovod only through DLPack (as a torch tensor does), from a numpy
+    array: numpy flags a read-only array in a DLPack 1.x capsule."""
+
+    def __init__(self, a: np.ndarray) -> None:
+        self.a = a
+
+    def __dlpack__(self, **kwargs):
+        return self.a.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.a.__dlpack_device__()
+
+
+def _numpy_error(call) -> str:
+    """The error an in-place collective gives for a read-only numpy array."""
+    a = np.arange(3, dtype=np.float32)
+    a.flags.writeable = False
+    with pytest.raises(fv.InvalidArgumentError) as e:
+        call(a)
+    return str(e.value)
+
+
+def test_a_dlpack_tensor_flagged_read_only_is_refused_in_place_as_numpy_is(world1):
+    a = np.arange(3, dtype=np.float32)
+    a.flags.writeable = False
+    with pytest.raises(fv.InvalidArgumentError) as e:
+        fv.allreduce_(_DLPackOnly(a), name="x")
+    assert str(e.value) == _numpy_error(lambda x: fv.allreduce_(x, name="x"))
+    w = np.arange(3, dtype=np.float32)
+    fv.allreduce_(_DLPackOnly(w), op=fv.Sum)  # a writable one is taken in place
+    assert w.tolist() == [0, 1, 2]
+
+
+def test_a_torch_tensor_over_read_only_memory_is_refused_in_place_as_numpy_is(world1):
+    import ferrovod.torch as hvd
+
+    a = np.arange(3, dtype=np.float32)
+    a.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: "The given NumPy array is not writable"
+        t = torch.from_numpy(a)
+        b = torch.frombuffer(b"\0" * 12, dtype=torch.float32)  # the bytes object's own memory
+    allreduce_ = _numpy_error(lambda x: fv.allreduce_(x, name="x"))
+    broadcast_ = _numpy_error(lambda x: fv.broadcast_(x, 0, name="x"))
+    assert "read-only" in allreduce_ and "read-only" in broadcast_
+    for x in (t, t[1:], t.view(1, 3), t.detach(), b):
+        for call, expected in [
+            (lambda x: fv.allreduce_(x, name="x", prescale_factor=2.0), allreduce_),
+            (lambda x: fv.broadcast_(x, 0, name="x"), broadcast_),
+            (lambda x: fv.grouped_allreduce_([x], name="x"), allreduce_.replace('"x"', '"x.0"')),
+            (lambda x: hvd.allreduce_(x, name="x"), allreduce_),
+            (lambda x: hvd.allreduce_(x, name="x", compression=hvd.Compression.fp16), allreduce_),
+            (lambda x: hvd.grouped_allreduce_([x], name="x", compression=hvd.Compression.fp16), allreduce_.replace('"x"', '"x.0"')),
+            (lambda x: hvd.broadcast_parameters({"x": x}, root_rank=0), broadcast_.replace('"x"', '"broadcast_parameters.x"')),
+        ]:
+            with pytest.raises(fv.InvalidArgumentError) as e:
+                call(x)
+            assert str(e.value) == expected
+    assert a.tolist() == [0, 1, 2], "the read-only array was written"
+    assert bytes(b.numpy()) == b"\0" * 12
+    # Reading is fine, and so is a writable array wrapped the same way.
+    assert hvd.allreduce(t, op=fv.Sum).tolist() == [0, 1, 2]
+    w = np.arange(3, dtype=np.float32)
+    assert hvd.allreduce_(torch.from_numpy(w), op=fv.Sum, prescale_factor=2.0).tolist() == [0, 2, 4]
+    assert w.tolist() == [0, 2, 4]
 
 
 def test_out_of_place_ops_take_non_contiguous_input(world1):

@@ -9,7 +9,9 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
+import procs
 import pytest
 import runfns
 
@@ -19,14 +21,14 @@ from conftest import WORKERS
 
 @pytest.fixture
 def no_launch(monkeypatch):
-    """Makes starting any process (or making the spec directory) fail the test: a refusal must
+    """Makes starting any process (or making the spec's memfd) fail the test: a refusal must
     come before either."""
 
     def refuse(*args, **kwargs):
         raise AssertionError("ferrovod.run started something before refusing")
 
     monkeypatch.setattr(ferrovod._run.subprocess, "Popen", refuse)
-    monkeypatch.setattr(ferrovod._run.tempfile, "mkdtemp", refuse)
+    monkeypatch.setattr(ferrovod._ship.os, "memfd_create", refuse)
 
 
 # --- results -----------------------------------------------------------------------------------
@@ -34,18 +36,47 @@ def no_launch(monkeypatch):
 
 @pytest.mark.multiproc
 @pytest.mark.parametrize("n", [1, 2, 4])
-def test_importable_function_returns_every_rank_value_in_rank_order(n, monkeypatch):
-    made = []
-    real_mkdtemp = tempfile.mkdtemp
-
-    def mkdtemp(**kwargs):
-        made.append(real_mkdtemp(**kwargs))
-        return made[-1]
-
-    monkeypatch.setattr(ferrovod._run.tempfile, "mkdtemp", mkdtemp)
+def test_importable_function_returns_every_rank_value_in_rank_order(n, monkeypatch, tmp_path):
+    # The spec and the results travel in memory: nothing is written to the temporary directory.
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     results = ferrovod.run(runfns.allreduce_rank, np=n)
     assert results == [{"rank": r, "size": n, "sum": [n * (n - 1) / 2, n]} for r in range(n)]
-    assert made and not os.path.exists(made[0]), "the spec directory was left behind"
+    assert list(tmp_path.iterdir()) == [], "ferrovod.run left files behind"
+
+
+@pytest.mark.multiproc
+def test_a_killed_caller_leaves_no_file_behind(tmp_path):
+    """The caller SIGKILLed while its ranks run (as Spark kills a cancelled task's worker): no
+    ``finally`` runs, and still nothing of the run is on disk, in the caller's temporary
+    directory or anywhere a rank's descriptors point."""
+    tmp = tmp_path / "tmp"
+    pids = tmp_path / "pids"
+    tmp.mkdir()
+    pids.mkdir()
+    code = (
+        "import ferrovod, sparkfns; "
+        f"ferrovod.run(sparkfns.record_pids_and_sleep, args=({str(pids)!r}, 60.0), np=2)"
+    )
+    env = {**os.environ, "TMPDIR": str(tmp), "PYTHONPATH": os.path.dirname(__file__)}
+    caller = subprocess.Popen([sys.executable, "-c", code], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while len(list(pids.glob("rank-?"))) < 2:
+            assert caller.poll() is None and time.monotonic() < deadline, "the ranks did not start"
+            time.sleep(0.05)
+        ranks = [int(f.read_text().split()[0]) for f in pids.glob("rank-?")]
+        on_disk = [
+            os.readlink(f"/proc/{pid}/fd/{fd}") for pid in ranks for fd in os.listdir(f"/proc/{pid}/fd")
+        ]
+        on_disk = [p for p in on_disk if p.startswith("/") and not p.startswith("/memfd:") and "ferrovod" in p]
+        assert on_disk == [], f"the ranks hold files of the run: {on_disk}"
+        assert list(tmp.iterdir()) == [], f"written to disk while the ranks run: {list(tmp.iterdir())}"
+    finally:
+        caller.kill()
+        caller.wait()
+    for pid in ranks:
+        procs.wait_gone(pid, 15)
+    assert list(tmp.iterdir()) == [], f"left on disk: {list(tmp.iterdir())}"
 
 
 @pytest.mark.multiproc

@@ -7,6 +7,7 @@ import linecache
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 import types
@@ -158,7 +159,7 @@ def test_what_cannot_travel_is_refused_before_spark_runs_anything(spark):
 
 
 @pytest.mark.parametrize("how", ["job_group", "all_jobs"])
-def test_cancel_leaves_no_process_alive(spark, tmp_path, how):
+def test_cancel_leaves_no_process_and_no_file_behind(spark, tmp_path, how):
     sc = spark.sparkContext
     group = f"ferrovod-cancel-{how}"
     outcome: dict = {}
@@ -175,6 +176,10 @@ def test_cancel_leaves_no_process_alive(spark, tmp_path, how):
     t.start()
     pids = procs.pids_of(procs.wait_for_pid_files(tmp_path, 2, t.is_alive))
     assert all(procs.alive(p) for p in pids)
+    # What the ranks were given (their command line, their open files) must not be on disk: the
+    # spec holds the function and its arguments, and a cancel SIGKILLs the task's Python worker.
+    given = procs.paths_of(pids)
+    assert not [p for p in given if "ferrovod-spark-" in p or p.endswith("spec.json")], given
 
     cancelled = time.monotonic()
     if how == "job_group":
@@ -186,6 +191,8 @@ def test_cancel_leaves_no_process_alive(spark, tmp_path, how):
     assert isinstance(outcome.get("error"), ferrovod.FerrovodError), outcome
     assert "cancelled" in str(outcome["error"])
     procs.assert_gone_within(pids, cancelled, 10, "the cancel")
+    left = [p for p in given if p.startswith(tempfile.gettempdir() + "/ferrovod-") and os.path.exists(p)]
+    assert not left, f"left on disk after the cancel: {left}"
 
 
 def test_an_executor_python_without_ferrovod_is_named(spark):

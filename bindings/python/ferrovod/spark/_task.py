@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 from .. import _launch
 from .._ferrovod import __version__, barrier_plan
-from .._ship import load_results, worker_command
+from .._ship import Exchange
 from . import _logs
 
 
@@ -62,10 +60,9 @@ def barrier_task(job_text: str, _partition: Iterator[Any]) -> Iterator[str]:
         yield json.dumps({"task": index, "host": host, "setup_errors": errors})
         return
 
-    workdir = tempfile.mkdtemp(prefix="ferrovod-spark-")
     try:
         try:
-            answer = _run_launcher(job, index, records, listener, workdir)
+            answer = _run_launcher(job, index, records, listener)
         except Exception as e:
             # An answer, not an exception: the driver then names this task's error, not Spark's.
             answer = {"task": index, "host": host, "task_error": f"task {index} on {host}: {type(e).__name__}: {e}"}
@@ -73,12 +70,9 @@ def barrier_task(job_text: str, _partition: Iterator[Any]) -> Iterator[str]:
     finally:
         if listener is not None:
             listener.close()
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _run_launcher(
-    job: dict[str, Any], index: int, records: list[dict[str, Any]], listener: Any, workdir: str
-) -> dict[str, Any]:
+def _run_launcher(job: dict[str, Any], index: int, records: list[dict[str, Any]], listener: Any) -> dict[str, Any]:
     """Starts this task's ``ferrovod-run`` and waits for it; returns what the driver needs."""
     per_task = job["processes_per_task"]
     first_rank = index * per_task
@@ -91,10 +85,6 @@ def _run_launcher(
         index,
         [(r["host"], r["gpus"], per_task) for r in records],
     )
-    spec_path = os.path.join(workdir, "spec.json")
-    with open(spec_path, "w", encoding="utf-8") as f:
-        json.dump({**job["spec"], "result_dir": workdir}, f)
-
     options = ["--plan", "-"]
     fds: tuple[int, ...] = ()
     if listener is not None:
@@ -117,16 +107,20 @@ def _run_launcher(
         except OSError as e:
             print(f"ferrovod: cannot stream output to the driver at {job['log_address']}: {e}", file=sys.stderr)
     sink = _ToDriver(client)
-    done = _launch.launch(
-        options,
-        worker_command(spec_path),
-        env,
-        sink=sink,
-        stdin_text=plan,
-        pass_fds=fds,
-        # The launcher has its own copy of the store socket now.
-        started=listener.close if listener is not None else None,
-    )
+    # The function, its arguments and the results stay in memory (memfds the ranks inherit):
+    # a cancel SIGKILLs this Python worker, and nothing may be left on disk after it.
+    with Exchange(job["spec"], my_ranks) as exchange:
+        done = _launch.launch(
+            options,
+            exchange.command(),
+            env,
+            sink=sink,
+            stdin_text=plan,
+            pass_fds=(*fds, *exchange.pass_fds),
+            # The launcher has its own copy of the store socket now.
+            started=listener.close if listener is not None else None,
+        )
+        results = exchange.results()
     if client is not None:
         client.close()
     return {
@@ -135,7 +129,7 @@ def _run_launcher(
         "ranks": list(my_ranks),
         "exit": done.code,
         "failure": done.failure,
-        "results": load_results(workdir, my_ranks),
+        "results": results,
         "rank_tails": {r: done.rank_tails.get(r, []) for r in my_ranks},
         "tail": done.launcher_tail,
     }

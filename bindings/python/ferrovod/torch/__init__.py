@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ferrovod as _core
 from ferrovod import *  # noqa: F403  (the core API, re-exported as it is)
-from ferrovod import gloo_built, mpi_built, mpi_threads_supported, nccl_built
+from ferrovod import _arrays, gloo_built, mpi_built, mpi_threads_supported, nccl_built
 
 from .compression import Compression, Compressor, FP16Compressor, NoneCompressor
 from .functions import broadcast_optimizer_state, broadcast_parameters
@@ -39,6 +39,9 @@ from .ops import (
     reducescatter,
 )
 from .optimizer import DistributedOptimizer
+
+# Tensors torch makes over read-only memory from here on are known, and refused in place.
+_arrays.watch_torch()
 
 __all__ = [
     *_core.__all__,

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 import ferrovod as _core
+from ferrovod import _arrays
 
 from .ops import staged
 
@@ -63,6 +64,7 @@ def broadcast_optimizer_state(optimizer: torch.optim.Optimizer, root_rank: int) 
 def _broadcast_into(tensor: torch.Tensor, root_rank: int, name: str) -> Any:
     """Starts broadcasting into ``tensor``; the returned function waits and copies the result in
     if it travelled through a staging copy."""
+    _arrays.refuse_read_only(tensor, "broadcast", name)  # the copy back would write into it
     buf = staged(tensor)
     handle = _core.broadcast_async_(buf, root_rank, name=name)
 

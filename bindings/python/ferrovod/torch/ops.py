@@ -68,7 +68,8 @@ def allreduce_async_(
     """Starts reducing ``tensor`` over every rank, in place; with a compression that casts, the
     compressed copy travels and the result is copied back into ``tensor`` on ``synchronize``."""
     plain = tensor.detach()
-    compressed, ctx = compression.compress(plain)
+    # A compressed copy would hide a read-only tensor from the core, which refuses it.
+    compressed, ctx = (plain, None) if _arrays.read_only(plain) else compression.compress(plain)
     inner = _core.allreduce_async_(compressed, average, name, op, prescale_factor, postscale_factor)
 
     def finish(reduced: torch.Tensor) -> torch.Tensor:
@@ -154,7 +155,8 @@ def grouped_allreduce_async_(
     """Starts reducing ``tensors`` in place as one group (they complete together); compressed
     copies travel where the compression casts."""
     plain = [t.detach() for t in tensors]
-    packed = [compression.compress(t) for t in plain]
+    # As in allreduce_async_: the core refuses read-only tensors, so they travel uncompressed.
+    packed = [(t, None) if _arrays.read_only(t) else compression.compress(t) for t in plain]
     inner = _core.grouped_allreduce_async_([c for c, _ in packed], average, name, op)
 
     def finish(reduced: list[torch.Tensor]) -> list[torch.Tensor]:
