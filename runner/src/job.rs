@@ -16,7 +16,7 @@ use crate::launch::Launch;
 use crate::os::SignalFd;
 use crate::placement::{self, ENV_REMOVED, JobEnv, Placement};
 use crate::report::{Outcome, Report, say};
-use crate::supervisor::{Spec, Supervisor};
+use crate::supervisor::{ExitKind, Spec, Supervisor};
 
 /// Poll period while running: bounds how late a dead parent is noticed when the kernel has no
 /// pidfds.
@@ -32,6 +32,22 @@ const FIRST_FAILURE_WAIT: Duration = Duration::from_secs(2);
 /// On task 0 after a failure: how long, beyond the grace period, to keep the store for the
 /// other launchers to stop and report.
 const AFTER_FAILURE_LINGER: Duration = Duration::from_secs(10);
+
+/// Which of several processes reaped together is blamed for the job's failure: the lowest
+/// value, then the lowest rank.
+///
+/// A process killed by a signal that the launcher did not send (SIGKILL from a user or the OOM
+/// killer, SIGSEGV) cannot be the consequence of another rank's failure: ranks never signal each
+/// other. A process that exited with an error code may be (a ferrovod rank whose peer died
+/// fails its collective, naming that peer, and exits with 1). When the launcher is slow to
+/// wake, both are waiting to be reaped, and `waitpid` returns them in start order, not in the
+/// order they ended.
+fn blame_order(status: ExitKind) -> u8 {
+    match status {
+        ExitKind::Signal(_) => 0,
+        ExitKind::Code(_) => 1,
+    }
+}
 
 /// Watches the launcher's parent: a Spark task's Python worker is SIGKILLed on cancel, and
 /// nothing this launcher started may survive it.
@@ -133,6 +149,10 @@ impl Job<'_> {
     }
 
     /// Records a failure seen here (the first one wins) and publishes it to the other tasks.
+    ///
+    /// When another launcher claimed the job's first failure before us, ours is a consequence
+    /// (a rank that saw its peer die): the first one is adopted instead, so that neither the
+    /// events channel nor the report ever names our rank for it.
     fn fail(&mut self, cause: Cause) {
         if self.failure.is_some() {
             return;
@@ -140,12 +160,23 @@ impl Job<'_> {
         let publish = !matches!(cause, Cause::StoreLost(_));
         let f = Failure { task: self.task, host: self.host.clone(), cause };
         self.log(2, &format!("failure: {}", f.describe()));
-        if publish
-            && let Some(coord) = &mut self.coord
-            && let Err(e) = coord.publish_failure(&f)
-            && self.cfg.verbose >= 1
-        {
-            say(&format!("could not tell the other tasks: {e}"));
+        if publish && let Some(coord) = &mut self.coord {
+            match coord.publish_failure(&f) {
+                Ok(false) if coord.connected() => {
+                    if let Some(first) = coord.first_failure(FIRST_FAILURE_WAIT) {
+                        self.log(2, &format!("another task failed first: {}", first.describe()));
+                        self.events.emit(&Event::Failure { local: false, failure: (&first).into() });
+                        self.failure = Some((first, false));
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if self.cfg.verbose >= 1 {
+                        say(&format!("could not tell the other tasks: {e}"));
+                    }
+                }
+            }
         }
         self.events.emit(&Event::Failure { local: true, failure: (&f).into() });
         self.failure = Some((f, true));
@@ -197,14 +228,30 @@ impl Job<'_> {
         }
     }
 
-    fn on_exit(&mut self, idx: usize) {
-        let Some(c) = self.sup.children().get(idx).cloned() else {
-            return;
-        };
-        let Some(status) = c.status else { return };
-        self.log(2, &format!("rank {} (pid {}) {status}", c.rank, c.pid));
-        if !status.success() && self.phase == Phase::Running {
-            self.fail(Cause::Rank { rank: c.rank, status });
+    /// Handles the processes reaped together (`ended`, indices into the children): while the
+    /// job runs, the first bad exit among them is the job's failure; which one that is is
+    /// decided by [`blame_order`], never by the order `waitpid` returned them in.
+    ///
+    /// Once the launcher stopped the job, exits are consequences of that, not causes.
+    fn on_exits(&mut self, ended: &[usize]) {
+        let mut cause: Option<(u8, usize, ExitKind)> = None;
+        for &idx in ended {
+            let Some(c) = self.sup.children().get(idx) else { continue };
+            let Some(status) = c.status else { continue };
+            let (rank, pid, signalled) = (c.rank, c.pid, c.signalled);
+            self.log(2, &format!("rank {rank} (pid {pid}) {status}"));
+            if status.success() || signalled {
+                continue;
+            }
+            let order = blame_order(status);
+            if cause.is_none_or(|(o, ..)| order < o) {
+                cause = Some((order, rank, status));
+            }
+        }
+        if let Some((_, rank, status)) = cause
+            && self.phase == Phase::Running
+        {
+            self.fail(Cause::Rank { rank, status });
             self.begin_stop(libc::SIGTERM);
         }
     }
@@ -291,12 +338,13 @@ impl Job<'_> {
                     Ok(None) | Err(_) => break,
                 }
             }
-            for idx in self.sup.reap() {
-                self.on_exit(idx);
-            }
+            // Another task's failure that arrived with our ranks' exits came first: a rank
+            // that ends because its peer on another host died is not the cause.
             while let Some(ev) = self.coord.as_mut().and_then(Coordinator::next_event) {
                 self.on_coord(ev);
             }
+            let ended = self.sup.reap();
+            self.on_exits(&ended);
             if self.parent.died() && matches!(self.phase, Phase::Starting | Phase::Running) {
                 self.parent.enabled = false;
                 self.fail(Cause::ParentDied);

@@ -115,6 +115,9 @@ pub struct Child {
     pub ended: Option<Instant>,
     /// Its process group was seen empty (the process and everything it started are gone).
     pub group_gone: bool,
+    /// The launcher signalled it while it was running: how it ends is a consequence of that,
+    /// never the cause of a failure.
+    pub signalled: bool,
 }
 
 /// Starting a process failed.
@@ -192,6 +195,7 @@ impl Supervisor {
             status: None,
             ended: None,
             group_gone: false,
+            signalled: false,
         });
         self.by_pid.insert(pid, idx);
         // `child` is never waited on through std: `reap` collects every status.
@@ -247,6 +251,7 @@ impl Supervisor {
             }
             if os::kill_group(c.pid, sig) {
                 n += 1;
+                c.signalled |= c.status.is_none() && sig != 0;
             } else if c.status.is_some() {
                 c.group_gone = true;
                 if let Some(r) = &self.reaper {
