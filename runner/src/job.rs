@@ -29,6 +29,12 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 const DRAIN_WAIT: Duration = Duration::from_secs(2);
 /// How long a launcher whose failure was not the first waits to learn the first one.
 const FIRST_FAILURE_WAIT: Duration = Duration::from_secs(2);
+/// In a job of several tasks: how long a rank's exit with an error code waits before this
+/// launcher claims it as the job's first failure, for another launcher to claim the cause.
+/// A rank whose peer on another task was killed exits with an error moments after the death;
+/// the dead rank's launcher normally claims within a millisecond, but not when it is
+/// descheduled. The local ranks are stopped at once all the same; only the claim waits.
+const SETTLE: Duration = Duration::from_millis(500);
 /// On task 0 after a failure: how long, beyond the grace period, to keep the store for the
 /// other launchers to stop and report.
 const AFTER_FAILURE_LINGER: Duration = Duration::from_secs(10);
@@ -100,6 +106,8 @@ pub(crate) struct Job<'a> {
     pub(crate) parent: ParentWatch,
     pub(crate) events: Events,
     pub(crate) failure: Option<(Failure, bool)>,
+    /// A local failure waiting out [`SETTLE`] before it is claimed (see there).
+    pub(crate) settling: Option<(Cause, Instant)>,
     pub(crate) phase: Phase,
     pub(crate) stopped: usize,
 }
@@ -251,8 +259,26 @@ impl Job<'_> {
         if let Some((_, rank, status)) = cause
             && self.phase == Phase::Running
         {
-            self.fail(Cause::Rank { rank, status });
+            let cause = Cause::Rank { rank, status };
+            if matches!(status, ExitKind::Code(_)) && self.coord.is_some() {
+                self.settling = Some((cause, Instant::now() + SETTLE));
+            } else {
+                self.fail(cause);
+            }
             self.begin_stop(libc::SIGTERM);
+        }
+    }
+
+    /// Claims a settling failure once [`SETTLE`] is over, unless another launcher's failure
+    /// was adopted meanwhile (or the store is gone: there is nobody to tell).
+    fn settle(&mut self, force: bool) {
+        let Some((_, deadline)) = &self.settling else { return };
+        if self.failure.is_some() {
+            self.settling = None;
+        } else if (force || Instant::now() >= *deadline)
+            && let Some((cause, _)) = self.settling.take()
+        {
+            self.fail(cause);
         }
     }
 
@@ -273,6 +299,7 @@ impl Job<'_> {
                 self.begin_stop(libc::SIGTERM);
             }
             CoordEvent::Lost(e) => {
+                self.settle(true); // a rank's failure before the loss stays the cause
                 self.fail(Cause::StoreLost(e));
                 self.begin_stop(libc::SIGTERM);
             }
@@ -296,7 +323,10 @@ impl Job<'_> {
             }
             Phase::Stopping { deadline, killed } => {
                 if self.sup.running() == 0 && self.sup.sweep() == 0 {
-                    self.phase = Phase::Done;
+                    // Not before the failure is known: the report names it.
+                    if self.settling.is_none() {
+                        self.phase = Phase::Done;
+                    }
                 } else if Instant::now() >= deadline {
                     if killed {
                         self.phase = Phase::Done; // unkillable (uninterruptible sleep): give up
@@ -345,6 +375,7 @@ impl Job<'_> {
             }
             let ended = self.sup.reap();
             self.on_exits(&ended);
+            self.settle(false);
             if self.parent.died() && matches!(self.phase, Phase::Starting | Phase::Running) {
                 self.parent.enabled = false;
                 self.fail(Cause::ParentDied);
@@ -355,6 +386,7 @@ impl Job<'_> {
     }
 
     pub(crate) fn finish(mut self) -> Report {
+        self.settle(true);
         let leftovers = self.sup.sweep();
         let open = self.sup.drain_output(Instant::now() + DRAIN_WAIT);
         if open > 0 {
