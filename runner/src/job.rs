@@ -237,8 +237,9 @@ impl Job<'_> {
     }
 
     /// Handles the processes reaped together (`ended`, indices into the children): while the
-    /// job runs, the first bad exit among them is the job's failure; which one that is is
-    /// decided by [`blame_order`], never by the order `waitpid` returned them in.
+    /// job runs, the bad exit among them that [`blame_order`] puts first is the job's failure,
+    /// never merely the first that `waitpid` returned. In a job of several tasks, an exit with a
+    /// code is claimed only after [`SETTLE`].
     ///
     /// Once the launcher stopped the job, exits are consequences of that, not causes.
     fn on_exits(&mut self, ended: &[usize]) {
