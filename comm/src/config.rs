@@ -35,6 +35,7 @@ knobs! {
     CROSS_SIZE = "FERROVOD_CROSS_SIZE", "", "Number of processes with this local rank (set by the launcher).";
     RENDEZVOUS = "FERROVOD_RENDEZVOUS", "", "host:port of the rendezvous store; required when FERROVOD_SIZE > 1.";
     SECRET = "FERROVOD_SECRET", "", "Job secret for the HMAC handshake on every connection; required when FERROVOD_SIZE > 1.";
+    JOB_TAG = "FERROVOD_JOB_TAG", "", "Set by the launcher on every process it starts (random, one per launcher): marks the job's processes and what they start, so that the launcher, or its reaper when the launcher is killed, can end them all; not read by ranks.";
     HOST_STORE = "FERROVOD_HOST_STORE", "0", "1: rank 0 binds FERROVOD_RENDEZVOUS and serves the store itself (when no launcher does).";
     TIMEOUT = "FERROVOD_TIMEOUT", "600", "Seconds a collective may wait without progress before it fails naming the silent peers.";
     CONNECT_TIMEOUT = "FERROVOD_CONNECT_TIMEOUT", "120", "Seconds to wait for the store and for every peer at start-up.";

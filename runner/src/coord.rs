@@ -228,6 +228,12 @@ impl Coordinator {
         Ok(first)
     }
 
+    /// Whether this launcher has its store connection (the coordination is ready and the
+    /// store was not lost).
+    pub fn connected(&self) -> bool {
+        self.client.is_some()
+    }
+
     /// The job's first failure as published, waiting up to `wait` for it.
     pub fn first_failure(&mut self, wait: Duration) -> Option<Failure> {
         let client = self.client.as_mut()?;

@@ -98,7 +98,7 @@ pub enum Event {
         stopped: usize,
         /// Processes of the job (all tasks).
         world: usize,
-        /// Process groups that could not be emptied.
+        /// Process groups and stray processes that could not be ended.
         leftovers: usize,
         /// The summary line the launcher prints.
         summary: String,

@@ -16,7 +16,7 @@ use crate::launch::Launch;
 use crate::os::SignalFd;
 use crate::placement::{self, ENV_REMOVED, JobEnv, Placement};
 use crate::report::{Outcome, Report, say};
-use crate::supervisor::{Spec, Supervisor};
+use crate::supervisor::{ExitKind, Spec, Supervisor};
 
 /// Poll period while running: bounds how late a dead parent is noticed when the kernel has no
 /// pidfds.
@@ -29,9 +29,31 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 const DRAIN_WAIT: Duration = Duration::from_secs(2);
 /// How long a launcher whose failure was not the first waits to learn the first one.
 const FIRST_FAILURE_WAIT: Duration = Duration::from_secs(2);
+/// In a job of several tasks: how long a rank's exit with an error code waits before this
+/// launcher claims it as the job's first failure, for another launcher to claim the cause.
+/// A rank whose peer on another task was killed exits with an error moments after the death;
+/// the dead rank's launcher normally claims within a millisecond, but not when it is
+/// descheduled. The local ranks are stopped at once all the same; only the claim waits.
+const SETTLE: Duration = Duration::from_millis(500);
 /// On task 0 after a failure: how long, beyond the grace period, to keep the store for the
 /// other launchers to stop and report.
 const AFTER_FAILURE_LINGER: Duration = Duration::from_secs(10);
+
+/// Which of several processes reaped together is blamed for the job's failure: the lowest
+/// value, then the lowest rank.
+///
+/// A process killed by a signal that the launcher did not send (SIGKILL from a user or the OOM
+/// killer, SIGSEGV) cannot be the consequence of another rank's failure: ranks never signal each
+/// other. A process that exited with an error code may be (a ferrovod rank whose peer died
+/// fails its collective, naming that peer, and exits with 1). When the launcher is slow to
+/// wake, both are waiting to be reaped, and `waitpid` returns them in start order, not in the
+/// order they ended.
+fn blame_order(status: ExitKind) -> u8 {
+    match status {
+        ExitKind::Signal(_) => 0,
+        ExitKind::Code(_) => 1,
+    }
+}
 
 /// Watches the launcher's parent: a Spark task's Python worker is SIGKILLed on cancel, and
 /// nothing this launcher started may survive it.
@@ -84,6 +106,8 @@ pub(crate) struct Job<'a> {
     pub(crate) parent: ParentWatch,
     pub(crate) events: Events,
     pub(crate) failure: Option<(Failure, bool)>,
+    /// A local failure waiting out [`SETTLE`] before it is claimed (see there).
+    pub(crate) settling: Option<(Cause, Instant)>,
     pub(crate) phase: Phase,
     pub(crate) stopped: usize,
 }
@@ -133,6 +157,10 @@ impl Job<'_> {
     }
 
     /// Records a failure seen here (the first one wins) and publishes it to the other tasks.
+    ///
+    /// When another launcher claimed the job's first failure before us, ours is a consequence
+    /// (a rank that saw its peer die): the first one is adopted instead, so that neither the
+    /// events channel nor the report ever names our rank for it.
     fn fail(&mut self, cause: Cause) {
         if self.failure.is_some() {
             return;
@@ -140,12 +168,23 @@ impl Job<'_> {
         let publish = !matches!(cause, Cause::StoreLost(_));
         let f = Failure { task: self.task, host: self.host.clone(), cause };
         self.log(2, &format!("failure: {}", f.describe()));
-        if publish
-            && let Some(coord) = &mut self.coord
-            && let Err(e) = coord.publish_failure(&f)
-            && self.cfg.verbose >= 1
-        {
-            say(&format!("could not tell the other tasks: {e}"));
+        if publish && let Some(coord) = &mut self.coord {
+            match coord.publish_failure(&f) {
+                Ok(false) if coord.connected() => {
+                    if let Some(first) = coord.first_failure(FIRST_FAILURE_WAIT) {
+                        self.log(2, &format!("another task failed first: {}", first.describe()));
+                        self.events.emit(&Event::Failure { local: false, failure: (&first).into() });
+                        self.failure = Some((first, false));
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    if self.cfg.verbose >= 1 {
+                        say(&format!("could not tell the other tasks: {e}"));
+                    }
+                }
+            }
         }
         self.events.emit(&Event::Failure { local: true, failure: (&f).into() });
         self.failure = Some((f, true));
@@ -197,15 +236,50 @@ impl Job<'_> {
         }
     }
 
-    fn on_exit(&mut self, idx: usize) {
-        let Some(c) = self.sup.children().get(idx).cloned() else {
-            return;
-        };
-        let Some(status) = c.status else { return };
-        self.log(2, &format!("rank {} (pid {}) {status}", c.rank, c.pid));
-        if !status.success() && self.phase == Phase::Running {
-            self.fail(Cause::Rank { rank: c.rank, status });
+    /// Handles the processes reaped together (`ended`, indices into the children): while the
+    /// job runs, the bad exit among them that [`blame_order`] puts first is the job's failure,
+    /// never merely the first that `waitpid` returned. In a job of several tasks, an exit with a
+    /// code is claimed only after [`SETTLE`].
+    ///
+    /// Once the launcher stopped the job, exits are consequences of that, not causes.
+    fn on_exits(&mut self, ended: &[usize]) {
+        let mut cause: Option<(u8, usize, ExitKind)> = None;
+        for &idx in ended {
+            let Some(c) = self.sup.children().get(idx) else { continue };
+            let Some(status) = c.status else { continue };
+            let (rank, pid, signalled) = (c.rank, c.pid, c.signalled);
+            self.log(2, &format!("rank {rank} (pid {pid}) {status}"));
+            if status.success() || signalled {
+                continue;
+            }
+            let order = blame_order(status);
+            if cause.is_none_or(|(o, ..)| order < o) {
+                cause = Some((order, rank, status));
+            }
+        }
+        if let Some((_, rank, status)) = cause
+            && self.phase == Phase::Running
+        {
+            let cause = Cause::Rank { rank, status };
+            if matches!(status, ExitKind::Code(_)) && self.coord.is_some() {
+                self.settling = Some((cause, Instant::now() + SETTLE));
+            } else {
+                self.fail(cause);
+            }
             self.begin_stop(libc::SIGTERM);
+        }
+    }
+
+    /// Claims a settling failure once [`SETTLE`] is over, unless another launcher's failure
+    /// was adopted meanwhile (or the store is gone: there is nobody to tell).
+    fn settle(&mut self, force: bool) {
+        let Some((_, deadline)) = &self.settling else { return };
+        if self.failure.is_some() {
+            self.settling = None;
+        } else if (force || Instant::now() >= *deadline)
+            && let Some((cause, _)) = self.settling.take()
+        {
+            self.fail(cause);
         }
     }
 
@@ -226,6 +300,7 @@ impl Job<'_> {
                 self.begin_stop(libc::SIGTERM);
             }
             CoordEvent::Lost(e) => {
+                self.settle(true); // a rank's failure before the loss stays the cause
                 self.fail(Cause::StoreLost(e));
                 self.begin_stop(libc::SIGTERM);
             }
@@ -249,7 +324,10 @@ impl Job<'_> {
             }
             Phase::Stopping { deadline, killed } => {
                 if self.sup.running() == 0 && self.sup.sweep() == 0 {
-                    self.phase = Phase::Done;
+                    // Not before the failure is known: the report names it.
+                    if self.settling.is_none() {
+                        self.phase = Phase::Done;
+                    }
                 } else if Instant::now() >= deadline {
                     if killed {
                         self.phase = Phase::Done; // unkillable (uninterruptible sleep): give up
@@ -291,12 +369,14 @@ impl Job<'_> {
                     Ok(None) | Err(_) => break,
                 }
             }
-            for idx in self.sup.reap() {
-                self.on_exit(idx);
-            }
+            // Another task's failure that arrived with our ranks' exits came first: a rank
+            // that ends because its peer on another host died is not the cause.
             while let Some(ev) = self.coord.as_mut().and_then(Coordinator::next_event) {
                 self.on_coord(ev);
             }
+            let ended = self.sup.reap();
+            self.on_exits(&ended);
+            self.settle(false);
             if self.parent.died() && matches!(self.phase, Phase::Starting | Phase::Running) {
                 self.parent.enabled = false;
                 self.fail(Cause::ParentDied);
@@ -307,6 +387,7 @@ impl Job<'_> {
     }
 
     pub(crate) fn finish(mut self) -> Report {
+        self.settle(true);
         let leftovers = self.sup.sweep();
         let open = self.sup.drain_output(Instant::now() + DRAIN_WAIT);
         if open > 0 {

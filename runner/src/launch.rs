@@ -156,6 +156,7 @@ fn run_job(cfg: &Launch, events: &Events) -> Result<Report, Error> {
         parent,
         events: events.clone(),
         failure: None,
+        settling: None,
         phase: Phase::Starting,
         stopped: 0,
     };

@@ -115,6 +115,13 @@
 //! status. If the launcher itself is killed, the kernel kills its children
 //! (`PR_SET_PDEATHSIG`) and the [`reaper`] kills their process groups; if the launcher's parent
 //! dies, the launcher stops the job.
+//!
+//! Processes the ranks start outside their groups (`setsid`, `start_new_session=True`) end
+//! with the job too: the launcher finds them in `/proc` (descendants of the ranks, orphans
+//! reparented to the launcher, which is a child subreaper, and anything carrying the job's
+//! `FERROVOD_JOB_TAG`) and signals them with the groups; the job is over when they are gone.
+//! When the launcher is SIGKILLed, its reaper kills every process carrying the tag. The limits
+//! of that guarantee are in [`supervisor`].
 #![warn(missing_docs)]
 
 pub mod cli;

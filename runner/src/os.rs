@@ -113,6 +113,55 @@ pub fn become_subreaper() -> io::Result<()> {
     cvt(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) }).map(drop)
 }
 
+/// One process as `/proc` shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcEntry {
+    /// Its process id.
+    pub pid: Pid,
+    /// Its parent's.
+    pub ppid: Pid,
+    /// It has ended and waits to be reaped (nothing left to signal).
+    pub zombie: bool,
+}
+
+/// Every process in `/proc`: a snapshot, taken while processes come and go (one that ends
+/// while it is read is left out). Empty where `/proc` cannot be read.
+pub fn processes() -> Vec<ProcEntry> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let mut out = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<Pid>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // "pid (comm) S ppid ...": comm may hold spaces and parentheses; the state follows the
+        // last ')'.
+        let Some((_, rest)) = stat.rsplit_once(')') else { continue };
+        let mut fields = rest.split_ascii_whitespace();
+        let (Some(state), Some(ppid)) = (fields.next(), fields.next().and_then(|p| p.parse::<Pid>().ok())) else {
+            continue;
+        };
+        out.push(ProcEntry { pid, ppid, zombie: matches!(state, "Z" | "X") });
+    }
+    out
+}
+
+/// Whether process `pid`'s environment holds the entry `NAME=value` exactly (as its process
+/// started with it). `false` when it cannot be read (gone, a zombie, another user's).
+pub fn environ_has(pid: Pid, entry: &[u8]) -> bool {
+    let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { return false };
+    env.split(|&b| b == 0).any(|e| e == entry)
+}
+
+/// Sends `sig` to the process `pid` (never to a group, never to pid 0, 1 or -1). Returns
+/// `false` when it no longer exists.
+pub fn kill_process(pid: Pid, sig: libc::c_int) -> bool {
+    if pid <= 1 {
+        return false;
+    }
+    // SAFETY: kill has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid, sig) };
+    rc == 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
+}
+
 /// How a reaped process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaitStatus {

@@ -27,7 +27,8 @@ pub struct Report {
     pub stopped: usize,
     /// Processes of the job (all tasks).
     pub world: usize,
-    /// Process groups that could not be emptied, even with SIGKILL.
+    /// Process groups that could not be emptied, and processes outside them (started by the
+    /// ranks in sessions of their own) that could not be ended, even with SIGKILL.
     pub leftovers: usize,
 }
 
@@ -59,7 +60,10 @@ impl Report {
                     (false, n) => s.push_str(&format!("; stopped this task's {n} process{}", plural(n))),
                 }
                 if self.leftovers > 0 {
-                    s.push_str(&format!("; {} process group(s) could not be killed", self.leftovers));
+                    s.push_str(&format!(
+                        "; {} process group(s) or stray process(es) could not be killed",
+                        self.leftovers
+                    ));
                 }
                 s
             }

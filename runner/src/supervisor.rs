@@ -7,10 +7,27 @@
 //! child subreaper, so grandchildren orphaned by a dead rank are reparented to it and reaped
 //! here rather than escaping to init.
 //!
+//! Processes that leave the ranks' groups (`setsid`, Python's `start_new_session=True`: data
+//! loader helpers, servers) are found apart, as *strays* ([`Supervisor::strays`]): every
+//! descendant of a running rank (by parent chain, from `/proc`), every child of the launcher
+//! that is not a rank (an orphan reparented to it, the subreaper), what those started, and
+//! every process whose environment carries this launcher's `FERROVOD_JOB_TAG`, which each rank
+//! gets and its children inherit. The job is not over until the ranks' groups and the strays
+//! are gone: after a normal end, on a signal, on a failure. When the launcher is killed, its
+//! reaper ends the groups and then every process that carries the tag.
+//!
+//! What is guaranteed: while the launcher lives, every process started below a rank, whatever
+//! its session or group, is ended with the job. After a SIGKILL of the launcher, the ranks'
+//! groups and every process that kept the tag in its environment are. A process that both left
+//! the ranks' groups and replaced its environment (`env -i`, `execve` with a fresh one), or
+//! made itself unreadable in `/proc` (`PR_SET_DUMPABLE` 0, another user), can escape that
+//! last case; a cgroup would close it where one can be created, and is not used yet.
+//!
 //! Exit statuses are collected with `waitpid(-1)` ([`Supervisor::reap`]): the process that owns
-//! a `Supervisor` must not wait for children by other means.
+//! a `Supervisor` must not wait for children by other means, and its other children count as
+//! strays of the job.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
@@ -115,6 +132,9 @@ pub struct Child {
     pub ended: Option<Instant>,
     /// Its process group was seen empty (the process and everything it started are gone).
     pub group_gone: bool,
+    /// The launcher signalled it while it was running: how it ends is a consequence of that,
+    /// never the cause of a failure.
+    pub signalled: bool,
 }
 
 /// Starting a process failed.
@@ -136,6 +156,8 @@ pub struct SpawnError {
 /// that thread exits, so the value must live and die on it.
 pub struct Supervisor {
     launcher: Pid,
+    /// `FERROVOD_JOB_TAG=<random>`: the environment entry every rank gets.
+    tag: String,
     reaper: Option<Reaper>,
     children: Vec<Child>,
     by_pid: HashMap<Pid, usize>,
@@ -149,9 +171,12 @@ impl Supervisor {
         // Without it, grandchildren orphaned by a dead rank go to init; the process-group
         // signals and the reaper still reach them.
         let _ = os::become_subreaper();
-        let reaper = Reaper::start()?;
+        let random = ferrovod::bootstrap::Secret::generate_hex()?;
+        let tag = format!("{}={}", ferrovod::config::JOB_TAG.name, random.get(..32).unwrap_or(&random));
+        let reaper = Reaper::start(tag.as_bytes())?;
         Ok(Supervisor {
             launcher: ferrovod::os::getpid(),
+            tag,
             reaper: Some(reaper),
             children: Vec::new(),
             by_pid: HashMap::new(),
@@ -173,6 +198,9 @@ impl Supervisor {
         for k in &spec.env_remove {
             cmd.env_remove(k);
         }
+        if let Some((name, value)) = self.tag.split_once('=') {
+            cmd.env(name, value);
+        }
         let launcher = self.launcher;
         // SAFETY: `child_setup` only makes async-signal-safe system calls.
         unsafe {
@@ -192,6 +220,7 @@ impl Supervisor {
             status: None,
             ended: None,
             group_gone: false,
+            signalled: false,
         });
         self.by_pid.insert(pid, idx);
         // `child` is never waited on through std: `reap` collects every status.
@@ -237,8 +266,44 @@ impl Supervisor {
         ended
     }
 
-    /// Sends `sig` to every process group that may still have members; returns how many
-    /// groups were signalled.
+    /// The job's processes outside the ranks' groups that are still alive: see the module docs.
+    /// Ranks themselves are not in it (they are [`Supervisor::running`]), nor the reaper.
+    pub fn strays(&self) -> Vec<Pid> {
+        let procs = os::processes();
+        let reaper = self.reaper.as_ref().map(Reaper::pid);
+        let ranks: HashSet<Pid> = self.children.iter().filter(|c| c.status.is_none()).map(|c| c.pid).collect();
+        let mut marked: HashSet<Pid> = ranks.clone();
+        for p in &procs {
+            if p.pid == self.launcher || Some(p.pid) == reaper || ranks.contains(&p.pid) {
+                continue;
+            }
+            let orphan = p.ppid == self.launcher && !self.by_pid.contains_key(&p.pid);
+            if orphan || os::environ_has(p.pid, self.tag.as_bytes()) {
+                marked.insert(p.pid);
+            }
+        }
+        // Whatever the marked processes started, however deep.
+        let mut kids: HashMap<Pid, Vec<Pid>> = HashMap::new();
+        for p in &procs {
+            kids.entry(p.ppid).or_default().push(p.pid);
+        }
+        let mut todo: Vec<Pid> = marked.iter().copied().collect();
+        while let Some(pid) = todo.pop() {
+            for &k in kids.get(&pid).map(Vec::as_slice).unwrap_or(&[]) {
+                if k != self.launcher && Some(k) != reaper && marked.insert(k) {
+                    todo.push(k);
+                }
+            }
+        }
+        procs
+            .iter()
+            .filter(|p| !p.zombie && marked.contains(&p.pid) && !ranks.contains(&p.pid))
+            .map(|p| p.pid)
+            .collect()
+    }
+
+    /// Sends `sig` to every process group that may still have members and to every stray;
+    /// returns how many groups and strays were signalled.
     pub fn signal_all(&mut self, sig: libc::c_int) -> usize {
         let mut n = 0;
         for c in &mut self.children {
@@ -247,6 +312,7 @@ impl Supervisor {
             }
             if os::kill_group(c.pid, sig) {
                 n += 1;
+                c.signalled |= c.status.is_none() && sig != 0;
             } else if c.status.is_some() {
                 c.group_gone = true;
                 if let Some(r) = &self.reaper {
@@ -254,11 +320,14 @@ impl Supervisor {
                 }
             }
         }
+        for pid in self.strays() {
+            n += usize::from(os::kill_process(pid, sig));
+        }
         n
     }
 
     /// Checks which groups of ended processes are now empty (and tells the reaper to forget
-    /// them); returns how many groups still have members.
+    /// them); returns how many groups still have members plus how many strays are alive.
     pub fn sweep(&mut self) -> usize {
         let mut left = 0;
         for c in &mut self.children {
@@ -274,7 +343,7 @@ impl Supervisor {
                 left += 1;
             }
         }
-        left
+        left + self.strays().len()
     }
 
     /// Waits (until `deadline`) for the output of every process to reach end of file; returns

@@ -5,57 +5,10 @@
 
 mod support;
 
-use std::io::Read;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
-
-/// The descriptor number the launcher gets its channel on.
-const EVENTS_FD: i32 = 5;
-
-/// Starts `cmd` with the write end of a pipe as descriptor [`EVENTS_FD`]; the handle gives
-/// back every line of the channel, parsed, once the launcher closed it.
-fn start_with_events(mut cmd: Command) -> (Running, std::thread::JoinHandle<Vec<Value>>) {
-    let (read, write) = ferrovod::os::pipe().unwrap();
-    let raw = write.as_raw_fd();
-    // SAFETY: dup2 and fcntl are async-signal-safe; the child execs right after. dup2 leaves
-    // the new descriptor without close-on-exec, so the launcher inherits it; when the pipe end
-    // already is that number, dup2 does nothing and close-on-exec is cleared by hand.
-    unsafe {
-        cmd.pre_exec(move || {
-            let rc = if raw == EVENTS_FD { libc::fcntl(raw, libc::F_SETFD, 0) } else { libc::dup2(raw, EVENTS_FD) };
-            if rc < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        })
-    };
-    let running = start(cmd);
-    drop(write);
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::fs::File::from(read).read_to_string(&mut text);
-        text.lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
-            .collect()
-    });
-    (running, reader)
-}
-
-/// Runs `cmd` to the end with an events channel: what the launcher did and every event.
-fn run_with_events(cmd: Command, limit: Duration) -> (Finished, Vec<Value>) {
-    let (running, reader) = start_with_events(cmd);
-    let f = running.finish(limit);
-    (f, reader.join().unwrap())
-}
-
-fn of_kind<'a>(events: &'a [Value], kind: &str) -> Vec<&'a Value> {
-    events.iter().filter(|e| e["event"] == kind).collect()
-}
 
 #[test]
 fn a_failing_rank_reaches_the_channel_as_data_with_every_rank_s_output() {

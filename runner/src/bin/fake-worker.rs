@@ -4,12 +4,18 @@
 //! fake-worker [--report-dir DIR] [--pid-dir DIR] [--grandchildren N] [--ignore-term]
 //!             [--lines N] [--stderr-lines N] [--long-line BYTES] [--partial TEXT]
 //!             [--fail-rank R --fail-code C] [--sleep SECS] [--exit CODE]
+//!             [--setsid-child] [--exit-on-peer-death]
 //! ```
 //!
 //! In this order: ignores SIGTERM and SIGINT (`--ignore-term`); writes its environment, argv and pids as JSON to
 //! `DIR/rank-R.json`; starts N grandchildren (copies of itself that sleep 300 s, in its process
-//! group); writes its pid and theirs to `DIR/rank-R.pids` (one per line, own first; written
-//! atomically, so the file's presence means "ready"); prints the lines; the failing rank waits
+//! group); with `--setsid-child`, starts one more that leaves for a session of its own
+//! (`setsid`, as a data-loader helper or a server might) and writes its pid to
+//! `DIR/rank-R.setsid`; writes its pid and the grandchildren's (not the setsid one) to
+//! `DIR/rank-R.pids` (one per line, own first; written atomically, so the file's presence
+//! means "ready"); prints the lines; with `--exit-on-peer-death`, once every rank's pid file
+//! exists, watches the other ranks and exits with code 1 as soon as one of them ends (as a
+//! ferrovod rank whose collective fails on a dead peer does); the failing rank waits
 //! until every rank's pid file exists (with `--pid-dir`) and exits with its code; the others
 //! sleep and exit with `--exit`.
 
@@ -24,6 +30,8 @@ struct Args {
     pid_dir: Option<PathBuf>,
     grandchildren: usize,
     ignore_term: bool,
+    setsid_child: bool,
+    exit_on_peer_death: bool,
     lines: usize,
     stderr_lines: usize,
     long_line: usize,
@@ -38,8 +46,13 @@ fn parse() -> Result<Args, String> {
     let mut a = Args { fail_code: 1, ..Args::default() };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        if flag == "--ignore-term" {
-            a.ignore_term = true;
+        match flag.as_str() {
+            "--ignore-term" => a.ignore_term = true,
+            "--setsid-child" => a.setsid_child = true,
+            "--exit-on-peer-death" => a.exit_on_peer_death = true,
+            _ => {}
+        }
+        if ["--ignore-term", "--setsid-child", "--exit-on-peer-death"].contains(&flag.as_str()) {
             continue;
         }
         let v = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
@@ -109,9 +122,34 @@ fn run() -> Result<i32, String> {
         let child = cmd.spawn().map_err(|e| format!("starting a grandchild: {e}"))?;
         pids.push(child.id());
     }
+    if a.setsid_child {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(&me);
+        cmd.args(["--sleep", "300"]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+        if a.ignore_term {
+            cmd.arg("--ignore-term");
+        }
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| format!("starting a setsid grandchild: {e}"))?;
+        if let Some(dir) = &a.pid_dir {
+            write_atomic(&dir.join(format!("rank-{rank}.setsid")), &format!("{}\n", child.id()))?;
+        }
+    }
     if let Some(dir) = &a.pid_dir {
         let text: String = pids.iter().map(|p| format!("{p}\n")).collect();
         write_atomic(&dir.join(format!("rank-{rank}.pids")), &text)?;
+        if a.exit_on_peer_death {
+            let dir = dir.clone();
+            std::thread::spawn(move || watch_peers(&dir, rank, size));
+        }
     }
     {
         use std::io::Write;
@@ -144,6 +182,46 @@ fn run() -> Result<i32, String> {
         std::thread::sleep(Duration::from_secs_f64(a.sleep));
     }
     Ok(a.exit)
+}
+
+/// Waits (up to 20 s) for every rank's pid file, then exits with code 1 as soon as another
+/// rank ends.
+fn watch_peers(dir: &Path, rank: usize, size: usize) {
+    use std::os::fd::AsRawFd;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut fds = Vec::new();
+    for r in (0..size).filter(|&r| r != rank) {
+        let pid = loop {
+            let text = std::fs::read_to_string(dir.join(format!("rank-{r}.pids"))).unwrap_or_default();
+            if let Some(pid) = text.lines().next().and_then(|l| l.trim().parse::<i32>().ok()) {
+                break pid;
+            }
+            if Instant::now() > deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        match ferrovod::os::pidfd_open(pid) {
+            Some(fd) => fds.push((r, fd)),
+            None => {
+                eprintln!("rank {rank}: rank {r} is gone");
+                std::process::exit(1);
+            }
+        }
+    }
+    loop {
+        let mut pfds: Vec<ferrovod::os::PollFd> = fds
+            .iter()
+            .map(|(_, fd)| ferrovod::os::PollFd { fd: fd.as_raw_fd(), read: true, write: false, ready: false })
+            .collect();
+        if ferrovod::os::poll(&mut pfds, Duration::from_secs(60)).is_err() {
+            return;
+        }
+        if let Some(i) = pfds.iter().position(|p| p.ready) {
+            eprintln!("rank {rank}: rank {} died", fds[i].0);
+            std::process::exit(1);
+        }
+    }
 }
 
 fn main() -> ExitCode {
