@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -51,6 +52,10 @@ def timeout() -> None:
         wait = float(os.environ["FERROVOD_TIMEOUT"]) * 3
         subprocess.Popen(["sh", "-c", f"sleep {wait}; kill -CONT {os.getpid()}"])
         os.kill(os.getpid(), signal.SIGSTOP)
+    else:
+        # Submit only once rank 1 is stopped: a round that found its engine thread still
+        # running would leave the tensor waiting (a stall), not a silent peer.
+        time.sleep(1.0)
     try:
         fv.allreduce(np.ones(4, np.float32), name="late")
         sys.exit(f"rank {fv.rank()}: no error")
