@@ -94,9 +94,12 @@ fn mismatched_dtypes_fail_every_rank() {
 
 #[test]
 fn silent_rank_times_out_naming_it_and_waiting_sleeps() {
-    // With FERROVOD_SPIN_US at its maximum a wait spins 10 ms before it sleeps, no longer.
-    for spin in ["0", "10000"] {
-        let env = [("FERROVOD_TIMEOUT", "2".to_string()), ("FERROVOD_SPIN_US", spin.to_string())];
+    // The default wait polls, yielding its core, for 50 µs before it sleeps; at the maximum it
+    // polls 10 ms, no longer; 0 sleeps at once. Every one of them sleeps through a long wait.
+    for spin in [None, Some("0"), Some("10000")] {
+        let mut env = vec![("FERROVOD_TIMEOUT", "2".to_string())];
+        env.extend(spin.map(|s| ("FERROVOD_SPIN_US", s.to_string())));
+        let spin = spin.unwrap_or("the default");
         let mut world = World::spawn(3, &worker(), &["stall"], &env);
         let start = Instant::now();
         // Rank 1 sleeps for an hour; collect the others, then kill it.

@@ -43,7 +43,7 @@ knobs! {
     TCP_STREAMS = "FERROVOD_TCP_STREAMS", "2", "TCP connections per peer; large messages are striped across them, pipelined messages take them in turn.";
     TCP_BUFFER = "FERROVOD_TCP_BUFFER", "0", "SO_SNDBUF/SO_RCVBUF in bytes; 0 keeps the kernel's auto-tuning.";
     STRIPE_MIN = "FERROVOD_STRIPE_MIN", "262144", "Messages of at least this many bytes are striped across all TCP streams.";
-    SPIN_US = "FERROVOD_SPIN_US", "0", "Microseconds a rank waiting inside a collective keeps re-checking its sockets, yielding its core between checks, before it sleeps (at most 10000); 0 (the default) never spins. Trades CPU time for wake-ups: see benches/RESULTS.md.";
+    SPIN_US = "FERROVOD_SPIN_US", "50", "Microseconds a rank waiting inside a collective keeps re-checking its sockets, yielding its core between checks, before it sleeps (at most 10000); 0 never spins. The default trades a little CPU time for wake-ups that a halted vCPU makes slow: see benches/RESULTS.md.";
     ALLREDUCE_ALGORITHM = "FERROVOD_ALLREDUCE_ALGORITHM", "auto", "auto, ring, halving-doubling or recursive-doubling (auto: by size and world size).";
     SMALL_ALLREDUCE = "FERROVOD_SMALL_ALLREDUCE", "65536", "Allreduce up to this many bytes uses recursive doubling, larger ones the ring.";
     SMALL_BROADCAST = "FERROVOD_SMALL_BROADCAST", "65536", "Broadcast up to this many bytes uses a binomial tree, larger ones a pipelined chain.";

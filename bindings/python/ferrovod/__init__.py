@@ -31,6 +31,8 @@ from __future__ import annotations
 #   _objects      broadcast_object, allgather_object (as JSON)
 #   _arrays       numpy/torch arrays in and out; dtype maps derived from _ferrovod.dtypes()
 #   _run          ferrovod.run
+#   _pool         ferrovod.Pool: ranks that run one function after another (_pool_worker: a rank;
+#                 _control: the channel between them)
 #   _ship         what travels to the ranks: the function's description, JSON checks, the spec
 #   _launch       starting ferrovod-run and reading its events channel (output, failure, report)
 #   _outcome      a finished job's result, or the first failing rank's error
@@ -67,6 +69,7 @@ from ._collectives import (
 )
 from ._handles import Handle, poll, synchronize
 from ._objects import allgather_object, broadcast_object
+from ._pool import Pool
 from ._run import run
 from ._world import (
     cross_rank,
@@ -82,6 +85,7 @@ from ._world import (
     rank,
     shutdown,
     size,
+    worker_state,
 )
 from .exceptions import (
     BootstrapError,
@@ -93,6 +97,7 @@ from .exceptions import (
     LaunchError,
     MismatchError,
     NotInitializedError,
+    PoolClosedError,
     RankFailedError,
     StalledError,
 )
@@ -114,6 +119,7 @@ __all__ = [
     "MismatchError",
     "NotInitializedError",
     "Product",
+    "PoolClosedError",
     "RankFailedError",
     "ReduceOp",
     "StalledError",
@@ -148,7 +154,9 @@ __all__ = [
     "rank",
     "reducescatter",
     "reducescatter_async",
+    "Pool",
     "run",
+    "worker_state",
     "shutdown",
     "size",
     "synchronize",

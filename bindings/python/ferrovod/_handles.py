@@ -73,3 +73,11 @@ def tensor_name(kind: str, name: str | None) -> str:
     with _counters_lock:
         n = next(_counters.setdefault(kind, itertools.count()))
     return f"{kind}.noname.{n}"
+
+
+def reset_names() -> None:
+    """Starts automatic names from 0 again: a fresh engine matches names afresh, and every rank
+    starts one at the same point (an earlier engine's counts may differ between ranks when a
+    call raised on one rank before it submitted)."""
+    with _counters_lock:
+        _counters.clear()

@@ -83,14 +83,14 @@ def launch(
     sink: Sink | None = None,
     stdin_text: str | None = None,
     pass_fds: Iterable[int] = (),
-    started: Callable[[], None] | None = None,
+    started: Callable[[subprocess.Popen[bytes]], None] | None = None,
 ) -> Launched:
     """Runs ``ferrovod-run OPTIONS --events-fd FD --events-output -- COMMAND`` in the caller's cwd
     (a by-reference module may be found relative to it) and waits for it. Each rank's lines go to
     ``sink`` as ``[rank] line`` (default: the caller's ``sys.stdout``/``sys.stderr``, looked up
     at each line), and so does the launcher's own output. ``stdin_text`` is written to its
     standard input (the plan), ``pass_fds`` are inherited (the store socket), ``started`` runs
-    once it has started (to close the caller's copies). On Ctrl-C, asks the launcher to stop
+    once it has started, with its process (to close the caller's copies, or to stop it later). On Ctrl-C, asks the launcher to stop
     (it stops its ranks), waits for it, and re-raises."""
     out: Sink = sink or write_to_caller
     read_fd, write_fd = os.pipe()
@@ -121,7 +121,7 @@ def launch(
         os.close(write_fd)  # the launcher has its own copy: its exit ends the channel
     with proc:
         if started is not None:
-            started()
+            started(proc)
         assert proc.stdout is not None and proc.stderr is not None
         readers = [
             threading.Thread(target=pump.events, args=(read_fd,), name="ferrovod-events", daemon=True),

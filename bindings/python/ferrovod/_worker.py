@@ -30,10 +30,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 2 or argv[0] != "--spec-fd" or not argv[1].isdigit():
         print("usage: python -m ferrovod._worker --spec-fd FD (started by ferrovod.run)", file=sys.stderr)
         return 2
-    # Output goes to the launcher through a pipe: flush every line so it is forwarded live.
-    for stream in (sys.stdout, sys.stderr):
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(line_buffering=True)
+    line_buffered()
     spec_fd = int(argv[1])
     try:
         spec = read_spec(spec_fd)
@@ -52,6 +49,16 @@ def main(argv: list[str]) -> int:
         print(f"ferrovod._worker: the spec has no result slot for rank {rank}", file=sys.stderr)
         return 2
     os.set_inheritable(mine, False)
+    result = execute(spec)
+    write_result(mine, result)
+    os.close(mine)
+    return 0 if result["ok"] else 1
+
+
+def execute(spec: dict[str, Any]) -> dict[str, Any]:
+    """Calls the spec's function and returns its result: ``{"ok": true, "value": ...}``, or
+    ``{"ok": false, "type", "message", "traceback", "time_ns"}`` (the traceback is also printed
+    to stderr). Used by one-shot ranks and by pool ranks alike."""
     try:
         _extend_path(spec["sys_path"])
         fn = _resolve(spec["function"])
@@ -60,26 +67,39 @@ def main(argv: list[str]) -> int:
             check_json(value, "return value")
         except (TypeError, ValueError) as e:
             raise type(e)(f"{fn.__qualname__} returned a value that cannot travel back as JSON: {e}") from None
-        result: dict[str, Any] = {"ok": True, "value": value}
+        return {"ok": True, "value": value}
     except (Exception, SystemExit) as e:
-        tb = _format(e)
-        print(tb, end="", file=sys.stderr)
-        result = {
-            "ok": False,
-            "type": type(e).__qualname__,
-            "message": str(e),
-            "traceback": tb,
-            "time_ns": time.time_ns(),  # the earliest error is the cause; later ones follow from it
-        }
-    write_result(mine, result)
-    os.close(mine)
-    return 0 if result["ok"] else 1
+        return failed(e)
+
+
+def failed(e: BaseException) -> dict[str, Any]:
+    """The result of a call that raised ``e``; prints the traceback to stderr."""
+    tb = _format(e)
+    print(tb, end="", file=sys.stderr)
+    return {
+        "ok": False,
+        "type": type(e).__qualname__,
+        "message": str(e),
+        "traceback": tb,
+        "time_ns": time.time_ns(),  # the earliest error is the cause; later ones follow from it
+    }
+
+
+def line_buffered() -> None:
+    """Output goes to the launcher through a pipe: flush every line so it is forwarded live."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
+
+
+#: This package's files that call the user's function: their frames are cut from tracebacks.
+_OWN_FILES = {__file__, os.path.join(os.path.dirname(__file__), "_pool_worker.py")}
 
 
 def _format(e: BaseException) -> str:
     """``e``'s traceback from the user's code on: this file's frames say nothing to them."""
     tb = e.__traceback__
-    while tb is not None and tb.tb_frame.f_code.co_filename == __file__ and tb.tb_next is not None:
+    while tb is not None and tb.tb_frame.f_code.co_filename in _OWN_FILES and tb.tb_next is not None:
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(e), e, tb))
 

@@ -4,16 +4,23 @@
 from __future__ import annotations
 
 import atexit
+from typing import Any
 
-from . import _ferrovod
+from . import _ferrovod, _handles
 
 _atexit_registered = False
+
+#: What functions run by a :class:`ferrovod.Pool` leave for the next one in the same process (a
+#: model, a data loader): a plain per-process dict that nothing in ferrovod reads or clears.
+worker_state: dict[str, Any] = {}
 
 
 def init() -> None:
     """Joins the job the launcher described in the environment (rank 0 of 1 without one) and
     starts the engine. Idempotent."""
     global _atexit_registered
+    if not _ferrovod.is_initialized():
+        _handles.reset_names()
     _ferrovod.init()
     if not _atexit_registered:
         atexit.register(shutdown)

@@ -15,8 +15,11 @@ re-exported here; ``ferrovod`` re-exports them too. Every one of them is a ``Fer
         ├── StalledError            tensors waited for other ranks past FERROVOD_STALL_TIMEOUT
         ├── NotInitializedError     init() was not called, or shutdown() was, or the engine stopped
         ├── LaunchError             ferrovod-run could not start or supervise the job
-        └── RankFailedError         a rank of a job started by ferrovod.run or ferrovod.spark
-                                    failed; the message carries its rank and traceback
+        ├── RankFailedError         a rank of a job started by ferrovod.run, ferrovod.Pool or
+        │                           ferrovod.spark failed; the message carries its rank and
+        │                           traceback
+        └── PoolClosedError         a ferrovod.Pool takes no more calls: closed, interrupted,
+                                    or one of its ranks died (defined in Python)
 
 ``CollectiveTimeoutError`` is not Python's builtin ``TimeoutError``: ``except TimeoutError`` does
 not catch it; catch it by this name, or as a ``CollectiveError``.
@@ -44,6 +47,11 @@ from ._ferrovod import (
     StalledError,
 )
 
+
+class PoolClosedError(FerrovodError):
+    """A :class:`ferrovod.Pool` takes no more calls: it was closed or interrupted, or one of
+    its ranks died (the call in flight then raised ``RankFailedError`` naming it)."""
+
 __all__ = [
     "BootstrapError",
     "CollectiveError",
@@ -54,6 +62,7 @@ __all__ = [
     "LaunchError",
     "MismatchError",
     "NotInitializedError",
+    "PoolClosedError",
     "RankFailedError",
     "StalledError",
 ]

@@ -118,7 +118,7 @@ def _run_launcher(job: dict[str, Any], index: int, records: list[dict[str, Any]]
             stdin_text=plan,
             pass_fds=(*fds, *exchange.pass_fds),
             # The launcher has its own copy of the store socket now.
-            started=listener.close if listener is not None else None,
+            started=(lambda _: listener.close()) if listener is not None else None,
         )
         results = exchange.results()
     if client is not None:

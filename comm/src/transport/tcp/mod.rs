@@ -2,8 +2,9 @@
 //!
 //! Every stream is driven without blocking (`MSG_DONTWAIT`) from the calling thread; when no
 //! transfer can move (and, in a stream, the flow has no work left), the thread sleeps in
-//! `poll(2)` until a socket is ready or the timeout passes. Nothing spins (unless
-//! `FERROVOD_SPIN_US` asks for it), so ranks may outnumber cores.
+//! `poll(2)` until a socket is ready or the timeout passes. Before it sleeps it looks again,
+//! yielding its core between looks, for `FERROVOD_SPIN_US` (50 µs by default): a bounded poll,
+//! never an unbounded spin, so ranks may outnumber cores.
 //!
 //! In an exchange, a message travels as one stripe on stream 0, or, from `stripe_min` bytes, as
 //! one stripe per stream; in a stream (`stream.rs`), message k travels whole on stream k mod
