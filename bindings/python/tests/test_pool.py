@@ -4,12 +4,13 @@ fails the call naming it and closes the pool; nothing outlives the pool or its o
 
 from __future__ import annotations
 
+import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import poolfns
 import procs
@@ -159,3 +160,11 @@ def test_the_ranks_end_with_their_owner(how, tmp_path):
     pids = [int(p) for p in proc.stdout.split()]
     assert len(pids) == 2, proc.stderr
     assert _gone(pids, timeout=10), "pool ranks outlived their owner"
+
+
+def test_the_pool_example_trains_then_scores_from_worker_state():
+    example = Path(__file__).resolve().parents[3] / "examples" / "python" / "pool_example.py"
+    proc = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    scores = proc.stdout.strip().splitlines()[-1].split(": ", 1)[1]
+    assert json.loads(scores) == pytest.approx([-1.0, 2.0, 0.5, -0.25], abs=0.01)
