@@ -344,9 +344,11 @@ mod tests {
     }
 
     #[test]
-    fn spinning_is_off_unless_asked_and_bounded() {
-        assert!(cfg(&[]).unwrap().tuning.spin.is_zero());
-        assert_eq!(cfg(&[("FERROVOD_SPIN_US", "50")]).unwrap().tuning.spin, Duration::from_micros(50));
+    fn spinning_is_bounded_50_us_by_default_and_off_when_asked() {
+        assert_eq!(cfg(&[]).unwrap().tuning.spin, Duration::from_micros(50));
+        assert_eq!(Tuning::default().spin, Duration::from_micros(50));
+        assert!(cfg(&[("FERROVOD_SPIN_US", "0")]).unwrap().tuning.spin.is_zero());
+        assert_eq!(cfg(&[("FERROVOD_SPIN_US", "7")]).unwrap().tuning.spin, Duration::from_micros(7));
         assert_eq!(cfg(&[("FERROVOD_SPIN_US", "99999999")]).unwrap().tuning.spin, Duration::from_millis(10));
     }
 }
