@@ -23,6 +23,7 @@ TREE = [
     ("NotInitializedError", "FerrovodError"),
     ("LaunchError", "FerrovodError"),
     ("RankFailedError", "FerrovodError"),
+    ("PoolClosedError", "FerrovodError"),
 ]
 
 
@@ -44,7 +45,7 @@ def test_the_error_classes_are_the_ones_the_extension_raises():
     with pytest.raises(fe.NotInitializedError, match="call ferrovod.init"):
         ferrovod.rank()
     for name, _ in TREE:
-        if name != "CollectiveTimeoutError":
+        if name not in ("CollectiveTimeoutError", "PoolClosedError"):
             assert getattr(fe, name) is getattr(ferrovod._ferrovod, name)
 
 
