@@ -31,8 +31,9 @@ from typing import Any
 from . import _control
 from ._launch import Launched, launch
 from ._outcome import outcome
-from .exceptions import PoolClosedError
 from ._ship import check_env, prepare, type_name
+from ._worker import close_quietly
+from .exceptions import PoolClosedError
 
 #: Seconds ``close`` waits for the ranks to leave before stopping the launcher.
 _CLOSE_WAIT_S = 10.0
@@ -202,7 +203,7 @@ class _Ranks:
             try:
                 _control.send(channel, {"type": "close"})
             except OSError:
-                pass
+                pass  # that rank is gone already
         self._thread.join(timeout=_CLOSE_WAIT_S)
         if self._thread.is_alive() and self.proc is not None:
             try:
@@ -216,10 +217,7 @@ class _Ranks:
     def _free(self) -> None:
         for channel in self.channels:
             channel.close()
-        try:
-            os.close(self._ended_r)
-        except OSError:
-            pass
+        close_quietly(self._ended_r)
 
 
 def _describe(done: Launched) -> str:

@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
     fds = {int(r): fd for r, fd in spec["result_fds"].items()}
     mine = fds.pop(rank, None)
     for fd in (spec_fd, *fds.values()):
-        _close(fd)
+        close_quietly(fd)
     if mine is None:
         print(f"ferrovod._worker: the spec has no result slot for rank {rank}", file=sys.stderr)
         return 2
@@ -130,7 +130,8 @@ def _resolve(target: dict[str, Any]) -> Any:
     return module.__dict__[target["name"]]
 
 
-def _close(fd: int) -> None:
+def close_quietly(fd: int) -> None:
+    """Closes ``fd``, which may already be closed."""
     try:
         os.close(fd)
     except OSError:
