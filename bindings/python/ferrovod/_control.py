@@ -10,6 +10,7 @@ answers each call with ``{"type": "result", "id", "result"}``, the result being 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 from collections.abc import Mapping
@@ -54,3 +55,11 @@ def _read_exactly(sock: socket.socket, n: int) -> bytes:
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)
+
+
+def close_quietly(fd: int) -> None:
+    """Closes ``fd``, which may already be closed."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass

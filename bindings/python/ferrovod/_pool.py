@@ -32,7 +32,6 @@ from . import _control
 from ._launch import Launched, launch
 from ._outcome import outcome
 from ._ship import check_env, prepare, type_name
-from ._worker import close_quietly
 from .exceptions import PoolClosedError
 
 #: Seconds ``close`` waits for the ranks to leave before stopping the launcher.
@@ -217,7 +216,7 @@ class _Ranks:
     def _free(self) -> None:
         for channel in self.channels:
             channel.close()
-        close_quietly(self._ended_r)
+        _control.close_quietly(self._ended_r)
 
 
 def _describe(done: Launched) -> str:

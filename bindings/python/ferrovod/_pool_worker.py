@@ -21,7 +21,7 @@ import sys
 from typing import Any
 
 from . import _control, _world
-from ._worker import close_quietly, execute, failed, line_buffered
+from ._worker import execute, failed, line_buffered
 
 
 def main(argv: list[str]) -> int:
@@ -38,7 +38,7 @@ def main(argv: list[str]) -> int:
     # once every holder has closed it.
     for r, fd in enumerate(fds):
         if r != rank:
-            close_quietly(fd)
+            _control.close_quietly(fd)
     with socket.socket(fileno=fds[rank]) as channel:
         channel.set_inheritable(False)  # the user's subprocesses must not hold the pool open
         return serve(channel)

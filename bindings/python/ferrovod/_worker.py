@@ -22,6 +22,7 @@ import time
 import types
 from typing import Any
 
+from ._control import close_quietly
 from ._ship import SPEC_VERSION, check_json, read_spec, write_result
 
 
@@ -128,14 +129,6 @@ def _resolve(target: dict[str, Any]) -> Any:
     sys.modules["__ferrovod_main__"] = module
     exec(compile(text, filename, "exec", flags=target["flags"], dont_inherit=True), module.__dict__)
     return module.__dict__[target["name"]]
-
-
-def close_quietly(fd: int) -> None:
-    """Closes ``fd``, which may already be closed."""
-    try:
-        os.close(fd)
-    except OSError:
-        pass
 
 
 if __name__ == "__main__":

@@ -31,6 +31,22 @@ def no_launch(monkeypatch):
     monkeypatch.setattr(ferrovod._ship.os, "memfd_create", refuse)
 
 
+# --- the worker entry points ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", ["ferrovod._worker", "ferrovod._pool_worker"])
+def test_worker_modules_start_without_a_warning(module):
+    """``python -m ferrovod._worker`` warns (into every rank's output) when importing the package
+    has already imported the module it runs; the package must not import its entry points."""
+    done = subprocess.run(
+        [sys.executable, "-W", "error::RuntimeWarning", "-m", module],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "usage: python -m " + module in done.stderr
+    assert "Warning" not in done.stderr
+
+
 # --- results -----------------------------------------------------------------------------------
 
 
