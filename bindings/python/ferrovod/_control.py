@@ -2,9 +2,9 @@
 socket that only the two ends hold (a ``socketpair`` the ranks inherit through the launcher, so
 nobody else can connect and nothing needs a secret). Nothing is pickled.
 
-The driver sends ``{"type": "call", "id", "spec", "restart"}`` or ``{"type": "close"}``; a rank
-answers each call with ``{"type": "result", "id", "result"}``, the result being what
-``ferrovod._worker.execute`` returns.
+A rank first says ``{"type": "hello", "rank", "pid"}``. The driver sends ``{"type": "call", "id",
+"spec", "restart"}`` or ``{"type": "close"}``; a rank answers each call with ``{"type": "result",
+"id", "result"}``, the result being what ``ferrovod._worker.execute`` returns.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def outcome(
         res = errors[first]
         message = f"{who(first)} failed: {res['type']}: {res['message']}\n\n{res['traceback']}"
         message += _last_output(first, rank_tails, res["traceback"])
-        raise _rank_failed(message, first, res["traceback"])
+        raise rank_failed(message, first, res["traceback"])
     if first is not None or missing:
         whom = who(first) if first is not None else f"rank(s) {', '.join(map(str, missing))}"
         why = (
@@ -59,7 +59,7 @@ def outcome(
     message = f"the job failed (launcher exit status {code}){why}. The launcher's last output:\n{launcher_tail}"
     if first is not None:
         message += _last_output(first, rank_tails, "")
-    raise _rank_failed(message, first, None)
+    raise rank_failed(message, first, None)
 
 
 def _last_output(rank: int, rank_tails: Mapping[int, Sequence[str]] | None, traceback: str) -> str:
@@ -73,7 +73,7 @@ def _last_output(rank: int, rank_tails: Mapping[int, Sequence[str]] | None, trac
     return f"\nLast output of rank {rank}:\n" + "\n".join(lines[-_SHOWN_LINES:]) + "\n"
 
 
-def _rank_failed(message: str, rank: int | None, tb: str | None) -> RankFailedError:
+def rank_failed(message: str, rank: int | None, tb: str | None) -> RankFailedError:
     """The error, with the failing rank and its traceback text also as attributes (``None``
     when the launcher did not say which rank, or the rank left no traceback)."""
     err = RankFailedError(message)

@@ -18,6 +18,7 @@ between calls.
 from __future__ import annotations
 
 import os
+import select
 import selectors
 import signal
 import socket
@@ -30,7 +31,7 @@ from typing import Any
 
 from . import _control
 from ._launch import Launched, launch
-from ._outcome import outcome
+from ._outcome import rank_failed, outcome
 from ._ship import check_env, prepare, type_name
 from .exceptions import PoolClosedError
 
@@ -39,6 +40,17 @@ _CLOSE_WAIT_S = 10.0
 
 #: Seconds the launcher gets to stop its ranks after SIGINT before it is killed.
 _STOP_WAIT_S = 20.0
+
+#: Seconds the launcher gets to report a rank that ended during a call before the pool names it.
+_LAUNCHER_GRACE_S = 2.0
+
+
+class _RankLost(Exception):
+    """A rank's process ended during a call without answering, and the launcher went on."""
+
+    def __init__(self, rank: int) -> None:
+        super().__init__(rank)
+        self.rank = rank
 
 
 class Pool:
@@ -83,6 +95,16 @@ class Pool:
                 self._closed = "interrupted"
                 self._finalizer()
                 raise
+            except _RankLost as lost:
+                self._closed = f"rank {lost.rank} ended during a call"
+                self._finalizer()
+                raise rank_failed(
+                    f"rank {lost.rank} ended during the call without returning from the function "
+                    "(its process exited with no error: os._exit, or sys.exit in a thread); "
+                    "the pool is closed",
+                    lost.rank,
+                    None,
+                ) from None
             if results is None:
                 try:
                     done = self._ranks.ended()
@@ -130,6 +152,7 @@ class _Ranks:
         self.launched: Launched | None = None
         self.error: BaseException | None = None
         self._ended_r, ended_w = os.pipe()
+        self._pidfds: dict[int, int] = {}
         started = threading.Event()
 
         def on_start(proc: subprocess.Popen[bytes]) -> None:
@@ -164,7 +187,9 @@ class _Ranks:
 
     def call(self, message: dict[str, Any]) -> dict[int, dict[str, Any]] | None:
         """Sends ``message`` to every rank and returns each rank's result for it, or ``None``
-        when the launcher ended first (a rank died: the launcher stopped the others)."""
+        when the launcher ended first (a rank failed: the launcher stopped the others). Raises
+        :class:`_RankLost` when a rank's process ended without answering and the launcher, which
+        sees no failure in a rank that exits with status 0, goes on."""
         for channel in self.channels:
             try:
                 _control.send(channel, message)
@@ -173,21 +198,52 @@ class _Ranks:
         results: dict[int, dict[str, Any]] = {}
         with selectors.DefaultSelector() as sel:
             for rank, channel in enumerate(self.channels):
-                sel.register(channel, selectors.EVENT_READ, rank)
-            sel.register(self._ended_r, selectors.EVENT_READ, None)
+                sel.register(channel, selectors.EVENT_READ, ("channel", rank))
+            for rank, pidfd in self._pidfds.items():
+                sel.register(pidfd, selectors.EVENT_READ, ("exited", rank))
+            sel.register(self._ended_r, selectors.EVENT_READ, ("launcher", None))
             while len(results) < len(self.channels):
                 for key, _ in sel.select():
-                    rank = key.data
-                    if rank is None:
+                    what, rank = key.data
+                    if what == "launcher":
                         return None
+                    if what == "exited":
+                        sel.unregister(key.fileobj)
+                        if rank not in results:
+                            self._lost(rank)
+                        continue
                     try:
                         reply = _control.receive(self.channels[rank])
                     except (_control.ChannelClosed, OSError, ValueError):
                         sel.unregister(key.fileobj)  # the rank died: the launcher will say so
                         continue
-                    if reply.get("type") == "result" and reply.get("id") == message["id"]:
+                    if reply.get("type") == "hello" and rank not in self._pidfds:
+                        pidfd = self._watch(rank, reply.get("pid"))
+                        if pidfd is not None:
+                            sel.register(pidfd, selectors.EVENT_READ, ("exited", rank))
+                    elif reply.get("type") == "result" and reply.get("id") == message["id"]:
                         results[rank] = reply["result"]
         return results
+
+    def _watch(self, rank: int, pid: object) -> int | None:
+        """A pidfd for the rank's process, which said hello with its pid; ``None`` when it has
+        gone already (the launcher then reports it) or the pid is not a number."""
+        if isinstance(pid, bool) or not isinstance(pid, int):
+            return None
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            return None
+        self._pidfds[rank] = pidfd
+        return pidfd
+
+    def _lost(self, rank: int) -> None:
+        """The rank's process ended during a call without answering. When the launcher saw a
+        failure it ends soon and its report names the cause; otherwise the rank left with
+        status 0 (``os._exit(0)``, ``sys.exit()`` in a thread) and nothing else would end the call."""
+        if select.select([self._ended_r], [], [], _LAUNCHER_GRACE_S)[0]:
+            return  # the launcher's report is the better account
+        raise _RankLost(rank)
 
     def ended(self) -> Launched:
         """How the launcher ended, once it has."""
@@ -217,6 +273,8 @@ class _Ranks:
         for channel in self.channels:
             channel.close()
         _control.close_quietly(self._ended_r)
+        for pidfd in self._pidfds.values():
+            _control.close_quietly(pidfd)
 
 
 def _describe(done: Launched) -> str:

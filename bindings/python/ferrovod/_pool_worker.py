@@ -41,6 +41,9 @@ def main(argv: list[str]) -> int:
             _control.close_quietly(fd)
     with socket.socket(fileno=fds[rank]) as channel:
         channel.set_inheritable(False)  # the user's subprocesses must not hold the pool open
+        # The driver watches this process through its pid: the launcher also holds this
+        # channel's end, so the driver would see no end of stream when a rank leaves.
+        _control.send(channel, {"type": "hello", "rank": rank, "pid": os.getpid()})
         return serve(channel)
 
 

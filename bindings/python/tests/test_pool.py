@@ -132,6 +132,19 @@ def test_a_dying_rank_fails_the_call_naming_it_and_closes_the_pool():
     assert _gone(pids), "pool ranks still running after a rank died"
 
 
+def test_a_rank_leaving_with_status_0_fails_the_call_naming_it_and_closes_the_pool():
+    with ferrovod.Pool(3) as pool:
+        pids = pool.run(poolfns.pids)
+        start = time.monotonic()
+        with pytest.raises(ferrovod.RankFailedError, match="rank 1 ended during the call") as e:
+            pool.run(poolfns.exit_on, 1)
+        assert e.value.rank == 1
+        assert time.monotonic() - start < 30
+        with pytest.raises(ferrovod.PoolClosedError, match="rank 1"):
+            pool.run(poolfns.where)
+    assert _gone(pids), "pool ranks still running after a rank left"
+
+
 def test_close_ends_every_rank_and_is_idempotent():
     pool = ferrovod.Pool(2)
     pids = pool.run(poolfns.pids)
