@@ -37,16 +37,16 @@ def send(sock: socket.socket, message: Mapping[str, Any]) -> None:
 def receive(sock: socket.socket) -> dict[str, Any]:
     """Reads one whole message; :class:`ChannelClosed` at the end of the stream, ``ValueError``
     for a message that is too long or not a JSON object."""
-    (length,) = _HEADER.unpack(_read_exactly(sock, _HEADER.size))
+    (length,) = _HEADER.unpack(read_exactly(sock, _HEADER.size))
     if length > MAX_MESSAGE:
         raise ValueError(f"a control message announces {length} bytes, over the limit of {MAX_MESSAGE}")
-    message = json.loads(_read_exactly(sock, length))
+    message = json.loads(read_exactly(sock, length))
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ValueError("a control message is not a JSON object with a type")
     return message
 
 
-def _read_exactly(sock: socket.socket, n: int) -> bytes:
+def read_exactly(sock: socket.socket, n: int) -> bytes:
     chunks, left = [], n
     while left:
         chunk = sock.recv(min(left, 1 << 20))

@@ -61,9 +61,7 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
     ``{"ok": false, "type", "message", "traceback", "time_ns"}`` (the traceback is also printed
     to stderr). Used by one-shot ranks and by pool ranks alike."""
     try:
-        _extend_path(spec["sys_path"])
-        fn = _resolve(spec["function"])
-        value = fn(*spec["args"], **spec["kwargs"])
+        fn, value = call_spec(spec)
         try:
             check_json(value, "return value")
         except (TypeError, ValueError) as e:
@@ -73,9 +71,16 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
         return failed(e)
 
 
+def call_spec(spec: dict[str, Any]) -> tuple[Any, Any]:
+    """The spec's function and what it returned, called with the spec's arguments."""
+    _extend_path(spec["sys_path"])
+    fn = _resolve(spec["function"])
+    return fn, fn(*spec["args"], **spec["kwargs"])
+
+
 def failed(e: BaseException) -> dict[str, Any]:
     """The result of a call that raised ``e``; prints the traceback to stderr."""
-    tb = _format(e)
+    tb = format_error(e)
     print(tb, end="", file=sys.stderr)
     return {
         "ok": False,
@@ -94,10 +99,14 @@ def line_buffered() -> None:
 
 
 #: This package's files that call the user's function: their frames are cut from tracebacks.
-_OWN_FILES = {__file__, os.path.join(os.path.dirname(__file__), "_pool_worker.py")}
+_OWN_FILES = {
+    __file__,
+    os.path.join(os.path.dirname(__file__), "_pool_worker.py"),
+    os.path.join(os.path.dirname(__file__), "inference", "_server.py"),
+}
 
 
-def _format(e: BaseException) -> str:
+def format_error(e: BaseException) -> str:
     """``e``'s traceback from the user's code on: this file's frames say nothing to them."""
     tb = e.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename in _OWN_FILES and tb.tb_next is not None:

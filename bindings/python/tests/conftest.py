@@ -36,3 +36,23 @@ def ranks():
         return check(launch(np_, script, *args, timeout=timeout))
 
     return go
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local[4] SparkSession for every Spark test; its Python workers import the tests'
+    modules (Spark's own UDFs, the baseline some tests compare with, ship functions by reference)."""
+    os.environ["PYSPARK_PYTHON"] = sys.executable  # executors run this venv's Python
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[4]")
+        .appName("ferrovod-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.memory", "1g")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()

@@ -24,23 +24,6 @@ import sparkfns
 pytestmark = pytest.mark.spark
 
 
-@pytest.fixture(scope="session")
-def spark():
-    os.environ["PYSPARK_PYTHON"] = sys.executable  # executors run this venv's Python
-    from pyspark.sql import SparkSession
-
-    session = (
-        SparkSession.builder.master("local[4]")
-        .appName("ferrovod-tests")
-        .config("spark.ui.enabled", "false")
-        .config("spark.driver.memory", "1g")
-        .getOrCreate()
-    )
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
-
-
 def _expected_w(n: int) -> list[float]:
     """The weights ``sparkfns.numpy_train`` should reach on ``n`` ranks, computed here."""
     shards = []

@@ -1,0 +1,160 @@
+"""``predict_batch_udf`` with the call of ``pyspark.ml.functions.predict_batch_udf``, served by
+one inference worker per host (per GPU) that loads the model once per application and batches
+rows across Arrow batches and across concurrent tasks.
+
+    from ferrovod.inference import predict_batch_udf
+
+    def make_predict_fn(model_path):
+        model = load(model_path)
+        return lambda x: model(x)
+
+    classify = predict_batch_udf(functools.partial(make_predict_fn, "/models/m.pt"),
+                                 return_type="float", batch_size=1024)
+    df.withColumn("score", classify("features"))
+
+``make_predict_fn`` travels as ``ferrovod.run``'s functions do (by reference or source; a
+``functools.partial`` with JSON arguments for the common ``model_path`` case); nothing is
+pickled. The workers end with the SparkContext, the driver, or their executor.
+"""
+
+import functools
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Union
+
+import pandas as pd
+
+from .._ship import prepare, type_name
+from . import _client, _lease
+
+__all__ = ["predict_batch_udf"]
+
+#: Seconds a task waits for its worker's next answer (a model call) before failing.
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def predict_batch_udf(
+    make_predict_fn: Callable[[], Callable[..., Any]],
+    *,
+    return_type: Any,
+    batch_size: int,
+    input_tensor_shapes: Union[Sequence[Union[Sequence[int], None]], Mapping[int, Sequence[int]], None] = None,
+    workers_per_host: Union[int, None] = None,
+) -> Any:
+    """A pandas UDF that scores its input columns with the model ``make_predict_fn`` loads.
+
+    Inputs and outputs follow ``pyspark.ml.functions.predict_batch_udf``: one or several columns
+    (tensor columns reshaped by ``input_tensor_shapes``), and a scalar, an array, or a struct
+    (from a dict of arrays or a list of dicts). ``return_type`` is a ``DataType`` or a DDL
+    string. The model sees exactly ``batch_size`` rows per call (fewer only at the end of the
+    data). ``workers_per_host`` (default: one per GPU of the executor, else 1) sets how many
+    model copies a host runs. Needs an active SparkSession."""
+    from pyspark import SparkContext
+    from pyspark.sql.functions import pandas_udf
+
+    api = "ferrovod.inference.predict_batch_udf"
+    context = SparkContext._active_spark_context
+    if context is None:
+        raise RuntimeError(f"{api} needs an active SparkSession (its workers live as long as it)")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"{api}: batch_size must be a positive int, not {batch_size!r}")
+    if workers_per_host is not None and (
+        isinstance(workers_per_host, bool) or not isinstance(workers_per_host, int) or workers_per_host < 1
+    ):
+        raise ValueError(f"{api}: workers_per_host must be a positive int or None, not {workers_per_host!r}")
+    dtype = _return_type(return_type, api)
+    shapes = _shapes(input_tensor_shapes, api)
+    if isinstance(make_predict_fn, functools.partial):
+        spec = prepare(make_predict_fn.func, make_predict_fn.args, make_predict_fn.keywords, api)
+    else:
+        spec = prepare(make_predict_fn, (), {}, api)
+    lease = _lease.for_context(context)
+    config = {
+        "model": {
+            "spec": spec,
+            # The loaded model is kept under this: a UDF made again for the same function and
+            # arguments (a notebook cell run twice) finds it loaded.
+            "spec_key": hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest(),
+            "batch_size": batch_size,
+            "return_type": dtype.json(),
+            "shapes": shapes,
+        },
+        "secret": lease.secret,
+        "lease": lease.address,
+        "workers_per_host": workers_per_host,
+        "timeout_s": _timeout(api),
+    }
+
+    def predict(data: Iterator[Union[pd.Series, pd.DataFrame]]) -> Iterator[pd.DataFrame]:
+        return _client.predict(data, config)
+
+    return pandas_udf(predict, dtype)  # type: ignore[call-overload]
+
+
+def _return_type(return_type: Any, api: str) -> Any:
+    from pyspark.sql.types import ArrayType, DataType, StructType, _parse_datatype_string
+
+    from ._convert import SCALAR_TYPES
+
+    if isinstance(return_type, str):
+        try:
+            dtype = _parse_datatype_string(return_type)
+        except Exception as e:  # noqa: BLE001 (Spark's parser raises several kinds)
+            raise ValueError(f"{api}: return_type {return_type!r} is not a Spark type: {e}") from None
+    elif isinstance(return_type, DataType):
+        dtype = return_type
+    else:
+        raise TypeError(f"{api}: return_type must be a DataType or a DDL string, not {type_name(return_type)}")
+
+    def supported(t: Any, nested: bool) -> bool:
+        if isinstance(t, SCALAR_TYPES):
+            return True
+        if isinstance(t, ArrayType):
+            return isinstance(t.elementType, SCALAR_TYPES)
+        return not nested and isinstance(t, StructType) and all(supported(f.dataType, True) for f in t.fields)
+
+    if not supported(dtype, False):
+        raise ValueError(
+            f"{api}: return_type {dtype.simpleString()} is not supported: a number, string or "
+            "boolean, an array of one, or a struct of those"
+        )
+    return dtype
+
+
+def _shapes(shapes: Any, api: str) -> Any:
+    """``input_tensor_shapes`` as JSON: a list (an entry per input), or ``{index: shape}``."""
+    if shapes is None:
+        return None
+
+    def shape(s: Any, where: str) -> Any:
+        if s is None:
+            return None
+        if isinstance(s, (str, bytes)) or not isinstance(s, Sequence) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and (d > 0 or d == -1) for d in s
+        ):
+            raise ValueError(f"{api}: input_tensor_shapes{where} must be a list of positive ints (or -1), not {s!r}")
+        return list(s)
+
+    if isinstance(shapes, Mapping):
+        for k in shapes:
+            if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+                raise ValueError(f"{api}: input_tensor_shapes keys must be input indices, not {k!r}")
+        return {str(k): shape(v, f"[{k}]") for k, v in shapes.items()}
+    if isinstance(shapes, (str, bytes)) or not isinstance(shapes, Sequence):
+        raise ValueError(f"{api}: input_tensor_shapes must be a list or a dict, not {type_name(shapes)}")
+    return [shape(s, f"[{i}]") for i, s in enumerate(shapes)]
+
+
+def _timeout(api: str) -> float:
+    text = os.environ.get("FERROVOD_INFERENCE_TIMEOUT", "")
+    if not text:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"{api}: FERROVOD_INFERENCE_TIMEOUT must be a positive number of seconds, not {text!r}")
+    return value
