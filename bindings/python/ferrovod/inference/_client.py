@@ -40,7 +40,7 @@ def predict(data: Iterator[Any], config: dict[str, Any]) -> Iterator[Any]:
         for frame in data:
             columns, has_tuple = _columns(frame)
             batch = pa.RecordBatch.from_arrays(
-                [pa.Array.from_pandas(c) for c in columns], names=[f"c{i}" for i in range(len(columns))]
+                [_to_arrow(c) for c in columns], names=[f"c{i}" for i in range(len(columns))]
             )
             if link is None:
                 link = Link(config, has_tuple)
@@ -58,6 +58,21 @@ def predict(data: Iterator[Any], config: dict[str, Any]) -> Iterator[Any]:
     finally:
         if link is not None:
             link.close()
+
+
+def _to_arrow(column: Any) -> pa.Array:
+    """One pandas input column as Arrow. A tensor column (numpy arrays of one length and dtype,
+    as Spark hands array columns over) goes through one concatenation: several times faster
+    than converting it row by row."""
+    import numpy as np
+
+    values = column.to_numpy()
+    if values.dtype == object and len(values) and all(type(v) is np.ndarray and v.ndim == 1 for v in values):
+        first = values[0]
+        if all(len(v) == len(first) and v.dtype == first.dtype for v in values):
+            offsets = pa.array(np.arange(len(values) + 1, dtype=np.int32) * len(first))
+            return pa.ListArray.from_arrays(offsets, pa.array(np.concatenate(values)))
+    return pa.Array.from_pandas(column)
 
 
 def _columns(frame: Any) -> tuple[list[Any], bool]:
