@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--big-rows", type=int, default=10_000)
+    ap.add_argument("--ferrovod-threads", type=int, help="the worker's torch threads (default: the slots, as Spark's total)")
     ap.add_argument("--only", help="run these scenarios (comma-separated)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # scenario:system, in a child
     args = ap.parse_args()
@@ -54,6 +55,7 @@ def main() -> None:
         for system in ("spark", "ferrovod"):
             child = subprocess.run(
                 [sys.executable, __file__, "--one", f"{scenario}:{system}", "--master", args.master,
+                 *(["--ferrovod-threads", str(args.ferrovod_threads)] if args.ferrovod_threads else []),
                  "--runs", str(args.runs), "--rows", str(args.rows), "--big-rows", str(args.big_rows)],
                 capture_output=True, text=True, timeout=3600,
                 env={**os.environ, "PYTHONPATH": HERE, "PYSPARK_PYTHON": sys.executable},
@@ -68,7 +70,9 @@ def main() -> None:
 
 
 def table(rows: list, args: argparse.Namespace) -> None:
-    print(f"\n{args.master}, runs {args.runs}, steady-mlp {args.rows} rows, steady-big {args.big_rows} rows\n")
+    threads = args.ferrovod_threads or args.master[len("local["):-1]
+    print(f"\n{args.master}, runs {args.runs}, steady-mlp {args.rows} rows, steady-big {args.big_rows} rows, "
+          f"ferrovod's worker {threads} torch threads\n")
     print("| scenario | measure | Spark predict_batch_udf | ferrovod | ferrovod / Spark |")
     print("|---|---|---:|---:|---:|")
     for scenario, pair in rows:
@@ -104,7 +108,7 @@ def run_one(scenario: str, system: str, args: argparse.Namespace) -> dict:
     model = os.path.join(tmp, "model.npz")
     inference_models.write_model(model, [64, 4096, 4096, 16] if big else [64, 256, 256, 16])
     loads, sizes = os.path.join(tmp, "loads"), os.path.join(tmp, "sizes")
-    threads = 1 if system == "spark" else slots
+    threads = 1 if system == "spark" else (args.ferrovod_threads or slots)
 
     def make_udf(batch_size: int):
         make = functools.partial(inference_models.make_mlp, model, threads, loads, sizes)

@@ -1,5 +1,6 @@
 """Distributed training from a PySpark driver, as in a notebook: ``HorovodRunner`` on a local
-Spark (master ``local[2]`` unless ``--master`` says otherwise).
+Spark (master ``local[2]`` unless ``--master`` says otherwise), then scoring a DataFrame with the
+trained weights through ``ferrovod.inference.predict_batch_udf``.
 
     python examples/python/spark_train.py [--master local[2]] [--np 2]
 
@@ -7,7 +8,9 @@ The training function is defined here, in ``__main__``, and imports what it need
 body, so it travels to the executors as its source (nothing is pickled). It is a Horovod
 script's loop with ``import ferrovod.torch as hvd``. Every rank's output streams to this driver
 with its ``[rank]`` prefix; the loss goes through ``log_to_driver``; rank 0's return value comes
-back here.
+back here. The weights then travel to the inference worker as the JSON arguments of
+``make_predict_fn`` (a ``functools.partial``): no checkpoint file, nothing pickled; the worker
+loads the model once and sees batches of exactly ``batch_size`` rows.
 """
 
 import argparse
@@ -46,6 +49,14 @@ def train(epochs=3, lr=0.05):
     return weights
 
 
+def make_predict_fn(weights):
+    """The model the training returned, as a numpy function of a batch of 3-feature rows."""
+    import numpy as np
+
+    w, b = np.array(weights[:3]), weights[3]
+    return lambda x: x @ w + b
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("--master", default="local[2]")
@@ -54,6 +65,9 @@ if __name__ == "__main__":
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # executors run this Python
     from pyspark.sql import SparkSession
 
+    import functools
+
+    from ferrovod.inference import predict_batch_udf
     from ferrovod.spark import HorovodRunner
 
     spark = SparkSession.builder.master(cli.master).appName("ferrovod-example").config("spark.ui.enabled", "false").getOrCreate()
@@ -61,5 +75,12 @@ if __name__ == "__main__":
     try:
         weights = HorovodRunner(np=cli.np).run(train, epochs=3)
         print(f"rank 0 returned {weights} (the truth is [2.0, -1.0, 0.5, 0.3])")
+        score = predict_batch_udf(
+            functools.partial(make_predict_fn, weights), return_type="double", batch_size=256,
+            input_tensor_shapes=[[3]],
+        )
+        df = spark.range(1000, numPartitions=4).selectExpr("array(cast(id % 3 as double), 1.0, 0.0) as x")
+        rows = df.withColumn("y", score("x")).orderBy("y").collect()
+        print(f"scored {len(rows)} rows; x = {list(rows[0].x)} -> y = {rows[0].y:.3f} (expect about -0.7)")
     finally:
         spark.stop()

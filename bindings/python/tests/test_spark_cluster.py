@@ -69,6 +69,10 @@ def test_the_spark_example_trains_from_its_own_driver(tmp_path):
     line = next(ln for ln in out.splitlines() if ln.startswith("rank 0 returned"))
     weights = json.loads(line.split("returned ", 1)[1].split(" (", 1)[0])
     assert weights == pytest.approx([2.0, -1.0, 0.5, 0.3], abs=0.05)
+    scored = next(ln for ln in out.splitlines() if ln.startswith("scored "))
+    assert scored.startswith("scored 1000 rows; x = [0.0, 1.0, 0.0] -> y = ")
+    y = float(scored.split("-> y = ")[1].split()[0])
+    assert y == pytest.approx(weights[1] + weights[3], abs=1e-3)
 
 
 def test_ctrl_c_in_the_driver_leaves_no_process_alive(tmp_path):
