@@ -71,6 +71,7 @@ class Pool:
         self._restart = False
         self._closed: str | None = None
         self._lock = threading.Lock()  # one call at a time
+        self._inference_secret: str | None = None  # names the ranks' sockets once they serve inference
         self._ranks = _Ranks(np, {**os.environ, **extra_env})
         # Closed with this object when the caller forgets to; the ranks also end with this process.
         self._finalizer = weakref.finalize(self, self._ranks.stop)

@@ -13,9 +13,11 @@ import sys
 import time
 
 import inferfns
+import poolfns
 import procs
 import pytest
 
+import ferrovod
 from conftest import TESTS
 from ferrovod.inference import predict_batch_udf
 
@@ -130,6 +132,22 @@ def test_a_killed_worker_is_replaced_and_the_query_succeeds(spark, tmp_path):
     assert sorted((r.x, r.p) for r in rows) == [(float(i), 2.0 * i) for i in range(2000)]
 
 
+def test_a_pool_trains_then_serves_its_model_from_worker_state(spark):
+    with ferrovod.Pool(2) as pool:
+        total = pool.run(poolfns.train, 3)
+        pids = pool.run(poolfns.pids)
+        udf = predict_batch_udf(
+            inferfns.make_from_state, return_type="y double, pid long", batch_size=16,
+            input_tensor_shapes=[[4]], pool=pool,
+        )
+        rows = _tensors(spark, rows=200, partitions=4).withColumn("p", udf("t1")).collect()
+        w = total / 4  # every weight is the same after training
+        assert all(abs(r.p.y - w * sum(r.t1)) < 1e-6 for r in rows)
+        assert {r.p.pid for r in rows} == set(pids), "both ranks serve, each with the model it trained"
+    with pytest.raises(Exception, match="not serving"):
+        _tensors(spark, rows=10, partitions=1).withColumn("p", udf("t1")).collect()
+
+
 def test_bad_arguments_are_refused_on_the_driver(spark):
     with pytest.raises(ValueError, match="batch_size"):
         predict_batch_udf(inferfns.make_scale, return_type="double", batch_size=0)
@@ -143,6 +161,8 @@ def test_bad_arguments_are_refused_on_the_driver(spark):
         predict_batch_udf(inferfns.make_scale, return_type="double", batch_size=8, input_tensor_shapes=[[0]])
     with pytest.raises(ValueError, match="workers_per_host"):
         predict_batch_udf(inferfns.make_scale, return_type="double", batch_size=8, workers_per_host=0)
+    with pytest.raises(TypeError, match="ferrovod.Pool"):
+        predict_batch_udf(inferfns.make_scale, return_type="double", batch_size=8, pool="not a pool")
 
 
 @pytest.mark.parametrize("how", ["spark.stop", "SIGKILL"])

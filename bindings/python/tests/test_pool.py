@@ -119,30 +119,25 @@ def test_bad_arguments_to_the_pool():
         ferrovod.Pool(2, env={"A": 1})
 
 
-def test_a_dying_rank_fails_the_call_naming_it_and_closes_the_pool():
+@pytest.mark.parametrize(
+    ("fn", "rank", "said"),
+    [
+        (poolfns.die_on, 2, "rank 2"),  # SIGKILL: the launcher reports it
+        (poolfns.exit_on, 1, "rank 1 ended during the call"),  # status 0: the pool sees its pidfd
+    ],
+    ids=["killed", "status-0"],
+)
+def test_a_rank_that_goes_fails_the_call_naming_it_and_closes_the_pool(fn, rank, said):
     with ferrovod.Pool(3) as pool:
         pids = pool.run(poolfns.pids)
         start = time.monotonic()
-        with pytest.raises(ferrovod.RankFailedError, match="rank 2") as e:
-            pool.run(poolfns.die_on, 2)
-        assert e.value.rank == 2
+        with pytest.raises(ferrovod.RankFailedError, match=said) as e:
+            pool.run(fn, rank)
+        assert e.value.rank == rank
         assert time.monotonic() - start < 30
-        with pytest.raises(ferrovod.PoolClosedError, match="rank 2"):
+        with pytest.raises(ferrovod.PoolClosedError, match=f"rank {rank}"):
             pool.run(poolfns.where)
-    assert _gone(pids), "pool ranks still running after a rank died"
-
-
-def test_a_rank_leaving_with_status_0_fails_the_call_naming_it_and_closes_the_pool():
-    with ferrovod.Pool(3) as pool:
-        pids = pool.run(poolfns.pids)
-        start = time.monotonic()
-        with pytest.raises(ferrovod.RankFailedError, match="rank 1 ended during the call") as e:
-            pool.run(poolfns.exit_on, 1)
-        assert e.value.rank == 1
-        assert time.monotonic() - start < 30
-        with pytest.raises(ferrovod.PoolClosedError, match="rank 1"):
-            pool.run(poolfns.where)
-    assert _gone(pids), "pool ranks still running after a rank left"
+    assert _gone(pids), f"pool ranks still running after rank {rank} went"
 
 
 def test_close_ends_every_rank_and_is_idempotent():

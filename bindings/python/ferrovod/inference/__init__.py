@@ -21,6 +21,8 @@ import functools
 import hashlib
 import json
 import os
+import secrets
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Union
 
@@ -28,6 +30,7 @@ import pandas as pd
 
 from .._ship import prepare, type_name
 from . import _client, _lease
+from ._server import serve_in_pool as _serve_in_pool
 
 __all__ = ["predict_batch_udf"]
 
@@ -42,6 +45,7 @@ def predict_batch_udf(
     batch_size: int,
     input_tensor_shapes: Union[Sequence[Union[Sequence[int], None]], Mapping[int, Sequence[int]], None] = None,
     workers_per_host: Union[int, None] = None,
+    pool: Any = None,
 ) -> Any:
     """A pandas UDF that scores its input columns with the model ``make_predict_fn`` loads.
 
@@ -50,7 +54,12 @@ def predict_batch_udf(
     (from a dict of arrays or a list of dicts). ``return_type`` is a ``DataType`` or a DDL
     string. The model sees exactly ``batch_size`` rows per call (fewer only at the end of the
     data). ``workers_per_host`` (default: one per GPU of the executor, else 1) sets how many
-    model copies a host runs. Needs an active SparkSession."""
+    model copies a host runs. Needs an active SparkSession.
+
+    With ``pool`` (a ``ferrovod.Pool`` on this host, as in local mode), the pool's ranks serve
+    instead, one per task by partition: ``make_predict_fn`` runs in them and can use what
+    training left in ``ferrovod.worker_state``, with no file in between; the model is loaded
+    again for each UDF made (a retrained model is picked up)."""
     from pyspark import SparkContext
     from pyspark.sql.functions import pandas_udf
 
@@ -70,19 +79,34 @@ def predict_batch_udf(
         spec = prepare(make_predict_fn.func, make_predict_fn.args, make_predict_fn.keywords, api)
     else:
         spec = prepare(make_predict_fn, (), {}, api)
-    lease = _lease.for_context(context)
+    if pool is not None:
+        from .._pool import Pool
+
+        if not isinstance(pool, Pool):
+            raise TypeError(f"{api}: pool must be a ferrovod.Pool, not {type_name(pool)}")
+        if workers_per_host is not None:
+            raise ValueError(f"{api}: workers_per_host is the pool's np when pool is given")
+        # Every rank serves on a thread of its own from now on, under the pool's secret.
+        pool.run(_serve_in_pool, _pool_secret(pool))
+        secret, lease_address, workers_per_host = _pool_secret(pool), "", pool.np
+        spec_key = uuid.uuid4().hex
+    else:
+        lease = _lease.for_context(context)
+        secret, lease_address = lease.secret, lease.address
+        # The loaded model is kept under this: a UDF made again for the same function and
+        # arguments (a notebook cell run twice) finds it loaded.
+        spec_key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
     config = {
         "model": {
             "spec": spec,
-            # The loaded model is kept under this: a UDF made again for the same function and
-            # arguments (a notebook cell run twice) finds it loaded.
-            "spec_key": hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest(),
+            "spec_key": spec_key,
             "batch_size": batch_size,
             "return_type": dtype.json(),
             "shapes": shapes,
         },
-        "secret": lease.secret,
-        "lease": lease.address,
+        "secret": secret,
+        "lease": lease_address,
+        "pool": pool is not None,
         "workers_per_host": workers_per_host,
         "timeout_s": _timeout(api),
     }
@@ -91,6 +115,13 @@ def predict_batch_udf(
         return _client.predict(data, config)
 
     return pandas_udf(predict, dtype)  # type: ignore[call-overload]
+
+
+def _pool_secret(pool: Any) -> str:
+    """The pool's inference secret, made on first use; it names the ranks' sockets."""
+    if pool._inference_secret is None:
+        pool._inference_secret = secrets.token_hex(32)
+    return pool._inference_secret
 
 
 def _return_type(return_type: Any, api: str) -> Any:

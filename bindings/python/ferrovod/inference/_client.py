@@ -10,7 +10,6 @@ of rows unanswered, and resends them once to a new worker when its worker dies.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import socket
 import subprocess
@@ -23,6 +22,9 @@ from typing import Any
 import pyarrow as pa
 
 from . import _wire
+
+#: Workers a task tries when each dies while it says hello.
+_HELLO_ATTEMPTS = 3
 
 #: Seconds a task waits for a worker to start (a model to load is not counted: see the timeout).
 START_TIMEOUT_S = 60.0
@@ -198,10 +200,25 @@ class Link:
             _wire.send(self._sock, {"type": "end"})
 
     def _connect(self) -> None:
-        sock = _find_or_start(self._config)
-        sock.settimeout(self._timeout)
-        _wire.send(sock, {"type": "hello", "secret": self._config["secret"], "model": self._model})
-        header, _ = _wire.receive(sock)
+        for attempt in range(_HELLO_ATTEMPTS):
+            sock = _find_or_start(self._config)
+            sock.settimeout(self._timeout)
+            try:
+                _wire.send(sock, {"type": "hello", "secret": self._config["secret"], "model": self._model})
+                header, _ = _wire.receive(sock)
+                break
+            except TimeoutError:
+                sock.close()
+                raise
+            except (OSError, _wire.ChannelClosed) as e:
+                # The worker died as this task said hello (no rows of it lost): find or start
+                # the next one.
+                sock.close()
+                if attempt == _HELLO_ATTEMPTS - 1:
+                    raise RuntimeError(
+                        f"ferrovod.inference: {_HELLO_ATTEMPTS} inference workers in a row closed "
+                        f"the connection during its hello: {e}"
+                    ) from None
         if header.get("type") == "error":
             sock.close()
             raise _worker_error(header)
@@ -230,8 +247,7 @@ def _to_pandas(column: pa.Array) -> Any:
 
 def _find_or_start(config: dict[str, Any]) -> socket.socket:
     index = _worker_index(config)
-    digest = hashlib.sha256(config["secret"].encode()).hexdigest()[:32]
-    name = f"\0ferrovod-inference-{digest}-{index}".encode()
+    name = _wire.worker_name(config["secret"], index)
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -240,6 +256,11 @@ def _find_or_start(config: dict[str, Any]) -> socket.socket:
             return sock
         except (ConnectionRefusedError, FileNotFoundError):
             sock.close()
+        if config["pool"]:
+            raise RuntimeError(
+                f"ferrovod.inference: rank {index} of the pool serving this UDF is not serving "
+                "(the pool was closed, or its driver is on another host)"
+            )
         _claim_and_start(name, config, index)
         if time.monotonic() > deadline:
             raise RuntimeError(

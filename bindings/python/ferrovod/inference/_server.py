@@ -6,7 +6,8 @@ exactly ``batch_size`` rows, and sends each task its predictions in order.
 
 Started by the first task that finds no worker under its name (``_client``), it outlives that
 task; it ends when the driver's lease connection closes (the SparkContext stopped or the driver
-died) or the executor's JVM dies. Threads: one reader and one writer per task, one per batcher
+died) or the executor's JVM dies. With ``pool=``, the ranks of a ``ferrovod.Pool`` serve instead,
+each on a thread (:func:`serve_in_pool`), for as long as the pool lives. Threads: one reader and one writer per task, one per batcher
 (receiving overlaps predicting), and the main thread watching the lease and the JVM.
 """
 
@@ -61,29 +62,40 @@ def main(argv: list[str]) -> int:
     except OSError as e:
         print(f"ferrovod.inference: cannot reach the driver's lease at {host}:{port}: {e}", file=sys.stderr)
         return 1
-    server = Server(secret)
-    with selectors.DefaultSelector() as sel:
-        sel.register(listener, selectors.EVENT_READ, "task")
-        sel.register(lease, selectors.EVENT_READ, "lease")
-        jvm = options.get("--jvm-pid")
-        if jvm:
-            try:
-                sel.register(os.pidfd_open(int(jvm)), selectors.EVENT_READ, "jvm")
-            except OSError:
-                return 0  # the executor is gone already
-        while True:
-            for key, _ in sel.select():
-                if key.data == "task":
-                    try:
-                        conn, _ = listener.accept()
-                    except OSError:
-                        continue
-                    threading.Thread(target=server.serve, args=(conn,), daemon=True).start()
-                else:
-                    # The driver's lease closed (its context stopped, or it died) or the JVM
-                    # exited: leave at once, whatever a model is doing.
-                    listener.close()
-                    os._exit(0)
+    watched = [lease]
+    jvm = options.get("--jvm-pid")
+    if jvm:
+        try:
+            watched.append(os.pidfd_open(int(jvm)))
+        except OSError:
+            return 0  # the executor is gone already
+    Server(secret).accept(listener, watched)
+    # The driver's lease closed (its context stopped, or it died) or the JVM exited: leave at
+    # once, whatever a model is doing.
+    listener.close()
+    os._exit(0)
+
+
+def serve_in_pool(secret: str) -> bool:
+    """Run by ``Pool.run`` on every rank: starts serving inference from this rank, on a thread,
+    as worker ``rank`` of the secret's name; the models it loads can read
+    ``ferrovod.worker_state``. Lives as long as the rank. ``False`` when it serves already."""
+    from .. import _world
+
+    name = _wire.worker_name(secret, _world.rank())
+    with _in_pool_lock:
+        if name in _in_pool:
+            return False
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(name)
+        listener.listen(128)
+        _in_pool.add(name)
+    threading.Thread(target=Server(secret).accept, args=(listener, []), name="ferrovod-inference", daemon=True).start()
+    return True
+
+
+_in_pool: set[bytes] = set()
+_in_pool_lock = threading.Lock()
 
 
 class Loaded:
@@ -104,6 +116,23 @@ class Server:
         self._loaded: dict[str, Loaded] = {}
         self._loading: dict[str, threading.Lock] = collections.defaultdict(threading.Lock)
         self._batchers: dict[str, Batcher] = {}
+
+    def accept(self, listener: socket.socket, watched: list[Any]) -> None:
+        """Serves every task that connects, each on a thread, until one of ``watched`` (file
+        objects or descriptors) becomes readable."""
+        with selectors.DefaultSelector() as sel:
+            sel.register(listener, selectors.EVENT_READ, "task")
+            for w in watched:
+                sel.register(w, selectors.EVENT_READ, "watched")
+            while True:
+                for key, _ in sel.select():
+                    if key.data == "watched":
+                        return
+                    try:
+                        conn, _ = listener.accept()
+                    except OSError:
+                        continue
+                    threading.Thread(target=self.serve, args=(conn,), daemon=True).start()
 
     def serve(self, conn: socket.socket) -> None:
         """One task's connection: hello, then rows until it ends or goes."""

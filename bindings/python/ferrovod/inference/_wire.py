@@ -4,6 +4,7 @@ record batch. Nothing is pickled."""
 
 from __future__ import annotations
 
+import hashlib
 import socket
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +17,13 @@ from .. import _control
 MAX_PAYLOAD = 1 << 30
 
 ChannelClosed = _control.ChannelClosed
+
+
+def worker_name(secret: str, index: int) -> bytes:
+    """The abstract Unix socket name of inference worker ``index`` of the secret's application
+    (or pool): nothing on disk, and unguessable without the secret."""
+    digest = hashlib.sha256(secret.encode()).hexdigest()[:32]
+    return f"\0ferrovod-inference-{digest}-{index}".encode()
 
 
 def send(sock: socket.socket, header: Mapping[str, Any], batch: pa.RecordBatch | None = None) -> None:
