@@ -59,6 +59,11 @@ def make_is_positive():
     return lambda x: x > 0
 
 
+def make_writable_flag():
+    """Whether the model's input array is writable (``torch.from_numpy`` warns when not)."""
+    return lambda x: np.full(len(x), x.flags.writeable)
+
+
 def make_raising():
     def predict(x):
         raise ValueError(f"bad input of {len(x)} rows")

@@ -71,6 +71,8 @@ def test_ddl_strings_and_booleans_which_sparks_own_refuses(spark):
     assert sorted((r.x, r.p) for r in rows) == [(float(i), i > 0) for i in range(-50, 50)]
     rows = df.withColumn("p", predict_batch_udf(inferfns.make_scale, return_type="float", batch_size=16)("x")).collect()
     assert sorted((r.x, r.p) for r in rows) == [(float(i), 2.0 * i) for i in range(-50, 50)]
+    udf = predict_batch_udf(inferfns.make_writable_flag, return_type="boolean", batch_size=16)
+    assert {r.p for r in df.withColumn("p", udf("x")).collect()} == {True}
 
 
 def test_the_model_loads_once_per_worker_while_sparks_reloads_per_udf(spark, tmp_path):

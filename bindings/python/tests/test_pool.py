@@ -174,5 +174,8 @@ def test_the_pool_example_trains_then_scores_from_worker_state():
     example = Path(__file__).resolve().parents[3] / "examples" / "python" / "pool_example.py"
     proc = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
+    spark = next(ln for ln in proc.stdout.splitlines() if ln.startswith("scored "))
+    assert spark.startswith("scored 1000 rows on Spark with the pool's model")
+    assert float(spark.rsplit(": ", 1)[1]) < 0.05
     scores = proc.stdout.strip().splitlines()[-1].split(": ", 1)[1]
     assert json.loads(scores) == pytest.approx([-1.0, 2.0, 0.5, -0.25], abs=0.01)

@@ -91,8 +91,9 @@ def _shape_of(shapes: Shapes, i: int, n_params: int, n_columns: int) -> Sequence
 
 
 def _plain(column: pa.Array, name: str) -> np.ndarray:
-    """A scalar column as numpy (nulls of numbers become NaN, as through pandas)."""
-    return column.to_numpy(zero_copy_only=False)
+    """A scalar column as numpy (nulls of numbers become NaN, as through pandas); writable, as
+    Spark's are (``torch.from_numpy`` warns about read-only arrays)."""
+    return column.to_numpy(zero_copy_only=False, writable=True)
 
 
 def _rows(column: pa.Array, name: str) -> np.ndarray:
@@ -107,7 +108,7 @@ def _rows(column: pa.Array, name: str) -> np.ndarray:
             f"tensor column {name!r}: row {row} holds {lengths[row]} values and row 0 holds {lengths[0]}; "
             "every row of a tensor column needs the same number"
         )
-    values = column.flatten().to_numpy(zero_copy_only=False)
+    values = column.flatten().to_numpy(zero_copy_only=False, writable=True)
     return values.reshape(len(column), -1 if len(column) else 0)
 
 
