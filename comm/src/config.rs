@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, quoted};
 
 /// One environment knob.
 #[derive(Debug, Clone, Copy)]
@@ -211,14 +211,17 @@ impl Config {
             let v = text(k).unwrap_or_else(|| k.default.to_string());
             v.trim()
                 .parse::<usize>()
-                .map_err(|_| Error::Config { name: k.name, detail: format!("{v:?} is not {what}") })
+                .map_err(|_| Error::Config { name: k.name, detail: format!("{} is not {what}", quoted(&v)) })
         };
         let secs = |k: Knob| -> Result<Duration> {
             let v = text(k).unwrap_or_else(|| k.default.to_string());
             match v.trim().parse::<f64>() {
                 // At most a year: later deadlines overflow `Instant` arithmetic.
                 Ok(s) if s > 0.0 && s.is_finite() => Ok(Duration::from_secs_f64(s.min(MAX_SECS))),
-                _ => Err(Error::Config { name: k.name, detail: format!("{v:?} is not a positive number of seconds") }),
+                _ => Err(Error::Config {
+                    name: k.name,
+                    detail: format!("{} is not a positive number of seconds", quoted(&v)),
+                }),
             }
         };
         let size = parse(SIZE, "a positive integer")?;
@@ -238,7 +241,7 @@ impl Config {
                 v => {
                     return Err(Error::Config {
                         name: ALLREDUCE_ALGORITHM.name,
-                        detail: format!("{v:?} is not auto, ring, halving-doubling or recursive-doubling"),
+                        detail: format!("{} is not auto, ring, halving-doubling or recursive-doubling", quoted(v)),
                     });
                 }
             },
@@ -256,7 +259,10 @@ impl Config {
             match v.trim().parse::<f64>() {
                 Ok(0.0) => Ok(None),
                 Ok(s) if s > 0.0 && s.is_finite() => Ok(Some(Duration::from_secs_f64(s.min(MAX_SECS)))),
-                _ => Err(Error::Config { name: k.name, detail: format!("{v:?} is not a number of seconds (0: off)") }),
+                _ => Err(Error::Config {
+                    name: k.name,
+                    detail: format!("{} is not a number of seconds (0: off)", quoted(&v)),
+                }),
             }
         };
         let engine = EngineSettings {
@@ -268,14 +274,14 @@ impl Config {
             None => None,
             Some(v) => Some(v.trim().parse().map_err(|_| Error::Config {
                 name: ADVERTISE_ADDR.name,
-                detail: format!("{v:?} is not an IP address"),
+                detail: format!("{} is not an IP address", quoted(&v)),
             })?),
         };
         let host_store = match text(HOST_STORE).as_deref().map(str::trim) {
             None | Some("0") | Some("false") => false,
             Some("1") | Some("true") => true,
             Some(v) => {
-                return Err(Error::Config { name: HOST_STORE.name, detail: format!("{v:?} is not 0 or 1") });
+                return Err(Error::Config { name: HOST_STORE.name, detail: format!("{} is not 0 or 1", quoted(v)) });
             }
         };
         let config = Config {
@@ -326,6 +332,14 @@ mod tests {
         assert_eq!((c.rank, c.size), (0, 1));
         assert_eq!(c.tuning.timeout, Duration::from_secs(600));
         assert!(c.secret.is_none());
+    }
+
+    #[test]
+    fn a_huge_bad_value_is_cut_in_the_message() {
+        let huge = "x".repeat(10 << 20);
+        let e = cfg(&[("FERROVOD_TIMEOUT", huge.as_str())]).unwrap_err().to_string();
+        assert!(e.contains("FERROVOD_TIMEOUT") && e.contains("more bytes cut"), "{}", &e[..300.min(e.len())]);
+        assert!(e.len() < 500, "a 10 MB value became a {}-byte message", e.len());
     }
 
     #[test]

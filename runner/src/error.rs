@@ -79,23 +79,8 @@ impl Error {
     }
 }
 
-/// Most bytes of one piece of input that an error message quotes.
-pub const MAX_QUOTED: usize = 200;
-
-/// The largest char boundary of `s` at or below `at`.
-fn floor_boundary(s: &str, at: usize) -> usize {
-    (0..=at.min(s.len())).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)
-}
-
-/// `s` quoted for an error message (as `{:?}` quotes it), cut after [`MAX_QUOTED`] bytes with a
-/// note of how many were left out: a 10 MB field must not become a 10 MB message.
-pub fn quoted(s: &str) -> String {
-    if s.len() <= MAX_QUOTED {
-        return format!("{s:?}");
-    }
-    let head = &s[..floor_boundary(s, MAX_QUOTED)];
-    format!("{head:?}... ({} more bytes cut)", s.len() - head.len())
-}
+use ferrovod::error::floor_boundary;
+pub use ferrovod::error::{MAX_QUOTED, quoted};
 
 /// Another crate's message that may quote input at any length (serde's "invalid type: string
 /// ..."), with its middle cut when it is long: the start says what is wrong, the end where
