@@ -153,17 +153,24 @@ pub fn accept_handshake(
     }
 }
 
+const CLOSED_BEFORE_GREETING: &str = "closed the connection before greeting: it is not a ferrovod server, or it \
+     is shutting down, or it dropped this connection to make room (too many unauthenticated connections)";
+const CLOSED_DURING_HANDSHAKE: &str = "closed during the handshake";
+
+/// Whether `e` is a server closing the connection during the handshake (a store making room
+/// closes it; a wrong secret is answered instead), which is worth another try.
+pub fn was_dropped(e: &Error) -> bool {
+    matches!(e, Error::Refused { reason, .. } if reason == CLOSED_BEFORE_GREETING || reason == CLOSED_DURING_HANDSHAKE)
+}
+
 /// Client side. The caller sets socket timeouts first.
 pub fn connect_handshake(stream: &mut TcpStream, secret: &Secret, purpose: Purpose) -> Result<(), Error> {
     let addr = peer(stream);
     let mut hello = [0u8; SERVER_HELLO];
     stream.read_exact(&mut hello).map_err(|source| match source.kind() {
-        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => Error::Refused {
-            addr: addr.clone(),
-            reason: "closed the connection before greeting: it is not a ferrovod server, or it is shutting down, \
-                     or it dropped this connection to make room (too many unauthenticated connections)"
-                .into(),
-        },
+        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
+            Error::Refused { addr: addr.clone(), reason: CLOSED_BEFORE_GREETING.into() }
+        }
         _ => Error::Io { what: format!("waiting for the greeting of {addr}"), source: source.into() },
     })?;
     if hello[..8] != MAGIC {
@@ -191,7 +198,7 @@ pub fn connect_handshake(stream: &mut TcpStream, secret: &Secret, purpose: Purpo
     stream.read_exact(&mut reply).map_err(|source| match source.kind() {
         // A server that refuses may close before we read the whole verdict.
         std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
-            Error::Refused { addr: addr.clone(), reason: "closed during the handshake".into() }
+            Error::Refused { addr: addr.clone(), reason: CLOSED_DURING_HANDSHAKE.into() }
         }
         _ => Error::Io { what: format!("handshake with {addr}"), source: source.into() },
     })?;

@@ -4,7 +4,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use super::store::{Request, Response};
-use super::{Error, MAX_MESSAGE, Purpose, Secret, connect_handshake, read_msg, write_msg};
+use super::{Error, MAX_MESSAGE, Purpose, Secret, connect_handshake, read_msg, was_dropped, write_msg};
 
 /// Slack on top of a server-side wait before the client gives up on the answer.
 const REPLY_SLACK: Duration = Duration::from_secs(5);
@@ -29,33 +29,44 @@ impl StoreClient {
             .next()
             .ok_or_else(|| Error::Protocol { addr: addr.to_string(), detail: "address resolves to nothing".into() })?;
         let mut backoff = Duration::from_millis(10);
-        let mut stream = loop {
+        // A store under a flood of unauthenticated connections drops the oldest handshakes,
+        // which may be ours: try again until the deadline, then say so.
+        let mut dropped: Option<Error> = None;
+        loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            match TcpStream::connect_timeout(&resolved, left.max(Duration::from_millis(1))) {
-                Ok(s) => break s,
+            let mut stream = match TcpStream::connect_timeout(&resolved, left.max(Duration::from_millis(1))) {
+                Ok(s) => s,
                 Err(e) if Instant::now() + backoff < deadline => {
                     let _ = e;
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_millis(250));
+                    continue;
                 }
                 Err(source) => {
-                    return Err(Error::Io {
+                    return Err(dropped.unwrap_or_else(|| Error::Io {
                         what: format!("connecting to the store at {resolved} for {:.0} s", timeout.as_secs_f64()),
                         source: source.into(),
-                    });
+                    }));
                 }
+            };
+            let io = |source: std::io::Error| Error::Io {
+                what: format!("configuring store connection to {resolved}"),
+                source: source.into(),
+            };
+            stream.set_nodelay(true).map_err(io)?;
+            let hs = timeout.clamp(Duration::from_secs(1), Duration::from_secs(30));
+            stream.set_read_timeout(Some(hs)).map_err(io)?;
+            stream.set_write_timeout(Some(hs)).map_err(io)?;
+            match connect_handshake(&mut stream, secret, Purpose::Store) {
+                Ok(()) => return Ok(StoreClient { stream, addr: resolved, timeout, broken: false }),
+                Err(e) if was_dropped(&e) && Instant::now() + backoff < deadline => {
+                    dropped = Some(e);
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_millis(250));
+                }
+                Err(e) => return Err(e),
             }
-        };
-        let io = |source: std::io::Error| Error::Io {
-            what: format!("configuring store connection to {resolved}"),
-            source: source.into(),
-        };
-        stream.set_nodelay(true).map_err(io)?;
-        let hs = timeout.clamp(Duration::from_secs(1), Duration::from_secs(30));
-        stream.set_read_timeout(Some(hs)).map_err(io)?;
-        stream.set_write_timeout(Some(hs)).map_err(io)?;
-        connect_handshake(&mut stream, secret, Purpose::Store)?;
-        Ok(StoreClient { stream, addr: resolved, timeout, broken: false })
+        }
     }
 
     /// The store's address.

@@ -16,7 +16,7 @@ mod wire;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use auth::{Purpose, accept_handshake, connect_handshake};
+pub use auth::{Purpose, accept_handshake, connect_handshake, was_dropped};
 pub use client::StoreClient;
 pub use first_failure::FirstFailure;
 pub use rendezvous::{PeerInfo, exchange_peers};
