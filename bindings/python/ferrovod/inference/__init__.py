@@ -23,10 +23,9 @@ import json
 import os
 import secrets
 import uuid
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Union
-
-import pandas as pd
 
 from .._ship import prepare, type_name
 from . import _client, _lease
@@ -52,7 +51,7 @@ def predict_batch_udf(
     Inputs and outputs follow ``pyspark.ml.functions.predict_batch_udf``: one or several columns
     (tensor columns reshaped by ``input_tensor_shapes``), and a scalar, an array, or a struct
     (from a dict of arrays or a list of dicts). ``return_type`` is a ``DataType`` or a DDL
-    string. The model sees exactly ``batch_size`` rows per call (fewer only at the end of the
+    string. The UDF is an Arrow UDF (usable in ``withColumn`` and ``select`` as Spark's is). The model sees exactly ``batch_size`` rows per call (fewer only at the end of the
     data). ``workers_per_host`` (default: one per GPU of the executor, else 1) sets how many
     model copies a host runs. Needs an active SparkSession.
 
@@ -61,7 +60,8 @@ def predict_batch_udf(
     training left in ``ferrovod.worker_state``, with no file in between; the model is loaded
     again for each UDF made (a retrained model is picked up)."""
     from pyspark import SparkContext
-    from pyspark.sql.functions import pandas_udf
+    from pyspark.sql.pandas.functions import arrow_udf
+    from pyspark.util import PythonEvalType
 
     api = "ferrovod.inference.predict_batch_udf"
     context = SparkContext._active_spark_context
@@ -111,10 +111,15 @@ def predict_batch_udf(
         "timeout_s": _timeout(api),
     }
 
-    def predict(data: Iterator[Union[pd.Series, pd.DataFrame]]) -> Iterator[pd.DataFrame]:
+    def predict(data: Iterator[Any]) -> Iterator[Any]:
         return _client.predict(data, config)
 
-    return pandas_udf(predict, dtype)  # type: ignore[call-overload]
+    # An Arrow UDF: the task hands Spark's Arrow batches to the worker and its Arrow answers
+    # back, with no pandas conversion on either side. Its kind is given, not inferred from type
+    # hints: one UDF takes one column (an array) or several (a tuple), which no hint says.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "It is preferred to specify type hints", UserWarning)
+        return arrow_udf(predict, dtype, functionType=PythonEvalType.SQL_SCALAR_ARROW_ITER_UDF)
 
 
 def _pool_secret(pool: Any) -> str:

@@ -34,16 +34,14 @@ class WorkerLost(Exception):
     """The worker's connection ended while rows were unanswered."""
 
 
-def predict(data: Iterator[Any], config: dict[str, Any]) -> Iterator[Any]:
-    """The body of the pandas UDF: pandas batches in, pandas predictions out, same rows in the
-    same order (Spark checks the total, not the batch boundaries)."""
+def predict(data: Iterator[Any], config: dict[str, Any]) -> Iterator[pa.Array]:
+    """The body of the Arrow UDF: Spark's Arrow batches in, Arrow predictions out (no pandas on
+    either side), same rows in the same order (Spark checks the total, not the boundaries)."""
     link: Link | None = None
     try:
         for frame in data:
             columns, has_tuple = _columns(frame)
-            batch = pa.RecordBatch.from_arrays(
-                [_to_arrow(c) for c in columns], names=[f"c{i}" for i in range(len(columns))]
-            )
+            batch = pa.RecordBatch.from_arrays(columns, names=[f"c{i}" for i in range(len(columns))])
             if link is None:
                 link = Link(config, has_tuple)
             size = config["model"]["batch_size"]
@@ -62,30 +60,19 @@ def predict(data: Iterator[Any], config: dict[str, Any]) -> Iterator[Any]:
             link.close()
 
 
-def _to_arrow(column: Any) -> pa.Array:
-    """One pandas input column as Arrow. A tensor column (numpy arrays of one length and dtype,
-    as Spark hands array columns over) goes through one concatenation: several times faster
-    than converting it row by row."""
-    import numpy as np
-
-    values = column.to_numpy()
-    if values.dtype == object and len(values) and all(type(v) is np.ndarray and v.ndim == 1 for v in values):
-        first = values[0]
-        if all(len(v) == len(first) and v.dtype == first.dtype for v in values):
-            offsets = pa.array(np.arange(len(values) + 1, dtype=np.int32) * len(first))
-            return pa.ListArray.from_arrays(offsets, pa.array(np.concatenate(values)))
-    return pa.Array.from_pandas(column)
+def _columns(frame: Any) -> tuple[list[pa.Array], bool]:
+    """The input columns of one Arrow batch, and whether they came as separate columns (Spark
+    gives one array per column, a tuple of them for several)."""
+    if isinstance(frame, tuple):
+        return [_array(c) for c in frame], True
+    frame = _array(frame)
+    if pa.types.is_struct(frame.type):  # one struct column: its fields, as Spark's own takes them
+        return frame.flatten(), False
+    return [frame], False
 
 
-def _columns(frame: Any) -> tuple[list[Any], bool]:
-    """The input columns of one pandas batch, and whether they came as separate columns."""
-    import pandas as pd
-
-    if isinstance(frame, pd.Series):
-        return [frame], False
-    if isinstance(frame, pd.DataFrame):  # one struct column: its fields
-        return [frame[c] for c in frame.columns], False
-    return list(frame), True
+def _array(column: Any) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
 class Link:
@@ -128,8 +115,8 @@ class Link:
             self._sock.setblocking(True)
             self._sock.settimeout(self._timeout)
 
-    def take(self) -> Any:
-        """The next answered rows as pandas; raises the worker's error for a failed call."""
+    def take(self) -> pa.Array:
+        """The next answered rows; raises the worker's error for a failed call."""
         header, batch = self._receive()
         if header.get("type") == "error":
             raise _worker_error(header)
@@ -137,7 +124,7 @@ class Link:
         if header.get("type") != "preds" or batch is None or rows != len(batch) or not 0 < rows <= self.unanswered:
             raise RuntimeError(f"ferrovod.inference: the worker sent an unexpected frame: {header}")
         self._answered(rows)
-        return _to_pandas(batch.column(0))
+        return batch.column(0)
 
     def close(self) -> None:
         if self._sock is not None:
@@ -234,12 +221,6 @@ def _worker_error(header: dict[str, Any]) -> RuntimeError:
         f"(pid {header.get('pid')}): {header.get('error')}: {header.get('message')}\n\n"
         f"{header.get('traceback')}"
     )
-
-
-def _to_pandas(column: pa.Array) -> Any:
-    if pa.types.is_struct(column.type):
-        return pa.Table.from_arrays(column.flatten(), names=[f.name for f in column.type]).to_pandas()
-    return column.to_pandas()
 
 
 # --- finding the worker ------------------------------------------------------------------------
