@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Batch inference on Spark: ``pyspark.ml.functions.predict_batch_udf`` against
-``ferrovod.inference.predict_batch_udf``, same model file, same batch size, same total model
-threads (Spark: one per Python worker, ``local[N]`` workers; ferrovod: one worker of N threads).
+``ferrovod.inference.predict_batch_udf``, same model file, same batch size. Model threads:
+Spark one per Python worker (``local[N]`` workers); ferrovod one worker of min(N, cores)
+threads (``--ferrovod-threads``; more torch threads than cores thrash).
 
     .venv/bin/python benches/inference_bench.py [--master local[2]] [--runs 5] [--rows 200000]
 
@@ -40,7 +41,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--big-rows", type=int, default=10_000)
-    ap.add_argument("--ferrovod-threads", type=int, help="the worker's torch threads (default: the slots, as Spark's total)")
+    ap.add_argument("--ferrovod-threads", type=int, help="the worker's torch threads (default: min(slots, cores))")
     ap.add_argument("--only", help="run these scenarios (comma-separated)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # scenario:system, in a child
     args = ap.parse_args()
@@ -70,7 +71,7 @@ def main() -> None:
 
 
 def table(rows: list, args: argparse.Namespace) -> None:
-    threads = args.ferrovod_threads or args.master[len("local["):-1]
+    threads = args.ferrovod_threads or min(int(args.master[len("local["):-1]), os.cpu_count() or 1)
     print(f"\n{args.master}, runs {args.runs}, steady-mlp {args.rows} rows, steady-big {args.big_rows} rows, "
           f"ferrovod's worker {threads} torch threads\n")
     print("| scenario | measure | Spark predict_batch_udf | ferrovod | ferrovod / Spark |")
@@ -108,7 +109,7 @@ def run_one(scenario: str, system: str, args: argparse.Namespace) -> dict:
     model = os.path.join(tmp, "model.npz")
     inference_models.write_model(model, [64, 4096, 4096, 16] if big else [64, 256, 256, 16])
     loads, sizes = os.path.join(tmp, "loads"), os.path.join(tmp, "sizes")
-    threads = 1 if system == "spark" else (args.ferrovod_threads or slots)
+    threads = 1 if system == "spark" else (args.ferrovod_threads or min(slots, os.cpu_count() or 1))
 
     def make_udf(batch_size: int):
         make = functools.partial(inference_models.make_mlp, model, threads, loads, sizes)
