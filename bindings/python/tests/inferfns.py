@@ -92,3 +92,15 @@ def make_from_state():
 
     w, pid = fv.worker_state["model"], fv.worker_state["trained_by"]
     return lambda x: {"y": x @ w, "pid": np.full(len(x), pid, dtype=np.int64)}
+
+
+def make_slow(started: str):
+    """x * 2, a tenth of a second per call; the first call creates ``started``."""
+    import time
+
+    def predict(x):
+        open(started, "a").close()
+        time.sleep(0.1)
+        return x * 2.0
+
+    return predict

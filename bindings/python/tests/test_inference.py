@@ -150,6 +150,38 @@ def test_a_pool_trains_then_serves_its_model_from_worker_state(spark):
         _tensors(spark, rows=10, partitions=1).withColumn("p", udf("t1")).collect()
 
 
+def test_a_cancelled_query_leaves_the_worker_serving(spark, tmp_path):
+    import threading
+
+    started = tmp_path / "started"
+    udf = predict_batch_udf(functools.partial(inferfns.make_slow, str(started)), return_type="double", batch_size=10)
+    df = spark.range(4000, numPartitions=4).selectExpr("cast(id as double) as x")
+    failed = []
+
+    def query():
+        spark.sparkContext.setJobGroup("to-cancel", "a slow inference query", interruptOnCancel=True)
+        try:
+            df.withColumn("p", udf("x")).collect()
+        except Exception as e:  # noqa: BLE001 (what a cancelled job raises)
+            failed.append(e)
+
+    t = threading.Thread(target=query)
+    t.start()
+    deadline = time.monotonic() + 60
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert started.exists(), "the model never ran"
+    spark.sparkContext.cancelJobGroup("to-cancel")
+    t.join(60)
+    assert not t.is_alive() and failed, "the cancelled query did not end with an error"
+    # The worker dropped the cancelled tasks' rows and serves the next query at once.
+    small = spark.range(50, numPartitions=2).selectExpr("cast(id as double) as x")
+    start = time.monotonic()
+    rows = small.withColumn("p", udf("x")).collect()
+    assert sorted((r.x, r.p) for r in rows) == [(float(i), 2.0 * i) for i in range(50)]
+    assert time.monotonic() - start < 20, "the worker was still scoring the cancelled query's rows"
+
+
 def test_bad_arguments_are_refused_on_the_driver(spark):
     with pytest.raises(ValueError, match="batch_size"):
         predict_batch_udf(inferfns.make_scale, return_type="double", batch_size=0)
