@@ -3,8 +3,8 @@
 # then a checked 64 MiB allreduce); then, from the Python package (installed into the project
 # venv), a Horovod-style PyTorch training script on 2 ranks (`import ferrovod.torch as hvd`) and
 # a function run on 2 ranks with `ferrovod.run`; a pool of 2 processes trains a model and then
-# scores data with it (`ferrovod.Pool`, `worker_state`); then the same kind of training from a PySpark
-# driver (`ferrovod.spark.HorovodRunner(np=2)` on a local Spark, one barrier stage), whose weights
+# scores data with it, a Spark DataFrame through `predict_batch_udf(pool=pool)` included
+# (`ferrovod.Pool`, `worker_state`); then the same kind of training from a PySpark driver (`ferrovod.spark.HorovodRunner(np=2)` on a local Spark, one barrier stage), whose weights
 # then score a DataFrame (`ferrovod.inference.predict_batch_udf`); last,
 # ferrovod-bench prints an allreduce table.
 set -euo pipefail
@@ -23,7 +23,7 @@ echo
 echo "== python examples/python/run_example.py (ferrovod.run, np=2)"
 .venv/bin/python examples/python/run_example.py
 echo
-echo "== python examples/python/pool_example.py (ferrovod.Pool(2): train, then score with the model left in worker_state)"
+echo "== python examples/python/pool_example.py (ferrovod.Pool(2): train, then score a Spark DataFrame and a list with the model left in worker_state)"
 .venv/bin/python examples/python/pool_example.py
 echo
 echo "== python examples/python/spark_train.py (HorovodRunner(np=2) on master local[2], then predict_batch_udf scoring)"
