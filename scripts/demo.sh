@@ -4,7 +4,8 @@
 # venv), a Horovod-style PyTorch training script on 2 ranks (`import ferrovod.torch as hvd`) and
 # a function run on 2 ranks with `ferrovod.run`; a pool of 2 processes trains a model and then
 # scores data with it, a Spark DataFrame through `predict_batch_udf(pool=pool)` included
-# (`ferrovod.Pool`, `worker_state`); then the same kind of training from a PySpark driver (`ferrovod.spark.HorovodRunner(np=2)` on a local Spark, one barrier stage), whose weights
+# (`ferrovod.Pool`, `worker_state`); then the same kind of training from a PySpark driver
+# (`ferrovod.spark.HorovodRunner(np=2)` on a local Spark, one barrier stage), whose weights
 # then score a DataFrame (`ferrovod.inference.predict_batch_udf`); last,
 # ferrovod-bench prints an allreduce table.
 set -euo pipefail
