@@ -87,8 +87,8 @@ def predict_batch_udf(
         if workers_per_host is not None:
             raise ValueError(f"{api}: workers_per_host is the pool's np when pool is given")
         # Every rank serves on a thread of its own from now on, under the pool's secret.
-        pool.run(_serve_in_pool, _pool_secret(pool))
         secret, lease_address, workers_per_host = _pool_secret(pool), "", pool.np
+        pool.run(_serve_in_pool, secret)
         spec_key = uuid.uuid4().hex
     else:
         lease = _lease.for_context(context)

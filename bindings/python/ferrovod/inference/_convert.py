@@ -48,7 +48,7 @@ def inputs(batch: pa.RecordBatch, n_params: int, shapes: Shapes, has_tuple: bool
         if shapes and len(shapes) != len(columns):
             raise ValueError("input_tensor_shapes must match columns")
         return [
-            _tensor(c, n, shapes[i]) if shapes and shapes[i] else _plain(c, n)
+            _tensor(c, n, shapes[i]) if shapes and shapes[i] else _plain(c)
             for i, (c, n) in enumerate(zip(columns, names))
         ]
     if n_params != 1:
@@ -61,11 +61,11 @@ def inputs(batch: pa.RecordBatch, n_params: int, shapes: Shapes, has_tuple: bool
             )
         single = _rows(columns[0], names[0])
     elif len(columns) == 1:
-        single = _plain(columns[0], names[0])
+        single = _plain(columns[0])
         if shapes and list(shapes[0] or []) not in ([], [1]):
             raise ValueError("Invalid input_tensor_shape for scalar column.")
     elif not has_tuple:  # the fields of one struct column, as Spark stacks them
-        single = np.column_stack([_plain(c, n) for c, n in zip(columns, names)])
+        single = np.column_stack([_plain(c) for c in columns])
         if shapes and list(shapes[0] or []) != [len(columns)]:
             raise ValueError("Input data does not match expected shape.")
     else:
@@ -90,7 +90,7 @@ def _shape_of(shapes: Shapes, i: int, n_params: int, n_columns: int) -> Sequence
     return shapes[0]
 
 
-def _plain(column: pa.Array, name: str) -> np.ndarray:
+def _plain(column: pa.Array) -> np.ndarray:
     """A scalar column as numpy (nulls of numbers become NaN, as through pandas); writable, as
     Spark's are (``torch.from_numpy`` warns about read-only arrays)."""
     return column.to_numpy(zero_copy_only=False, writable=True)

@@ -189,7 +189,6 @@ class Stream:
 
     def read(self) -> None:
         batcher = self.batcher
-        batcher.attach(self)
         try:
             while True:
                 header, batch = _wire.receive(self.conn)
@@ -238,13 +237,8 @@ class Batcher:
         self.shapes = _dense_shapes(model["shapes"], loaded.n_params)
         self._cond = threading.Condition()
         self._queue: collections.deque[tuple[Stream, pa.RecordBatch]] = collections.deque()
-        self._streams: set[Stream] = set()
         self._last = time.monotonic()
         threading.Thread(target=self._run, daemon=True).start()
-
-    def attach(self, stream: Stream) -> None:
-        with self._cond:
-            self._streams.add(stream)
 
     def add(self, stream: Stream, batch: pa.RecordBatch) -> None:
         with self._cond:
@@ -263,7 +257,6 @@ class Batcher:
         """The task left (done, failed or cancelled): its rows still queued are dropped."""
         with self._cond:
             stream.gone = True
-            self._streams.discard(stream)
             self._queue = collections.deque(item for item in self._queue if item[0] is not stream)
             self._cond.notify()
 
