@@ -245,3 +245,40 @@ pub fn quoted(s: &str) -> String {
     let head = &s[..floor_boundary(s, MAX_QUOTED)];
     format!("{head:?}... ({} more bytes cut)", s.len() - head.len())
 }
+
+/// Another crate's message that may quote input at any length (serde's "invalid type: string
+/// ..."), with its middle cut when it is long: the start says what is wrong, the end where
+/// (serde ends with the line and column, or with what it expected).
+pub fn cut(message: &str) -> String {
+    const TAIL: usize = 100;
+    if message.len() <= MAX_QUOTED + TAIL + 40 {
+        return message.to_string();
+    }
+    let head = floor_boundary(message, MAX_QUOTED);
+    let mut tail = message.len() - TAIL;
+    while !message.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{} ...({} bytes cut)... {}", &message[..head], tail - head, &message[tail..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_input_is_cut_and_says_how_much() {
+        assert_eq!(quoted("abc"), "\"abc\"");
+        let long = "é".repeat(1000); // 2000 bytes, two per char
+        let q = quoted(&long);
+        assert!(q.len() < MAX_QUOTED + 40, "{q}");
+        assert!(q.ends_with("... (1800 more bytes cut)"), "{q}");
+        let msg = format!("invalid type: string {long:?}, expected u32 at line 1 column 9");
+        let c = cut(&msg);
+        assert!(c.len() < 400, "{c}");
+        assert!(c.starts_with("invalid type: string \"é"), "{c}");
+        assert!(c.ends_with("expected u32 at line 1 column 9"), "{c}");
+        assert!(c.contains("bytes cut"), "{c}");
+        assert_eq!(cut("short"), "short");
+    }
+}

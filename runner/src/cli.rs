@@ -9,8 +9,8 @@ use clap::builder::FalseyValueParser;
 use clap::{ArgAction, Parser};
 
 use crate::error::Error;
-use crate::launch::{Launch, Mode};
 use crate::output::OutputOptions;
+use crate::settings::{Launch, Mode};
 
 const AFTER_HELP: &str = "\
 Each process gets FERROVOD_RANK, FERROVOD_SIZE, FERROVOD_LOCAL_RANK, FERROVOD_LOCAL_SIZE,

@@ -27,84 +27,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use crate::failure::Failure;
 use ferrovod::bootstrap::{Error as StoreError, FirstFailure, Secret, StoreClient};
-use ferrovod::os::{Doorbell, signal_name};
-use serde::{Deserialize, Serialize};
-
-use crate::supervisor::ExitKind;
+use ferrovod::os::Doorbell;
 
 /// How long one store wait of the coordination thread lasts; bounds how late it notices a stop
 /// request.
 pub const WATCH_SLICE: Duration = Duration::from_millis(500);
-
-/// Why a launcher stopped its job.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Cause {
-    /// A rank ended badly.
-    Rank {
-        /// Its global rank.
-        rank: usize,
-        /// How it ended.
-        status: ExitKind,
-    },
-    /// A process could not be started.
-    Start {
-        /// The rank that could not start.
-        rank: usize,
-        /// Why.
-        detail: String,
-        /// The exit code this implies (127: not found, 126: not executable, 1: other).
-        code: i32,
-    },
-    /// The launcher received a signal.
-    Signal(i32),
-    /// The launcher's parent died (a cancelled Spark task).
-    ParentDied,
-    /// The launcher lost the rendezvous store.
-    StoreLost(String),
-}
-
-/// A failure as the launchers tell each other about it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Failure {
-    /// The task whose launcher saw it.
-    pub task: usize,
-    /// That task's host.
-    pub host: String,
-    /// What happened.
-    pub cause: Cause,
-}
-
-impl Failure {
-    /// The exit code every launcher of the job returns for it.
-    pub fn exit_code(&self) -> i32 {
-        match &self.cause {
-            Cause::Rank { status, .. } => status.exit_code(),
-            Cause::Start { code, .. } => *code,
-            Cause::Signal(s) => 128 + s,
-            Cause::ParentDied | Cause::StoreLost(_) => 1,
-        }
-    }
-
-    /// One line naming what failed, where.
-    pub fn describe(&self) -> String {
-        match &self.cause {
-            Cause::Rank { rank, status } => format!("rank {rank} (host {}, task {}) {status}", self.host, self.task),
-            Cause::Start { rank, detail, .. } => {
-                format!("rank {rank} (host {}, task {}) could not start: {detail}", self.host, self.task)
-            }
-            Cause::Signal(s) => {
-                format!("the launcher of task {} (host {}) received {}", self.task, self.host, signal_name(*s))
-            }
-            Cause::ParentDied => {
-                format!("the launcher of task {} (host {}) lost its parent process", self.task, self.host)
-            }
-            Cause::StoreLost(e) => {
-                format!("the launcher of task {} (host {}) lost the rendezvous store: {e}", self.task, self.host)
-            }
-        }
-    }
-}
 
 /// Store keys of one job.
 #[derive(Clone, Debug)]

@@ -42,10 +42,26 @@ use std::time::{Duration, Instant};
 use ferrovod::os::{PollFd, poll};
 use serde::{Deserialize, Serialize};
 
-use crate::coord::{Cause, Failure};
-use crate::output::Stream;
+use crate::failure::{Cause, ExitKind, Failure};
 use crate::report::{Outcome, Report};
-use crate::supervisor::ExitKind;
+
+/// Which of a child's streams.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    /// Standard output: forwarded to the launcher's stdout.
+    Stdout,
+    /// Standard error: forwarded to the launcher's stderr.
+    Stderr,
+}
+
+impl Stream {
+    pub(crate) fn file_name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
 
 /// The schema version written in every line's `"v"`.
 pub const VERSION: u32 = 1;

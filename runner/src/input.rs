@@ -17,9 +17,9 @@ use ferrovod::bootstrap::Secret;
 use ferrovod::os::{PollFd, poll};
 
 use crate::error::{Error, quoted};
-use crate::launch::{Launch, Mode};
 use crate::os::{self, SignalFd};
 use crate::plan::{self, MAX_PLAN_BYTES, Plan};
+use crate::settings::{Launch, Mode};
 
 /// The plan and what comes with it.
 pub struct Input {

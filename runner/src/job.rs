@@ -10,13 +10,14 @@ use std::time::{Duration, Instant};
 
 use ferrovod::os::{Pid, PollFd, poll, signal_name};
 
-use crate::coord::{Cause, CoordEvent, Coordinator, Failure};
+use crate::coord::{CoordEvent, Coordinator};
 use crate::events::{Event, Events};
-use crate::launch::Launch;
+use crate::failure::{Cause, ExitKind, Failure};
 use crate::os::SignalFd;
 use crate::placement::{self, ENV_REMOVED, JobEnv, Placement};
 use crate::report::{Outcome, Report, say};
-use crate::supervisor::{ExitKind, Spec, Supervisor};
+use crate::settings::Launch;
+use crate::supervisor::{Spec, Supervisor};
 
 /// Poll period while running: bounds how late a dead parent is noticed when the kernel has no
 /// pidfds.

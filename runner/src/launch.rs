@@ -1,13 +1,9 @@
-//! One launcher run, start to end: the settings ([`Launch`]), then [`run`]: check the input
-//! ([`crate::input`]), serve the store (task 0), start the coordination with the other tasks'
-//! launchers ([`crate::coord`]), supervise the job (module `job`) and return its
+//! One launcher run, start to end: [`run`] takes its settings ([`Launch`]), checks the input
+//! ([`crate::input`]), serves the store (task 0), starts the coordination with the other tasks'
+//! launchers ([`crate::coord`]), supervises the job (module `job`) and returns its
 //! [`Report`], which also goes to the events channel ([`crate::events`]).
 
-use std::ffi::OsString;
 use std::net::TcpListener;
-use std::os::fd::RawFd;
-use std::path::PathBuf;
-use std::time::Duration;
 
 use ferrovod::bootstrap::{Secret, StoreServer};
 
@@ -16,53 +12,11 @@ use crate::error::Error;
 use crate::events::{Event, Events};
 use crate::job::{Job, ParentWatch, Phase};
 use crate::os::{self, SignalFd};
-use crate::output::OutputOptions;
 use crate::placement::{self, JobEnv, Placement};
 use crate::plan;
 use crate::report::Report;
+use crate::settings::{Launch, Mode};
 use crate::supervisor::Supervisor;
-
-/// Where the plan comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// `-np N`: N processes on this host; the launcher builds the plan and serves the store.
-    Local {
-        /// Number of processes.
-        np: usize,
-        /// GPU ids, one per process; `None` leaves `CUDA_VISIBLE_DEVICES` as inherited.
-        gpus: Option<Vec<u32>>,
-    },
-    /// `--plan PATH`, or standard input when `None`.
-    Plan(Option<PathBuf>),
-}
-
-/// Everything one launcher run needs.
-#[derive(Clone, Debug)]
-pub struct Launch {
-    /// Local or planned.
-    pub mode: Mode,
-    /// The program and its arguments.
-    pub command: Vec<OsString>,
-    /// Task 0: an inherited, already listening socket for the store.
-    pub listen_fd: Option<RawFd>,
-    /// An inherited descriptor to write the events channel to (see [`crate::events`]).
-    pub events_fd: Option<RawFd>,
-    /// Send the ranks' output lines through the events channel instead of the launcher's
-    /// stdout and stderr.
-    pub events_output: bool,
-    /// Output forwarding.
-    pub output: OutputOptions,
-    /// Between SIGTERM (or the forwarded signal) and SIGKILL.
-    pub grace: Duration,
-    /// Waiting for the store, the plan on stdin, and task 0.
-    pub connect_timeout: Duration,
-    /// Task 0: how long to keep the store up for the other launchers.
-    pub store_linger: Duration,
-    /// Stop the job when the launcher's parent dies.
-    pub watch_parent: bool,
-    /// 0: only the failure summary; 1: start and end; 2: every event.
-    pub verbose: u8,
-}
 
 /// Runs one launcher. Call it from `main` before any other thread exists: it blocks the
 /// signals it handles, for this thread and every thread started afterwards.

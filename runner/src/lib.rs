@@ -12,10 +12,10 @@
 //! | layer | module | what it does |
 //! |-------|--------|--------------|
 //! | command line | [`cli`] | options, each knob also a `FERROVOD_*` variable |
-//! | run | [`launch`] | settings; input → store → coordination → job → [`Report`] |
+//! | run | [`settings`], [`launch`] | the settings of a run; input → store → coordination → job → [`Report`] |
 //! | input | [`input`], [`plan`], [`placement`] | the secret, the barrier plan (one builder, strict validation); ranks and environments |
 //! | job | `job` (private) | starting this task's processes, the event loop, teardown |
-//! | outcome | [`report`], [`events`] | how the job ended; the JSON-lines channel to whatever started the launcher |
+//! | outcome | [`failure`], [`report`], [`events`] | how a rank or a task failed; how the job ended; the JSON-lines channel to whatever started the launcher |
 //! | coordination | [`coord`] | failure propagation between the tasks' launchers through the store |
 //! | supervision | [`supervisor`], [`reaper`], [`output`] | spawning into process groups, reaping, killing, output forwarding |
 //! | system | [`os`] | signalfd, process groups, waitpid, prctl, inherited sockets (the general helpers are in `ferrovod::os`) |
@@ -38,7 +38,7 @@
 //!    `--events-fd FD [--events-output]` writes every failure and the report, and with
 //!    `--events-output` the ranks' output lines, as JSON lines to the inherited descriptor FD;
 //!    the schema is in [`events`].
-//! 6. From Rust (a future worker pool, tests): [`cli::Cli`] → [`launch::Launch`] →
+//! 6. From Rust (a future worker pool, tests): [`cli::Cli`] → [`settings::Launch`] →
 //!    [`launch::run`] → [`Report`], or [`supervisor::Supervisor`] directly.
 //!
 //! ```no_run
@@ -128,6 +128,7 @@ pub mod cli;
 pub mod coord;
 pub mod error;
 pub mod events;
+pub mod failure;
 pub mod input;
 mod job;
 pub mod launch;
@@ -137,9 +138,11 @@ pub mod placement;
 pub mod plan;
 pub mod reaper;
 pub mod report;
+pub mod settings;
 pub mod supervisor;
 
 pub use error::Error;
-pub use launch::{Launch, Mode, run};
+pub use launch::run;
 pub use plan::{Plan, PlanError, Task};
 pub use report::{Outcome, Report};
+pub use settings::{Launch, Mode};

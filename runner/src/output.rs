@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use crate::events::{Event, Events};
+use crate::events::{Event, Events, Stream};
 
 /// Longest line kept whole; longer ones are forwarded in pieces.
 pub const MAX_LINE: usize = 1 << 20;
@@ -34,24 +34,6 @@ pub struct OutputOptions {
     /// When enabled, lines go to this channel as `output` events instead of the launcher's
     /// stdout and stderr (back to those if the channel's reader goes away).
     pub events: Events,
-}
-
-/// Which of a child's streams.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Stream {
-    /// Standard output: forwarded to the launcher's stdout.
-    Stdout,
-    /// Standard error: forwarded to the launcher's stderr.
-    Stderr,
-}
-
-impl Stream {
-    fn file_name(self) -> &'static str {
-        match self {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-        }
-    }
 }
 
 /// The forwarding threads of a job.

@@ -15,7 +15,7 @@ use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Map, Value};
 
-use crate::error::{cut, quoted};
+use ferrovod::error::{cut, quoted};
 
 /// The plan version this launcher reads.
 pub const PLAN_VERSION: u32 = 1;

@@ -1,6 +1,6 @@
 //! How a launcher run ended: the [`Report`], its exit code and the one line printed about it.
 
-use crate::coord::{Cause, Failure};
+use crate::failure::{Cause, Failure};
 
 /// How a job ended.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -29,19 +29,18 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
-use std::fmt;
 use std::io;
 use std::marker::PhantomData;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use serde::{Deserialize, Serialize};
-
 use ferrovod::os::Pid;
 
-use crate::os::{self, WaitStatus};
-use crate::output::{Forwarders, OutputOptions, Stream};
+use crate::events::Stream;
+use crate::failure::ExitKind;
+use crate::os;
+use crate::output::{Forwarders, OutputOptions};
 use crate::reaper::Reaper;
 
 /// What to start: one training process. Its `Debug` output shows variable names only (one of
@@ -72,48 +71,6 @@ impl std::fmt::Debug for Spec {
             .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
             .field("env_remove", &self.env_remove)
             .finish()
-    }
-}
-
-/// How a process ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ExitKind {
-    /// It exited with this code.
-    Code(i32),
-    /// This signal killed it.
-    Signal(i32),
-}
-
-impl ExitKind {
-    /// The shell's convention: the code, or 128 + the signal.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            ExitKind::Code(c) => c,
-            ExitKind::Signal(s) => 128 + s,
-        }
-    }
-
-    /// Exited with code 0.
-    pub fn success(self) -> bool {
-        self == ExitKind::Code(0)
-    }
-}
-
-impl From<WaitStatus> for ExitKind {
-    fn from(w: WaitStatus) -> ExitKind {
-        match w {
-            WaitStatus::Exited(c) => ExitKind::Code(c),
-            WaitStatus::Signaled(s) => ExitKind::Signal(s),
-        }
-    }
-}
-
-impl fmt::Display for ExitKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            ExitKind::Code(c) => write!(f, "exited with code {c}"),
-            ExitKind::Signal(s) => write!(f, "was killed by {} (exit code {})", ferrovod::os::signal_name(s), 128 + s),
-        }
     }
 }
 

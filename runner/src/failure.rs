@@ -1,0 +1,121 @@
+//! What the launcher knows of a failure: how a process ended ([`ExitKind`]), why a launcher
+//! stopped its job ([`Cause`]), and the [`Failure`] the launchers of a job agree on (through
+//! [`crate::coord`]) and report (through [`crate::report`] and [`crate::events`]).
+
+use std::fmt;
+
+use ferrovod::os::signal_name;
+use serde::{Deserialize, Serialize};
+
+use crate::os::WaitStatus;
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitKind {
+    /// It exited with this code.
+    Code(i32),
+    /// This signal killed it.
+    Signal(i32),
+}
+
+impl ExitKind {
+    /// The shell's convention: the code, or 128 + the signal.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ExitKind::Code(c) => c,
+            ExitKind::Signal(s) => 128 + s,
+        }
+    }
+
+    /// Exited with code 0.
+    pub fn success(self) -> bool {
+        self == ExitKind::Code(0)
+    }
+}
+
+impl From<WaitStatus> for ExitKind {
+    fn from(w: WaitStatus) -> ExitKind {
+        match w {
+            WaitStatus::Exited(c) => ExitKind::Code(c),
+            WaitStatus::Signaled(s) => ExitKind::Signal(s),
+        }
+    }
+}
+
+impl fmt::Display for ExitKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ExitKind::Code(c) => write!(f, "exited with code {c}"),
+            ExitKind::Signal(s) => write!(f, "was killed by {} (exit code {})", ferrovod::os::signal_name(s), 128 + s),
+        }
+    }
+}
+
+/// Why a launcher stopped its job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Cause {
+    /// A rank ended badly.
+    Rank {
+        /// Its global rank.
+        rank: usize,
+        /// How it ended.
+        status: ExitKind,
+    },
+    /// A process could not be started.
+    Start {
+        /// The rank that could not start.
+        rank: usize,
+        /// Why.
+        detail: String,
+        /// The exit code this implies (127: not found, 126: not executable, 1: other).
+        code: i32,
+    },
+    /// The launcher received a signal.
+    Signal(i32),
+    /// The launcher's parent died (a cancelled Spark task).
+    ParentDied,
+    /// The launcher lost the rendezvous store.
+    StoreLost(String),
+}
+
+/// A failure as the launchers tell each other about it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// The task whose launcher saw it.
+    pub task: usize,
+    /// That task's host.
+    pub host: String,
+    /// What happened.
+    pub cause: Cause,
+}
+
+impl Failure {
+    /// The exit code every launcher of the job returns for it.
+    pub fn exit_code(&self) -> i32 {
+        match &self.cause {
+            Cause::Rank { status, .. } => status.exit_code(),
+            Cause::Start { code, .. } => *code,
+            Cause::Signal(s) => 128 + s,
+            Cause::ParentDied | Cause::StoreLost(_) => 1,
+        }
+    }
+
+    /// One line naming what failed, where.
+    pub fn describe(&self) -> String {
+        match &self.cause {
+            Cause::Rank { rank, status } => format!("rank {rank} (host {}, task {}) {status}", self.host, self.task),
+            Cause::Start { rank, detail, .. } => {
+                format!("rank {rank} (host {}, task {}) could not start: {detail}", self.host, self.task)
+            }
+            Cause::Signal(s) => {
+                format!("the launcher of task {} (host {}) received {}", self.task, self.host, signal_name(*s))
+            }
+            Cause::ParentDied => {
+                format!("the launcher of task {} (host {}) lost its parent process", self.task, self.host)
+            }
+            Cause::StoreLost(e) => {
+                format!("the launcher of task {} (host {}) lost the rendezvous store: {e}", self.task, self.host)
+            }
+        }
+    }
+}
