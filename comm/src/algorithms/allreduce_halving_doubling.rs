@@ -20,7 +20,6 @@ use crate::dtype::{DType, ReduceOp};
 use crate::transport::{Error, Transport};
 
 /// Allreduce in place (`Average` is left as a sum; the caller divides).
-#[allow(clippy::too_many_arguments)]
 pub fn allreduce_halving_doubling<T: Transport + ?Sized>(
     t: &mut T,
     p: &Params,

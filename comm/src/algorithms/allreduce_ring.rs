@@ -20,7 +20,6 @@ use crate::dtype::ReduceOp;
 use crate::transport::{Error, Transport};
 
 /// Allreduce in place (`Average` is left as a sum; the caller divides).
-#[allow(clippy::too_many_arguments)]
 pub fn allreduce_ring<T: Transport + ?Sized>(
     t: &mut T,
     p: &Params,

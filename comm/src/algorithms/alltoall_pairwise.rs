@@ -8,18 +8,20 @@
 
 use std::ops::Range;
 
-use crate::transport::{Error, Step, Tag, Transport};
+use super::Params;
+use crate::transport::{Error, Step, Transport};
 
 /// All-to-all: `send[send_blocks[i]]` goes to rank i, rank i's data for this rank lands in
 /// `recv[recv_blocks[i]]`. Both block lists are contiguous and in rank order.
 pub fn alltoall_pairwise<T: Transport + ?Sized>(
     t: &mut T,
-    tag: Tag,
+    p: &Params,
     send: &[u8],
     send_blocks: &[Range<usize>],
     recv: &mut [u8],
     recv_blocks: &[Range<usize>],
 ) -> Result<(), Error> {
+    let tag = p.tag;
     let r = t.rank();
     let mut ops = Vec::with_capacity(2 * send_blocks.len());
     let mut rest = recv;

@@ -5,10 +5,12 @@
 //!
 //! Cost: ⌈log2 n⌉·α.
 
-use crate::transport::{Error, Step, Tag, Transport};
+use super::Params;
+use crate::transport::{Error, Step, Transport};
 
 /// Returns once every rank has entered the barrier.
-pub fn barrier_dissemination<T: Transport + ?Sized>(t: &mut T, tag: Tag) -> Result<(), Error> {
+pub fn barrier_dissemination<T: Transport + ?Sized>(t: &mut T, p: &Params) -> Result<(), Error> {
+    let tag = p.tag;
     let (r, n) = (t.rank(), t.size());
     let mut dist = 1;
     while dist < n {

@@ -6,15 +6,17 @@
 //!
 //! Cost: ⌈log2 n⌉·(α + m·β).
 
-use crate::transport::{Error, Step, Tag, Transport};
+use super::Params;
+use crate::transport::{Error, Step, Transport};
 
 /// Broadcasts `buf` from `root` to every rank.
 pub fn broadcast_binomial<T: Transport + ?Sized>(
     t: &mut T,
-    tag: Tag,
+    p: &Params,
     buf: &mut [u8],
     root: usize,
 ) -> Result<(), Error> {
+    let tag = p.tag;
     let (r, n) = (t.rank(), t.size());
     let v = (r + n - root) % n;
     let real = |v: usize| (v + root) % n;

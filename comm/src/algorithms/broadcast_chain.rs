@@ -6,16 +6,12 @@
 //!
 //! Cost: (n-2+s)·(α + m/s·β) for s segments, about m·β for large m: independent of n.
 
-use crate::transport::{Error, Step, Tag, Transport};
+use super::Params;
+use crate::transport::{Error, Step, Transport};
 
 /// Broadcasts `buf` from `root` to every rank.
-pub fn broadcast_chain<T: Transport + ?Sized>(
-    t: &mut T,
-    tag: Tag,
-    buf: &mut [u8],
-    root: usize,
-    segment: usize,
-) -> Result<(), Error> {
+pub fn broadcast_chain<T: Transport + ?Sized>(t: &mut T, p: &Params, buf: &mut [u8], root: usize) -> Result<(), Error> {
+    let Params { tag, segment, .. } = *p;
     let (r, n) = (t.rank(), t.size());
     if n == 1 {
         return Ok(());

@@ -40,7 +40,7 @@ pub struct Params {
     pub tag: Tag,
     /// Element type of the buffers.
     pub dtype: DType,
-    /// Largest message of a streamed schedule, in bytes.
+    /// Largest message of a streamed schedule, in bytes (broadcast: of its chain).
     pub segment: usize,
     /// Ring allreduce: bytes per piece (the pipeline's unit).
     pub chunk: usize,

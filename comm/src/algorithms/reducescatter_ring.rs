@@ -18,7 +18,6 @@ use crate::transport::{Error, Transport};
 
 /// Reduce-scatter in place: afterwards `buf[blocks[rank]]` holds the reduction of that block
 /// over all ranks (`Average` is left as a sum). Other blocks hold partial results.
-#[allow(clippy::too_many_arguments)]
 pub fn reducescatter_ring<T: Transport + ?Sized>(
     t: &mut T,
     p: &Params,

@@ -52,12 +52,12 @@ impl Backend for HostBackend {
             (Collective::Broadcast(root), Work::InPlace { mut buf }) => {
                 let buf = buf.host().ok_or_else(host_only)?;
                 if buf.len() <= tu.small_broadcast {
-                    alg::broadcast_binomial(t, p.tag, buf, root as usize)?;
+                    alg::broadcast_binomial(t, &p, buf, root as usize)?;
                 } else {
-                    alg::broadcast_chain(t, p.tag, buf, root as usize, tu.broadcast_segment)?;
+                    alg::broadcast_chain(t, &Params { segment: tu.broadcast_segment, ..p }, buf, root as usize)?;
                 }
             }
-            (Collective::Barrier, Work::InPlace { .. }) => alg::barrier_dissemination(t, p.tag)?,
+            (Collective::Barrier, Work::InPlace { .. }) => alg::barrier_dissemination(t, &p)?,
             (Collective::Allgather, Work::Blocks { mut buf, blocks }) => {
                 alg::allgather_ring(t, &p, buf.host().ok_or_else(host_only)?, blocks)?
             }
@@ -70,7 +70,7 @@ impl Backend for HostBackend {
             }
             (Collective::Alltoall, Work::Exchange { send, send_blocks, mut recv, recv_blocks }) => {
                 let send = send.host().ok_or_else(host_only)?;
-                alg::alltoall_pairwise(t, p.tag, send, send_blocks, recv.host().ok_or_else(host_only)?, recv_blocks)?;
+                alg::alltoall_pairwise(t, &p, send, send_blocks, recv.host().ok_or_else(host_only)?, recv_blocks)?;
             }
             (c, work) => {
                 let shape = match work {
