@@ -47,7 +47,7 @@ fn step(engine: &Engine, names: &[String], shapes: &[Vec<usize>], bufs: &mut [Ve
         handles.push((i, engine.submit(sub).map_err(|e| e.to_string())?));
     }
     for (i, h) in handles {
-        bufs[i] = h.wait().map_err(|e| e.to_string())?.data;
+        bufs[i] = h.wait().map_err(|e| e.to_string())?.data.into_host().ok_or("a host tensor came back on a device")?;
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ferrovod::config::{EngineSettings, Tuning};
 use ferrovod::engine::{Collective, Engine, Output, Submission};
-use ferrovod::memory::{DevicePtr, HostOps, Memory, MemoryRef, Ops, OpsError};
+use ferrovod::memory::{DevicePtr, HostOps, Memory, MemoryRef, Ops, OpsError, Owned, Place};
 use ferrovod::transport::mem::MemTransport;
 use ferrovod::{Communicator, DType, Error, ReduceOp};
 
@@ -19,18 +19,23 @@ fn tuning(fusion_threshold: usize) -> Tuning {
     Tuning { fusion_threshold, ring_chunk: 4096, segment: 4096, timeout: Duration::from_secs(30), ..Tuning::default() }
 }
 
-/// The host memory operations, counted: every engine test runs its copies, fills and
-/// divisions through this, so the engine is seen to use its `Ops` and nothing else.
+/// The host memory operations, counted: every engine test runs its allocations, copies, fills
+/// and divisions through this, so the engine is seen to use its `Ops` and nothing else.
 struct Counted {
     host: HostOps,
-    counts: Arc<[AtomicUsize; 3]>,
+    counts: Arc<[AtomicUsize; 4]>,
 }
 
 const COPY: usize = 0;
 const FILL: usize = 1;
 const DIVIDE: usize = 2;
+const ALLOC: usize = 3;
 
 impl Ops for Counted {
+    fn alloc(&mut self, place: Place, len: usize) -> Result<Owned, OpsError> {
+        self.counts[ALLOC].fetch_add(1, Ordering::Relaxed);
+        self.host.alloc(place, len)
+    }
     fn copy(&mut self, dst: Memory<'_>, src: MemoryRef<'_>) -> Result<(), OpsError> {
         self.counts[COPY].fetch_add(1, Ordering::Relaxed);
         self.host.copy(dst, src)
@@ -61,7 +66,7 @@ fn world_counted<R: Send>(
     tuning: Tuning,
     settings: EngineSettings,
     body: impl Fn(usize, &Engine) -> R + Sync,
-) -> Vec<(R, [usize; 3])> {
+) -> Vec<(R, [usize; 4])> {
     let transports = MemTransport::world(n, tuning.timeout);
     std::thread::scope(|s| {
         let handles: Vec<_> = transports
@@ -70,7 +75,7 @@ fn world_counted<R: Send>(
             .map(|(rank, t)| {
                 let (tuning, settings, body) = (tuning.clone(), settings.clone(), &body);
                 s.spawn(move || {
-                    let counts: Arc<[AtomicUsize; 3]> = Arc::default();
+                    let counts: Arc<[AtomicUsize; 4]> = Arc::default();
                     let ops = Box::new(Counted { host: HostOps, counts: counts.clone() });
                     let comm = Communicator::from_transport(Box::new(t), tuning);
                     let engine = Engine::start_with(comm, &settings, ops)
@@ -138,7 +143,7 @@ fn out_of_order_with(n: usize, tuning: Tuning) -> Vec<Vec<Vec<u8>>> {
                 assert_eq!(out.to_vec::<f32>().unwrap(), summed(n, t + step, lens[*t]), "rank {rank} tensor {t}");
                 assert_eq!(out.shape, [lens[*t]]);
             }
-            results.extend(got.into_iter().map(|(_, o)| o.data));
+            results.extend(got.into_iter().map(|(_, o)| o.data.into_host().expect("host memory in, host memory out")));
         }
         results
     })
@@ -259,9 +264,13 @@ fn join_with_uneven_steps() {
         (engine.join().unwrap(), outs)
     });
     for (rank, ((last, outs), counts)) in results.iter().enumerate() {
-        // Fused small tensors are staged (copies), averages divided, and a joined rank's
-        // stand-ins filled with the identity, all through the engine's memory operations.
+        // Fused small tensors are staged (copies) in an allocated fusion buffer, allgather
+        // results allocated, averages divided, and a joined rank's stand-ins filled with the
+        // identity, all through the engine's memory operations.
         assert!(counts[COPY] > 0 && counts[DIVIDE] > 0, "rank {rank}: {counts:?}");
+        // Every rank takes part in all 5 allgathers (standing in once joined), each allocating
+        // its result; the fusion buffer is allocated once and kept.
+        assert_eq!(counts[ALLOC], 5 + 1, "rank {rank}: {counts:?}");
         if rank != 1 {
             assert!(counts[FILL] > 0, "rank {rank} joined before rank 1 and filled stand-ins: {counts:?}");
         } else {
@@ -502,6 +511,86 @@ fn device_tensors_are_refused_without_device_support() {
     for (rank, (refused, after)) in results.into_iter().enumerate() {
         assert!(
             refused.contains("\"gpu.grad\" is in device memory") && refused.contains("no device support"),
+            "rank {rank}: {refused}"
+        );
+        assert_eq!(after, [2.0, 4.0], "rank {rank}");
+    }
+}
+
+/// "Device" memory that is host memory at a raw address: enough for the engine to take device
+/// tensors (its memory operations reach them), with no device behind it.
+struct HostAsDevice;
+
+impl HostAsDevice {
+    fn bytes<'a>(m: Memory<'a>) -> &'a mut [u8] {
+        match m {
+            Memory::Host(b) => b,
+            // SAFETY: every "device" pointer of these tests is a live host allocation of `len`
+            // bytes that only the engine uses until the handle completes.
+            Memory::Device(d, _) => unsafe { std::slice::from_raw_parts_mut(d.ptr as *mut u8, d.len) },
+        }
+    }
+}
+
+impl Ops for HostAsDevice {
+    fn takes_device_memory(&self) -> bool {
+        true
+    }
+    fn alloc(&mut self, _: Place, len: usize) -> Result<Owned, OpsError> {
+        Ok(Owned::Host(vec![0; len]))
+    }
+    fn copy(&mut self, dst: Memory<'_>, src: MemoryRef<'_>) -> Result<(), OpsError> {
+        let src = match src {
+            MemoryRef::Host(b) => b,
+            // SAFETY: as in `bytes`.
+            MemoryRef::Device(d, _) => unsafe { std::slice::from_raw_parts(d.ptr as *const u8, d.len) },
+        };
+        HostOps.copy(Memory::Host(Self::bytes(dst)), MemoryRef::Host(src))
+    }
+    fn fill_identity(&mut self, dst: Memory<'_>, dtype: DType, op: ReduceOp) -> Result<(), OpsError> {
+        HostOps.fill_identity(Memory::Host(Self::bytes(dst)), dtype, op)
+    }
+    fn divide(&mut self, buf: Memory<'_>, dtype: DType, n: usize) -> Result<(), OpsError> {
+        HostOps.divide(Memory::Host(Self::bytes(buf)), dtype, n)
+    }
+}
+
+#[test]
+fn a_tensor_on_a_device_on_one_rank_and_on_the_host_on_another_is_a_mismatch() {
+    let transports = MemTransport::world(2, tuning(1 << 20).timeout);
+    let results: Vec<(String, Vec<f32>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = transports
+            .into_iter()
+            .enumerate()
+            .map(|(rank, t)| {
+                s.spawn(move || {
+                    let comm = Communicator::from_transport(Box::new(t), tuning(1 << 20));
+                    let engine = Engine::start_with(comm, &EngineSettings::default(), Box::new(HostAsDevice)).unwrap();
+                    let mut grad = vec![1.0f32; 4];
+                    let sub = if rank == 0 {
+                        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut grad);
+                        let dev = DevicePtr { ptr: bytes.as_mut_ptr() as u64, len: bytes.len(), device: 0, stream: 0 };
+                        // SAFETY: `grad` outlives the handle's wait below and nothing else touches it.
+                        unsafe {
+                            Submission::device("grad", Collective::Allreduce(ReduceOp::Sum), DType::F32, &[4], dev)
+                        }
+                    } else {
+                        Submission::from_slice("grad", Collective::Allreduce(ReduceOp::Sum), &[4], &grad)
+                    };
+                    let refused =
+                        engine.submit(sub).unwrap().wait().map(|_| ()).expect_err("host and device").to_string();
+                    // A per-tensor disagreement: the engine goes on.
+                    let after = engine.allreduce("next", &[1.0f32, 2.0], ReduceOp::Sum).unwrap();
+                    engine.shutdown().unwrap();
+                    (refused, after)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (rank, (refused, after)) in results.into_iter().enumerate() {
+        assert!(
+            refused.contains("ranks disagree on memory") && refused.contains("rank 0: device memory"),
             "rank {rank}: {refused}"
         );
         assert_eq!(after, [2.0, 4.0], "rank {rank}");

@@ -69,8 +69,10 @@ impl From<ferrovod::Error> for PyFerrovodError {
 impl From<PyFerrovodError> for PyErr {
     /// The class follows the error's kind, whichever rank saw it first: a dead peer is a
     /// `CollectiveError`, a silent one a `CollectiveTimeoutError`, disagreeing ranks a
-    /// `MismatchError`. The exception carries `rank` (the rank raising it) and `blamed_ranks`
-    /// (the dead, silent or disagreeing peers), so callers need not parse the message.
+    /// `MismatchError`. The exception carries `rank` (the rank raising it), `blamed_ranks`
+    /// (the dead, silent or disagreeing peers), `op` (what was running: `allreduce`, ...,
+    /// `negotiation`, `join`) and `seq` (the call's sequence number on the wire, if it got
+    /// one), so callers need not parse the message.
     fn from(e: PyFerrovodError) -> PyErr {
         use ferrovod::Error as E;
         use ferrovod::error::Fault;
@@ -91,6 +93,8 @@ impl From<PyFerrovodError> for PyErr {
             // Plain attributes on a fresh exception instance: setting them cannot fail.
             let _ = value.setattr("rank", e.rank());
             let _ = value.setattr("blamed_ranks", e.culprits());
+            let _ = value.setattr("op", e.operation().map(|o| o.name()));
+            let _ = value.setattr("seq", e.operation().and_then(|o| o.call()).map(|c| c.seq));
         });
         err
     }
@@ -99,7 +103,14 @@ impl From<PyFerrovodError> for PyErr {
 /// Registers the exception classes on the module.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
-    m.add("FerrovodError", py.get_type::<FerrovodError>())?;
+    let base = py.get_type::<FerrovodError>();
+    // Defaults for errors raised without a core error behind them (argument checks in the
+    // bindings): the attributes exist on every ferrovod exception.
+    base.setattr("rank", py.None())?;
+    base.setattr("blamed_ranks", pyo3::types::PyTuple::empty(py))?;
+    base.setattr("op", py.None())?;
+    base.setattr("seq", py.None())?;
+    m.add("FerrovodError", base)?;
     m.add("ConfigError", py.get_type::<ConfigError>())?;
     m.add("InvalidArgumentError", py.get_type::<InvalidArgumentError>())?;
     m.add("BootstrapError", py.get_type::<BootstrapError>())?;

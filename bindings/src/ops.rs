@@ -215,7 +215,13 @@ fn convert(py: Python<'_>, out: Output) -> PyResult<Py<PyAny>> {
         return Ok(py.None());
     }
     let dtype = out.dtype.to_string();
-    let buffer = Bound::new(py, OutBuffer::new(out.data))?;
+    // The bindings lend no device memory yet (the engine has no device operations), so a
+    // result is host memory; say so rather than guess if that ever changes unnoticed.
+    let data = out
+        .data
+        .into_host()
+        .ok_or_else(|| InvalidArgumentError::new_err("a result in device memory cannot be returned to Python yet"))?;
+    let buffer = Bound::new(py, OutBuffer::new(data))?;
     let shape = PyTuple::new(py, out.shape)?;
     let t = (buffer, dtype, shape, out.splits).into_pyobject(py)?;
     Ok(t.into_any().unbind())

@@ -19,7 +19,7 @@ use crate::bootstrap::{Secret, Topology};
 use crate::collective::{Call, Collective, Phase};
 use crate::config::{Config, Tuning};
 use crate::dtype::{DType, Element, ReduceOp};
-use crate::error::{Error, Fault, Result};
+use crate::error::{Error, Fault, Operation, Result, Theirs};
 use crate::memory::{Memory, MemoryRef};
 use crate::os::Doorbell;
 use crate::transport::{self, Transport};
@@ -168,7 +168,7 @@ impl Communicator {
     /// The memory may be host bytes (`&mut [u8]`) or device memory, for a backend that takes it.
     pub fn allreduce_bytes<'a>(&mut self, buf: impl Into<Memory<'a>>, dtype: DType, op: ReduceOp) -> Result<()> {
         let buf = buf.into();
-        let count = self.elements("allreduce", buf.len(), dtype)?;
+        let count = self.elements(Collective::Allreduce(op), buf.len(), dtype)?;
         let call = self.call(Collective::Allreduce(op), Phase::Data, dtype, count);
         self.run(Request { call, work: Work::InPlace { buf } })
     }
@@ -182,9 +182,10 @@ impl Communicator {
     /// The memory may be host bytes (`&mut [u8]`) or device memory, for a backend that takes it.
     pub fn broadcast_bytes<'a>(&mut self, buf: impl Into<Memory<'a>>, dtype: DType, root: usize) -> Result<()> {
         let buf = buf.into();
-        let count = self.elements("broadcast", buf.len(), dtype)?;
-        self.check_root("broadcast", root)?;
-        let call = self.call(Collective::Broadcast(root as u32), Phase::Data, dtype, count);
+        let collective = Collective::Broadcast(root as u32);
+        let count = self.elements(collective, buf.len(), dtype)?;
+        self.check_root(collective, root)?;
+        let call = self.call(collective, Phase::Data, dtype, count);
         self.run(Request { call, work: Work::InPlace { buf } })
     }
 
@@ -193,7 +194,7 @@ impl Communicator {
     pub fn allgather<T: Element>(&mut self, input: &[T], output: &mut [T]) -> Result<()> {
         if output.len() != input.len() * self.size() {
             return Err(self.invalid(
-                "allgather",
+                Collective::Allgather,
                 format!("output has {} elements, expected {} ranks × {}", output.len(), self.size(), input.len()),
             ));
         }
@@ -221,29 +222,36 @@ impl Communicator {
         let call = self.call(Collective::Allgather, Phase::Counts, dtype, 0);
         let work = Work::Blocks { buf: Memory::Host(bytemuck::cast_slice_mut(&mut raw)), blocks: &blocks };
         self.run(Request { call, work })?;
-        self.addressable("allgather", raw, dtype)
+        self.addressable(Collective::Allgather, raw, dtype)
     }
 
     /// Second half: gathers `input` into `output`, laid out by the `counts` of
     /// [`Communicator::allgather_counts`].
     pub fn allgatherv_into(&mut self, input: &[u8], output: &mut [u8], counts: &[usize], dtype: DType) -> Result<()> {
         let blocks = blocks_from_counts(counts, dtype.size());
-        let fits = counts.len() == self.size()
-            && blocks[self.rank()].len() == input.len()
-            && blocks.last().map_or(0, |b| b.end) == output.len();
-        if !fits {
+        if blocks.get(self.rank()).is_none_or(|b| b.len() != input.len() || b.end > output.len()) {
             return Err(self.invalid(
-                "allgather",
-                format!(
-                    "input of {} bytes and output of {} bytes do not fit counts {counts:?}",
-                    input.len(),
-                    output.len()
-                ),
+                Collective::Allgather,
+                format!("input of {} bytes does not fit counts {counts:?}", input.len()),
             ));
         }
         output[blocks[self.rank()].clone()].copy_from_slice(input);
+        self.allgather_in_place(output, counts, dtype)
+    }
+
+    /// The allgather itself, on host or device memory: `buf` is laid out by `counts` and this
+    /// rank's block already holds its input; afterwards every block holds its rank's.
+    pub fn allgather_in_place<'a>(&mut self, buf: impl Into<Memory<'a>>, counts: &[usize], dtype: DType) -> Result<()> {
+        let buf = buf.into();
+        let blocks = blocks_from_counts(counts, dtype.size());
+        if counts.len() != self.size() || blocks.last().map_or(0, |b| b.end) != buf.len() {
+            return Err(self.invalid(
+                Collective::Allgather,
+                format!("an output of {} bytes does not fit counts {counts:?}", buf.len()),
+            ));
+        }
         let call = self.call(Collective::Allgather, Phase::Data, dtype, 0);
-        self.run(Request { call, work: Work::Blocks { buf: Memory::Host(output), blocks: &blocks } })
+        self.run(Request { call, work: Work::Blocks { buf, blocks: &blocks } })
     }
 
     /// Reduces `input` over all ranks and returns this rank's share: the input split as evenly
@@ -256,16 +264,17 @@ impl Communicator {
         Ok(scratch[mine].to_vec())
     }
 
-    /// Reduce-scatter in place over byte `blocks` of `buf`; afterwards this rank's block holds
-    /// its share and the rest of `buf` is scratch.
-    pub fn reducescatter_bytes(
+    /// Reduce-scatter in place over byte `blocks` of `buf` (host or device memory); afterwards
+    /// this rank's block holds its share and the rest of `buf` is scratch.
+    pub fn reducescatter_bytes<'a>(
         &mut self,
-        buf: &mut [u8],
+        buf: impl Into<Memory<'a>>,
         blocks: &[Range<usize>],
         dtype: DType,
         op: ReduceOp,
     ) -> Result<()> {
-        let count = self.elements("reducescatter", buf.len(), dtype)?;
+        let buf = buf.into();
+        let count = self.elements(Collective::Reducescatter(op), buf.len(), dtype)?;
         let contiguous = blocks.len() == self.size()
             && blocks.first().is_some_and(|b| b.start == 0)
             && blocks.windows(2).all(|w| w[0].end == w[1].start)
@@ -273,12 +282,12 @@ impl Communicator {
             && blocks.iter().all(|b| b.start % dtype.size() == 0 && b.end % dtype.size() == 0);
         if !contiguous {
             return Err(self.invalid(
-                "reducescatter",
+                Collective::Reducescatter(op),
                 format!("blocks {blocks:?} do not tile {} bytes of {dtype} in {} parts", buf.len(), self.size()),
             ));
         }
         let call = self.call(Collective::Reducescatter(op), Phase::Data, dtype, count);
-        self.run(Request { call, work: Work::Blocks { buf: Memory::Host(buf), blocks } })
+        self.run(Request { call, work: Work::Blocks { buf, blocks } })
     }
 
     /// Sends `send_counts[i]` consecutive elements of `input` to rank i; returns what every
@@ -301,7 +310,7 @@ impl Communicator {
     pub fn alltoall_counts(&mut self, input_len: usize, send_counts: &[usize], dtype: DType) -> Result<Vec<usize>> {
         if send_counts.len() != self.size() || send_counts.iter().sum::<usize>() != input_len {
             return Err(self.invalid(
-                "alltoall",
+                Collective::Alltoall,
                 format!(
                     "splits {send_counts:?} must have {} entries summing to the input's {input_len} elements",
                     self.size()
@@ -319,11 +328,11 @@ impl Communicator {
             recv_blocks: &blocks,
         };
         self.run(Request { call, work })?;
-        self.addressable("alltoall", recv, dtype)
+        self.addressable(Collective::Alltoall, recv, dtype)
     }
 
     /// Element counts announced by the ranks, checked to fit in memory together.
-    fn addressable(&self, op: &'static str, counts: Vec<u64>, dtype: DType) -> Result<Vec<usize>> {
+    fn addressable(&self, op: Collective, counts: Vec<u64>, dtype: DType) -> Result<Vec<usize>> {
         let mut total: u64 = 0;
         for (peer, &c) in counts.iter().enumerate() {
             total = match c.checked_mul(dtype.size() as u64).and_then(|b| total.checked_add(b)) {
@@ -338,15 +347,16 @@ impl Communicator {
         Ok(counts.into_iter().map(|c| c as usize).collect())
     }
 
-    /// Second half: the data exchange, laid out by both sides' counts.
-    pub fn alltoall_into(
+    /// Second half: the data exchange, laid out by both sides' counts (host or device memory).
+    pub fn alltoall_into<'a>(
         &mut self,
-        input: &[u8],
+        input: impl Into<MemoryRef<'a>>,
         send_counts: &[usize],
-        output: &mut [u8],
+        output: impl Into<Memory<'a>>,
         recv_counts: &[usize],
         dtype: DType,
     ) -> Result<()> {
+        let (input, output) = (input.into(), output.into());
         let send_blocks = blocks_from_counts(send_counts, dtype.size());
         let recv_blocks = blocks_from_counts(recv_counts, dtype.size());
         let fits = send_blocks.len() == self.size()
@@ -355,7 +365,7 @@ impl Communicator {
             && recv_blocks.last().map_or(0, |b| b.end) == output.len();
         if !fits {
             return Err(self.invalid(
-                "alltoall",
+                Collective::Alltoall,
                 format!(
                     "buffers of {} and {} bytes do not fit splits {send_counts:?} / {recv_counts:?}",
                     input.len(),
@@ -365,17 +375,13 @@ impl Communicator {
         }
         if send_counts[self.rank()] != recv_counts[self.rank()] {
             let (sent, expected) = (send_counts[self.rank()], recv_counts[self.rank()]);
-            return Err(
-                self.invalid("alltoall", format!("this rank sends itself {sent} elements but expects {expected}"))
-            );
+            return Err(self.invalid(
+                Collective::Alltoall,
+                format!("this rank sends itself {sent} elements but expects {expected}"),
+            ));
         }
         let call = self.call(Collective::Alltoall, Phase::Data, dtype, 0);
-        let work = Work::Exchange {
-            send: MemoryRef::Host(input),
-            send_blocks: &send_blocks,
-            recv: Memory::Host(output),
-            recv_blocks: &recv_blocks,
-        };
+        let work = Work::Exchange { send: input, send_blocks: &send_blocks, recv: output, recv_blocks: &recv_blocks };
         self.run(Request { call, work })
     }
 
@@ -391,7 +397,7 @@ impl Communicator {
     pub fn wait_incoming(&mut self, wake: &Doorbell, timeout: Duration) -> Result<bool> {
         self.usable()?;
         self.links.host.wait_incoming(wake, timeout).map_err(|cause| {
-            let e = Error::Collective { rank: self.rank(), op: "waiting for peers".into(), cause };
+            let e = Error::Collective { rank: self.rank(), op: Operation::Waiting, cause };
             self.broken = Some(e.clone());
             e
         })
@@ -403,18 +409,18 @@ impl Communicator {
         Call { seq, collective, phase, dtype, count: count as u64 }
     }
 
-    fn invalid(&self, op: &'static str, detail: String) -> Error {
-        Error::InvalidArgument { rank: self.rank(), op, detail }
+    fn invalid(&self, op: impl Into<Operation>, detail: String) -> Error {
+        Error::InvalidArgument { rank: self.rank(), op: op.into(), detail }
     }
 
-    fn elements(&self, op: &'static str, bytes: usize, dtype: DType) -> Result<usize> {
+    fn elements(&self, op: Collective, bytes: usize, dtype: DType) -> Result<usize> {
         if !bytes.is_multiple_of(dtype.size()) {
             return Err(self.invalid(op, format!("{bytes} bytes is not a whole number of {dtype} elements")));
         }
         Ok(bytes / dtype.size())
     }
 
-    fn check_root(&self, op: &'static str, root: usize) -> Result<()> {
+    fn check_root(&self, op: Collective, root: usize) -> Result<()> {
         if root >= self.size() {
             return Err(self.invalid(op, format!("root {root} is not a rank of this world of {}", self.size())));
         }
@@ -433,7 +439,7 @@ impl Communicator {
         let call = req.call;
         let Some(backend) = self.backends.iter_mut().find(|b| b.accepts(&req)) else {
             let memory = if req.work.is_host() { "host" } else { "device" };
-            return Err(self.invalid(call.collective.name(), format!("no backend takes {memory} memory")));
+            return Err(self.invalid(call.collective, format!("no backend takes {memory} memory")));
         };
         match backend.run(req, &mut self.links) {
             Ok(()) => Ok(()),
@@ -444,21 +450,17 @@ impl Communicator {
     /// Records the failure, tears down the links, and says who saw the failure first.
     fn fail(&mut self, call: Call, cause: backend::Error) -> Error {
         let rank = self.rank();
-        let op = call.to_string();
+        let op = Operation::Call(call);
         let local = match cause {
             backend::Error::Transport(transport::Error::TagMismatch { peer, got, .. }) => Error::Mismatch {
                 rank,
                 op: op.clone(),
                 peer,
-                theirs: Call::from_tag(got)
-                    .map_or_else(|| format!("an unknown operation (tag {got:#x})"), |d| d.to_string()),
+                theirs: Call::from_tag(got).map_or(Theirs::Unknown(got), Theirs::Call),
             },
-            backend::Error::Transport(transport::Error::LengthMismatch { peer, expected, got }) => Error::Mismatch {
-                rank,
-                op: op.clone(),
-                peer,
-                theirs: format!("the same operation with {got} bytes where this rank has {expected}"),
-            },
+            backend::Error::Transport(transport::Error::LengthMismatch { peer, expected, got }) => {
+                Error::Mismatch { rank, op: op.clone(), peer, theirs: Theirs::Bytes { theirs: got, ours: expected } }
+            }
             backend::Error::Transport(cause) => Error::Collective { rank, op: op.clone(), cause },
             backend::Error::Invalid { backend, detail } | backend::Error::Device { backend, detail } => {
                 Error::Backend { rank, op: op.clone(), backend, detail }

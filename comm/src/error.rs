@@ -1,6 +1,9 @@
 //! The crate's error type. Every message names this rank, the operation, and the peer or value
 //! that was wrong.
 
+use std::fmt;
+
+use crate::collective::{Call, Collective};
 use crate::{bootstrap, transport};
 
 /// Result alias for the crate.
@@ -24,7 +27,7 @@ pub enum Error {
         /// This rank.
         rank: usize,
         /// The operation called.
-        op: &'static str,
+        op: Operation,
         /// What is wrong.
         detail: String,
     },
@@ -44,7 +47,7 @@ pub enum Error {
         /// This rank.
         rank: usize,
         /// The collective, with its sequence number, dtype and size.
-        op: String,
+        op: Operation,
         /// What the transport saw (part of the message).
         cause: transport::Error,
     },
@@ -56,7 +59,7 @@ pub enum Error {
         /// This rank.
         rank: usize,
         /// The collective.
-        op: String,
+        op: Operation,
         /// The backend.
         backend: &'static str,
         /// What failed.
@@ -69,11 +72,11 @@ pub enum Error {
         /// This rank.
         rank: usize,
         /// The collective this rank called.
-        op: String,
+        op: Operation,
         /// The rank that disagrees.
         peer: usize,
         /// What that rank called.
-        theirs: String,
+        theirs: Theirs,
     },
 
     /// A collective failed because another rank reported a failure first.
@@ -82,7 +85,7 @@ pub enum Error {
         /// This rank.
         rank: usize,
         /// The collective this rank was running.
-        op: String,
+        op: Operation,
         /// The rank that saw the root cause.
         by: usize,
         /// What kind of failure it saw.
@@ -192,21 +195,33 @@ impl Error {
         }
     }
 
-    /// The same error, its operation prefixed with `what` (the engine says which tensors a
-    /// failed negotiation was about).
-    pub fn in_context(self, what: &str) -> Error {
+    /// The same error, seen as part of the engine's negotiation round while this rank had
+    /// `tensors` (the first few names) and `more` others pending.
+    pub fn in_negotiation(self, tensors: Vec<String>, more: usize) -> Error {
+        let round = |op: &Operation| {
+            Operation::Negotiation(Box::new(Negotiation { tensors: tensors.clone(), more, call: op.call() }))
+        };
         match self {
-            Error::Collective { rank, op, cause } => Error::Collective { rank, op: format!("{what}: {op}"), cause },
-            Error::Mismatch { rank, op, peer, theirs } => {
-                Error::Mismatch { rank, op: format!("{what}: {op}"), peer, theirs }
-            }
+            Error::Collective { rank, op, cause } => Error::Collective { rank, op: round(&op), cause },
+            Error::Mismatch { rank, op, peer, theirs } => Error::Mismatch { rank, op: round(&op), peer, theirs },
             Error::Aborted { rank, op, by, fault, culprits, reason } => {
-                Error::Aborted { rank, op: format!("{what}: {op}"), by, fault, culprits, reason }
+                Error::Aborted { rank, op: round(&op), by, fault, culprits, reason }
             }
-            Error::Backend { rank, op, backend, detail } => {
-                Error::Backend { rank, op: format!("{what}: {op}"), backend, detail }
-            }
+            Error::Backend { rank, op, backend, detail } => Error::Backend { rank, op: round(&op), backend, detail },
             other => other,
+        }
+    }
+
+    /// The operation the error happened in, where there was one.
+    pub fn operation(&self) -> Option<&Operation> {
+        match self {
+            Error::InvalidArgument { op, .. }
+            | Error::Collective { op, .. }
+            | Error::Backend { op, .. }
+            | Error::Mismatch { op, .. }
+            | Error::Aborted { op, .. } => Some(op),
+            Error::Broken { earlier, .. } => earlier.operation(),
+            _ => None,
         }
     }
 
@@ -224,6 +239,128 @@ impl Error {
             | Error::Stalled { rank, .. }
             | Error::EngineStopped { rank, .. }
             | Error::Broken { rank, .. } => Some(*rank),
+        }
+    }
+}
+
+/// What was running when an error happened. Kept typed from the transport to the caller, so that
+/// a binding hands it on (Python's `op` and `seq` attributes) without parsing a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// A collective, refused before it ran (its arguments).
+    Collective(Collective),
+    /// One call of a collective, as it went on the wire.
+    Call(Call),
+    /// The engine's round that agrees which tensors every rank has submitted (boxed: it is
+    /// rare, and errors stay small).
+    Negotiation(Box<Negotiation>),
+    /// The engine waiting for its peers' next round.
+    Waiting,
+    /// Join: this rank has no more tensors for the others.
+    Join,
+    /// Reading a completed request's output.
+    Output,
+}
+
+/// A negotiation round, as an error names it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Negotiation {
+    /// The first few tensors this rank had pending.
+    pub tensors: Vec<String>,
+    /// How many more it had.
+    pub more: usize,
+    /// The round's own collective, when that is what failed.
+    pub call: Option<Call>,
+}
+
+impl Operation {
+    /// The short name: the collective's (`allreduce`), or `negotiation`, `waiting`, `join`,
+    /// `output`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Operation::Collective(c) => c.name(),
+            Operation::Call(c) => c.collective.name(),
+            Operation::Negotiation(_) => "negotiation",
+            Operation::Waiting => "waiting",
+            Operation::Join => "join",
+            Operation::Output => "output",
+        }
+    }
+
+    /// The call on the wire, where one was running.
+    pub fn call(&self) -> Option<Call> {
+        match self {
+            Operation::Call(c) => Some(*c),
+            Operation::Negotiation(n) => n.call,
+            _ => None,
+        }
+    }
+}
+
+impl From<Collective> for Operation {
+    fn from(c: Collective) -> Operation {
+        Operation::Collective(c)
+    }
+}
+
+impl From<Call> for Operation {
+    fn from(c: Call) -> Operation {
+        Operation::Call(c)
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Operation::Collective(c) => f.write_str(c.name()),
+            Operation::Call(c) => write!(f, "{c}"),
+            Operation::Negotiation(n) => {
+                let Negotiation { tensors, more, call } = &**n;
+                if tensors.is_empty() {
+                    f.write_str("negotiating (nothing pending here)")?;
+                } else {
+                    let names: Vec<String> = tensors.iter().map(|n| quoted(n)).collect();
+                    write!(f, "negotiating {}", names.join(", "))?;
+                    if *more > 0 {
+                        write!(f, " and {more} more")?;
+                    }
+                }
+                match call {
+                    Some(c) => write!(f, ": {c}"),
+                    None => Ok(()),
+                }
+            }
+            Operation::Waiting => f.write_str("waiting for peers"),
+            Operation::Join => f.write_str("join"),
+            Operation::Output => f.write_str("output"),
+        }
+    }
+}
+
+/// What the disagreeing rank of a [`Error::Mismatch`] called.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Theirs {
+    /// Another call.
+    Call(Call),
+    /// A tag that is not one of ours.
+    Unknown(transport::Tag),
+    /// The same call with another number of bytes.
+    Bytes {
+        /// Their bytes.
+        theirs: u64,
+        /// This rank's.
+        ours: u64,
+    },
+}
+
+impl fmt::Display for Theirs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Theirs::Call(c) => write!(f, "{c}"),
+            Theirs::Unknown(tag) => write!(f, "an unknown operation (tag {tag:#x})"),
+            Theirs::Bytes { theirs, ours } => {
+                write!(f, "the same operation with {theirs} bytes where this rank has {ours}")
+            }
         }
     }
 }

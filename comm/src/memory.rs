@@ -5,14 +5,17 @@
 //! | [`Memory`] | writable: `&mut [u8]` on the host, or a [`DevicePtr`] |
 //! | [`MemoryRef`] | read-only: `&[u8]` on the host, or a [`DevicePtr`] |
 //! | [`DevicePtr`] | an address on a device, its length, the device and the stream that orders it |
-//! | [`Ops`] | the copies, fills and scalings the engine does on memory; [`HostOps`] for the host |
+//! | [`Owned`] | memory [`Ops::alloc`] made: a host vector, or a device allocation freed on drop |
+//! | [`Ops`] | the allocations, copies, fills and scalings the engine does on memory; [`HostOps`] for the host |
 //!
 //! Backends say which memory they accept: the host backend takes host memory only, so device
 //! memory reaches the backends that come before it in the list (NCCL, the staged path) or an
-//! error that says no backend takes it. The engine does its copies, identity fills and
-//! averaging through [`Ops`], never by touching bytes itself, so a device version slots in
-//! beside [`HostOps`].
+//! error that says no backend takes it. The engine allocates its fusion buffer and the results
+//! of allgather, reducescatter and alltoall, and does its copies, identity fills and averaging,
+//! through [`Ops`], never by touching bytes itself, so a device version slots in beside
+//! [`HostOps`].
 
+use std::fmt;
 use std::marker::PhantomData;
 
 use crate::dtype::{DType, ReduceOp};
@@ -38,6 +41,92 @@ impl DevicePtr {
     pub fn slice(&self, start: usize, end: usize) -> DevicePtr {
         let (start, end) = (start.min(self.len), end.min(self.len).max(start.min(self.len)));
         DevicePtr { ptr: self.ptr + start as u64, len: end - start, ..*self }
+    }
+}
+
+/// Where memory lies, as far as the engine must know: ranks agree on it per tensor, and the
+/// fusion never mixes the two.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Place {
+    /// Host memory.
+    Host,
+    /// Memory on this device (an ordinal of this process).
+    Device(i32),
+}
+
+impl Place {
+    /// Whether it is on a device.
+    pub fn is_device(self) -> bool {
+        matches!(self, Place::Device(_))
+    }
+}
+
+/// An allocation on a device, made by a device [`Ops`]; dropping it frees it.
+pub trait DeviceAllocation: Send + fmt::Debug {
+    /// The memory.
+    fn ptr(&self) -> DevicePtr;
+}
+
+/// Memory that [`Ops::alloc`] made, owned by whoever holds it.
+#[derive(Debug)]
+pub enum Owned {
+    /// A host vector.
+    Host(Vec<u8>),
+    /// A device allocation.
+    Device(Box<dyn DeviceAllocation>),
+}
+
+impl Default for Owned {
+    fn default() -> Owned {
+        Owned::Host(Vec::new())
+    }
+}
+
+impl Owned {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Owned::Host(v) => v.len(),
+            Owned::Device(d) => d.ptr().len,
+        }
+    }
+
+    /// Whether it has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Where it lies.
+    pub fn place(&self) -> Place {
+        match self {
+            Owned::Host(_) => Place::Host,
+            Owned::Device(d) => Place::Device(d.ptr().device),
+        }
+    }
+
+    /// The memory, to write.
+    pub fn memory(&mut self) -> Memory<'_> {
+        match self {
+            Owned::Host(v) => Memory::Host(v),
+            // SAFETY: the allocation lives as long as `self`, and `&mut self` is the only use.
+            Owned::Device(d) => unsafe { Memory::device(d.ptr()) },
+        }
+    }
+
+    /// The memory, to read.
+    pub fn memory_ref(&self) -> MemoryRef<'_> {
+        match self {
+            Owned::Host(v) => MemoryRef::Host(v),
+            Owned::Device(d) => MemoryRef::Device(d.ptr(), PhantomData),
+        }
+    }
+
+    /// The host vector, if it is one.
+    pub fn into_host(self) -> Option<Vec<u8>> {
+        match self {
+            Owned::Host(v) => Some(v),
+            Owned::Device(_) => None,
+        }
     }
 }
 
@@ -83,6 +172,18 @@ impl<'a> From<&'a [u8]> for MemoryRef<'a> {
     }
 }
 
+impl<'a, const N: usize> From<&'a [u8; N]> for MemoryRef<'a> {
+    fn from(b: &'a [u8; N]) -> MemoryRef<'a> {
+        MemoryRef::Host(b)
+    }
+}
+
+impl<'a> From<&'a Vec<u8>> for MemoryRef<'a> {
+    fn from(b: &'a Vec<u8>) -> MemoryRef<'a> {
+        MemoryRef::Host(b)
+    }
+}
+
 impl<'a> Memory<'a> {
     /// Device memory, borrowed for `'a`.
     ///
@@ -110,6 +211,11 @@ impl<'a> Memory<'a> {
         matches!(self, Memory::Host(_))
     }
 
+    /// Where it lies.
+    pub fn place(&self) -> Place {
+        self.as_ref().place()
+    }
+
     /// The host bytes, if it is host memory.
     pub fn host(&mut self) -> Option<&mut [u8]> {
         match self {
@@ -128,6 +234,14 @@ impl<'a> Memory<'a> {
 
     /// Reborrows bytes `start..end` (which must lie within it).
     pub fn range(&mut self, start: usize, end: usize) -> Memory<'_> {
+        match self {
+            Memory::Host(b) => Memory::Host(&mut b[start..end]),
+            Memory::Device(d, _) => Memory::Device(d.slice(start, end), PhantomData),
+        }
+    }
+
+    /// Bytes `start..end` (which must lie within it), for as long as the whole.
+    pub fn into_range(self, start: usize, end: usize) -> Memory<'a> {
         match self {
             Memory::Host(b) => Memory::Host(&mut b[start..end]),
             Memory::Device(d, _) => Memory::Device(d.slice(start, end), PhantomData),
@@ -162,6 +276,14 @@ impl<'a> MemoryRef<'a> {
         matches!(self, MemoryRef::Host(_))
     }
 
+    /// Where it lies.
+    pub fn place(&self) -> Place {
+        match self {
+            MemoryRef::Host(_) => Place::Host,
+            MemoryRef::Device(d, _) => Place::Device(d.device),
+        }
+    }
+
     /// The host bytes, if it is host memory.
     pub fn host(&self) -> Option<&'a [u8]> {
         match *self {
@@ -183,7 +305,7 @@ impl<'a> MemoryRef<'a> {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{op} on {what}: {detail}")]
 pub struct OpsError {
-    /// The operation: copy, fill, divide.
+    /// The operation: alloc, copy, fill, divide.
     pub op: &'static str,
     /// Which memory: host, device N.
     pub what: String,
@@ -191,10 +313,10 @@ pub struct OpsError {
     pub detail: String,
 }
 
-/// The memory operations the engine does itself (everything else is a collective): copies into
-/// and out of a fusion buffer, the identity fill of a joined rank's stand-in, and the division
-/// of an average. [`HostOps`] does them on host memory; a device version runs them on the
-/// memory's stream.
+/// The memory operations the engine does itself (everything else is a collective): the
+/// fusion buffer and the results it allocates, copies into and out of them, the identity fill
+/// of a joined rank's stand-in, and the division of an average. [`HostOps`] does them on host
+/// memory; a device version runs them on the memory's stream.
 pub trait Ops: Send {
     /// Whether these operations reach device memory (the host version does not, and the
     /// engine refuses device tensors without it).
@@ -202,6 +324,8 @@ pub trait Ops: Send {
         false
     }
 
+    /// `len` zeroed bytes at `place`.
+    fn alloc(&mut self, place: Place, len: usize) -> Result<Owned, OpsError>;
     /// Copies `src` into `dst` (equal lengths).
     fn copy(&mut self, dst: Memory<'_>, src: MemoryRef<'_>) -> Result<(), OpsError>;
     /// Fills `dst` with the identity of `op` for `dtype`.
@@ -223,6 +347,13 @@ fn no_device(op: &'static str, device: i32) -> OpsError {
 }
 
 impl Ops for HostOps {
+    fn alloc(&mut self, place: Place, len: usize) -> Result<Owned, OpsError> {
+        match place {
+            Place::Host => Ok(Owned::Host(vec![0; len])),
+            Place::Device(device) => Err(no_device("alloc", device)),
+        }
+    }
+
     fn copy(&mut self, dst: Memory<'_>, src: MemoryRef<'_>) -> Result<(), OpsError> {
         match (dst, src) {
             (Memory::Host(d), MemoryRef::Host(s)) if d.len() == s.len() => {
@@ -280,6 +411,9 @@ mod tests {
         // SAFETY: never dereferenced: the host ops refuse device memory.
         let e = ops.divide(unsafe { Memory::device(dev) }, DType::F32, 2).unwrap_err();
         assert!(e.to_string().contains("device 3"), "{e}");
+        assert_eq!(ops.alloc(Place::Host, 3).unwrap().into_host(), Some(vec![0; 3]));
+        let e = ops.alloc(Place::Device(1), 3).unwrap_err();
+        assert!(e.to_string().contains("alloc on device 1"), "{e}");
     }
 
     #[test]

@@ -26,9 +26,12 @@ not catch it; catch it by this name, or as a ``CollectiveError``.
 
 The class follows what happened, whichever rank saw it first: a dead peer is a ``CollectiveError``
 on every rank, a silent one a ``CollectiveTimeoutError``, disagreeing ranks a ``MismatchError``.
-Every exception raised from a collective carries two attributes, so that nothing needs to parse
-its message: ``rank`` (the rank raising it, or None) and ``blamed_ranks`` (the dead, silent or
-disagreeing peers, possibly empty).
+Every ferrovod exception has four attributes, so that nothing needs to parse its message (None,
+or empty, where they do not apply): ``rank`` (the rank raising it), ``blamed_ranks`` (the dead,
+silent or disagreeing peers), ``op`` (what was running: ``"allreduce"``, ``"allgather"``,
+``"broadcast"``, ``"reducescatter"``, ``"alltoall"``, ``"barrier"``, or the engine's own
+``"negotiation"``, ``"waiting"``, ``"join"``) and ``seq`` (the call's sequence number on the
+wire, once it had one).
 """
 
 from __future__ import annotations

@@ -184,8 +184,13 @@ def test_argument_errors(world1):
         fv.broadcast(np.ones(2), -1)
     with pytest.raises(fv.InvalidArgumentError, match=f"root rank {2**32} is not a rank of this world"):
         fv.broadcast(np.ones(2), 2**32)
-    with pytest.raises(fv.InvalidArgumentError, match="scalar has no first dimension"):
+    with pytest.raises(fv.InvalidArgumentError, match="scalar has no first dimension") as e:
         fv.allgather(np.float32(1.0) * np.ones(()))
+    # Refused in the core before it ran: the op is typed, with no sequence number yet.
+    assert (e.value.op, e.value.seq, e.value.rank) == ("allgather", None, 0)
+    with pytest.raises(fv.InvalidArgumentError, match="root rank -1") as e:
+        fv.broadcast(np.ones(2), -1)
+    assert (e.value.op, e.value.seq, e.value.blamed_ranks) == (None, None, ())
     with pytest.raises(fv.InvalidArgumentError, match="splits"):
         fv.alltoall(np.ones(4), splits=[1, 2])
     with pytest.raises(ValueError, match="op or average"):
@@ -286,6 +291,8 @@ def test_a_killed_rank_is_a_collective_error_naming_it_on_every_rank():
         assert procs[r].returncode == 0, f"rank {r}:\n{outs[r]}"
         line = next(l for l in outs[r].splitlines() if l.startswith(f"rank {r}: CollectiveError"))
         assert f"rank={r} blamed=[2]" in line and "rank 2" in line, line
+        # The op is typed up to Python: the data allreduce, or the round that negotiates it.
+        assert re.search(r"op=(allreduce seq=\d+|negotiation seq=(\d+|None)):", line), line
         assert f"rank {r}: later: CollectiveError blamed=[2]" in outs[r], outs[r]
 
 
@@ -295,6 +302,6 @@ def test_a_silent_rank_past_ferrovod_timeout_is_a_collective_timeout_error():
     assert out.returncode == 0, out.stdout + out.stderr
     line = next(l for l in out.stdout.splitlines() if l.startswith("[0] rank 0:"))
     assert "CollectiveTimeoutError rank=0 blamed=[1]" in line and "rank(s) [1]" in line, line
-    assert 'negotiating "late"' in line, line
+    assert 'negotiating "late"' in line and " op=negotiation " in line, line
     late = next(l for l in out.stdout.splitlines() if l.startswith("[1] rank 1:"))
     assert "CollectiveTimeoutError rank=1 blamed=[1]" in late, late

@@ -104,7 +104,13 @@ mod tests {
     use crate::engine::request::Collective;
 
     fn meta(n: u64) -> Meta {
-        Meta { collective: Collective::Allreduce(ReduceOp::Sum), dtype: DType::F32, shape: vec![n], group: None }
+        Meta {
+            collective: Collective::Allreduce(ReduceOp::Sum),
+            dtype: DType::F32,
+            shape: vec![n],
+            group: None,
+            device: false,
+        }
     }
 
     #[test]

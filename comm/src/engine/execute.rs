@@ -19,11 +19,11 @@ use super::handle::Slot;
 use super::negotiate::Ready;
 use super::request::{Buffer, Collective, Output};
 use super::timeline::{Phase, Timeline};
-use crate::algorithms::even_blocks;
+use crate::algorithms::{blocks_from_counts, even_blocks};
 use crate::communicator::Communicator;
 use crate::dtype::{DType, ReduceOp};
 use crate::error::{Error, Result};
-use crate::memory::{Memory, Ops};
+use crate::memory::{Memory, Ops, OpsError, Owned, Place};
 use crate::reduce::{Order, divide, reduce_into};
 
 /// A tensor whose collective has run (or failed on its own, without breaking the engine).
@@ -52,7 +52,8 @@ pub(crate) struct Ctx<'a> {
     pub comm: &'a mut Communicator,
     /// The copies, fills and scalings on the tensors' memory.
     pub ops: &'a mut dyn Ops,
-    pub stage: &'a mut Vec<u8>,
+    /// The fusion buffer, where the bucket's tensors lie (reallocated when it must move).
+    pub stage: &'a mut Owned,
     pub piece: usize,
     pub timeline: Option<&'a mut Timeline>,
     /// Start and end of the negotiation round that made the bucket ready.
@@ -137,7 +138,7 @@ pub(crate) fn run(
         Collective::Allreduce(op) => allreduce(ctx, &mut items, op, &mut done),
         _ => {
             let start = Instant::now();
-            let result = single(ctx.comm, &mut items[0], rank);
+            let result = single(ctx, &mut items[0], rank);
             items[0].note(COMM, start, Instant::now());
             match result {
                 // A per-tensor argument problem: every rank saw the same, the engine goes on.
@@ -189,8 +190,11 @@ fn allreduce(ctx: &mut Ctx<'_>, items: &mut Vec<Item>, op: ReduceOp, done: &mut 
     // Average is a sum here, divided per tensor by the ranks that contributed to it.
     let wire = if op == ReduceOp::Average { ReduceOp::Sum } else { op };
     let piece = (ctx.piece / dtype.size()).max(1) * dtype.size();
-    if ctx.stage.len() < piece {
-        ctx.stage.resize(piece, 0);
+    // Where the bucket lies: the fusion never mixes host and device tensors (a joined rank's
+    // stand-ins are host memory for now).
+    let place = items.iter().map(|i| i.data.place()).find(|p| p.is_device()).unwrap_or(Place::Host);
+    if ctx.stage.place() != place || ctx.stage.len() < piece {
+        *ctx.stage = ctx.ops.alloc(place, piece).map_err(|e| ops_failed(rank, Collective::Allreduce(op), e))?;
     }
     let mut remaining: Vec<usize> = items.iter().map(|i| i.data.len()).collect();
     let mut staged: Vec<(usize, Range<usize>)> = Vec::new();
@@ -213,7 +217,8 @@ fn allreduce(ctx: &mut Ctx<'_>, items: &mut Vec<Item>, op: ReduceOp, done: &mut 
             let n = (len - off).min(piece - fill);
             let t = Instant::now();
             let src = items[i].data.memory_ref().range(off, off + n);
-            ctx.ops.copy(Memory::Host(&mut ctx.stage[fill..fill + n]), src).map_err(|e| ops_failed(rank, e))?;
+            let dst = ctx.stage.memory().into_range(fill, fill + n);
+            ctx.ops.copy(dst, src).map_err(|e| ops_failed(rank, Collective::Allreduce(op), e))?;
             items[i].note(COPY_IN, t, Instant::now());
             staged.push((i, off..off + n));
             fill += n;
@@ -230,7 +235,7 @@ fn allreduce(ctx: &mut Ctx<'_>, items: &mut Vec<Item>, op: ReduceOp, done: &mut 
     for mut item in items.drain(..) {
         if op == ReduceOp::Average {
             let n = item.contributors();
-            ctx.ops.divide(item.data.memory(), dtype, n).map_err(|e| ops_failed(rank, e))?;
+            ctx.ops.divide(item.data.memory(), dtype, n).map_err(|e| ops_failed(rank, Collective::Allreduce(op), e))?;
         }
         let (data, in_place) = std::mem::take(&mut item.data).into_result();
         let shape = item.ready.meta.shape.iter().map(|&d| d as usize).collect();
@@ -251,17 +256,16 @@ fn flush(
     wire: ReduceOp,
 ) -> Result<()> {
     let t = Instant::now();
-    ctx.comm.allreduce_bytes(&mut ctx.stage[..fill], dtype, wire)?;
+    ctx.comm.allreduce_bytes(ctx.stage.memory().range(0, fill), dtype, wire)?;
     let t1 = Instant::now();
     let mut at = 0;
     for (i, range) in staged.drain(..) {
         let n = range.len();
         let c = Instant::now();
-        let dst = items[i].data.memory();
-        let mut dst = dst;
+        let mut dst = items[i].data.memory();
         ctx.ops
-            .copy(dst.range(range.start, range.end), (&ctx.stage[at..at + n]).into())
-            .map_err(|e| ops_failed(ctx.comm.rank(), e))?;
+            .copy(dst.range(range.start, range.end), ctx.stage.memory_ref().range(at, at + n))
+            .map_err(|e| ops_failed(ctx.comm.rank(), Collective::Allreduce(wire), e))?;
         items[i].note(COMM, t, t1);
         items[i].note(COPY_OUT, c, Instant::now());
         remaining[i] -= n;
@@ -270,16 +274,19 @@ fn flush(
     Ok(())
 }
 
-/// Broadcast, allgather, reducescatter or alltoall of one tensor.
-fn single(comm: &mut Communicator, item: &mut Item, rank: usize) -> Result<Output> {
+/// Broadcast, allgather, reducescatter or alltoall of one tensor. Results lie where the tensor
+/// does: the memory operations allocate them there and copy into them.
+fn single(ctx: &mut Ctx<'_>, item: &mut Item, rank: usize) -> Result<Output> {
+    let (comm, ops) = (&mut *ctx.comm, &mut *ctx.ops);
     let meta = item.ready.meta.clone();
-    let dtype = meta.dtype;
+    let (dtype, collective) = (meta.dtype, meta.collective);
     let rest: Vec<usize> = meta.shape.iter().skip(1).map(|&d| d as usize).collect();
     let with_rows = |rows: usize| std::iter::once(rows).chain(rest.iter().copied()).collect::<Vec<_>>();
     let row_elems = meta.row_elems();
     let row_bytes = row_elems * dtype.size();
+    let mem = |e: OpsError| ops_failed(rank, collective, e);
     // Elements per rank from rows per rank, refusing totals that do not fit in memory.
-    let elems = |rows: &[usize], op: &'static str| -> Result<Vec<usize>> {
+    let elems = |rows: &[usize]| -> Result<Vec<usize>> {
         let counts: Option<Vec<usize>> = rows.iter().map(|&r| r.checked_mul(row_elems)).collect();
         counts
             .filter(|c| {
@@ -290,16 +297,17 @@ fn single(comm: &mut Communicator, item: &mut Item, rank: usize) -> Result<Outpu
             })
             .ok_or_else(|| Error::InvalidArgument {
                 rank,
-                op,
+                op: collective.into(),
                 detail: format!("row counts {rows:?} do not fit in memory"),
             })
     };
-    match meta.collective {
+    let place = item.data.place();
+    match collective {
         Collective::Broadcast(root) => {
             if !item.ready.present[root as usize] {
                 return Err(Error::InvalidArgument {
                     rank,
-                    op: "broadcast",
+                    op: collective.into(),
                     detail: format!("tensor {:?}: root rank {root} has joined and sent nothing", item.ready.name),
                 });
             }
@@ -311,9 +319,12 @@ fn single(comm: &mut Communicator, item: &mut Item, rank: usize) -> Result<Outpu
         Collective::Allgather => {
             let rows = pending_rows(item, row_bytes);
             let all_rows = comm.allgather_counts(rows, dtype)?;
-            let counts = elems(&all_rows, "allgather")?;
-            let mut out = vec![0u8; counts.iter().sum::<usize>() * dtype.size()];
-            comm.allgatherv_into(host(&item.data, rank, "allgather")?, &mut out, &counts, dtype)?;
+            let counts = elems(&all_rows)?;
+            let blocks = blocks_from_counts(&counts, dtype.size());
+            let mut out = ops.alloc(place, blocks.last().map_or(0, |b| b.end)).map_err(mem)?;
+            let mine = blocks[rank].clone();
+            ops.copy(out.memory().range(mine.start, mine.end), item.data.memory_ref()).map_err(mem)?;
+            comm.allgather_in_place(out.memory(), &counts, dtype)?;
             Ok(Output::owned(out, dtype, with_rows(all_rows.iter().sum()), Some(all_rows)))
         }
         Collective::Reducescatter(op) => {
@@ -322,14 +333,22 @@ fn single(comm: &mut Communicator, item: &mut Item, rank: usize) -> Result<Outpu
             let blocks = even_blocks(rows, comm.size(), row_bytes.max(1));
             let blocks: Vec<Range<usize>> = if row_bytes == 0 { vec![0..0; comm.size()] } else { blocks };
             // The ring reduces in its input: never in memory the caller lent.
-            host(&item.data, rank, "reducescatter")?;
-            let mut input = std::mem::take(&mut item.data).into_owned().unwrap_or_default();
-            comm.reducescatter_bytes(&mut input, &blocks, dtype, wire)?;
-            let mut share = input[blocks[rank].clone()].to_vec();
+            let mut input = match std::mem::take(&mut item.data) {
+                Buffer::Owned(v) => Owned::Host(v),
+                lent => {
+                    let mut copy = ops.alloc(place, lent.len()).map_err(mem)?;
+                    ops.copy(copy.memory(), lent.memory_ref()).map_err(mem)?;
+                    copy
+                }
+            };
+            comm.reducescatter_bytes(input.memory(), &blocks, dtype, wire)?;
+            let mine = blocks[rank].clone();
+            let mut share = ops.alloc(place, mine.len()).map_err(mem)?;
+            ops.copy(share.memory(), input.memory_ref().range(mine.start, mine.end)).map_err(mem)?;
             if op == ReduceOp::Average {
-                divide(dtype, &mut share, item.contributors());
+                ops.divide(share.memory(), dtype, item.contributors()).map_err(mem)?;
             }
-            let my_rows = share.len().checked_div(row_bytes).unwrap_or(0);
+            let my_rows = mine.len().checked_div(row_bytes).unwrap_or(0);
             Ok(Output::owned(share, dtype, with_rows(my_rows), None))
         }
         Collective::Alltoall => {
@@ -340,32 +359,23 @@ fn single(comm: &mut Communicator, item: &mut Item, rank: usize) -> Result<Outpu
             };
             let total: usize = splits.iter().sum();
             let recv_rows = comm.alltoall_counts(total, &splits, dtype)?;
-            let send = elems(&splits, "alltoall")?;
-            let recv = elems(&recv_rows, "alltoall")?;
-            let mut out = vec![0u8; recv.iter().sum::<usize>() * dtype.size()];
-            comm.alltoall_into(host(&item.data, rank, "alltoall")?, &send, &mut out, &recv, dtype)?;
+            let send = elems(&splits)?;
+            let recv = elems(&recv_rows)?;
+            let mut out = ops.alloc(place, recv.iter().sum::<usize>() * dtype.size()).map_err(mem)?;
+            comm.alltoall_into(item.data.memory_ref(), &send, out.memory(), &recv, dtype)?;
             Ok(Output::owned(out, dtype, with_rows(recv_rows.iter().sum()), Some(recv_rows)))
         }
         Collective::Barrier => {
             comm.barrier()?;
-            Ok(Output::owned(Vec::new(), dtype, vec![0], None))
+            Ok(Output::owned(Owned::default(), dtype, vec![0], None))
         }
         Collective::Allreduce(_) => unreachable!("allreduces run fused"),
     }
 }
 
-/// The host bytes of a buffer, for the collectives that only run on host memory so far.
-fn host<'a>(data: &'a Buffer, rank: usize, op: &'static str) -> Result<&'a [u8]> {
-    data.host().ok_or_else(|| Error::InvalidArgument {
-        rank,
-        op,
-        detail: "device memory is not supported for this collective: no backend takes it".into(),
-    })
-}
-
 /// A memory operation that failed: the engine cannot go on with a half-copied bucket.
-fn ops_failed(rank: usize, e: crate::memory::OpsError) -> Error {
-    Error::Backend { rank, op: "fusion".into(), backend: "memory", detail: e.to_string() }
+fn ops_failed(rank: usize, collective: Collective, e: OpsError) -> Error {
+    Error::Backend { rank, op: collective.into(), backend: "memory", detail: e.to_string() }
 }
 
 /// Rows of this rank's submission (0 for a stand-in).

@@ -46,8 +46,8 @@ use crate::bootstrap::Topology;
 use crate::communicator::Communicator;
 use crate::config::{Config, EngineSettings};
 use crate::dtype::{DType, ReduceOp};
-use crate::error::{Error, Result};
-use crate::memory::{HostOps, Ops};
+use crate::error::{Error, Operation, Result};
+use crate::memory::{HostOps, Ops, Owned};
 use crate::os::Doorbell;
 use handle::Slot;
 
@@ -165,7 +165,7 @@ impl Engine {
             if s.data.is_device() && !self.device_memory {
                 return Err(Error::InvalidArgument {
                     rank: self.rank,
-                    op: s.collective.name(),
+                    op: s.collective.into(),
                     detail: format!(
                         "tensor {:?} is in device memory, and this engine has no device support (NCCL or the staged path)",
                         s.name
@@ -183,7 +183,7 @@ impl Engine {
             if inbox.in_flight.contains(&s.name) || !names.insert(s.name.as_str()) {
                 return Err(Error::InvalidArgument {
                     rank: self.rank,
-                    op: s.collective.name(),
+                    op: s.collective.into(),
                     detail: format!("tensor {:?} is already in flight: names must be unique until done", s.name),
                 });
             }
@@ -234,7 +234,7 @@ impl Engine {
             if inbox.join.is_some() {
                 return Err(Error::InvalidArgument {
                     rank: self.rank,
-                    op: "join",
+                    op: Operation::Join,
                     detail: "this rank is already joining".into(),
                 });
             }
@@ -273,5 +273,5 @@ impl std::fmt::Debug for Engine {
 
 /// The result a join handle carries: the last rank to join.
 pub(crate) fn join_output(last: usize) -> Output {
-    Output::owned((last as i64).to_le_bytes().to_vec(), DType::I64, vec![1], None)
+    Output::owned(Owned::Host((last as i64).to_le_bytes().to_vec()), DType::I64, vec![1], None)
 }

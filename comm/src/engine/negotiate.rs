@@ -23,7 +23,7 @@ use super::cache::Cache;
 use super::request::{Collective, GroupKey, Meta};
 use crate::communicator::Communicator;
 use crate::dtype::DType;
-use crate::error::{Error, Result};
+use crate::error::{Error, Operation, Result};
 
 /// What one rank says in a round.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -269,7 +269,7 @@ fn eager_data(messages: &[Message], slot: usize, meta: &Meta) -> Option<Vec<Vec<
 fn protocol(rank: usize, peer: usize, detail: String) -> Error {
     Error::Collective {
         rank,
-        op: "negotiation".into(),
+        op: Operation::Negotiation(Box::default()),
         cause: crate::transport::Error::Protocol { peer, detail: format!("rank {peer} sent {detail}") },
     }
 }
@@ -280,7 +280,7 @@ mod tests {
     use crate::dtype::ReduceOp;
 
     fn meta(dtype: DType, n: u64) -> Meta {
-        Meta { collective: Collective::Allreduce(ReduceOp::Sum), dtype, shape: vec![n], group: None }
+        Meta { collective: Collective::Allreduce(ReduceOp::Sum), dtype, shape: vec![n], group: None, device: false }
     }
 
     fn announce(items: &[(&str, Meta)]) -> Message {

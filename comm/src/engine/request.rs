@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 
 pub use crate::collective::Collective;
 use crate::dtype::{DType, Element};
+use crate::error::Operation;
 use crate::error::{Error, Result};
-use crate::memory::{DevicePtr, Memory, MemoryRef};
+use crate::memory::{DevicePtr, Memory, MemoryRef, Owned, Place};
 
 /// One tensor handed to the engine. The engine owns (or, see [`Submission::borrowed`], has the
 /// sole use of) the data until the handle completes.
@@ -61,6 +62,14 @@ impl Buffer {
         matches!(self, Buffer::Device(_))
     }
 
+    /// Where it lies.
+    pub(crate) fn place(&self) -> Place {
+        match self {
+            Buffer::Device(d) => Place::Device(d.device),
+            _ => Place::Host,
+        }
+    }
+
     /// The bytes, when they lie in host memory.
     pub(crate) fn host(&self) -> Option<&[u8]> {
         match self {
@@ -94,19 +103,10 @@ impl Buffer {
 
     /// The result of an in-place collective: the vector, or nothing when it was written into
     /// the lender's memory.
-    pub(crate) fn into_result(self) -> (Vec<u8>, bool) {
+    pub(crate) fn into_result(self) -> (Owned, bool) {
         match self {
-            Buffer::Owned(v) => (v, false),
-            Buffer::Borrowed { .. } | Buffer::Device(_) => (Vec::new(), true),
-        }
-    }
-
-    /// An owned host copy, for collectives that scribble on their input (reducescatter);
-    /// `None` for device memory.
-    pub(crate) fn into_owned(self) -> Option<Vec<u8>> {
-        match self {
-            Buffer::Owned(v) => Some(v),
-            b => b.host().map(<[u8]>::to_vec),
+            Buffer::Owned(v) => (Owned::Host(v), false),
+            Buffer::Borrowed { .. } | Buffer::Device(_) => (Owned::default(), true),
         }
     }
 }
@@ -198,7 +198,7 @@ impl Submission {
 
     /// Checks everything this rank can check alone; `rank` and `size` for the messages.
     pub(crate) fn validate(&self, rank: usize, size: usize) -> Result<()> {
-        let bad = |detail: String| Error::InvalidArgument { rank, op: self.collective.name(), detail };
+        let bad = |detail: String| Error::InvalidArgument { rank, op: self.collective.into(), detail };
         if self.name.is_empty() || self.name.len() > MAX_NAME {
             return Err(bad(format!("a tensor name must have 1 to {MAX_NAME} bytes, not {}", self.name.len())));
         }
@@ -243,7 +243,7 @@ impl Submission {
         if self.collective.ragged() {
             shape[0] = 0;
         }
-        Meta { collective: self.collective, dtype: self.dtype, shape, group }
+        Meta { collective: self.collective, dtype: self.dtype, shape, group, device: self.data.is_device() }
     }
 }
 
@@ -286,11 +286,14 @@ pub struct Meta {
     pub shape: Vec<u64>,
     /// The group it was submitted in.
     pub group: Option<GroupKey>,
+    /// Whether it lies in device memory: ranks must agree (as Horovod's do on CPU or GPU), and
+    /// the fusion never packs host and device tensors together.
+    pub device: bool,
 }
 
 impl Meta {
     /// The fields ranks must agree on, in the order they are compared.
-    pub const FIELDS: [&'static str; 5] = ["op", "root", "dtype", "shape", "group"];
+    pub const FIELDS: [&'static str; 6] = ["op", "root", "dtype", "shape", "group", "memory"];
 
     /// One field's value, as an error message shows it.
     pub fn field(&self, field: &str) -> String {
@@ -315,6 +318,7 @@ impl Meta {
                     _ => format!("[{}]", dims.join(", ")),
                 }
             }
+            "memory" => if self.device { "device memory" } else { "host memory" }.to_string(),
             _ => self.group.map_or("no group".into(), |g| format!("a group of {} ({:#x})", g.size, g.hash)),
         }
     }
@@ -336,10 +340,11 @@ impl Meta {
 }
 
 /// A completed request's result.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug)]
 pub struct Output {
-    /// Raw bytes of `dtype`; empty when the result was written in place (see `in_place`).
-    pub data: Vec<u8>,
+    /// Raw bytes of `dtype` (on the device for a device tensor's allgather, reducescatter or
+    /// alltoall); empty when the result was written in place (see `in_place`).
+    pub data: Owned,
     /// Element type.
     pub dtype: DType,
     /// Shape of the result (for allgather and alltoall, the first dimension is the total).
@@ -352,7 +357,7 @@ pub struct Output {
 
 impl Output {
     /// A result held in `data`.
-    pub(crate) fn owned(data: Vec<u8>, dtype: DType, shape: Vec<usize>, splits: Option<Vec<usize>>) -> Output {
+    pub(crate) fn owned(data: Owned, dtype: DType, shape: Vec<usize>, splits: Option<Vec<usize>>) -> Output {
         Output { data, dtype, shape, splits, in_place: false }
     }
 
@@ -361,10 +366,17 @@ impl Output {
         if T::DTYPE != self.dtype {
             return Err(Error::InvalidArgument {
                 rank: 0,
-                op: "output",
+                op: Operation::Output,
                 detail: format!("the output holds {}, not {}", self.dtype, T::DTYPE),
             });
         }
-        Ok(self.data.chunks_exact(size_of::<T>()).map(bytemuck::pod_read_unaligned).collect())
+        let Owned::Host(data) = &self.data else {
+            return Err(Error::InvalidArgument {
+                rank: 0,
+                op: Operation::Output,
+                detail: "the output lies in device memory".into(),
+            });
+        };
+        Ok(data.chunks_exact(size_of::<T>()).map(bytemuck::pod_read_unaligned).collect())
     }
 }

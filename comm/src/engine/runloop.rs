@@ -16,7 +16,7 @@ use super::{Pending, Shared, join_output};
 use crate::communicator::Communicator;
 use crate::config::EngineSettings;
 use crate::error::{Error, Result};
-use crate::memory::Ops;
+use crate::memory::{Ops, Owned};
 
 /// Why the engine stopped.
 enum Stop {
@@ -51,7 +51,7 @@ pub(crate) struct RunLoop {
     piece: usize,
     /// The copies, fills and scalings on the tensors' memory.
     ops: Box<dyn Ops>,
-    stage: Vec<u8>,
+    stage: Owned,
     timeline: Option<Timeline>,
     // Join: whether this rank asked, and the round in which each rank was first seen joined.
     joining: bool,
@@ -93,7 +93,7 @@ impl RunLoop {
             eager_bytes: tuning.eager_bytes,
             piece: tuning.ring_chunk,
             ops,
-            stage: Vec::new(),
+            stage: Owned::default(),
             timeline,
             joining: false,
             join_round: vec![None; size],
@@ -170,7 +170,7 @@ impl RunLoop {
         let t0 = Instant::now();
         self.add_eager(&mut msg);
         let messages = negotiate::exchange(&mut self.comm, &msg, self.cache.len(), self.eager_bytes)
-            .map_err(|e| e.in_context(&self.negotiating()))?;
+            .map_err(|e| self.in_negotiation(e))?;
         let t1 = Instant::now();
         let mut agreement = negotiate::agree(&messages, &mut self.cache, &mut self.table);
         self.round += 1;
@@ -189,16 +189,11 @@ impl RunLoop {
         Ok(None)
     }
 
-    /// What a failed negotiation was about, for its error: the tensors this rank has pending.
-    fn negotiating(&self) -> String {
+    /// `e`, as the failure of a negotiation round, with the tensors this rank had pending.
+    fn in_negotiation(&self, e: Error) -> Error {
         const SHOWN: usize = 3;
-        let names: Vec<String> = self.local.keys().take(SHOWN).map(|n| format!("{n:?}")).collect();
-        let more = self.local.len().saturating_sub(SHOWN);
-        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
-        match names.is_empty() {
-            true => "negotiating (nothing pending here)".to_string(),
-            false => format!("negotiating {}{more}", names.join(", ")),
-        }
+        let names = self.local.keys().take(SHOWN).cloned().collect();
+        e.in_negotiation(names, self.local.len().saturating_sub(SHOWN))
     }
 
     /// Puts the data of small cached allreduces in the round's message, as the budget allows

@@ -26,7 +26,7 @@ from ferrovod.exceptions import CollectiveError, CollectiveTimeoutError, Ferrovo
 
 
 def report(e: FerrovodError) -> None:
-    print(f"rank {fv.rank()}: {type(e).__name__} rank={e.rank} blamed={e.blamed_ranks}: {e}", flush=True)
+    print(f"rank {fv.rank()}: {type(e).__name__} rank={e.rank} blamed={e.blamed_ranks} op={e.op} seq={e.seq}: {e}", flush=True)
 
 
 def kill() -> None:
