@@ -199,6 +199,10 @@ fn bad_arguments_are_errors_not_panics() {
             .expect_err("self counts")
             .to_string();
         assert!(e.contains("sends itself"), "{e}");
+        let e = c.allreduce_bytes(&mut [1u8; 4], DType::Bool, ReduceOp::Average).expect_err("bool average").to_string();
+        assert!(e.contains("allreduce: invalid argument: bool tensors have no average"), "{e}");
+        let e = c.reducescatter_bytes(&mut [1u8; 4], &[0..2, 2..4], DType::Bool, ReduceOp::Average);
+        assert!(e.expect_err("bool average").to_string().contains("no average"));
         // Nothing was sent: the communicator still works.
         let mut v = [c.rank() as f32; 3];
         c.allreduce(&mut v, ReduceOp::Max).map_err(|e| e.to_string())?;

@@ -62,6 +62,16 @@ impl Collective {
         }
     }
 
+    /// Why this collective cannot run on `dtype`, if it cannot: a boolean has no average.
+    pub fn refuses(self, dtype: DType) -> Option<&'static str> {
+        match (self.reduction(), dtype) {
+            (Some(ReduceOp::Average), DType::Bool) => Some(
+                "bool tensors have no average (sum and max reduce them with a logical or, min and product with a logical and)",
+            ),
+            _ => None,
+        }
+    }
+
     /// Whether the first dimension may differ between ranks.
     pub(crate) fn ragged(self) -> bool {
         matches!(self, Collective::Allgather | Collective::Alltoall)

@@ -414,6 +414,9 @@ impl Communicator {
     }
 
     fn elements(&self, op: Collective, bytes: usize, dtype: DType) -> Result<usize> {
+        if let Some(why) = op.refuses(dtype) {
+            return Err(self.invalid(op, why.to_string()));
+        }
         if !bytes.is_multiple_of(dtype.size()) {
             return Err(self.invalid(op, format!("{bytes} bytes is not a whole number of {dtype} elements")));
         }

@@ -25,6 +25,11 @@ pub enum DType {
     F32 = 7,
     /// IEEE 754 double precision.
     F64 = 8,
+    /// Signed 16-bit integer.
+    I16 = 9,
+    /// Boolean, one byte (0 or 1). Reduced as logic: sum and max are "or", product and min
+    /// "and"; average is refused.
+    Bool = 10,
 }
 
 /// DLPack's type codes (`DLDataTypeCode` in `dlpack.h`), as [`DTypeInfo::dlpack`] uses them.
@@ -37,6 +42,8 @@ pub mod dlpack_code {
     pub const FLOAT: u8 = 2;
     /// `kDLBfloat`: bfloat16.
     pub const BFLOAT: u8 = 4;
+    /// `kDLBool`: boolean.
+    pub const BOOL: u8 = 6;
 }
 
 /// Everything ferrovod knows about one dtype, in one row of [`DType::TABLE`]: the bindings read
@@ -64,7 +71,7 @@ impl DType {
     /// compile time).
     #[rustfmt::skip]
     pub const TABLE: &'static [DTypeInfo] = {
-        use dlpack_code::{BFLOAT, FLOAT, INT, UINT};
+        use dlpack_code::{BFLOAT, BOOL, FLOAT, INT, UINT};
         const INTS: &[&str] = &["i", "l", "q", "n"];
         &[
             DTypeInfo { dtype: DType::U8,   name: "u8",   long_name: "uint8",    size: 1, dlpack: (UINT, 8),    formats: &["B"] },
@@ -75,6 +82,8 @@ impl DType {
             DTypeInfo { dtype: DType::BF16, name: "bf16", long_name: "bfloat16", size: 2, dlpack: (BFLOAT, 16), formats: &[] },
             DTypeInfo { dtype: DType::F32,  name: "f32",  long_name: "float32",  size: 4, dlpack: (FLOAT, 32),  formats: &["f"] },
             DTypeInfo { dtype: DType::F64,  name: "f64",  long_name: "float64",  size: 8, dlpack: (FLOAT, 64),  formats: &["d"] },
+            DTypeInfo { dtype: DType::I16,  name: "i16",  long_name: "int16",    size: 2, dlpack: (INT, 16),    formats: &["h"] },
+            DTypeInfo { dtype: DType::Bool, name: "bool", long_name: "bool",     size: 1, dlpack: (BOOL, 8),    formats: &["?"] },
         ]
     };
 
@@ -119,7 +128,7 @@ impl DType {
 
     /// The dtype of a Python buffer's format string and item size: one struct-module character,
     /// optionally after a native (`@`, `=`) or, on little-endian machines, a `<` prefix. `None`
-    /// for anything else (big-endian data, unsigned 16-bit, bool, complex, structs).
+    /// for anything else (big-endian data, unsigned 16-bit, complex, structs).
     pub fn from_buffer_format(format: &str, itemsize: usize) -> Option<DType> {
         if cfg!(target_endian = "big") && format.starts_with('<') {
             return None;
@@ -215,7 +224,7 @@ pub trait Element: bytemuck::Pod + Send + Sync {
 macro_rules! element {
     ($($t:ty => $d:ident),*) => { $(impl Element for $t { const DTYPE: DType = DType::$d; })* };
 }
-element!(u8 => U8, i8 => I8, i32 => I32, i64 => I64, f16 => F16, bf16 => BF16, f32 => F32, f64 => F64);
+element!(u8 => U8, i8 => I8, i16 => I16, i32 => I32, i64 => I64, f16 => F16, bf16 => BF16, f32 => F32, f64 => F64);
 
 #[cfg(test)]
 mod tests {
@@ -254,7 +263,8 @@ mod tests {
         assert_eq!(DType::from_buffer_format("b", 1), Some(DType::I8));
         assert_eq!(DType::from_buffer_format(">f", 4), None);
         assert_eq!(DType::from_buffer_format("f", 8), None);
-        assert_eq!(DType::from_buffer_format("?", 1), None);
+        assert_eq!(DType::from_buffer_format("?", 1), Some(DType::Bool));
+        assert_eq!(DType::from_buffer_format("h", 2), Some(DType::I16));
         assert_eq!(DType::from_buffer_format("H", 2), None);
         assert_eq!(DType::from_buffer_format("Zf", 8), None);
         assert_eq!(DType::from_buffer_format("", 1), None);
@@ -265,12 +275,15 @@ mod tests {
         assert_eq!(DType::from_dlpack(dlpack_code::BFLOAT, 16, 1), Some(DType::BF16));
         assert_eq!(DType::from_dlpack(dlpack_code::FLOAT, 16, 1), Some(DType::F16));
         assert_eq!(DType::from_dlpack(dlpack_code::UINT, 16, 1), None);
-        assert_eq!(DType::from_dlpack(6, 8, 1), None, "kDLBool");
+        assert_eq!(DType::from_dlpack(6, 8, 1), Some(DType::Bool), "kDLBool");
         assert_eq!(DType::from_dlpack(5, 64, 1), None, "kDLComplex");
     }
 
     #[test]
     fn supported_lists_every_dtype_by_its_numpy_name() {
-        assert_eq!(DType::supported(), "uint8, int8, int32, int64, float16, bfloat16, float32 and float64");
+        assert_eq!(
+            DType::supported(),
+            "uint8, int8, int32, int64, float16, bfloat16, float32, float64, int16 and bool"
+        );
     }
 }

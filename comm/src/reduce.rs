@@ -31,12 +31,14 @@ pub fn reduce_into(dtype: DType, op: ReduceOp, acc: &mut [u8], src: &[u8], order
     match dtype {
         DType::U8 => int::<u8>(op, acc, src, order),
         DType::I8 => int::<i8>(op, acc, src, order),
+        DType::I16 => int::<i16>(op, acc, src, order),
         DType::I32 => int::<i32>(op, acc, src, order),
         DType::I64 => int::<i64>(op, acc, src, order),
         DType::F32 => float::<f32>(op, acc, src, order),
         DType::F64 => float::<f64>(op, acc, src, order),
         DType::F16 => half_float::<f16>(op, acc, src, order),
         DType::BF16 => half_float::<bf16>(op, acc, src, order),
+        DType::Bool => logic(op, acc, src),
     }
 }
 
@@ -49,12 +51,15 @@ pub fn divide(dtype: DType, buf: &mut [u8], n: usize) {
         // Widened so that no divisor is truncated; the quotient always fits back.
         DType::U8 => map::<u8>(buf, |x| (i64::from(x) / n as i64) as u8),
         DType::I8 => map::<i8>(buf, |x| (i64::from(x) / n as i64) as i8),
+        DType::I16 => map::<i16>(buf, |x| (i64::from(x) / n as i64) as i16),
         DType::I32 => map::<i32>(buf, |x| (i64::from(x) / n as i64) as i32),
         DType::I64 => map::<i64>(buf, |x| x / n as i64),
         DType::F32 => map::<f32>(buf, |x| x / n as f32),
         DType::F64 => map::<f64>(buf, |x| x / n as f64),
         DType::F16 => map::<f16>(buf, |x| f16::from_f32(x.to_f32() / n as f32)),
         DType::BF16 => map::<bf16>(buf, |x| bf16::from_f32(x.to_f32() / n as f32)),
+        // Never averaged (the collectives refuse it): a truth value has no mean.
+        DType::Bool => {}
     }
 }
 
@@ -75,12 +80,28 @@ pub fn fill_identity(dtype: DType, op: ReduceOp, buf: &mut [u8]) {
     match dtype {
         DType::U8 => fill!(u8, 0, 1, u8::MAX, u8::MIN),
         DType::I8 => fill!(i8, 0, 1, i8::MAX, i8::MIN),
+        DType::I16 => fill!(i16, 0, 1, i16::MAX, i16::MIN),
         DType::I32 => fill!(i32, 0, 1, i32::MAX, i32::MIN),
         DType::I64 => fill!(i64, 0, 1, i64::MAX, i64::MIN),
         DType::F32 => fill!(f32, 0.0, 1.0, f32::INFINITY, f32::NEG_INFINITY),
         DType::F64 => fill!(f64, 0.0, 1.0, f64::INFINITY, f64::NEG_INFINITY),
         DType::F16 => fill!(f16, f16::ZERO, f16::ONE, f16::INFINITY, f16::NEG_INFINITY),
         DType::BF16 => fill!(bf16, bf16::ZERO, bf16::ONE, bf16::INFINITY, bf16::NEG_INFINITY),
+        // "or" has false as identity, "and" true.
+        DType::Bool => fill!(u8, 0, 1, 1, 0),
+    }
+}
+
+/// Booleans: sum and max are "or", product and min "and"; any nonzero byte is true, and the
+/// result is 0 or 1 (symmetric, so the order does not matter).
+fn logic(op: ReduceOp, acc: &mut [u8], src: &[u8]) {
+    match op {
+        ReduceOp::Sum | ReduceOp::Average | ReduceOp::Max => {
+            acc.iter_mut().zip(src).for_each(|(a, &s)| *a = u8::from(*a != 0 || s != 0))
+        }
+        ReduceOp::Product | ReduceOp::Min => {
+            acc.iter_mut().zip(src).for_each(|(a, &s)| *a = u8::from(*a != 0 && s != 0))
+        }
     }
 }
 
@@ -100,7 +121,7 @@ macro_rules! int_impl {
         }
     )*};
 }
-int_impl!(u8, i8, i32, i64);
+int_impl!(u8, i8, i16, i32, i64);
 
 fn int<T: Int>(op: ReduceOp, acc: &mut [u8], src: &[u8], order: Order) {
     match op {
@@ -294,5 +315,44 @@ mod tests {
         let mut bytes = [255u8, 9];
         divide(DType::U8, &mut bytes, 300);
         assert_eq!(bytes, [0, 0]);
+    }
+
+    #[test]
+    fn i16_wraps_and_averages() {
+        let mut acc = [i16::MAX, -3, 5];
+        reduce_into(
+            DType::I16,
+            ReduceOp::Sum,
+            bytemuck::cast_slice_mut(&mut acc),
+            bytemuck::cast_slice(&[1i16, -4, 6]),
+            Order::AccFirst,
+        );
+        assert_eq!(acc, [i16::MIN, -7, 11]);
+        divide(DType::I16, bytemuck::cast_slice_mut(&mut acc), 2);
+        assert_eq!(acc, [i16::MIN / 2, -3, 5]);
+        let mut id = [0i16; 2];
+        fill_identity(DType::I16, ReduceOp::Min, bytemuck::cast_slice_mut(&mut id));
+        assert_eq!(id, [i16::MAX; 2]);
+    }
+
+    #[test]
+    fn bool_reduces_as_logic_and_its_identities_are_neutral() {
+        let a = [0u8, 0, 1, 1];
+        let b = [0u8, 1, 0, 2]; // any nonzero byte is true
+        for (op, want) in [
+            (ReduceOp::Sum, [0, 1, 1, 1]),
+            (ReduceOp::Max, [0, 1, 1, 1]),
+            (ReduceOp::Min, [0, 0, 0, 1]),
+            (ReduceOp::Product, [0, 0, 0, 1]),
+        ] {
+            let mut acc = a;
+            reduce_into(DType::Bool, op, &mut acc, &b, Order::AccFirst);
+            assert_eq!(acc, want, "{op}");
+            let mut id = [7u8; 4];
+            fill_identity(DType::Bool, op, &mut id);
+            let mut with_id = a;
+            reduce_into(DType::Bool, op, &mut with_id, &id, Order::AccFirst);
+            assert_eq!(with_id, a, "{op}: the identity changes nothing");
+        }
     }
 }

@@ -12,8 +12,9 @@ Usage, in every process of a job started by ``ferrovod-run -np N -- python train
     fv.synchronize(h)
 
 Arrays are numpy arrays, torch CPU tensors, or anything with the buffer protocol, C-contiguous,
-of dtype uint8, int8, int32, int64, float16, bfloat16 (torch), float32 or float64. Tensors are
-matched across ranks by name; unnamed ones get ``<op>.noname.<n>`` in call order, so ranks must
+of dtype bool, uint8, int8, int16, int32, int64, float16, bfloat16 (torch), float32 or float64
+(bool reduces as logic: sum and max are "or", min and product "and", average is refused). Tensors
+are matched across ranks by name; unnamed ones get ``<op>.noname.<n>`` in call order, so ranks must
 then call in the same order. Until a handle is synchronized, the array belongs to ferrovod:
 reading or writing it meanwhile races with the collective.
 

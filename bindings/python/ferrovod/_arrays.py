@@ -30,8 +30,17 @@ from . import _ferrovod
 # results name their dtype), numpy/torch name, item size.
 DTYPES: list[tuple[str, str, int]] = _ferrovod.dtypes()
 
+def _numpy_dtype(long: str) -> Any:
+    try:
+        return np.dtype(long).type
+    except TypeError:
+        return None
+
+
 # ferrovod's dtype names to numpy; bfloat16 has no numpy dtype.
-NUMPY_DTYPES: dict[str, Any] = {name: getattr(np, long) for name, long, _ in DTYPES if hasattr(np, long)}
+NUMPY_DTYPES: dict[str, Any] = {
+    name: t for name, long, _ in DTYPES if (t := _numpy_dtype(long)) is not None
+}
 
 
 def _torch() -> Any:

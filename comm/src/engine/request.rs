@@ -202,6 +202,9 @@ impl Submission {
         if self.name.is_empty() || self.name.len() > MAX_NAME {
             return Err(bad(format!("a tensor name must have 1 to {MAX_NAME} bytes, not {}", self.name.len())));
         }
+        if let Some(why) = self.collective.refuses(self.dtype) {
+            return Err(bad(format!("tensor {:?}: {why}", self.name)));
+        }
         let elems = self.shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         let bytes = elems.and_then(|e| e.checked_mul(self.dtype.size()));
         if bytes != Some(self.data.len()) {

@@ -13,8 +13,11 @@ import ferrovod as fv
 
 torch.set_num_threads(1)
 
-NP_DTYPES = [np.uint8, np.int8, np.int32, np.int64, np.float16, np.float32, np.float64]
-TORCH_DTYPES = [torch.uint8, torch.int8, torch.int32, torch.int64, torch.float16, torch.bfloat16, torch.float32, torch.float64]
+NP_DTYPES = [np.uint8, np.int8, np.int16, np.int32, np.int64, np.float16, np.float32, np.float64]
+TORCH_DTYPES = [
+    torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64,
+    torch.float16, torch.bfloat16, torch.float32, torch.float64,
+]
 
 
 def as_f64(x) -> np.ndarray:
@@ -123,6 +126,41 @@ def check_dtype(kind: str, dtype, checks: list[str]) -> None:
     checks.append(tag)
 
 
+def check_bool(kind: str, checks: list[str]) -> None:
+    """Booleans: every collective, with reductions as logic (sum and max "or", min and product
+    "and"), and an average refused on every rank alike (the next collectives still pair up)."""
+    r, n = fv.rank(), fv.size()
+    dtype = torch.bool if kind == "torch" else np.bool_
+    tag = f"{kind}.bool"
+    mine = np.array([r == 0, r == n - 1, True, False])  # rank 0, the last rank, all, none
+    for op, want in [
+        (fv.Sum, [True, True, True, False]),
+        (fv.Max, [True, True, True, False]),
+        (fv.Min, [n == 1, n == 1, True, False]),
+        (fv.Product, [n == 1, n == 1, True, False]),
+    ]:
+        got = fv.allreduce(make(kind, mine, dtype), op=op, name=f"{tag}.{op}")
+        if got.dtype != dtype:
+            sys.exit(f"rank {r}: {tag} allreduce {op} returned {got.dtype}")
+        expect(got, np.array(want, np.float64), f"{tag} allreduce {op}")
+    try:
+        fv.allreduce(make(kind, mine, dtype), op=fv.Average, name=f"{tag}.avg")
+        sys.exit(f"rank {r}: {tag}: an average of bools was not refused")
+    except fv.InvalidArgumentError as e:
+        if "no average" not in str(e):
+            sys.exit(f"rank {r}: {tag}: {e}")
+    b = make(kind, np.array([r % 2 == 1, True]), dtype)
+    expect(fv.broadcast(b, n - 1, name=f"{tag}.bc"), np.array([(n - 1) % 2 == 1, True], np.float64), f"{tag} broadcast")
+    g = make(kind, np.full((r + 1, 2), r % 2 == 0), dtype)
+    want = np.concatenate([np.full((i + 1, 2), i % 2 == 0) for i in range(n)]).astype(np.float64)
+    expect(fv.allgather(g, name=f"{tag}.ag"), want, f"{tag} allgather")
+    got, _ = fv.alltoall(make(kind, np.array([j == r for j in range(n)]), dtype), splits=[1] * n, name=f"{tag}.a2a")
+    expect(got, np.array([i == r for i in range(n)], np.float64), f"{tag} alltoall")
+    x = make(kind, np.array([r == 0] * n), dtype)
+    expect(fv.reducescatter(x, op=fv.Max, name=f"{tag}.rs"), np.array([True]), f"{tag} reducescatter")
+    checks.append(tag)
+
+
 def main() -> None:
     fv.init()
     r, n = fv.rank(), fv.size()
@@ -131,6 +169,8 @@ def main() -> None:
         check_dtype("numpy", dtype, checks)
     for dtype in TORCH_DTYPES:
         check_dtype("torch", dtype, checks)
+    check_bool("numpy", checks)
+    check_bool("torch", checks)
 
     # Buffer-protocol objects that are neither numpy nor torch.
     ba = bytearray([r + 1] * 4)

@@ -14,7 +14,7 @@ torch.set_num_threads(1)
 hvd.init()
 R, N = hvd.rank(), hvd.size()
 ALL = range(N)
-DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32, torch.int64, torch.uint8, torch.int8]
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32, torch.int64, torch.uint8, torch.int8, torch.int16]
 
 
 def same(got, want, what):
