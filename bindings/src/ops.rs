@@ -106,10 +106,10 @@ pub(crate) fn is_initialized() -> bool {
 
 /// `(rank, size, local_rank, local_size, cross_rank, cross_size)`.
 #[pyfunction]
-pub(crate) fn world() -> PyResult<(usize, usize, usize, usize, usize, usize)> {
+pub(crate) fn world() -> PyResult<(usize, usize, usize, usize, usize, usize, bool)> {
     let e = engine()?;
     let t = e.topology();
-    Ok((e.rank(), e.size(), t.local_rank, t.local_size, t.cross_rank, t.cross_size))
+    Ok((e.rank(), e.size(), t.local_rank, t.local_size, t.cross_rank, t.cross_size, t.homogeneous))
 }
 
 /// A request in flight, or its result. Waiting releases the GIL; dropping it unwaited is safe

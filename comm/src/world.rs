@@ -225,6 +225,7 @@ impl World {
             cross_rank: 0,
             cross_size: 1,
             local_ranks: (0..size).collect(),
+            homogeneous: true,
         };
         let world = World { rank, size, topology, tuning, record: None, _store: None };
         (world, Links { host: transport })

@@ -1,5 +1,8 @@
 """Joining and leaving the job, and where this process stands in it: ``init``, ``shutdown``,
-``rank``, ``size``, the local and cross ranks, and Horovod's ``*_built`` queries."""
+``rank``, ``size``, the local and cross ranks, and Horovod's ``*_built`` and ``*_enabled``
+queries. Those answer for ferrovod as it is: its own collectives over TCP, no MPI, no Gloo, no
+NCCL or other GPU library yet, so a script that picks its code path from them picks the CPU
+path."""
 
 from __future__ import annotations
 
@@ -60,17 +63,56 @@ def cross_size() -> int:
     return _ferrovod.world()[5]
 
 
+def is_homogeneous() -> bool:
+    """Whether every host runs the same number of ranks."""
+    return _ferrovod.world()[6]
+
+
 def mpi_built() -> bool:
+    """False: ferrovod does not use MPI."""
     return False
 
 
-def gloo_built() -> bool:
-    return False
-
-
-def nccl_built() -> bool:
+def mpi_enabled() -> bool:
+    """False: ferrovod does not use MPI."""
     return False
 
 
 def mpi_threads_supported() -> bool:
+    """False: ferrovod does not use MPI (its collectives may be called from any thread)."""
+    return False
+
+
+def gloo_built() -> bool:
+    """False: ferrovod's collectives are its own, not Gloo's."""
+    return False
+
+
+def gloo_enabled() -> bool:
+    """False: ferrovod's collectives are its own, not Gloo's."""
+    return False
+
+
+def nccl_built() -> bool:
+    """False: ferrovod has no GPU backend yet; tensors are CPU tensors."""
+    return False
+
+
+def cuda_built() -> bool:
+    """False: ferrovod has no GPU backend yet."""
+    return False
+
+
+def rocm_built() -> bool:
+    """False."""
+    return False
+
+
+def ddl_built() -> bool:
+    """False."""
+    return False
+
+
+def ccl_built() -> bool:
+    """False."""
     return False

@@ -16,6 +16,8 @@ pub struct Topology {
     pub cross_size: usize,
     /// The ranks on this host, in order (this rank included).
     pub local_ranks: Vec<usize>,
+    /// Whether every host runs the same number of ranks (Horovod's `is_homogeneous`).
+    pub homogeneous: bool,
 }
 
 impl Topology {
@@ -26,18 +28,24 @@ impl Topology {
         let local_rank = local_ranks.iter().position(|&r| r == rank).unwrap_or(0);
         let local_rank_of = |r: usize| (0..=r).filter(|&q| host(&peers[q]) == host(&peers[r])).count() - 1;
         let same_local: Vec<usize> = (0..peers.len()).filter(|&r| local_rank_of(r) == local_rank).collect();
+        let mut per_host = std::collections::HashMap::new();
+        for p in peers {
+            *per_host.entry(host(p)).or_insert(0usize) += 1;
+        }
+        let homogeneous = per_host.values().all(|&n| n == local_ranks.len());
         Topology {
             local_rank,
             local_size: local_ranks.len(),
             cross_rank: same_local.iter().position(|&r| r == rank).unwrap_or(0),
             cross_size: same_local.len(),
             local_ranks,
+            homogeneous,
         }
     }
 
     /// The placement of the only rank of a one-rank job.
     pub fn single() -> Topology {
-        Topology { local_rank: 0, local_size: 1, cross_rank: 0, cross_size: 1, local_ranks: vec![0] }
+        Topology { local_rank: 0, local_size: 1, cross_rank: 0, cross_size: 1, local_ranks: vec![0], homogeneous: true }
     }
 }
 
@@ -58,6 +66,7 @@ mod tests {
             vec![(0, 2, 0, 2), (1, 2, 0, 2), (0, 2, 1, 2), (1, 2, 1, 2)]
         );
         assert_eq!(t[3].local_ranks, vec![2, 3]);
+        assert!(t.iter().all(|t| t.homogeneous));
     }
 
     #[test]
@@ -67,5 +76,6 @@ mod tests {
         assert_eq!((t.local_rank, t.local_size, t.cross_rank, t.cross_size), (1, 2, 0, 1));
         let t = Topology::compute(&peers, 1);
         assert_eq!((t.local_rank, t.local_size, t.cross_rank, t.cross_size), (0, 1, 1, 2));
+        assert!(!t.homogeneous && !Topology::compute(&peers, 0).homogeneous, "2 ranks on one host, 1 on the other");
     }
 }

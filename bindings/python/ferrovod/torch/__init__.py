@@ -20,7 +20,20 @@ from __future__ import annotations
 
 import ferrovod as _core
 from ferrovod import *  # noqa: F403  (the core API, re-exported as it is)
-from ferrovod import _arrays, gloo_built, mpi_built, mpi_threads_supported, nccl_built
+from ferrovod import (
+    _arrays,
+    ccl_built,
+    cuda_built,
+    ddl_built,
+    gloo_built,
+    gloo_enabled,
+    is_homogeneous,
+    mpi_built,
+    mpi_enabled,
+    mpi_threads_supported,
+    nccl_built,
+    rocm_built,
+)
 
 from .compression import Compression, Compressor, FP16Compressor, NoneCompressor
 from .functions import broadcast_optimizer_state, broadcast_parameters
@@ -52,8 +65,15 @@ __all__ = [
     "NoneCompressor",
     "broadcast_optimizer_state",
     "broadcast_parameters",
+    "ccl_built",
+    "cuda_built",
+    "ddl_built",
     "gloo_built",
+    "gloo_enabled",
+    "is_homogeneous",
     "mpi_built",
+    "mpi_enabled",
     "mpi_threads_supported",
     "nccl_built",
+    "rocm_built",
 ]

@@ -28,6 +28,16 @@ def ok(check):
 def world():
     assert (hvd.local_rank(), hvd.local_size(), hvd.cross_rank(), hvd.cross_size()) == (R, N, 0, 1)
     assert hvd.is_initialized() and not hvd.mpi_threads_supported()
+    # Horovod's build queries answer for ferrovod as it is: no MPI, Gloo or GPU library.
+    for query in ("mpi_built", "mpi_enabled", "gloo_built", "gloo_enabled", "nccl_built", "cuda_built",
+                  "rocm_built", "ddl_built", "ccl_built"):
+        assert getattr(hvd, query)() is False, query
+    assert hvd.is_homogeneous() is True  # every rank on this one host
+    try:
+        hvd.join(0)
+        raise AssertionError("join on a GPU was not refused")
+    except hvd.InvalidArgumentError as e:
+        assert "no GPU backend" in str(e), e
     ok("world")
 
 
@@ -207,7 +217,7 @@ def join():
     # contributing nothing, and rank 0 is the last to join.
     if R == 0:
         same(hvd.allreduce(torch.full((2,), 5.0), op=hvd.Sum, name="after.join"), torch.full((2,), 5.0), "allreduce while others joined")
-    last = hvd.join()
+    last = hvd.join(-1)  # Horovod's CPU device
     assert last == 0, last
     ok("join")
 
