@@ -43,10 +43,10 @@ def allreduce_async_(
 ) -> Handle:
     """Starts reducing ``tensor`` over every rank, in place. ``op`` defaults to ``Average``."""
     reduce_op = resolve_op(op, average)
-    name = tensor_name("allreduce", name)
-    _arrays.refuse_read_only(tensor, "allreduce", name)  # before the prescale writes into it
-    _arrays.scale(tensor, prescale_factor)
-    inner = _ferrovod.allreduce_async_(_arrays.lendable(tensor), name, reduce_op)
+    with tensor_name("allreduce", name) as name:
+        _arrays.refuse_read_only(tensor, "allreduce", name)  # before the prescale writes into it
+        _arrays.scale(tensor, prescale_factor)
+        inner = _ferrovod.allreduce_async_(_arrays.lendable(tensor), name, reduce_op)
 
     def finish(_: Any) -> Any:
         _arrays.scale(tensor, postscale_factor)
@@ -99,12 +99,13 @@ def grouped_allreduce_async_(
 ) -> Handle:
     """Starts reducing ``tensors`` in place, as one group: they run in the same round and
     complete together. The handle's result is the list of tensors."""
-    base = tensor_name("grouped_allreduce", name)
-    names = [f"{base}.{i}" for i in range(len(tensors))]
-    for t, n in zip(tensors, names):
-        _arrays.refuse_read_only(t, "allreduce", n)
-    lent = [_arrays.lendable(t) for t in tensors]
-    inners = _ferrovod.grouped_allreduce_async_(lent, names, resolve_op(op, average))
+    reduce_op = resolve_op(op, average)
+    with tensor_name("grouped_allreduce", name) as base:
+        names = [f"{base}.{i}" for i in range(len(tensors))]
+        for t, n in zip(tensors, names):
+            _arrays.refuse_read_only(t, "allreduce", n)
+        lent = [_arrays.lendable(t) for t in tensors]
+        inners = _ferrovod.grouped_allreduce_async_(lent, names, reduce_op)
     result = list(tensors)
 
     def finish(_: Any) -> Any:
@@ -139,9 +140,9 @@ def grouped_allreduce(
 
 def broadcast_async_(tensor: Any, root_rank: int, name: str | None = None) -> Handle:
     """Starts copying ``root_rank``'s ``tensor`` into every rank's ``tensor``."""
-    name = tensor_name("broadcast", name)
-    _arrays.refuse_read_only(tensor, "broadcast", name)
-    inner = _ferrovod.broadcast_async_(_arrays.lendable(tensor), name, root_rank)
+    with tensor_name("broadcast", name) as name:
+        _arrays.refuse_read_only(tensor, "broadcast", name)
+        inner = _ferrovod.broadcast_async_(_arrays.lendable(tensor), name, root_rank)
     return Handle(inner, lambda _: tensor)
 
 
@@ -163,7 +164,8 @@ def broadcast(tensor: Any, root_rank: int, name: str | None = None) -> Any:
 def allgather_async(tensor: Any, name: str | None = None) -> Handle:
     """Starts concatenating every rank's ``tensor`` along the first dimension (which may differ
     between ranks)."""
-    inner = _ferrovod.allgather_async(_arrays.lendable(tensor), tensor_name("allgather", name))
+    with tensor_name("allgather", name) as name:
+        inner = _ferrovod.allgather_async(_arrays.lendable(tensor), name)
     return Handle(inner, lambda r: _arrays.wrap(r, tensor))
 
 
@@ -175,7 +177,8 @@ def reducescatter_async(tensor: Any, op: ReduceOp | None = None, name: str | Non
     """Starts reducing ``tensor`` over every rank and keeping this rank's share of the first
     dimension (the first ranks get one row more when it does not divide)."""
     reduce_op = Average if op is None else op
-    inner = _ferrovod.reducescatter_async(_arrays.lendable(tensor), tensor_name("reducescatter", name), reduce_op)
+    with tensor_name("reducescatter", name) as name:
+        inner = _ferrovod.reducescatter_async(_arrays.lendable(tensor), name, reduce_op)
     return Handle(inner, lambda r: _arrays.wrap(r, tensor))
 
 
@@ -187,7 +190,8 @@ def alltoall_async(tensor: Any, splits: Sequence[int] | Any | None = None, name:
     """Starts sending ``splits[j]`` rows of ``tensor`` to rank j (an even split without
     ``splits``). The result is ``(output, received_splits)``."""
     split_list = None if splits is None else [int(s) for s in (splits.tolist() if hasattr(splits, "tolist") else splits)]
-    inner = _ferrovod.alltoall_async(_arrays.lendable(tensor), tensor_name("alltoall", name), split_list)
+    with tensor_name("alltoall", name) as name:
+        inner = _ferrovod.alltoall_async(_arrays.lendable(tensor), name, split_list)
 
     def finish(r: Any) -> Any:
         received = np.asarray(r[3], dtype=np.int32)
@@ -210,7 +214,9 @@ def barrier() -> None:
     """Returns once every rank has called it: a barrier collective of the engine, matched across
     ranks by its call count like an unnamed tensor. The GIL is free meanwhile, and Ctrl-C
     interrupts the wait."""
-    _ferrovod.barrier_async(tensor_name("barrier", None)).wait()
+    with tensor_name("barrier", None) as name:
+        inner = _ferrovod.barrier_async(name)
+    inner.wait()
 
 
 def join(device: int = -1) -> int:

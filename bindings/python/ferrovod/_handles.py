@@ -3,9 +3,9 @@ tensors across ranks when the caller gives none."""
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import _ferrovod
@@ -62,17 +62,23 @@ def synchronize(handle: Handle) -> Any:
     return handle.wait()
 
 
-_counters: dict[str, itertools.count[int]] = {}
-_counters_lock = threading.Lock()
+_counters: dict[str, int] = {}
+_counters_lock = threading.RLock()
 
 
-def tensor_name(kind: str, name: str | None) -> str:
-    """``name``, or ``<kind>.noname.<n>`` in call order when the caller gave none."""
+@contextlib.contextmanager
+def tensor_name(kind: str, name: str | None) -> Iterator[str]:
+    """Yields ``name``, or ``<kind>.noname.<n>`` in call order when the caller gave none. The
+    count moves on only when the block ends without an exception: a call refused on one rank
+    before it submitted (a bad argument, a name already in flight) leaves that rank's count where
+    the others' are, so the next unnamed calls still pair up across ranks."""
     if name is not None:
-        return name
+        yield name
+        return
     with _counters_lock:
-        n = next(_counters.setdefault(kind, itertools.count()))
-    return f"{kind}.noname.{n}"
+        n = _counters.get(kind, 0)
+        yield f"{kind}.noname.{n}"
+        _counters[kind] = n + 1
 
 
 def reset_names() -> None:

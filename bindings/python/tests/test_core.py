@@ -38,6 +38,13 @@ def test_every_function_on_numpy_and_torch(ranks, np_):
         assert f"[{r}] rank {r} of {np_}: ok, 19 dtype suites" in out
 
 
+@pytest.mark.multiproc
+def test_an_error_on_one_rank_before_it_submits_leaves_the_ranks_paired(ranks):
+    out = ranks(2, "one_rank_errors.py", timeout=120)
+    for r in range(2):
+        assert out.count(f"[{r}] rank {r}: ok after ") == 9, out
+
+
 def test_in_place_means_the_same_memory(world1):
     x = np.arange(5, dtype=np.float32)
     before = x.ctypes.data

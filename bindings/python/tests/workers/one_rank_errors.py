@@ -1,0 +1,61 @@
+"""Errors raised on one rank only, before it submits anything, must not make the ranks drift
+apart: after each, every rank runs ten unnamed collectives (whose automatic names must still
+pair up) and checks their values. Run on 2 ranks."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+
+import ferrovod as fv
+
+
+def on_one_rank(who: int, what: str, call, error) -> None:
+    if fv.rank() == who:
+        try:
+            call()
+            sys.exit(f"rank {who}: {what}: no error")
+        except error:
+            pass
+    r, n = fv.rank(), fv.size()
+    for k in range(10):
+        got = fv.allreduce(np.full(3, float(r + k), np.float32), op=fv.Sum)
+        want = np.full(3, float(sum(range(n)) + n * k), np.float32)
+        if not np.array_equal(got, want):
+            sys.exit(f"rank {r}: after {what!r} on rank {who}: allreduce {k} is {got}, want {want}")
+    # The other collectives' names too.
+    got = fv.allgather(np.full((1, 2), r, np.int64))
+    if got.tolist() != [[i, i] for i in range(n)]:
+        sys.exit(f"rank {r}: after {what!r}: allgather {got.tolist()}")
+    if fv.broadcast(np.array([r], np.int32), 1).tolist() != [1]:
+        sys.exit(f"rank {r}: after {what!r}: broadcast")
+    print(f"rank {r}: ok after {what}", flush=True)
+
+
+def main() -> None:
+    fv.init()
+    read_only = np.arange(3, dtype=np.float32)
+    read_only.flags.writeable = False
+    cases = [
+        (0, "an unsupported dtype", lambda: fv.allreduce(np.zeros(3, np.complex64)), fv.InvalidArgumentError),
+        (1, "a read-only array in place", lambda: fv.allreduce_(read_only), fv.InvalidArgumentError),
+        (0, "a scalar to allgather", lambda: fv.allgather(np.float32(1.0) * np.ones(())), fv.InvalidArgumentError),
+        (1, "splits that do not sum", lambda: fv.alltoall(np.ones(4), splits=[1, 2]), fv.InvalidArgumentError),
+        (0, "a bool average", lambda: fv.allreduce(np.ones(2, bool), op=fv.Average), fv.InvalidArgumentError),
+        (1, "a name given twice in one group",
+         lambda: fv._ferrovod.grouped_allreduce_async_([np.ones(1), np.ones(1)], ["same", "same"], fv.Sum),
+         fv.InvalidArgumentError),
+        (0, "a torch tensor of an unsupported dtype", lambda: fv.broadcast(torch.zeros(2, dtype=torch.complex64), 0),
+         fv.InvalidArgumentError),
+        (0, "op and average together", lambda: fv.allreduce(np.ones(2), average=True, op=fv.Sum), ValueError),
+        (1, "a device to join", lambda: fv.join(0), fv.InvalidArgumentError),
+    ]
+    for who, what, call, error in cases:
+        on_one_rank(who, what, call, error)
+    fv.shutdown()
+
+
+if __name__ == "__main__":
+    main()
