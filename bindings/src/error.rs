@@ -1,61 +1,45 @@
-//! The Python exception hierarchy (`FerrovodError` and its subclasses), created here and mapped
-//! per error variant in one place.
+//! Core errors on their way to Python: each error variant mapped, in one place, to its class of
+//! `ferrovod.exceptions` (the hierarchy is defined there, in Python).
 
-use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use pyo3::{PyErr, create_exception};
+use pyo3::types::PyType;
+use pyo3::{PyErr, intern};
 
-create_exception!(_ferrovod, FerrovodError, PyException, "Base class of every error ferrovod raises.");
-create_exception!(_ferrovod, ConfigError, FerrovodError, "A FERROVOD_* variable or argument is missing or malformed.");
-create_exception!(
-    _ferrovod,
+/// Declares a handle on one class of `ferrovod.exceptions`, which defines the hierarchy in
+/// Python (each class also subclasses the builtin Horovod raises in its place, which a class
+/// made here could not). `X::new_err(msg)` builds the exception the way pyo3's own do.
+macro_rules! python_exception {
+    ($($name:ident),* $(,)?) => {$(
+        pub(crate) struct $name;
+
+        impl $name {
+            pub(crate) fn new_err(msg: impl Into<String>) -> PyErr {
+                let msg = msg.into();
+                Python::attach(|py| match class(py, stringify!($name)) {
+                    Ok(cls) => PyErr::from_type(cls, msg),
+                    Err(e) => e,
+                })
+            }
+        }
+    )*};
+}
+
+python_exception!(
+    ConfigError,
     InvalidArgumentError,
-    FerrovodError,
-    "An argument cannot work: unsupported dtype, non-contiguous or read-only array, bad root or splits."
-);
-create_exception!(
-    _ferrovod,
     BootstrapError,
-    FerrovodError,
-    "Joining the job failed: store, authentication, rendezvous."
-);
-create_exception!(
-    _ferrovod,
     CollectiveError,
-    FerrovodError,
-    "A collective failed: a peer died or closed its connection, or another rank reported a failure."
-);
-create_exception!(
-    _ferrovod,
     CollectiveTimeoutError,
-    CollectiveError,
-    "A peer sent nothing within FERROVOD_TIMEOUT (named so as not to shadow the builtin TimeoutError)."
-);
-create_exception!(
-    _ferrovod,
     MismatchError,
-    FerrovodError,
-    "Ranks called a collective with different arguments (dtype, shape, op, root, kind)."
-);
-create_exception!(
-    _ferrovod,
     StalledError,
-    FerrovodError,
-    "Tensors waited for other ranks past FERROVOD_STALL_TIMEOUT."
-);
-create_exception!(
-    _ferrovod,
     NotInitializedError,
-    FerrovodError,
-    "ferrovod is not initialized (call init()), or was shut down, or its engine stopped."
 );
-create_exception!(_ferrovod, LaunchError, FerrovodError, "ferrovod-run could not start or supervise the job.");
-create_exception!(
-    _ferrovod,
-    RankFailedError,
-    FerrovodError,
-    "A rank of a job started by ferrovod.run or ferrovod.spark failed; carries its rank and traceback."
-);
+
+/// The class `name` of `ferrovod.exceptions` (imported once; `sys.modules` keeps it).
+fn class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyType>> {
+    let module = py.import(intern!(py, "ferrovod.exceptions"))?;
+    Ok(module.getattr(name)?.cast_into::<PyType>()?)
+}
 
 /// A core error on its way to Python (the orphan rule keeps `From` off the foreign type).
 pub(crate) struct PyFerrovodError(pub ferrovod::Error);
@@ -98,28 +82,4 @@ impl From<PyFerrovodError> for PyErr {
         });
         err
     }
-}
-
-/// Registers the exception classes on the module.
-pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let py = m.py();
-    let base = py.get_type::<FerrovodError>();
-    // Defaults for errors raised without a core error behind them (argument checks in the
-    // bindings): the attributes exist on every ferrovod exception.
-    base.setattr("rank", py.None())?;
-    base.setattr("blamed_ranks", pyo3::types::PyTuple::empty(py))?;
-    base.setattr("op", py.None())?;
-    base.setattr("seq", py.None())?;
-    m.add("FerrovodError", base)?;
-    m.add("ConfigError", py.get_type::<ConfigError>())?;
-    m.add("InvalidArgumentError", py.get_type::<InvalidArgumentError>())?;
-    m.add("BootstrapError", py.get_type::<BootstrapError>())?;
-    m.add("CollectiveError", py.get_type::<CollectiveError>())?;
-    m.add("CollectiveTimeoutError", py.get_type::<CollectiveTimeoutError>())?;
-    m.add("MismatchError", py.get_type::<MismatchError>())?;
-    m.add("StalledError", py.get_type::<StalledError>())?;
-    m.add("NotInitializedError", py.get_type::<NotInitializedError>())?;
-    m.add("LaunchError", py.get_type::<LaunchError>())?;
-    m.add("RankFailedError", py.get_type::<RankFailedError>())?;
-    Ok(())
 }

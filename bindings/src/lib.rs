@@ -21,7 +21,6 @@ use pyo3::prelude::*;
 
 #[pymodule]
 fn _ferrovod(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    error::register(m)?;
     m.add_class::<ops::PyReduceOp>()?;
     m.add_class::<ops::PyHandle>()?;
     m.add_class::<buffer::OutBuffer>()?;

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import _ferrovod
+from .exceptions import InvalidArgumentError
 
 # The dtypes ferrovod carries, from the one table in Rust (`DType::TABLE`): short name (as
 # results name their dtype), numpy/torch name, item size.
@@ -167,7 +168,7 @@ def refuse_read_only(x: Any, collective: str, name: str) -> None:
     """Raises the error Rust raises for a read-only array given to an in-place collective, when
     ``x`` is a torch tensor over read-only memory."""
     if read_only(x):
-        raise _ferrovod.InvalidArgumentError(f"{collective} of {_debug(name)}: {READ_ONLY}")
+        raise InvalidArgumentError(f"{collective} of {_debug(name)}: {READ_ONLY}")
 
 
 def _debug(s: str) -> str:

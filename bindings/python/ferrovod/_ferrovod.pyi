@@ -4,17 +4,6 @@
 from typing import Any, final
 
 __all__ = [
-    "FerrovodError",
-    "ConfigError",
-    "InvalidArgumentError",
-    "BootstrapError",
-    "CollectiveError",
-    "CollectiveTimeoutError",
-    "MismatchError",
-    "StalledError",
-    "NotInitializedError",
-    "LaunchError",
-    "RankFailedError",
     "ReduceOp",
     "Handle",
     "Buffer",
@@ -37,18 +26,6 @@ __all__ = [
 ]
 
 __version__: str
-
-class FerrovodError(Exception): ...
-class ConfigError(FerrovodError): ...
-class InvalidArgumentError(FerrovodError): ...
-class BootstrapError(FerrovodError): ...
-class CollectiveError(FerrovodError): ...
-class CollectiveTimeoutError(CollectiveError): ...
-class MismatchError(FerrovodError): ...
-class StalledError(FerrovodError): ...
-class NotInitializedError(FerrovodError): ...
-class LaunchError(FerrovodError): ...
-class RankFailedError(FerrovodError): ...
 
 @final
 class ReduceOp:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._ferrovod import RankFailedError
+from .exceptions import RankFailedError
 
 #: Output lines of the failing rank shown in its error.
 _SHOWN_LINES = 10

@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from .. import _ship
-from .._ferrovod import FerrovodError, LaunchError, __version__
+from .._ferrovod import __version__
+from ..exceptions import FerrovodError, LaunchError
 from .._outcome import outcome
 from . import _logs, _task
 

@@ -53,6 +53,9 @@ from .ops import (
 )
 from .optimizer import DistributedOptimizer
 
+#: Horovod's name for a collective that failed (a RuntimeError there, and here).
+HorovodInternalError = _core.CollectiveError
+
 # Tensors torch makes over read-only memory from here on are known, and refused in place.
 _arrays.watch_torch()
 
@@ -62,6 +65,7 @@ __all__ = [
     "Compressor",
     "DistributedOptimizer",
     "FP16Compressor",
+    "HorovodInternalError",
     "NoneCompressor",
     "broadcast_optimizer_state",
     "broadcast_parameters",
