@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ._tagged import value_of
 from .exceptions import RankFailedError
 
 #: Output lines of the failing rank shown in its error.
@@ -34,7 +35,7 @@ def outcome(
     missing = [r for r in range(np) if r not in results]
     errors = {r: res for r, res in results.items() if not res["ok"]}
     if code == 0 and not missing and not errors:
-        return [results[r]["value"] for r in range(np)]
+        return [value_of(results[r]) for r in range(np)]
 
     def who(r: int) -> str:
         return f"rank {r} on {hosts[r]}" if hosts and r in hosts else f"rank {r}"

@@ -22,8 +22,9 @@ import time
 import types
 from typing import Any
 
+from . import _tagged
 from ._control import close_quietly
-from ._ship import SPEC_VERSION, check_json, read_spec, write_result
+from ._ship import SPEC_VERSION, read_spec, write_result
 
 
 def main(argv: list[str]) -> int:
@@ -63,10 +64,9 @@ def execute(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         fn, value = call_spec(spec)
         try:
-            check_json(value, "return value")
+            return _tagged.result(value, "return value")
         except (TypeError, ValueError) as e:
-            raise type(e)(f"{fn.__qualname__} returned a value that cannot travel back as JSON: {e}") from None
-        return {"ok": True, "value": value}
+            raise type(e)(f"{fn.__qualname__} returned a value that cannot travel back: {e}") from None
     except (Exception, SystemExit) as e:
         return failed(e)
 

@@ -7,6 +7,7 @@ path."""
 from __future__ import annotations
 
 import atexit
+from collections.abc import Callable
 from typing import Any
 
 from . import _ferrovod, _handles
@@ -68,51 +69,28 @@ def is_homogeneous() -> bool:
     return _ferrovod.world()[6]
 
 
-def mpi_built() -> bool:
-    """False: ferrovod does not use MPI."""
-    return False
+def _false(name: str, why: str) -> Callable[[], bool]:
+    """A Horovod build query that answers False, saying why in its docstring."""
+
+    def query() -> bool:
+        return False
+
+    query.__name__ = query.__qualname__ = name
+    query.__doc__ = f"False: {why}."
+    return query
 
 
-def mpi_enabled() -> bool:
-    """False: ferrovod does not use MPI."""
-    return False
+_NO_MPI = "ferrovod does not use MPI"
+_NO_GLOO = "ferrovod's collectives are its own, not Gloo's"
+_NO_GPU = "ferrovod has no GPU backend yet; tensors are CPU tensors"
 
-
-def mpi_threads_supported() -> bool:
-    """False: ferrovod does not use MPI (its collectives may be called from any thread)."""
-    return False
-
-
-def gloo_built() -> bool:
-    """False: ferrovod's collectives are its own, not Gloo's."""
-    return False
-
-
-def gloo_enabled() -> bool:
-    """False: ferrovod's collectives are its own, not Gloo's."""
-    return False
-
-
-def nccl_built() -> bool:
-    """False: ferrovod has no GPU backend yet; tensors are CPU tensors."""
-    return False
-
-
-def cuda_built() -> bool:
-    """False: ferrovod has no GPU backend yet."""
-    return False
-
-
-def rocm_built() -> bool:
-    """False."""
-    return False
-
-
-def ddl_built() -> bool:
-    """False."""
-    return False
-
-
-def ccl_built() -> bool:
-    """False."""
-    return False
+mpi_built = _false("mpi_built", _NO_MPI)
+mpi_enabled = _false("mpi_enabled", _NO_MPI)
+mpi_threads_supported = _false("mpi_threads_supported", _NO_MPI + " (its collectives may be called from any thread)")
+gloo_built = _false("gloo_built", _NO_GLOO)
+gloo_enabled = _false("gloo_enabled", _NO_GLOO)
+nccl_built = _false("nccl_built", _NO_GPU)
+cuda_built = _false("cuda_built", _NO_GPU)
+rocm_built = _false("rocm_built", _NO_GPU)
+ddl_built = _false("ddl_built", "ferrovod does not use IBM DDL")
+ccl_built = _false("ccl_built", "ferrovod does not use oneCCL")

@@ -17,6 +17,22 @@ def allreduce_rank() -> dict:
     return {"rank": fv.rank(), "size": fv.size(), "sum": total.tolist()}
 
 
+def arrays_and_tensors() -> dict:
+    """What JSON alone cannot carry: arrays of every dtype, torch tensors (bfloat16, 0-d,
+    empty), a numpy scalar, tuples, int and tuple keys."""
+    import torch
+
+    r = int(os.environ["FERROVOD_RANK"])
+    return {
+        "rank": r,
+        "numpy": {str(d): np.arange(6).reshape(2, 3).astype(d) + r for d in ("bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64")},
+        "torch": [torch.full((2,), 1.5 + r, dtype=torch.bfloat16), torch.tensor(7 + r), torch.empty(0, 3)],
+        "scalar": np.float32(0.25),
+        (1, "pair"): (r, None, "x"),
+        3: [float("inf"), -0.0],
+    }
+
+
 def echo(a, b, *rest, scale=1, opts=None) -> dict:
     """Returns its arguments as the rank received them, with the rank and one environment
     variable the caller passed through ``env``."""
@@ -47,9 +63,9 @@ def exit_silently_on_rank_1() -> int:
     return 0
 
 
-def return_array() -> object:
-    """A value JSON cannot carry."""
-    return np.zeros(3)
+def return_set() -> object:
+    """A value that cannot travel: neither JSON nor arrays and containers of them."""
+    return {"ok": [1, {2, 3}]}
 
 
 def say_hello() -> int:

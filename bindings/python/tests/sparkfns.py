@@ -32,9 +32,10 @@ def numpy_train(steps: int = 3, lr: float = 0.5) -> dict:
     return out
 
 
-def torch_train(epochs: int = 2) -> dict:
+def torch_train(epochs: int = 2, return_state: bool = False) -> dict:
     """A Horovod script's training loop, unchanged but for the import: a linear model, the
-    optimizer wrapped in ``DistributedOptimizer``, the initial state broadcast from rank 0."""
+    optimizer wrapped in ``DistributedOptimizer``, the initial state broadcast from rank 0.
+    With ``return_state``, the model's ``state_dict`` comes back too (tensors: no JSON)."""
     import torch
 
     import ferrovod.torch as hvd
@@ -54,6 +55,8 @@ def torch_train(epochs: int = 2) -> dict:
         loss.backward()
         opt.step()
     out = {"rank": hvd.rank(), "weight": model.weight.detach().flatten().tolist(), "bias": model.bias.item()}
+    if return_state:
+        out["state"] = model.state_dict()
     hvd.shutdown()
     return out
 

@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import procs
 import pytest
 import runfns
@@ -58,6 +59,43 @@ def test_importable_function_returns_every_rank_value_in_rank_order(n, monkeypat
     results = ferrovod.run(runfns.allreduce_rank, np=n)
     assert results == [{"rank": r, "size": n, "sum": [n * (n - 1) / 2, n]} for r in range(n)]
     assert list(tmp_path.iterdir()) == [], "ferrovod.run left files behind"
+
+
+@pytest.mark.multiproc
+def test_arrays_tensors_tuples_and_non_string_keys_come_back_as_they_were():
+    import torch
+
+    results = ferrovod.run(runfns.arrays_and_tensors, np=2)
+    for r, v in enumerate(results):
+        assert v["rank"] == r and v[(1, "pair")] == (r, None, "x") and v[3] == [float("inf"), -0.0]
+        for name, a in v["numpy"].items():
+            want = np.arange(6).reshape(2, 3).astype(name) + r
+            assert isinstance(a, np.ndarray) and a.dtype == want.dtype and np.array_equal(a, want), name
+            assert a.flags.writeable
+        bf, zero_d, empty = v["torch"]
+        assert bf.dtype == torch.bfloat16 and bf.tolist() == [1.5 + r] * 2
+        assert zero_d.shape == () and zero_d.item() == 7 + r
+        assert empty.shape == (0, 3) and empty.dtype == torch.float32
+        assert type(v["scalar"]) is np.float32 and v["scalar"] == 0.25
+
+
+def test_the_tagged_encoding_round_trips_and_names_what_cannot_travel():
+    import torch
+
+    from ferrovod import _tagged
+
+    sd = torch.nn.Linear(3, 2).state_dict()
+    back = _tagged.decode(_tagged.encode({"sd": sd, "k": {(1, 2): [1, {"x": None}]}}))
+    assert back["k"] == {(1, 2): [1, {"x": None}]}
+    assert list(back["sd"]) == list(sd) and all(torch.equal(back["sd"][k], sd[k]) for k in sd)
+    # A dict that looks like a tag is only a dict.
+    assert _tagged.decode(_tagged.encode({"torch": "0", "d": []})) == {"torch": "0", "d": []}
+    with pytest.raises(TypeError, match=r"value\['a'\]\[1\]: a builtins.set cannot travel"):
+        _tagged.encode({"a": [1, {2}]})
+    with pytest.raises(TypeError, match="complex64 cannot travel"):
+        _tagged.encode(np.zeros(2, np.complex64))
+    with pytest.raises(ValueError, match="not a ferrovod value"):
+        _tagged.decode(b"\x00")
 
 
 @pytest.mark.multiproc
@@ -151,11 +189,11 @@ def test_rank_dying_without_an_error_fails_the_run():
 
 
 @pytest.mark.multiproc
-def test_non_json_return_value_is_an_error_naming_its_type():
+def test_a_return_value_that_cannot_travel_is_an_error_naming_its_path_and_type():
     with pytest.raises(ferrovod.RankFailedError) as info:
-        ferrovod.run(runfns.return_array, np=1)
+        ferrovod.run(runfns.return_set, np=1)
     assert info.value.rank == 0
-    assert "numpy.ndarray is not JSON" in str(info.value)
+    assert "return value['ok'][1]: a builtins.set cannot travel" in str(info.value)
 
 
 # --- refusals, before anything starts ----------------------------------------------------------

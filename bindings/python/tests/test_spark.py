@@ -57,6 +57,16 @@ def test_torch_training_keeps_the_replicas_equal(spark):
     assert values[0]["weight"] != [0.0] * 4
 
 
+def test_a_state_dict_comes_back_through_horovodrunner(spark):
+    import torch
+
+    out = fs.HorovodRunner(np=2).run(sparkfns.torch_train, epochs=3, return_state=True)
+    model = torch.nn.Linear(4, 1)
+    model.load_state_dict(out["state"])  # tensors through safetensors, nothing pickled
+    assert model.weight.detach().flatten().tolist() == out["weight"] and model.bias.item() == out["bias"]
+    assert out["state"]["weight"].dtype == torch.float32 and out["state"]["weight"].shape == (1, 4)
+
+
 def test_run_returns_every_rank_in_order_with_args_kwargs_and_env(spark):
     values = fs.run(sparkfns.whoami, args=("t",), num_proc=4, env={"SPARKFNS_VAR": "x"})
     assert [v["rank"] for v in values] == [0, 1, 2, 3]

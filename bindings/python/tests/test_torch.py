@@ -86,6 +86,11 @@ def test_allreduce_of_a_tensor_requiring_grad_is_differentiable(one_rank):
 def test_allreduce_with_fp16_compression_returns_the_original_dtype(one_rank):
     x = torch.tensor([0.5, 1.25], dtype=torch.float32)
     assert hvd.allreduce(x, compression=hvd.Compression.fp16).dtype == torch.float32
+    # Horovod's positional order: tensor, average, name, compression, op.
+    out = hvd.allreduce(x, None, "positional", hvd.Compression.fp16, hvd.Sum)
+    assert out.dtype == torch.float32 and torch.equal(out, x)
+    outs = hvd.grouped_allreduce([x, x], None, "grouped.positional", hvd.Compression.fp16, hvd.Sum)
+    assert all(o.dtype == torch.float32 and torch.equal(o, x) for o in outs)
     y = torch.tensor([0.5, 1.25], dtype=torch.bfloat16)
     out = hvd.allreduce_(y, op=hvd.Sum, compression=hvd.Compression.fp16)
     assert out is y and y.dtype == torch.bfloat16
@@ -129,6 +134,7 @@ def test_misuse_of_the_optimizer_is_refused_and_ranks_stay_together(ranks):
             "ok zero_grad refused while allreduces run",
             "ok too many backward passes refused",
             "ok skip_synchronize without synchronize refused",
+            "ok step after synchronize warns",
             "ok all",
         ], out
 

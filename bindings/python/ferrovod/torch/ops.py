@@ -114,13 +114,14 @@ def allreduce(
     tensor: torch.Tensor,
     average: bool | None = None,
     name: str | None = None,
+    compression: type[Compressor] | Compressor = Compression.none,
     op: ReduceOp | None = None,
     prescale_factor: float = 1.0,
     postscale_factor: float = 1.0,
-    compression: type[Compressor] | Compressor = Compression.none,
 ) -> torch.Tensor:
     """The reduction of ``tensor`` over every rank, as a new tensor; differentiable for ``Sum``
-    and ``Average`` when ``tensor`` requires grad."""
+    and ``Average`` when ``tensor`` requires grad. The parameters are in Horovod's order
+    (``compression`` fourth), so positional calls mean the same."""
     reduce_op = resolve_op(op, average)
     if _tracks_grad(tensor):
         return _Allreduce.apply(tensor, name, reduce_op, prescale_factor, postscale_factor, compression)
@@ -196,9 +197,10 @@ def grouped_allreduce(
     tensors: Sequence[torch.Tensor],
     average: bool | None = None,
     name: str | None = None,
-    op: ReduceOp | None = None,
     compression: type[Compressor] | Compressor = Compression.none,
+    op: ReduceOp | None = None,
 ) -> list[torch.Tensor]:
+    """The reductions of ``tensors``, as one group; parameters in Horovod's order."""
     return grouped_allreduce_async(tensors, average, name, op, compression).wait()
 
 

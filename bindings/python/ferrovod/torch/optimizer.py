@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -105,6 +106,8 @@ class _DistributedMixin:
         self._fv_submitted: set[torch.Tensor] = set()
         self._fv_inflight: list[Callable[[], None]] = []
         self._fv_skip = False
+        # An explicit synchronize() since the last step: step() then warns, as Horovod does.
+        self._fv_synchronized = False
         self._fv_hooks = []
         if self._fv_size > 1:
             # The hooks hold the optimizer weakly: parameters outlive a discarded optimizer.
@@ -212,6 +215,7 @@ class _DistributedMixin:
         """Starts the allreduces that have not started, and waits for all of them: afterwards
         ``p.grad`` holds the reduced gradient. ``step()`` calls it; call it yourself to look at
         or clip the reduced gradients, then step inside ``skip_synchronize()``."""
+        self._fv_synchronized = True
         if self._fv_size == 1:
             return
         for p in self._fv_params:
@@ -253,7 +257,15 @@ class _DistributedMixin:
             if self._fv_inflight:
                 raise RuntimeError("step() inside skip_synchronize() with allreduces still running; call synchronize() first")
         else:
+            if self._fv_synchronized:
+                warnings.warn(
+                    "optimizer.step() after an explicit optimizer.synchronize() synchronizes again; "
+                    "wrap the step in optimizer.skip_synchronize() to skip that",
+                    UserWarning,
+                    stacklevel=2,
+                )
             self.synchronize()
+        self._fv_synchronized = False
         super().step()  # type: ignore[misc]
         self._fv_passes.clear()
         self._fv_ready.clear()

@@ -60,6 +60,20 @@ with opt.skip_synchronize():
 opt.zero_grad()
 print("ok skip_synchronize without synchronize refused", flush=True)
 
+# step() after an explicit synchronize(), outside skip_synchronize(): Horovod warns, once.
+model(x).sum().backward()
+opt.synchronize()
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    opt.step()
+    opt.zero_grad()
+    model(x).sum().backward()
+    opt.step()  # no explicit synchronize() this time: no warning
+opt.zero_grad()
+assert [type(w.message) for w in caught] == [UserWarning], [str(w.message) for w in caught]
+assert "skip_synchronize()" in str(caught[0].message), caught[0].message
+print("ok step after synchronize warns", flush=True)
+
 # Through all that, the ranks stayed together.
 flat = torch.cat([p.detach().reshape(1, -1) for p in model.parameters()], dim=1)
 every = hvd.allgather(flat, name="final")
