@@ -195,6 +195,13 @@ def main() -> None:
         sys.exit(f"rank {r}: broadcast_object: {obj}")
     if fv.allgather_object({"r": r}) != [{"r": i} for i in range(n)]:
         sys.exit(f"rank {r}: allgather_object")
+    # What Horovod scripts pass: int and tuple keys, tuples, numpy arrays and torch tensors.
+    obj = fv.broadcast_object({0: ("epoch", r), (1, 2): np.arange(3) + r, "t": torch.full((2,), float(r))}, root_rank=n - 1)
+    if obj[0] != ("epoch", n - 1) or obj[(1, 2)].tolist() != [n - 1, n, n + 1] or obj["t"].tolist() != [n - 1.0] * 2:
+        sys.exit(f"rank {r}: broadcast_object with keys, tuples and arrays: {obj}")
+    every = fv.allgather_object((r, torch.tensor([r])))
+    if [(i, t.tolist()) for i, t in every] != [(i, [i]) for i in range(n)]:
+        sys.exit(f"rank {r}: allgather_object of tuples with tensors: {every}")
 
     # Join: rank i runs i+1 steps; at step k the ranks still active sum their ones.
     for k in range(r + 1):
