@@ -127,6 +127,14 @@ def test_sparse_gradients_stay_sparse_unless_sparse_as_dense(trained):
 
 
 @pytest.mark.multiproc
+@pytest.mark.parametrize("np_", [1, 3])
+def test_sync_batch_norm_matches_one_process_on_the_whole_batch(ranks, np_):
+    out = ranks(np_, "torch_sync_bn.py")
+    for r in range(np_):
+        assert lines_of(out, r) == ["ok shape (3,)", "ok shape (3, 5)", "ok shape (3, 2, 3)", "ok all"], out
+
+
+@pytest.mark.multiproc
 def test_misuse_of_the_optimizer_is_refused_and_ranks_stay_together(ranks):
     out = ranks(2, "torch_misuse.py")
     for r in range(2):

@@ -52,6 +52,7 @@ from .ops import (
     reducescatter,
 )
 from .optimizer import DistributedOptimizer
+from .sync_batch_norm import SyncBatchNorm
 
 #: Horovod's name for a collective that failed (a RuntimeError there, and here).
 HorovodInternalError = _core.CollectiveError
@@ -67,6 +68,7 @@ __all__ = [
     "FP16Compressor",
     "HorovodInternalError",
     "NoneCompressor",
+    "SyncBatchNorm",
     "broadcast_optimizer_state",
     "broadcast_parameters",
     "ccl_built",
