@@ -89,11 +89,15 @@ def wrap(result: tuple[Any, str, tuple[int, ...], Any], like: Any) -> Any:
 
 
 def scale(x: Any, factor: float) -> None:
-    """Multiplies `x` by `factor` in place (a no-op for 1)."""
+    """Multiplies `x` by `factor` in place (a no-op for 1). Integers are scaled in float64 and
+    truncated back, as Horovod scales them."""
     if factor == 1.0:
         return
     if is_torch(x):
-        x.mul_(factor)
+        if x.dtype.is_floating_point:
+            x.mul_(factor)
+        else:
+            x.copy_(x.double().mul_(factor).to(x.dtype))
     else:
         np.multiply(x, factor, out=x, casting="unsafe")
 

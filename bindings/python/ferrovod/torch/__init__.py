@@ -49,6 +49,8 @@ from .ops import (
     grouped_allreduce_,
     grouped_allreduce_async,
     grouped_allreduce_async_,
+    grouped_allgather,
+    grouped_reducescatter,
     reducescatter,
 )
 from .optimizer import DistributedOptimizer

@@ -249,39 +249,81 @@ class _Broadcast(torch.autograd.Function):
         return (total if _core.rank() == ctx.root else torch.zeros_like(total)), None, None
 
 
-def reducescatter(tensor: torch.Tensor, op: ReduceOp | None = None, name: str | None = None) -> torch.Tensor:
+def reducescatter(
+    tensor: torch.Tensor,
+    name: str | None = None,
+    compression: type[Compressor] | Compressor = Compression.none,
+    op: ReduceOp = Average,
+    prescale_factor: float = 1.0,
+    postscale_factor: float = 1.0,
+) -> torch.Tensor:
     """This rank's share of the first dimension of the reduction (``Average`` by default);
-    differentiable for ``Sum`` and ``Average``."""
-    reduce_op = Average if op is None else op
-    if _tracks_grad(tensor):
-        return _Reducescatter.apply(tensor, reduce_op, name)
-    return _core.reducescatter(tensor, reduce_op, name)
+    differentiable for ``Sum`` and ``Average``. Parameters in Horovod's order."""
+    compressed, ctx = compression.compress(tensor)
+    if _tracks_grad(compressed):
+        out = _Reducescatter.apply(compressed, op, name, prescale_factor, postscale_factor)
+    else:
+        out = _reducescatter(compressed, op, name, prescale_factor, postscale_factor)
+    return compression.decompress(out, ctx)
+
+
+def _reducescatter(t: torch.Tensor, op: ReduceOp, name: str | None, pre: float, post: float) -> torch.Tensor:
+    if pre != 1.0:
+        t = t.detach().clone()
+        _arrays.scale(t, pre)
+    out = _core.reducescatter(t, op, name)
+    _arrays.scale(out, post)
+    return out
 
 
 class _Reducescatter(torch.autograd.Function):
     """Each rank's gradient belongs to its rows of every rank's input: gather them."""
 
     @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor, op: ReduceOp, name: str | None) -> torch.Tensor:
-        ctx.op, ctx.name = op, name
-        return _core.reducescatter(tensor, op, name)
+    def forward(ctx: Any, tensor: torch.Tensor, op: ReduceOp, name: str | None, pre: float, post: float) -> torch.Tensor:
+        ctx.op, ctx.name, ctx.scale = op, name, pre * post
+        return _reducescatter(tensor, op, name, pre, post)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         if ctx.op not in (Sum, Average):
             raise RuntimeError(f"reducescatter with {ctx.op!r} has no gradient; only Sum and Average do")
         g = _core.allgather(grad.contiguous(), _grad_name(ctx.name))
-        return (g / _core.size() if ctx.op == Average else g), None, None
+        g = g / _core.size() if ctx.op == Average else g
+        return (g * ctx.scale if ctx.scale != 1.0 else g), None, None, None, None
+
+
+def grouped_allgather(tensors: Sequence[torch.Tensor], name: str | None = None) -> list[torch.Tensor]:
+    """``allgather`` of each tensor (named ``<name>.<i>``); differentiable like it."""
+    return [allgather(t, None if name is None else f"{name}.{i}") for i, t in enumerate(tensors)]
+
+
+def grouped_reducescatter(
+    tensors: Sequence[torch.Tensor],
+    name: str | None = None,
+    compression: type[Compressor] | Compressor = Compression.none,
+    op: ReduceOp = Average,
+    prescale_factor: float = 1.0,
+    postscale_factor: float = 1.0,
+) -> list[torch.Tensor]:
+    """``reducescatter`` of each tensor (named ``<name>.<i>``); differentiable like it."""
+    return [
+        reducescatter(t, None if name is None else f"{name}.{i}", compression, op, prescale_factor, postscale_factor)
+        for i, t in enumerate(tensors)
+    ]
 
 
 def alltoall(
     tensor: torch.Tensor, splits: Sequence[int] | torch.Tensor | None = None, name: str | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(output, received_splits)``: ``splits[j]`` rows of ``tensor`` go to rank j;
-    differentiable in ``tensor``."""
+) -> Any:
+    """``splits[j]`` rows of ``tensor`` go to rank j (an even split without ``splits``);
+    differentiable in ``tensor``. As in Horovod, the result is the output alone without
+    ``splits``, and ``(output, received_splits)`` with them."""
     if _tracks_grad(tensor):
-        return _Alltoall.apply(tensor, splits, name)
-    return _core.alltoall(tensor, splits, name)
+        out, received = _Alltoall.apply(tensor, splits, name)
+    else:
+        out, received = _core.alltoall(tensor, splits, name)
+    return out if splits is None else (out, received)
 
 
 class _Alltoall(torch.autograd.Function):

@@ -164,6 +164,21 @@ def reducescatter():
     start = sum(counts[:R])
     same(hvd.reducescatter(x, op=hvd.Sum), total[start : start + counts[R]], "reducescatter Sum")
     same(hvd.reducescatter(x), total[start : start + counts[R]] / N, "reducescatter Average")
+    # Horovod's order: tensor, name, compression, op; and its scaling.
+    same(hvd.reducescatter(x, "rs.positional", hvd.Compression.none, hvd.Sum), total[start : start + counts[R]], "positional")
+    same(
+        hvd.reducescatter(x, op=hvd.Sum, prescale_factor=2.0, postscale_factor=0.25),
+        total[start : start + counts[R]] * 0.5,
+        "reducescatter scaled",
+    )
+    ints = torch.full((N, 2), R + 1, dtype=torch.int32)
+    # Integers scale in float64, truncated back: 3 * 0.5 = 1.5 -> 1 on every rank, summed.
+    same(hvd.reducescatter(ints * 0 + 3, op=hvd.Sum, prescale_factor=0.5), torch.full((1, 2), N, dtype=torch.int32), "int prescale")
+    same(hvd.allreduce(ints * 0 + 3, op=hvd.Sum, prescale_factor=0.5), torch.full((N, 2), N, dtype=torch.int32), "int allreduce prescale")
+    outs = hvd.grouped_reducescatter([x, x.double()], op=hvd.Sum)
+    same(outs[1], total[start : start + counts[R]].double(), "grouped_reducescatter")
+    gathered = hvd.grouped_allgather([torch.full((R + 1,), float(R)), torch.tensor([R])], name="gag")
+    same(gathered[1], torch.tensor(ALL), "grouped_allgather")
     ok("reducescatter")
 
 
@@ -178,7 +193,7 @@ def alltoall():
     assert received.tolist() == [R + 1] * N
     # Even split.
     x = torch.arange(2 * N, dtype=torch.int64) + 100 * R
-    out, _ = hvd.alltoall(x)
+    out = hvd.alltoall(x)  # without splits, Horovod returns the output alone
     same(out, torch.tensor([100 * k + 2 * R + i for k in ALL for i in range(2)]), "alltoall even")
     ok("alltoall")
 
