@@ -12,7 +12,6 @@ import numpy as np
 from . import _arrays, _ferrovod
 from ._ferrovod import ReduceOp
 from ._handles import GroupHandle, Handle, tensor_name
-from .exceptions import InvalidArgumentError
 
 Average = ReduceOp.Average
 Sum = ReduceOp.Sum
@@ -224,10 +223,9 @@ def join(device: int = -1) -> int:
     to the others' reductions (nothing to averages). Blocks until every rank has joined and
     returns the rank that joined last.
 
-    ``device`` is Horovod's: where the stand-ins for the others' tensors live, -1 for the CPU
-    (the only place ferrovod keeps tensors until it has a GPU backend)."""
+    ``device`` is Horovod's: where the stand-ins for the others' tensors live (-1: the CPU). Until
+    ferrovod has a GPU backend its tensors are CPU tensors, so the stand-ins are too, whatever
+    ``device`` says (as in a CPU-only Horovod)."""
     if isinstance(device, bool) or not isinstance(device, int):
         raise TypeError(f"join: device must be an int, not {type(device).__name__}")
-    if device != -1:
-        raise InvalidArgumentError(f"join: device {device}: ferrovod has no GPU backend yet; use -1 (the CPU)")
     return Handle(_ferrovod.join_async(), lambda r: int(np.frombuffer(r[0], dtype=np.int64)[0])).wait()

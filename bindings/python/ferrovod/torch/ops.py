@@ -200,8 +200,26 @@ def grouped_allreduce(
     compression: type[Compressor] | Compressor = Compression.none,
     op: ReduceOp | None = None,
 ) -> list[torch.Tensor]:
-    """The reductions of ``tensors``, as one group; parameters in Horovod's order."""
+    """The reductions of ``tensors``, as one group; parameters in Horovod's order.
+    Differentiable for ``Sum`` and ``Average`` (the gradients are the same grouped reduction)."""
+    if any(_tracks_grad(t) for t in tensors):
+        return list(_GroupedAllreduce.apply(name, resolve_op(op, average), compression, *tensors))
     return grouped_allreduce_async(tensors, average, name, op, compression).wait()
+
+
+class _GroupedAllreduce(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, name: str | None, op: ReduceOp, compression: Any, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.name, ctx.op, ctx.compression = name, op, compression
+        return tuple(grouped_allreduce_async(list(tensors), None, name, op, compression).wait())
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[Any, ...]:
+        if ctx.op not in (Sum, Average):
+            raise RuntimeError(f"grouped_allreduce with {ctx.op!r} has no gradient; only Sum and Average do")
+        plain = [g.contiguous() for g in grads]
+        reduced = grouped_allreduce_async(plain, None, _grad_name(ctx.name), ctx.op, ctx.compression).wait()
+        return (None, None, None, *reduced)
 
 
 # --- allgather, broadcast, reducescatter, alltoall ---------------------------------------------
@@ -209,7 +227,8 @@ def grouped_allreduce(
 
 def allgather(tensor: torch.Tensor, name: str | None = None) -> torch.Tensor:
     """Every rank's ``tensor`` concatenated along the first dimension (sizes may differ);
-    differentiable."""
+    differentiable with Horovod's gradient: the average over the ranks of the output's
+    gradient, this rank's rows of it (each rank's loss taken as a share of an averaged one)."""
     if _tracks_grad(tensor):
         return _Allgather.apply(tensor, name)
     return _core.allgather(tensor, name)
@@ -225,13 +244,13 @@ class _Allgather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        total = _core.allreduce(grad.contiguous(), name=_grad_name(ctx.name), op=Sum)
+        total = _core.allreduce(grad.contiguous(), name=_grad_name(ctx.name), op=Average)
         return total.narrow(0, ctx.offset, ctx.rows), None
 
 
 def broadcast(tensor: torch.Tensor, root_rank: int, name: str | None = None) -> torch.Tensor:
-    """``root_rank``'s ``tensor``, as a new tensor on every rank; differentiable (the root gets
-    the sum of every rank's gradient, the others zero)."""
+    """``root_rank``'s ``tensor``, as a new tensor on every rank; differentiable with Horovod's
+    gradient (the root gets the average of every rank's gradient, the others zero)."""
     if _tracks_grad(tensor):
         return _Broadcast.apply(tensor, root_rank, name)
     return _core.broadcast(tensor, root_rank, name)
@@ -245,7 +264,7 @@ class _Broadcast(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        total = _core.allreduce(grad.contiguous(), name=_grad_name(ctx.name), op=Sum)
+        total = _core.allreduce(grad.contiguous(), name=_grad_name(ctx.name), op=Average)
         return (total if _core.rank() == ctx.root else torch.zeros_like(total)), None, None
 
 
@@ -277,7 +296,9 @@ def _reducescatter(t: torch.Tensor, op: ReduceOp, name: str | None, pre: float, 
 
 
 class _Reducescatter(torch.autograd.Function):
-    """Each rank's gradient belongs to its rows of every rank's input: gather them."""
+    """Each rank's gradient belongs to its rows of every rank's input: gather them, with
+    Horovod's scaling (times the ranks for ``Sum``, not divided for ``Average``, times the
+    pre- and post-scale factors)."""
 
     @staticmethod
     def forward(ctx: Any, tensor: torch.Tensor, op: ReduceOp, name: str | None, pre: float, post: float) -> torch.Tensor:
@@ -288,9 +309,8 @@ class _Reducescatter(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         if ctx.op not in (Sum, Average):
             raise RuntimeError(f"reducescatter with {ctx.op!r} has no gradient; only Sum and Average do")
-        g = _core.allgather(grad.contiguous(), _grad_name(ctx.name))
-        g = g / _core.size() if ctx.op == Average else g
-        return (g * ctx.scale if ctx.scale != 1.0 else g), None, None, None, None
+        g = grad.contiguous() * (_core.size() if ctx.op == Sum else 1) * ctx.scale
+        return _core.allgather(g, _grad_name(ctx.name)), None, None, None, None
 
 
 def grouped_allgather(tensors: Sequence[torch.Tensor], name: str | None = None) -> list[torch.Tensor]:
@@ -318,7 +338,12 @@ def alltoall(
 ) -> Any:
     """``splits[j]`` rows of ``tensor`` go to rank j (an even split without ``splits``);
     differentiable in ``tensor``. As in Horovod, the result is the output alone without
-    ``splits``, and ``(output, received_splits)`` with them."""
+    ``splits``, and ``(output, received_splits)`` with them. Without ``splits`` the first
+    dimension must divide by the number of ranks, as Horovod requires."""
+    if splits is None and tensor.dim() > 0 and tensor.shape[0] % _core.size() != 0:
+        raise _core.InvalidArgumentError(
+            f"alltoall without splits: the first dimension {tensor.shape[0]} does not divide into {_core.size()} ranks"
+        )
     if _tracks_grad(tensor):
         out, received = _Alltoall.apply(tensor, splits, name)
     else:

@@ -50,7 +50,7 @@ def main() -> None:
         (0, "a torch tensor of an unsupported dtype", lambda: fv.broadcast(torch.zeros(2, dtype=torch.complex64), 0),
          fv.InvalidArgumentError),
         (0, "op and average together", lambda: fv.allreduce(np.ones(2), average=True, op=fv.Sum), ValueError),
-        (1, "a device to join", lambda: fv.join(0), fv.InvalidArgumentError),
+        (1, "a device to join that is not an int", lambda: fv.join("cuda"), TypeError),
     ]
     for who, what, call, error in cases:
         on_one_rank(who, what, call, error)

@@ -34,10 +34,10 @@ def world():
         assert getattr(hvd, query)() is False, query
     assert hvd.is_homogeneous() is True  # every rank on this one host
     try:
-        hvd.join(0)
-        raise AssertionError("join on a GPU was not refused")
-    except hvd.InvalidArgumentError as e:
-        assert "no GPU backend" in str(e), e
+        hvd.join("cuda")
+        raise AssertionError("a device that is not an int was taken")
+    except TypeError as e:
+        assert "device must be an int" in str(e), e
     ok("world")
 
 
@@ -108,7 +108,9 @@ def allreduce_compressed():
 
 
 def gradients():
-    """Through allreduce, allgather and broadcast: the gradient of the sum of every rank's loss."""
+    """Through every collective, Horovod's gradients: allreduce's and alltoall's are exact; for
+    allgather and broadcast the ranks' output gradients are averaged, and reducescatter's are
+    gathered (times the ranks for Sum)."""
     x = torch.full((3,), float(R + 1), requires_grad=True)
     y = hvd.allreduce(x, op=hvd.Sum, name="grad.allreduce")
     assert y.requires_grad
@@ -120,12 +122,22 @@ def gradients():
     weights = torch.arange(g.shape[0], dtype=torch.float32)[:, None]
     (g * weights).sum().backward()
     first = R * (R + 1) // 2  # this rank's first row in the gathered tensor
-    same(x.grad, N * torch.arange(first, first + R + 1, dtype=torch.float32)[:, None].expand(R + 1, 2), "allgather gradient")
+    same(x.grad, torch.arange(first, first + R + 1, dtype=torch.float32)[:, None].expand(R + 1, 2), "allgather gradient")
 
     x = torch.ones(2, requires_grad=True)
     b = hvd.broadcast(x, root_rank=0, name="grad.broadcast")
     (b * (R + 1)).sum().backward()
-    same(x.grad, torch.full((2,), float(N * (N + 1) // 2) if R == 0 else 0.0), "broadcast gradient")
+    same(x.grad, torch.full((2,), (N + 1) / 2 if R == 0 else 0.0), "broadcast gradient")
+
+    x = torch.ones(N, 2, requires_grad=True)
+    (hvd.reducescatter(x, op=hvd.Sum, name="grad.rs") * (R + 1)).sum().backward()
+    same(x.grad, torch.tensor([[float(N * (k + 1))] * 2 for k in ALL]), "reducescatter Sum gradient")
+
+    a, b = torch.ones(2, requires_grad=True), torch.ones(3, requires_grad=True)
+    ya, yb = hvd.grouped_allreduce([a, b], op=hvd.Average, name="grad.grouped")
+    ((ya + yb.sum()) * (R + 1)).sum().backward()
+    same(a.grad, torch.full((2,), (N + 1) / 2), "grouped_allreduce gradient 0")
+    same(b.grad, torch.full((3,), 2 * (N + 1) / 2), "grouped_allreduce gradient 1")
     ok("gradients")
 
 
@@ -193,6 +205,12 @@ def alltoall():
     assert received.tolist() == [R + 1] * N
     # Even split.
     x = torch.arange(2 * N, dtype=torch.int64) + 100 * R
+    if N > 1:
+        try:
+            hvd.alltoall(torch.ones(N + 1))
+            raise AssertionError("an uneven first dimension without splits was taken")
+        except ValueError as e:  # Horovod's class; ferrovod's InvalidArgumentError is one
+            assert "does not divide" in str(e), e
     out = hvd.alltoall(x)  # without splits, Horovod returns the output alone
     same(out, torch.tensor([100 * k + 2 * R + i for k in ALL for i in range(2)]), "alltoall even")
     ok("alltoall")
