@@ -45,14 +45,13 @@ _NAMES = {v: k for k, v in _DTYPES.items()}
 
 def result(value: Any, what: str) -> dict[str, Any]:
     """A function's successful result for the driver: ``{"ok": true, "value": v}`` when plain JSON
-    carries ``value`` exactly, else ``{"ok": true, "tagged": <base64 of encode(value)>}``."""
-    from ._ship import check_json
-
-    try:
-        check_json(value, what)
+    carries ``value`` exactly (no tuple, no key that is not a string, no array), else
+    ``{"ok": true, "tagged": <base64 of its encoding>}``."""
+    enc = _Encoder()
+    structure = enc.skeleton(value, what)
+    if enc.plain:
         return {"ok": True, "value": value}
-    except (TypeError, ValueError):
-        return {"ok": True, "tagged": base64.b64encode(encode(value, what)).decode()}
+    return {"ok": True, "tagged": base64.b64encode(enc.blob(structure)).decode()}
 
 
 def value_of(result: dict[str, Any]) -> Any:
@@ -63,17 +62,10 @@ def value_of(result: dict[str, Any]) -> Any:
 
 
 def encode(value: Any, what: str = "value") -> bytes:
-    """``value`` as safetensors bytes; a ``TypeError`` names the first part that cannot travel."""
-    arrays: list[tuple[str, str, list[int], bytes]] = []
-    structure = _skeleton(value, what, arrays)
-    header: dict[str, Any] = {"__metadata__": {_STRUCTURE: json.dumps(structure, allow_nan=True)}}
-    offset = 0
-    for name, dtype, shape, data in arrays:
-        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(data)]}
-        offset += len(data)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
-    return b"".join([struct.pack("<Q", len(text)), text, *(data for *_, data in arrays)])
+    """``value`` as safetensors bytes; a ``TypeError`` names the first part that cannot travel
+    (a ``ValueError`` a container that holds itself)."""
+    enc = _Encoder()
+    return enc.blob(enc.skeleton(value, what))
 
 
 def decode(blob: bytes) -> Any:
@@ -89,35 +81,71 @@ def decode(blob: bytes) -> Any:
     return _rebuild(structure, header, data)
 
 
-def _skeleton(v: Any, path: str, arrays: list[tuple[str, str, list[int], bytes]]) -> Any:
-    if v is None or isinstance(v, (bool, int, float, str)):
-        return v
-    if isinstance(v, dict):
-        return {"d": [[_skeleton(k, f"{path} key {k!r}", arrays), _skeleton(x, f"{path}[{k!r}]", arrays)] for k, x in v.items()]}
-    if isinstance(v, tuple):
-        return {"t": [_skeleton(x, f"{path}[{i}]", arrays) for i, x in enumerate(v)]}
-    if isinstance(v, list):
-        return {"l": [_skeleton(x, f"{path}[{i}]", arrays) for i, x in enumerate(v)]}
-    if isinstance(v, (np.ndarray, np.generic)):
-        a = np.asarray(v)
-        if a.dtype.name not in _DTYPES or a.dtype.byteorder == ">" or a.dtype.byteorder == "<" and sys.byteorder == "big":
-            raise TypeError(f"{path}: a numpy array of dtype {a.dtype} cannot travel (dtypes: {', '.join(_DTYPES)})")
-        name = str(len(arrays))
-        arrays.append((name, _DTYPES[a.dtype.name], list(a.shape), np.ascontiguousarray(a).tobytes()))
-        return {"numpy": name, "scalar": True} if isinstance(v, np.generic) else {"numpy": name}
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(v, torch.Tensor):
-        dtype = str(v.dtype).removeprefix("torch.")
-        if dtype not in _DTYPES or v.is_sparse:
-            raise TypeError(f"{path}: a torch tensor of dtype {v.dtype}{' (sparse)' if v.is_sparse else ''} cannot travel")
-        t = v.detach().cpu().contiguous()
-        name = str(len(arrays))
-        arrays.append((name, _DTYPES[dtype], list(t.shape), t.reshape(-1).view(torch.uint8).numpy().tobytes()))
-        return {"torch": name}
-    raise TypeError(
-        f"{path}: a {type(v).__module__}.{type(v).__qualname__} cannot travel (values travel as None, bools, "
-        "numbers, strings, numpy arrays, torch tensors, and dicts, lists and tuples of them)"
-    )
+class _Encoder:
+    """One walk over a value: its tagged structure, its arrays, and whether plain JSON would
+    have carried it exactly."""
+
+    def __init__(self) -> None:
+        self.arrays: list[tuple[str, str, list[int], bytes]] = []
+        self.plain = True
+        self._active: set[int] = set()
+
+    def blob(self, structure: Any) -> bytes:
+        header: dict[str, Any] = {"__metadata__": {_STRUCTURE: json.dumps(structure, allow_nan=True)}}
+        offset = 0
+        for name, dtype, shape, data in self.arrays:
+            header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + len(data)]}
+            offset += len(data)
+        text = json.dumps(header).encode()
+        text += b" " * (-len(text) % 8)  # the data starts 8-byte aligned
+        return b"".join([struct.pack("<Q", len(text)), text, *(data for *_, data in self.arrays)])
+
+    def skeleton(self, v: Any, path: str) -> Any:
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, (dict, list, tuple)):
+            if id(v) in self._active:
+                raise ValueError(f"{path}: refers to itself, which cannot travel")
+            self._active.add(id(v))
+            try:
+                return self._container(v, path)
+            finally:
+                self._active.discard(id(v))
+        self.plain = False
+        return self._array(v, path)
+
+    def _container(self, v: dict[Any, Any] | list[Any] | tuple[Any, ...], path: str) -> Any:
+        if isinstance(v, dict):
+            if not all(isinstance(k, str) for k in v):
+                self.plain = False
+            return {"d": [[self.skeleton(k, f"{path} key {k!r}"), self.skeleton(x, f"{path}[{k!r}]")] for k, x in v.items()]}
+        items = [self.skeleton(x, f"{path}[{i}]") for i, x in enumerate(v)]
+        if isinstance(v, tuple):
+            self.plain = False
+            return {"t": items}
+        return {"l": items}
+
+    def _array(self, v: Any, path: str) -> Any:
+        if isinstance(v, (np.ndarray, np.generic)):
+            a = np.asarray(v)
+            if a.dtype.name not in _DTYPES or a.dtype.byteorder == ">" or a.dtype.byteorder == "<" and sys.byteorder == "big":
+                raise TypeError(f"{path}: a numpy array of dtype {a.dtype} cannot travel (dtypes: {', '.join(_DTYPES)})")
+            name = str(len(self.arrays))
+            self.arrays.append((name, _DTYPES[a.dtype.name], list(a.shape), np.ascontiguousarray(a).tobytes()))
+            return {"numpy": name, "scalar": True} if isinstance(v, np.generic) else {"numpy": name}
+        torch = sys.modules.get("torch")
+        if torch is not None and isinstance(v, torch.Tensor):
+            dtype = str(v.dtype).removeprefix("torch.")
+            if dtype not in _DTYPES or v.is_sparse:
+                raise TypeError(f"{path}: a torch tensor of dtype {v.dtype}{' (sparse)' if v.is_sparse else ''} cannot travel")
+            t = v.detach().cpu().contiguous()
+            name = str(len(self.arrays))
+            self.arrays.append((name, _DTYPES[dtype], list(t.shape), t.reshape(-1).view(torch.uint8).numpy().tobytes()))
+            return {"torch": name}
+        raise TypeError(
+            f"{path}: a {type(v).__module__}.{type(v).__qualname__} cannot travel (values travel as None, bools, "
+            "numbers, strings, numpy arrays, torch tensors, and dicts, lists and tuples of them)"
+        )
 
 
 def _rebuild(s: Any, header: dict[str, Any], data: memoryview) -> Any:

@@ -96,6 +96,14 @@ def test_the_tagged_encoding_round_trips_and_names_what_cannot_travel():
         _tagged.encode(np.zeros(2, np.complex64))
     with pytest.raises(ValueError, match="not a ferrovod value"):
         _tagged.decode(b"\x00")
+    # A result goes as plain JSON only when JSON brings it back exactly: a tuple does not.
+    assert _tagged.result([1, {"a": 2.5}], "r") == {"ok": True, "value": [1, {"a": 2.5}]}
+    tagged = _tagged.result({"pair": (1, 2)}, "r")
+    assert "value" not in tagged and _tagged.value_of(tagged) == {"pair": (1, 2)}
+    loop: list = [1]
+    loop.append(loop)
+    with pytest.raises(ValueError, match=r"r\[1\]: refers to itself"):
+        _tagged.result(loop, "r")
 
 
 @pytest.mark.multiproc

@@ -199,7 +199,7 @@ class Stream:
                 else:
                     break
         except (OSError, ValueError, _wire.ChannelClosed):
-            pass
+            pass  # the task went away or broke the protocol: its stream ends here, its rows dropped
         finally:
             batcher.detach(self)
             self.answer({"type": "bye"}, None)
