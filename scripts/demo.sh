@@ -27,7 +27,7 @@ echo
 echo "== python examples/python/pool_example.py (ferrovod.Pool(2): train, then score a Spark DataFrame and a list with the model left in worker_state)"
 .venv/bin/python examples/python/pool_example.py
 echo
-echo "== python examples/python/spark_train.py (HorovodRunner(np=2) on master local[2], then predict_batch_udf scoring)"
+echo "== python examples/python/spark_train.py (HorovodRunner(np=2) on master local[2], then predict_batch_udf scoring; then a ferrovod.spark.Pool that trains and serves from worker_state)"
 .venv/bin/python examples/python/spark_train.py --master 'local[2]' --np 2
 echo
 echo "== ferrovod-bench --np 4 --op allreduce"

@@ -1,6 +1,7 @@
 """Distributed training from a PySpark driver, as in a notebook: ``HorovodRunner`` on a local
 Spark (master ``local[2]`` unless ``--master`` says otherwise), then scoring a DataFrame with the
-trained weights through ``ferrovod.inference.predict_batch_udf``.
+trained weights through ``ferrovod.inference.predict_batch_udf``; then the same with a
+``ferrovod.spark.Pool``, whose processes train and then serve the model they hold in memory.
 
     python examples/python/spark_train.py [--master local[2]] [--np 2]
 
@@ -10,7 +11,9 @@ script's loop with ``import ferrovod.torch as hvd``. Every rank's output streams
 with its ``[rank]`` prefix; the loss goes through ``log_to_driver``; rank 0's return value comes
 back here. The weights then travel to the inference worker as the JSON arguments of
 ``make_predict_fn`` (a ``functools.partial``): no checkpoint file, nothing pickled; the worker
-loads the model once and sees batches of exactly ``batch_size`` rows.
+loads the model once and sees batches of exactly ``batch_size`` rows. With the pool, nothing
+travels at all: training leaves the model in ``ferrovod.worker_state`` and the pool's ranks
+score with it.
 """
 
 import argparse
@@ -18,9 +21,10 @@ import os
 import sys
 
 
-def train(epochs=3, lr=0.05):
+def train(epochs=3, lr=0.05, keep=False):
     import torch
 
+    import ferrovod
     import ferrovod.torch as hvd
     from ferrovod.spark import log_to_driver
 
@@ -46,6 +50,8 @@ def train(epochs=3, lr=0.05):
             log_to_driver(f"epoch {epoch}: mean loss over ranks {avg:.5f}")
     weights = [round(w, 3) for w in model.weight.detach().flatten().tolist()] + [round(model.bias.item(), 3)]
     print(f"rank {hvd.rank()} done, weights {weights}")
+    if keep:  # in a pool, this process serves the model next
+        ferrovod.worker_state["model"] = model
     return weights
 
 
@@ -55,6 +61,16 @@ def make_predict_fn(weights):
 
     w, b = np.array(weights[:3]), weights[3]
     return lambda x: x @ w + b
+
+
+def make_predict_fn_from_state():
+    """The model a pool's training left in this process."""
+    import torch
+
+    import ferrovod
+
+    model = ferrovod.worker_state["model"]
+    return lambda x: model(torch.from_numpy(x).float()).detach().numpy()[:, 0].astype("float64")
 
 
 if __name__ == "__main__":
@@ -68,7 +84,7 @@ if __name__ == "__main__":
     import functools
 
     from ferrovod.inference import predict_batch_udf
-    from ferrovod.spark import HorovodRunner
+    from ferrovod.spark import HorovodRunner, Pool
 
     spark = SparkSession.builder.master(cli.master).appName("ferrovod-example").config("spark.ui.enabled", "false").getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
@@ -82,5 +98,14 @@ if __name__ == "__main__":
         df = spark.range(1000, numPartitions=4).selectExpr("array(cast(id % 3 as double), 1.0, 0.0) as x")
         rows = df.withColumn("y", score("x")).orderBy("y").collect()
         print(f"scored {len(rows)} rows; x = {list(rows[0].x)} -> y = {rows[0].y:.3f} (expect about -0.7)")
+
+        with Pool(cli.np) as pool:  # processes on the executors, outliving the stage that started them
+            weights = pool.run(train, epochs=3, keep=True)
+            print(f"the pool trained {weights}; its ranks keep the model in ferrovod.worker_state")
+            score = predict_batch_udf(
+                make_predict_fn_from_state, return_type="double", batch_size=256, input_tensor_shapes=[[3]], pool=pool
+            )
+            rows = df.withColumn("y", score("x")).orderBy("y").collect()
+            print(f"the pool scored {len(rows)} rows with that model; x = {list(rows[0].x)} -> y = {rows[0].y:.3f}")
     finally:
         spark.stop()

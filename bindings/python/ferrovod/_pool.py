@@ -42,15 +42,17 @@ _CLOSE_WAIT_S = 10.0
 _STOP_WAIT_S = 20.0
 
 #: Seconds the launcher gets to report a rank that ended during a call before the pool names it.
-_LAUNCHER_GRACE_S = 2.0
+LAUNCHER_GRACE_S = 2.0
 
 
-class _RankLost(Exception):
-    """A rank's process ended during a call without answering, and the launcher went on."""
+class RankLost(Exception):
+    """A rank's process ended during a call without answering, and its launcher went on; ``why``
+    says what was seen."""
 
-    def __init__(self, rank: int) -> None:
-        super().__init__(rank)
+    def __init__(self, rank: int, why: str) -> None:
+        super().__init__(rank, why)
         self.rank = rank
+        self.why = why
 
 
 class Pool:
@@ -60,19 +62,22 @@ class Pool:
     or call :meth:`close`.
     """
 
+    #: The name errors give the class.
+    _api = "ferrovod.Pool"
+
     def __init__(self, np: int = 2, env: Mapping[str, str] | None = None) -> None:
         if isinstance(np, bool) or not isinstance(np, int):
-            raise TypeError(f"ferrovod.Pool: np must be an int, not {type_name(np)}")
+            raise TypeError(f"{self._api}: np must be an int, not {type_name(np)}")
         if np < 1:
-            raise ValueError(f"ferrovod.Pool: np must be at least 1, not {np}")
-        extra_env = check_env(env, "ferrovod.Pool")
+            raise ValueError(f"{self._api}: np must be at least 1, not {np}")
+        extra_env = check_env(env, self._api)
         self.np = np
         self._calls = 0
         self._restart = False
         self._closed: str | None = None
         self._lock = threading.Lock()  # one call at a time
         self._inference_secret: str | None = None  # names the ranks' sockets once they serve inference
-        self._ranks = _Ranks(np, {**os.environ, **extra_env})
+        self._ranks = self._start(np, extra_env)
         # Closed with this object when the caller forgets to; the ranks also end with this process.
         self._finalizer = weakref.finalize(self, self._ranks.stop)
 
@@ -84,10 +89,10 @@ class Pool:
         cannot travel, ``ferrovod.RankFailedError`` when a rank raised or died (naming it, with
         its traceback), and :class:`PoolClosedError` once the pool is closed. Ctrl-C closes the
         pool (its ranks may be anywhere in the function) and re-raises."""
-        spec = prepare(fn, args, kwargs, "ferrovod.Pool.run")
+        spec = prepare(fn, args, kwargs, f"{self._api}.run")
         with self._lock:
             if self._closed is not None:
-                raise PoolClosedError(f"ferrovod.Pool: the pool is closed ({self._closed})")
+                raise PoolClosedError(f"{self._api}: the pool is closed ({self._closed})")
             self._calls += 1
             message = {"type": "call", "id": self._calls, "spec": spec, "restart": self._restart}
             try:
@@ -96,13 +101,16 @@ class Pool:
                 self._closed = "interrupted"
                 self._finalizer()
                 raise
-            except _RankLost as lost:
+            except PoolClosedError as e:  # closed under the call: the ranks' owner went
+                self._closed = str(e)
+                self._finalizer()
+                raise
+            except RankLost as lost:
                 self._closed = f"rank {lost.rank} ended during a call"
                 self._finalizer()
                 raise rank_failed(
                     f"rank {lost.rank} ended during the call without returning from the function "
-                    "(its process exited with no error: os._exit, or sys.exit in a thread); "
-                    "the pool is closed",
+                    f"({lost.why}); the pool is closed",
                     lost.rank,
                     None,
                 ) from None
@@ -113,11 +121,18 @@ class Pool:
                     self._closed = "its launcher ended"
                     self._finalizer()
                 self._closed = _describe(done)
-                outcome({}, self.np, done.code or 1, done.failure, done.launcher_tail, rank_tails=done.rank_tails)
+                outcome(
+                    {}, self.np, done.code or 1, done.failure, done.launcher_tail, self._ranks.hosts, done.rank_tails
+                )
                 raise AssertionError("unreachable: outcome raises for a failed job")
             failed = any(not r["ok"] for r in results.values())
             self._restart = failed
             return outcome(results, self.np, 1 if failed else 0, None, "")[0]
+
+    def _start(self, np: int, extra_env: dict[str, str]) -> Any:
+        """Starts the ranks; what it returns has ``call``, ``ended``, ``stop`` and ``hosts``
+        as :class:`_Ranks` has."""
+        return _Ranks(np, {**os.environ, **extra_env})
 
     def close(self) -> None:
         """Asks every rank to leave, waits for them (at most 10 s, then stops the launcher, which
@@ -135,13 +150,16 @@ class Pool:
 
     def __repr__(self) -> str:
         state = "open" if self._closed is None else f"closed: {self._closed}"
-        return f"ferrovod.Pool(np={self.np}, {state})"
+        return f"{self._api}(np={self.np}, {state})"
 
 
 class _Ranks:
     """The launcher, run by a thread of its own, and the driver's ends of the control channels.
     Holds no reference to the :class:`Pool`, so that a forgotten pool can be collected (and
     stopped)."""
+
+    #: Every rank runs on this host: messages need not name it.
+    hosts = None
 
     def __init__(self, np: int, env: dict[str, str]) -> None:
         pairs = [socket.socketpair() for _ in range(np)]
@@ -189,7 +207,7 @@ class _Ranks:
     def call(self, message: dict[str, Any]) -> dict[int, dict[str, Any]] | None:
         """Sends ``message`` to every rank and returns each rank's result for it, or ``None``
         when the launcher ended first (a rank failed: the launcher stopped the others). Raises
-        :class:`_RankLost` when a rank's process ended without answering and the launcher, which
+        :class:`RankLost` when a rank's process ended without answering and the launcher, which
         sees no failure in a rank that exits with status 0, goes on."""
         for channel in self.channels:
             try:
@@ -242,9 +260,9 @@ class _Ranks:
         """The rank's process ended during a call without answering. When the launcher saw a
         failure it ends soon and its report names the cause; otherwise the rank left with
         status 0 (``os._exit(0)``, ``sys.exit()`` in a thread) and nothing else would end the call."""
-        if select.select([self._ended_r], [], [], _LAUNCHER_GRACE_S)[0]:
+        if select.select([self._ended_r], [], [], LAUNCHER_GRACE_S)[0]:
             return  # the launcher's report is the better account
-        raise _RankLost(rank)
+        raise RankLost(rank, "its process exited with no error: os._exit, or sys.exit in a thread")
 
     def ended(self) -> Launched:
         """How the launcher ended, once it has."""

@@ -1,5 +1,7 @@
 """One rank of a :class:`ferrovod.Pool`: ``python -m ferrovod._pool_worker --control-fds A,B,...``,
-started by the launcher, descriptor i being rank i's end of its control channel.
+started by the launcher, descriptor i being rank i's end of its control channel; or of a
+``ferrovod.spark.Pool``: ``python -m ferrovod._pool_worker --driver HOST:PORT``, the rank
+connecting to the driver itself (the job secret in ``FERROVOD_SECRET``).
 
 Unlike a ``ferrovod.run`` rank it runs many functions, one after another, in the same process:
 the communicator stays up between them (it is ready before the first one: the function need not
@@ -24,9 +26,19 @@ from . import _control, _world
 from ._worker import execute, failed, line_buffered
 
 
+#: Seconds a rank of a Spark pool gets to reach the driver.
+CONNECT_TIMEOUT_S = 30.0
+
+
 def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "--driver":
+        return from_driver(argv[1])
     if len(argv) != 2 or argv[0] != "--control-fds" or not all(p.isdigit() for p in argv[1].split(",")):
-        print("usage: python -m ferrovod._pool_worker --control-fds A,B,... (started by ferrovod.Pool)", file=sys.stderr)
+        print(
+            "usage: python -m ferrovod._pool_worker --control-fds A,B,... | --driver HOST:PORT "
+            "(started by ferrovod.Pool or ferrovod.spark.Pool)",
+            file=sys.stderr,
+        )
         return 2
     line_buffered()
     fds = [int(p) for p in argv[1].split(",")]
@@ -43,6 +55,20 @@ def main(argv: list[str]) -> int:
         channel.set_inheritable(False)  # the user's subprocesses must not hold the pool open
         # The driver watches this process through its pid: the launcher also holds this
         # channel's end, so the driver would see no end of stream when a rank leaves.
+        _control.send(channel, {"type": "hello", "rank": rank, "pid": os.getpid()})
+        return serve(channel)
+
+
+def from_driver(address: str) -> int:
+    """A Spark pool's rank: connects to the driver, says hello, and serves its calls."""
+    line_buffered()
+    rank = int(os.environ.get("FERROVOD_RANK", "0"))
+    try:
+        channel = _control.connect_to_driver(address, os.environ.get("FERROVOD_SECRET", ""), CONNECT_TIMEOUT_S)
+    except (OSError, ValueError) as e:
+        print(f"ferrovod._pool_worker: rank {rank} cannot reach the pool's driver at {address}: {e}", file=sys.stderr)
+        return 1
+    with channel:
         _control.send(channel, {"type": "hello", "rank": rank, "pid": os.getpid()})
         return serve(channel)
 

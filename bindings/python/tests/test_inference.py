@@ -146,7 +146,7 @@ def test_a_pool_trains_then_serves_its_model_from_worker_state(spark):
         w = total / 4  # every weight is the same after training
         assert all(abs(r.p.y - w * sum(r.t1)) < 1e-6 for r in rows)
         assert {r.p.pid for r in rows} == set(pids), "both ranks serve, each with the model it trained"
-    with pytest.raises(Exception, match="not serving"):
+    with pytest.raises(Exception, match="no rank of the pool serving this UDF serves on this host"):
         _tensors(spark, rows=10, partitions=1).withColumn("p", udf("t1")).collect()
 
 

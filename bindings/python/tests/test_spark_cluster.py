@@ -73,6 +73,14 @@ def test_the_spark_example_trains_from_its_own_driver(tmp_path):
     assert scored.startswith("scored 1000 rows; x = [0.0, 1.0, 0.0] -> y = ")
     y = float(scored.split("-> y = ")[1].split()[0])
     assert y == pytest.approx(weights[1] + weights[3], abs=1e-3)
+    # Then a ferrovod.spark.Pool trains and scores with the model its ranks kept in memory.
+    line = next(ln for ln in out.splitlines() if ln.startswith("the pool trained "))
+    pool_weights = json.loads(line.split("trained ", 1)[1].split(";", 1)[0])
+    assert pool_weights == pytest.approx([2.0, -1.0, 0.5, 0.3], abs=0.05)
+    scored = next(ln for ln in out.splitlines() if ln.startswith("the pool scored "))
+    assert scored.startswith("the pool scored 1000 rows with that model; x = [0.0, 1.0, 0.0] -> y = ")
+    # The model is unrounded in the ranks, the printed weights rounded to 3 places.
+    assert float(scored.split("-> y = ")[1]) == pytest.approx(pool_weights[1] + pool_weights[3], abs=2e-3)
 
 
 def test_ctrl_c_in_the_driver_leaves_no_process_alive(tmp_path):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import subprocess
 import sys
 import time
 from collections import deque
@@ -21,6 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from .._detach import jvm_pid, start_detached
 from . import _wire
 
 #: Workers a task tries when each dies while it says hello.
@@ -228,6 +228,8 @@ def _worker_error(header: dict[str, Any]) -> RuntimeError:
 
 def _find_or_start(config: dict[str, Any]) -> socket.socket:
     index = _worker_index(config)
+    if config["pool"]:
+        return _find_in_pool(config, index)
     name = _wire.worker_name(config["secret"], index)
     deadline = time.monotonic() + START_TIMEOUT_S
     while True:
@@ -237,11 +239,6 @@ def _find_or_start(config: dict[str, Any]) -> socket.socket:
             return sock
         except (ConnectionRefusedError, FileNotFoundError):
             sock.close()
-        if config["pool"]:
-            raise RuntimeError(
-                f"ferrovod.inference: rank {index} of the pool serving this UDF is not serving "
-                "(the pool was closed, or its driver is on another host)"
-            )
         _claim_and_start(name, config, index)
         if time.monotonic() > deadline:
             raise RuntimeError(
@@ -249,6 +246,23 @@ def _find_or_start(config: dict[str, Any]) -> socket.socket:
                 "(its errors are in this executor's stderr)"
             )
         time.sleep(0.05)
+
+
+def _find_in_pool(config: dict[str, Any], first: int) -> socket.socket:
+    """A rank of the serving pool on this host, from rank ``first`` on: a rank's name exists only
+    in its host's (network namespace's) abstract socket namespace, so the ranks elsewhere refuse."""
+    ranks = config["workers_per_host"]
+    for index in [(first + i) % ranks for i in range(ranks)]:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(_wire.worker_name(config["secret"], index))
+            return sock
+        except (ConnectionRefusedError, FileNotFoundError):
+            sock.close()
+    raise RuntimeError(
+        "ferrovod.inference: no rank of the pool serving this UDF serves on this host (the pool "
+        "was closed, or none of its ranks runs where this task does)"
+    )
 
 
 def _claim_and_start(name: bytes, config: dict[str, Any], index: int) -> None:
@@ -274,16 +288,11 @@ def _claim_and_start(name: bytes, config: dict[str, Any], index: int) -> None:
             sys.executable, "-m", "ferrovod.inference._server",
             "--listen-fd", str(listener.fileno()), "--secret-fd", str(secret_r), "--lease", config["lease"],
         ]
-        jvm = _jvm_pid()
+        jvm = jvm_pid()
         if jvm:
             command += ["--jvm-pid", str(jvm)]
-        # `sh` starts the worker in the background and exits: the worker belongs to no task's
-        # process tree (it outlives them), and no task is left holding a zombie.
         try:
-            subprocess.run(
-                ["/bin/sh", "-c", 'exec "$@" </dev/null >&2 &', "sh", *command],
-                pass_fds=(listener.fileno(), secret_r), env=env, start_new_session=True, check=True, timeout=30,
-            )
+            start_detached(command, env, (listener.fileno(), secret_r))
         finally:
             os.close(secret_r)
 
@@ -305,21 +314,3 @@ def _gpus() -> list[str]:
         return []
     gpu = context.resources().get("gpu")
     return list(gpu.addresses) if gpu is not None else []
-
-
-def _jvm_pid() -> int | None:
-    """The executor's JVM: the nearest ``java`` above this Python worker."""
-    pid = os.getppid()
-    for _ in range(8):
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                stat = f.read()
-        except OSError:
-            return None
-        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
-        if comm == "java":
-            return pid
-        pid = int(stat[stat.rindex(")") + 2 :].split()[1])
-        if pid <= 1:
-            return None
-    return None

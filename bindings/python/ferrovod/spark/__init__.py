@@ -30,8 +30,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from . import _logs
+from ._pool import Pool
 
-__all__ = ["HorovodRunner", "run", "log_to_driver"]
+__all__ = ["HorovodRunner", "Pool", "run", "log_to_driver"]
 
 _VERBOSITIES = ("all", "log_callback_only")
 

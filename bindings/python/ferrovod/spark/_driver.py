@@ -45,7 +45,30 @@ def run_job(
     active SparkContext and returns every rank's value in rank order."""
     call = _ship.prepare(fn, args, kwargs, api)
     extra_env = _ship.check_env(env, api)
-    sc = _context(api)
+    sc = context(api)
+    np, tasks, per_task, gpus_per_task = stage_shape(sc, np, api)
+    secret = secrets.token_hex(32)
+    server = _logs.LogServer(secret, driver_host(sc))
+    job = {
+        **job_header(secret, server.address, extra_env, per_task, gpus_per_task),
+        "spec": call,
+        "stream_all": stream_all,
+    }
+    task_fn = functools.partial(_task.barrier_task, json.dumps(job))
+    try:
+        with description(sc, f"ferrovod: {fn.__qualname__} on {np} processes"):
+            try:
+                outputs = sc.parallelize(range(tasks), tasks).barrier().mapPartitions(task_fn).collect()
+            except Exception as e:
+                raise stage_failed(e, api, sc) from e
+    finally:
+        server.close()
+    return _results([json.loads(o) for o in outputs], np, api)
+
+
+def stage_shape(sc: Any, np: int | None, api: str) -> tuple[int, int, int, int]:
+    """``(np, tasks, processes per task, GPUs per task)`` of a barrier stage running ``np``
+    processes (``None``: one per task slot); ``LaunchError`` when the cluster cannot run it."""
     _check_dynamic_allocation(sc, api)
     gpus_per_task = _gpus_per_task(sc, api)
     per_task = gpus_per_task or 1
@@ -68,33 +91,28 @@ def run_job(
             f"{slots} task slot(s); a barrier stage cannot start with fewer (Spark would retry for "
             "minutes). Ask for fewer processes or add executors."
         )
+    return np, tasks, per_task, gpus_per_task
 
-    secret = secrets.token_hex(32)
-    server = _logs.LogServer(secret, sc.getConf().get("spark.driver.host") or socket.gethostname())
-    job = {
+
+def job_header(secret: str, log_address: str, env: dict[str, str], per_task: int, gpus_per_task: int) -> dict[str, Any]:
+    """What every task of a job needs, whatever it runs."""
+    return {
         "version": __version__,
         "job_id": f"spark-{uuid.uuid4().hex[:16]}",
-        "spec": call,
-        "env": extra_env,
+        "env": env,
         "secret": secret,
-        "log_address": server.address,
-        "stream_all": stream_all,
+        "log_address": log_address,
         "gpus_per_task": gpus_per_task,
         "processes_per_task": per_task,
     }
-    task_fn = functools.partial(_task.barrier_task, json.dumps(job))
-    try:
-        with _description(sc, f"ferrovod: {fn.__qualname__} on {np} processes"):
-            try:
-                outputs = sc.parallelize(range(tasks), tasks).barrier().mapPartitions(task_fn).collect()
-            except Exception as e:
-                raise _stage_failed(e, api, sc) from e
-    finally:
-        server.close()
-    return _results([json.loads(o) for o in outputs], np, api)
 
 
-def _context(api: str) -> Any:
+def driver_host(sc: Any) -> str:
+    """The address executors reach the driver at."""
+    return sc.getConf().get("spark.driver.host") or socket.gethostname()
+
+
+def context(api: str) -> Any:
     try:
         from pyspark import SparkContext
     except ImportError:
@@ -179,7 +197,7 @@ def _wait_for_slots(sc: Any, needed: int, wait: float) -> int:
 
 
 @contextlib.contextmanager
-def _description(sc: Any, text: str) -> Iterator[None]:
+def description(sc: Any, text: str) -> Iterator[None]:
     """Names the job in the Spark UI for this thread, and puts back what was there."""
     key = "spark.job.description"
     before = sc.getLocalProperty(key)
@@ -190,7 +208,7 @@ def _description(sc: Any, text: str) -> Iterator[None]:
         sc.setLocalProperty(key, before)
 
 
-def _stage_failed(e: Exception, api: str, sc: Any) -> FerrovodError:
+def stage_failed(e: Exception, api: str, sc: Any) -> FerrovodError:
     """The error to raise when Spark itself failed the stage: the task code never ran (ferrovod
     missing on an executor), the job was cancelled, or a task's Python worker died."""
     text = str(e)

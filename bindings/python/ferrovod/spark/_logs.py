@@ -1,34 +1,25 @@
 """The log channel from the barrier tasks and the ranks to the driver: TCP, one JSON object per
 line, and every connection proves it knows the job secret before the driver prints a byte of it.
 
-Handshake, mutual: the driver sends ``ferrovod-log 1 NONCE_D`` (32 random bytes in hex); the
-client answers ``PROOF_C NONCE_C`` with ``PROOF_C = HMAC-SHA256(secret, "ferrovod-spark-log:client:"
-+ NONCE_D)``; the driver checks it and answers ``PROOF_D = HMAC-SHA256(secret,
-"ferrovod-spark-log:driver:" + NONCE_C)``, which the client checks before it sends anything.
-Fresh nonces on both sides mean a recorded answer cannot be replayed, and a program that took the
-driver's port learns nothing. Then the client sends lines
-``{"s": "out" | "err", "t": TEXT}``; the driver writes ``TEXT`` to its own ``sys.stdout`` or
-``sys.stderr``. ``TEXT`` is already tagged with the rank (``ferrovod._launch`` renders a rank's
+The handshake is :mod:`ferrovod._auth`'s (mutual: each side proves it knows the job secret).
+Then the client sends lines ``{"s": "out" | "err", "t": TEXT}``; the driver writes ``TEXT`` to
+its own ``sys.stdout`` or ``sys.stderr``. ``TEXT`` is already tagged with the rank (``ferrovod._launch`` renders a rank's
 lines as ``[rank] line``, and ``log_to_driver`` does the same).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-import secrets
 import socket
 import sys
 import threading
 import time
 from typing import Any
 
+from .. import _auth
 from .._launch import write_quietly
 
-_GREETING = b"ferrovod-log 1 "
-_CLIENT = b"ferrovod-spark-log:client:"
-_DRIVER = b"ferrovod-spark-log:driver:"
+_CHANNEL = _auth.Channel(b"ferrovod-log 1 ", b"ferrovod-spark-log")
 
 #: Seconds a client has to connect and answer the challenge.
 HANDSHAKE_TIMEOUT_S = 10.0
@@ -43,10 +34,6 @@ MAX_TEXT = 64 << 10
 #: Connections the driver lets handshake at once; more are closed at once (a port scan or a
 #: flood must not pile up threads on the driver).
 MAX_PENDING = 64
-
-
-def _proof(secret: str, context: bytes, nonce: bytes) -> bytes:
-    return hmac.new(secret.encode(), context + nonce, hashlib.sha256).hexdigest().encode()
 
 
 class LogServer:
@@ -92,15 +79,11 @@ class LogServer:
         pending = True
         try:
             conn.settimeout(HANDSHAKE_TIMEOUT_S)
-            nonce = secrets.token_hex(32).encode()
-            conn.sendall(_GREETING + nonce + b"\n")
-            reader = conn.makefile("rb")
-            answer = reader.readline(256).split()
-            if len(answer) != 2 or not hmac.compare_digest(answer[0], _proof(self._secret, _CLIENT, nonce)):
+            if not _auth.serve(conn, self._secret, _CHANNEL):
                 with self._lock:
                     self.refused += 1
                 return
-            conn.sendall(_proof(self._secret, _DRIVER, answer[1][:128]) + b"\n")
+            reader = conn.makefile("rb")
             self._pending.release()
             pending = False
             # Authenticated: a rank may stay quiet for as long as it trains; close() unblocks.
@@ -157,15 +140,7 @@ class LogClient:
         host, port = split_host_port(address)
         self._sock = socket.create_connection((host, port), timeout=timeout)
         try:
-            reader = self._sock.makefile("rb")
-            greeting = reader.readline(256)
-            if not greeting.startswith(_GREETING):
-                raise ConnectionError(f"{address} is not a ferrovod log channel")
-            nonce = greeting[len(_GREETING) :].strip()
-            mine = secrets.token_hex(32).encode()
-            self._sock.sendall(_proof(secret, _CLIENT, nonce) + b" " + mine + b"\n")
-            if not hmac.compare_digest(reader.readline(256).strip(), _proof(secret, _DRIVER, mine)):
-                raise ConnectionError(f"{address} did not prove it knows the job secret")
+            _auth.connect(self._sock, secret, _CHANNEL, address)
             self._sock.settimeout(SEND_TIMEOUT_S)
         except BaseException:
             self._sock.close()

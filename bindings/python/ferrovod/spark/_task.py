@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .. import _launch
+from .._detach import jvm_pid, start_detached
 from .._ferrovod import __version__, barrier_plan
 from .._ship import Exchange
 from . import _logs
@@ -27,10 +28,51 @@ from . import _logs
 
 def barrier_task(job_text: str, _partition: Iterator[Any]) -> Iterator[str]:
     """The function of the barrier stage's ``mapPartitions``. ``job_text`` is the JSON the
-    driver wrote (:func:`ferrovod.spark._driver.job`)."""
+    driver wrote (:func:`ferrovod.spark._driver.run_job`)."""
+    job = json.loads(job_text)
+    index, host, records, listener, errors = _gather(job)
+    if errors:
+        yield json.dumps({"task": index, "host": host, "setup_errors": errors})
+        return
+    try:
+        try:
+            answer = _run_launcher(job, index, records, listener)
+        except Exception as e:
+            # An answer, not an exception: the driver then names this task's error, not Spark's.
+            answer = {"task": index, "host": host, "task_error": f"task {index} on {host}: {type(e).__name__}: {e}"}
+        yield json.dumps(answer)
+    finally:
+        if listener is not None:
+            listener.close()
+
+
+def pool_task(job_text: str, _partition: Iterator[Any]) -> Iterator[str]:
+    """The function of the stage that starts a ``ferrovod.spark.Pool``: the same gathering, then
+    a launcher host (:mod:`ferrovod.spark._pool_host`) started apart from this task, which ends
+    at once while its processes stay and connect to the driver."""
+    job = json.loads(job_text)
+    index, host, records, listener, errors = _gather(job)
+    if errors:
+        yield json.dumps({"task": index, "host": host, "setup_errors": errors})
+        return
+    try:
+        try:
+            _start_pool_host(job, index, records, listener)
+            answer = {"task": index, "host": host}
+        except Exception as e:
+            answer = {"task": index, "host": host, "task_error": f"task {index} on {host}: {type(e).__name__}: {e}"}
+        yield json.dumps(answer)
+    finally:
+        if listener is not None:
+            listener.close()
+
+
+def _gather(job: dict[str, Any]) -> tuple[int, str, list[dict[str, Any]], Any, list[str]]:
+    """Learns this task's place and does the stage's one ``allGather``: ``(index, host, every
+    task's record, task 0's store listener, the setup errors of every task)``. The listener is
+    ``None`` on other tasks, and closed when there are errors."""
     from pyspark import BarrierTaskContext
 
-    job = json.loads(job_text)
     ctx = BarrierTaskContext.get()
     index = ctx.partitionId()
     host = _host_of(ctx.getTaskInfos()[index].address)
@@ -54,22 +96,44 @@ def barrier_task(job_text: str, _partition: Iterator[Any]) -> Iterator[str]:
     # The stage's one synchronisation: every task learns every other's host, GPUs and the port.
     records = [json.loads(m) for m in ctx.allGather(json.dumps(record))]
     errors = [r["error"] for r in records if r["error"]]
-    if errors:
-        if listener is not None:
-            listener.close()
-        yield json.dumps({"task": index, "host": host, "setup_errors": errors})
-        return
+    if errors and listener is not None:
+        listener.close()
+        listener = None
+    return index, host, records, listener, errors
 
+
+def _plan(job: dict[str, Any], index: int, records: list[dict[str, Any]]) -> str:
+    """The launcher's plan for this task; the launcher's own builder checks it, so Python and
+    Rust never disagree on it."""
+    per_task = job["processes_per_task"]
+    return barrier_plan(
+        job["job_id"],
+        records[0]["host"],
+        records[0]["port"],
+        index,
+        [(r["host"], r["gpus"], per_task) for r in records],
+    )
+
+
+def _start_pool_host(job: dict[str, Any], index: int, records: list[dict[str, Any]], listener: Any) -> None:
+    """Starts this task's launcher host apart from the task, handing it its settings (with the
+    secret) through a pipe and task 0's store listener as a descriptor."""
+    config = {"job": job, "task": index, "host": records[index]["host"], "plan": _plan(job, index, records)}
+    read_fd, write_fd = os.pipe()
     try:
-        try:
-            answer = _run_launcher(job, index, records, listener)
-        except Exception as e:
-            # An answer, not an exception: the driver then names this task's error, not Spark's.
-            answer = {"task": index, "host": host, "task_error": f"task {index} on {host}: {type(e).__name__}: {e}"}
-        yield json.dumps(answer)
-    finally:
+        command = [sys.executable, "-m", "ferrovod.spark._pool_host", "--config-fd", str(read_fd)]
+        fds = [read_fd]
         if listener is not None:
-            listener.close()
+            command += ["--listen-fd", str(listener.fileno())]
+            fds.append(listener.fileno())
+        jvm = jvm_pid()
+        if jvm:
+            command += ["--jvm-pid", str(jvm)]
+        start_detached(command, {**os.environ, "PYTHONUNBUFFERED": "1"}, fds)
+    finally:
+        os.close(read_fd)
+    with os.fdopen(write_fd, "wb") as f:
+        f.write(json.dumps(config).encode())
 
 
 def _run_launcher(job: dict[str, Any], index: int, records: list[dict[str, Any]], listener: Any) -> dict[str, Any]:
@@ -77,14 +141,7 @@ def _run_launcher(job: dict[str, Any], index: int, records: list[dict[str, Any]]
     per_task = job["processes_per_task"]
     first_rank = index * per_task
     my_ranks = range(first_rank, first_rank + per_task)
-    # The launcher's own builder checks the plan, so Python and Rust never disagree on it.
-    plan = barrier_plan(
-        job["job_id"],
-        records[0]["host"],
-        records[0]["port"],
-        index,
-        [(r["host"], r["gpus"], per_task) for r in records],
-    )
+    plan = _plan(job, index, records)
     options = ["--plan", "-"]
     fds: tuple[int, ...] = ()
     if listener is not None:
