@@ -93,6 +93,21 @@ def test_the_model_loads_once_per_worker_while_sparks_reloads_per_udf(spark, tmp
     assert len(theirs.read_text().split()) >= 3  # once per Python worker per UDF
 
 
+def test_a_model_key_keeps_one_model_across_different_functions(spark, tmp_path):
+    df = _tensors(spark, rows=100, partitions=2)
+    count = tmp_path / "loads"
+    for scale in (inferfns.make_scale, inferfns.make_scale_again):  # the key, not the function, names it
+        make = functools.partial(scale, str(count))
+        udf = predict_batch_udf(make, return_type="double", batch_size=32, model_key="scale-v1")
+        assert sorted(r.p for r in df.withColumn("p", udf("x")).collect()) == [2.0 * i for i in range(100)]
+    assert len(count.read_text().split()) == 1
+    udf = predict_batch_udf(functools.partial(inferfns.make_scale, str(count)), return_type="double", batch_size=32)
+    df.withColumn("p", udf("x")).collect()
+    assert len(count.read_text().split()) == 2  # without the key, its own
+    with pytest.raises(ValueError, match="model_key"):
+        predict_batch_udf(inferfns.make_scale, return_type="double", batch_size=8, model_key="")
+
+
 def test_the_model_sees_exactly_batch_size_rows_across_tasks(spark):
     # Ragged input: 12 partitions of about 2.5k rows, batch_size 4096, on 4 concurrent tasks.
     df = spark.range(30_000, numPartitions=12).selectExpr("cast(id as double) as x")

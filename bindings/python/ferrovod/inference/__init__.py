@@ -45,6 +45,7 @@ def predict_batch_udf(
     input_tensor_shapes: Union[Sequence[Union[Sequence[int], None]], Mapping[int, Sequence[int]], None] = None,
     workers_per_host: Union[int, None] = None,
     pool: Any = None,
+    model_key: Union[str, None] = None,
 ) -> Any:
     """A pandas UDF that scores its input columns with the model ``make_predict_fn`` loads.
 
@@ -58,7 +59,11 @@ def predict_batch_udf(
     With ``pool`` (a ``ferrovod.Pool`` on this host, as in local mode), the pool's ranks serve
     instead, one per task by partition: ``make_predict_fn`` runs in them and can use what
     training left in ``ferrovod.worker_state``, with no file in between; the model is loaded
-    again for each UDF made (a retrained model is picked up)."""
+    again for each UDF made (a retrained model is picked up).
+
+    ``model_key`` names the loaded model: a UDF made with the same key finds it loaded, whatever
+    its ``make_predict_fn`` (the default key is derived from the function and its arguments;
+    with ``pool``, each UDF gets a key of its own)."""
     from pyspark import SparkContext
     from pyspark.sql.pandas.functions import arrow_udf
     from pyspark.util import PythonEvalType
@@ -73,6 +78,8 @@ def predict_batch_udf(
         isinstance(workers_per_host, bool) or not isinstance(workers_per_host, int) or workers_per_host < 1
     ):
         raise ValueError(f"{api}: workers_per_host must be a positive int or None, not {workers_per_host!r}")
+    if model_key is not None and (not isinstance(model_key, str) or not 0 < len(model_key) <= 256):
+        raise ValueError(f"{api}: model_key must be a non-empty str of at most 256 characters, not {model_key!r}")
     dtype = _return_type(return_type, api)
     shapes = _shapes(input_tensor_shapes, api)
     if isinstance(make_predict_fn, functools.partial):
@@ -96,6 +103,8 @@ def predict_batch_udf(
         # The loaded model is kept under this: a UDF made again for the same function and
         # arguments (a notebook cell run twice) finds it loaded.
         spec_key = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()
+    if model_key is not None:
+        spec_key = "key:" + model_key  # apart from the derived keys (hex digests)
     config = {
         "model": {
             "spec": spec,
