@@ -1,11 +1,12 @@
 """The models of ``inference_bench.py``: MLPs with random weights in an ``.npz`` file (read with
 ``allow_pickle=False``), loaded by a ``make_predict_fn`` that Spark's ``predict_batch_udf`` and
 ferrovod's both take. Each load appends a line to ``loads``; each model call appends its row
-count to ``sizes`` (a few bytes per call)."""
+count and its seconds to ``sizes`` (a few bytes per call)."""
 
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 
@@ -32,13 +33,15 @@ def make_mlp(path: str, threads: int, loads: str, sizes: str):
     sizes_file = open(sizes, "a", buffering=1)  # noqa: SIM115 (open for the model's life)
 
     def predict(x: np.ndarray) -> np.ndarray:
-        sizes_file.write(f"{len(x)}\n")
+        start = time.perf_counter()
         with torch.no_grad():
             h = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
             for i, (w, b) in enumerate(layers):
                 h = h @ w + b
                 if i < len(layers) - 1:
                     h = torch.relu(h)
-            return h.numpy()
+            out = h.numpy()
+        sizes_file.write(f"{len(x)} {time.perf_counter() - start:.6f}\n")
+        return out
 
     return predict
