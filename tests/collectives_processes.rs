@@ -73,3 +73,10 @@ fn sixty_four_mib_allreduce() {
     }
     run(8, &["collectives", "f32", "sum", "64mib"], &[]);
 }
+
+#[test]
+fn process_sets_reduce_among_their_ranks_only() {
+    for n in [2, 3, 4] {
+        run(n, &["process-sets"], &[]);
+    }
+}

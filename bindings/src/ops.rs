@@ -2,6 +2,7 @@
 //! submitting arrays (lent, never copied) for the engine to run. Every wait goes through
 //! [`PyHandle::wait`], which releases the GIL and checks for signals.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -16,9 +17,11 @@ use crate::error::{InvalidArgumentError, NotInitializedError, PyFerrovodError};
 /// How often a wait wakes to let Python handle a signal (Ctrl-C).
 const SIGNAL_CHECK: Duration = Duration::from_millis(100);
 
-/// The engine, and handles dropped unwaited whose arrays the engine may still be using.
+/// The engine, the engines of the process sets this rank is in, and handles dropped unwaited
+/// whose arrays an engine may still be using.
 struct State {
     engine: Arc<Engine>,
+    sets: HashMap<u32, Arc<Engine>>,
     orphans: Vec<(Handle, Vec<Lent>)>,
 }
 
@@ -29,6 +32,11 @@ fn state() -> MutexGuard<'static, Option<State>> {
 }
 
 fn engine() -> PyResult<Arc<Engine>> {
+    engine_of(0)
+}
+
+/// The engine of process set `set` (0: the whole job's).
+fn engine_of(set: u32) -> PyResult<Arc<Engine>> {
     let (engine, finished) = {
         let mut guard = state();
         let s = guard
@@ -38,11 +46,16 @@ fn engine() -> PyResult<Arc<Engine>> {
         let (finished, pending): (Vec<_>, Vec<_>) =
             std::mem::take(&mut s.orphans).into_iter().partition(|(h, _)| h.poll());
         s.orphans = pending;
-        (s.engine.clone(), finished)
+        let engine = if set == 0 { Some(s.engine.clone()) } else { s.sets.get(&set).cloned() };
+        (engine, finished)
     };
     // Released outside the lock: giving an array back runs Python code.
     drop(finished);
-    Ok(engine)
+    engine.ok_or_else(|| {
+        InvalidArgumentError::new_err(format!(
+            "process set {set} is not one this rank is in (it was never added here, or it was removed)"
+        ))
+    })
 }
 
 /// The reduction of an allreduce or reducescatter.
@@ -80,7 +93,7 @@ pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
     let engine = py.detach(Engine::from_env).map_err(PyFerrovodError)?;
     let mut guard = state();
     if guard.is_none() {
-        *guard = Some(State { engine: Arc::new(engine), orphans: Vec::new() });
+        *guard = Some(State { engine: Arc::new(engine), sets: HashMap::new(), orphans: Vec::new() });
     }
     Ok(())
 }
@@ -89,10 +102,16 @@ pub(crate) fn init(py: Python<'_>) -> PyResult<()> {
 /// called again afterwards. A no-op when not initialized.
 #[pyfunction]
 pub(crate) fn shutdown(py: Python<'_>) -> PyResult<()> {
-    let Some(engine) = state().as_ref().map(|s| s.engine.clone()) else { return Ok(()) };
-    // The state stays in place until the engine thread has ended, so that arrays of handles
-    // dropped meanwhile are kept until then.
-    let result = py.detach(|| engine.shutdown());
+    let Some((engine, sets)) = state().as_mut().map(|s| (s.engine.clone(), std::mem::take(&mut s.sets))) else {
+        return Ok(());
+    };
+    // The state stays in place until the engine threads have ended, so that arrays of handles
+    // dropped meanwhile are kept until then. The sets' engines first: the job's holds the store.
+    let result = py.detach(|| {
+        let sets: Vec<_> = sets.into_values().map(|e| e.shutdown()).collect();
+        let whole = engine.shutdown();
+        sets.into_iter().find(|r| r.is_err()).unwrap_or(whole)
+    });
     let gone = state().take();
     // Outside the lock, as in `engine()`.
     drop(gone);
@@ -110,6 +129,40 @@ pub(crate) fn world() -> PyResult<(usize, usize, usize, usize, usize, usize, boo
     let e = engine()?;
     let t = e.topology();
     Ok((e.rank(), e.size(), t.local_rank, t.local_size, t.cross_rank, t.cross_size, t.homogeneous))
+}
+
+/// Joins process set `id` (ranks `ranks`, ascending) when this rank is one of them; a no-op on
+/// the others. Every member must call it with the same arguments.
+#[pyfunction]
+pub(crate) fn add_process_set(py: Python<'_>, id: u32, ranks: Vec<usize>) -> PyResult<()> {
+    let me = engine()?.rank();
+    if !ranks.contains(&me) {
+        return Ok(());
+    }
+    if state().as_ref().is_some_and(|s| s.sets.contains_key(&id)) {
+        return Err(InvalidArgumentError::new_err(format!("process set {id} was added already")));
+    }
+    // Not under the lock, as in `init`.
+    let set = py.detach(|| Engine::for_set(id, &ranks)).map_err(PyFerrovodError)?;
+    if let Some(s) = state().as_mut() {
+        s.sets.insert(id, Arc::new(set));
+    }
+    Ok(())
+}
+
+/// Stops process set `id`'s engine on this rank (its members must all remove it); a no-op where
+/// this rank is not in it.
+#[pyfunction]
+pub(crate) fn remove_process_set(py: Python<'_>, id: u32) -> PyResult<()> {
+    let Some(set) = state().as_mut().and_then(|s| s.sets.remove(&id)) else { return Ok(()) };
+    py.detach(|| set.shutdown()).map_err(|e| PyFerrovodError(e).into())
+}
+
+/// `(rank, size)` of this rank in process set `id`.
+#[pyfunction]
+pub(crate) fn process_set_world(id: u32) -> PyResult<(usize, usize)> {
+    let e = engine_of(id)?;
+    Ok((e.rank(), e.size()))
 }
 
 /// A request in flight, or its result. Waiting releases the GIL; dropping it unwaited is safe
@@ -227,9 +280,15 @@ fn convert(py: Python<'_>, out: Output) -> PyResult<Py<PyAny>> {
     Ok(t.into_any().unbind())
 }
 
-/// Lends `tensor` and submits it as `collective` under `name`.
-fn submit(tensor: &Bound<'_, PyAny>, name: String, collective: Collective, access: Access) -> PyResult<PyHandle> {
-    submit_with(tensor, name, collective, access, None)
+/// Lends `tensor` and submits it as `collective` under `name` to process set `set`'s engine.
+fn submit(
+    tensor: &Bound<'_, PyAny>,
+    name: String,
+    collective: Collective,
+    access: Access,
+    set: u32,
+) -> PyResult<PyHandle> {
+    submit_with(tensor, name, collective, access, None, set)
 }
 
 fn submit_with(
@@ -238,8 +297,9 @@ fn submit_with(
     collective: Collective,
     access: Access,
     splits: Option<Vec<usize>>,
+    set: u32,
 ) -> PyResult<PyHandle> {
-    let engine = engine()?;
+    let engine = engine_of(set)?;
     let (sub, lent) = lend_submission(tensor, name, collective, access)?;
     let sub = match splits {
         Some(s) => sub.splits(s),
@@ -265,21 +325,29 @@ fn lend_submission(
 
 /// Allreduce of `tensor` into itself.
 #[pyfunction]
-pub(crate) fn allreduce_async_(tensor: &Bound<'_, PyAny>, name: String, op: PyReduceOp) -> PyResult<PyHandle> {
-    submit(tensor, name, Collective::Allreduce(op.into()), Access::Write)
+#[pyo3(signature = (tensor, name, op, process_set=0))]
+pub(crate) fn allreduce_async_(
+    tensor: &Bound<'_, PyAny>,
+    name: String,
+    op: PyReduceOp,
+    process_set: u32,
+) -> PyResult<PyHandle> {
+    submit(tensor, name, Collective::Allreduce(op.into()), Access::Write, process_set)
 }
 
 /// Allreduces of `tensors` into themselves, run and completed together.
 #[pyfunction]
+#[pyo3(signature = (tensors, names, op, process_set=0))]
 pub(crate) fn grouped_allreduce_async_(
     tensors: Vec<Bound<'_, PyAny>>,
     names: Vec<String>,
     op: PyReduceOp,
+    process_set: u32,
 ) -> PyResult<Vec<PyHandle>> {
     if tensors.len() != names.len() {
         return Err(InvalidArgumentError::new_err(format!("{} tensors but {} names", tensors.len(), names.len())));
     }
-    let engine = engine()?;
+    let engine = engine_of(process_set)?;
     let mut subs = Vec::with_capacity(tensors.len());
     let mut lents = Vec::with_capacity(tensors.len());
     for (t, name) in tensors.iter().zip(names) {
@@ -291,43 +359,58 @@ pub(crate) fn grouped_allreduce_async_(
     Ok(handles.into_iter().zip(lents).map(|(h, l)| PyHandle::new(h, vec![l])).collect())
 }
 
-/// Broadcast from `root_rank` into `tensor`.
+/// Broadcast from `root_rank` (a rank of process set `process_set`) into `tensor`.
 #[pyfunction]
-pub(crate) fn broadcast_async_(tensor: &Bound<'_, PyAny>, name: String, root_rank: i64) -> PyResult<PyHandle> {
+#[pyo3(signature = (tensor, name, root_rank, process_set=0))]
+pub(crate) fn broadcast_async_(
+    tensor: &Bound<'_, PyAny>,
+    name: String,
+    root_rank: i64,
+    process_set: u32,
+) -> PyResult<PyHandle> {
     let root = u32::try_from(root_rank).map_err(|_| {
         let why = if root_rank < 0 { "is negative".to_string() } else { "is not a rank of this world".to_string() };
         InvalidArgumentError::new_err(format!("broadcast of {name:?}: root rank {root_rank} {why}"))
     })?;
-    submit(tensor, name, Collective::Broadcast(root), Access::Write)
+    submit(tensor, name, Collective::Broadcast(root), Access::Write, process_set)
 }
 
 /// Allgather along the first dimension; the result is a new buffer.
 #[pyfunction]
-pub(crate) fn allgather_async(tensor: &Bound<'_, PyAny>, name: String) -> PyResult<PyHandle> {
-    submit(tensor, name, Collective::Allgather, Access::Read)
+#[pyo3(signature = (tensor, name, process_set=0))]
+pub(crate) fn allgather_async(tensor: &Bound<'_, PyAny>, name: String, process_set: u32) -> PyResult<PyHandle> {
+    submit(tensor, name, Collective::Allgather, Access::Read, process_set)
 }
 
 /// Reducescatter along the first dimension; the result is a new buffer.
 #[pyfunction]
-pub(crate) fn reducescatter_async(tensor: &Bound<'_, PyAny>, name: String, op: PyReduceOp) -> PyResult<PyHandle> {
-    submit(tensor, name, Collective::Reducescatter(op.into()), Access::Read)
+#[pyo3(signature = (tensor, name, op, process_set=0))]
+pub(crate) fn reducescatter_async(
+    tensor: &Bound<'_, PyAny>,
+    name: String,
+    op: PyReduceOp,
+    process_set: u32,
+) -> PyResult<PyHandle> {
+    submit(tensor, name, Collective::Reducescatter(op.into()), Access::Read, process_set)
 }
 
 /// All-to-all: `splits[j]` rows go to rank j (even split when `None`).
 #[pyfunction]
-#[pyo3(signature = (tensor, name, splits=None))]
+#[pyo3(signature = (tensor, name, splits=None, process_set=0))]
 pub(crate) fn alltoall_async(
     tensor: &Bound<'_, PyAny>,
     name: String,
     splits: Option<Vec<usize>>,
+    process_set: u32,
 ) -> PyResult<PyHandle> {
-    submit_with(tensor, name, Collective::Alltoall, Access::Read, splits)
+    submit_with(tensor, name, Collective::Alltoall, Access::Read, splits, process_set)
 }
 
 /// A barrier under `name`: the handle completes once every rank has submitted one by that name.
 #[pyfunction]
-pub(crate) fn barrier_async(name: String) -> PyResult<PyHandle> {
-    let handle = engine()?.submit(Submission::barrier(name)).map_err(PyFerrovodError)?;
+#[pyo3(signature = (name, process_set=0))]
+pub(crate) fn barrier_async(name: String, process_set: u32) -> PyResult<PyHandle> {
+    let handle = engine_of(process_set)?.submit(Submission::barrier(name)).map_err(PyFerrovodError)?;
     Ok(PyHandle::new(handle, Vec::new()))
 }
 

@@ -110,6 +110,13 @@ impl Communicator {
         Communicator::join(config)
     }
 
+    /// Joins process set `id` of the job `config` describes (see [`World::join_set`]): a
+    /// communicator among `members` only, whose ranks are positions in `members`.
+    pub fn join_set(config: &Config, id: u32, members: &[usize]) -> Result<Communicator> {
+        let (world, links) = World::join_set(config, id, members)?;
+        Ok(Communicator::over(world, links))
+    }
+
     fn join(config: Config) -> Result<Communicator> {
         let (world, links) = World::join(&config)?;
         Ok(Communicator::over(world, links))

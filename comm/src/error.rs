@@ -260,6 +260,8 @@ pub enum Operation {
     Join,
     /// Reading a completed request's output.
     Output,
+    /// Joining a process set (its id).
+    ProcessSet(u32),
 }
 
 /// A negotiation round, as an error names it.
@@ -275,7 +277,7 @@ pub struct Negotiation {
 
 impl Operation {
     /// The short name: the collective's (`allreduce`), or `negotiation`, `waiting`, `join`,
-    /// `output`.
+    /// `output`, `process set`.
     pub fn name(&self) -> &'static str {
         match self {
             Operation::Collective(c) => c.name(),
@@ -284,6 +286,7 @@ impl Operation {
             Operation::Waiting => "waiting",
             Operation::Join => "join",
             Operation::Output => "output",
+            Operation::ProcessSet(_) => "process set",
         }
     }
 
@@ -333,6 +336,7 @@ impl fmt::Display for Operation {
             Operation::Waiting => f.write_str("waiting for peers"),
             Operation::Join => f.write_str("join"),
             Operation::Output => f.write_str("output"),
+            Operation::ProcessSet(id) => write!(f, "process set {id}"),
         }
     }
 }

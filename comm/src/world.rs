@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bootstrap::{self, FirstFailure, PeerInfo, StoreClient, StoreServer, Topology, exchange_peers};
 use crate::config::{self, Config, Tuning};
-use crate::error::{Error, Fault, Result};
+use crate::error::{Error, Fault, Operation, Result};
 use crate::transport::mem::MemTransport;
 use crate::transport::tcp::TcpEndpoint;
 use crate::transport::{Endpoint, Transport};
@@ -34,6 +34,9 @@ const RECORD_LINGER: Duration = Duration::from_secs(3);
 
 /// Worlds joined by this process, so that a second one uses fresh store keys.
 static GENERATION: AtomicU32 = AtomicU32::new(0);
+
+/// The generation of the last world this process joined: its process sets' keys live under it.
+static CURRENT: AtomicU32 = AtomicU32::new(0);
 
 /// The transports of a communicator, lent to backends for one request at a time.
 pub struct Links {
@@ -133,10 +136,53 @@ fn peer_gone(peer: &PeerInfo, me: &PeerInfo) -> Option<String> {
     (!crate::os::process_exists(peer.pid)).then(|| format!("(pid {}, this host) exited", peer.pid))
 }
 
+/// FNV-1a over the ranks: the same value in every process, whatever its build.
+fn fnv1a(ranks: &[usize]) -> u64 {
+    ranks
+        .iter()
+        .flat_map(|r| (*r as u64).to_le_bytes())
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
 impl World {
     /// Joins the job `config` describes.
     pub fn join(config: &Config) -> Result<(World, Links)> {
         config.validate()?;
+        let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
+        CURRENT.store(generation, Ordering::Relaxed);
+        World::join_at(config, &format!("ferrovod/comm{generation}"))
+    }
+
+    /// Joins process set `id` of the job `config` describes: the ranks `members` (global ranks,
+    /// ascending, this one among them) as a world of their own, this rank being its position in
+    /// `members`. Every member calls it with the same `id` and `members` (after the job's world
+    /// was joined: the keys live in its store, under its generation); the others do not.
+    pub fn join_set(config: &Config, id: u32, members: &[usize]) -> Result<(World, Links)> {
+        config.validate()?;
+        let refuse =
+            |detail: String| Error::InvalidArgument { rank: config.rank, op: Operation::ProcessSet(id), detail };
+        if id == 0 {
+            return Err(refuse("id 0 is the whole job's".into()));
+        }
+        if let Some(w) = members.windows(2).find(|w| w[0] >= w[1]) {
+            return Err(refuse(format!("ranks must be ascending and distinct ({} then {})", w[0], w[1])));
+        }
+        if let Some(r) = members.iter().find(|&&r| r >= config.size) {
+            return Err(refuse(format!("rank {r} is not a rank of this job of {}", config.size)));
+        }
+        let position = members
+            .iter()
+            .position(|&r| r == config.rank)
+            .ok_or_else(|| refuse(format!("this rank is not one of its ranks {members:?}")))?;
+        let sub = Config { rank: position, size: members.len(), host_store: false, ..config.clone() };
+        // The ranks are in the keys: members that disagree on them wait for each other in vain
+        // and time out naming who is missing, rather than join one world.
+        let generation = CURRENT.load(Ordering::Relaxed);
+        World::join_at(&sub, &format!("ferrovod/comm{generation}/set{id}-{:016x}", fnv1a(members)))
+    }
+
+    /// Joins the world `config` describes, its keys under `prefix` in the store.
+    fn join_at(config: &Config, prefix: &str) -> Result<(World, Links)> {
         let rank = config.rank;
         if config.size == 1 {
             let [t] = <[MemTransport; 1]>::try_from(MemTransport::world(1, config.tuning.timeout))
@@ -174,9 +220,7 @@ impl World {
             pid: std::process::id(),
             tuning: agreed.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
         };
-        let prefix = format!("ferrovod/comm{}", GENERATION.fetch_add(1, Ordering::Relaxed));
-        let peers =
-            exchange_peers(&mut store, &prefix, rank, config.size, &me, tuning.connect_timeout).map_err(boot)?;
+        let peers = exchange_peers(&mut store, prefix, rank, config.size, &me, tuning.connect_timeout).map_err(boot)?;
         for (peer, info) in peers.iter().enumerate() {
             let theirs = info.tuning.iter().map(|(_, v)| v);
             if let Some(((name, mine), theirs)) = agreed.iter().zip(theirs).find(|((_, m), t)| m != *t) {
@@ -210,7 +254,7 @@ impl World {
             size: config.size,
             topology: Topology::compute(&peers, rank),
             tuning: tuning.clone(),
-            record: Some(FailureRecord::new(store, &prefix)),
+            record: Some(FailureRecord::new(store, prefix)),
             _store: store_server,
         };
         Ok((world, Links { host }))

@@ -7,6 +7,9 @@
 //!   that it meets a failure late).
 //! - `mismatch-count`, `mismatch-dtype`: rank 1 calls allreduce with other arguments.
 //! - `stall`: rank 1 sleeps instead of calling allreduce.
+//! - `process-sets`: the even and the odd ranks each join a process set and allreduce in it
+//!   at once (each set's sum is its own ranks'), then the whole job; joining with ranks that are
+//!   not ascending, outside the job or without this rank is refused. Prints `ok` on success.
 //!
 //! Scenarios named `engine-*` start an [`Engine`] instead of a bare communicator, shut it
 //! down when they succeed, and give up on a handle after 20 s (exit 4):
@@ -103,8 +106,38 @@ fn scenario(comm: &mut Communicator, args: &[String]) -> Result<(), String> {
             }
             comm.allreduce(&mut [0f32; 64], ReduceOp::Sum).map_err(|e| e.to_string())
         }
+        ["process-sets"] => process_sets(comm),
         _ => Err(format!("usage: see the file's docs; got {args:?}")),
     }
+}
+
+fn process_sets(comm: &mut Communicator) -> Result<(), String> {
+    let (r, n) = (comm.rank(), comm.size());
+    let config = ferrovod::config::Config::from_env().map_err(|e| e.to_string())?;
+    for (bad, why) in [(vec![r, r], "ascending"), (vec![r, n], "not a rank"), (vec![(r + 1) % n], "not one of")] {
+        match Communicator::join_set(&config, 7, &bad) {
+            Err(e) if e.to_string().contains(why) => {}
+            other => return Err(format!("members {bad:?}: want an error saying {why:?}, got {:?}", other.err())),
+        }
+    }
+    let members: Vec<usize> = (0..n).filter(|m| m % 2 == r % 2).collect();
+    let mut set = Communicator::join_set(&config, 1 + (r % 2) as u32, &members).map_err(|e| e.to_string())?;
+    if set.rank() != r / 2 || set.size() != members.len() {
+        return Err(format!("set rank {} of {}, want {} of {}", set.rank(), set.size(), r / 2, members.len()));
+    }
+    let mut buf = [r as f64; 5];
+    set.allreduce(&mut buf, ReduceOp::Sum).map_err(|e| e.to_string())?;
+    let want = members.iter().sum::<usize>() as f64;
+    if buf != [want; 5] {
+        return Err(format!("set allreduce gave {buf:?}, want {want}"));
+    }
+    let mut all = [r as f64; 3];
+    comm.allreduce(&mut all, ReduceOp::Sum).map_err(|e| e.to_string())?;
+    if all != [(n * (n - 1) / 2) as f64; 3] {
+        return Err(format!("whole-job allreduce after the sets gave {all:?}"));
+    }
+    println!("ok");
+    Ok(())
 }
 
 /// An engine scenario, parsed before joining so that bad usage exits 2.

@@ -29,11 +29,13 @@ from __future__ import annotations
 #   _collectives  allreduce (grouped too), broadcast, allgather, reducescatter, alltoall,
 #                 barrier, join; the reduction ops
 #   _handles      Handle, poll, synchronize; names for unnamed tensors
+#   _process_sets ProcessSet, add/remove_process_set: collectives among some ranks
 #   _objects      broadcast_object, allgather_object (as JSON)
 #   _arrays       numpy/torch arrays in and out; dtype maps derived from _ferrovod.dtypes()
 #   _run          ferrovod.run
 #   _pool         ferrovod.Pool: ranks that run one function after another (_pool_worker: a rank;
-#                 _control: the channel between them)
+#                 _control: the channel between them; _auth: the handshake of TCP channels)
+#   _detach       processes that outlive their Spark task, and the executor JVM they watch
 #   _ship         what travels to the ranks: the function's description, JSON checks, the spec
 #   _launch       starting ferrovod-run and reading its events channel (output, failure, report)
 #   _outcome      a finished job's result, or the first failing rank's error
@@ -71,6 +73,7 @@ from ._collectives import (
 from ._handles import Handle, poll, synchronize
 from ._objects import allgather_object, broadcast_object
 from ._pool import Pool
+from ._process_sets import ProcessSet, add_process_set, global_process_set, remove_process_set
 from ._run import run
 from ._world import (
     ccl_built,
@@ -128,10 +131,12 @@ __all__ = [
     "NotInitializedError",
     "Product",
     "PoolClosedError",
+    "ProcessSet",
     "RankFailedError",
     "ReduceOp",
     "StalledError",
     "Sum",
+    "add_process_set",
     "allgather",
     "allgather_async",
     "allgather_object",
@@ -149,6 +154,7 @@ __all__ = [
     "broadcast_object",
     "cross_rank",
     "cross_size",
+    "global_process_set",
     "grouped_allreduce",
     "grouped_allreduce_",
     "grouped_allreduce_async",
@@ -162,6 +168,7 @@ __all__ = [
     "rank",
     "reducescatter",
     "reducescatter_async",
+    "remove_process_set",
     "Pool",
     "run",
     "worker_state",

@@ -12,6 +12,7 @@ import numpy as np
 from . import _arrays, _ferrovod
 from ._ferrovod import ReduceOp
 from ._handles import GroupHandle, Handle, tensor_name
+from ._process_sets import ProcessSet, global_process_set, root_in, set_id
 
 Average = ReduceOp.Average
 Sum = ReduceOp.Sum
@@ -39,13 +40,15 @@ def allreduce_async_(
     op: ReduceOp | None = None,
     prescale_factor: float = 1.0,
     postscale_factor: float = 1.0,
+    process_set: ProcessSet = global_process_set,
 ) -> Handle:
     """Starts reducing ``tensor`` over every rank, in place. ``op`` defaults to ``Average``."""
     reduce_op = resolve_op(op, average)
-    with tensor_name("allreduce", name) as name:
+    ps = set_id(process_set)
+    with tensor_name("allreduce", name, ps) as name:
         _arrays.refuse_read_only(tensor, "allreduce", name)  # before the prescale writes into it
         _arrays.scale(tensor, prescale_factor)
-        inner = _ferrovod.allreduce_async_(_arrays.lendable(tensor), name, reduce_op)
+        inner = _ferrovod.allreduce_async_(_arrays.lendable(tensor), name, reduce_op, ps)
 
     def finish(_: Any) -> Any:
         _arrays.scale(tensor, postscale_factor)
@@ -61,9 +64,10 @@ def allreduce_async(
     op: ReduceOp | None = None,
     prescale_factor: float = 1.0,
     postscale_factor: float = 1.0,
+    process_set: ProcessSet = global_process_set,
 ) -> Handle:
     """Like ``allreduce_async_``, into a copy; ``tensor`` is left alone."""
-    return allreduce_async_(_arrays.copy(tensor), average, name, op, prescale_factor, postscale_factor)
+    return allreduce_async_(_arrays.copy(tensor), average, name, op, prescale_factor, postscale_factor, process_set)
 
 
 def allreduce_(
@@ -73,9 +77,10 @@ def allreduce_(
     op: ReduceOp | None = None,
     prescale_factor: float = 1.0,
     postscale_factor: float = 1.0,
+    process_set: ProcessSet = global_process_set,
 ) -> Any:
     """Reduces ``tensor`` over every rank, in place, and returns it."""
-    return allreduce_async_(tensor, average, name, op, prescale_factor, postscale_factor).wait()
+    return allreduce_async_(tensor, average, name, op, prescale_factor, postscale_factor, process_set).wait()
 
 
 def allreduce(
@@ -85,9 +90,10 @@ def allreduce(
     op: ReduceOp | None = None,
     prescale_factor: float = 1.0,
     postscale_factor: float = 1.0,
+    process_set: ProcessSet = global_process_set,
 ) -> Any:
     """The reduction of ``tensor`` over every rank, as a new array of the same kind."""
-    return allreduce_async(tensor, average, name, op, prescale_factor, postscale_factor).wait()
+    return allreduce_async(tensor, average, name, op, prescale_factor, postscale_factor, process_set).wait()
 
 
 def grouped_allreduce_async_(
@@ -95,102 +101,138 @@ def grouped_allreduce_async_(
     average: bool | None = None,
     name: str | None = None,
     op: ReduceOp | None = None,
+    prescale_factor: float = 1.0,
+    postscale_factor: float = 1.0,
+    process_set: ProcessSet = global_process_set,
 ) -> Handle:
     """Starts reducing ``tensors`` in place, as one group: they run in the same round and
     complete together. The handle's result is the list of tensors."""
     reduce_op = resolve_op(op, average)
-    with tensor_name("grouped_allreduce", name) as base:
+    ps = set_id(process_set)
+    with tensor_name("grouped_allreduce", name, ps) as base:
         names = [f"{base}.{i}" for i in range(len(tensors))]
         for t, n in zip(tensors, names):
             _arrays.refuse_read_only(t, "allreduce", n)
+        for t in tensors:
+            _arrays.scale(t, prescale_factor)
         lent = [_arrays.lendable(t) for t in tensors]
-        inners = _ferrovod.grouped_allreduce_async_(lent, names, reduce_op)
+        inners = _ferrovod.grouped_allreduce_async_(lent, names, reduce_op, ps)
     result = list(tensors)
 
     def finish(_: Any) -> Any:
         for h in inners:
             h.wait()
+        for t in result:
+            _arrays.scale(t, postscale_factor)
         return result
 
     return Handle(GroupHandle(base, inners), finish)
 
 
 def grouped_allreduce_async(
-    tensors: Sequence[Any], average: bool | None = None, name: str | None = None, op: ReduceOp | None = None
+    tensors: Sequence[Any],
+    average: bool | None = None,
+    name: str | None = None,
+    op: ReduceOp | None = None,
+    prescale_factor: float = 1.0,
+    postscale_factor: float = 1.0,
+    process_set: ProcessSet = global_process_set,
 ) -> Handle:
     """Like ``grouped_allreduce_async_``, into copies."""
-    return grouped_allreduce_async_([_arrays.copy(t) for t in tensors], average, name, op)
+    return grouped_allreduce_async_([_arrays.copy(t) for t in tensors], average, name, op, prescale_factor, postscale_factor, process_set)
 
 
 def grouped_allreduce_(
-    tensors: Sequence[Any], average: bool | None = None, name: str | None = None, op: ReduceOp | None = None
+    tensors: Sequence[Any],
+    average: bool | None = None,
+    name: str | None = None,
+    op: ReduceOp | None = None,
+    prescale_factor: float = 1.0,
+    postscale_factor: float = 1.0,
+    process_set: ProcessSet = global_process_set,
 ) -> list[Any]:
-    return grouped_allreduce_async_(tensors, average, name, op).wait()
+    return grouped_allreduce_async_(tensors, average, name, op, prescale_factor, postscale_factor, process_set).wait()
 
 
 def grouped_allreduce(
-    tensors: Sequence[Any], average: bool | None = None, name: str | None = None, op: ReduceOp | None = None
+    tensors: Sequence[Any],
+    average: bool | None = None,
+    name: str | None = None,
+    op: ReduceOp | None = None,
+    prescale_factor: float = 1.0,
+    postscale_factor: float = 1.0,
+    process_set: ProcessSet = global_process_set,
 ) -> list[Any]:
-    return grouped_allreduce_async(tensors, average, name, op).wait()
+    return grouped_allreduce_async(tensors, average, name, op, prescale_factor, postscale_factor, process_set).wait()
 
 
 # --- broadcast ---------------------------------------------------------------------------------
 
 
-def broadcast_async_(tensor: Any, root_rank: int, name: str | None = None) -> Handle:
-    """Starts copying ``root_rank``'s ``tensor`` into every rank's ``tensor``."""
-    with tensor_name("broadcast", name) as name:
+def broadcast_async_(tensor: Any, root_rank: int, name: str | None = None, process_set: ProcessSet = global_process_set) -> Handle:
+    """Starts copying ``root_rank``'s ``tensor`` into every rank's ``tensor`` (``root_rank`` is
+    a global rank, in ``process_set``)."""
+    ps = set_id(process_set)
+    root = root_in(process_set, root_rank)
+    with tensor_name("broadcast", name, ps) as name:
         _arrays.refuse_read_only(tensor, "broadcast", name)
-        inner = _ferrovod.broadcast_async_(_arrays.lendable(tensor), name, root_rank)
+        inner = _ferrovod.broadcast_async_(_arrays.lendable(tensor), name, root, ps)
     return Handle(inner, lambda _: tensor)
 
 
-def broadcast_async(tensor: Any, root_rank: int, name: str | None = None) -> Handle:
-    return broadcast_async_(_arrays.copy(tensor), root_rank, name)
+def broadcast_async(tensor: Any, root_rank: int, name: str | None = None, process_set: ProcessSet = global_process_set) -> Handle:
+    return broadcast_async_(_arrays.copy(tensor), root_rank, name, process_set)
 
 
-def broadcast_(tensor: Any, root_rank: int, name: str | None = None) -> Any:
-    return broadcast_async_(tensor, root_rank, name).wait()
+def broadcast_(tensor: Any, root_rank: int, name: str | None = None, process_set: ProcessSet = global_process_set) -> Any:
+    return broadcast_async_(tensor, root_rank, name, process_set).wait()
 
 
-def broadcast(tensor: Any, root_rank: int, name: str | None = None) -> Any:
-    return broadcast_async(tensor, root_rank, name).wait()
+def broadcast(tensor: Any, root_rank: int, name: str | None = None, process_set: ProcessSet = global_process_set) -> Any:
+    return broadcast_async(tensor, root_rank, name, process_set).wait()
 
 
 # --- allgather, reducescatter, alltoall --------------------------------------------------------
 
 
-def allgather_async(tensor: Any, name: str | None = None) -> Handle:
+def allgather_async(tensor: Any, name: str | None = None, process_set: ProcessSet = global_process_set) -> Handle:
     """Starts concatenating every rank's ``tensor`` along the first dimension (which may differ
     between ranks)."""
-    with tensor_name("allgather", name) as name:
-        inner = _ferrovod.allgather_async(_arrays.lendable(tensor), name)
+    ps = set_id(process_set)
+    with tensor_name("allgather", name, ps) as name:
+        inner = _ferrovod.allgather_async(_arrays.lendable(tensor), name, ps)
     return Handle(inner, lambda r: _arrays.wrap(r, tensor))
 
 
-def allgather(tensor: Any, name: str | None = None) -> Any:
-    return allgather_async(tensor, name).wait()
+def allgather(tensor: Any, name: str | None = None, process_set: ProcessSet = global_process_set) -> Any:
+    return allgather_async(tensor, name, process_set).wait()
 
 
-def reducescatter_async(tensor: Any, op: ReduceOp | None = None, name: str | None = None) -> Handle:
+def reducescatter_async(
+    tensor: Any, op: ReduceOp | None = None, name: str | None = None, process_set: ProcessSet = global_process_set
+) -> Handle:
     """Starts reducing ``tensor`` over every rank and keeping this rank's share of the first
     dimension (the first ranks get one row more when it does not divide)."""
     reduce_op = Average if op is None else op
-    with tensor_name("reducescatter", name) as name:
-        inner = _ferrovod.reducescatter_async(_arrays.lendable(tensor), name, reduce_op)
+    ps = set_id(process_set)
+    with tensor_name("reducescatter", name, ps) as name:
+        inner = _ferrovod.reducescatter_async(_arrays.lendable(tensor), name, reduce_op, ps)
     return Handle(inner, lambda r: _arrays.wrap(r, tensor))
 
 
-def reducescatter(tensor: Any, op: ReduceOp | None = None, name: str | None = None) -> Any:
-    return reducescatter_async(tensor, op, name).wait()
+def reducescatter(tensor: Any, op: ReduceOp | None = None, name: str | None = None, process_set: ProcessSet = global_process_set) -> Any:
+    return reducescatter_async(tensor, op, name, process_set).wait()
 
 
-def alltoall_async(tensor: Any, splits: Sequence[int] | Any | None = None, name: str | None = None) -> Handle:
+def alltoall_async(
+    tensor: Any, splits: Sequence[int] | Any | None = None, name: str | None = None, process_set: ProcessSet = global_process_set
+) -> Handle:
     """Starts sending ``splits[j]`` rows of ``tensor`` to rank j (an even split without
     ``splits``). The result is ``(output, received_splits)``."""
     split_list = None if splits is None else [int(s) for s in (splits.tolist() if hasattr(splits, "tolist") else splits)]
-    with tensor_name("alltoall", name) as name:
-        inner = _ferrovod.alltoall_async(_arrays.lendable(tensor), name, split_list)
+    ps = set_id(process_set)
+    with tensor_name("alltoall", name, ps) as name:
+        inner = _ferrovod.alltoall_async(_arrays.lendable(tensor), name, split_list, ps)
 
     def finish(r: Any) -> Any:
         received = np.asarray(r[3], dtype=np.int32)
@@ -201,20 +243,23 @@ def alltoall_async(tensor: Any, splits: Sequence[int] | Any | None = None, name:
     return Handle(inner, finish)
 
 
-def alltoall(tensor: Any, splits: Sequence[int] | Any | None = None, name: str | None = None) -> Any:
+def alltoall(
+    tensor: Any, splits: Sequence[int] | Any | None = None, name: str | None = None, process_set: ProcessSet = global_process_set
+) -> Any:
     """``(output, received_splits)``: see ``alltoall_async``."""
-    return alltoall_async(tensor, splits, name).wait()
+    return alltoall_async(tensor, splits, name, process_set).wait()
 
 
 # --- barrier, join -----------------------------------------------------------------------------
 
 
-def barrier() -> None:
-    """Returns once every rank has called it: a barrier collective of the engine, matched across
-    ranks by its call count like an unnamed tensor. The GIL is free meanwhile, and Ctrl-C
-    interrupts the wait."""
-    with tensor_name("barrier", None) as name:
-        inner = _ferrovod.barrier_async(name)
+def barrier(process_set: ProcessSet = global_process_set) -> None:
+    """Returns once every rank (of ``process_set``) has called it: a barrier collective of the
+    engine, matched across ranks by its call count like an unnamed tensor. The GIL is free
+    meanwhile, and Ctrl-C interrupts the wait."""
+    ps = set_id(process_set)
+    with tensor_name("barrier", None, ps) as name:
+        inner = _ferrovod.barrier_async(name, ps)
     inner.wait()
 
 

@@ -62,23 +62,24 @@ def synchronize(handle: Handle) -> Any:
     return handle.wait()
 
 
-_counters: dict[str, int] = {}
+_counters: dict[tuple[int, str], int] = {}
 _counters_lock = threading.RLock()
 
 
 @contextlib.contextmanager
-def tensor_name(kind: str, name: str | None) -> Iterator[str]:
-    """Yields ``name``, or ``<kind>.noname.<n>`` in call order when the caller gave none. The
-    count moves on only when the block ends without an exception: a call refused on one rank
-    before it submitted (a bad argument, a name already in flight) leaves that rank's count where
-    the others' are, so the next unnamed calls still pair up across ranks."""
+def tensor_name(kind: str, name: str | None, process_set: int = 0) -> Iterator[str]:
+    """Yields ``name``, or ``<kind>.noname.<n>`` in call order when the caller gave none, counted
+    per process set (the members of a set make calls the others do not). The count moves on only
+    when the block ends without an exception: a call refused on one rank before it submitted (a
+    bad argument, a name already in flight) leaves that rank's count where the others' are, so
+    the next unnamed calls still pair up across ranks."""
     if name is not None:
         yield name
         return
     with _counters_lock:
-        n = _counters.get(kind, 0)
+        n = _counters.get((process_set, kind), 0)
         yield f"{kind}.noname.{n}"
-        _counters[kind] = n + 1
+        _counters[(process_set, kind)] = n + 1
 
 
 def reset_names() -> None:

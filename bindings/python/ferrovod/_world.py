@@ -7,10 +7,11 @@ path."""
 from __future__ import annotations
 
 import atexit
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import _ferrovod, _handles
+from . import _ferrovod, _handles, _process_sets
+from ._process_sets import ProcessSet
 
 _atexit_registered = False
 
@@ -19,21 +20,29 @@ _atexit_registered = False
 worker_state: dict[str, Any] = {}
 
 
-def init() -> None:
+def init(comm: Any = None, process_sets: Sequence[ProcessSet] | None = None) -> None:
     """Joins the job the launcher described in the environment (rank 0 of 1 without one) and
-    starts the engine. Idempotent."""
+    starts the engine, then adds ``process_sets`` (as Horovod's ``init``). Idempotent. ``comm``
+    is Horovod's MPI communicator argument: ferrovod has no MPI, so only ``None`` is taken."""
     global _atexit_registered
+    if comm is not None:
+        raise ValueError("init: comm (an MPI communicator) is not supported: ferrovod does not use MPI")
     if not _ferrovod.is_initialized():
         _handles.reset_names()
+        _process_sets.reset()
     _ferrovod.init()
     if not _atexit_registered:
         atexit.register(shutdown)
         _atexit_registered = True
+    for ps in process_sets or ():
+        if ps.process_set_id is None:
+            _process_sets.add_process_set(ps)
 
 
 def shutdown() -> None:
     """Stops the engine on every rank; pending requests fail. ``init`` may be called again."""
     _ferrovod.shutdown()
+    _process_sets.reset()
 
 
 def is_initialized() -> bool:

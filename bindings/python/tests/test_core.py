@@ -39,6 +39,13 @@ def test_every_function_on_numpy_and_torch(ranks, np_):
 
 
 @pytest.mark.multiproc
+def test_process_sets_run_every_collective_among_their_ranks_only(ranks):
+    out = ranks(4, "process_sets.py", timeout=180)
+    for r in range(4):
+        assert f"[{r}] rank {r}: process sets ok" in out, out
+
+
+@pytest.mark.multiproc
 def test_an_error_on_one_rank_before_it_submits_leaves_the_ranks_paired(ranks):
     out = ranks(2, "one_rank_errors.py", timeout=120)
     for r in range(2):

@@ -106,6 +106,14 @@ impl Engine {
         Engine::start(comm, &config.engine)
     }
 
+    /// Joins process set `id` of the job described by the `FERROVOD_*` environment (see
+    /// [`Communicator::join_set`]) and starts an engine of its own for it.
+    pub fn for_set(id: u32, members: &[usize]) -> Result<Engine> {
+        let config = Config::from_env()?;
+        let comm = Communicator::join_set(&config, id, members)?;
+        Engine::start(comm, &config.engine)
+    }
+
     /// Starts an engine thread that owns `comm`, doing its memory operations on the host.
     pub fn start(comm: Communicator, settings: &EngineSettings) -> Result<Engine> {
         Engine::start_with(comm, settings, Box::new(HostOps))

@@ -186,12 +186,13 @@ class _SparkRanks:
                 if task not in self._reports:
                     sel.register(conn, selectors.EVENT_READ, ("host", task))
             while len(results) < len(self.channels):
-                if self._gone is not None:
+                events = sel.select(_CHECK_S)
+                if self._gone is not None:  # the connections were cut under the call
                     raise PoolClosedError(f"{self._api}: the pool is closed ({self._gone})")
                 for rank, since in lost.items():
                     if time.monotonic() - since > LAUNCHER_GRACE_S:
                         raise RankLost(rank, f"its connection to the driver closed; it ran on {self.hosts[rank]}")
-                for key, _ in sel.select(_CHECK_S):
+                for key, _ in events:
                     what, index = key.data
                     if what == "host":
                         sel.unregister(key.fileobj)

@@ -52,6 +52,7 @@ from .ops import (
     grouped_allgather,
     grouped_reducescatter,
     reducescatter,
+    sparse_allreduce_async,
 )
 from .optimizer import DistributedOptimizer
 from .sync_batch_norm import SyncBatchNorm
@@ -73,6 +74,7 @@ __all__ = [
     "SyncBatchNorm",
     "broadcast_optimizer_state",
     "broadcast_parameters",
+    "sparse_allreduce_async",
     "ccl_built",
     "cuda_built",
     "ddl_built",

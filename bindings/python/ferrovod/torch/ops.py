@@ -19,6 +19,7 @@ import ferrovod as _core
 from ferrovod import Average, Handle, ReduceOp, Sum
 from ferrovod import _arrays
 from ferrovod._collectives import resolve_op
+from ferrovod._process_sets import ProcessSet, global_process_set
 
 from .compression import Compression, Compressor
 
@@ -63,6 +64,7 @@ def allreduce_async_(
     op: ReduceOp | None = None,
     prescale_factor: float = 1.0,
     postscale_factor: float = 1.0,
+    process_set: ProcessSet = global_process_set,
     compression: type[Compressor] | Compressor = Compression.none,
 ) -> Handle:
     """Starts reducing ``tensor`` over every rank, in place; with a compression that casts, the
@@ -70,7 +72,7 @@ def allreduce_async_(
     plain = tensor.detach()
     # A compressed copy would hide a read-only tensor from the core, which refuses it.
     compressed, ctx = (plain, None) if _arrays.read_only(plain) else compression.compress(plain)
-    inner = _core.allreduce_async_(compressed, average, name, op, prescale_factor, postscale_factor)
+    inner = _core.allreduce_async_(compressed, average, name, op, prescale_factor, postscale_factor, process_set)
 
     def finish(reduced: torch.Tensor) -> torch.Tensor:
         out = compression.decompress(reduced, ctx)
@@ -88,12 +90,13 @@ def allreduce_async(
     op: ReduceOp | None = None,
     prescale_factor: float = 1.0,
     postscale_factor: float = 1.0,
+    process_set: ProcessSet = global_process_set,
     compression: type[Compressor] | Compressor = Compression.none,
 ) -> Handle:
     """Like ``allreduce_async_``, into a new tensor of ``tensor``'s dtype; ``tensor`` is left
     alone."""
     compressed, ctx = compression.compress(tensor.detach())
-    inner = _core.allreduce_async(compressed, average, name, op, prescale_factor, postscale_factor)
+    inner = _core.allreduce_async(compressed, average, name, op, prescale_factor, postscale_factor, process_set)
     return _then(inner, lambda reduced: compression.decompress(reduced, ctx))
 
 
@@ -104,10 +107,13 @@ def allreduce_(
     op: ReduceOp | None = None,
     prescale_factor: float = 1.0,
     postscale_factor: float = 1.0,
+    process_set: ProcessSet = global_process_set,
     compression: type[Compressor] | Compressor = Compression.none,
 ) -> torch.Tensor:
     """Reduces ``tensor`` over every rank, in place, and returns it."""
-    return allreduce_async_(tensor, average, name, op, prescale_factor, postscale_factor, compression).wait()
+    return allreduce_async_(
+        tensor, average, name, op, prescale_factor, postscale_factor, process_set, compression
+    ).wait()
 
 
 def allreduce(
@@ -118,14 +124,17 @@ def allreduce(
     op: ReduceOp | None = None,
     prescale_factor: float = 1.0,
     postscale_factor: float = 1.0,
+    process_set: ProcessSet = global_process_set,
 ) -> torch.Tensor:
     """The reduction of ``tensor`` over every rank, as a new tensor; differentiable for ``Sum``
     and ``Average`` when ``tensor`` requires grad. The parameters are in Horovod's order
     (``compression`` fourth), so positional calls mean the same."""
     reduce_op = resolve_op(op, average)
     if _tracks_grad(tensor):
-        return _Allreduce.apply(tensor, name, reduce_op, prescale_factor, postscale_factor, compression)
-    return allreduce_async(tensor, None, name, reduce_op, prescale_factor, postscale_factor, compression).wait()
+        return _Allreduce.apply(tensor, name, reduce_op, prescale_factor, postscale_factor, compression, process_set)
+    return allreduce_async(
+        tensor, None, name, reduce_op, prescale_factor, postscale_factor, process_set, compression
+    ).wait()
 
 
 class _Allreduce(torch.autograd.Function):
@@ -133,17 +142,19 @@ class _Allreduce(torch.autograd.Function):
     every rank's gradient."""
 
     @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor, name: str | None, op: ReduceOp, pre: float, post: float, compression: Any) -> torch.Tensor:
-        ctx.args = (name, op, pre, post, compression)
-        return allreduce_async(tensor, None, name, op, pre, post, compression).wait()
+    def forward(
+        ctx: Any, tensor: torch.Tensor, name: str | None, op: ReduceOp, pre: float, post: float, compression: Any, ps: Any
+    ) -> torch.Tensor:
+        ctx.args = (name, op, pre, post, ps, compression)
+        return allreduce_async(tensor, None, name, op, pre, post, ps, compression).wait()
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        name, op, pre, post, compression = ctx.args
+        name, op, pre, post, ps, compression = ctx.args
         if op not in (Sum, Average):
             raise RuntimeError(f"allreduce with {op!r} has no gradient; only Sum and Average do")
-        g = allreduce_async(grad.contiguous(), None, _grad_name(name), op, pre, post, compression).wait()
-        return g, None, None, None, None, None
+        g = allreduce_async(grad.contiguous(), None, _grad_name(name), op, pre, post, ps, compression).wait()
+        return g, None, None, None, None, None, None
 
 
 def grouped_allreduce_async_(
@@ -151,6 +162,9 @@ def grouped_allreduce_async_(
     average: bool | None = None,
     name: str | None = None,
     op: ReduceOp | None = None,
+    prescale_factor: float = 1.0,
+    postscale_factor: float = 1.0,
+    process_set: ProcessSet = global_process_set,
     compression: type[Compressor] | Compressor = Compression.none,
 ) -> Handle:
     """Starts reducing ``tensors`` in place as one group (they complete together); compressed
@@ -158,7 +172,9 @@ def grouped_allreduce_async_(
     plain = [t.detach() for t in tensors]
     # As in allreduce_async_: the core refuses read-only tensors, so they travel uncompressed.
     packed = [(t, None) if _arrays.read_only(t) else compression.compress(t) for t in plain]
-    inner = _core.grouped_allreduce_async_([c for c, _ in packed], average, name, op)
+    inner = _core.grouped_allreduce_async_(
+        [c for c, _ in packed], average, name, op, prescale_factor, postscale_factor, process_set
+    )
 
     def finish(reduced: list[torch.Tensor]) -> list[torch.Tensor]:
         for t, r, (_, ctx) in zip(plain, reduced, packed):
@@ -175,11 +191,16 @@ def grouped_allreduce_async(
     average: bool | None = None,
     name: str | None = None,
     op: ReduceOp | None = None,
+    prescale_factor: float = 1.0,
+    postscale_factor: float = 1.0,
+    process_set: ProcessSet = global_process_set,
     compression: type[Compressor] | Compressor = Compression.none,
 ) -> Handle:
     """Like ``grouped_allreduce_async_``, into new tensors."""
     packed = [compression.compress(t.detach()) for t in tensors]
-    inner = _core.grouped_allreduce_async([c for c, _ in packed], average, name, op)
+    inner = _core.grouped_allreduce_async(
+        [c for c, _ in packed], average, name, op, prescale_factor, postscale_factor, process_set
+    )
     return _then(inner, lambda reduced: [compression.decompress(r, ctx) for r, (_, ctx) in zip(reduced, packed)])
 
 
@@ -188,9 +209,14 @@ def grouped_allreduce_(
     average: bool | None = None,
     name: str | None = None,
     op: ReduceOp | None = None,
+    prescale_factor: float = 1.0,
+    postscale_factor: float = 1.0,
+    process_set: ProcessSet = global_process_set,
     compression: type[Compressor] | Compressor = Compression.none,
 ) -> list[torch.Tensor]:
-    return grouped_allreduce_async_(tensors, average, name, op, compression).wait()
+    return grouped_allreduce_async_(
+        tensors, average, name, op, prescale_factor, postscale_factor, process_set, compression
+    ).wait()
 
 
 def grouped_allreduce(
@@ -199,73 +225,81 @@ def grouped_allreduce(
     name: str | None = None,
     compression: type[Compressor] | Compressor = Compression.none,
     op: ReduceOp | None = None,
+    prescale_factor: float = 1.0,
+    postscale_factor: float = 1.0,
+    process_set: ProcessSet = global_process_set,
 ) -> list[torch.Tensor]:
     """The reductions of ``tensors``, as one group; parameters in Horovod's order.
     Differentiable for ``Sum`` and ``Average`` (the gradients are the same grouped reduction)."""
+    scales = (prescale_factor, postscale_factor)
     if any(_tracks_grad(t) for t in tensors):
-        return list(_GroupedAllreduce.apply(name, resolve_op(op, average), compression, *tensors))
-    return grouped_allreduce_async(tensors, average, name, op, compression).wait()
+        return list(_GroupedAllreduce.apply(name, resolve_op(op, average), compression, scales, process_set, *tensors))
+    return grouped_allreduce_async(tensors, average, name, op, *scales, process_set, compression).wait()
 
 
 class _GroupedAllreduce(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, name: str | None, op: ReduceOp, compression: Any, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        ctx.name, ctx.op, ctx.compression = name, op, compression
-        return tuple(grouped_allreduce_async(list(tensors), None, name, op, compression).wait())
+    def forward(
+        ctx: Any, name: str | None, op: ReduceOp, compression: Any, scales: tuple[float, float], ps: Any, *tensors: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        ctx.name, ctx.op, ctx.compression, ctx.scales, ctx.ps = name, op, compression, scales, ps
+        return tuple(grouped_allreduce_async(list(tensors), None, name, op, *scales, ps, compression).wait())
 
     @staticmethod
     def backward(ctx: Any, *grads: torch.Tensor) -> tuple[Any, ...]:
         if ctx.op not in (Sum, Average):
             raise RuntimeError(f"grouped_allreduce with {ctx.op!r} has no gradient; only Sum and Average do")
         plain = [g.contiguous() for g in grads]
-        reduced = grouped_allreduce_async(plain, None, _grad_name(ctx.name), ctx.op, ctx.compression).wait()
-        return (None, None, None, *reduced)
+        reduced = grouped_allreduce_async(
+            plain, None, _grad_name(ctx.name), ctx.op, *ctx.scales, ctx.ps, ctx.compression
+        ).wait()
+        return (None, None, None, None, None, *reduced)
 
 
 # --- allgather, broadcast, reducescatter, alltoall ---------------------------------------------
 
 
-def allgather(tensor: torch.Tensor, name: str | None = None) -> torch.Tensor:
+def allgather(tensor: torch.Tensor, name: str | None = None, process_set: ProcessSet = global_process_set) -> torch.Tensor:
     """Every rank's ``tensor`` concatenated along the first dimension (sizes may differ);
     differentiable with Horovod's gradient: the average over the ranks of the output's
     gradient, this rank's rows of it (each rank's loss taken as a share of an averaged one)."""
     if _tracks_grad(tensor):
-        return _Allgather.apply(tensor, name)
-    return _core.allgather(tensor, name)
+        return _Allgather.apply(tensor, name, process_set)
+    return _core.allgather(tensor, name, process_set)
 
 
 class _Allgather(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor, name: str | None) -> torch.Tensor:
+    def forward(ctx: Any, tensor: torch.Tensor, name: str | None, ps: Any) -> torch.Tensor:
         rows_name = None if name is None else f"{name}.rows"
-        rows = _core.allgather(torch.tensor([tensor.shape[0]], dtype=torch.int64), rows_name).tolist()
-        ctx.offset, ctx.rows, ctx.name = sum(rows[: _core.rank()]), tensor.shape[0], name
-        return _core.allgather(tensor, name)
+        rows = _core.allgather(torch.tensor([tensor.shape[0]], dtype=torch.int64), rows_name, ps).tolist()
+        ctx.offset, ctx.rows, ctx.name, ctx.ps = sum(rows[: ps.rank()]), tensor.shape[0], name, ps
+        return _core.allgather(tensor, name, ps)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        total = _core.allreduce(grad.contiguous(), name=_grad_name(ctx.name), op=Average)
-        return total.narrow(0, ctx.offset, ctx.rows), None
+        total = _core.allreduce(grad.contiguous(), name=_grad_name(ctx.name), op=Average, process_set=ctx.ps)
+        return total.narrow(0, ctx.offset, ctx.rows), None, None
 
 
-def broadcast(tensor: torch.Tensor, root_rank: int, name: str | None = None) -> torch.Tensor:
+def broadcast(tensor: torch.Tensor, root_rank: int, name: str | None = None, process_set: ProcessSet = global_process_set) -> torch.Tensor:
     """``root_rank``'s ``tensor``, as a new tensor on every rank; differentiable with Horovod's
     gradient (the root gets the average of every rank's gradient, the others zero)."""
     if _tracks_grad(tensor):
-        return _Broadcast.apply(tensor, root_rank, name)
-    return _core.broadcast(tensor, root_rank, name)
+        return _Broadcast.apply(tensor, root_rank, name, process_set)
+    return _core.broadcast(tensor, root_rank, name, process_set)
 
 
 class _Broadcast(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor, root_rank: int, name: str | None) -> torch.Tensor:
-        ctx.root, ctx.name = root_rank, name
-        return _core.broadcast(tensor, root_rank, name)
+    def forward(ctx: Any, tensor: torch.Tensor, root_rank: int, name: str | None, ps: Any) -> torch.Tensor:
+        ctx.root, ctx.name, ctx.ps = root_rank, name, ps
+        return _core.broadcast(tensor, root_rank, name, ps)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        total = _core.allreduce(grad.contiguous(), name=_grad_name(ctx.name), op=Average)
-        return (total if _core.rank() == ctx.root else torch.zeros_like(total)), None, None
+        total = _core.allreduce(grad.contiguous(), name=_grad_name(ctx.name), op=Average, process_set=ctx.ps)
+        return (total if _core.rank() == ctx.root else torch.zeros_like(total)), None, None, None
 
 
 def reducescatter(
@@ -275,22 +309,23 @@ def reducescatter(
     op: ReduceOp = Average,
     prescale_factor: float = 1.0,
     postscale_factor: float = 1.0,
+    process_set: ProcessSet = global_process_set,
 ) -> torch.Tensor:
     """This rank's share of the first dimension of the reduction (``Average`` by default);
     differentiable for ``Sum`` and ``Average``. Parameters in Horovod's order."""
     compressed, ctx = compression.compress(tensor)
     if _tracks_grad(compressed):
-        out = _Reducescatter.apply(compressed, op, name, prescale_factor, postscale_factor)
+        out = _Reducescatter.apply(compressed, op, name, prescale_factor, postscale_factor, process_set)
     else:
-        out = _reducescatter(compressed, op, name, prescale_factor, postscale_factor)
+        out = _reducescatter(compressed, op, name, prescale_factor, postscale_factor, process_set)
     return compression.decompress(out, ctx)
 
 
-def _reducescatter(t: torch.Tensor, op: ReduceOp, name: str | None, pre: float, post: float) -> torch.Tensor:
+def _reducescatter(t: torch.Tensor, op: ReduceOp, name: str | None, pre: float, post: float, ps: Any) -> torch.Tensor:
     if pre != 1.0:
         t = t.detach().clone()
         _arrays.scale(t, pre)
-    out = _core.reducescatter(t, op, name)
+    out = _core.reducescatter(t, op, name, ps)
     _arrays.scale(out, post)
     return out
 
@@ -301,21 +336,46 @@ class _Reducescatter(torch.autograd.Function):
     pre- and post-scale factors)."""
 
     @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor, op: ReduceOp, name: str | None, pre: float, post: float) -> torch.Tensor:
-        ctx.op, ctx.name, ctx.scale = op, name, pre * post
-        return _reducescatter(tensor, op, name, pre, post)
+    def forward(
+        ctx: Any, tensor: torch.Tensor, op: ReduceOp, name: str | None, pre: float, post: float, ps: Any
+    ) -> torch.Tensor:
+        ctx.op, ctx.name, ctx.scale, ctx.ps = op, name, pre * post, ps
+        return _reducescatter(tensor, op, name, pre, post, ps)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         if ctx.op not in (Sum, Average):
             raise RuntimeError(f"reducescatter with {ctx.op!r} has no gradient; only Sum and Average do")
-        g = grad.contiguous() * (_core.size() if ctx.op == Sum else 1) * ctx.scale
-        return _core.allgather(g, _grad_name(ctx.name)), None, None, None, None
+        g = grad.contiguous() * (ctx.ps.size() if ctx.op == Sum else 1) * ctx.scale
+        return _core.allgather(g, _grad_name(ctx.name), ctx.ps), None, None, None, None, None
 
 
-def grouped_allgather(tensors: Sequence[torch.Tensor], name: str | None = None) -> list[torch.Tensor]:
+def sparse_allreduce_async(
+    tensor: torch.Tensor, name: str, op: ReduceOp, process_set: ProcessSet = global_process_set
+) -> Callable[[], torch.Tensor]:
+    """Starts reducing a sparse tensor by gathering every rank's indices and values (which costs
+    what the nonzeros cost, not the dense size); returns a function that waits and gives the
+    coalesced sum (divided by the ranks for ``Average``), as Horovod's does. ``Sum`` and
+    ``Average`` only."""
+    if op not in (Sum, Average):
+        raise ValueError(f"sparse_allreduce_async reduces with Sum or Average, not {op!r}")
+    t = tensor.coalesce()
+    values = _core.allgather_async(t.values().contiguous(), name=f"{name}.values", process_set=process_set)
+    indices = _core.allgather_async(t.indices().t().contiguous(), name=f"{name}.indices", process_set=process_set)
+
+    def wait() -> torch.Tensor:
+        # Checked: the indices came from other processes.
+        summed = torch.sparse_coo_tensor(indices.wait().t(), values.wait(), t.shape, check_invariants=True).coalesce()
+        return summed / (process_set.size() or 1) if op == Average else summed
+
+    return wait
+
+
+def grouped_allgather(
+    tensors: Sequence[torch.Tensor], name: str | None = None, process_set: ProcessSet = global_process_set
+) -> list[torch.Tensor]:
     """``allgather`` of each tensor (named ``<name>.<i>``); differentiable like it."""
-    return [allgather(t, None if name is None else f"{name}.{i}") for i, t in enumerate(tensors)]
+    return [allgather(t, None if name is None else f"{name}.{i}", process_set) for i, t in enumerate(tensors)]
 
 
 def grouped_reducescatter(
@@ -325,29 +385,36 @@ def grouped_reducescatter(
     op: ReduceOp = Average,
     prescale_factor: float = 1.0,
     postscale_factor: float = 1.0,
+    process_set: ProcessSet = global_process_set,
 ) -> list[torch.Tensor]:
     """``reducescatter`` of each tensor (named ``<name>.<i>``); differentiable like it."""
     return [
-        reducescatter(t, None if name is None else f"{name}.{i}", compression, op, prescale_factor, postscale_factor)
+        reducescatter(
+            t, None if name is None else f"{name}.{i}", compression, op, prescale_factor, postscale_factor, process_set
+        )
         for i, t in enumerate(tensors)
     ]
 
 
 def alltoall(
-    tensor: torch.Tensor, splits: Sequence[int] | torch.Tensor | None = None, name: str | None = None
+    tensor: torch.Tensor,
+    splits: Sequence[int] | torch.Tensor | None = None,
+    name: str | None = None,
+    process_set: ProcessSet = global_process_set,
 ) -> Any:
     """``splits[j]`` rows of ``tensor`` go to rank j (an even split without ``splits``);
     differentiable in ``tensor``. As in Horovod, the result is the output alone without
     ``splits``, and ``(output, received_splits)`` with them. Without ``splits`` the first
     dimension must divide by the number of ranks, as Horovod requires."""
-    if splits is None and tensor.dim() > 0 and tensor.shape[0] % _core.size() != 0:
+    ranks = process_set.size() or _core.size()
+    if splits is None and tensor.dim() > 0 and tensor.shape[0] % ranks != 0:
         raise _core.InvalidArgumentError(
-            f"alltoall without splits: the first dimension {tensor.shape[0]} does not divide into {_core.size()} ranks"
+            f"alltoall without splits: the first dimension {tensor.shape[0]} does not divide into {ranks} ranks"
         )
     if _tracks_grad(tensor):
-        out, received = _Alltoall.apply(tensor, splits, name)
+        out, received = _Alltoall.apply(tensor, splits, name, process_set)
     else:
-        out, received = _core.alltoall(tensor, splits, name)
+        out, received = _core.alltoall(tensor, splits, name, process_set)
     return out if splits is None else (out, received)
 
 
@@ -355,13 +422,13 @@ class _Alltoall(torch.autograd.Function):
     """The gradient goes back the way the rows came: an alltoall with the received splits."""
 
     @staticmethod
-    def forward(ctx: Any, tensor: torch.Tensor, splits: Any, name: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-        out, received = _core.alltoall(tensor, splits, name)
-        ctx.received, ctx.name = received, name
+    def forward(ctx: Any, tensor: torch.Tensor, splits: Any, name: str | None, ps: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        out, received = _core.alltoall(tensor, splits, name, ps)
+        ctx.received, ctx.name, ctx.ps = received, name, ps
         ctx.mark_non_differentiable(received)
         return out, received
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor, _received: Any) -> tuple[Any, ...]:
-        g, _ = _core.alltoall(grad.contiguous(), ctx.received, _grad_name(ctx.name))
-        return g, None, None
+        g, _ = _core.alltoall(grad.contiguous(), ctx.received, _grad_name(ctx.name), ctx.ps)
+        return g, None, None, None

@@ -25,9 +25,10 @@ import torch
 
 import ferrovod as _core
 from ferrovod import Average, ReduceOp, Sum
+from ferrovod._process_sets import ProcessSet, global_process_set
 
 from .compression import Compression, Compressor
-from .ops import staged
+from .ops import sparse_allreduce_async, staged
 
 
 def DistributedOptimizer(
@@ -40,6 +41,7 @@ def DistributedOptimizer(
     num_groups: int = 0,
     groups: int | list[list[torch.Tensor]] | None = None,
     sparse_as_dense: bool = False,
+    process_set: ProcessSet = global_process_set,
 ) -> torch.optim.Optimizer:
     """Wraps ``optimizer`` so that ``step()`` uses gradients reduced over every rank with ``op``.
 
@@ -50,7 +52,11 @@ def DistributedOptimizer(
     size/f after, to keep float16 sums in range. ``groups`` (a count, or lists of parameters)
     reduces each group's gradients together, as one fused request; ``num_groups`` is a count.
     Sparse gradients are allgathered, or reduced as dense ones with ``sparse_as_dense``.
+    ``process_set`` reduces over its ranks only; on a rank outside it the optimizer steps on
+    its own gradients, as Horovod's does.
     """
+    if process_set.process_set_id is None:  # refused here, not at the first backward
+        raise ValueError(f"{process_set} is not added: call add_process_set first")
     if backward_passes_per_step < 1:
         raise ValueError(f"backward_passes_per_step must be at least 1, not {backward_passes_per_step}")
     if gradient_predivide_factor != 1.0 and op != Average:
@@ -69,7 +75,10 @@ def DistributedOptimizer(
     cls = _distributed_class(type(optimizer))
     dist = object.__new__(cls)  # not __init__: it starts from the wrapped optimizer's attributes
     dist.__dict__.update(optimizer.__dict__)
-    dist._fv_setup(trainable, names, grouped, compression, backward_passes_per_step, op, gradient_predivide_factor, sparse_as_dense)
+    dist._fv_setup(
+        trainable, names, grouped, compression, backward_passes_per_step, op, gradient_predivide_factor, sparse_as_dense,
+        process_set,
+    )
     return dist
 
 
@@ -86,6 +95,7 @@ class _DistributedMixin:
         op: ReduceOp,
         predivide: float,
         sparse_as_dense: bool,
+        process_set: ProcessSet,
     ) -> None:
         self._fv_params = trainable
         self._fv_names = names
@@ -94,7 +104,8 @@ class _DistributedMixin:
         self._fv_compression = compression
         self._fv_passes_per_step = passes
         self._fv_sparse_as_dense = sparse_as_dense
-        self._fv_size = _core.size()
+        self._fv_set = process_set
+        self._fv_size = (process_set.size() or 1) if process_set.included() else 1
         self._fv_user_op = op
         # Average with a predivide factor f: the sum of g/f, times f/size.
         if predivide != 1.0:
@@ -161,6 +172,7 @@ class _DistributedMixin:
         """Starts reducing the gradients of ``params`` (one request, or one group of them)."""
         self._fv_submitted.update(params)
         entries = []
+        densified = []  # sparse gradients reduced as dense ones: sparse again for the step
         for p in params:
             grad = p.grad if p.grad is not None else torch.zeros_like(p)
             if grad.is_sparse:
@@ -170,6 +182,7 @@ class _DistributedMixin:
                     self._fv_submit_sparse(p, grad, name)
                     return
                 grad = grad.to_dense()
+                densified.append(p)
             p.grad = grad
             compressed, ctx = self._fv_compression.compress(grad)
             buf = staged(compressed)
@@ -178,9 +191,11 @@ class _DistributedMixin:
             entries.append((grad, buf, ctx))
         bufs = [buf for _, buf, _ in entries]
         if len(bufs) == 1:
-            handle = _core.allreduce_async_(bufs[0], name=f"allreduce.{name}", op=self._fv_op)
+            handle = _core.allreduce_async_(bufs[0], name=f"allreduce.{name}", op=self._fv_op, process_set=self._fv_set)
         else:
-            handle = _core.grouped_allreduce_async_(bufs, name=f"allreduce.{name}", op=self._fv_op)
+            handle = _core.grouped_allreduce_async_(
+                bufs, name=f"allreduce.{name}", op=self._fv_op, process_set=self._fv_set
+            )
 
         def finish() -> None:
             handle.wait()
@@ -190,6 +205,8 @@ class _DistributedMixin:
                 out = self._fv_compression.decompress(buf, ctx)
                 if out is not grad:
                     grad.copy_(out)
+            for p in densified:  # an optimizer that takes sparse gradients only (SparseAdam)
+                p.grad = p.grad.to_sparse()
 
         self._fv_inflight.append(finish)
 
@@ -198,14 +215,10 @@ class _DistributedMixin:
         costs what the nonzeros cost rather than the dense size."""
         if self._fv_user_op not in (Sum, Average):
             raise RuntimeError(f"sparse gradients reduce with Sum or Average, not {self._fv_user_op!r}; pass sparse_as_dense=True")
-        grad = grad.coalesce()
-        values = _core.allgather_async(grad.values().contiguous(), name=f"allreduce.{name}.values")
-        indices = _core.allgather_async(grad.indices().t().contiguous(), name=f"allreduce.{name}.indices")
+        wait = sparse_allreduce_async(grad, f"allreduce.{name}", self._fv_user_op, self._fv_set)
 
         def finish() -> None:
-            # Checked: the indices came from other processes.
-            summed = torch.sparse_coo_tensor(indices.wait().t(), values.wait(), grad.shape, check_invariants=True).coalesce()
-            p.grad = summed / self._fv_size if self._fv_user_op == Average else summed
+            p.grad = wait()
 
         self._fv_inflight.append(finish)
 

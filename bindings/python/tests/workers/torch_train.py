@@ -137,8 +137,8 @@ def run(name, make_model, make_opt, kwargs, passes, tol, options):
 
     gathered = hvd.allgather(flat(model)[None], name=f"check.{name}")
     if make_model is SparseNet:
-        # Which way the embedding's gradient travelled: reduced, it is still sparse unless
-        # sparse_as_dense. (One more backward and synchronize; the optimizer is done with.)
+        # The embedding's gradient after the reduction: sparse, whichever way it travelled.
+        # (One more backward and synchronize; the optimizer is done with.)
         x, y = batch(0)
         nn.functional.mse_loss(model(x[:SHARD]), y[:SHARD]).backward()
         opt.synchronize()
