@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Every test: formatting, lints, the whole workspace's tests in release mode (the collective
 # tests move gigabytes; one optimised build also serves the benchmark and demo), then the Python
-# package: installed into the project venv with pip as a user would, and its pytest suite
-# (multi-process, torch; GPU tests deselected) including the stub check.
+# package: its manylinux wheel built and audited, installed into the project venv with pip as a
+# user would, and into a fresh venv without Rust (a smoke run and the tests that need neither
+# torch nor Spark); then its pytest suite (multi-process, torch; GPU tests deselected) including
+# the stub check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
@@ -11,4 +13,6 @@ cargo clippy --workspace --all-targets -- -D warnings
 cargo build --release --workspace
 cargo test --release --workspace
 bash scripts/python-env.sh
+# The same wheel in a fresh venv with no Rust toolchain reachable.
+bash scripts/wheel-check.sh dist/ferrovod-*.whl
 cd bindings && ../.venv/bin/python -m pytest
