@@ -186,7 +186,6 @@ class Stream:
         self._ready = threading.Condition()
         self._writer = threading.Thread(target=self._write, daemon=True)
         self._writer.start()
-        batcher.attach(self)
 
     def read(self) -> None:
         batcher = self.batcher
@@ -228,11 +227,7 @@ class Stream:
 class Batcher:
     """One UDF's queue over one loaded model: rows from every task in arrival order, cut into
     model calls of exactly ``batch_size`` rows; a shorter one only when a task whose rows wait
-    has ended, and then at once when every task it serves has ended with rows still queued (each
-    holds its slot until it is answered, so no row can come unless a slot it has not seen is
-    free), else once no row came for :data:`LINGER_S`. "Every" means as many tasks as it ever
-    served at once (fewer may mean a slot is between two tasks), and a task already answered is
-    about to free its slot for the next."""
+    has ended and no row came for :data:`LINGER_S`."""
 
     def __init__(self, loaded: Loaded, model: dict[str, Any]) -> None:
         self.loaded = loaded
@@ -243,14 +238,7 @@ class Batcher:
         self._cond = threading.Condition()
         self._queue: collections.deque[tuple[Stream, pa.RecordBatch]] = collections.deque()
         self._last = time.monotonic()
-        self._live: set[Stream] = set()  # the tasks it serves now
-        self._most = 0  # the most it served at once
         threading.Thread(target=self._run, daemon=True).start()
-
-    def attach(self, stream: Stream) -> None:
-        with self._cond:
-            self._live.add(stream)
-            self._most = max(self._most, len(self._live))
 
     def add(self, stream: Stream, batch: pa.RecordBatch) -> None:
         with self._cond:
@@ -269,7 +257,6 @@ class Batcher:
         """The task left (done, failed or cancelled): its rows still queued are dropped."""
         with self._cond:
             stream.gone = True
-            self._live.discard(stream)
             self._queue = collections.deque(item for item in self._queue if item[0] is not stream)
             self._cond.notify()
 
@@ -288,13 +275,10 @@ class Batcher:
         if not pending:
             return None
         if pending < self.batch_size:
-            # Only a task that has ended waits on a short call; unless every task is waiting, it
-            # waits a little for the next task's rows first (tasks start tens of ms apart).
-            waiting = {s for s, _ in self._queue if s.ended}
-            if not waiting:
-                return None
-            everyone_waits = len(self._live) >= self._most and waiting >= self._live
-            if not everyone_waits and time.monotonic() - self._last < LINGER_S:
+            # Only a task that has ended waits on a short call; it waits a little for the
+            # next task's rows first (on a busy host, tasks start tens of ms apart).
+            ended_waiting = any(s.ended for s, _ in self._queue)
+            if not ended_waiting or time.monotonic() - self._last < LINGER_S:
                 return None
         take, want = [], self.batch_size
         while want and self._queue:
