@@ -62,13 +62,22 @@ def torch_dtypes() -> dict[str, Any]:
 
 def lendable(x: Any) -> Any:
     """What to hand to Rust for `x`: a torch tensor without autograd (same memory), else `x`."""
+    _refuse_none(x)
     if is_torch(x) and x.requires_grad:
         return x.detach()
     return x
 
 
+def _refuse_none(x: Any) -> None:
+    """``None`` (a parameter's ``.grad`` before any backward, typically) is no tensor: say so,
+    rather than let numpy make an object array of it."""
+    if x is None:
+        raise TypeError("a collective needs a tensor or an array, not None (a .grad before any backward?)")
+
+
 def copy(x: Any) -> Any:
     """A contiguous, writable copy of `x` in the same kind of array (numpy for plain buffers)."""
+    _refuse_none(x)
     if is_torch(x):
         return x.detach().clone(memory_format=_torch().contiguous_format)
     return np.array(x, copy=True, order="C")

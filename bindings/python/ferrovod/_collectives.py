@@ -229,7 +229,7 @@ def alltoall_async(
 ) -> Handle:
     """Starts sending ``splits[j]`` rows of ``tensor`` to rank j (an even split without
     ``splits``). The result is ``(output, received_splits)``."""
-    split_list = None if splits is None else [int(s) for s in (splits.tolist() if hasattr(splits, "tolist") else splits)]
+    split_list = _splits(splits)
     ps = set_id(process_set)
     with tensor_name("alltoall", name, ps) as name:
         inner = _ferrovod.alltoall_async(_arrays.lendable(tensor), name, split_list, ps)
@@ -241,6 +241,17 @@ def alltoall_async(
         return _arrays.wrap(r, tensor), received
 
     return Handle(inner, finish)
+
+
+def _splits(splits: Any) -> list[int] | None:
+    """``splits`` as a list of row counts; ``ValueError`` for anything but non-negative integers
+    (a float tensor of splits included, as Horovod refuses it)."""
+    if splits is None:
+        return None
+    values = splits.tolist() if hasattr(splits, "tolist") else list(splits)
+    if not isinstance(values, list) or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
+        raise ValueError(f"alltoall: splits must be non-negative integers (one per rank), not {values!r}"[:300])
+    return values
 
 
 def alltoall(
@@ -265,7 +276,8 @@ def barrier(process_set: ProcessSet = global_process_set) -> None:
 
 def join(device: int = -1) -> int:
     """Says this rank has no more data: until every rank has joined, it contributes the identity
-    to the others' reductions (nothing to averages). Blocks until every rank has joined and
+    to the others' reductions (zeros to sums; an average still divides by every rank, as
+    Horovod's). Blocks until every rank has joined and
     returns the rank that joined last.
 
     ``device`` is Horovod's: where the stand-ins for the others' tensors live (-1: the CPU). Until

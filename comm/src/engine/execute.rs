@@ -7,7 +7,8 @@
 //! Every rank cuts the same pieces, since they follow from the agreed sizes alone.
 //!
 //! A rank that has joined and did not submit a tensor contributes a stand-in: the identity of
-//! the reduction, no rows for allgather and alltoall, a scratch buffer for broadcast.
+//! the reduction, no rows for allgather and alltoall, a scratch buffer for broadcast. An average
+//! still divides by every rank (the joined one counting as zeros), as Horovod's does.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -77,10 +78,6 @@ impl Item {
         let s = &mut self.spans[which];
         *s = Some(s.map_or((from, to), |(a, _)| (a, to)));
     }
-
-    fn contributors(&self) -> usize {
-        self.ready.present.iter().filter(|&&p| p).count()
-    }
 }
 
 /// A tensor whose every rank's data came with the negotiation round: reduced here, in rank
@@ -96,6 +93,7 @@ pub(crate) fn eager(ctx: &mut Ctx<'_>, ready: Ready, mut pending: Pending) -> Do
         reduce_into(meta.dtype, wire, &mut acc, &data, Order::AccFirst);
     }
     if op == ReduceOp::Average {
+        // Every rank counts, a joined one as zeros (Horovod's average under join).
         divide(meta.dtype, &mut acc, ready.present.len());
     }
     let mut buffer = std::mem::take(&mut pending.sub.data);
@@ -187,7 +185,8 @@ fn stand_in(ops: &mut dyn Ops, ready: &Ready) -> Vec<u8> {
 fn allreduce(ctx: &mut Ctx<'_>, items: &mut Vec<Item>, op: ReduceOp, done: &mut Vec<Done>) -> Result<()> {
     let rank = ctx.comm.rank();
     let dtype = items[0].ready.meta.dtype;
-    // Average is a sum here, divided per tensor by the ranks that contributed to it.
+    // Average is a sum here, divided by every rank: a joined rank counts as zeros, as in
+    // Horovod (a script's learning rate assumes the whole job's size).
     let wire = if op == ReduceOp::Average { ReduceOp::Sum } else { op };
     let piece = (ctx.piece / dtype.size()).max(1) * dtype.size();
     // Where the bucket lies: the fusion never mixes host and device tensors (a joined rank's
@@ -234,7 +233,7 @@ fn allreduce(ctx: &mut Ctx<'_>, items: &mut Vec<Item>, op: ReduceOp, done: &mut 
     }
     for mut item in items.drain(..) {
         if op == ReduceOp::Average {
-            let n = item.contributors();
+            let n = ctx.comm.size();
             ctx.ops.divide(item.data.memory(), dtype, n).map_err(|e| ops_failed(rank, Collective::Allreduce(op), e))?;
         }
         let (data, in_place) = std::mem::take(&mut item.data).into_result();
@@ -346,7 +345,7 @@ fn single(ctx: &mut Ctx<'_>, item: &mut Item, rank: usize) -> Result<Output> {
             let mut share = ops.alloc(place, mine.len()).map_err(mem)?;
             ops.copy(share.memory(), input.memory_ref().range(mine.start, mine.end)).map_err(mem)?;
             if op == ReduceOp::Average {
-                ops.divide(share.memory(), dtype, item.contributors()).map_err(mem)?;
+                ops.divide(share.memory(), dtype, comm.size()).map_err(mem)?;
             }
             let my_rows = mine.len().checked_div(row_bytes).unwrap_or(0);
             Ok(Output::owned(share, dtype, with_rows(my_rows), None))

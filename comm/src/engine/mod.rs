@@ -222,8 +222,9 @@ impl Engine {
     }
 
     /// Says this rank has no more data: until every rank has joined, it contributes nothing to
-    /// the other ranks' collectives (the identity for reductions, no rows for allgather). Blocks
-    /// until every rank has joined; returns the rank that joined last.
+    /// the other ranks' collectives (the identity for reductions, no rows for allgather; an
+    /// average still divides by every rank, as Horovod's). Blocks until every rank has joined;
+    /// returns the rank that joined last.
     pub fn join(&self) -> Result<usize> {
         let out = self.join_async()?.wait()?;
         let last = out.to_vec::<i64>()?.first().copied().unwrap_or(0);

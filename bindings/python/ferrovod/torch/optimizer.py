@@ -99,6 +99,7 @@ class _DistributedMixin:
     ) -> None:
         self._fv_params = trainable
         self._fv_names = names
+        self._parameter_names = names  # Horovod's name for it, which scripts and tests read
         self._fv_groups = grouped
         self._fv_group_of = {p: i for i, group in enumerate(grouped) for p in group}
         self._fv_compression = compression
@@ -272,8 +273,9 @@ class _DistributedMixin:
         else:
             if self._fv_synchronized:
                 warnings.warn(
-                    "optimizer.step() after an explicit optimizer.synchronize() synchronizes again; "
-                    "wrap the step in optimizer.skip_synchronize() to skip that",
+                    "optimizer.step() called without optimizer.skip_synchronize() after an explicit "
+                    "optimizer.synchronize(): the step synchronizes again; wrap it in "
+                    "`with optimizer.skip_synchronize():` to skip that",
                     UserWarning,
                     stacklevel=2,
                 )
