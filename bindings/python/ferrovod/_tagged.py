@@ -1,12 +1,12 @@
 """Values that plain JSON cannot carry: numpy arrays, torch tensors (a model's ``state_dict``),
-tuples, and dicts whose keys are not strings. ``encode`` turns such a value into bytes in the
+tuples, sets, and dicts whose keys are not strings. ``encode`` turns such a value into bytes in the
 safetensors format: the arrays are its tensors, and the structure around them is JSON in its
 ``__metadata__``. ``decode`` turns those bytes back into the value. Nothing is pickled, and
-anything else a value holds (a set, a module, an object) is refused with its path named.
+anything else a value holds (a module, an object) is refused with its path named.
 
 The structure tags every container, so nothing a user's dict holds can be mistaken for a tag:
 a dict is ``{"d": [[key, value], ...]}`` (keys encoded like values, order kept), a list
-``{"l": [...]}``, a tuple ``{"t": [...]}``, an array ``{"numpy": "<tensor name>"}`` (``"scalar":
+``{"l": [...]}``, a tuple ``{"t": [...]}``, a set ``{"s": [...]}`` (a frozenset ``{"f": [...]}``), an array ``{"numpy": "<tensor name>"}`` (``"scalar":
 true`` for a numpy scalar) or ``{"torch": "<tensor name>"}``. None, booleans, ints, floats and
 strings stand as themselves.
 """
@@ -103,7 +103,7 @@ class _Encoder:
     def skeleton(self, v: Any, path: str) -> Any:
         if v is None or isinstance(v, (bool, int, float, str)):
             return v
-        if isinstance(v, (dict, list, tuple)):
+        if isinstance(v, (dict, list, tuple, set, frozenset)):
             if id(v) in self._active:
                 raise ValueError(f"{path}: refers to itself, which cannot travel")
             self._active.add(id(v))
@@ -114,15 +114,15 @@ class _Encoder:
         self.plain = False
         return self._array(v, path)
 
-    def _container(self, v: dict[Any, Any] | list[Any] | tuple[Any, ...], path: str) -> Any:
+    def _container(self, v: Any, path: str) -> Any:
         if isinstance(v, dict):
             if not all(isinstance(k, str) for k in v):
                 self.plain = False
             return {"d": [[self.skeleton(k, f"{path} key {k!r}"), self.skeleton(x, f"{path}[{k!r}]")] for k, x in v.items()]}
         items = [self.skeleton(x, f"{path}[{i}]") for i, x in enumerate(v)]
-        if isinstance(v, tuple):
+        if isinstance(v, (tuple, set, frozenset)):
             self.plain = False
-            return {"t": items}
+            return {"t" if isinstance(v, tuple) else "s" if isinstance(v, set) else "f": items}
         return {"l": items}
 
     def _array(self, v: Any, path: str) -> Any:
@@ -144,7 +144,7 @@ class _Encoder:
             return {"torch": name}
         raise TypeError(
             f"{path}: a {type(v).__module__}.{type(v).__qualname__} cannot travel (values travel as None, bools, "
-            "numbers, strings, numpy arrays, torch tensors, and dicts, lists and tuples of them)"
+            "numbers, strings, numpy arrays, torch tensors, and dicts, lists, tuples and sets of them)"
         )
 
 
@@ -155,6 +155,9 @@ def _rebuild(s: Any, header: dict[str, Any], data: memoryview) -> Any:
         return {_rebuild(k, header, data): _rebuild(v, header, data) for k, v in s["d"]}
     if "t" in s:
         return tuple(_rebuild(v, header, data) for v in s["t"])
+    if "s" in s or "f" in s:
+        items = [_rebuild(v, header, data) for v in s.get("s", s.get("f"))]
+        return set(items) if "s" in s else frozenset(items)
     if "l" in s:
         return [_rebuild(v, header, data) for v in s["l"]]
     kind = "numpy" if "numpy" in s else "torch"

@@ -63,9 +63,9 @@ def exit_silently_on_rank_1() -> int:
     return 0
 
 
-def return_set() -> object:
+def return_complex() -> object:
     """A value that cannot travel: neither JSON nor arrays and containers of them."""
-    return {"ok": [1, {2, 3}]}
+    return {"ok": [1, 2 + 3j]}
 
 
 def say_hello() -> int:

@@ -225,8 +225,9 @@ def test_calls_before_init_say_so():
 
 
 def test_broadcast_object_refuses_what_cannot_travel_naming_it(world1):
-    with pytest.raises(TypeError, match=r"broadcast_object\['s'\]: a builtins.set cannot travel"):
-        fv.broadcast_object({"s": {1, 2}})
+    with pytest.raises(TypeError, match=r"broadcast_object\['s'\]: a builtins.complex cannot travel"):
+        fv.broadcast_object({"s": 1j})
+    assert fv.broadcast_object({"s": {1, 2}}) == {"s": {1, 2}}  # Horovod scripts gather sets of names
     assert fv.broadcast_object({"a": [1, "b", None]}) == {"a": [1, "b", None]}
 
 

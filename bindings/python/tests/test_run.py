@@ -90,8 +90,9 @@ def test_the_tagged_encoding_round_trips_and_names_what_cannot_travel():
     assert list(back["sd"]) == list(sd) and all(torch.equal(back["sd"][k], sd[k]) for k in sd)
     # A dict that looks like a tag is only a dict.
     assert _tagged.decode(_tagged.encode({"torch": "0", "d": []})) == {"torch": "0", "d": []}
-    with pytest.raises(TypeError, match=r"value\['a'\]\[1\]: a builtins.set cannot travel"):
-        _tagged.encode({"a": [1, {2}]})
+    assert _tagged.decode(_tagged.encode({"s": {1, (2, "x")}, "f": frozenset({3})})) == {"s": {1, (2, "x")}, "f": frozenset({3})}
+    with pytest.raises(TypeError, match=r"value\['a'\]\[1\]: a builtins.complex cannot travel"):
+        _tagged.encode({"a": [1, 2j]})
     with pytest.raises(TypeError, match="complex64 cannot travel"):
         _tagged.encode(np.zeros(2, np.complex64))
     with pytest.raises(ValueError, match="not a ferrovod value"):
@@ -199,9 +200,9 @@ def test_rank_dying_without_an_error_fails_the_run():
 @pytest.mark.multiproc
 def test_a_return_value_that_cannot_travel_is_an_error_naming_its_path_and_type():
     with pytest.raises(ferrovod.RankFailedError) as info:
-        ferrovod.run(runfns.return_set, np=1)
+        ferrovod.run(runfns.return_complex, np=1)
     assert info.value.rank == 0
-    assert "return value['ok'][1]: a builtins.set cannot travel" in str(info.value)
+    assert "return value['ok'][1]: a builtins.complex cannot travel" in str(info.value)
 
 
 # --- refusals, before anything starts ----------------------------------------------------------

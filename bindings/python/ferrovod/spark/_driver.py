@@ -225,16 +225,21 @@ def stage_failed(e: Exception, api: str, sc: Any) -> FerrovodError:
     return FerrovodError(f"{api}: the barrier stage failed:\n" + "\n".join(lines))
 
 
-def _results(parts: list[dict[str, Any]], np: int, api: str) -> list[Any]:
-    """Every rank's value, or the first failing rank's error, from the tasks' answers."""
+def check_tasks(parts: list[dict[str, Any]], api: str, what: str) -> None:
+    """Raises the setup errors (``LaunchError``) or the tasks' own errors of a stage's answers.
+    A task that failed itself (not its ranks) ran nothing, or stopped its launcher: that is the
+    cause whatever the ranks of the other tasks then reported."""
     setup = list(dict.fromkeys(e for p in parts for e in p.get("setup_errors", [])))
     if setup:
-        raise LaunchError(f"{api}: the job could not start:\n" + "\n".join(setup))
-    # A task that failed itself (not its ranks) ran nothing, or stopped its launcher: that is
-    # the cause whatever the ranks of the other tasks then reported.
+        raise LaunchError(f"{api}: the {what} could not start:\n" + "\n".join(setup))
     task_errors = [p["task_error"] for p in parts if "task_error" in p]
     if task_errors:
-        raise FerrovodError(f"{api}: the job failed:\n" + "\n".join(task_errors))
+        raise FerrovodError(f"{api}: the {what} failed:\n" + "\n".join(task_errors))
+
+
+def _results(parts: list[dict[str, Any]], np: int, api: str) -> list[Any]:
+    """Every rank's value, or the first failing rank's error, from the tasks' answers."""
+    check_tasks(parts, api, "job")
     results: dict[int, dict[str, Any]] = {}
     hosts: dict[int, str] = {}
     rank_tails: dict[int, list[str]] = {}

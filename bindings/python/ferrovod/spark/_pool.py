@@ -103,12 +103,7 @@ class _SparkRanks:
             except Exception as e:
                 raise _driver.stage_failed(e, api, sc) from e
         parts = [json.loads(o) for o in outputs]
-        setup = list(dict.fromkeys(e for p in parts for e in p.get("setup_errors", [])))
-        if setup:
-            raise LaunchError(f"{api}: the pool could not start:\n" + "\n".join(setup))
-        task_errors = [p["task_error"] for p in parts if "task_error" in p]
-        if task_errors:
-            raise LaunchError(f"{api}: the pool could not start:\n" + "\n".join(task_errors))
+        _driver.check_tasks(parts, api, "pool")
         return sorted(parts, key=lambda p: p["task"])
 
     def _accept(self, np: int, tasks: int) -> None:

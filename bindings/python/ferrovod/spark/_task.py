@@ -16,7 +16,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .. import _launch
@@ -29,42 +29,37 @@ from . import _logs
 def barrier_task(job_text: str, _partition: Iterator[Any]) -> Iterator[str]:
     """The function of the barrier stage's ``mapPartitions``. ``job_text`` is the JSON the
     driver wrote (:func:`ferrovod.spark._driver.run_job`)."""
-    job = json.loads(job_text)
-    index, host, records, listener, errors = _gather(job)
-    if errors:
-        yield json.dumps({"task": index, "host": host, "setup_errors": errors})
-        return
-    try:
-        try:
-            answer = _run_launcher(job, index, records, listener)
-        except Exception as e:
-            # An answer, not an exception: the driver then names this task's error, not Spark's.
-            answer = {"task": index, "host": host, "task_error": f"task {index} on {host}: {type(e).__name__}: {e}"}
-        yield json.dumps(answer)
-    finally:
-        if listener is not None:
-            listener.close()
+    yield _task(job_text, _run_launcher)
 
 
 def pool_task(job_text: str, _partition: Iterator[Any]) -> Iterator[str]:
     """The function of the stage that starts a ``ferrovod.spark.Pool``: the same gathering, then
     a launcher host (:mod:`ferrovod.spark._pool_host`) started apart from this task, which ends
     at once while its processes stay and connect to the driver."""
+
+    def start(job: dict[str, Any], index: int, records: list[dict[str, Any]], listener: Any) -> dict[str, Any]:
+        _start_pool_host(job, index, records, listener)
+        return {"task": index, "host": records[index]["host"]}
+
+    yield _task(job_text, start)
+
+
+def _task(job_text: str, run: Callable[[dict[str, Any], int, list[dict[str, Any]], Any], dict[str, Any]]) -> str:
+    """One task: the gathering, then ``run(job, index, records, listener)``; its answer (or the
+    setup errors, or the task's own error) as the JSON the driver reads."""
     job = json.loads(job_text)
     index, host, records, listener, errors = _gather(job)
     if errors:
-        yield json.dumps({"task": index, "host": host, "setup_errors": errors})
-        return
+        return json.dumps({"task": index, "host": host, "setup_errors": errors})
     try:
-        try:
-            _start_pool_host(job, index, records, listener)
-            answer = {"task": index, "host": host}
-        except Exception as e:
-            answer = {"task": index, "host": host, "task_error": f"task {index} on {host}: {type(e).__name__}: {e}"}
-        yield json.dumps(answer)
+        answer = run(job, index, records, listener)
+    except Exception as e:
+        # An answer, not an exception: the driver then names this task's error, not Spark's.
+        answer = {"task": index, "host": host, "task_error": f"task {index} on {host}: {type(e).__name__}: {e}"}
     finally:
         if listener is not None:
             listener.close()
+    return json.dumps(answer)
 
 
 def _gather(job: dict[str, Any]) -> tuple[int, str, list[dict[str, Any]], Any, list[str]]:
