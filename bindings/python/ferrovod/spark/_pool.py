@@ -157,7 +157,7 @@ class _SparkRanks:
                     conn.settimeout(None)
                     return hello, conn
         except (OSError, ValueError, _control.ChannelClosed):
-            pass
+            pass  # not ours, or gone during the handshake: dropped below
         conn.close()
         return None, conn
 
@@ -267,7 +267,7 @@ class _SparkRanks:
                 try:
                     _control.send(conn, {"type": "stop"})
                 except OSError:
-                    pass
+                    pass  # that host is gone already: its report (or its end) is collected below
         self._collect_reports(time.monotonic() + _STOP_WAIT_S)
         self._close_all()
 

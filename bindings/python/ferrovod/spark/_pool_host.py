@@ -139,28 +139,28 @@ class Host:
             sel.register(self._ended_r, selectors.EVENT_READ)
             for w in watched:
                 sel.register(w, selectors.EVENT_READ)
-            while not self._stop_needed(sel):
-                pass
+            self._until_stop_needed(sel)
         self._stop()
         self._thread.join()
         if self._client is not None:
             self._client.close()
         return self._done
 
-    def _stop_needed(self, sel: selectors.BaseSelector) -> bool:
-        for key, _ in sel.select():
-            if key.fileobj == self._ended_r:
-                return True
-            if isinstance(key.fileobj, socket.socket):
-                try:
-                    message = _control.receive(key.fileobj)
-                except (OSError, ValueError, _control.ChannelClosed):
-                    return True  # the driver is gone
-                if message["type"] == "stop":
-                    return True
-                continue  # nothing else is sent to a host
-            return True  # the JVM exited
-        return False
+    def _until_stop_needed(self, sel: selectors.BaseSelector) -> None:
+        """Blocks until the launcher ended, the driver went or said ``stop``, or the JVM exited."""
+        while True:
+            for key, _ in sel.select():
+                if key.fileobj == self._ended_r:
+                    return
+                if isinstance(key.fileobj, socket.socket):
+                    try:
+                        message = _control.receive(key.fileobj)
+                    except (OSError, ValueError, _control.ChannelClosed):
+                        return  # the driver is gone
+                    if message["type"] == "stop":
+                        return
+                    continue  # nothing else is sent to a host
+                return  # the JVM exited
 
     def _stop(self) -> None:
         """Asks the launcher to stop its ranks (it kills them after its grace period) and waits."""
