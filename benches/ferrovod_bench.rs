@@ -1,6 +1,6 @@
 //! ferrovod-bench: starts N local processes of itself and prints an nccl-tests-style table.
 //!
-//! `ferrovod-bench --np N --op allreduce|broadcast|allgather|reducescatter|alltoall --sizes 4KiB,1MiB,64MiB [--json PATH]`
+//! `ferrovod-bench --np N --op allreduce|broadcast|allgather|reducescatter|alltoall --sizes 4KiB,1MiB,64MiB [--transport auto|shm|tcp] [--json PATH]`
 //! `ferrovod-bench --np N --tensors resnet50 [--json PATH]`: a training step's gradients through
 //! the engine (see `tensors.rs`).
 //!
@@ -39,6 +39,16 @@ enum TensorSet {
     Small,
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum TransportArg {
+    /// Shared memory on one host, TCP otherwise (FERROVOD_TRANSPORT=auto).
+    Auto,
+    /// Shared memory.
+    Shm,
+    /// Loopback TCP.
+    Tcp,
+}
+
 #[derive(Parser, Debug)]
 #[command(version, about = "Benchmark ferrovod collectives over N local processes (f32)")]
 struct Args {
@@ -51,6 +61,9 @@ struct Args {
     /// Comma-separated sizes in bytes, with optional KiB/MiB/GiB suffix.
     #[arg(long, default_value = "4KiB,1MiB,16MiB,64MiB", value_parser = parse_sizes)]
     sizes: Sizes,
+    /// The transport the ranks use (sets FERROVOD_TRANSPORT; the table says which ran).
+    #[arg(long, value_enum, default_value_t = TransportArg::Auto)]
+    transport: TransportArg,
     /// Write the rows as a JSON array here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -96,6 +109,7 @@ struct Row {
     #[serde(rename = "impl")]
     implementation: &'static str,
     op: &'static str,
+    transport: &'static str,
     np: usize,
     dtype: &'static str,
     bytes: usize,
@@ -250,15 +264,16 @@ fn tensors_worker(args: &Args) -> Result<(), String> {
         rows[1].tensors, rows[0].bytes
     );
     println!(
-        "{:>16} {:>8} {:>12} {:>4} {:>6} {:>10} {:>12} {:>13}",
-        "variant", "tensors", "bytes", "np", "iters", "time(ms)", "busbw(GB/s)", "vs allreduce"
+        "{:>16} {:>9} {:>8} {:>12} {:>4} {:>6} {:>10} {:>12} {:>13}",
+        "variant", "transport", "tensors", "bytes", "np", "iters", "time(ms)", "busbw(GB/s)", "vs allreduce"
     );
     let mut json = Vec::new();
     for r in &rows {
         let algbw = r.bytes as f64 / r.median_s / 1e9;
         println!(
-            "{:>16} {:>8} {:>12} {:>4} {:>6} {:>10.2} {:>12.3} {:>12.2}x",
+            "{:>16} {:>9} {:>8} {:>12} {:>4} {:>6} {:>10.2} {:>12.3} {:>12.2}x",
             r.variant,
+            r.transport,
             r.tensors,
             r.bytes,
             n,
@@ -270,6 +285,7 @@ fn tensors_worker(args: &Args) -> Result<(), String> {
         json.push(Row {
             implementation: "ferrovod",
             op: r.variant,
+            transport: r.transport,
             np: n,
             dtype: "f32",
             bytes: r.bytes,
@@ -300,8 +316,8 @@ fn worker(args: &Args) -> Result<(), String> {
             name(args.op)
         );
         println!(
-            "{:>12} {:>12} {:>6} {:>14} {:>4} {:>7} {:>11} {:>12} {:>12}",
-            "size(B)", "count", "type", "op", "np", "iters", "time(us)", "algbw(GB/s)", "busbw(GB/s)"
+            "{:>12} {:>12} {:>6} {:>14} {:>9} {:>4} {:>7} {:>11} {:>12} {:>12}",
+            "size(B)", "count", "type", "op", "transport", "np", "iters", "time(us)", "algbw(GB/s)", "busbw(GB/s)"
         );
     }
     for &bytes in &args.sizes.0 {
@@ -323,6 +339,7 @@ fn worker(args: &Args) -> Result<(), String> {
         let row = Row {
             implementation: "ferrovod",
             op: name(args.op),
+            transport: comm.transport(),
             np: n,
             dtype: "f32",
             bytes,
@@ -333,11 +350,12 @@ fn worker(args: &Args) -> Result<(), String> {
         };
         if r == 0 {
             println!(
-                "{:>12} {:>12} {:>6} {:>14} {:>4} {:>7} {:>11.1} {:>12.3} {:>12.3}",
+                "{:>12} {:>12} {:>6} {:>14} {:>9} {:>4} {:>7} {:>11.1} {:>12.3} {:>12.3}",
                 row.bytes,
                 row.bytes / 4,
                 row.dtype,
                 row.op,
+                row.transport,
                 row.np,
                 row.iters,
                 row.median_s * 1e6,
@@ -376,6 +394,14 @@ fn parent(args: &Args) -> Result<(), String> {
             .env("FERROVOD_SIZE", args.np.to_string())
             .env("FERROVOD_RENDEZVOUS", store.local_addr().to_string())
             .env("FERROVOD_SECRET", &secret)
+            .env(
+                "FERROVOD_TRANSPORT",
+                match args.transport {
+                    TransportArg::Auto => "auto",
+                    TransportArg::Shm => "shm",
+                    TransportArg::Tcp => "tcp",
+                },
+            )
             .spawn()
             .map_err(|e| format!("starting rank {rank}: {e}"))?;
         children.push(child);

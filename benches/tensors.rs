@@ -20,6 +20,8 @@ use ferrovod::{Collective, Communicator, DType, Engine, ReduceOp, Submission};
 /// One variant's result.
 pub struct Measured {
     pub variant: &'static str,
+    /// The transport that carried it.
+    pub transport: &'static str,
     pub tensors: usize,
     pub bytes: usize,
     pub iters: usize,
@@ -69,7 +71,7 @@ pub fn run(
     let total: usize = elems.iter().sum::<usize>() * 4;
 
     let mut plain = comm(None)?;
-    let (rank, n) = (plain.rank(), plain.size());
+    let (rank, n, transport) = (plain.rank(), plain.size(), plain.transport());
     let mut engines = Vec::new();
     for (variant, threshold, timeline) in VARIANTS {
         let settings = EngineSettings {
@@ -119,7 +121,7 @@ pub fn run(
         plain.allreduce(t, ReduceOp::Max).map_err(|e| e.to_string())?;
         let variant = if v == 0 { "allreduce" } else { engines[v - 1].0 };
         let tensors = if v == 0 { 1 } else { names.len() };
-        rows.push(Measured { variant, tensors, bytes: total, iters, median_s: crate::median(t) });
+        rows.push(Measured { variant, transport, tensors, bytes: total, iters, median_s: crate::median(t) });
     }
     for (_, engine) in engines {
         engine.shutdown().map_err(|e| e.to_string())?;

@@ -1,14 +1,31 @@
-//! Every collective with ranks as real OS processes over loopback TCP, N = 1, 2, 3, 4, 5, 8.
+//! Every collective with ranks as real OS processes, N = 1, 2, 3, 4, 5, 8, over shared memory
+//! (the default on one host) and over loopback TCP (forced).
 
 use std::time::Duration;
 
 use ferrovod_tests::{World, workspace_bin};
 
+/// Runs a scenario over the default transport, which on one host must be shared memory.
 fn run(n: usize, args: &[&str], env: &[(&str, String)]) {
+    run_over(if n == 1 { "mem" } else { "shm" }, n, args, env);
+}
+
+/// Runs a scenario with `FERROVOD_TRANSPORT=tcp`.
+fn run_tcp(n: usize, args: &[&str], env: &[(&str, String)]) {
+    let env: Vec<(&str, String)> = env.iter().cloned().chain([("FERROVOD_TRANSPORT", "tcp".to_string())]).collect();
+    run_over(if n == 1 { "mem" } else { "tcp" }, n, args, &env);
+}
+
+fn run_over(transport: &str, n: usize, args: &[&str], env: &[(&str, String)]) {
     let world = World::spawn(n, &workspace_bin("ferrovod-test-worker"), args, env);
     for (rank, e) in world.wait(Duration::from_secs(300)).iter().enumerate() {
         assert_eq!(e.code, Some(0), "rank {rank} of {n} ({args:?}): {}", e.stderr);
-        assert!(e.stdout.contains("ok"), "rank {rank}: {}", e.stdout);
+        if args[0] == "collectives" {
+            let want = format!("ok over {transport}");
+            assert!(e.stdout.contains(&want), "rank {rank} of {n} should say {want:?}: {}", e.stdout);
+        } else {
+            assert!(e.stdout.contains("ok"), "rank {rank}: {}", e.stdout);
+        }
     }
 }
 
@@ -25,6 +42,7 @@ fn small_counts_every_dtype_and_op() {
     for n in [1, 2, 3, 4, 5, 8] {
         run(n, &["collectives", "all", "all", "small"], &[]);
         run(n, &["collectives", "all", "all", "small"], &small);
+        run_tcp(n, &["collectives", "all", "all", "small"], &small);
         for algorithm in ["ring", "halving-doubling"] {
             let forced: Vec<(&str, String)> = small
                 .iter()
@@ -39,7 +57,7 @@ fn small_counts_every_dtype_and_op() {
         // Streamed messages go round-robin over the connections: an odd count of them too.
         let three: Vec<(&str, String)> =
             small.iter().cloned().chain([("FERROVOD_TCP_STREAMS", "3".to_string())]).collect();
-        run(n, &["collectives", "f32", "sum", "small"], &three);
+        run_tcp(n, &["collectives", "f32", "sum", "small"], &three);
         // Halving-doubling where blocks differ by one element across a segment boundary (4093
         // f64: blocks of 8192 and 8184 bytes, segments of 8184), so ranges at one level span
         // different part counts on different ranks; every rank must still number the messages
@@ -54,6 +72,7 @@ fn small_counts_every_dtype_and_op() {
             ])
             .collect();
         run(n, &["collectives", "f64", "sum", "small"], &uneven);
+        run_tcp(n, &["collectives", "f64", "sum", "small"], &uneven);
     }
 }
 
@@ -62,6 +81,18 @@ fn one_mib_every_dtype_and_op() {
     for n in [1, 2, 3, 4, 5, 8] {
         run(n, &["collectives", "all", "all", "1mib"], &[]);
     }
+    run_tcp(4, &["collectives", "all", "all", "1mib"], &[]);
+}
+
+#[test]
+fn shared_memory_rings_smaller_than_the_messages() {
+    // 4 KiB rings: every message wraps around its ring many times and the sender waits for
+    // room, in exchanges and in pipelined streams alike.
+    let tiny = [("FERROVOD_SHM_RING", "4096".to_string())];
+    for n in [2, 3, 5] {
+        run(n, &["collectives", "f32,i8,bf16,f64", "all", "1mib"], &tiny);
+    }
+    run(4, &["collectives", "f32", "sum", "64mib"], &tiny);
 }
 
 #[test]
@@ -72,6 +103,7 @@ fn sixty_four_mib_allreduce() {
         run(n, &["collectives", "f32,bf16", "average,min,max,product", "64mib"], &[]);
     }
     run(8, &["collectives", "f32", "sum", "64mib"], &[]);
+    run_tcp(3, &["collectives", "f32", "sum,max", "64mib"], &[]);
 }
 
 #[test]

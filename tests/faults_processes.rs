@@ -6,6 +6,10 @@ use std::time::{Duration, Instant};
 
 use ferrovod_tests::{Ended, World, workspace_bin};
 
+/// Communicators this test binary has built in its own process (each takes the next store
+/// prefix, `ferrovod/comm{n}`).
+static GENERATION: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 fn worker() -> std::path::PathBuf {
     workspace_bin("ferrovod-test-worker")
 }
@@ -24,9 +28,15 @@ fn assert_failed_naming(ended: &[Ended], skip: Option<usize>, needles: &[&str]) 
 
 #[test]
 fn kill_9_mid_64mib_allreduce_fails_every_rank_naming_it() {
+    // Over shared memory (the default on one host), then over TCP.
+    kill_9_mid_64mib_allreduce(&[]);
+    kill_9_mid_64mib_allreduce(&[("FERROVOD_TRANSPORT", "tcp".to_string())]);
+}
+
+fn kill_9_mid_64mib_allreduce(env: &[(&str, String)]) {
     let timeout = 30;
-    let mut world =
-        World::spawn(4, &worker(), &["loop", &(64 << 20).to_string()], &[("FERROVOD_TIMEOUT", timeout.to_string())]);
+    let env: Vec<(&str, String)> = env.iter().cloned().chain([("FERROVOD_TIMEOUT", timeout.to_string())]).collect();
+    let mut world = World::spawn(4, &worker(), &["loop", &(64 << 20).to_string()], &env);
     world.wait_for_line(0, "ready", Duration::from_secs(60));
     // The ranks are in the middle of the next 64 MiB allreduce now.
     std::thread::sleep(Duration::from_millis(100));
@@ -168,6 +178,13 @@ fn ranks_with_different_tuning_fail_at_start_naming_the_knob() {
 
 #[test]
 fn a_rank_that_dies_after_rendezvous_fails_the_mesh_at_once_naming_it() {
+    // Over TCP (it published only a TCP address), and over shared memory (it published both,
+    // so the others wait for its verdict on shared memory).
+    dead_after_rendezvous(&["tcp"], "exited before connecting");
+    dead_after_rendezvous(&["tcp", "shm"], "exited before setting up shared memory");
+}
+
+fn dead_after_rendezvous(transports: &[&str], what: &str) {
     use ferrovod::bootstrap::{PeerInfo, Secret, StoreClient, StoreServer, exchange_peers};
     let secret = Secret::new(b"job".to_vec());
     let store = StoreServer::bind("127.0.0.1:0", secret.clone()).unwrap();
@@ -182,17 +199,25 @@ fn a_rank_that_dies_after_rendezvous_fails_the_mesh_at_once_naming_it() {
     let me = PeerInfo {
         hostname: ferrovod::os::hostname(),
         boot_id: ferrovod::os::boot_id(),
-        addresses: vec![("tcp".into(), closed_port.to_string().into_bytes())],
+        addresses: transports
+            .iter()
+            .map(|&t| {
+                let a =
+                    if t == "tcp" { closed_port.to_string().into_bytes() } else { b"\0\0\0\0\0\0\0\0nobody".to_vec() };
+                (t.to_string(), a)
+            })
+            .collect(),
         pid,
         tuning: tuning.agreed().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
     };
+    let prefix = format!("ferrovod/comm{}", GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
     let rank1 = {
         let (addr, secret) = (addr.clone(), secret.clone());
         std::thread::spawn(move || {
             let mut c = StoreClient::connect(&addr, &secret, Duration::from_secs(10)).unwrap();
-            // The key prefix of this process's first communicator (no other test of this
-            // binary builds one in process).
-            exchange_peers(&mut c, "ferrovod/comm0", 1, 2, &me, Duration::from_secs(30)).unwrap();
+            // The key prefix of this process's next communicator (no other test of this binary
+            // builds one in process).
+            exchange_peers(&mut c, &prefix, 1, 2, &me, Duration::from_secs(30)).unwrap();
         })
     };
     let start = Instant::now();
@@ -207,6 +232,6 @@ fn a_rank_that_dies_after_rendezvous_fails_the_mesh_at_once_naming_it() {
     rank1.join().unwrap();
     let took = start.elapsed();
     let text = e.to_string();
-    assert!(text.contains(&format!("rank 1 (pid {pid}, this host) exited before connecting")), "{text}");
+    assert!(text.contains(&format!("rank 1 (pid {pid}, this host) {what}")), "{text}");
     assert!(took < Duration::from_secs(10), "noticed after {took:?} (the connect timeout is 60 s)");
 }

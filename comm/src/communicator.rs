@@ -131,6 +131,11 @@ impl Communicator {
         self.world.rank()
     }
 
+    /// The transport that carries host memory ("shm", "tcp", or "mem" in one process).
+    pub fn transport(&self) -> &'static str {
+        self.links.host.name()
+    }
+
     /// Number of ranks.
     pub fn size(&self) -> usize {
         self.world.size()

@@ -44,6 +44,8 @@ knobs! {
     TCP_BUFFER = "FERROVOD_TCP_BUFFER", "0", "SO_SNDBUF/SO_RCVBUF in bytes; 0 keeps the kernel's auto-tuning.";
     STRIPE_MIN = "FERROVOD_STRIPE_MIN", "262144", "Messages of at least this many bytes are striped across all TCP streams.";
     SPIN_US = "FERROVOD_SPIN_US", "50", "Microseconds a rank waiting inside a collective keeps re-checking its sockets, yielding its core between checks, before it sleeps (at most 10000); 0 never spins. The default trades a little CPU time for wake-ups that a halted vCPU makes slow: see benches/RESULTS.md.";
+    TRANSPORT = "FERROVOD_TRANSPORT", "auto", "How ranks reach each other for host memory: auto (shared memory when every rank of the job, or of the process set, is on one host and can map the others' memory, TCP otherwise), shm (shared memory or an error), tcp.";
+    SHM_RING = "FERROVOD_SHM_RING", "1048576", "Bytes of each shared-memory ring (one per ordered pair of ranks on a host; a power of two, at least 4096).";
     ALLREDUCE_ALGORITHM = "FERROVOD_ALLREDUCE_ALGORITHM", "auto", "auto, ring, halving-doubling or recursive-doubling (auto: by size and world size).";
     SMALL_ALLREDUCE = "FERROVOD_SMALL_ALLREDUCE", "65536", "Allreduce up to this many bytes uses recursive doubling, larger ones the ring.";
     SMALL_BROADCAST = "FERROVOD_SMALL_BROADCAST", "65536", "Broadcast up to this many bytes uses a binomial tree, larger ones a pipelined chain.";
@@ -79,6 +81,17 @@ pub enum AllreduceAlgorithm {
     RecursiveDoubling,
 }
 
+/// Which transport carries host memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportChoice {
+    /// Shared memory when every rank is on this host and it can be set up, TCP otherwise.
+    Auto,
+    /// Shared memory, or an error saying why not.
+    Shm,
+    /// TCP.
+    Tcp,
+}
+
 /// Tuning shared by the transport and the algorithms.
 #[derive(Debug, Clone)]
 pub struct Tuning {
@@ -94,6 +107,10 @@ pub struct Tuning {
     pub stripe_min: usize,
     /// See [`SPIN_US`].
     pub spin: Duration,
+    /// See [`TRANSPORT`].
+    pub transport: TransportChoice,
+    /// See [`SHM_RING`].
+    pub shm_ring: usize,
     /// See [`ALLREDUCE_ALGORITHM`].
     pub allreduce: AllreduceAlgorithm,
     /// See [`SMALL_ALLREDUCE`].
@@ -132,6 +149,8 @@ impl Tuning {
         vec![
             (TCP_STREAMS.name, self.tcp_streams.to_string()),
             (STRIPE_MIN.name, self.stripe_min.to_string()),
+            (TRANSPORT.name, format!("{:?}", self.transport)),
+            (SHM_RING.name, self.shm_ring.to_string()),
             (ALLREDUCE_ALGORITHM.name, format!("{:?}", self.allreduce)),
             (SMALL_ALLREDUCE.name, self.small_allreduce.to_string()),
             (SMALL_BROADCAST.name, self.small_broadcast.to_string()),
@@ -155,6 +174,8 @@ impl Default for Tuning {
             tcp_buffer: num(TCP_BUFFER),
             stripe_min: num(STRIPE_MIN),
             spin: Duration::from_micros(num(SPIN_US) as u64),
+            transport: TransportChoice::Auto,
+            shm_ring: num(SHM_RING),
             allreduce: AllreduceAlgorithm::Auto,
             small_allreduce: num(SMALL_ALLREDUCE),
             small_broadcast: num(SMALL_BROADCAST),
@@ -233,6 +254,26 @@ impl Config {
             tcp_buffer: parse(TCP_BUFFER, "a byte count")?,
             stripe_min: parse(STRIPE_MIN, "a byte count")?,
             spin: Duration::from_micros(parse(SPIN_US, "a number of microseconds")?.min(MAX_SPIN_US) as u64),
+            transport: match text(TRANSPORT).as_deref().map(str::trim).unwrap_or("auto") {
+                "auto" => TransportChoice::Auto,
+                "shm" => TransportChoice::Shm,
+                "tcp" => TransportChoice::Tcp,
+                v => {
+                    return Err(Error::Config {
+                        name: TRANSPORT.name,
+                        detail: format!("{} is not auto, shm or tcp", quoted(v)),
+                    });
+                }
+            },
+            shm_ring: match parse(SHM_RING, "a byte count")? {
+                n if n >= 4096 && n.is_power_of_two() => n,
+                n => {
+                    return Err(Error::Config {
+                        name: SHM_RING.name,
+                        detail: format!("{n} is not a power of two of at least 4096"),
+                    });
+                }
+            },
             allreduce: match text(ALLREDUCE_ALGORITHM).as_deref().map(str::trim).unwrap_or("auto") {
                 "auto" => AllreduceAlgorithm::Auto,
                 "ring" => AllreduceAlgorithm::Ring,
@@ -364,5 +405,20 @@ mod tests {
         assert!(cfg(&[("FERROVOD_SPIN_US", "0")]).unwrap().tuning.spin.is_zero());
         assert_eq!(cfg(&[("FERROVOD_SPIN_US", "7")]).unwrap().tuning.spin, Duration::from_micros(7));
         assert_eq!(cfg(&[("FERROVOD_SPIN_US", "99999999")]).unwrap().tuning.spin, Duration::from_millis(10));
+    }
+
+    #[test]
+    fn the_transport_is_a_choice_and_the_ring_a_power_of_two() {
+        assert_eq!(cfg(&[]).unwrap().tuning.transport, TransportChoice::Auto);
+        assert_eq!(cfg(&[("FERROVOD_TRANSPORT", "tcp")]).unwrap().tuning.transport, TransportChoice::Tcp);
+        assert_eq!(cfg(&[("FERROVOD_TRANSPORT", "shm")]).unwrap().tuning.transport, TransportChoice::Shm);
+        let e = cfg(&[("FERROVOD_TRANSPORT", "udp")]).unwrap_err().to_string();
+        assert!(e.contains("FERROVOD_TRANSPORT") && e.contains("udp"), "{e}");
+        assert_eq!(cfg(&[]).unwrap().tuning.shm_ring, 1 << 20);
+        assert_eq!(Tuning::default().shm_ring, 1 << 20);
+        for bad in ["3000", "1000000", "2048"] {
+            let e = cfg(&[("FERROVOD_SHM_RING", bad)]).unwrap_err().to_string();
+            assert!(e.contains("FERROVOD_SHM_RING") && e.contains("power of two"), "{e}");
+        }
     }
 }

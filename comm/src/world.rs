@@ -7,10 +7,12 @@
 //! 2. Every transport of [`endpoints`] binds and yields an opaque address.
 //! 3. Rendezvous: every rank publishes its host identity, pid, addresses and the knobs that
 //!    must agree, and reads everyone else's.
-//! 4. Tuning is checked to agree; each transport connects to its peers.
+//! 4. Tuning is checked to agree; the ranks take shared memory if every one of them is on this
+//!    host and can hand its segment to the others ([`connect_shm`], decided through the store),
+//!    and TCP otherwise.
 //!
-//! A new transport (shared memory) registers in [`endpoints`] and in [`Links`]; backends
-//! register in [`crate::backend::registry`].
+//! A new network transport registers in [`endpoints`]; backends register in
+//! [`crate::backend::registry`].
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -19,9 +21,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::bootstrap::{self, FirstFailure, PeerInfo, StoreClient, StoreServer, Topology, exchange_peers};
-use crate::config::{self, Config, Tuning};
+use crate::config::{self, Config, TransportChoice, Tuning};
 use crate::error::{Error, Fault, Operation, Result};
 use crate::transport::mem::MemTransport;
+use crate::transport::shm::ShmEndpoint;
 use crate::transport::tcp::TcpEndpoint;
 use crate::transport::{Endpoint, Transport};
 
@@ -40,7 +43,8 @@ static CURRENT: AtomicU32 = AtomicU32::new(0);
 
 /// The transports of a communicator, lent to backends for one request at a time.
 pub struct Links {
-    /// Every peer, for host memory (TCP today; shared memory within a host joins it).
+    /// Every peer, for host memory: shared memory when the whole world is on one host, TCP
+    /// otherwise.
     pub host: Box<dyn Transport>,
 }
 
@@ -125,6 +129,101 @@ impl FailureRecord {
 /// transport registers.
 fn endpoints(ip: IpAddr, tuning: &Tuning) -> std::result::Result<Vec<Box<dyn Endpoint>>, bootstrap::Error> {
     Ok(vec![Box::new(TcpEndpoint::bind(ip, tuning)?)])
+}
+
+/// How often a rank waiting for the others' shared-memory verdicts looks for dead peers.
+const GONE_CHECK: Duration = Duration::from_millis(100);
+
+/// The name of the shared-memory address in a rendezvous record.
+const SHM: &str = "shm";
+
+/// This rank's shared-memory segment and socket, unless TCP was chosen. Under `auto` a host
+/// that cannot create them publishes no address (and the job uses TCP); under `shm` it fails.
+fn shm_endpoint(size: usize, tuning: &Tuning) -> std::result::Result<Option<ShmEndpoint>, bootstrap::Error> {
+    match (tuning.transport, ShmEndpoint::bind(size, tuning)) {
+        (TransportChoice::Tcp, _) => Ok(None),
+        (_, Ok(e)) => Ok(Some(e)),
+        (TransportChoice::Auto, Err(_)) => Ok(None),
+        (TransportChoice::Shm, Err(source)) => {
+            Err(bootstrap::Error::Io { what: "creating the shared-memory segment".into(), source: source.into() })
+        }
+    }
+}
+
+/// Every rank's address for transport `name`, in rank order.
+fn published<'a>(peers: &'a [PeerInfo], name: &str) -> std::result::Result<Vec<&'a [u8]>, bootstrap::Error> {
+    peers
+        .iter()
+        .enumerate()
+        .map(|(r, p)| {
+            p.addresses
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, a)| a.as_slice())
+                .ok_or_else(|| bootstrap::Error::World(format!("rank {r} published no {name} address")))
+        })
+        .collect()
+}
+
+/// Shared memory for host memory, when the job allows it: every rank on this host, every rank
+/// with a segment, and every rank able to hand its segment to every other (asked through the
+/// store, so that all ranks take the same decision). `None`: use TCP. Under `shm`, each way
+/// of not getting it is an error that says why.
+fn connect_shm(
+    shm: Option<ShmEndpoint>,
+    rank: usize,
+    peers: &[PeerInfo],
+    me: &PeerInfo,
+    tuning: &Tuning,
+    store: &mut StoreClient,
+    prefix: &str,
+    gone: &crate::transport::Gone<'_>,
+) -> Result<Option<Box<dyn Transport>>> {
+    let forced = tuning.transport == TransportChoice::Shm;
+    let refuse = |why: String| -> Result<Option<Box<dyn Transport>>> {
+        if forced {
+            Err(Error::Config { name: config::TRANSPORT.name, detail: format!("shm: {why}") })
+        } else {
+            Ok(None)
+        }
+    };
+    let Some(shm) = shm else { return Ok(None) };
+    if let Some((r, p)) = peers
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.hostname != me.hostname || p.boot_id != me.boot_id || p.boot_id.is_empty())
+    {
+        return refuse(format!("rank {r} runs on host {} and rank {rank} on {}", p.hostname, me.hostname));
+    }
+    let Ok(addresses) = published(peers, SHM) else {
+        let r = peers.iter().position(|p| !p.addresses.iter().any(|(n, _)| n == SHM)).unwrap_or(0);
+        return refuse(format!("rank {r} could not create a shared-memory segment"));
+    };
+    let boot = |cause| Error::Bootstrap { rank, cause };
+    let pids: Vec<u32> = peers.iter().map(|p| p.pid).collect();
+    let verdict = shm.offer(rank, &addresses, &pids).err().unwrap_or_default();
+    store.set(&format!("{prefix}/shm/{rank}"), verdict.as_bytes()).map_err(boot)?;
+    let keys: Vec<String> = (0..peers.len()).map(|r| format!("{prefix}/shm/{r}")).collect();
+    // Waits in slices, so that a rank that died after rendezvous fails the others at once.
+    let deadline = std::time::Instant::now() + tuning.connect_timeout;
+    let verdicts = loop {
+        let missing = match store.wait(&keys, GONE_CHECK).map_err(boot)? {
+            Ok(v) => break v,
+            Err(missing) => missing,
+        };
+        let ranks: Vec<usize> = missing.iter().filter_map(|k| k.rsplit('/').next()?.parse().ok()).collect();
+        if let Some(why) = ranks.iter().find_map(|&r| gone(r).map(|why| format!("rank {r} {why}"))) {
+            return Err(boot(bootstrap::Error::World(format!("{why} before setting up shared memory"))));
+        }
+        if std::time::Instant::now() >= deadline {
+            let what = format!("waiting for ranks {ranks:?} to set up shared memory");
+            return Err(boot(bootstrap::Error::Timeout { what, waited: tuning.connect_timeout }));
+        }
+    };
+    if let Some(why) = verdicts.iter().find(|v| !v.is_empty()) {
+        return refuse(String::from_utf8_lossy(why).into_owned());
+    }
+    Ok(Some(Box::new(shm.accept(rank, &addresses, &pids).map_err(boot)?)))
 }
 
 /// Why `peer` can no longer connect, as far as `me` can see: a peer on this host whose
@@ -212,11 +311,15 @@ impl World {
             None => store.local_addr().map_err(boot)?.ip(),
         };
         let endpoints = endpoints(ip, tuning).map_err(boot)?;
+        let shm = shm_endpoint(config.size, tuning).map_err(boot)?;
         let agreed = tuning.agreed();
+        let mut addresses: Vec<(String, Vec<u8>)> =
+            endpoints.iter().map(|e| (e.name().to_string(), e.address())).collect();
+        addresses.extend(shm.as_ref().map(|s| (SHM.to_string(), s.address())));
         let me = PeerInfo {
             hostname: crate::os::hostname(),
             boot_id: crate::os::boot_id(),
-            addresses: endpoints.iter().map(|e| (e.name().to_string(), e.address())).collect(),
+            addresses,
             pid: std::process::id(),
             tuning: agreed.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
         };
@@ -233,22 +336,17 @@ impl World {
             }
         }
         let gone = |peer: usize| peer_gone(&peers[peer], &me);
-        let mut host = None;
-        for endpoint in endpoints {
-            let name = endpoint.name();
-            let addresses =
-                peers
-                    .iter()
-                    .enumerate()
-                    .map(|(r, p)| {
-                        p.addresses.iter().find(|(n, _)| n == name).map(|(_, a)| a.as_slice()).ok_or_else(|| {
-                            boot(bootstrap::Error::World(format!("rank {r} published no {name} address")))
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-            host = Some(endpoint.connect(rank, &addresses, &secret, &gone).map_err(boot)?);
-        }
-        let host = host.ok_or_else(|| boot(bootstrap::Error::World("no transport for host memory".into())))?;
+        let host = match connect_shm(shm, rank, &peers, &me, tuning, &mut store, prefix, &gone)? {
+            Some(t) => t,
+            None => {
+                let mut host = None;
+                for endpoint in endpoints {
+                    let addresses = published(&peers, endpoint.name()).map_err(boot)?;
+                    host = Some(endpoint.connect(rank, &addresses, &secret, &gone).map_err(boot)?);
+                }
+                host.ok_or_else(|| boot(bootstrap::Error::World("no transport for host memory".into())))?
+            }
+        };
         let world = World {
             rank,
             size: config.size,

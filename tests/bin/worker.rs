@@ -1,7 +1,7 @@
 //! A rank for the multi-process tests. Joins from the environment, then runs one scenario:
 //!
 //! - `collectives DTYPES OPS COUNTS`: `check_collectives` (comma lists; `all`; counts
-//!   `small` = 0,1,7,4093, `1mib`, `64mib`). Prints `ok` on success.
+//!   `small` = 0,1,7,4093, `1mib`, `64mib`). Prints `ok over TRANSPORT` on success.
 //! - `loop BYTES`: allreduces BYTES of f32 forever, printing `ready` after the first one.
 //! - `loop-pause BYTES RANK MS`: the same, rank RANK sleeping MS before each allreduce (so
 //!   that it meets a failure late).
@@ -62,7 +62,7 @@ fn scenario(comm: &mut Communicator, args: &[String]) -> Result<(), String> {
                     Plan { dtypes: &[dtype], ops: &ops, allreduce_counts: &chosen, other_counts: &others },
                 )?;
             }
-            println!("ok");
+            println!("ok over {}", comm.transport());
             Ok(())
         }
         ["loop", bytes] => {

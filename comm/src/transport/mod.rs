@@ -11,9 +11,11 @@
 //! | transport | for | file set |
 //! |---|---|---|
 //! | [`tcp`] | ranks in different processes | `mod.rs` (transport, exchanges), `stream.rs` (flows), `pair.rs` (one peer), `connect.rs` (mesh set-up) |
+//! | [`shm`] | ranks in different processes on one host | `mod.rs` (set-up, transport, exchanges and streams), `pair.rs` (one direction of a link), `segment.rs` (the shared memory), `connect.rs` (handing segments over) |
 //! | [`mem`] | ranks as threads of one process, for deterministic tests | `mod.rs` (transport), `pair.rs` (one peer) |
 
 pub mod mem;
+pub mod shm;
 pub mod tcp;
 
 use std::time::Duration;
@@ -103,6 +105,9 @@ pub trait Flow {
 
 /// A set of links from this rank to every other rank.
 pub trait Transport: Send {
+    /// The transport's name ("tcp", "shm", "mem"), for reports.
+    fn name(&self) -> &'static str;
+
     /// This rank.
     fn rank(&self) -> usize;
 

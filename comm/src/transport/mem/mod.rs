@@ -46,6 +46,10 @@ impl MemTransport {
 }
 
 impl Transport for MemTransport {
+    fn name(&self) -> &'static str {
+        "mem"
+    }
+
     fn rank(&self) -> usize {
         self.rank
     }

@@ -267,6 +267,10 @@ impl Channel {
 }
 
 impl Transport for TcpTransport {
+    fn name(&self) -> &'static str {
+        "tcp"
+    }
+
     fn rank(&self) -> usize {
         self.rank
     }
