@@ -173,7 +173,6 @@ fn connect_shm(
     shm: Option<ShmEndpoint>,
     rank: usize,
     peers: &[PeerInfo],
-    me: &PeerInfo,
     tuning: &Tuning,
     store: &mut StoreClient,
     prefix: &str,
@@ -188,6 +187,7 @@ fn connect_shm(
         }
     };
     let Some(shm) = shm else { return Ok(None) };
+    let me = &peers[rank];
     if let Some((r, p)) = peers
         .iter()
         .enumerate()
@@ -336,7 +336,7 @@ impl World {
             }
         }
         let gone = |peer: usize| peer_gone(&peers[peer], &me);
-        let host = match connect_shm(shm, rank, &peers, &me, tuning, &mut store, prefix, &gone)? {
+        let host = match connect_shm(shm, rank, &peers, tuning, &mut store, prefix, &gone)? {
             Some(t) => t,
             None => {
                 let mut host = None;
