@@ -43,7 +43,7 @@ fn small_counts_every_dtype_and_op() {
         run(n, &["collectives", "all", "all", "small"], &[]);
         run(n, &["collectives", "all", "all", "small"], &small);
         run_tcp(n, &["collectives", "all", "all", "small"], &small);
-        for algorithm in ["ring", "halving-doubling"] {
+        for algorithm in ["ring", "halving-doubling", "stage-slots", "stage-split"] {
             let forced: Vec<(&str, String)> = small
                 .iter()
                 .cloned()
@@ -87,10 +87,15 @@ fn one_mib_every_dtype_and_op() {
 #[test]
 fn shared_memory_rings_smaller_than_the_messages() {
     // 4 KiB rings: every message wraps around its ring many times and the sender waits for
-    // room, in exchanges and in pipelined streams alike.
+    // room, in exchanges and in pipelined streams alike; the stage's regions are 4 KiB too, so
+    // its collectives run in many pieces (each forced once).
     let tiny = [("FERROVOD_SHM_RING", "4096".to_string())];
     for n in [2, 3, 5] {
         run(n, &["collectives", "f32,i8,bf16,f64", "all", "1mib"], &tiny);
+        for algorithm in ["stage-slots", "stage-split"] {
+            let forced = [tiny[0].clone(), ("FERROVOD_ALLREDUCE_ALGORITHM", algorithm.to_string())];
+            run(n, &["collectives", "f32,bf16", "all", "1mib"], &forced);
+        }
     }
     run(4, &["collectives", "f32", "sum", "64mib"], &tiny);
 }

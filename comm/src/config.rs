@@ -45,8 +45,8 @@ knobs! {
     STRIPE_MIN = "FERROVOD_STRIPE_MIN", "262144", "Messages of at least this many bytes are striped across all TCP streams.";
     SPIN_US = "FERROVOD_SPIN_US", "50", "Microseconds a rank waiting inside a collective keeps re-checking its sockets, yielding its core between checks, before it sleeps (at most 10000); 0 never spins. The default trades a little CPU time for wake-ups that a halted vCPU makes slow: see benches/RESULTS.md.";
     TRANSPORT = "FERROVOD_TRANSPORT", "auto", "How ranks reach each other for host memory: auto (shared memory when every rank of the job, or of the process set, is on one host and can map the others' memory, TCP otherwise), shm (shared memory or an error), tcp.";
-    SHM_RING = "FERROVOD_SHM_RING", "1048576", "Bytes of each shared-memory ring (one per ordered pair of ranks on a host; a power of two, at least 4096).";
-    ALLREDUCE_ALGORITHM = "FERROVOD_ALLREDUCE_ALGORITHM", "auto", "auto, ring, halving-doubling or recursive-doubling (auto: by size and world size).";
+    SHM_RING = "FERROVOD_SHM_RING", "1048576", "Bytes of each shared-memory ring (one per ordered pair of ranks on a host) and of each of a rank's two stage regions (the pieces of the shared-memory collectives); a power of two, at least 4096.";
+    ALLREDUCE_ALGORITHM = "FERROVOD_ALLREDUCE_ALGORITHM", "auto", "auto, ring, halving-doubling, recursive-doubling, stage-slots or stage-split (auto: by size, world size and transport; the stage ones need shared memory and fall back to auto without it).";
     SMALL_ALLREDUCE = "FERROVOD_SMALL_ALLREDUCE", "65536", "Allreduce up to this many bytes uses recursive doubling, larger ones the ring.";
     SMALL_BROADCAST = "FERROVOD_SMALL_BROADCAST", "65536", "Broadcast up to this many bytes uses a binomial tree, larger ones a pipelined chain.";
     SEGMENT = "FERROVOD_SEGMENT", "262144", "Pipeline segment in bytes: one message of the ring and halving-doubling schedules.";
@@ -79,6 +79,10 @@ pub enum AllreduceAlgorithm {
     HalvingDoubling,
     /// Recursive doubling (whole buffer every round).
     RecursiveDoubling,
+    /// Shared memory: every rank reduces every rank's region.
+    StageSlots,
+    /// Shared memory: reduce-scatter then allgather, read in place.
+    StageSplit,
 }
 
 /// Which transport carries host memory.
@@ -279,10 +283,15 @@ impl Config {
                 "ring" => AllreduceAlgorithm::Ring,
                 "halving-doubling" => AllreduceAlgorithm::HalvingDoubling,
                 "recursive-doubling" => AllreduceAlgorithm::RecursiveDoubling,
+                "stage-slots" => AllreduceAlgorithm::StageSlots,
+                "stage-split" => AllreduceAlgorithm::StageSplit,
                 v => {
                     return Err(Error::Config {
                         name: ALLREDUCE_ALGORITHM.name,
-                        detail: format!("{} is not auto, ring, halving-doubling or recursive-doubling", quoted(v)),
+                        detail: format!(
+                            "{} is not auto, ring, halving-doubling, recursive-doubling, stage-slots or stage-split",
+                            quoted(v)
+                        ),
                     });
                 }
             },

@@ -3,16 +3,22 @@
 //! alpha-beta model (α: per-message latency, β: per-byte transfer time, γ: per-byte reduction
 //! time, n ranks, m bytes).
 //!
-//! Algorithms know nothing of sockets. The host backend picks one by message size.
+//! Algorithms know nothing of sockets. Those named `_stage` run over memory that every rank
+//! maps ([`Stage`](crate::transport::Stage)) instead of messages. The host backend picks one by
+//! message size and by what the transport offers.
 
 mod allgather_ring;
 mod allreduce_halving_doubling;
 mod allreduce_recursive_doubling;
 mod allreduce_ring;
+mod allreduce_stage_slots;
+mod allreduce_stage_split;
 mod alltoall_pairwise;
 mod barrier_dissemination;
+mod barrier_stage;
 mod broadcast_binomial;
 mod broadcast_chain;
+mod broadcast_stage;
 mod reducescatter_ring;
 mod schedule;
 
@@ -20,10 +26,14 @@ pub use allgather_ring::allgather_ring;
 pub use allreduce_halving_doubling::allreduce_halving_doubling;
 pub use allreduce_recursive_doubling::allreduce_recursive_doubling;
 pub use allreduce_ring::allreduce_ring;
+pub use allreduce_stage_slots::allreduce_stage_slots;
+pub use allreduce_stage_split::allreduce_stage_split;
 pub use alltoall_pairwise::alltoall_pairwise;
 pub use barrier_dissemination::barrier_dissemination;
+pub use barrier_stage::barrier_stage;
 pub use broadcast_binomial::broadcast_binomial;
 pub use broadcast_chain::broadcast_chain;
+pub use broadcast_stage::broadcast_stage;
 pub use reducescatter_ring::reducescatter_ring;
 use schedule::Schedule;
 

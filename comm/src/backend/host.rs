@@ -40,9 +40,14 @@ impl Backend for HostBackend {
             (Collective::Allreduce(op), Work::InPlace { mut buf }) => {
                 let buf = buf.host().ok_or_else(host_only)?;
                 let ws = &mut self.ws;
-                match allreduce_algorithm(tu, buf.len(), n) {
-                    AllreduceAlgorithm::RecursiveDoubling => alg::allreduce_recursive_doubling(t, &p, buf, op, ws)?,
-                    AllreduceAlgorithm::HalvingDoubling => alg::allreduce_halving_doubling(t, &p, buf, op, ws)?,
+                let (rank, staged) = (t.rank(), t.stage().is_some());
+                match (allreduce_algorithm(tu, buf.len(), n, staged), t.stage()) {
+                    (AllreduceAlgorithm::StageSlots, Some(s)) => alg::allreduce_stage_slots(s, &p, buf, op)?,
+                    (AllreduceAlgorithm::StageSplit, Some(s)) => alg::allreduce_stage_split(s, &p, (rank, n), buf, op)?,
+                    (AllreduceAlgorithm::RecursiveDoubling, _) => {
+                        alg::allreduce_recursive_doubling(t, &p, buf, op, ws)?
+                    }
+                    (AllreduceAlgorithm::HalvingDoubling, _) => alg::allreduce_halving_doubling(t, &p, buf, op, ws)?,
                     _ => alg::allreduce_ring(t, &p, buf, op, ws)?,
                 }
                 if op == ReduceOp::Average {
@@ -51,13 +56,19 @@ impl Backend for HostBackend {
             }
             (Collective::Broadcast(root), Work::InPlace { mut buf }) => {
                 let buf = buf.host().ok_or_else(host_only)?;
-                if buf.len() <= tu.small_broadcast {
+                let rank = t.rank();
+                if let Some(s) = t.stage() {
+                    alg::broadcast_stage(s, &p, rank, buf, root as usize)?;
+                } else if buf.len() <= tu.small_broadcast {
                     alg::broadcast_binomial(t, &p, buf, root as usize)?;
                 } else {
                     alg::broadcast_chain(t, &Params { segment: tu.broadcast_segment, ..p }, buf, root as usize)?;
                 }
             }
-            (Collective::Barrier, Work::InPlace { .. }) => alg::barrier_dissemination(t, &p)?,
+            (Collective::Barrier, Work::InPlace { .. }) => match t.stage() {
+                Some(s) => alg::barrier_stage(s, &p)?,
+                None => alg::barrier_dissemination(t, &p)?,
+            },
             (Collective::Allgather, Work::Blocks { mut buf, blocks }) => {
                 alg::allgather_ring(t, &p, buf.host().ok_or_else(host_only)?, blocks)?
             }
@@ -85,11 +96,22 @@ impl Backend for HostBackend {
     }
 }
 
-/// The allreduce algorithm for `bytes` on `n` ranks: recursive doubling up to
-/// `small_allreduce` bytes (latency), halving-doubling above it when n is a power of two of at
-/// least 4 (fewer steps than the ring for the same bytes), the ring otherwise (no fold).
-fn allreduce_algorithm(tuning: &Tuning, bytes: usize, n: usize) -> AllreduceAlgorithm {
+/// Up to this many bytes per rank beyond the first, the stage's slots beat its split: they
+/// wait once per piece instead of twice but read every rank's data (see the two algorithms).
+const STAGE_SLOTS_PER_PEER: usize = 64 << 10;
+
+/// The allreduce algorithm for `bytes` on `n` ranks. Over a shared stage: the slots for small
+/// messages, the split for large ones. Otherwise: recursive doubling up to `small_allreduce`
+/// bytes (latency), halving-doubling above it when n is a power of two of at least 4 (fewer
+/// steps than the ring for the same bytes), the ring otherwise (no fold). A stage algorithm
+/// asked for without a stage falls back to the choice without one.
+fn allreduce_algorithm(tuning: &Tuning, bytes: usize, n: usize, staged: bool) -> AllreduceAlgorithm {
     match tuning.allreduce {
+        AllreduceAlgorithm::Auto if staged && bytes * (n - 1) <= STAGE_SLOTS_PER_PEER => AllreduceAlgorithm::StageSlots,
+        AllreduceAlgorithm::Auto if staged => AllreduceAlgorithm::StageSplit,
+        AllreduceAlgorithm::StageSlots | AllreduceAlgorithm::StageSplit if !staged => {
+            allreduce_algorithm(&Tuning { allreduce: AllreduceAlgorithm::Auto, ..tuning.clone() }, bytes, n, false)
+        }
         AllreduceAlgorithm::Auto if bytes <= tuning.small_allreduce => AllreduceAlgorithm::RecursiveDoubling,
         AllreduceAlgorithm::Auto if n >= 4 && n.is_power_of_two() => AllreduceAlgorithm::HalvingDoubling,
         AllreduceAlgorithm::Auto => AllreduceAlgorithm::Ring,

@@ -160,6 +160,32 @@ pub trait Transport: Send {
 
     /// Closes every link, so that peers blocked on this rank fail at once.
     fn close(&mut self);
+
+    /// Memory that every rank of this transport maps, for collectives that read their peers'
+    /// data in place; `None` when the ranks share none (sockets, threads of a test).
+    fn stage(&mut self) -> Option<&mut dyn Stage> {
+        None
+    }
+}
+
+/// A region per rank that every rank reads, in steps that all ranks take in the same order:
+/// each rank writes its region ([`Stage::next`]), publishes it, waits until every rank has
+/// published the same step ([`Stage::publish`]), then reads them all. A region is not written
+/// again until every rank has read it (regions alternate between steps, and a rank begins a
+/// step only after every rank has begun the one before), so one step costs one wait.
+pub trait Stage {
+    /// Bytes of a region.
+    fn region(&self) -> usize;
+
+    /// This rank's region for the next step, to fill before [`Stage::publish`].
+    fn next(&mut self) -> &mut [u8];
+
+    /// Publishes the first `len` bytes of this rank's region under `tag`, waits for every rank
+    /// to publish the same step, and returns the first `len` bytes of every rank's region
+    /// (index: rank), readable until the next call of [`Stage::next`]. Fails if a rank used
+    /// another tag or length, if one is gone before it published, or after the transport's
+    /// timeout; after an error the transport is unusable.
+    fn publish(&mut self, tag: Tag, len: usize) -> Result<Vec<&[u8]>, Error>;
 }
 
 /// What can go wrong on a link.

@@ -21,6 +21,7 @@
 mod connect;
 mod pair;
 mod segment;
+mod stage;
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{Ordering, fence};
@@ -138,6 +139,7 @@ impl ShmEndpoint {
             gone: vec![false; size],
             failed: false,
             mine: self.segment,
+            steps: 0,
         })
     }
 }
@@ -163,6 +165,8 @@ pub struct ShmTransport {
     gone: Vec<bool>,
     failed: bool,
     mine: Segment,
+    /// Stage steps this rank has published.
+    steps: u64,
 }
 
 /// What an exchange or a stream moves: items, each one message on one lane.
@@ -223,6 +227,19 @@ impl Items for FlowItems<'_> {
     }
 }
 
+/// How long a rank has waited: since the last progress (for the timeout) and since it began to
+/// look without finding anything (for the spin and yield budgets).
+struct Idle {
+    last_progress: Instant,
+    since: Option<Instant>,
+}
+
+impl Idle {
+    fn new() -> Idle {
+        Idle { last_progress: Instant::now(), since: None }
+    }
+}
+
 /// The items one (peer, direction) carries, in order, and the progress of the first unfinished.
 struct Lane {
     peer: usize,
@@ -275,6 +292,11 @@ impl ShmTransport {
     /// Tells `peer` that a ring it waits on moved, waking it only if it sleeps.
     fn notify(&self, peer: usize) {
         fence(Ordering::SeqCst);
+        self.wake_if_asleep(peer);
+    }
+
+    /// Rings `peer`'s bell if its `sleeping` word is set; the caller fenced after its write.
+    fn wake_if_asleep(&self, peer: usize) {
         let p = self.peer(peer);
         if p.seg.sleeping().load(Ordering::Relaxed) != 0 {
             ring_bell(p.bell.as_raw_fd());
@@ -354,8 +376,7 @@ impl ShmTransport {
 
     /// Runs `lanes` to completion.
     fn run(&mut self, tag: Tag, lanes: &mut [Lane], items: &mut dyn Items) -> Result<(), Error> {
-        let mut last_progress = Instant::now();
-        let mut idle_since: Option<Instant> = None;
+        let mut idle = Idle::new();
         let mut work_left = true;
         loop {
             let mut moved = false;
@@ -367,7 +388,7 @@ impl ShmTransport {
                 return Ok(());
             }
             if moved {
-                (last_progress, idle_since, work_left) = (Instant::now(), None, true);
+                (idle, work_left) = (Idle::new(), true);
                 continue;
             }
             if work_left {
@@ -375,38 +396,48 @@ impl ShmTransport {
                 continue;
             }
             let waiting: Vec<usize> = lanes.iter().filter(|l| !l.finished() && !l.held).map(|l| l.peer).collect();
-            let Some(&first) = waiting.first() else {
+            if waiting.is_empty() {
                 return Err(Error::Protocol { peer: lanes[0].peer, detail: "stream schedule stalled".into() });
-            };
-            // A peer that is gone fails the transfer only once what it wrote was read (the
-            // drive above ran after the look that found it gone).
-            if let Some(&p) = waiting.iter().find(|&&p| self.gone[p]) {
-                return Err(Error::Closed { peer: p });
             }
-            self.look_for_gone();
-            if waiting.iter().any(|&p| self.gone[p]) {
-                continue;
-            }
-            let idle = idle_since.get_or_insert_with(Instant::now).elapsed();
-            if idle < self.spin {
-                if self.yield_at_once || idle >= PURE_SPIN {
-                    // SAFETY: no arguments, no failure that matters.
-                    unsafe { libc::sched_yield() };
-                } else {
-                    std::hint::spin_loop();
-                }
-                continue;
-            }
-            let left = (last_progress + self.timeout).saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                let mut peers = waiting;
-                peers.sort_unstable();
-                peers.dedup();
-                return Err(Error::Timeout { peers, waited: self.timeout });
-            }
-            self.sleep(None, &waiting, left, |t| t.could_move(lanes))
-                .map_err(|e| Error::Io { peer: first, source: e.into() })?;
+            self.pause(&waiting, &mut idle, |t| t.could_move(lanes))?;
         }
+    }
+
+    /// One pause of a rank that found nothing to move from `waiting` (not empty): fails if one
+    /// of them is gone (only once the caller has looked again at what it wrote, after the look
+    /// that found it gone) or if nothing moved for the timeout; otherwise spins, yields or
+    /// sleeps, by the wait policy, until `ready` may be true.
+    fn pause(
+        &mut self,
+        waiting: &[usize],
+        idle: &mut Idle,
+        ready: impl Fn(&ShmTransport) -> bool,
+    ) -> Result<(), Error> {
+        if let Some(&p) = waiting.iter().find(|&&p| self.gone[p]) {
+            return Err(Error::Closed { peer: p });
+        }
+        self.look_for_gone();
+        if waiting.iter().any(|&p| self.gone[p]) {
+            return Ok(());
+        }
+        let idle_for = idle.since.get_or_insert_with(Instant::now).elapsed();
+        if idle_for < self.spin {
+            if self.yield_at_once || idle_for >= PURE_SPIN {
+                // SAFETY: no arguments, no failure that matters.
+                unsafe { libc::sched_yield() };
+            } else {
+                std::hint::spin_loop();
+            }
+            return Ok(());
+        }
+        let left = (idle.last_progress + self.timeout).saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            let mut peers = waiting.to_vec();
+            peers.sort_unstable();
+            peers.dedup();
+            return Err(Error::Timeout { peers, waited: self.timeout });
+        }
+        self.sleep(None, waiting, left, ready).map_err(|e| Error::Io { peer: waiting[0], source: e.into() })
     }
 
     /// Sleeps until a peer moves a ring (`ready` says whether one has), one of `watched` exits,
@@ -519,6 +550,10 @@ impl Transport for ShmTransport {
             let mut lanes = t.lanes_for_flow(flow)?;
             t.run(tag, &mut lanes, &mut FlowItems(flow))
         })
+    }
+
+    fn stage(&mut self) -> Option<&mut dyn super::Stage> {
+        Some(self)
     }
 
     fn wait_incoming(&mut self, wake: &Doorbell, timeout: Duration) -> Result<bool, Error> {

@@ -9,9 +9,11 @@
 //! | 0 | cookie (random, published at rendezvous: proves a peer mapped this segment) | owner, once |
 //! | `LINE` | `sleeping`: 1 while the owner is, or is about to be, asleep in `poll(2)` | owner |
 //! | 2 `LINE` | `abort`: 1 once the owner closed its links | owner |
+//! | 3 `LINE` | the stage's step counter, then each parity's tag and length (`stage.rs`) | owner |
 //! | `ctl(d)` | `head` of the ring from the owner to rank d: bytes written so far | owner |
 //! | `ctl(d) + LINE` | `tail` of that ring: bytes rank d has read so far | rank d |
 //! | `ring(d)` | the ring's `cap` bytes | owner |
+//! | `region(k)` | the stage's region for steps of parity k (0, 1): `cap` bytes each | owner |
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -30,7 +32,7 @@ pub(super) struct Layout {
 
 impl Layout {
     fn ctl(&self, peer: usize) -> usize {
-        3 * LINE + 2 * LINE * peer
+        4 * LINE + 2 * LINE * peer
     }
 
     fn rings(&self) -> usize {
@@ -41,9 +43,13 @@ impl Layout {
         self.rings() + self.cap * peer
     }
 
+    fn region(&self, parity: usize) -> usize {
+        self.ring(self.size) + self.cap * parity
+    }
+
     /// Bytes of a segment.
     pub(super) fn bytes(&self) -> usize {
-        self.ring(self.size)
+        self.region(2)
     }
 }
 
@@ -141,6 +147,18 @@ impl Segment {
         // SAFETY: ring(peer) + cap lies within the mapping for peer < size.
         let data = unsafe { self.base.add(self.layout.ring(peer)) };
         (self.word64(ctl), self.word64(ctl + LINE), data)
+    }
+
+    /// The stage's control line: the step counter, then (tag low, tag high, length) for
+    /// parity 0 and for parity 1.
+    pub(super) fn stage_words(&self) -> [&AtomicU64; 7] {
+        std::array::from_fn(|i| self.word64(3 * LINE + 8 * i))
+    }
+
+    /// The stage's region for steps of `parity`: its start and length.
+    pub(super) fn region(&self, parity: usize) -> (*mut u8, usize) {
+        // SAFETY: region(parity) + cap lies within the mapping for parity < 2.
+        (unsafe { self.base.add(self.layout.region(parity & 1)) }, self.layout.cap)
     }
 
     /// The ring capacity.

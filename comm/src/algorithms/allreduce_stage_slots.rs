@@ -1,0 +1,27 @@
+//! Allreduce over a shared stage, whole: every rank reads every rank's data. For small messages.
+//!
+//! Per piece (a region's worth): each rank copies its piece into its region, publishes it, then
+//! reduces all regions in rank order into its buffer. Every rank computes the same bytes in the
+//! same order, so results are identical on every rank.
+//!
+//! Cost per piece of m bytes: one wait (α) + m copy in + n·m read and (n-1)·m reduced (γ).
+//! The least latency there is; the reads grow with n, so larger messages take the split.
+
+use super::{Params, piece_ranges};
+use crate::dtype::ReduceOp;
+use crate::reduce::{Order, reduce_into};
+use crate::transport::{Error, Stage};
+
+/// Allreduce in place (`Average` is left as a sum; the caller divides).
+pub fn allreduce_stage_slots(s: &mut dyn Stage, p: &Params, buf: &mut [u8], op: ReduceOp) -> Result<(), Error> {
+    for piece in piece_ranges(buf.len(), s.region(), p.dtype) {
+        let chunk = &mut buf[piece];
+        s.next()[..chunk.len()].copy_from_slice(chunk);
+        let all = s.publish(p.tag, chunk.len())?;
+        chunk.copy_from_slice(all[0]);
+        for theirs in &all[1..] {
+            reduce_into(p.dtype, op, chunk, theirs, Order::AccFirst);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,49 @@
+//! Allreduce over a shared stage, split: a reduce-scatter then an allgather, both read in
+//! place from the peers' regions. For large messages.
+//!
+//! Per piece (a region's worth, so that it stays in cache): each rank copies its piece into
+//! its region and publishes it; rank r reduces share r of the piece from every region, in rank
+//! order, into its buffer; then it publishes that share in its region and copies every other
+//! share from its owner's region. Each share is reduced once, by its owner, so results are
+//! identical on every rank.
+//!
+//! Cost per piece of m bytes: two waits (2α) + m copy in + m read and m·(n-1)/n reduced (γ) +
+//! m/n copy + m·(n-1)/n read: constant in n per byte, where the slots read n·m.
+
+use super::{Params, even_blocks, piece_ranges};
+use crate::dtype::ReduceOp;
+use crate::reduce::{Order, reduce_into};
+use crate::transport::{Error, Stage};
+
+/// Allreduce in place over `n` ranks of which this is `rank` (`Average` is left as a sum; the
+/// caller divides).
+pub fn allreduce_stage_split(
+    s: &mut dyn Stage,
+    p: &Params,
+    (rank, n): (usize, usize),
+    buf: &mut [u8],
+    op: ReduceOp,
+) -> Result<(), Error> {
+    let elem = p.dtype.size();
+    for piece in piece_ranges(buf.len(), s.region(), p.dtype) {
+        let chunk = &mut buf[piece];
+        let len = chunk.len();
+        let shares = even_blocks(len / elem, n, elem);
+        let mine = shares[rank].clone();
+
+        s.next()[..len].copy_from_slice(chunk);
+        let all = s.publish(p.tag, len)?;
+        let out = &mut chunk[mine.clone()];
+        out.copy_from_slice(&all[0][mine.clone()]);
+        for theirs in &all[1..] {
+            reduce_into(p.dtype, op, out, &theirs[mine.clone()], Order::AccFirst);
+        }
+
+        s.next()[mine.clone()].copy_from_slice(&chunk[mine.clone()]);
+        let all = s.publish(p.tag, len)?;
+        for (q, share) in shares.iter().enumerate().filter(|&(q, _)| q != rank) {
+            chunk[share.clone()].copy_from_slice(&all[q][share.clone()]);
+        }
+    }
+    Ok(())
+}
