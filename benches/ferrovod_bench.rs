@@ -110,6 +110,7 @@ struct Row {
     implementation: &'static str,
     op: &'static str,
     transport: &'static str,
+    algorithm: &'static str,
     np: usize,
     dtype: &'static str,
     bytes: usize,
@@ -286,6 +287,7 @@ fn tensors_worker(args: &Args) -> Result<(), String> {
             implementation: "ferrovod",
             op: r.variant,
             transport: r.transport,
+            algorithm: "engine",
             np: n,
             dtype: "f32",
             bytes: r.bytes,
@@ -316,8 +318,18 @@ fn worker(args: &Args) -> Result<(), String> {
             name(args.op)
         );
         println!(
-            "{:>12} {:>12} {:>6} {:>14} {:>9} {:>4} {:>7} {:>11} {:>12} {:>12}",
-            "size(B)", "count", "type", "op", "transport", "np", "iters", "time(us)", "algbw(GB/s)", "busbw(GB/s)"
+            "{:>12} {:>12} {:>6} {:>14} {:>9} {:>18} {:>4} {:>7} {:>11} {:>12} {:>12}",
+            "size(B)",
+            "count",
+            "type",
+            "op",
+            "transport",
+            "algorithm",
+            "np",
+            "iters",
+            "time(us)",
+            "algbw(GB/s)",
+            "busbw(GB/s)"
         );
     }
     for &bytes in &args.sizes.0 {
@@ -328,6 +340,7 @@ fn worker(args: &Args) -> Result<(), String> {
         for _ in 0..2 {
             run_op(&mut comm, args.op, &mut buf).map_err(e)?;
         }
+        let algorithm = comm.last_algorithm();
         // Estimate from the median of a few timed iterations (max over ranks): a single one is
         // too noisy to size the run.
         let mut est = timed(&mut comm, args.op, &mut buf, 5)?;
@@ -340,6 +353,7 @@ fn worker(args: &Args) -> Result<(), String> {
             implementation: "ferrovod",
             op: name(args.op),
             transport: comm.transport(),
+            algorithm,
             np: n,
             dtype: "f32",
             bytes,
@@ -350,12 +364,13 @@ fn worker(args: &Args) -> Result<(), String> {
         };
         if r == 0 {
             println!(
-                "{:>12} {:>12} {:>6} {:>14} {:>9} {:>4} {:>7} {:>11.1} {:>12.3} {:>12.3}",
+                "{:>12} {:>12} {:>6} {:>14} {:>9} {:>18} {:>4} {:>7} {:>11.1} {:>12.3} {:>12.3}",
                 row.bytes,
                 row.bytes / 4,
                 row.dtype,
                 row.op,
                 row.transport,
+                row.algorithm,
                 row.np,
                 row.iters,
                 row.median_s * 1e6,

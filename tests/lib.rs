@@ -314,6 +314,26 @@ pub struct Plan<'a> {
     pub other_counts: &'a [usize],
 }
 
+/// Checks that the allreduce just run took the shared-memory stage exactly when it should: over
+/// shared memory by default or when a stage algorithm is forced, never without shared memory.
+fn check_algorithm(what: &str, comm: &ferrovod::Communicator) -> Result<(), String> {
+    let forced = std::env::var("FERROVOD_ALLREDUCE_ALGORITHM").unwrap_or_default();
+    let ran = comm.last_algorithm();
+    let staged = ran.starts_with("stage-");
+    let right = match (comm.transport(), forced.as_str()) {
+        ("shm", "" | "auto") => staged,
+        ("shm", f) if f.starts_with("stage-") => ran == f,
+        (_, f) if f.starts_with("stage-") => !staged,
+        _ => true,
+    };
+    match right {
+        true => Ok(()),
+        false => {
+            Err(format!("{what}: ran {ran:?} over {} with FERROVOD_ALLREDUCE_ALGORITHM={forced:?}", comm.transport()))
+        }
+    }
+}
+
 /// Runs every collective of `plan` on `comm` and checks each result element by element
 /// against the serial reference. Every rank must call it with the same plan.
 pub fn check_collectives(comm: &mut ferrovod::Communicator, plan: Plan<'_>) -> Result<(), String> {
@@ -328,6 +348,7 @@ pub fn check_collectives(comm: &mut ferrovod::Communicator, plan: Plan<'_>) -> R
                 let mut buf = input(dtype, op, r, count);
                 comm.allreduce_bytes(buf.bytes_mut(), dtype, op).map_err(fail(what.clone()))?;
                 check(&what, dtype, buf.bytes(), expected_allreduce(dtype, op, n, count).bytes())?;
+                check_algorithm(&what, comm)?;
             }
             for &count in plan.other_counts {
                 let what = format!("reducescatter {dtype} {op} n={n} count={count}");

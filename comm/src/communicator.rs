@@ -34,6 +34,8 @@ pub struct Communicator {
     world: World,
     seq: u32,
     broken: Option<Error>,
+    /// The algorithm of the last collective that ran.
+    ran: &'static str,
 }
 
 /// Explicit construction, for tests and for programs that do not use the environment.
@@ -123,7 +125,7 @@ impl Communicator {
     }
 
     fn over(world: World, links: Links) -> Communicator {
-        Communicator { backends: backend::registry(&world), links, world, seq: 0, broken: None }
+        Communicator { backends: backend::registry(&world), links, world, seq: 0, broken: None, ran: "" }
     }
 
     /// This rank.
@@ -134,6 +136,12 @@ impl Communicator {
     /// The transport that carries host memory ("shm", "tcp", or "mem" in one process).
     pub fn transport(&self) -> &'static str {
         self.links.host.name()
+    }
+
+    /// The algorithm that ran the last collective that succeeded (`"ring"`, `"stage-split"`,
+    /// ...; empty before the first), for reports and tests.
+    pub fn last_algorithm(&self) -> &'static str {
+        self.ran
     }
 
     /// Number of ranks.
@@ -457,7 +465,10 @@ impl Communicator {
             return Err(self.invalid(call.collective, format!("no backend takes {memory} memory")));
         };
         match backend.run(req, &mut self.links) {
-            Ok(()) => Ok(()),
+            Ok(ran) => {
+                self.ran = ran;
+                Ok(())
+            }
             Err(cause) => Err(self.fail(call, cause)),
         }
     }

@@ -85,6 +85,30 @@ pub enum AllreduceAlgorithm {
     StageSplit,
 }
 
+impl AllreduceAlgorithm {
+    /// Every algorithm, in the order the knob's doc names them.
+    pub const ALL: [AllreduceAlgorithm; 6] = [
+        AllreduceAlgorithm::Auto,
+        AllreduceAlgorithm::Ring,
+        AllreduceAlgorithm::HalvingDoubling,
+        AllreduceAlgorithm::RecursiveDoubling,
+        AllreduceAlgorithm::StageSlots,
+        AllreduceAlgorithm::StageSplit,
+    ];
+
+    /// The name `FERROVOD_ALLREDUCE_ALGORITHM` gives it.
+    pub fn name(self) -> &'static str {
+        match self {
+            AllreduceAlgorithm::Auto => "auto",
+            AllreduceAlgorithm::Ring => "ring",
+            AllreduceAlgorithm::HalvingDoubling => "halving-doubling",
+            AllreduceAlgorithm::RecursiveDoubling => "recursive-doubling",
+            AllreduceAlgorithm::StageSlots => "stage-slots",
+            AllreduceAlgorithm::StageSplit => "stage-split",
+        }
+    }
+}
+
 /// Which transport carries host memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TransportChoice {
@@ -278,21 +302,18 @@ impl Config {
                     });
                 }
             },
-            allreduce: match text(ALLREDUCE_ALGORITHM).as_deref().map(str::trim).unwrap_or("auto") {
-                "auto" => AllreduceAlgorithm::Auto,
-                "ring" => AllreduceAlgorithm::Ring,
-                "halving-doubling" => AllreduceAlgorithm::HalvingDoubling,
-                "recursive-doubling" => AllreduceAlgorithm::RecursiveDoubling,
-                "stage-slots" => AllreduceAlgorithm::StageSlots,
-                "stage-split" => AllreduceAlgorithm::StageSplit,
-                v => {
-                    return Err(Error::Config {
-                        name: ALLREDUCE_ALGORITHM.name,
-                        detail: format!(
-                            "{} is not auto, ring, halving-doubling, recursive-doubling, stage-slots or stage-split",
-                            quoted(v)
-                        ),
-                    });
+            allreduce: {
+                let v = text(ALLREDUCE_ALGORITHM);
+                let v = v.as_deref().map(str::trim).unwrap_or("auto");
+                match AllreduceAlgorithm::ALL.into_iter().find(|a| a.name() == v) {
+                    Some(a) => a,
+                    None => {
+                        let names: Vec<&str> = AllreduceAlgorithm::ALL.iter().map(|a| a.name()).collect();
+                        return Err(Error::Config {
+                            name: ALLREDUCE_ALGORITHM.name,
+                            detail: format!("{} is not one of {}", quoted(v), names.join(", ")),
+                        });
+                    }
                 }
             },
             small_allreduce: parse(SMALL_ALLREDUCE, "a byte count")?,

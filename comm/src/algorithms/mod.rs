@@ -8,6 +8,7 @@
 //! message size and by what the transport offers.
 
 mod allgather_ring;
+mod allgather_stage;
 mod allreduce_halving_doubling;
 mod allreduce_recursive_doubling;
 mod allreduce_ring;
@@ -20,9 +21,11 @@ mod broadcast_binomial;
 mod broadcast_chain;
 mod broadcast_stage;
 mod reducescatter_ring;
+mod reducescatter_stage;
 mod schedule;
 
 pub use allgather_ring::allgather_ring;
+pub use allgather_stage::allgather_stage;
 pub use allreduce_halving_doubling::allreduce_halving_doubling;
 pub use allreduce_recursive_doubling::allreduce_recursive_doubling;
 pub use allreduce_ring::allreduce_ring;
@@ -35,6 +38,7 @@ pub use broadcast_binomial::broadcast_binomial;
 pub use broadcast_chain::broadcast_chain;
 pub use broadcast_stage::broadcast_stage;
 pub use reducescatter_ring::reducescatter_ring;
+pub use reducescatter_stage::reducescatter_stage;
 use schedule::Schedule;
 
 use std::ops::Range;

@@ -29,7 +29,7 @@ impl Backend for HostBackend {
         req.work.is_host()
     }
 
-    fn run(&mut self, req: Request<'_>, links: &mut Links) -> Result<(), Error> {
+    fn run(&mut self, req: Request<'_>, links: &mut Links) -> Result<&'static str, Error> {
         let t = links.host.as_mut();
         let n = t.size();
         let tu = &self.tuning;
@@ -41,7 +41,8 @@ impl Backend for HostBackend {
                 let buf = buf.host().ok_or_else(host_only)?;
                 let ws = &mut self.ws;
                 let (rank, staged) = (t.rank(), t.stage().is_some());
-                match (allreduce_algorithm(tu, buf.len(), n, staged), t.stage()) {
+                let algorithm = allreduce_algorithm(tu, buf.len(), n, staged);
+                match (algorithm, t.stage()) {
                     (AllreduceAlgorithm::StageSlots, Some(s)) => alg::allreduce_stage_slots(s, &p, buf, op)?,
                     (AllreduceAlgorithm::StageSplit, Some(s)) => alg::allreduce_stage_split(s, &p, (rank, n), buf, op)?,
                     (AllreduceAlgorithm::RecursiveDoubling, _) => {
@@ -50,38 +51,62 @@ impl Backend for HostBackend {
                     (AllreduceAlgorithm::HalvingDoubling, _) => alg::allreduce_halving_doubling(t, &p, buf, op, ws)?,
                     _ => alg::allreduce_ring(t, &p, buf, op, ws)?,
                 }
+                let ran = algorithm.name();
                 if op == ReduceOp::Average {
                     divide(p.dtype, buf, n);
                 }
+                Ok(ran)
             }
             (Collective::Broadcast(root), Work::InPlace { mut buf }) => {
                 let buf = buf.host().ok_or_else(host_only)?;
                 let rank = t.rank();
                 if let Some(s) = t.stage() {
                     alg::broadcast_stage(s, &p, rank, buf, root as usize)?;
+                    Ok("stage")
                 } else if buf.len() <= tu.small_broadcast {
                     alg::broadcast_binomial(t, &p, buf, root as usize)?;
+                    Ok("binomial")
                 } else {
                     alg::broadcast_chain(t, &Params { segment: tu.broadcast_segment, ..p }, buf, root as usize)?;
+                    Ok("chain")
                 }
             }
             (Collective::Barrier, Work::InPlace { .. }) => match t.stage() {
-                Some(s) => alg::barrier_stage(s, &p)?,
-                None => alg::barrier_dissemination(t, &p)?,
-            },
+                Some(s) => alg::barrier_stage(s, &p).map(|()| "stage"),
+                None => alg::barrier_dissemination(t, &p).map(|()| "dissemination"),
+            }
+            .map_err(Error::from),
             (Collective::Allgather, Work::Blocks { mut buf, blocks }) => {
-                alg::allgather_ring(t, &p, buf.host().ok_or_else(host_only)?, blocks)?
+                let buf = buf.host().ok_or_else(host_only)?;
+                let rank = t.rank();
+                match t.stage() {
+                    Some(s) => alg::allgather_stage(s, &p, rank, buf, blocks).map(|()| "stage"),
+                    None => alg::allgather_ring(t, &p, buf, blocks).map(|()| "ring"),
+                }
+                .map_err(Error::from)
             }
             (Collective::Reducescatter(op), Work::Blocks { mut buf, blocks }) => {
                 let buf = buf.host().ok_or_else(host_only)?;
-                alg::reducescatter_ring(t, &p, buf, blocks, op, &mut self.ws)?;
+                let rank = t.rank();
+                let ran = match t.stage() {
+                    Some(s) => {
+                        alg::reducescatter_stage(s, &p, rank, buf, blocks, op)?;
+                        "stage"
+                    }
+                    None => {
+                        alg::reducescatter_ring(t, &p, buf, blocks, op, &mut self.ws)?;
+                        "ring"
+                    }
+                };
                 if op == ReduceOp::Average {
-                    divide(p.dtype, &mut buf[blocks[t.rank()].clone()], n);
+                    divide(p.dtype, &mut buf[blocks[rank].clone()], n);
                 }
+                Ok(ran)
             }
             (Collective::Alltoall, Work::Exchange { send, send_blocks, mut recv, recv_blocks }) => {
                 let send = send.host().ok_or_else(host_only)?;
                 alg::alltoall_pairwise(t, &p, send, send_blocks, recv.host().ok_or_else(host_only)?, recv_blocks)?;
+                Ok("pairwise")
             }
             (c, work) => {
                 let shape = match work {
@@ -89,10 +114,9 @@ impl Backend for HostBackend {
                     Work::Blocks { .. } => "in blocks",
                     Work::Exchange { .. } => "as an exchange",
                 };
-                return Err(invalid(format!("{} does not take buffers {shape}", c.name())));
+                Err(invalid(format!("{} does not take buffers {shape}", c.name())))
             }
         }
-        Ok(())
     }
 }
 

@@ -97,8 +97,8 @@ pub trait Backend: Send {
     /// Whether this backend runs `req`.
     fn accepts(&self, req: &Request<'_>) -> bool;
 
-    /// Runs `req` to completion over `links`.
-    fn run(&mut self, req: Request<'_>, links: &mut Links) -> Result<(), Error>;
+    /// Runs `req` to completion over `links`; returns the name of the algorithm that ran.
+    fn run(&mut self, req: Request<'_>, links: &mut Links) -> Result<&'static str, Error>;
 }
 
 /// The backends of a communicator, in the order they are asked: the one place a backend

@@ -1,6 +1,8 @@
 //! Shared-memory transport, for ranks on one host: every message goes through a byte ring in
 //! the sender's segment (`segment.rs`), one ring per ordered pair of ranks (`pair.rs`), with no
-//! system call on the way while both ends are awake.
+//! system call on the way while both ends are awake. The segment also holds the *stage*
+//! (`stage.rs`): regions that every rank reads in place, for the collectives that run on memory
+//! rather than messages (the `_stage` algorithms).
 //!
 //! Set-up (`connect.rs`) has two phases, so that every rank of a job takes the same decision:
 //! before rendezvous each rank creates its segment and binds an abstract Unix socket; after it,
@@ -13,7 +15,7 @@
 //! the first microseconds when this host has a core per rank and yielding the core between
 //! looks after that (from the start when ranks outnumber cores), then sleep in `poll(2)` on
 //! this rank's eventfd and the pidfds of the peers it waits for. A rank that publishes bytes
-//! writes its peer's eventfd only when the peer's `sleeping` word says it sleeps (a sequentially
+//! (or a stage step) writes its peer's eventfd only when the peer's `sleeping` word says it sleeps (a sequentially
 //! consistent fence on both sides, so no wake-up is lost). A peer that dies wakes the sleeper
 //! through its pidfd; one that closes its links sets its `abort` word and wakes every peer.
 //! Either way, what it wrote before is still read; a transfer that needs more fails naming it.
@@ -561,7 +563,8 @@ impl Transport for ShmTransport {
             return Err(Error::Unusable);
         }
         let others: Vec<usize> = (0..self.size).filter(|&p| p != self.rank && !self.gone[p]).collect();
-        let anything = |t: &ShmTransport| others.iter().any(|&p| t.inbound(p).readable());
+        // News: bytes in a ring, or a stage step that a peer began and this rank did not.
+        let anything = |t: &ShmTransport| others.iter().any(|&p| t.inbound(p).readable() || t.ahead(p));
         wake.clear();
         self.sleep(Some(wake), &others, timeout, anything)
             .map_err(|e| Error::Io { peer: others.first().copied().unwrap_or(0), source: e.into() })?;

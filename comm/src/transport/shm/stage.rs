@@ -26,6 +26,11 @@ impl ShmTransport {
         self.others().all(|p| self.peer(p).seg.stage_words()[COUNTER].load(Ordering::Acquire) >= k)
     }
 
+    /// Whether `peer` has published a step that this rank has not begun.
+    pub(super) fn ahead(&self, peer: usize) -> bool {
+        self.peer(peer).seg.stage_words()[COUNTER].load(Ordering::Acquire) > self.steps
+    }
+
     fn others(&self) -> impl Iterator<Item = usize> + '_ {
         (0..self.size).filter(move |&p| p != self.rank)
     }
