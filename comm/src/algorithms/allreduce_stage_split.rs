@@ -1,14 +1,14 @@
 //! Allreduce over a shared stage, split: a reduce-scatter then an allgather, both read in
 //! place from the peers' regions. For large messages.
 //!
-//! Per piece (a region's worth, so that it stays in cache): each rank copies its piece into
-//! its region and publishes it; rank r reduces share r of the piece from every region, in rank
-//! order, into its buffer; then it publishes that share in its region and copies every other
-//! share from its owner's region. Each share is reduced once, by its owner, so results are
-//! identical on every rank.
+//! Per piece (a region's worth, so that it stays in cache): each rank copies the shares of its
+//! piece that its peers reduce into its region and publishes it; rank r reduces share r of
+//! every peer's region into its own share, in place (lower ranks' data first in each pair);
+//! then it publishes that share in its region and copies every other share from its owner's
+//! region. Each share is reduced once, by its owner, so results are identical on every rank.
 //!
-//! Cost per piece of m bytes: two waits (2α) + m copy in + m read and m·(n-1)/n reduced (γ) +
-//! m/n copy + m·(n-1)/n read: constant in n per byte, where the slots read n·m.
+//! Cost per piece of m bytes: two waits (2α) + m·(n-1)/n copied in + m·(n-1)/n read and
+//! reduced (γ) + m/n copy + m·(n-1)/n read: constant in n per byte, where the slots read n·m.
 
 use super::{Params, even_blocks, piece_ranges};
 use crate::dtype::ReduceOp;
@@ -31,12 +31,15 @@ pub fn allreduce_stage_split(
         let shares = even_blocks(len / elem, n, elem);
         let mine = shares[rank].clone();
 
-        s.next()[..len].copy_from_slice(chunk);
+        // Peers read every share but this rank's own, which it reduces in place.
+        let region = s.next();
+        region[..mine.start].copy_from_slice(&chunk[..mine.start]);
+        region[mine.end..len].copy_from_slice(&chunk[mine.end..]);
         let all = s.publish(p.tag, len)?;
         let out = &mut chunk[mine.clone()];
-        out.copy_from_slice(&all[0][mine.clone()]);
-        for theirs in &all[1..] {
-            reduce_into(p.dtype, op, out, &theirs[mine.clone()], Order::AccFirst);
+        for (q, theirs) in all.iter().enumerate().filter(|&(q, _)| q != rank) {
+            let order = if q < rank { Order::SrcFirst } else { Order::AccFirst };
+            reduce_into(p.dtype, op, out, &theirs[mine.clone()], order);
         }
 
         s.next()[mine.clone()].copy_from_slice(&chunk[mine.clone()]);

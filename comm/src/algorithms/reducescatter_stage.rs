@@ -1,9 +1,10 @@
 //! Reduce-scatter over a shared stage: per piece of the buffer (a region's worth), every rank
-//! copies the piece into its region, then reduces the part of its own block that lies in the
-//! piece from every rank's region, in rank order. Blocks may differ in size.
+//! copies the piece but the part of its own block into its region, then reduces that part of
+//! every peer's region into its own block, in place (lower ranks' data first in each pair).
+//! Blocks may differ in size.
 //!
-//! Cost per piece of m bytes: one wait (α) + m copied in + the own block's share read from
-//! every rank and reduced (γ).
+//! Cost per piece of m bytes: one wait (α) + m less the own part copied in + the own part read
+//! from every peer and reduced (γ).
 
 use std::ops::Range;
 
@@ -24,17 +25,17 @@ pub fn reducescatter_stage(
 ) -> Result<(), Error> {
     let own = &blocks[rank];
     for piece in piece_ranges(buf.len(), s.region(), p.dtype) {
-        s.next()[..piece.len()].copy_from_slice(&buf[piece.clone()]);
-        let all = s.publish(p.tag, piece.len())?;
-        let (start, end) = (own.start.max(piece.start), own.end.min(piece.end));
-        if start >= end {
-            continue;
-        }
+        // The part of this rank's block in the piece: peers never read it, it reduces in place.
+        let (start, end) = (own.start.clamp(piece.start, piece.end), own.end.clamp(piece.start, piece.end));
         let (from, to) = (start - piece.start, end - piece.start);
+        let region = s.next();
+        region[..from].copy_from_slice(&buf[piece.start..start]);
+        region[to..piece.len()].copy_from_slice(&buf[end..piece.end]);
+        let all = s.publish(p.tag, piece.len())?;
         let out = &mut buf[start..end];
-        out.copy_from_slice(&all[0][from..to]);
-        for theirs in &all[1..] {
-            reduce_into(p.dtype, op, out, &theirs[from..to], Order::AccFirst);
+        for (q, theirs) in all.iter().enumerate().filter(|&(q, _)| q != rank && from < to) {
+            let order = if q < rank { Order::SrcFirst } else { Order::AccFirst };
+            reduce_into(p.dtype, op, out, &theirs[from..to], order);
         }
     }
     Ok(())
