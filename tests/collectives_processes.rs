@@ -117,3 +117,40 @@ fn process_sets_reduce_among_their_ranks_only() {
         run(n, &["process-sets"], &[]);
     }
 }
+
+/// Rank 1 of 3 in a pid namespace of its own (`unshare --pid`): same host name and boot id,
+/// but its pid means nothing to the others, so shared memory is refused and every rank falls
+/// back to TCP under `auto`, and fails at start naming the reason under `shm`.
+#[test]
+fn another_pid_namespace_falls_back_to_tcp() {
+    let probe = std::process::Command::new("unshare").args(["--pid", "--fork", "--kill-child", "true"]).output();
+    match probe {
+        Ok(o) if o.status.success() => {}
+        other => {
+            // Needs CAP_SYS_ADMIN (CI runs as root); say so rather than pass silently.
+            eprintln!("SKIPPED: unshare --pid is not available here: {other:?}");
+            return;
+        }
+    }
+    let worker = workspace_bin("ferrovod-test-worker");
+    let script = format!(
+        "if [ \"$FERROVOD_RANK\" = 1 ]; then exec unshare --pid --fork --kill-child {w} \"$@\"; else exec {w} \"$@\"; fi",
+        w = worker.display()
+    );
+    let args = ["-c", &script, "sh", "collectives", "f32,bf16", "sum,max", "small"];
+    let ended = World::spawn(3, std::path::Path::new("/bin/sh"), &args, &[]).wait(Duration::from_secs(120));
+    for (rank, e) in ended.iter().enumerate() {
+        assert_eq!(e.code, Some(0), "rank {rank}: {}", e.stderr);
+        assert!(e.stdout.contains("ok over tcp"), "rank {rank} should fall back to TCP: {}", e.stdout);
+    }
+    let forced = [("FERROVOD_TRANSPORT", "shm".to_string())];
+    let ended = World::spawn(3, std::path::Path::new("/bin/sh"), &args, &forced).wait(Duration::from_secs(120));
+    for (rank, e) in ended.iter().enumerate() {
+        assert_ne!(e.code, Some(0), "rank {rank} should refuse shm: {}", e.stdout);
+        assert!(
+            e.stderr.contains("FERROVOD_TRANSPORT") && e.stderr.contains("another pid namespace"),
+            "rank {rank}: {}",
+            e.stderr
+        );
+    }
+}

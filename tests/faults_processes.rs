@@ -208,6 +208,7 @@ fn dead_after_rendezvous(transports: &[&str], what: &str) {
             })
             .collect(),
         pid,
+        pid_ns: ferrovod::os::pid_namespace(),
         tuning: tuning.agreed().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
     };
     let prefix = format!("ferrovod/comm{}", GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed));

@@ -195,6 +195,10 @@ fn connect_shm(
     {
         return refuse(format!("rank {r} runs on host {} and rank {rank} on {}", p.hostname, me.hostname));
     }
+    // Peers are named and watched by pid (the segment's sender, a dead peer's pidfd).
+    if let Some(r) = peers.iter().position(|p| !sees_pid(p, me)) {
+        return refuse(format!("rank {r} runs in another pid namespace than rank {rank}"));
+    }
     let Ok(addresses) = published(peers, SHM) else {
         let r = peers.iter().position(|p| !p.addresses.iter().any(|(n, _)| n == SHM)).unwrap_or(0);
         return refuse(format!("rank {r} could not create a shared-memory segment"));
@@ -226,10 +230,20 @@ fn connect_shm(
     Ok(Some(Box::new(shm.accept(rank, &addresses, &pids).map_err(boot)?)))
 }
 
+/// Whether `me` can see `peer`'s process by its pid: same host, same pid namespace.
+fn sees_pid(peer: &PeerInfo, me: &PeerInfo) -> bool {
+    peer.hostname == me.hostname
+        && peer.boot_id == me.boot_id
+        && !peer.boot_id.is_empty()
+        && peer.pid_ns == me.pid_ns
+        && !peer.pid_ns.is_empty()
+}
+
 /// Why `peer` can no longer connect, as far as `me` can see: a peer on this host whose
-/// process is gone. (A peer on another host is only noticed by its silence.)
+/// process is gone. (A peer on another host, or in another pid namespace, is only noticed by
+/// its silence.)
 fn peer_gone(peer: &PeerInfo, me: &PeerInfo) -> Option<String> {
-    if peer.hostname != me.hostname || peer.boot_id != me.boot_id || peer.boot_id.is_empty() {
+    if !sees_pid(peer, me) {
         return None;
     }
     (!crate::os::process_exists(peer.pid)).then(|| format!("(pid {}, this host) exited", peer.pid))
@@ -321,6 +335,7 @@ impl World {
             boot_id: crate::os::boot_id(),
             addresses,
             pid: std::process::id(),
+            pid_ns: crate::os::pid_namespace(),
             tuning: agreed.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
         };
         let peers = exchange_peers(&mut store, prefix, rank, config.size, &me, tuning.connect_timeout).map_err(boot)?;

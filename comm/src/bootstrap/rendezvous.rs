@@ -17,8 +17,11 @@ pub struct PeerInfo {
     /// Where this rank's transports accept connections: (transport name, opaque address that
     /// only that transport reads).
     pub addresses: Vec<(String, Vec<u8>)>,
-    /// Process id, for error messages.
+    /// Process id, for error messages and, for ranks in the same pid namespace on this host,
+    /// for watching the process.
     pub pid: u32,
+    /// The pid namespace of the process (see [`crate::os::pid_namespace`]).
+    pub pid_ns: String,
     /// The knobs every rank must agree on, as (name, value).
     pub tuning: Vec<(String, String)>,
 }

@@ -54,7 +54,14 @@ mod tests {
     use super::*;
 
     fn peer(host: &str, boot: &str) -> PeerInfo {
-        PeerInfo { hostname: host.into(), boot_id: boot.into(), addresses: Vec::new(), pid: 1, tuning: vec![] }
+        PeerInfo {
+            hostname: host.into(),
+            boot_id: boot.into(),
+            addresses: Vec::new(),
+            pid: 1,
+            pid_ns: String::new(),
+            tuning: vec![],
+        }
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Facts about this host that rendezvous exchanges: its name and its kernel's boot id.
+//! Facts about this host that rendezvous exchanges: its name, its kernel's boot id, and the pid
+//! namespace a process runs in.
 
 /// This host's name.
 pub fn hostname() -> String {
@@ -17,4 +18,11 @@ pub fn hostname() -> String {
 /// (and so shared memory), whatever their containers call themselves.
 pub fn boot_id() -> String {
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id").map(|s| s.trim().to_string()).unwrap_or_default()
+}
+
+/// The pid namespace this process runs in (`pid:[inode]`), empty if unknown: pids published by
+/// a process in another namespace mean nothing here (two containers can share a host name and
+/// a boot id, and so memory, yet not their pids).
+pub fn pid_namespace() -> String {
+    std::fs::read_link("/proc/self/ns/pid").map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
 }
