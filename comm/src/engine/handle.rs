@@ -87,6 +87,8 @@ impl Slot {
 #[must_use = "a handle is how the result comes back"]
 pub struct Handle {
     pub(crate) slot: Arc<Slot>,
+    /// How long [`Handle::wait`] looks before it sleeps.
+    spin: Duration,
     /// For a group member: opened once every member's result is in, so that no member is seen
     /// done before the others.
     pub(crate) gate: Option<Arc<Slot>>,
@@ -94,9 +96,19 @@ pub struct Handle {
 }
 
 impl Handle {
-    pub(crate) fn new(name: String, gate: Option<Arc<Slot>>) -> (Handle, Arc<Slot>) {
+    pub(crate) fn new(name: String, gate: Option<Arc<Slot>>, spin: Duration) -> (Handle, Arc<Slot>) {
         let slot = Arc::new(Slot::default());
-        (Handle { slot: slot.clone(), gate, name }, slot)
+        (Handle { slot: slot.clone(), spin, gate, name }, slot)
+    }
+
+    /// Looks at the result for up to the spin budget, yielding the core between looks: a
+    /// small collective often completes within it, and a condition variable's wake-up costs
+    /// more than the whole collective.
+    fn look(&self, most: Duration) {
+        let (start, most) = (Instant::now(), most.min(self.spin));
+        while !self.poll() && start.elapsed() < most {
+            std::thread::yield_now();
+        }
     }
 
     /// The tensor name.
@@ -111,6 +123,7 @@ impl Handle {
 
     /// Blocks until the request completes and returns its result.
     pub fn wait(self) -> Result<Output> {
+        self.look(self.spin);
         if let Some(g) = &self.gate {
             g.wait_done();
         }
@@ -124,6 +137,7 @@ impl Handle {
     /// Like [`Handle::wait`], but gives the handle back if `timeout` passes first.
     pub fn wait_timeout(self, timeout: Duration) -> std::result::Result<Result<Output>, Handle> {
         let deadline = Instant::now() + timeout;
+        self.look(timeout);
         if let Some(g) = &self.gate
             && !g.wait_done_until(deadline)
         {

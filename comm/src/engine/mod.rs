@@ -17,7 +17,10 @@
 //!    identical submissions negotiate with one bit each.
 //!
 //! Between rounds the thread sleeps in `poll(2)` on the links and a doorbell: a local
-//! submission or a round begun by another rank wakes it. Nothing spins while idle.
+//! submission or a round begun by another rank wakes it. Before it sleeps it looks again for
+//! up to `FERROVOD_SPIN_US`, yielding its core (over shared memory), and so does a thread that
+//! waits on a handle: a step's collectives that come back to back cost no wake-ups. Nothing
+//! spins longer.
 //!
 //! A tensor that waits for other ranks longer than `FERROVOD_STALL_WARNING` is logged by rank 0
 //! with the ranks it waits for; past `FERROVOD_STALL_TIMEOUT` every rank fails. `join` lets a
@@ -37,7 +40,7 @@ mod timeline;
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub use handle::Handle;
 pub use request::{Collective, GroupKey, MAX_NAME, Meta, Output, Submission};
@@ -60,6 +63,8 @@ pub struct Engine {
     size: usize,
     /// Whether the engine's memory operations reach device memory.
     device_memory: bool,
+    /// How long a waiter looks at its handle before it sleeps (`FERROVOD_SPIN_US`).
+    spin: Duration,
 }
 
 /// What submitters and the engine thread share.
@@ -130,12 +135,13 @@ impl Engine {
         })?;
         let shared = Arc::new(Shared { inbox: Mutex::new(Inbox::default()), bell });
         let topology = comm.topology().clone();
+        let spin = comm.tuning().spin;
         let worker = runloop::RunLoop::new(comm, shared.clone(), settings, ops)?;
         let thread = std::thread::Builder::new()
             .name(format!("ferrovod-engine-{rank}"))
             .spawn(move || worker.run())
             .map_err(|e| Error::EngineStopped { rank, reason: format!("could not start the engine thread: {e}") })?;
-        Ok(Engine { shared, thread: Mutex::new(Some(thread)), topology, rank, size, device_memory })
+        Ok(Engine { shared, thread: Mutex::new(Some(thread)), topology, rank, size, device_memory, spin })
     }
 
     /// This rank.
@@ -202,7 +208,7 @@ impl Engine {
         let gate = grouped.then(|| Arc::new(Slot::default()));
         let mut handles = Vec::with_capacity(subs.len());
         for sub in subs {
-            let (handle, slot) = Handle::new(sub.name.clone(), gate.clone());
+            let (handle, slot) = Handle::new(sub.name.clone(), gate.clone(), self.spin);
             inbox.in_flight.insert(sub.name.clone());
             let meta = sub.meta(group);
             inbox.new.push(Pending { sub, meta, slot, gate: gate.clone(), queued });
@@ -234,7 +240,7 @@ impl Engine {
     /// [`Engine::join`] without the wait: the handle's output is one `i64`, the rank that
     /// joined last.
     pub fn join_async(&self) -> Result<Handle> {
-        let (handle, slot) = Handle::new("join".into(), None);
+        let (handle, slot) = Handle::new("join".into(), None, self.spin);
         {
             let mut inbox = self.shared.lock();
             if let Some(error) = &inbox.stopped {

@@ -29,6 +29,7 @@ use crate::error::{Error, Operation, Result};
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Message {
     /// Bit `s` set: this rank has a pending submission matching cache slot `s`.
+    #[serde(with = "block")]
     pub bits: Vec<u8>,
     /// Pending submissions the cache does not hold, each announced once.
     pub announce: Vec<(String, Meta)>,
@@ -39,7 +40,38 @@ pub(crate) struct Message {
     /// Every rank fails with this (rank 0's stall verdict).
     pub abort: Option<String>,
     /// Data of cached allreduces (by slot), sent with the round; see the module docs.
-    pub eager: Vec<(u32, Vec<u8>)>,
+    pub eager: Vec<Eager>,
+}
+
+/// One cached allreduce's data in a round: its cache slot and its bytes.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Eager(pub u32, #[serde(with = "block")] pub Vec<u8>);
+
+/// `Vec<u8>` as one block: postcard writes the length and copies the bytes, where serde's
+/// default for a `Vec` goes element by element (most of a small round's time, measured).
+mod block {
+    use serde::{Deserializer, Serializer, de};
+
+    pub(super) fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct Block;
+        impl de::Visitor<'_> for Block {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a block of bytes")
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_byte_buf(Block)
+    }
 }
 
 impl Message {
@@ -255,13 +287,7 @@ fn eager_data(messages: &[Message], slot: usize, meta: &Meta) -> Option<Vec<Vec<
     }
     messages
         .iter()
-        .map(|m| {
-            m.eager
-                .iter()
-                .find(|(s, _)| *s as usize == slot)
-                .map(|(_, d)| d.clone())
-                .filter(|d| d.len() == meta.bytes())
-        })
+        .map(|m| m.eager.iter().find(|e| e.0 as usize == slot).map(|e| e.1.clone()).filter(|d| d.len() == meta.bytes()))
         .collect()
 }
 

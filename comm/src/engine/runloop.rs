@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::cache::Cache;
 use super::execute::{self, Ctx, Done};
@@ -49,6 +49,8 @@ pub(crate) struct RunLoop {
     /// Eager budget per round (see `negotiate`).
     eager_bytes: usize,
     piece: usize,
+    /// How long the thread looks for news before it sleeps (`FERROVOD_SPIN_US`).
+    spin: Duration,
     /// The copies, fills and scalings on the tensors' memory.
     ops: Box<dyn Ops>,
     stage: Owned,
@@ -92,6 +94,7 @@ impl RunLoop {
             threshold: tuning.fusion_threshold,
             eager_bytes: tuning.eager_bytes,
             piece: tuning.ring_chunk,
+            spin: tuning.spin,
             ops,
             stage: Owned::default(),
             timeline,
@@ -118,7 +121,7 @@ impl RunLoop {
     fn step(&mut self) -> Result<Option<Stop>> {
         self.shared.bell.clear();
         let shutdown = self.take_inbox();
-        if (!shutdown || self.shutdown_sent) && !self.has_news() {
+        if (!shutdown || self.shutdown_sent) && !self.has_news() && !self.look()? {
             let timeout = self.stalls.next_check();
             if !self.comm.wait_incoming(&self.shared.bell, timeout)? {
                 // The doorbell or a stall clock: look again.
@@ -127,6 +130,22 @@ impl RunLoop {
             }
         }
         self.round(shutdown)
+    }
+
+    /// Looks for news for up to `FERROVOD_SPIN_US` before the engine sleeps, yielding the core
+    /// between looks: the next collective of a step usually comes within it, and a wake-up
+    /// from a sleep costs more than a small collective. Returns whether a peer has something;
+    /// a local submission only ends the look (the doorbell stays rung, so the sleep that
+    /// follows returns at once).
+    fn look(&mut self) -> Result<bool> {
+        let start = Instant::now();
+        while start.elapsed() < self.spin && !self.shared.bell.is_rung() {
+            if self.comm.wait_incoming(&self.shared.bell, Duration::ZERO)? {
+                return Ok(true);
+            }
+            std::thread::yield_now();
+        }
+        Ok(false)
     }
 
     /// Moves new submissions and requests from the inbox; returns whether shutdown was asked.
@@ -217,7 +236,7 @@ impl RunLoop {
                 continue;
             }
             if let Some(slot) = self.cache.lookup(name, &l.pending.meta) {
-                msg.eager.push((slot as u32, bytes.to_vec()));
+                msg.eager.push(negotiate::Eager(slot as u32, bytes.to_vec()));
                 used += bytes.len();
             }
         }

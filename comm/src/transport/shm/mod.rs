@@ -565,9 +565,14 @@ impl Transport for ShmTransport {
         let others: Vec<usize> = (0..self.size).filter(|&p| p != self.rank && !self.gone[p]).collect();
         // News: bytes in a ring, or a stage step that a peer began and this rank did not.
         let anything = |t: &ShmTransport| others.iter().any(|&p| t.inbound(p).readable() || t.ahead(p));
-        wake.clear();
-        self.sleep(Some(wake), &others, timeout, anything)
-            .map_err(|e| Error::Io { peer: others.first().copied().unwrap_or(0), source: e.into() })?;
+        // The doorbell is not cleared here: the engine cleared it before it last looked for
+        // work, and a ring since then must still wake it. (The engine looks, by the wait
+        // policy, before it calls this to sleep.)
+        let ready = |t: &ShmTransport| wake.is_rung() || anything(t);
+        if !ready(self) && !timeout.is_zero() {
+            self.sleep(Some(wake), &others, timeout, ready)
+                .map_err(|e| Error::Io { peer: others.first().copied().unwrap_or(0), source: e.into() })?;
+        }
         self.look_for_gone();
         // A peer that is gone counts as news, as a closed socket does: the next round fails.
         Ok(anything(self) || self.gone.iter().any(|&g| g))
