@@ -103,6 +103,26 @@ fn mismatched_dtypes_fail_every_rank() {
 }
 
 #[test]
+fn ranks_that_cut_an_allgather_differently_fail_every_rank() {
+    // Same total bytes, other blocks: over the stage each piece has the same length, so only
+    // the layout check sees it (over TCP, a message's length).
+    for transport in ["shm", "tcp"] {
+        let env = [("FERROVOD_TIMEOUT", "30".to_string()), ("FERROVOD_TRANSPORT", transport.to_string())];
+        let ended = World::spawn(3, &worker(), &["mismatch-blocks"], &env).wait(Duration::from_secs(40));
+        assert_failed_naming(&ended, None, &["allgather #0"]);
+    }
+}
+
+#[test]
+fn a_collective_over_the_stage_against_one_over_messages_fails_at_once() {
+    let start = Instant::now();
+    let env = [("FERROVOD_TIMEOUT", "30".to_string())];
+    let ended = World::spawn(3, &worker(), &["mismatch-kind"], &env).wait(Duration::from_secs(40));
+    assert_failed_naming(&ended, None, &["broadcast #0", "alltoall #0"]);
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}: a timeout, not a mismatch", start.elapsed());
+}
+
+#[test]
 fn silent_rank_times_out_naming_it_and_waiting_sleeps() {
     // The default wait polls, yielding its core, for 50 µs before it sleeps; at the maximum it
     // polls 10 ms, no longer; 0 sleeps at once. Every one of them sleeps through a long wait.

@@ -196,7 +196,7 @@ fn connect_shm(
         return refuse(format!("rank {r} runs on host {} and rank {rank} on {}", p.hostname, me.hostname));
     }
     // Peers are named and watched by pid (the segment's sender, a dead peer's pidfd).
-    if let Some(r) = peers.iter().position(|p| !sees_pid(p, me)) {
+    if let Some((r, _)) = peers.iter().enumerate().find(|&(r, p)| r != rank && !sees_pid(p, me)) {
         return refuse(format!("rank {r} runs in another pid namespace than rank {rank}"));
     }
     let Ok(addresses) = published(peers, SHM) else {
@@ -230,13 +230,10 @@ fn connect_shm(
     Ok(Some(Box::new(shm.accept(rank, &addresses, &pids).map_err(boot)?)))
 }
 
-/// Whether `me` can see `peer`'s process by its pid: same host, same pid namespace.
+/// Whether `me` can see `peer`'s process by its pid: same host, same pid namespace (or both
+/// unknown, on a kernel without pid namespaces).
 fn sees_pid(peer: &PeerInfo, me: &PeerInfo) -> bool {
-    peer.hostname == me.hostname
-        && peer.boot_id == me.boot_id
-        && !peer.boot_id.is_empty()
-        && peer.pid_ns == me.pid_ns
-        && !peer.pid_ns.is_empty()
+    peer.hostname == me.hostname && peer.boot_id == me.boot_id && !peer.boot_id.is_empty() && peer.pid_ns == me.pid_ns
 }
 
 /// Why `peer` can no longer connect, as far as `me` can see: a peer on this host whose

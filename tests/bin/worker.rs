@@ -6,6 +6,10 @@
 //! - `loop-pause BYTES RANK MS`: the same, rank RANK sleeping MS before each allreduce (so
 //!   that it meets a failure late).
 //! - `mismatch-count`, `mismatch-dtype`: rank 1 calls allreduce with other arguments.
+//! - `mismatch-blocks`: an allgather of 4 bytes in total, rank 1 cutting them as [1, 3] and
+//!   the others as [3, 1] (same total, other blocks).
+//! - `mismatch-kind`: rank 1 calls alltoall (messages), the others broadcast (over shared
+//!   memory, the stage): different collectives that never meet on the same link.
 //! - `stall`: rank 1 sleeps instead of calling allreduce.
 //! - `process-sets`: the even and the odd ranks each join a process set and allreduce in it
 //!   at once (each set's sum is its own ranks'), then the whole job; joining with ranks that are
@@ -98,6 +102,25 @@ fn scenario(comm: &mut Communicator, args: &[String]) -> Result<(), String> {
                 comm.allreduce(&mut [0f64; 64], ReduceOp::Sum).map_err(|e| e.to_string())
             } else {
                 comm.allreduce(&mut [0f32; 64], ReduceOp::Sum).map_err(|e| e.to_string())
+            }
+        }
+        ["mismatch-blocks"] => {
+            let counts: &[usize] = if r == 1 { &[1, 3] } else { &[3, 1] };
+            let mut others = vec![1usize; comm.size().saturating_sub(2)];
+            let counts: Vec<usize> = counts.iter().copied().chain(others.drain(..)).collect();
+            let mine = vec![r as u8; counts[r]];
+            let mut out = vec![0u8; counts.iter().sum()];
+            comm.allgatherv_into(&mine, &mut out, &counts, DType::U8).map_err(|e| e.to_string())
+        }
+        ["mismatch-kind"] => {
+            let n = comm.size();
+            if r == 1 {
+                let send = vec![1u8; n];
+                let mut recv = vec![0u8; n];
+                comm.alltoall_into(send.as_slice(), &vec![1; n], recv.as_mut_slice(), &vec![1; n], DType::U8)
+                    .map_err(|e| e.to_string())
+            } else {
+                comm.broadcast_bytes(vec![0u8; 64].as_mut_slice(), DType::U8, 0).map_err(|e| e.to_string())
             }
         }
         ["stall"] => {

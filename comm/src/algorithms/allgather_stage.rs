@@ -7,7 +7,7 @@
 
 use std::ops::Range;
 
-use super::{Params, piece_ranges};
+use super::{Params, layout, piece_ranges};
 use crate::transport::{Error, Stage};
 
 /// The part of `block` that falls in bytes `piece` of every block (relative to its start).
@@ -27,8 +27,8 @@ pub fn allgather_stage(
     let largest = blocks.iter().map(Range::len).max().unwrap_or(0);
     for piece in piece_ranges(largest, s.region(), p.dtype) {
         let mine = part(&blocks[rank], &piece);
-        s.next()[..mine.len()].copy_from_slice(&buf[mine]);
-        let all = s.publish(p.tag, piece.len())?;
+        s.next()?[..mine.len()].copy_from_slice(&buf[mine]);
+        let all = s.publish(p.tag, piece.len(), layout(blocks))?;
         for (q, block) in blocks.iter().enumerate().filter(|&(q, _)| q != rank) {
             let theirs = part(block, &piece);
             let len = theirs.len();

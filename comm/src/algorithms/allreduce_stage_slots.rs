@@ -16,8 +16,8 @@ use crate::transport::{Error, Stage};
 pub fn allreduce_stage_slots(s: &mut dyn Stage, p: &Params, buf: &mut [u8], op: ReduceOp) -> Result<(), Error> {
     for piece in piece_ranges(buf.len(), s.region(), p.dtype) {
         let chunk = &mut buf[piece];
-        s.next()[..chunk.len()].copy_from_slice(chunk);
-        let all = s.publish(p.tag, chunk.len())?;
+        s.next()?[..chunk.len()].copy_from_slice(chunk);
+        let all = s.publish(p.tag, chunk.len(), 0)?;
         chunk.copy_from_slice(all[0]);
         for theirs in &all[1..] {
             reduce_into(p.dtype, op, chunk, theirs, Order::AccFirst);

@@ -32,18 +32,18 @@ pub fn allreduce_stage_split(
         let mine = shares[rank].clone();
 
         // Peers read every share but this rank's own, which it reduces in place.
-        let region = s.next();
+        let region = s.next()?;
         region[..mine.start].copy_from_slice(&chunk[..mine.start]);
         region[mine.end..len].copy_from_slice(&chunk[mine.end..]);
-        let all = s.publish(p.tag, len)?;
+        let all = s.publish(p.tag, len, 0)?;
         let out = &mut chunk[mine.clone()];
         for (q, theirs) in all.iter().enumerate().filter(|&(q, _)| q != rank) {
             let order = if q < rank { Order::SrcFirst } else { Order::AccFirst };
             reduce_into(p.dtype, op, out, &theirs[mine.clone()], order);
         }
 
-        s.next()[mine.clone()].copy_from_slice(&chunk[mine.clone()]);
-        let all = s.publish(p.tag, len)?;
+        s.next()?[mine.clone()].copy_from_slice(&chunk[mine.clone()]);
+        let all = s.publish(p.tag, len, 0)?;
         for (q, share) in shares.iter().enumerate().filter(|&(q, _)| q != rank) {
             chunk[share.clone()].copy_from_slice(&all[q][share.clone()]);
         }

@@ -7,5 +7,5 @@ use crate::transport::{Error, Stage};
 
 /// Returns once every rank has entered.
 pub fn barrier_stage(s: &mut dyn Stage, p: &Params) -> Result<(), Error> {
-    s.publish(p.tag, 0).map(drop)
+    s.publish(p.tag, 0, 0).map(drop)
 }

@@ -79,6 +79,16 @@ pub fn blocks_from_counts(counts: &[usize], elem: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
+/// A fingerprint of how a buffer is cut into `blocks` (FNV-1a over their bounds), for the stage
+/// algorithms to check that every rank cuts it alike.
+pub(crate) fn layout(blocks: &[Range<usize>]) -> u64 {
+    blocks
+        .iter()
+        .flat_map(|b| [b.start as u64, b.end as u64])
+        .flat_map(u64::to_le_bytes)
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
 /// `len` bytes cut into pieces of about `chunk` bytes (whole elements): large allreduces run
 /// piece by piece so that reduced data is still in cache when it is sent. An empty buffer is
 /// one empty piece: it still exchanges (empty) messages, so that mismatches are seen.

@@ -8,7 +8,7 @@
 
 use std::ops::Range;
 
-use super::{Params, piece_ranges};
+use super::{Params, layout, piece_ranges};
 use crate::dtype::ReduceOp;
 use crate::reduce::{Order, reduce_into};
 use crate::transport::{Error, Stage};
@@ -28,10 +28,10 @@ pub fn reducescatter_stage(
         // The part of this rank's block in the piece: peers never read it, it reduces in place.
         let (start, end) = (own.start.clamp(piece.start, piece.end), own.end.clamp(piece.start, piece.end));
         let (from, to) = (start - piece.start, end - piece.start);
-        let region = s.next();
+        let region = s.next()?;
         region[..from].copy_from_slice(&buf[piece.start..start]);
         region[to..piece.len()].copy_from_slice(&buf[end..piece.end]);
-        let all = s.publish(p.tag, piece.len())?;
+        let all = s.publish(p.tag, piece.len(), layout(blocks))?;
         let out = &mut buf[start..end];
         for (q, theirs) in all.iter().enumerate().filter(|&(q, _)| q != rank && from < to) {
             let order = if q < rank { Order::SrcFirst } else { Order::AccFirst };

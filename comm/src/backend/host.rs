@@ -61,7 +61,7 @@ impl Backend for HostBackend {
                 let buf = buf.host().ok_or_else(host_only)?;
                 let rank = t.rank();
                 if let Some(s) = t.stage() {
-                    alg::broadcast_stage(s, &p, rank, buf, root as usize)?;
+                    alg::broadcast_stage(s, &p, (rank, n), buf, root as usize)?;
                     Ok("stage")
                 } else if buf.len() <= tu.small_broadcast {
                     alg::broadcast_binomial(t, &p, buf, root as usize)?;

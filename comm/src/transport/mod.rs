@@ -177,15 +177,19 @@ pub trait Stage {
     /// Bytes of a region.
     fn region(&self) -> usize;
 
-    /// This rank's region for the next step, to fill before [`Stage::publish`].
-    fn next(&mut self) -> &mut [u8];
+    /// This rank's region for the next step, to fill before [`Stage::publish`]; fails once the
+    /// transport failed (a peer may still be reading the region then).
+    fn next(&mut self) -> Result<&mut [u8], Error>;
 
-    /// Publishes the first `len` bytes of this rank's region under `tag`, waits for every rank
-    /// to publish the same step, and returns the first `len` bytes of every rank's region
-    /// (index: rank), readable until the next call of [`Stage::next`]. Fails if a rank used
-    /// another tag or length, if one is gone before it published, or after the transport's
-    /// timeout; after an error the transport is unusable.
-    fn publish(&mut self, tag: Tag, len: usize) -> Result<Vec<&[u8]>, Error>;
+    /// Publishes the first `len` bytes (at most [`Stage::region`]) of this rank's region under
+    /// `tag`, waits for every rank to publish the same step, and returns the first `len` bytes
+    /// of every rank's region (index: rank), readable until the next call of [`Stage::next`].
+    /// `layout` is whatever else every rank must agree on for the step to make sense (a
+    /// fingerprint of how a buffer is cut into blocks, say; 0 when nothing). Fails if a rank
+    /// used another tag, length or layout, if one began another kind of collective, if one is
+    /// gone before it published, or after the transport's timeout; after an error the transport
+    /// is unusable.
+    fn publish(&mut self, tag: Tag, len: usize, layout: u64) -> Result<Vec<&[u8]>, Error>;
 }
 
 /// What can go wrong on a link.

@@ -401,6 +401,9 @@ impl ShmTransport {
             if waiting.is_empty() {
                 return Err(Error::Protocol { peer: lanes[0].peer, detail: "stream schedule stalled".into() });
             }
+            if let Some(e) = waiting.iter().find_map(|&p| self.stage_instead(p, tag)) {
+                return Err(e);
+            }
             self.pause(&waiting, &mut idle, |t| t.could_move(lanes))?;
         }
     }

@@ -68,6 +68,17 @@ impl<'a> Ring<'a> {
         n
     }
 
+    /// Receiver, between messages: the tag of the next message, once its first 16 bytes are in.
+    pub(super) fn peek_tag(&self) -> Option<Tag> {
+        let tail = self.tail.load(Ordering::Relaxed);
+        if self.head.load(Ordering::Acquire) - tail < 16 {
+            return None;
+        }
+        let mut t = [0u8; 16];
+        self.copy_out(tail, &mut t);
+        Some(Tag::from_le_bytes(t))
+    }
+
     /// Receiver: whether bytes are waiting.
     pub(super) fn readable(&self) -> bool {
         self.head.load(Ordering::Acquire) != self.tail.load(Ordering::Relaxed)

@@ -149,9 +149,9 @@ impl Segment {
         (self.word64(ctl), self.word64(ctl + LINE), data)
     }
 
-    /// The stage's control line: the step counter, then (tag low, tag high, length) for
-    /// parity 0 and for parity 1.
-    pub(super) fn stage_words(&self) -> [&AtomicU64; 7] {
+    /// The stage's control line: the step counter, then (tag low, tag high, length, layout)
+    /// for parity 0 and for parity 1.
+    pub(super) fn stage_words(&self) -> [&AtomicU64; 9] {
         std::array::from_fn(|i| self.word64(3 * LINE + 8 * i))
     }
 

@@ -12,27 +12,67 @@ use std::sync::atomic::{Ordering, fence};
 use super::{Idle, ShmTransport};
 use crate::transport::{Error, Stage, Tag};
 
-/// Words of the stage's control line: the counter, then (tag low, tag high, length) per parity.
+/// Words of the stage's control line: the counter, then (tag low, tag high, length, layout)
+/// per parity.
 const COUNTER: usize = 0;
 
-fn header_words(parity: usize) -> [usize; 3] {
-    let base = 1 + 3 * (parity & 1);
-    [base, base + 1, base + 2]
+fn header_words(parity: usize) -> [usize; 4] {
+    let base = 1 + 4 * (parity & 1);
+    [base, base + 1, base + 2, base + 3]
 }
 
 impl ShmTransport {
+    fn counter(&self, peer: usize) -> u64 {
+        self.peer(peer).seg.stage_words()[COUNTER].load(Ordering::Acquire)
+    }
+
     /// Whether every peer has published step `k`.
     fn all_published(&self, k: u64) -> bool {
-        self.others().all(|p| self.peer(p).seg.stage_words()[COUNTER].load(Ordering::Acquire) >= k)
+        self.others().all(|p| self.counter(p) >= k)
     }
 
     /// Whether `peer` has published a step that this rank has not begun.
     pub(super) fn ahead(&self, peer: usize) -> bool {
-        self.peer(peer).seg.stage_words()[COUNTER].load(Ordering::Acquire) > self.steps
+        self.counter(peer) > self.steps
+    }
+
+    /// The (tag, length, layout) `peer` published for step `k`.
+    fn published(&self, peer: usize, k: u64) -> (Tag, u64, u64) {
+        let w = self.peer(peer).seg.stage_words();
+        let [lo, hi, len, layout] = header_words((k % 2) as usize).map(|i| w[i].load(Ordering::Relaxed));
+        ((u128::from(hi) << 64) | u128::from(lo), len, layout)
+    }
+
+    /// A ring collective waits on `peer`, which began a stage step instead: another call.
+    pub(super) fn stage_instead(&self, peer: usize, tag: Tag) -> Option<Error> {
+        self.ahead(peer).then(|| Error::TagMismatch {
+            peer,
+            expected: tag,
+            got: self.published(peer, self.steps + 1).0,
+        })
     }
 
     fn others(&self) -> impl Iterator<Item = usize> + '_ {
         (0..self.size).filter(move |&p| p != self.rank)
+    }
+
+    /// Waits until every peer published step `k`, failing on a peer that sent a ring message
+    /// instead (no ring message is unread between collectives, so it belongs to another call).
+    fn wait_published(&mut self, k: u64, tag: Tag) -> Result<(), Error> {
+        let mut idle = Idle::new();
+        while !self.all_published(k) {
+            let waiting: Vec<usize> = self.others().filter(|&p| self.counter(p) < k).collect();
+            if let Some(e) = waiting.iter().find_map(|&p| {
+                let got = self.inbound(p).peek_tag()?;
+                Some(Error::TagMismatch { peer: p, expected: tag, got })
+            }) {
+                return Err(e);
+            }
+            if !waiting.is_empty() {
+                self.pause(&waiting, &mut idle, |t| t.all_published(k))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -41,25 +81,33 @@ impl Stage for ShmTransport {
         self.mine.region(0).1
     }
 
-    fn next(&mut self) -> &mut [u8] {
-        let (base, len) = self.mine.region(((self.steps + 1) % 2) as usize);
-        // SAFETY: this rank's own region of the next step, which no peer reads until it is
-        // published (see the module comment); the borrow of `self` keeps it exclusive here.
-        unsafe { std::slice::from_raw_parts_mut(base, len) }
-    }
-
-    fn publish(&mut self, tag: Tag, len: usize) -> Result<Vec<&[u8]>, Error> {
+    fn next(&mut self) -> Result<&mut [u8], Error> {
         if self.failed {
             return Err(Error::Unusable);
         }
-        assert!(len <= self.region(), "stage step of {len} bytes exceeds the region");
+        let (base, len) = self.mine.region(((self.steps + 1) % 2) as usize);
+        // SAFETY: this rank's region of step `steps + 1`, last published at step `steps - 1`.
+        // Step `steps` was published and completed (else `failed` is set), so every peer began
+        // it and no longer reads the region; the borrow of `self` keeps it exclusive here.
+        Ok(unsafe { std::slice::from_raw_parts_mut(base, len) })
+    }
+
+    fn publish(&mut self, tag: Tag, len: usize, layout: u64) -> Result<Vec<&[u8]>, Error> {
+        if self.failed {
+            return Err(Error::Unusable);
+        }
+        if len > self.region() {
+            self.failed = true;
+            let detail = format!("a stage step of {len} bytes exceeds the {}-byte region", self.region());
+            return Err(Error::Protocol { peer: self.rank, detail });
+        }
         let k = self.steps + 1;
         let parity = (k % 2) as usize;
         let words = self.mine.stage_words();
-        let [lo, hi, n] = header_words(parity);
-        words[lo].store(tag as u64, Ordering::Relaxed);
-        words[hi].store((tag >> 64) as u64, Ordering::Relaxed);
-        words[n].store(len as u64, Ordering::Relaxed);
+        let h = header_words(parity);
+        for (i, v) in h.into_iter().zip([tag as u64, (tag >> 64) as u64, len as u64, layout]) {
+            words[i].store(v, Ordering::Relaxed);
+        }
         words[COUNTER].store(k, Ordering::Release);
         fence(Ordering::SeqCst);
         for p in self.others() {
@@ -67,30 +115,23 @@ impl Stage for ShmTransport {
         }
         self.steps = k;
 
-        let mut idle = Idle::new();
-        while !self.all_published(k) {
-            let waiting: Vec<usize> = self
+        let checked = self.wait_published(k, tag).and_then(|()| {
+            match self
                 .others()
-                .filter(|&p| self.peer(p).seg.stage_words()[COUNTER].load(Ordering::Acquire) < k)
-                .collect();
-            if let Err(e) = self.pause(&waiting, &mut idle, |t| t.all_published(k)) {
-                self.failed = true;
-                return Err(e);
-            }
-        }
-        let mismatch = self.others().find_map(|p| {
-            let w = self.peer(p).seg.stage_words();
-            let theirs = (u128::from(w[hi].load(Ordering::Relaxed)) << 64) | u128::from(w[lo].load(Ordering::Relaxed));
-            let their_len = w[n].load(Ordering::Relaxed);
-            if theirs != tag {
-                Some(Error::TagMismatch { peer: p, expected: tag, got: theirs })
-            } else if their_len != len as u64 {
-                Some(Error::LengthMismatch { peer: p, expected: len as u64, got: their_len })
-            } else {
-                None
+                .map(|p| (p, self.published(p, k)))
+                .find(|&(_, theirs)| theirs != (tag, len as u64, layout))
+            {
+                None => Ok(()),
+                Some((p, (t, _, _))) if t != tag => Err(Error::TagMismatch { peer: p, expected: tag, got: t }),
+                Some((p, (_, n, _))) if n != len as u64 => {
+                    Err(Error::LengthMismatch { peer: p, expected: len as u64, got: n })
+                }
+                Some((p, _)) => {
+                    Err(Error::Protocol { peer: p, detail: format!("rank {p} cuts the buffer into other blocks") })
+                }
             }
         });
-        if let Some(e) = mismatch {
+        if let Err(e) = checked {
             self.failed = true;
             return Err(e);
         }
