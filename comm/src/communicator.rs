@@ -138,6 +138,13 @@ impl Communicator {
         self.links.host.name()
     }
 
+    /// Whether the ranks share memory that collectives read in place (a [`transport::Stage`]):
+    /// then a collective copies its input in once, whatever its size, and callers need not
+    /// pack small buffers together to amortise messages.
+    pub fn staged(&mut self) -> bool {
+        self.links.host.stage().is_some()
+    }
+
     /// The algorithm that ran the last collective that succeeded (`"ring"`, `"stage-split"`,
     /// ...; empty before the first), for reports and tests.
     pub fn last_algorithm(&self) -> &'static str {

@@ -37,6 +37,11 @@ struct Local {
     announced: bool,
 }
 
+/// The fused allreduce's piece over shared memory: the stage copies every piece in anyway, so
+/// only tensor ends smaller than this are packed (a copy more each way); the rest goes in place.
+/// Measured on the ResNet-50 set at N=2: 16.4 ms with 1 MiB pieces, 13.9 ms with 64 KiB.
+const STAGED_PIECE: usize = 64 << 10;
+
 pub(crate) struct RunLoop {
     comm: Communicator,
     shared: Arc<Shared>,
@@ -66,7 +71,7 @@ pub(crate) struct RunLoop {
 
 impl RunLoop {
     pub(crate) fn new(
-        comm: Communicator,
+        mut comm: Communicator,
         shared: Arc<Shared>,
         settings: &EngineSettings,
         ops: Box<dyn Ops>,
@@ -83,6 +88,7 @@ impl RunLoop {
             }
         };
         let tuning = comm.tuning().clone();
+        let staged = comm.staged();
         Ok(RunLoop {
             comm,
             shared,
@@ -93,7 +99,7 @@ impl RunLoop {
             round: 0,
             threshold: tuning.fusion_threshold,
             eager_bytes: tuning.eager_bytes,
-            piece: tuning.ring_chunk,
+            piece: if staged { STAGED_PIECE } else { tuning.ring_chunk },
             spin: tuning.spin,
             ops,
             stage: Owned::default(),
