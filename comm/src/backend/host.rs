@@ -130,12 +130,13 @@ const STAGE_SLOTS_PER_PEER: usize = 64 << 10;
 /// steps than the ring for the same bytes), the ring otherwise (no fold). A stage algorithm
 /// asked for without a stage falls back to the choice without one.
 fn allreduce_algorithm(tuning: &Tuning, bytes: usize, n: usize, staged: bool) -> AllreduceAlgorithm {
-    match tuning.allreduce {
+    let asked = match tuning.allreduce {
+        AllreduceAlgorithm::StageSlots | AllreduceAlgorithm::StageSplit if !staged => AllreduceAlgorithm::Auto,
+        asked => asked,
+    };
+    match asked {
         AllreduceAlgorithm::Auto if staged && bytes * (n - 1) <= STAGE_SLOTS_PER_PEER => AllreduceAlgorithm::StageSlots,
         AllreduceAlgorithm::Auto if staged => AllreduceAlgorithm::StageSplit,
-        AllreduceAlgorithm::StageSlots | AllreduceAlgorithm::StageSplit if !staged => {
-            allreduce_algorithm(&Tuning { allreduce: AllreduceAlgorithm::Auto, ..tuning.clone() }, bytes, n, false)
-        }
         AllreduceAlgorithm::Auto if bytes <= tuning.small_allreduce => AllreduceAlgorithm::RecursiveDoubling,
         AllreduceAlgorithm::Auto if n >= 4 && n.is_power_of_two() => AllreduceAlgorithm::HalvingDoubling,
         AllreduceAlgorithm::Auto => AllreduceAlgorithm::Ring,

@@ -105,10 +105,7 @@ impl Handle {
     /// small collective often completes within it, and a condition variable's wake-up costs
     /// more than the whole collective.
     fn look(&self, most: Duration) {
-        let (start, most) = (Instant::now(), most.min(self.spin));
-        while !self.poll() && start.elapsed() < most {
-            std::thread::yield_now();
-        }
+        let _ = crate::os::look(most.min(self.spin), || Ok::<_, std::convert::Infallible>(self.poll()));
     }
 
     /// The tensor name.

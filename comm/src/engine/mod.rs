@@ -18,7 +18,7 @@
 //!
 //! Between rounds the thread sleeps in `poll(2)` on the links and a doorbell: a local
 //! submission or a round begun by another rank wakes it. Before it sleeps it looks again for
-//! up to `FERROVOD_SPIN_US`, yielding its core (over shared memory), and so does a thread that
+//! up to `FERROVOD_SPIN_US`, yielding its core, and so does a thread that
 //! waits on a handle: a step's collectives that come back to back cost no wake-ups. Nothing
 //! spins longer.
 //!

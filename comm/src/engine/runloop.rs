@@ -144,14 +144,12 @@ impl RunLoop {
     /// a local submission only ends the look (the doorbell stays rung, so the sleep that
     /// follows returns at once).
     fn look(&mut self) -> Result<bool> {
-        let start = Instant::now();
-        while start.elapsed() < self.spin && !self.shared.bell.is_rung() {
-            if self.comm.wait_incoming(&self.shared.bell, Duration::ZERO)? {
-                return Ok(true);
-            }
-            std::thread::yield_now();
-        }
-        Ok(false)
+        let mut news = false;
+        crate::os::look(self.spin, || {
+            news = !self.shared.bell.is_rung() && self.comm.wait_incoming(&self.shared.bell, Duration::ZERO)?;
+            Ok::<_, Error>(news || self.shared.bell.is_rung())
+        })?;
+        Ok(news)
     }
 
     /// Moves new submissions and requests from the inbox; returns whether shutdown was asked.

@@ -12,5 +12,5 @@ mod process;
 pub use doorbell::Doorbell;
 pub use fd::{pipe, read_to_end_until, set_nonblocking};
 pub use host::{boot_id, hostname, pid_namespace};
-pub use poll::{PollFd, poll, poll_after_spin};
+pub use poll::{PollFd, look, poll, poll_after_spin};
 pub use process::{Pid, getpid, getppid, pidfd_open, process_exists, signal_name};

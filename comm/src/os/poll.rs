@@ -47,21 +47,32 @@ pub fn poll(fds: &mut [PollFd], timeout: Duration) -> io::Result<usize> {
     }
 }
 
+/// Asks `found` until it says yes or `budget` has passed, yielding the core between asks: the
+/// bounded look every wait takes before it sleeps. Returns whether it found; a zero budget
+/// does not ask.
+pub fn look<E>(budget: Duration, mut found: impl FnMut() -> Result<bool, E>) -> Result<bool, E> {
+    let start = std::time::Instant::now();
+    while start.elapsed() < budget {
+        if found()? {
+            return Ok(true);
+        }
+        // SAFETY: sched_yield has no arguments and no failure that matters here.
+        unsafe { libc::sched_yield() };
+    }
+    Ok(false)
+}
+
 /// [`poll`], but for up to `spin` first only looking (non-blocking), yielding the core between
 /// looks, before it sleeps: a thread that keeps its core hears a peer at once instead of a
 /// wake-up later (on a VM, an idle core halts and its wake-up costs tens of microseconds), and
 /// yielding lets ranks that outnumber the cores run in its place. `spin` zero never spins.
 pub fn poll_after_spin(fds: &mut [PollFd], timeout: Duration, spin: Duration) -> io::Result<usize> {
-    if !spin.is_zero() && !timeout.is_zero() {
-        let start = std::time::Instant::now();
-        while start.elapsed() < spin.min(timeout) {
-            let n = poll(fds, Duration::ZERO)?;
-            if n > 0 {
-                return Ok(n);
-            }
-            // SAFETY: sched_yield has no arguments and no failure that matters here.
-            unsafe { libc::sched_yield() };
-        }
+    let mut n = 0;
+    if look(spin.min(timeout), || {
+        n = poll(fds, Duration::ZERO)?;
+        Ok::<_, io::Error>(n > 0)
+    })? {
+        return Ok(n);
     }
     poll(fds, timeout)
 }
