@@ -3,8 +3,8 @@
 # tests move gigabytes; one optimised build also serves the benchmark and demo), then the Python
 # package: its manylinux wheel built and audited, installed into the project venv with pip as a
 # user would, and into a fresh venv without Rust (a smoke run and the tests that need neither
-# torch nor Spark); then its pytest suite (multi-process, torch; GPU tests deselected) including
-# the stub check.
+# torch nor Spark); the tch workspace against the venv's torch (scripts/tch.sh); then the
+# package's pytest suite (multi-process, torch; GPU tests deselected) including the stub check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
@@ -15,4 +15,5 @@ cargo test --release --workspace
 bash scripts/python-env.sh
 # The same wheel in a fresh venv with no Rust toolchain reachable.
 bash scripts/wheel-check.sh dist/ferrovod-*.whl
+bash scripts/tch.sh
 cd bindings && ../.venv/bin/python -m pytest
