@@ -74,6 +74,9 @@ def main():
     if args.backend == "ferrovod":
         hvd.shutdown()
     else:
+        # Both ranks are done before either tears gloo down: without it one rank's
+        # destroy_process_group was seen to hang for good after the other had left.
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     del size
 

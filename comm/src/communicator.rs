@@ -90,11 +90,37 @@ impl Builder {
 impl Communicator {
     /// Joins the job described by the `FERROVOD_*` environment (see [`crate::config`]). Without
     /// any of it, this is rank 0 of a one-rank job.
+    ///
+    /// ```
+    /// use ferrovod::{Communicator, ReduceOp};
+    /// let mut comm = Communicator::from_env()?; // under `ferrovod-run -np N`: rank r of N
+    /// // Typed collectives take slices of any `Element` (f32, f64, f16, bf16, i8 ... i64, u8, bool).
+    /// let mut grads = [0.5f32, 1.5];
+    /// comm.allreduce(&mut grads, ReduceOp::Sum)?;
+    /// let n = comm.size() as f32;
+    /// assert_eq!(grads, [0.5 * n, 1.5 * n]);
+    /// let (rows, counts) = comm.allgatherv(&[comm.rank() as i64; 2])?;
+    /// assert_eq!((rows.len(), counts.len()), (2 * comm.size(), comm.size()));
+    /// # Ok::<(), ferrovod::Error>(())
+    /// ```
     pub fn from_env() -> Result<Communicator> {
         Communicator::join(Config::from_env()?)
     }
 
-    /// A builder starting from the defaults (rank 0 of 1).
+    /// A builder starting from the defaults (rank 0 of 1). A job of N ranks sets `.rank(r)`,
+    /// `.size(N)`, `.rendezvous("host:port")` (rank 0 serves the store there) and `.secret(..)`
+    /// on every rank.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ferrovod::Communicator;
+    /// use ferrovod::config::Tuning;
+    /// let tuning = Tuning { timeout: Duration::from_secs(10), ..Tuning::default() };
+    /// let mut comm = Communicator::builder().tuning(tuning).build()?;
+    /// assert_eq!((comm.rank(), comm.size()), (0, 1));
+    /// comm.barrier()?;
+    /// # Ok::<(), ferrovod::Error>(())
+    /// ```
     pub fn builder() -> Builder {
         // The defaults parse: the lookup finds nothing.
         let config = Config::from_lookup(|_| None).unwrap_or_else(|e| unreachable!("defaults do not parse: {e}"));

@@ -54,6 +54,14 @@ use crate::memory::{HostOps, Ops, Owned};
 use crate::os::Doorbell;
 use handle::Slot;
 
+// What `Engine::from_env`'s docs promise: the engine is shared between threads, handles move.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    fn moved<T: Send>() {}
+    shared::<Engine>();
+    moved::<Handle>();
+};
+
 /// A rank's engine. Submit from any thread; results come back through handles.
 pub struct Engine {
     shared: Arc<Shared>,
@@ -105,6 +113,32 @@ impl Shared {
 
 impl Engine {
     /// Joins the job described by the `FERROVOD_*` environment and starts the engine.
+    ///
+    /// The engine is `Send + Sync` and its handles are `Send`: submit from several threads,
+    /// wait on any.
+    ///
+    /// ```
+    /// use ferrovod::engine::{Collective, Submission};
+    /// use ferrovod::{Engine, ReduceOp};
+    /// let engine = Engine::from_env()?; // without a launcher: rank 0 of 1
+    /// let n = engine.size() as f32;
+    /// let sums = std::thread::scope(|s| {
+    ///     let engine = &engine;
+    ///     let workers: Vec<_> = (0..4)
+    ///         .map(|i| s.spawn(move || engine.allreduce(&format!("grad.{i}"), &[i as f32; 3], ReduceOp::Sum)))
+    ///         .collect();
+    ///     workers.into_iter().map(|w| w.join().unwrap()).collect::<Result<Vec<_>, _>>()
+    /// })?;
+    /// assert_eq!(sums[2], [2.0 * n; 3]);
+    ///
+    /// // Submitted here, waited for on another thread.
+    /// let avg = Collective::Allreduce(ReduceOp::Average);
+    /// let handle = engine.submit(Submission::from_slice("w", avg, &[2], &[1.0f32, 3.0]))?;
+    /// let out = std::thread::spawn(move || handle.wait()).join().unwrap()?;
+    /// assert_eq!(out.to_vec::<f32>()?, [1.0, 3.0]);
+    /// engine.shutdown()?;
+    /// # Ok::<(), ferrovod::Error>(())
+    /// ```
     pub fn from_env() -> Result<Engine> {
         let config = Config::from_env()?;
         let comm = Communicator::from_config(config.clone())?;
