@@ -5,9 +5,9 @@
 //! 1. Start the engine: `let engine = Arc::new(Engine::from_env()?);`.
 //! 2. Build the model in a `VarStore`, then give every rank rank 0's parameters:
 //!    [`broadcast_parameters`].
-//! 3. Wrap the optimizer: [`DistributedOptimizer::new`]. Its `backward` submits every gradient
-//!    to the engine, named by its variable's path, as soon as autograd is done; the engine fuses
-//!    and averages them while the rank goes on; `step` waits for them and steps.
+//! 3. Wrap the optimizer: [`DistributedOptimizer::new`]. During `backward` every gradient goes
+//!    to the engine, named by its variable's path, as soon as autograd has accumulated it; the
+//!    engine fuses and averages them while backward goes on; `step` waits for them and steps.
 //! 4. Feed each rank its own shard of the data. Errors are [`ferrovod::Error`]s that name the
 //!    rank and the tensor: a variable whose shape differs between ranks fails on every rank.
 //!
@@ -25,7 +25,7 @@
 //! broadcast_parameters(&engine, &vs, 0)?;
 //!
 //! let sgd = nn::Sgd::default().build(&vs, 0.1).unwrap();
-//! let mut opt = DistributedOptimizer::new(sgd, &vs, engine.clone());
+//! let mut opt = DistributedOptimizer::new(sgd, &vs, engine.clone())?;
 //! let x = Tensor::ones([8, 4], (Kind::Float, Device::Cpu));
 //! for _ in 0..3 {
 //!     let loss = model.forward(&x).square().mean(Kind::Float);
@@ -44,6 +44,7 @@
 #![warn(missing_docs)]
 
 mod collectives;
+mod hooks;
 mod lend;
 mod optimizer;
 

@@ -1,7 +1,9 @@
 //! [`DistributedOptimizer`]: a `tch::nn::Optimizer` whose gradients are reduced over all ranks
 //! between `backward` and `step`, as Horovod's `DistributedOptimizer` does for torch.
 
-use std::sync::Arc;
+use std::ffi::c_void;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use ferrovod::engine::Collective;
 use ferrovod::error::Operation;
@@ -9,6 +11,7 @@ use ferrovod::{Engine, Error, Handle, ReduceOp, Result, Submission};
 use tch::nn::{Optimizer, VarStore};
 use tch::{Kind, Tensor};
 
+use crate::hooks::Hooks;
 use crate::lend::{lend, torch_failed};
 
 /// How gradients travel.
@@ -22,29 +25,46 @@ pub enum Compression {
     Fp16,
 }
 
-/// Wraps an optimizer: [`DistributedOptimizer::backward`] submits every trainable variable's
-/// gradient to the engine as soon as autograd is done, named by its `VarStore` path, so the
-/// engine fuses and reduces them while the caller goes on; [`DistributedOptimizer::step`] waits
-/// for them and steps.
+/// Wraps an optimizer so that every trainable variable's gradient is averaged over all ranks
+/// before `step` applies it, as Horovod's `DistributedOptimizer` does for torch.
 ///
-/// Gradients are averaged over ranks by default ([`DistributedOptimizer::op`]); over
-/// `backward_passes_per_step` passes they add up locally first, as in a plain torch loop.
+/// Each gradient goes to the engine, named by its variable's `VarStore` path, as soon as autograd
+/// has accumulated it (an autograd hook on every variable): the engine fuses and reduces the
+/// gradients of the last layers while backward still computes the first ones.
+/// [`DistributedOptimizer::step`] waits for them and steps. Over `backward_passes_per_step`
+/// passes they add up locally first, as in a plain torch loop.
 ///
-/// Between the submission and `step` the engine owns the gradients' memory: `backward` and
-/// `zero_grad` refuse to run then, and nothing else should read or write the gradients.
+/// Call [`DistributedOptimizer::backward`] (or `loss.backward()`: the hooks see it alike) and
+/// [`DistributedOptimizer::step`]. Between a gradient's submission and `step` the engine owns
+/// its memory: `backward` and `zero_grad` refuse to run then, and nothing else should read or
+/// write the gradients.
 pub struct DistributedOptimizer {
+    /// Held for its drop, which comes first: after it no hook reaches the reducer.
+    _hooks: Hooks,
+    reducer: Arc<Mutex<Reducer>>,
     opt: Optimizer,
+    rank: usize,
+    /// `synchronize` has run since the last step: `step` does not reduce again.
+    synchronized: bool,
+}
+
+/// What the hooks and the optimizer share: the variables and their gradients in flight.
+struct Reducer {
     engine: Arc<Engine>,
-    /// Trainable variables, sorted by path (every rank submits in the same order).
+    /// Trainable variables, sorted by path (the hooks know them by index).
     vars: Vec<(String, Tensor)>,
     op: ReduceOp,
     compression: Compression,
     backward_passes_per_step: usize,
-    /// Backward passes since the last step.
-    passes: usize,
+    /// Per variable: backward passes accumulated into its gradient since the last step.
+    passes: Vec<usize>,
+    /// Per variable: its gradient is in the engine.
+    submitted: Vec<bool>,
+    /// `backward` calls since the last step.
+    backward_calls: usize,
     in_flight: Vec<Reduction>,
-    /// `synchronize` has run since the last step: `step` does not reduce again.
-    synchronized: bool,
+    /// The first failure in a hook (which cannot return one), for the next call to report.
+    failed: Option<Error>,
 }
 
 /// One gradient in the engine.
@@ -59,46 +79,64 @@ struct Reduction {
 
 impl DistributedOptimizer {
     /// Wraps `opt`, built on `vars`' trainable variables; build the model before this call (a
-    /// variable added later is not reduced).
-    pub fn new(opt: Optimizer, vars: &VarStore, engine: Arc<Engine>) -> DistributedOptimizer {
+    /// variable added later is not reduced). Fails if a variable already has a
+    /// gradient-accumulated hook (another `DistributedOptimizer` on the same variables).
+    pub fn new(opt: Optimizer, vars: &VarStore, engine: Arc<Engine>) -> Result<DistributedOptimizer> {
         let mut named: Vec<(String, Tensor)> =
             vars.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
-        DistributedOptimizer {
-            opt,
+        let rank = engine.rank();
+        let n = named.len();
+        let reducer = Arc::new(Mutex::new(Reducer {
             engine,
             vars: named,
             op: ReduceOp::Average,
             compression: Compression::None,
             backward_passes_per_step: 1,
-            passes: 0,
+            passes: vec![0; n],
+            submitted: vec![false; n],
+            backward_calls: 0,
             in_flight: Vec::new(),
-            synchronized: false,
+            failed: None,
+        }));
+        let mut hooks = Hooks::new();
+        let ctx = Arc::as_ptr(&reducer).cast::<c_void>();
+        let vars: Vec<(String, Tensor)> =
+            lock(&reducer).vars.iter().map(|(name, var)| (name.clone(), var.shallow_clone())).collect();
+        for (index, (name, var)) in vars.iter().enumerate() {
+            // SAFETY: `ctx` points into `reducer`, which the optimizer keeps until its `hooks`
+            // (declared first, so dropped first) have removed every hook.
+            unsafe { hooks.set(var, ready, busy, ctx, index) }.map_err(|why| Error::InvalidArgument {
+                rank,
+                op: Operation::Collective(Collective::Allreduce(ReduceOp::Average)),
+                detail: format!("variable {name:?}: {why}"),
+            })?;
         }
+        Ok(DistributedOptimizer { _hooks: hooks, reducer, opt, rank, synchronized: false })
     }
 
     /// How gradients combine over ranks: [`ReduceOp::Average`] (the default) or
     /// [`ReduceOp::Sum`].
-    pub fn op(mut self, op: ReduceOp) -> Result<DistributedOptimizer> {
+    pub fn op(self, op: ReduceOp) -> Result<DistributedOptimizer> {
         if !matches!(op, ReduceOp::Average | ReduceOp::Sum) {
             return Err(self.invalid(format!("gradients are averaged or summed, not combined by {op:?}")));
         }
-        self.op = op;
+        self.reducer().op = op;
         Ok(self)
     }
 
     /// How gradients travel (default: uncompressed).
-    pub fn compression(mut self, compression: Compression) -> DistributedOptimizer {
-        self.compression = compression;
+    pub fn compression(self, compression: Compression) -> DistributedOptimizer {
+        self.reducer().compression = compression;
         self
     }
 
     /// Backward passes whose gradients add up before they are reduced and applied (default 1).
-    pub fn backward_passes_per_step(mut self, passes: usize) -> Result<DistributedOptimizer> {
+    pub fn backward_passes_per_step(self, passes: usize) -> Result<DistributedOptimizer> {
         if passes == 0 {
             return Err(self.invalid("backward_passes_per_step must be at least 1".into()));
         }
-        self.backward_passes_per_step = passes;
+        self.reducer().backward_passes_per_step = passes;
         Ok(self)
     }
 
@@ -114,49 +152,38 @@ impl DistributedOptimizer {
 
     /// Zeroes the gradients. Refused while they are being reduced (call `step` first).
     pub fn zero_grad(&mut self) -> Result<()> {
-        self.idle("zero_grad")?;
+        self.reducer().idle("zero_grad")?;
         self.opt.zero_grad();
         Ok(())
     }
 
-    /// Runs autograd from `loss`; on the `backward_passes_per_step`-th pass since the last step,
-    /// submits every gradient.
+    /// Runs autograd from `loss`. Gradients go to the engine as they are accumulated, on the
+    /// `backward_passes_per_step`-th pass since the last step; after that pass, so do those of
+    /// the variables this rank's loss did not reach (as zeros).
     pub fn backward(&mut self, loss: &Tensor) -> Result<()> {
-        self.idle("backward")?;
-        loss.f_backward().map_err(|e| torch_failed(self.engine.rank(), self.operation(), e))?;
-        self.passes += 1;
-        if self.passes == self.backward_passes_per_step {
-            self.submit()?;
+        self.reducer().idle("backward")?;
+        // Not under the lock: the hooks take it.
+        loss.f_backward().map_err(|e| torch_failed(self.rank, self.operation(), e))?;
+        let mut r = self.reducer();
+        r.backward_calls += 1;
+        if r.backward_calls >= r.backward_passes_per_step {
+            r.submit_rest();
         }
-        Ok(())
+        r.failed.clone().map_or(Ok(()), Err)
     }
 
-    /// Waits for the reduced gradients (submitting them first if fewer than
-    /// `backward_passes_per_step` passes ran), without stepping: for clipping or inspecting
-    /// them. The next `step` does not reduce again.
+    /// Waits for the reduced gradients (submitting first those not yet submitted: fewer than
+    /// `backward_passes_per_step` passes ran, or autograd never reached the variable), without
+    /// stepping: for clipping or inspecting them. The next `step` does not reduce again.
     pub fn synchronize(&mut self) -> Result<()> {
-        if self.in_flight.is_empty() && self.passes > 0 {
-            self.submit()?;
+        let mut r = self.reducer();
+        if r.backward_calls > 0 || r.passes.iter().any(|&p| p > 0) {
+            r.submit_rest();
         }
-        let rank = self.engine.rank();
-        let op = self.operation();
-        let mut first_error = None;
-        // Every handle is waited for, even after a failure: the engine owns their memory.
-        for r in self.in_flight.drain(..) {
-            let done = r.handle.wait().and_then(|_| {
-                if r.grad.defined() && r.wire.data_ptr() != r.grad.data_ptr() {
-                    let mut grad = r.grad.shallow_clone();
-                    grad.f_copy_(&r.wire).map_err(|e| torch_failed(rank, op.clone(), e))?;
-                }
-                Ok(())
-            });
-            if let Err(e) = done {
-                first_error.get_or_insert(e);
-            }
-        }
-        self.passes = 0;
+        let result = r.wait_all();
+        drop(r);
         self.synchronized = true;
-        first_error.map_or(Ok(()), Err)
+        result
     }
 
     /// Waits for the reduced gradients (see [`DistributedOptimizer::synchronize`]) and applies
@@ -177,22 +204,91 @@ impl DistributedOptimizer {
         self.step()
     }
 
-    /// Hands every variable's gradient to the engine.
-    fn submit(&mut self) -> Result<()> {
+    fn reducer(&self) -> MutexGuard<'_, Reducer> {
+        lock(&self.reducer)
+    }
+
+    fn operation(&self) -> Operation {
+        Operation::Collective(Collective::Allreduce(self.reducer().op))
+    }
+
+    fn invalid(&self, detail: String) -> Error {
+        Error::InvalidArgument { rank: self.rank, op: self.operation(), detail }
+    }
+}
+
+/// The reducer, also after a panic elsewhere (its state stays consistent: every change is one
+/// assignment or push).
+fn lock(reducer: &Mutex<Reducer>) -> MutexGuard<'_, Reducer> {
+    reducer.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The hook: autograd has accumulated variable `index`'s gradient.
+extern "C" fn ready(ctx: *const c_void, index: usize) {
+    // SAFETY: `ctx` is the optimizer's `Mutex<Reducer>`, alive while the hook is set.
+    let reducer = unsafe { &*ctx.cast::<Mutex<Reducer>>() };
+    // A panic must not unwind into libtorch.
+    let _ = std::panic::catch_unwind(AssertUnwindSafe(|| lock(reducer).ready(index)));
+}
+
+/// The gradient hook: may autograd accumulate into variable `index`'s gradient now?
+extern "C" fn busy(ctx: *const c_void, index: usize) -> std::ffi::c_int {
+    // SAFETY: as in `ready`.
+    let reducer = unsafe { &*ctx.cast::<Mutex<Reducer>>() };
+    let submitted = std::panic::catch_unwind(AssertUnwindSafe(|| lock(reducer).submitted.get(index) == Some(&true)));
+    submitted.unwrap_or(true).into()
+}
+
+impl Reducer {
+    fn ready(&mut self, index: usize) {
+        if index >= self.vars.len() {
+            return;
+        }
+        self.passes[index] += 1;
+        if self.submitted[index] {
+            let name = self.vars[index].0.clone();
+            let error = self.invalid(format!(
+                "the gradient of {name:?} was accumulated again while the engine reduces it: more backward \
+                 passes than backward_passes_per_step ({}) before step()",
+                self.backward_passes_per_step
+            ));
+            self.failed.get_or_insert(error);
+        } else if self.passes[index] >= self.backward_passes_per_step {
+            self.submit(index);
+        }
+    }
+
+    /// Submits every gradient not yet submitted.
+    fn submit_rest(&mut self) {
+        for index in 0..self.vars.len() {
+            if !self.submitted[index] {
+                self.submit(index);
+            }
+        }
+    }
+
+    /// Hands variable `index`'s gradient to the engine; a failure is kept for the caller.
+    fn submit(&mut self, index: usize) {
+        self.submitted[index] = true;
+        if let Err(e) = self.try_submit(index) {
+            self.failed.get_or_insert(e);
+        }
+    }
+
+    fn try_submit(&mut self, index: usize) -> Result<()> {
         let rank = self.engine.rank();
         let collective = Collective::Allreduce(self.op);
-        let op = self.operation();
-        for (name, var) in &self.vars {
-            let grad = var.grad();
-            let wire = self.wire(&grad, var).map_err(|e| torch_failed(rank, op.clone(), e))?;
-            let lent = lend(&wire, rank, op.clone())?;
-            // SAFETY: `wire` (kept in the reduction with the handle) holds the lent storage; the
-            // handle is waited for before it is dropped, and `backward`/`zero_grad` refuse to
-            // touch gradients meanwhile.
-            let sub = unsafe { Submission::borrowed(name, collective, lent.dtype, &lent.shape, lent.ptr, lent.len) };
-            let handle = self.engine.submit(sub)?;
-            self.in_flight.push(Reduction { handle, grad, wire });
-        }
+        let op = Operation::Collective(collective);
+        let (name, var) = &self.vars[index];
+        let grad = var.grad();
+        let wire = self.wire(&grad, var).map_err(|e| torch_failed(rank, op.clone(), e))?;
+        let lent = lend(&wire, rank, op)?;
+        // SAFETY: `wire` (kept in the reduction with the handle) holds the lent storage; the
+        // handle is waited for before it is dropped, and `backward`/`zero_grad` refuse to
+        // touch gradients meanwhile.
+        let sub = unsafe { Submission::borrowed(name, collective, lent.dtype, &lent.shape, lent.ptr, lent.len) };
+        let handle = self.engine.submit(sub)?;
+        self.in_flight.push(Reduction { handle, grad, wire });
         Ok(())
     }
 
@@ -213,6 +309,31 @@ impl DistributedOptimizer {
         }
     }
 
+    /// Waits for every gradient in flight, copies results back where they were reduced in a
+    /// copy, and starts the next step's count. Returns the first failure, a hook's included.
+    fn wait_all(&mut self) -> Result<()> {
+        let rank = self.engine.rank();
+        let op = Operation::Collective(Collective::Allreduce(self.op));
+        let mut first_error = self.failed.take();
+        // Every handle is waited for, even after a failure: the engine owns their memory.
+        for r in self.in_flight.drain(..) {
+            let done = r.handle.wait().and_then(|_| {
+                if r.grad.defined() && r.wire.data_ptr() != r.grad.data_ptr() {
+                    let mut grad = r.grad.shallow_clone();
+                    grad.f_copy_(&r.wire).map_err(|e| torch_failed(rank, op.clone(), e))?;
+                }
+                Ok(())
+            });
+            if let Err(e) = done {
+                first_error.get_or_insert(e);
+            }
+        }
+        self.passes.iter_mut().for_each(|p| *p = 0);
+        self.submitted.iter_mut().for_each(|s| *s = false);
+        self.backward_calls = 0;
+        first_error.map_or(Ok(()), Err)
+    }
+
     /// Refuses `what` while gradients are in the engine.
     fn idle(&self, what: &str) -> Result<()> {
         if self.in_flight.is_empty() {
@@ -224,16 +345,13 @@ impl DistributedOptimizer {
         )))
     }
 
-    fn operation(&self) -> Operation {
-        Operation::Collective(Collective::Allreduce(self.op))
-    }
-
     fn invalid(&self, detail: String) -> Error {
-        Error::InvalidArgument { rank: self.engine.rank(), op: self.operation(), detail }
+        let op = Operation::Collective(Collective::Allreduce(self.op));
+        Error::InvalidArgument { rank: self.engine.rank(), op, detail }
     }
 }
 
-impl Drop for DistributedOptimizer {
+impl Drop for Reducer {
     fn drop(&mut self) {
         // The engine may still write into the gradients: wait until it is done with them.
         for r in self.in_flight.drain(..) {
@@ -244,12 +362,13 @@ impl Drop for DistributedOptimizer {
 
 impl std::fmt::Debug for DistributedOptimizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let r = self.reducer();
         f.debug_struct("DistributedOptimizer")
-            .field("variables", &self.vars.len())
-            .field("op", &self.op)
-            .field("compression", &self.compression)
-            .field("backward_passes_per_step", &self.backward_passes_per_step)
-            .field("in_flight", &self.in_flight.len())
+            .field("variables", &r.vars.len())
+            .field("op", &r.op)
+            .field("compression", &r.compression)
+            .field("backward_passes_per_step", &r.backward_passes_per_step)
+            .field("in_flight", &r.in_flight.len())
             .finish()
     }
 }

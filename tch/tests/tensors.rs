@@ -161,7 +161,7 @@ fn a_variable_whose_shape_differs_between_ranks_fails_the_step_on_every_rank() {
         let vs = nn::VarStore::new(CPU);
         let model = linear(&vs, 2 + rank as i64);
         let sgd = nn::Sgd::default().build(&vs, 0.1).unwrap();
-        let mut opt = DistributedOptimizer::new(sgd, &vs, engine.clone());
+        let mut opt = DistributedOptimizer::new(sgd, &vs, engine.clone()).unwrap();
         let loss = model.forward(&Tensor::ones([3, 4], (Kind::Float, CPU))).sum(Kind::Float);
         opt.backward(&loss).unwrap();
         opt.step().unwrap_err()
@@ -182,7 +182,7 @@ fn gradients_average_over_ranks_and_a_gradient_one_rank_lacks_counts_as_zeros() 
         let sometimes = vs.variables()["sometimes"].shallow_clone();
         broadcast_parameters(engine, &vs, 0).unwrap();
         let sgd = nn::Sgd::default().build(&vs, 1.0).unwrap();
-        let mut opt = DistributedOptimizer::new(sgd, &vs, engine.clone());
+        let mut opt = DistributedOptimizer::new(sgd, &vs, engine.clone()).unwrap();
         // d(loss)/d(used) = rank + 1 on every element; only rank 0 touches `sometimes` (gradient 4).
         let mut loss = (&used * (rank as f64 + 1.0)).sum(Kind::Float);
         if rank == 0 {
@@ -202,7 +202,7 @@ fn gradients_may_not_be_touched_while_the_engine_reduces_them() {
         let vs = nn::VarStore::new(CPU);
         let model = linear(&vs, 1);
         let sgd = nn::Sgd::default().build(&vs, 0.1).unwrap();
-        let mut opt = DistributedOptimizer::new(sgd, &vs, engine.clone());
+        let mut opt = DistributedOptimizer::new(sgd, &vs, engine.clone()).unwrap();
         let loss = || model.forward(&Tensor::ones([1, 4], (Kind::Float, CPU))).sum(Kind::Float);
         opt.backward(&loss()).unwrap();
         let e = opt.backward(&loss()).unwrap_err().to_string();
@@ -219,11 +219,54 @@ fn bad_optimizer_settings_are_errors() {
     engines(1, |_, engine| {
         let vs = nn::VarStore::new(CPU);
         let _ = linear(&vs, 1);
-        let opt = || DistributedOptimizer::new(nn::Sgd::default().build(&vs, 0.1).unwrap(), &vs, engine.clone());
+        let opt =
+            || DistributedOptimizer::new(nn::Sgd::default().build(&vs, 0.1).unwrap(), &vs, engine.clone()).unwrap();
         let e = opt().backward_passes_per_step(0).unwrap_err().to_string();
         assert!(e.contains("at least 1"), "{e}");
         let e = opt().op(ReduceOp::Max).unwrap_err().to_string();
         assert!(e.contains("averaged or summed"), "{e}");
         let _ = opt().compression(Compression::Fp16).op(ReduceOp::Sum).unwrap();
+    });
+}
+
+#[test]
+fn a_plain_loss_backward_hands_each_gradient_to_the_engine_as_autograd_accumulates_it() {
+    engines(1, |_, engine| {
+        let vs = nn::VarStore::new(CPU);
+        let model = linear(&vs, 1);
+        let sgd = nn::Sgd::default().build(&vs, 0.1).unwrap();
+        let mut opt = DistributedOptimizer::new(sgd, &vs, engine.clone()).unwrap();
+        // Not opt.backward: only the hooks can have submitted the gradients.
+        model.forward(&Tensor::ones([1, 4], (Kind::Float, CPU))).sum(Kind::Float).backward();
+        let e = opt.zero_grad().unwrap_err().to_string();
+        assert!(e.contains("2 gradients are being reduced"), "{e}");
+        opt.step().unwrap();
+        // A second optimizer on the same variables would take over their hooks: refused.
+        let sgd = nn::Sgd::default().build(&vs, 0.1).unwrap();
+        let e = DistributedOptimizer::new(sgd, &vs, engine.clone()).unwrap_err().to_string();
+        assert!(e.contains("already has a post-accumulate-grad hook"), "{e}");
+        // Once the first is dropped, its hooks are gone and a new one may hook the variables.
+        drop(opt);
+        let sgd = nn::Sgd::default().build(&vs, 0.1).unwrap();
+        DistributedOptimizer::new(sgd, &vs, engine.clone()).unwrap();
+    });
+}
+
+#[test]
+fn a_backward_pass_into_gradients_the_engine_holds_fails_before_touching_them() {
+    engines(1, |_, engine| {
+        let vs = nn::VarStore::new(CPU);
+        let model = linear(&vs, 1);
+        let sgd = nn::Sgd::default().build(&vs, 0.1).unwrap();
+        let mut opt = DistributedOptimizer::new(sgd, &vs, engine.clone()).unwrap();
+        let loss = || model.forward(&Tensor::ones([1, 4], (Kind::Float, CPU))).sum(Kind::Float);
+        loss().backward();
+        // Past the optimizer's back: autograd itself refuses, before it accumulates anything.
+        let e = loss().f_backward().unwrap_err().to_string();
+        assert!(e.contains("being reduced by the engine"), "{e}");
+        opt.step().unwrap();
+        // d(sum(W x + b))/dW = x = ones, once: the refused pass added nothing.
+        let grads: Vec<f64> = vs.variables().values().flat_map(|v| values(&v.grad())).collect();
+        assert_eq!(grads, [1.0; 5]);
     });
 }

@@ -75,7 +75,7 @@ fn distributed(opts: &Options) -> Result<(), Box<dyn std::error::Error>> {
     let (x, y) = data(opts, size);
     let sgd = nn::Sgd { momentum: 0.9, ..Default::default() }.build(&vs, opts.lr)?;
     let compression = if opts.fp16 { Compression::Fp16 } else { Compression::None };
-    let mut opt = DistributedOptimizer::new(sgd, &vs, engine.clone())
+    let mut opt = DistributedOptimizer::new(sgd, &vs, engine.clone())?
         .compression(compression)
         .backward_passes_per_step(opts.passes)?;
 
