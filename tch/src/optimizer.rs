@@ -150,10 +150,19 @@ impl DistributedOptimizer {
         self.opt.set_lr(lr);
     }
 
-    /// Zeroes the gradients. Refused while they are being reduced (call `step` first).
+    /// Zeroes the gradients where they lie (torch's `set_to_none=False`): their memory stays
+    /// allocated from step to step, so no step pays for fresh pages (a freed multi-megabyte
+    /// gradient goes back to the kernel, and the next backward faults it in again). Refused
+    /// while they are being reduced (call `step` first).
     pub fn zero_grad(&mut self) -> Result<()> {
-        self.reducer().idle("zero_grad")?;
-        self.opt.zero_grad();
+        let r = self.reducer();
+        r.idle("zero_grad")?;
+        for (_, var) in &r.vars {
+            let mut grad = var.grad();
+            if grad.defined() {
+                let _zeroed = grad.f_zero_().map_err(|e| torch_failed(self.rank, r.operation(), e))?;
+            }
+        }
         Ok(())
     }
 
@@ -209,7 +218,7 @@ impl DistributedOptimizer {
     }
 
     fn operation(&self) -> Operation {
-        Operation::Collective(Collective::Allreduce(self.reducer().op))
+        self.reducer().operation()
     }
 
     fn invalid(&self, detail: String) -> Error {
@@ -346,8 +355,11 @@ impl Reducer {
     }
 
     fn invalid(&self, detail: String) -> Error {
-        let op = Operation::Collective(Collective::Allreduce(self.op));
-        Error::InvalidArgument { rank: self.engine.rank(), op, detail }
+        Error::InvalidArgument { rank: self.engine.rank(), op: self.operation(), detail }
+    }
+
+    fn operation(&self) -> Operation {
+        Operation::Collective(Collective::Allreduce(self.op))
     }
 }
 

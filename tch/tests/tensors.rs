@@ -270,3 +270,21 @@ fn a_backward_pass_into_gradients_the_engine_holds_fails_before_touching_them() 
         assert_eq!(grads, [1.0; 5]);
     });
 }
+
+#[test]
+fn zero_grad_zeroes_gradients_where_they_lie() {
+    engines(1, |_, engine| {
+        let vs = nn::VarStore::new(CPU);
+        let model = linear(&vs, 1);
+        let sgd = nn::Sgd::default().build(&vs, 0.1).unwrap();
+        let mut opt = DistributedOptimizer::new(sgd, &vs, engine.clone()).unwrap();
+        let loss = || model.forward(&Tensor::ones([1, 4], (Kind::Float, CPU))).sum(Kind::Float);
+        opt.backward_step(&loss()).unwrap();
+        let grads = || vs.variables().into_values().map(|v| v.grad()).collect::<Vec<_>>();
+        let before: Vec<_> = grads().iter().map(|g| g.data_ptr() as usize).collect();
+        opt.zero_grad().unwrap();
+        let after = grads();
+        assert!(after.iter().all(|g| g.defined() && values(g).iter().all(|&v| v == 0.0)));
+        assert_eq!(after.iter().map(|g| g.data_ptr() as usize).collect::<Vec<_>>(), before, "the gradients moved");
+    });
+}

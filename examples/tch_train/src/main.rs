@@ -110,7 +110,7 @@ fn distributed(opts: &Options) -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("rank {rank}: parameters equal rank 0's on every one of {size} ranks");
     if opts.time {
-        // Compute: zero_grad, forward, backward (the gradients are submitted at its end); the
+        // Compute: zero_grad, forward, backward (each gradient goes to the engine during it); the
         // rest of the step waits for the reduction and applies it.
         let (step, compute) = (median_ms(&mut step_times), median_ms(&mut compute_times));
         println!("rank {rank}: median step {step:.3} ms over {} steps (compute {compute:.3} ms)", step_times.len());
