@@ -1,7 +1,7 @@
 """The tch example's training step at N ranks against the same model trained from Python, with
 ferrovod.torch and with torch DDP over gloo, in one run (issue 17's benchmark).
 
-Each configuration runs the three trainers in turn, `--runs` times interleaved (the host is
+Each configuration runs the three trainers in turn (every one fails if its training diverged), `--runs` times interleaved (the host is
 noisy); a trainer's figure is the slowest rank's median step, and the table gives the median
 over runs and the ratios Rust/Python and Rust/DDP. Every trainer uses one intra-op thread per
 rank, the same MLP, batch, optimizer and step (zero_grad, forward, backward, step).
@@ -24,8 +24,9 @@ TCH = os.path.join(ROOT, "tch/target/release/tch_train")
 PY_STEP = os.path.join(ROOT, "benches/train_step.py")
 LINE = re.compile(r"rank (\d+): median step ([0-9.]+) ms")
 
-# (name, hidden width, layers, rows per rank): overhead-bound, and gradient-heavy.
-CONFIGS = [("mlp-64x2", 64, 2, 32), ("mlp-1024x3", 1024, 3, 32)]
+# (name, hidden width, layers, rows per rank, learning rate): overhead-bound, and
+# gradient-heavy (a smaller rate: at 0.05 the wide model diverges to NaN).
+CONFIGS = [("mlp-64x2", 64, 2, 32, 0.05), ("mlp-1024x3", 1024, 3, 32, 0.005)]
 
 
 def params(hidden, layers):
@@ -56,9 +57,9 @@ def main():
     args = ap.parse_args()
     launch = [RUN, "-np", str(args.np), "--no-prefix", "--"]
     rows = []
-    for name, hidden, layers, batch in CONFIGS:
+    for name, hidden, layers, batch, lr in CONFIGS:
         shape = ["--epochs", str(args.epochs), "--steps", str(args.steps), "--batch", str(batch),
-                 "--hidden", str(hidden), "--layers", str(layers)]
+                 "--hidden", str(hidden), "--layers", str(layers), "--lr", str(lr)]
         trainers = {
             "rust": launch + [TCH, "--time"] + shape,
             "python": launch + [sys.executable, PY_STEP, "--backend", "ferrovod"] + shape,

@@ -58,7 +58,7 @@ def main():
     rows = args.steps * args.batch
     x = torch.randn(rows, INPUTS)
     y = torch.sin(x.sum(dim=1, keepdim=True) / 4) + 0.05 * torch.randn(rows, 1)
-    times = []
+    times, loss = [], None
     for _ in range(args.epochs):
         for step in range(args.steps):
             started = time.perf_counter()
@@ -69,6 +69,8 @@ def main():
             loss.backward()
             opt.step()
             times.append(time.perf_counter() - started)
+    if not torch.isfinite(loss):
+        raise SystemExit(f"rank {rank}: the loss is {loss.item()}: training diverged (lower --lr)")
     print(f"rank {rank}: median step {statistics.median(times) * 1e3:.3f} ms over {len(times)} steps",
           flush=True)
     if args.backend == "ferrovod":

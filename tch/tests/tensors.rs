@@ -280,7 +280,12 @@ fn zero_grad_zeroes_gradients_where_they_lie() {
         let mut opt = DistributedOptimizer::new(sgd, &vs, engine.clone()).unwrap();
         let loss = || model.forward(&Tensor::ones([1, 4], (Kind::Float, CPU))).sum(Kind::Float);
         opt.backward_step(&loss()).unwrap();
-        let grads = || vs.variables().into_values().map(|v| v.grad()).collect::<Vec<_>>();
+        // By name: `variables()` is a HashMap, its order differs from call to call.
+        let grads = || {
+            let mut vars: Vec<_> = vs.variables().into_iter().collect();
+            vars.sort_by(|a, b| a.0.cmp(&b.0));
+            vars.into_iter().map(|(_, v)| v.grad()).collect::<Vec<_>>()
+        };
         let before: Vec<_> = grads().iter().map(|g| g.data_ptr() as usize).collect();
         opt.zero_grad().unwrap();
         let after = grads();

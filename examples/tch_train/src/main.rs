@@ -105,6 +105,9 @@ fn distributed(opts: &Options) -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let worst = differs_from_root(&engine, &vs)?;
+    if worst.is_nan() {
+        return Err(format!("rank {rank}: the parameters are not finite: training diverged (lower --lr)").into());
+    }
     if worst > 0.0 {
         return Err(format!("rank {rank}: parameters differ from rank 0's by up to {worst:e}").into());
     }
@@ -183,14 +186,19 @@ fn mse(model: &impl Module, x: &Tensor, y: &Tensor) -> Tensor {
     (model.forward(x) - y).square().mean(Kind::Float)
 }
 
-/// The largest difference between this rank's parameters and rank 0's.
+/// The largest difference between this rank's parameters and rank 0's; NaN if a parameter is
+/// not finite (NaN and infinity compare unequal to everything, themselves included).
 fn differs_from_root(engine: &Engine, vs: &nn::VarStore) -> ferrovod::Result<f64> {
     let mut names: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     names.sort_by(|a, b| a.0.cmp(&b.0));
     let mut worst = 0.0f64;
     for (name, var) in names {
         let root = ferrovod_tch::broadcast_async(engine, &format!("check.{name}"), &var.detach().copy(), 0)?.wait()?;
-        worst = worst.max((root - var.detach()).abs().max().double_value(&[]));
+        let here = var.detach();
+        if !bool::try_from(here.isfinite().all()).unwrap_or(false) {
+            return Ok(f64::NAN);
+        }
+        worst = worst.max((root - here).abs().max().double_value(&[]));
     }
     Ok(worst)
 }

@@ -127,3 +127,17 @@ fn a_variable_whose_shape_differs_between_ranks_fails_on_both() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// NaN parameters compare unequal to everything: a diverged run must not pass the equality
+/// check (a maximum that skips NaN would report "equal").
+#[test]
+fn a_diverged_run_is_not_reported_as_equal_parameters() {
+    let job = run(Command::new(launcher())
+        .args(["-np", "2", "--", TRAIN])
+        .args(SHORT)
+        .args(["--hidden", "1024", "--layers", "3", "--lr", "0.5"])
+        .env("FERROVOD_STALL_TIMEOUT", "60"));
+    assert!(!job.status.success(), "a diverged job succeeded");
+    let stderr = String::from_utf8_lossy(&job.stderr);
+    assert!(stderr.contains("not finite"), "the job did not fail on its non-finite parameters: {stderr}");
+}
