@@ -20,8 +20,8 @@ fn tuning() -> Tuning {
     Tuning { timeout: Duration::from_secs(30), ..Tuning::default() }
 }
 
-/// Runs `body(rank, comm)` on `n` ranks (threads).
-fn comms<R: Send>(n: usize, body: impl Fn(usize, &mut Communicator) -> R + Sync) -> Vec<R> {
+/// Runs `body(rank, communicator)` on `n` ranks (threads) over the in-process transport.
+fn ranks<R: Send>(n: usize, body: impl Fn(usize, Communicator) -> R + Sync) -> Vec<R> {
     let transports = MemTransport::world(n, Duration::from_secs(30));
     std::thread::scope(|s| {
         let handles: Vec<_> = transports
@@ -29,33 +29,26 @@ fn comms<R: Send>(n: usize, body: impl Fn(usize, &mut Communicator) -> R + Sync)
             .enumerate()
             .map(|(rank, t)| {
                 let body = &body;
-                s.spawn(move || body(rank, &mut Communicator::from_transport(Box::new(t), tuning())))
+                s.spawn(move || body(rank, Communicator::from_transport(Box::new(t), tuning())))
             })
             .collect();
         handles.into_iter().map(|h| h.join().expect("a rank panicked")).collect()
     })
 }
 
-/// Runs `body(rank, engine)` on `n` ranks (threads), each with its own engine.
+/// Runs `body(rank, comm)` on `n` ranks.
+fn comms<R: Send>(n: usize, body: impl Fn(usize, &mut Communicator) -> R + Sync) -> Vec<R> {
+    ranks(n, |rank, mut comm| body(rank, &mut comm))
+}
+
+/// Runs `body(rank, engine)` on `n` ranks, each with its own engine.
 fn engines<R: Send>(n: usize, body: impl Fn(usize, &Arc<Engine>) -> R + Sync) -> Vec<R> {
     let settings = EngineSettings { stall_timeout: Some(Duration::from_secs(20)), ..EngineSettings::default() };
-    let transports = MemTransport::world(n, Duration::from_secs(30));
-    std::thread::scope(|s| {
-        let handles: Vec<_> = transports
-            .into_iter()
-            .enumerate()
-            .map(|(rank, t)| {
-                let (body, settings) = (&body, settings.clone());
-                s.spawn(move || {
-                    let comm = Communicator::from_transport(Box::new(t), tuning());
-                    let engine = Arc::new(Engine::start(comm, &settings).expect("engine starts"));
-                    let r = body(rank, &engine);
-                    let _ = engine.shutdown();
-                    r
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("a rank panicked")).collect()
+    ranks(n, |rank, comm| {
+        let engine = Arc::new(Engine::start(comm, &settings).expect("engine starts"));
+        let r = body(rank, &engine);
+        let _ = engine.shutdown();
+        r
     })
 }
 
@@ -155,15 +148,25 @@ fn linear(vs: &nn::VarStore, out: i64) -> nn::Linear {
     nn::linear(vs.root() / "fc", 4, out, Default::default())
 }
 
+/// A fresh 4 → `out` linear layer "fc", and a distributed SGD on it.
+fn trained(engine: &Arc<Engine>, out: i64) -> (nn::VarStore, nn::Linear, DistributedOptimizer) {
+    let vs = nn::VarStore::new(CPU);
+    let model = linear(&vs, out);
+    let sgd = nn::Sgd::default().build(&vs, 0.1).unwrap();
+    let opt = DistributedOptimizer::new(sgd, &vs, engine.clone()).unwrap();
+    (vs, model, opt)
+}
+
+/// The sum of the layer's outputs on `rows` rows of ones.
+fn loss_on_ones(model: &nn::Linear, rows: i64) -> Tensor {
+    model.forward(&Tensor::ones([rows, 4], (Kind::Float, CPU))).sum(Kind::Float)
+}
+
 #[test]
 fn a_variable_whose_shape_differs_between_ranks_fails_the_step_on_every_rank() {
     let errors = engines(2, |rank, engine| {
-        let vs = nn::VarStore::new(CPU);
-        let model = linear(&vs, 2 + rank as i64);
-        let sgd = nn::Sgd::default().build(&vs, 0.1).unwrap();
-        let mut opt = DistributedOptimizer::new(sgd, &vs, engine.clone()).unwrap();
-        let loss = model.forward(&Tensor::ones([3, 4], (Kind::Float, CPU))).sum(Kind::Float);
-        opt.backward(&loss).unwrap();
+        let (_vs, model, mut opt) = trained(engine, 2 + rank as i64);
+        opt.backward(&loss_on_ones(&model, 3)).unwrap();
         opt.step().unwrap_err()
     });
     for (rank, e) in errors.iter().enumerate() {
@@ -199,11 +202,8 @@ fn gradients_average_over_ranks_and_a_gradient_one_rank_lacks_counts_as_zeros() 
 #[test]
 fn gradients_may_not_be_touched_while_the_engine_reduces_them() {
     engines(1, |_, engine| {
-        let vs = nn::VarStore::new(CPU);
-        let model = linear(&vs, 1);
-        let sgd = nn::Sgd::default().build(&vs, 0.1).unwrap();
-        let mut opt = DistributedOptimizer::new(sgd, &vs, engine.clone()).unwrap();
-        let loss = || model.forward(&Tensor::ones([1, 4], (Kind::Float, CPU))).sum(Kind::Float);
+        let (_vs, model, mut opt) = trained(engine, 1);
+        let loss = || loss_on_ones(&model, 1);
         opt.backward(&loss()).unwrap();
         let e = opt.backward(&loss()).unwrap_err().to_string();
         assert!(e.contains("call step()"), "{e}");
@@ -232,12 +232,9 @@ fn bad_optimizer_settings_are_errors() {
 #[test]
 fn a_plain_loss_backward_hands_each_gradient_to_the_engine_as_autograd_accumulates_it() {
     engines(1, |_, engine| {
-        let vs = nn::VarStore::new(CPU);
-        let model = linear(&vs, 1);
-        let sgd = nn::Sgd::default().build(&vs, 0.1).unwrap();
-        let mut opt = DistributedOptimizer::new(sgd, &vs, engine.clone()).unwrap();
+        let (vs, model, mut opt) = trained(engine, 1);
         // Not opt.backward: only the hooks can have submitted the gradients.
-        model.forward(&Tensor::ones([1, 4], (Kind::Float, CPU))).sum(Kind::Float).backward();
+        loss_on_ones(&model, 1).backward();
         let e = opt.zero_grad().unwrap_err().to_string();
         assert!(e.contains("2 gradients are being reduced"), "{e}");
         opt.step().unwrap();
@@ -255,11 +252,8 @@ fn a_plain_loss_backward_hands_each_gradient_to_the_engine_as_autograd_accumulat
 #[test]
 fn a_backward_pass_into_gradients_the_engine_holds_fails_before_touching_them() {
     engines(1, |_, engine| {
-        let vs = nn::VarStore::new(CPU);
-        let model = linear(&vs, 1);
-        let sgd = nn::Sgd::default().build(&vs, 0.1).unwrap();
-        let mut opt = DistributedOptimizer::new(sgd, &vs, engine.clone()).unwrap();
-        let loss = || model.forward(&Tensor::ones([1, 4], (Kind::Float, CPU))).sum(Kind::Float);
+        let (vs, model, mut opt) = trained(engine, 1);
+        let loss = || loss_on_ones(&model, 1);
         loss().backward();
         // Past the optimizer's back: autograd itself refuses, before it accumulates anything.
         let e = loss().f_backward().unwrap_err().to_string();
@@ -274,11 +268,8 @@ fn a_backward_pass_into_gradients_the_engine_holds_fails_before_touching_them() 
 #[test]
 fn zero_grad_zeroes_gradients_where_they_lie() {
     engines(1, |_, engine| {
-        let vs = nn::VarStore::new(CPU);
-        let model = linear(&vs, 1);
-        let sgd = nn::Sgd::default().build(&vs, 0.1).unwrap();
-        let mut opt = DistributedOptimizer::new(sgd, &vs, engine.clone()).unwrap();
-        let loss = || model.forward(&Tensor::ones([1, 4], (Kind::Float, CPU))).sum(Kind::Float);
+        let (vs, model, mut opt) = trained(engine, 1);
+        let loss = || loss_on_ones(&model, 1);
         opt.backward_step(&loss()).unwrap();
         // By name: `variables()` is a HashMap, its order differs from call to call.
         let grads = || {
