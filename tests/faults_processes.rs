@@ -114,7 +114,27 @@ fn ranks_that_cut_an_allgather_differently_fail_every_rank() {
 }
 
 #[test]
-fn a_collective_over_the_stage_against_one_over_messages_fails_at_once() {
+fn an_alltoall_whose_ranks_disagree_on_a_block_fails_every_rank_naming_the_pair() {
+    // Over the stage every rank sees every rank's sizes: the pair refuses at once, the third
+    // rank fails with their report.
+    let start = Instant::now();
+    let env = [("FERROVOD_TIMEOUT", "30".to_string())];
+    let ended = World::spawn(3, &worker(), &["mismatch-splits"], &env).wait(Duration::from_secs(40));
+    // Whichever of the pair reports first, every rank's error is that report: the pair and
+    // the sizes each side has.
+    let (zero, one) = (
+        "rank 0: alltoall #0 (u8) does not match rank 1, which called the same operation with 1 bytes where this rank has 2",
+        "rank 1: alltoall #0 (u8) does not match rank 0, which called the same operation with 2 bytes where this rank has 1",
+    );
+    for (rank, e) in ended.iter().enumerate() {
+        assert_eq!(e.code, Some(3), "rank {rank}: {}", e.stderr);
+        assert!(e.stderr.contains(zero) || e.stderr.contains(one), "rank {rank}: {}", e.stderr);
+    }
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}: a timeout, not a mismatch", start.elapsed());
+}
+
+#[test]
+fn different_collectives_in_the_same_stage_step_fail_at_once() {
     let start = Instant::now();
     let env = [("FERROVOD_TIMEOUT", "30".to_string())];
     let ended = World::spawn(3, &worker(), &["mismatch-kind"], &env).wait(Duration::from_secs(40));

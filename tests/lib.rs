@@ -397,6 +397,9 @@ pub fn check_collectives(comm: &mut ferrovod::Communicator, plan: Plan<'_>) -> R
                 want.extend_from_slice(&theirs.bytes()[start * e..(start + split(i, r)) * e]);
             }
             check(&what, dtype, out.bytes(), &want)?;
+            if comm.transport() == "shm" && comm.last_algorithm() != "stage" {
+                return Err(format!("{what}: ran {:?} over shared memory, not the stage", comm.last_algorithm()));
+            }
         }
     }
     comm.barrier().map_err(fail("barrier".into()))

@@ -8,8 +8,10 @@
 //! - `mismatch-count`, `mismatch-dtype`: rank 1 calls allreduce with other arguments.
 //! - `mismatch-blocks`: an allgather of 4 bytes in total, rank 1 cutting them as [1, 3] and
 //!   the others as [3, 1] (same total, other blocks).
-//! - `mismatch-kind`: rank 1 calls alltoall (messages), the others broadcast (over shared
-//!   memory, the stage): different collectives that never meet on the same link.
+//! - `mismatch-kind`: rank 1 calls alltoall, the others broadcast (both over the shared-memory
+//!   stage on one host): different collectives in the same step.
+//! - `mismatch-splits`: an alltoall in which rank 0 expects two bytes from rank 1, which
+//!   sends one (the counts exchange skipped).
 //! - `stall`: rank 1 sleeps instead of calling allreduce.
 //! - `process-sets`: the even and the odd ranks each join a process set and allreduce in it
 //!   at once (each set's sum is its own ranks'), then the whole job; joining with ranks that are
@@ -122,6 +124,17 @@ fn scenario(comm: &mut Communicator, args: &[String]) -> Result<(), String> {
             } else {
                 comm.broadcast_bytes(vec![0u8; 64].as_mut_slice(), DType::U8, 0).map_err(|e| e.to_string())
             }
+        }
+        ["mismatch-splits"] => {
+            // Every rank sends one byte to each; rank 0 expects two from rank 1.
+            let n = comm.size();
+            let mut expect = vec![1; n];
+            if r == 0 {
+                expect[1] = 2;
+            }
+            let mut recv = vec![0u8; expect.iter().sum()];
+            comm.alltoall_into(vec![1u8; n].as_slice(), &vec![1; n], recv.as_mut_slice(), &expect, DType::U8)
+                .map_err(|e| e.to_string())
         }
         ["stall"] => {
             if r == 1 {

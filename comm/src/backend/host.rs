@@ -104,9 +104,19 @@ impl Backend for HostBackend {
                 Ok(ran)
             }
             (Collective::Alltoall, Work::Exchange { send, send_blocks, mut recv, recv_blocks }) => {
+                let (rank, n) = (t.rank(), t.size());
                 let send = send.host().ok_or_else(host_only)?;
-                alg::alltoall_pairwise(t, &p, send, send_blocks, recv.host().ok_or_else(host_only)?, recv_blocks)?;
-                Ok("pairwise")
+                let recv = recv.host().ok_or_else(host_only)?;
+                match t.stage() {
+                    Some(s) if alg::alltoall_stage_fits(s.region(), n) => {
+                        alg::alltoall_stage(s, &p, rank, send, send_blocks, recv, recv_blocks)?;
+                        Ok("stage")
+                    }
+                    _ => {
+                        alg::alltoall_pairwise(t, &p, send, send_blocks, recv, recv_blocks)?;
+                        Ok("pairwise")
+                    }
+                }
             }
             (c, work) => {
                 let shape = match work {
