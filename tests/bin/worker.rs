@@ -12,6 +12,8 @@
 //!   stage on one host): different collectives in the same step.
 //! - `mismatch-splits`: an alltoall in which rank 0 expects two bytes from rank 1, which
 //!   sends one (the counts exchange skipped).
+//! - `alternate ITERS`: ITERS times a barrier then a 1 KiB allreduce; prints `ok after ITERS
+//!   over ALGORITHM`.
 //! - `stall`: rank 1 sleeps instead of calling allreduce.
 //! - `process-sets`: the even and the odd ranks each join a process set and allreduce in it
 //!   at once (each set's sum is its own ranks'), then the whole job; joining with ranks that are
@@ -135,6 +137,17 @@ fn scenario(comm: &mut Communicator, args: &[String]) -> Result<(), String> {
             let mut recv = vec![0u8; expect.iter().sum()];
             comm.alltoall_into(vec![1u8; n].as_slice(), &vec![1; n], recv.as_mut_slice(), &expect, DType::U8)
                 .map_err(|e| e.to_string())
+        }
+        ["alternate", iters] => {
+            // Back to back: a stage step (the barrier) and whatever the allreduce runs over.
+            let iters: usize = iters.parse().map_err(|e| format!("{e}"))?;
+            let mut buf = [1f32; 256];
+            for _ in 0..iters {
+                comm.barrier().map_err(|e| e.to_string())?;
+                comm.allreduce(&mut buf, ReduceOp::Max).map_err(|e| e.to_string())?;
+            }
+            println!("ok after {iters} over {}", comm.last_algorithm());
+            Ok(())
         }
         ["stall"] => {
             if r == 1 {
