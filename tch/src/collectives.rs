@@ -83,7 +83,8 @@ fn in_place(
     if tensor.defined() && !tensor.is_contiguous() {
         let mut work = contiguous(tensor, rank, op.clone())?;
         in_place(rank, collective, &mut work, run)?;
-        return tensor.f_copy_(&work).map_err(|e| torch_failed(rank, op, e));
+        // Outside autograd: a leaf that requires grad takes the result too.
+        return tch::no_grad(|| tensor.f_copy_(&work)).map_err(|e| torch_failed(rank, op, e));
     }
     run(&lend(tensor, rank, op)?)
 }
@@ -162,7 +163,8 @@ impl TensorHandle {
                 .map_err(|e| torch_failed(self.rank, op, e));
         }
         if self.work.data_ptr() != self.target.data_ptr() {
-            self.target.f_copy_(&self.work).map_err(|e| torch_failed(self.rank, op, e))?;
+            let (target, work) = (&mut self.target, &self.work);
+            tch::no_grad(|| target.f_copy_(work)).map_err(|e| torch_failed(self.rank, op, e))?;
         }
         Ok(self.target.shallow_clone())
     }

@@ -75,7 +75,10 @@ pub(crate) fn lend(tensor: &Tensor, rank: usize, op: Operation) -> Result<Lent> 
     Ok(Lent { ptr, len, dtype, shape })
 }
 
-/// A libtorch failure as a ferrovod error of `op` on `rank`.
+/// A libtorch failure as a ferrovod error of `op` on `rank`: its message, without the C++
+/// stack libtorch appends.
 pub(crate) fn torch_failed(rank: usize, op: Operation, err: tch::TchError) -> Error {
-    Error::Backend { rank, op, backend: "tch", detail: err.to_string() }
+    let text = err.to_string();
+    let detail = text.split("\nException raised from").next().unwrap_or_default().trim_end().to_string();
+    Error::Backend { rank, op, backend: "tch", detail }
 }

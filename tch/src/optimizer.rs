@@ -402,14 +402,10 @@ pub fn broadcast_parameters(engine: &Engine, vars: &VarStore, root: usize) -> Re
             }
         }
     }
-    // A non-contiguous variable's result is copied into it: a leaf that requires grad takes
-    // that only outside autograd.
-    tch::no_grad(|| {
-        for h in in_flight {
-            if let Err(e) = h.wait() {
-                first_error.get_or_insert(e);
-            }
+    for h in in_flight {
+        if let Err(e) = h.wait() {
+            first_error.get_or_insert(e);
         }
-    });
+    }
     first_error.map_or(Ok(()), Err)
 }

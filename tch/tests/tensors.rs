@@ -71,6 +71,12 @@ fn a_contiguous_tensor_is_reduced_where_it_lies_and_a_strided_one_through_a_copy
         assert!(!view.is_contiguous());
         allreduce(comm, &mut view, ReduceOp::Average).unwrap();
         assert_eq!(values(&base), [0.0, 2.0, 4.0, 6.0, 8.0, 10.0], "the base tensor did not get the average");
+
+        // A strided leaf that requires grad (a model's transposed weight) takes the result too.
+        let leaf = (Tensor::ones([2, 3], (Kind::Float, CPU)) * (rank + 1) as f64).set_requires_grad(true);
+        let mut view = leaf.tr();
+        allreduce(comm, &mut view, ReduceOp::Sum).unwrap();
+        assert_eq!(values(&leaf), [6.0; 6]);
     });
 }
 
@@ -255,6 +261,8 @@ fn a_backward_pass_into_gradients_the_engine_holds_fails_before_touching_them() 
         let (vs, model, mut opt) = trained(engine, 1);
         let loss = || loss_on_ones(&model, 1);
         loss().backward();
+        let e = opt.backward(&loss()).unwrap_err().to_string();
+        assert!(e.contains("call step()"), "{e}");
         // Past the optimizer's back: autograd itself refuses, before it accumulates anything.
         let e = loss().f_backward().unwrap_err().to_string();
         assert!(e.contains("being reduced by the engine"), "{e}");
@@ -262,6 +270,19 @@ fn a_backward_pass_into_gradients_the_engine_holds_fails_before_touching_them() 
         // d(sum(W x + b))/dW = x = ones, once: the refused pass added nothing.
         let grads: Vec<f64> = vs.variables().values().flat_map(|v| values(&v.grad())).collect();
         assert_eq!(grads, [1.0; 5]);
+    });
+}
+
+#[test]
+fn a_libtorch_failure_is_an_error_with_its_message_and_without_its_cpp_stack() {
+    engines(1, |_, engine| {
+        let (_vs, _model, mut opt) = trained(engine, 1);
+        let constant = Tensor::ones([1], (Kind::Float, CPU)).sum(Kind::Float);
+        let e = opt.backward(&constant).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, Error::Backend { backend: "tch", .. }), "{text}");
+        assert!(text.contains("does not require grad"), "{text}");
+        assert!(!text.contains("Exception raised from") && !text.contains("frame #"), "{text}");
     });
 }
 
