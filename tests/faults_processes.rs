@@ -134,6 +134,17 @@ fn an_alltoall_whose_ranks_disagree_on_a_block_fails_every_rank_naming_the_pair(
 }
 
 #[test]
+fn a_collective_over_the_stage_against_one_over_messages_fails_at_once() {
+    // Each side sees the other's call where it waits (a stage step in the ring's wait, a ring
+    // message in the stage's), and after looking again it still is another call.
+    let start = Instant::now();
+    let env = [("FERROVOD_TIMEOUT", "30".to_string()), ("FERROVOD_ALLREDUCE_ALGORITHM", "ring".to_string())];
+    let ended = World::spawn(3, &worker(), &["mismatch-ring"], &env).wait(Duration::from_secs(40));
+    assert_failed_naming(&ended, None, &["barrier #0", "allreduce #0"]);
+    assert!(start.elapsed() < Duration::from_secs(10), "took {:?}: a timeout, not a mismatch", start.elapsed());
+}
+
+#[test]
 fn different_collectives_in_the_same_stage_step_fail_at_once() {
     let start = Instant::now();
     let env = [("FERROVOD_TIMEOUT", "30".to_string())];

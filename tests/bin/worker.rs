@@ -12,6 +12,8 @@
 //!   stage on one host): different collectives in the same step.
 //! - `mismatch-splits`: an alltoall in which rank 0 expects two bytes from rank 1, which
 //!   sends one (the counts exchange skipped).
+//! - `mismatch-ring`: rank 1 calls allreduce (over messages when the ring is forced), the others
+//!   a barrier (over the stage).
 //! - `alternate ITERS`: ITERS times a barrier then a 1 KiB allreduce; prints `ok after ITERS
 //!   over ALGORITHM`.
 //! - `stall`: rank 1 sleeps instead of calling allreduce.
@@ -137,6 +139,15 @@ fn scenario(comm: &mut Communicator, args: &[String]) -> Result<(), String> {
             let mut recv = vec![0u8; expect.iter().sum()];
             comm.alltoall_into(vec![1u8; n].as_slice(), &vec![1; n], recv.as_mut_slice(), &expect, DType::U8)
                 .map_err(|e| e.to_string())
+        }
+        ["mismatch-ring"] => {
+            // With FERROVOD_ALLREDUCE_ALGORITHM=ring: rank 1's allreduce goes over the rings,
+            // the others' barrier over the stage.
+            if r == 1 {
+                comm.allreduce(&mut [0f32; 64], ReduceOp::Sum).map_err(|e| e.to_string())
+            } else {
+                comm.barrier().map_err(|e| e.to_string())
+            }
         }
         ["alternate", iters] => {
             // Back to back: a stage step (the barrier) and whatever the allreduce runs over.
