@@ -14,6 +14,9 @@
 //!   sends one (the counts exchange skipped).
 //! - `mismatch-ring`: rank 1 calls allreduce (over messages when the ring is forced), the others
 //!   a barrier (over the stage).
+//! - `placement`: prints `placement rank=.. size=.. local=L/LS cross=C/CS cvd=.. host=..
+//!   transport=..`, then checks every collective (every dtype and op, small counts); prints `ok
+//!   over TRANSPORT`.
 //! - `alternate ITERS`: ITERS times a barrier then a 1 KiB allreduce; prints `ok after ITERS
 //!   over ALGORITHM`.
 //! - `stall`: rank 1 sleeps instead of calling allreduce.
@@ -148,6 +151,31 @@ fn scenario(comm: &mut Communicator, args: &[String]) -> Result<(), String> {
             } else {
                 comm.barrier().map_err(|e| e.to_string())
             }
+        }
+        ["placement"] => {
+            // Where the launcher put this rank, then every collective across the hosts.
+            let cvd = std::env::var("CUDA_VISIBLE_DEVICES").unwrap_or_else(|_| "unset".into());
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            println!(
+                "placement rank={r} size={} local={}/{} cross={}/{} cvd={cvd} host={} transport={}",
+                comm.size(),
+                comm.local_rank(),
+                comm.local_size(),
+                comm.cross_rank(),
+                comm.cross_size(),
+                host.trim(),
+                comm.transport()
+            );
+            let (dtypes, ops) = (DType::ALL, ReduceOp::ALL);
+            for dtype in dtypes {
+                let small = &counts(dtype, false)[..4];
+                check_collectives(
+                    comm,
+                    Plan { dtypes: &[dtype], ops: &ops, allreduce_counts: small, other_counts: small },
+                )?;
+            }
+            println!("ok over {}", comm.transport());
+            Ok(())
         }
         ["alternate", iters] => {
             // Back to back: a stage step (the barrier) and whatever the allreduce runs over.
