@@ -191,11 +191,41 @@ fn four_hosts_of_two_ranks_are_placed_as_hosts_and_every_collective_is_exact() {
 fn a_launcher_killed_on_one_host_ends_the_job_on_every_host() {
     // A host of ranks only, and the host that serves the store.
     for (id, killed) in [(1, 2), (2, 0)] {
-        kill_one_launcher(id, killed);
+        kill_one(id, killed, Victim::Launcher);
     }
 }
 
-fn kill_one_launcher(id: u32, killed: usize) {
+#[test]
+fn a_rank_killed_on_one_host_ends_the_job_on_every_host() {
+    kill_one(3, 3, Victim::Rank);
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Victim {
+    Launcher,
+    Rank,
+}
+
+/// A rank process (the test worker) in host `host`'s namespace: its pid and global rank.
+fn a_rank_of(hosts: &Hosts, host: usize) -> (i32, usize) {
+    for pid in hosts.pids(host) {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let rank = environ
+            .split(|&b| b == 0)
+            .filter_map(|kv| std::str::from_utf8(kv).ok()?.strip_prefix("FERROVOD_RANK=")?.parse().ok())
+            .next();
+        if let (true, Some(rank)) = (comm.trim() == "ferrovod-test-w", rank) {
+            return (pid.parse().unwrap(), rank);
+        }
+    }
+    panic!("no rank process on host {host}");
+}
+
+/// Kills host `killed`'s launcher, or one of its ranks, while every rank allreduces in a loop:
+/// every launcher ends (task 0's after its store linger when it survives), the failure names
+/// the victim, and nothing is left on any host.
+fn kill_one(id: u32, killed: usize, victim: Victim) {
     let Some(hosts) = Hosts::up(id) else { return };
     let secret = secret();
     let mut launchers: Vec<Launcher> = (0..HOSTS).map(|h| hosts.launch(h, &secret, &["loop", "4194304"])).collect();
@@ -218,11 +248,22 @@ fn kill_one_launcher(id: u32, killed: usize) {
     }
 
     let started = Instant::now();
-    launchers[killed].child.kill().unwrap();
-    let _ = launchers[killed].child.wait();
-    // When each launcher ended.
     let mut ended: Vec<Option<Duration>> = vec![None; HOSTS];
-    ended[killed] = Some(Duration::ZERO);
+    let culprits: Vec<usize> = match victim {
+        Victim::Launcher => {
+            launchers[killed].child.kill().unwrap();
+            let _ = launchers[killed].child.wait();
+            ended[killed] = Some(Duration::ZERO);
+            (0..RANKS_PER_HOST).map(|i| killed * RANKS_PER_HOST + i).collect()
+        }
+        Victim::Rank => {
+            let (pid, rank) = a_rank_of(&hosts, killed);
+            // SAFETY: kill(2) on a pid just read from the namespace; at worst it is gone.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            vec![rank]
+        }
+    };
+    // When each launcher ended.
     while ended.iter().any(Option::is_none) && started.elapsed() < Duration::from_secs(30) {
         for (host, launcher) in launchers.iter_mut().enumerate() {
             if ended[host].is_none() && launcher.child.try_wait().unwrap().is_some() {
@@ -232,7 +273,8 @@ fn kill_one_launcher(id: u32, killed: usize) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut everything = Vec::new();
-    for (host, launcher) in launchers.iter_mut().enumerate().filter(|&(h, _)| h != killed) {
+    let survivors = |h: usize| victim == Victim::Rank || h != killed;
+    for (host, launcher) in launchers.iter_mut().enumerate().filter(|&(h, _)| survivors(h)) {
         // Task 0's launcher keeps the store up for the others after a failure (grace 2 s +
         // 10 s); the others' launchers end with their ranks.
         let limit = if host == 0 { Duration::from_secs(15) } else { Duration::from_secs(10) };
@@ -252,10 +294,17 @@ fn kill_one_launcher(id: u32, killed: usize) {
         everything.extend(stdout);
         everything.extend(stderr.lines().map(str::to_string));
     }
-    // The first rank to fail saw the killed host's ranks go, and said which.
-    let culprit =
-        |l: &String| (0..RANKS_PER_HOST).any(|i| l.contains(&format!("connection to rank {} closed", killed * 2 + i)));
-    assert!(everything.iter().any(culprit), "no rank named one of host {killed}'s ranks: {everything:#?}");
+    // The first to fail saw the victim go and said which rank it was (or, the store's host
+    // killed, every launcher says it lost the store there).
+    let lost_store = format!("lost the rendezvous store: rendezvous store at {}", hosts.address(0));
+    let culprit = |l: &String| {
+        (victim == Victim::Launcher && killed == 0 && l.contains(&lost_store))
+            || culprits.iter().any(|r| {
+                l.contains(&format!("connection to rank {r} closed"))
+                    || l.contains(&format!("job failed: rank {r} (host {}", hosts.address(killed)))
+            })
+    };
+    assert!(everything.iter().any(culprit), "nothing named rank(s) {culprits:?}: {everything:#?}");
     // Nothing is left on any host, the killed one included (its ranks die with their launcher).
     let deadline = Instant::now() + Duration::from_secs(10);
     while (0..HOSTS).any(|h| !hosts.pids(h).is_empty()) {
