@@ -52,4 +52,4 @@ pub use collectives::{
     TensorHandle, allgather, allgather_async, allreduce, allreduce_async, broadcast, broadcast_async,
 };
 pub use lend::{dtype_of, kind_of};
-pub use optimizer::{Compression, DistributedOptimizer, broadcast_parameters};
+pub use optimizer::{Compression, DistributedOptimizer, broadcast_parameters, variables};

@@ -82,9 +82,7 @@ impl DistributedOptimizer {
     /// variable added later is not reduced). Fails if a variable already has a
     /// gradient-accumulated hook (another `DistributedOptimizer` on the same variables).
     pub fn new(opt: Optimizer, vars: &VarStore, engine: Arc<Engine>) -> Result<DistributedOptimizer> {
-        let mut named: Vec<(String, Tensor)> =
-            vars.variables().into_iter().filter(|(_, t)| t.requires_grad()).collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
+        let named: Vec<(String, Tensor)> = variables(vars).into_iter().filter(|(_, t)| t.requires_grad()).collect();
         let rank = engine.rank();
         let n = named.len();
         let reducer = Arc::new(Mutex::new(Reducer {
@@ -253,16 +251,9 @@ impl Reducer {
         if index >= self.vars.len() {
             return;
         }
+        // Never for a submitted gradient: the gradient hook (`busy`) fails such a pass first.
         self.passes[index] += 1;
-        if self.submitted[index] {
-            let name = self.vars[index].0.clone();
-            let error = self.invalid(format!(
-                "the gradient of {name:?} was accumulated again while the engine reduces it: more backward \
-                 passes than backward_passes_per_step ({}) before step()",
-                self.backward_passes_per_step
-            ));
-            self.failed.get_or_insert(error);
-        } else if self.passes[index] >= self.backward_passes_per_step {
+        if !self.submitted[index] && self.passes[index] >= self.backward_passes_per_step {
             self.submit(index);
         }
     }
@@ -385,11 +376,17 @@ impl std::fmt::Debug for DistributedOptimizer {
     }
 }
 
+/// Every variable of `vars` with its path, sorted by path: the same order on every rank.
+pub fn variables(vars: &VarStore) -> Vec<(String, Tensor)> {
+    let mut named: Vec<(String, Tensor)> = vars.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    named
+}
+
 /// Copies `root`'s value of every variable of `vars` (trainable or not) into every rank's: call
 /// it once after building the model so that every rank starts from the same parameters.
 pub fn broadcast_parameters(engine: &Engine, vars: &VarStore, root: usize) -> Result<()> {
-    let mut named: Vec<(String, Tensor)> = vars.variables().into_iter().collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let named = variables(vars);
     let mut in_flight = Vec::with_capacity(named.len());
     let mut first_error = None;
     for (name, var) in &named {

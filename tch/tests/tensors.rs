@@ -10,7 +10,7 @@ use ferrovod::config::{EngineSettings, Tuning};
 use ferrovod::transport::mem::MemTransport;
 use ferrovod::{Communicator, Engine, Error, ReduceOp};
 use ferrovod_tch::{Compression, DistributedOptimizer, allgather, allgather_async, allreduce, allreduce_async};
-use ferrovod_tch::{broadcast, broadcast_async, broadcast_parameters};
+use ferrovod_tch::{broadcast, broadcast_async, broadcast_parameters, variables};
 use tch::nn::{self, Module, OptimizerConfig};
 use tch::{Device, Kind, Tensor};
 
@@ -292,12 +292,8 @@ fn zero_grad_zeroes_gradients_where_they_lie() {
         let (vs, model, mut opt) = trained(engine, 1);
         let loss = || loss_on_ones(&model, 1);
         opt.backward_step(&loss()).unwrap();
-        // By name: `variables()` is a HashMap, its order differs from call to call.
-        let grads = || {
-            let mut vars: Vec<_> = vs.variables().into_iter().collect();
-            vars.sort_by(|a, b| a.0.cmp(&b.0));
-            vars.into_iter().map(|(_, v)| v.grad()).collect::<Vec<_>>()
-        };
+        // By name (`VarStore::variables` is a HashMap, its order differs from call to call).
+        let grads = || variables(&vs).into_iter().map(|(_, v)| v.grad()).collect::<Vec<_>>();
         let before: Vec<_> = grads().iter().map(|g| g.data_ptr() as usize).collect();
         opt.zero_grad().unwrap();
         let after = grads();

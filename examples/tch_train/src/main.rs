@@ -189,10 +189,8 @@ fn mse(model: &impl Module, x: &Tensor, y: &Tensor) -> Tensor {
 /// The largest difference between this rank's parameters and rank 0's; NaN if a parameter is
 /// not finite (NaN and infinity compare unequal to everything, themselves included).
 fn differs_from_root(engine: &Engine, vs: &nn::VarStore) -> ferrovod::Result<f64> {
-    let mut names: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    names.sort_by(|a, b| a.0.cmp(&b.0));
     let mut worst = 0.0f64;
-    for (name, var) in names {
+    for (name, var) in ferrovod_tch::variables(vs) {
         let root = ferrovod_tch::broadcast_async(engine, &format!("check.{name}"), &var.detach().copy(), 0)?.wait()?;
         let here = var.detach();
         if !bool::try_from(here.isfinite().all()).unwrap_or(false) {
@@ -206,9 +204,7 @@ fn differs_from_root(engine: &Engine, vs: &nn::VarStore) -> ferrovod::Result<f64
 fn save(opts: &Options, vs: &nn::VarStore) -> Result<(), Box<dyn std::error::Error>> {
     let Some(dir) = &opts.save else { return Ok(()) };
     std::fs::create_dir_all(dir)?;
-    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    Tensor::write_safetensors(&named, dir.join("params.safetensors"))?;
+    Tensor::write_safetensors(&ferrovod_tch::variables(vs), dir.join("params.safetensors"))?;
     Ok(())
 }
 
