@@ -41,6 +41,33 @@ fn wait_times_out_naming_missing_keys() {
 }
 
 #[test]
+fn a_key_set_on_close_appears_when_its_connection_ends_unless_already_set() {
+    let (s, secret) = server();
+    let addr = s.local_addr().to_string();
+    let mut watcher = StoreClient::connect(&addr, &secret, Duration::from_secs(5)).unwrap();
+    let mut quits = StoreClient::connect(&addr, &secret, Duration::from_secs(5)).unwrap();
+    let mut reports = StoreClient::connect(&addr, &secret, Duration::from_secs(5)).unwrap();
+    quits.set_on_close("gone/1", b"closed").unwrap();
+    reports.set_on_close("gone/2", b"closed").unwrap();
+    reports.set("gone/2", b"reported").unwrap();
+    // Open connections: nothing yet.
+    let keys = ["gone/1".to_string()];
+    assert_eq!(watcher.wait(&keys, Duration::from_millis(200)).unwrap(), Err(keys.to_vec()));
+    let start = Instant::now();
+    drop(quits);
+    drop(reports);
+    let both = ["gone/1".to_string(), "gone/2".to_string()];
+    let values = watcher.wait(&both, Duration::from_secs(5)).unwrap().expect("both keys appear");
+    assert_eq!(values, vec![b"closed".to_vec(), b"reported".to_vec()]);
+    assert!(start.elapsed() < Duration::from_secs(2), "took {:?}", start.elapsed());
+    // Bounded: a connection cannot pile up such keys.
+    let mut greedy = StoreClient::connect(&addr, &secret, Duration::from_secs(5)).unwrap();
+    let refused = (0..64).map(|i| greedy.set_on_close(&format!("k/{i}"), b"")).find_map(Result::err);
+    let e = refused.expect("a limit on on-close keys").to_string();
+    assert!(e.contains("on-close"), "{e}");
+}
+
+#[test]
 fn wrong_secret_is_refused() {
     let (s, _) = server();
     let err =

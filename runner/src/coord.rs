@@ -8,7 +8,8 @@
 //! | `master_port`               | task 0                      | `MASTER_PORT` for torch.distributed (u16 LE) |
 //! | `first_failure/claim`       | any launcher (counter)      | 1 for the first launcher to fail             |
 //! | `first_failure/value`       | the first failing launcher  | a postcard [`Failure`]                       |
-//! | `done/<task>`               | every launcher but task 0's | its processes are gone; it no longer needs the store |
+//! | `done/<task>`               | every launcher but task 0's | its processes are gone; it no longer needs the store (`1`) |
+//! |                             | the store, on its behalf    | its connection closed before it said so (`0`): it died |
 //!
 //! The two `first_failure` keys are a [`FirstFailure`] record, the same one the communicator's
 //! ranks agree on their first failure with.
@@ -18,7 +19,9 @@
 //! launcher's event loop through a [`Doorbell`]. The first launcher to fail publishes its
 //! failure; every other launcher stops its processes within a slice and reports that same
 //! failure, so all tasks exit with the first failing rank's code. Task 0's launcher keeps the
-//! store up until every other launcher wrote `done/<task>` (bounded by the linger timeout).
+//! store up until every other launcher wrote `done/<task>` (bounded by the linger timeout). A
+//! launcher that is killed cannot write it, so each asks the store to write it when its
+//! connection closes: task 0 then knows at once that no one is left to wait for.
 
 use std::io;
 use std::os::fd::RawFd;
@@ -56,6 +59,11 @@ impl Keys {
         format!("{}/done/{task}", self.prefix)
     }
 }
+
+/// `done/<task>` as the launcher writes it.
+const DONE: u8 = 1;
+/// `done/<task>` as the store writes it when the launcher's connection closes first.
+const VANISHED: u8 = 0;
 
 /// What the coordination thread reports.
 #[derive(Debug)]
@@ -176,32 +184,44 @@ impl Coordinator {
         if self.cfg.task != 0
             && let Some(client) = &mut self.client
         {
-            let _ = client.set(&self.cfg.keys.done(self.cfg.task), &[1]);
+            let _ = client.set(&self.cfg.keys.done(self.cfg.task), &[DONE]);
         }
     }
 
-    /// On task 0: waits until every other launcher is done with the store, until `deadline`,
-    /// in slices, giving up early when `interrupted` says so. Returns the tasks that did not
-    /// report.
-    pub fn wait_for_others(&mut self, deadline: Instant, mut interrupted: impl FnMut() -> bool) -> Vec<usize> {
-        let mut missing: Vec<usize> = (1..self.cfg.tasks).collect();
+    /// On task 0: waits until every other launcher is done with the store or gone, until
+    /// `deadline`, in slices, giving up early when `interrupted` says so.
+    pub fn wait_for_others(&mut self, deadline: Instant, mut interrupted: impl FnMut() -> bool) -> Others {
+        let mut others = Others { missing: (1..self.cfg.tasks).collect(), vanished: Vec::new() };
         let Some(client) = &mut self.client else {
-            return missing;
+            return others;
         };
-        while !missing.is_empty() {
+        while !others.missing.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || interrupted() {
                 break;
             }
-            let keys: Vec<String> = missing.iter().map(|&t| self.cfg.keys.done(t)).collect();
+            let keys: Vec<String> = others.missing.iter().map(|&t| self.cfg.keys.done(t)).collect();
             match client.wait(&keys, left.min(WATCH_SLICE)) {
-                Ok(Ok(_)) => missing.clear(),
-                Ok(Err(still)) => missing.retain(|&t| still.contains(&self.cfg.keys.done(t))),
+                Ok(Ok(values)) => {
+                    let gone = others.missing.iter().zip(&values).filter(|(_, v)| v.as_slice() == [VANISHED]);
+                    others.vanished.extend(gone.map(|(&t, _)| t));
+                    others.missing.clear();
+                }
+                Ok(Err(still)) => others.missing.retain(|&t| still.contains(&self.cfg.keys.done(t))),
                 Err(_) => break,
             }
         }
-        missing
+        others
     }
+}
+
+/// What task 0 learned of the other launchers while it kept the store.
+#[derive(Debug, Default)]
+pub struct Others {
+    /// Said nothing before the deadline (or the store failed).
+    pub missing: Vec<usize>,
+    /// Their store connection closed before they said they were done: they died.
+    pub vanished: Vec<usize>,
 }
 
 impl Drop for Coordinator {
@@ -234,6 +254,13 @@ fn coord_main(cfg: &CoordConfig, stop: &AtomicBool, notify: impl Fn(Msg)) {
         (Ok(w), Ok(c)) => (w, c),
         (Err(e), _) | (_, Err(e)) => return notify(lost(e)),
     };
+    // Task 0 keeps the store for the others until they are done; one that is killed is done
+    // when the kernel closes its connections.
+    if cfg.task != 0
+        && let Err(e) = client.set_on_close(&cfg.keys.done(cfg.task), &[VANISHED])
+    {
+        return notify(lost(e.to_string()));
+    }
     let master_port = match cfg.master_port {
         Some(port) => match client.set(&cfg.keys.master_port(), &port.to_le_bytes()) {
             Ok(()) => port,

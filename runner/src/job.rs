@@ -413,9 +413,20 @@ impl Job<'_> {
                     Some(_) => self.cfg.store_linger.min(self.cfg.grace + AFTER_FAILURE_LINGER),
                     None => self.cfg.store_linger,
                 };
-                let missing = coord.wait_for_others(Instant::now() + linger, interrupted);
-                if !missing.is_empty() && self.cfg.verbose >= 1 {
-                    say(&format!("closing the store although tasks {missing:?} did not report that they are done"));
+                let others = coord.wait_for_others(Instant::now() + linger, interrupted);
+                if self.cfg.verbose >= 1 {
+                    if !others.vanished.is_empty() {
+                        say(&format!(
+                            "the launchers of tasks {:?} died (their store connections closed)",
+                            others.vanished
+                        ));
+                    }
+                    if !others.missing.is_empty() {
+                        say(&format!(
+                            "closing the store although tasks {:?} did not report that they are done",
+                            others.missing
+                        ));
+                    }
                 }
             }
         }

@@ -121,6 +121,16 @@ impl StoreClient {
         }
     }
 
+    /// Asks the store to set `key` to `value` when this connection closes, unless the key is
+    /// set by then: a client that is killed still leaves its mark, since its kernel closes the
+    /// socket. A connection may ask for a few such keys (16).
+    pub fn set_on_close(&mut self, key: &str, value: &[u8]) -> Result<(), Error> {
+        match self.call(&Request::SetOnClose { key: key.into(), value: value.to_vec() }, Duration::ZERO)? {
+            Response::Done => Ok(()),
+            _ => Err(self.unexpected("set_on_close")),
+        }
+    }
+
     /// Waits until every key is set and returns their values in order. On timeout the error
     /// lists the missing keys (`Err(missing)` in the inner result), so that callers can name
     /// what they waited for.

@@ -1,4 +1,6 @@
-//! The key-value store server: set, get, wait (for several keys, with a timeout) and add.
+//! The key-value store server: set, get, wait (for several keys, with a timeout), add, and a
+//! key to set when a connection closes (so that a client that dies without a word is still
+//! seen to be gone: its kernel closes the socket).
 //!
 //! Thread per connection, blocking I/O with timeouts. A connection that fails the handshake or
 //! sends a malformed request is dropped; the others are unaffected. Dropping the server stops
@@ -21,10 +23,26 @@ use crate::os::{Doorbell, PollFd, poll};
 /// A request from a store client.
 #[derive(Debug, Serialize, Deserialize)]
 pub(super) enum Request {
-    Set { key: String, value: Vec<u8> },
-    Get { key: String },
-    Wait { keys: Vec<String>, timeout_ms: u64 },
-    Add { key: String, delta: i64 },
+    Set {
+        key: String,
+        value: Vec<u8>,
+    },
+    Get {
+        key: String,
+    },
+    Wait {
+        keys: Vec<String>,
+        timeout_ms: u64,
+    },
+    Add {
+        key: String,
+        delta: i64,
+    },
+    /// When this connection closes, however it closes, set `key` to `value` unless it is set.
+    SetOnClose {
+        key: String,
+        value: Vec<u8>,
+    },
 }
 
 /// The store's answer.
@@ -48,6 +66,8 @@ const MAX_CONNECTIONS: usize = 4096;
 /// unauthenticated connections can never take the place of authenticated ones, and a flood of
 /// them delays a real client by at most one handshake's worth of their turnover.
 const MAX_UNAUTHENTICATED: usize = 64;
+/// Keys one connection may ask to have set when it closes.
+const MAX_ON_CLOSE: usize = 16;
 
 /// A connection the store serves: its socket (to shut it on drop or eviction) and whether it
 /// has proved the secret.
@@ -214,31 +234,44 @@ fn serve_connection(mut stream: TcpStream, id: u64, shared: &Shared) {
     // Clients keep their connection for the whole job; idle is fine, writes still time out.
     let _ = stream.set_read_timeout(None);
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let mut on_close: Vec<(String, Vec<u8>)> = Vec::new();
     while !shared.stop.load(Ordering::SeqCst) {
-        let Ok(req) = read_msg::<Request>(&mut stream, MAX_MESSAGE, &peer) else { return };
-        let resp = handle(shared, req);
+        let Ok(req) = read_msg::<Request>(&mut stream, MAX_MESSAGE, &peer) else { break };
+        let resp = match req {
+            Request::SetOnClose { key, value } => remember_on_close(&mut on_close, key, value),
+            req => handle(shared, req),
+        };
         if write_msg(&mut stream, &resp, &peer).is_err() {
-            return;
+            break;
         }
     }
+    for (key, value) in on_close {
+        let mut st = shared.state();
+        if !st.map.contains_key(&key) {
+            let _ = set(&mut st, key, value);
+            drop(st);
+            shared.changed.notify_all();
+        }
+    }
+}
+
+fn remember_on_close(on_close: &mut Vec<(String, Vec<u8>)>, key: String, value: Vec<u8>) -> Response {
+    if key.len() > MAX_KEY || value.len() > MAX_KEY {
+        return Response::Failed(format!("an on-close key or value over {MAX_KEY} bytes"));
+    }
+    if on_close.len() >= MAX_ON_CLOSE {
+        return Response::Failed(format!("more than {MAX_ON_CLOSE} on-close keys on one connection"));
+    }
+    on_close.push((key, value));
+    Response::Done
 }
 
 fn handle(shared: &Shared, req: Request) -> Response {
     match req {
         Request::Set { key, value } => {
-            if key.len() > MAX_KEY {
-                return Response::Failed(format!("key of {} bytes exceeds {MAX_KEY}", key.len()));
-            }
-            let mut st = shared.state();
-            let old = st.map.get(&key).map_or(0, |v| v.len() + key.len());
-            if st.bytes - old + key.len() + value.len() > MAX_TOTAL {
-                return Response::Failed(format!("store is full ({MAX_TOTAL} bytes)"));
-            }
-            st.bytes = st.bytes - old + key.len() + value.len();
-            st.map.insert(key, value);
-            drop(st);
+            let resp = set(&mut shared.state(), key, value);
             shared.changed.notify_all();
-            Response::Done
+            resp
         }
         Request::Get { key } => Response::Value(shared.state().map.get(&key).cloned()),
         Request::Add { key, delta } => {
@@ -259,6 +292,8 @@ fn handle(shared: &Shared, req: Request) -> Response {
             shared.changed.notify_all();
             Response::Counter(next)
         }
+        // Kept per connection by `serve_connection`; never reaches here.
+        Request::SetOnClose { .. } => Response::Failed("on-close keys belong to a connection".into()),
         Request::Wait { keys, timeout_ms } => {
             let deadline = Instant::now() + Duration::from_millis(timeout_ms);
             let mut st = shared.state();
@@ -279,4 +314,17 @@ fn handle(shared: &Shared, req: Request) -> Response {
             }
         }
     }
+}
+
+fn set(st: &mut State, key: String, value: Vec<u8>) -> Response {
+    if key.len() > MAX_KEY {
+        return Response::Failed(format!("key of {} bytes exceeds {MAX_KEY}", key.len()));
+    }
+    let old = st.map.get(&key).map_or(0, |v| v.len() + key.len());
+    if st.bytes - old + key.len() + value.len() > MAX_TOTAL {
+        return Response::Failed(format!("store is full ({MAX_TOTAL} bytes)"));
+    }
+    st.bytes = st.bytes - old + key.len() + value.len();
+    st.map.insert(key, value);
+    Response::Done
 }
