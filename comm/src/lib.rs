@@ -39,6 +39,9 @@ pub mod config;
 pub mod dtype;
 pub mod engine;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod memory;
 pub mod os;
 pub mod reduce;

@@ -23,7 +23,7 @@ impl ExitKind {
     pub fn exit_code(self) -> i32 {
         match self {
             ExitKind::Code(c) => c,
-            ExitKind::Signal(s) => 128 + s,
+            ExitKind::Signal(s) => signal_exit_code(s),
         }
     }
 
@@ -46,9 +46,17 @@ impl fmt::Display for ExitKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             ExitKind::Code(c) => write!(f, "exited with code {c}"),
-            ExitKind::Signal(s) => write!(f, "was killed by {} (exit code {})", ferrovod::os::signal_name(s), 128 + s),
+            ExitKind::Signal(s) => {
+                write!(f, "was killed by {} (exit code {})", ferrovod::os::signal_name(s), signal_exit_code(s))
+            }
         }
     }
+}
+
+/// The shell's exit code for signal `s`: 128 + `s`. A record from another launcher may carry
+/// any number, so it saturates instead of overflowing.
+fn signal_exit_code(s: i32) -> i32 {
+    128i32.saturating_add(s)
 }
 
 /// Why a launcher stopped its job.
@@ -95,7 +103,7 @@ impl Failure {
         match &self.cause {
             Cause::Rank { status, .. } => status.exit_code(),
             Cause::Start { code, .. } => *code,
-            Cause::Signal(s) => 128 + s,
+            Cause::Signal(s) => signal_exit_code(*s),
             Cause::ParentDied | Cause::StoreLost(_) => 1,
         }
     }
@@ -117,5 +125,31 @@ impl Failure {
                 format!("the launcher of task {} (host {}) lost the rendezvous store: {e}", self.task, self.host)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by `fuzz/fuzz_targets/first_failure.rs`: another launcher's record (read from the
+    /// store) naming a signal near `i32::MAX` overflowed `128 + signal` in its exit code and
+    /// its message, a panic in a debug build.
+    #[test]
+    fn a_record_with_any_signal_number_describes_itself() {
+        let crash = [
+            0x01, 0x00, 0x00, 0x21, 0x01, 0xea, 0xff, 0xff, 0xff, 0x0f, 0xff, 0xff, 0xff, 0x01, 0xff, 0xff, 0x00, 0x00,
+            0xff, 0xff, 0x00, 0x75,
+        ];
+        let f: Failure = postcard::from_bytes(&crash).unwrap();
+        assert!(
+            matches!(f.cause, Cause::Rank { rank: 33, status: ExitKind::Signal(s) } if s > i32::MAX - 128),
+            "{f:?}"
+        );
+        assert_eq!(f.exit_code(), i32::MAX);
+        assert!(f.describe().ends_with(&format!("(exit code {})", i32::MAX)), "{}", f.describe());
+        let launcher = Failure { task: 0, host: "h".into(), cause: Cause::Signal(i32::MAX) };
+        assert_eq!(launcher.exit_code(), i32::MAX);
+        assert_eq!(ExitKind::Signal(9).exit_code(), 137, "ordinary signals keep the shell's convention");
     }
 }

@@ -72,7 +72,7 @@ pub enum PlanError {
     Json(#[source] serde_json::Error),
     /// An object has the same key twice (JSON parsers disagree on which one counts, so a plan
     /// must not depend on it).
-    #[error("{at}: the key {} appears twice", quoted(key))]
+    #[error("{}: the key {} appears twice", cut(at), quoted(key))]
     DuplicateKey {
         /// The object: `plan`, `tasks[i]`, ...
         at: String,
@@ -566,6 +566,21 @@ mod tests {
             assert!(msg.len() < 1000, "{} bytes: {}", msg.len(), &msg[..1000]);
             assert!(msg.contains("bytes cut"), "{msg}");
         }
+    }
+
+    /// Found by `fuzz/fuzz_targets/plan.rs`: each key on the path to a repeated key was short
+    /// enough to be quoted whole, but the path of several such keys made a message of any
+    /// length (the fuzzer's input nested `[[[[{` and three keys of about 300 bytes).
+    #[test]
+    fn the_path_to_a_repeated_key_is_cut_in_errors() {
+        let key = |c: char| format!("\"{}\"", c.to_string().repeat(330));
+        let text = format!(r#"[[[[{{{}:{{{}:{{{}:{{"k":1,"k":2}}}}}}}}]]]]"#, key('a'), key('b'), key('c'));
+        let err = Plan::parse(&text).unwrap_err();
+        assert!(matches!(&err, PlanError::DuplicateKey { key, .. } if key == "k"), "{err}");
+        let msg = err.to_string();
+        assert!(msg.len() < 1000, "{} bytes: {msg}", msg.len());
+        assert!(msg.starts_with("plan[0][0][0][0].aaa") && msg.ends_with("ccc: the key \"k\" appears twice"), "{msg}");
+        assert!(msg.contains("bytes cut"), "{msg}");
     }
 
     #[test]

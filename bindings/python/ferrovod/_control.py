@@ -54,7 +54,12 @@ def receive(sock: socket.socket) -> dict[str, Any]:
     (length,) = _HEADER.unpack(read_exactly(sock, _HEADER.size))
     if length > MAX_MESSAGE:
         raise ValueError(f"a control message announces {length} bytes, over the limit of {MAX_MESSAGE}")
-    message = json.loads(read_exactly(sock, length))
+    body = read_exactly(sock, length)
+    try:
+        message = json.loads(body)
+    except RecursionError:
+        # Deep nesting ("[[[[...") exhausts the decoder's stack: a bad message like any other.
+        raise ValueError("a control message nests deeper than a JSON decoder can follow") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ValueError("a control message is not a JSON object with a type")
     return message

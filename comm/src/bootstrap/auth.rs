@@ -23,8 +23,10 @@ const MAGIC: [u8; 8] = *b"FERROVOD";
 const VERSION: u16 = 1;
 const NONCE: usize = 32;
 const MAC: usize = 32;
-const SERVER_HELLO: usize = 8 + 2 + 1 + NONCE;
-const CLIENT_HELLO: usize = SERVER_HELLO + MAC;
+pub(crate) const SERVER_HELLO: usize = 8 + 2 + 1 + NONCE;
+pub(crate) const CLIENT_HELLO: usize = SERVER_HELLO + MAC;
+/// The server's answer: a status, then its proof of the secret.
+pub(crate) const VERDICT: usize = 1 + MAC;
 
 /// What a connection is for; a store connection cannot be mistaken for a transport link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,7 +40,7 @@ pub enum Purpose {
 
 #[repr(u8)]
 #[derive(Clone, Copy)]
-enum Status {
+pub(crate) enum Status {
     Ok = 0,
     BadVersion = 1,
     BadPurpose = 2,
@@ -119,38 +121,59 @@ pub fn accept_handshake(
 
     let mut msg = [0u8; CLIENT_HELLO];
     read_by(stream, &mut msg, deadline, &addr)?;
-    if msg[..8] != MAGIC {
-        return Err(Error::Protocol { addr, detail: "not a ferrovod peer (bad magic)".into() });
-    }
-    let version = u16::from_le_bytes([msg[8], msg[9]]);
-    let (nonce_c, proof) = msg[11..].split_at(NONCE);
-    let verdict = if version != VERSION {
-        Status::BadVersion
-    } else if msg[10] != purpose as u8 {
-        Status::BadPurpose
-    } else if mac(secret, b"client", msg[10], &nonce_s, nonce_c).verify_slice(proof).is_err() {
-        Status::BadProof
-    } else {
-        Status::Ok
-    };
-    let mut reply = [0u8; 1 + MAC];
+    let verdict = judge_client(&msg, secret, purpose, &nonce_s, &addr)?;
+    let mut reply = [0u8; VERDICT];
     reply[0] = verdict as u8;
     if let Status::Ok = verdict {
+        let nonce_c = &msg[11..11 + NONCE];
         reply[1..].copy_from_slice(&mac(secret, b"server", purpose as u8, nonce_c, &nonce_s).finalize().into_bytes());
     }
     // Best effort for refusals: the peer may already be gone.
     let sent = stream.write_all(&reply);
     match verdict {
         Status::Ok => sent.map_err(io(&addr)),
-        Status::BadVersion => {
-            Err(Error::Refused { addr, reason: format!("protocol version {version}, expected {VERSION}") })
-        }
-        Status::BadPurpose => Err(Error::Refused {
-            addr,
-            reason: format!("connection purpose {} where {purpose:?} was expected", msg[10]),
-        }),
-        Status::BadProof => Err(Error::Refused { addr, reason: "wrong job secret".into() }),
+        refused => outcome(refused, &msg, purpose, addr),
     }
+}
+
+/// Server side: what the client's hello earns. Bad magic is an error without an answer (it is
+/// not a ferrovod peer); anything else gets a verdict.
+pub(crate) fn judge_client(
+    msg: &[u8; CLIENT_HELLO],
+    secret: &Secret,
+    purpose: Purpose,
+    nonce_s: &[u8; NONCE],
+    addr: &str,
+) -> Result<Status, Error> {
+    if msg[..8] != MAGIC {
+        return Err(Error::Protocol { addr: addr.to_string(), detail: "not a ferrovod peer (bad magic)".into() });
+    }
+    let version = u16::from_le_bytes([msg[8], msg[9]]);
+    let (nonce_c, proof) = msg[11..].split_at(NONCE);
+    Ok(if version != VERSION {
+        Status::BadVersion
+    } else if msg[10] != purpose as u8 {
+        Status::BadPurpose
+    } else if mac(secret, b"client", msg[10], nonce_s, nonce_c).verify_slice(proof).is_err() {
+        Status::BadProof
+    } else {
+        Status::Ok
+    })
+}
+
+/// What the server's side of the handshake ends with for `verdict`: `Ok`, or the refusal.
+pub(crate) fn outcome(verdict: Status, msg: &[u8; CLIENT_HELLO], purpose: Purpose, addr: String) -> Result<(), Error> {
+    Err(match verdict {
+        Status::Ok => return Ok(()),
+        Status::BadVersion => Error::Refused {
+            addr,
+            reason: format!("protocol version {}, expected {VERSION}", u16::from_le_bytes([msg[8], msg[9]])),
+        },
+        Status::BadPurpose => {
+            Error::Refused { addr, reason: format!("connection purpose {} where {purpose:?} was expected", msg[10]) }
+        }
+        Status::BadProof => Error::Refused { addr, reason: "wrong job secret".into() },
+    })
 }
 
 const CLOSED_BEFORE_GREETING: &str = "closed the connection before greeting: it is not a ferrovod server, or it \
@@ -173,17 +196,7 @@ pub fn connect_handshake(stream: &mut TcpStream, secret: &Secret, purpose: Purpo
         }
         _ => Error::Io { what: format!("waiting for the greeting of {addr}"), source: source.into() },
     })?;
-    if hello[..8] != MAGIC {
-        return Err(Error::Protocol { addr, detail: "not a ferrovod server (bad magic)".into() });
-    }
-    let version = u16::from_le_bytes([hello[8], hello[9]]);
-    if version != VERSION {
-        return Err(Error::Refused {
-            addr,
-            reason: format!("server speaks protocol version {version}, this is {VERSION}"),
-        });
-    }
-    let nonce_s = &hello[11..];
+    let nonce_s = read_greeting(&hello, &addr)?;
     let nonce_c = nonce(&addr)?;
     let mut msg = [0u8; CLIENT_HELLO];
     msg[..8].copy_from_slice(&MAGIC);
@@ -194,7 +207,7 @@ pub fn connect_handshake(stream: &mut TcpStream, secret: &Secret, purpose: Purpo
         .copy_from_slice(&mac(secret, b"client", purpose as u8, nonce_s, &nonce_c).finalize().into_bytes());
     stream.write_all(&msg).map_err(io(&addr))?;
 
-    let mut reply = [0u8; 1 + MAC];
+    let mut reply = [0u8; VERDICT];
     stream.read_exact(&mut reply).map_err(|source| match source.kind() {
         // A server that refuses may close before we read the whole verdict.
         std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
@@ -202,6 +215,33 @@ pub fn connect_handshake(stream: &mut TcpStream, secret: &Secret, purpose: Purpo
         }
         _ => Error::Io { what: format!("handshake with {addr}"), source: source.into() },
     })?;
+    check_verdict(&reply, secret, purpose, &nonce_c, nonce_s, addr)
+}
+
+/// Client side: checks the server's greeting and returns its nonce.
+pub(crate) fn read_greeting<'h>(hello: &'h [u8; SERVER_HELLO], addr: &str) -> Result<&'h [u8], Error> {
+    if hello[..8] != MAGIC {
+        return Err(Error::Protocol { addr: addr.to_string(), detail: "not a ferrovod server (bad magic)".into() });
+    }
+    let version = u16::from_le_bytes([hello[8], hello[9]]);
+    if version != VERSION {
+        return Err(Error::Refused {
+            addr: addr.to_string(),
+            reason: format!("server speaks protocol version {version}, this is {VERSION}"),
+        });
+    }
+    Ok(&hello[11..])
+}
+
+/// Client side: the server's verdict, and its proof of the secret when it accepted.
+pub(crate) fn check_verdict(
+    reply: &[u8; VERDICT],
+    secret: &Secret,
+    purpose: Purpose,
+    nonce_c: &[u8],
+    nonce_s: &[u8],
+    addr: String,
+) -> Result<(), Error> {
     let reason = match reply[0] {
         0 => None,
         1 => Some("protocol version mismatch".to_string()),
@@ -212,7 +252,7 @@ pub fn connect_handshake(stream: &mut TcpStream, secret: &Secret, purpose: Purpo
     if let Some(reason) = reason {
         return Err(Error::Refused { addr, reason });
     }
-    mac(secret, b"server", purpose as u8, &nonce_c, nonce_s)
+    mac(secret, b"server", purpose as u8, nonce_c, nonce_s)
         .verify_slice(&reply[1..])
         .map_err(|_| Error::Refused { addr, reason: "server could not prove the job secret".into() })
 }

@@ -63,12 +63,17 @@ impl FirstFailure {
                     addr: store.addr().to_string(),
                     detail: format!("no value in the answer to a wait on {}", self.value),
                 })?;
-                postcard::from_bytes(bytes).map(Some).map_err(|e| Error::Protocol {
-                    addr: store.addr().to_string(),
-                    detail: format!("the first failure at {} does not decode: {e}", self.value),
-                })
+                self.decode(bytes, &store.addr().to_string()).map(Some)
             }
         }
+    }
+
+    /// The published value, as read from the store at `addr`.
+    pub(crate) fn decode<T: DeserializeOwned>(&self, bytes: &[u8], addr: &str) -> Result<T, Error> {
+        postcard::from_bytes(bytes).map_err(|e| Error::Protocol {
+            addr: addr.to_string(),
+            detail: format!("the first failure at {} does not decode: {e}", self.value),
+        })
     }
 }
 

@@ -4,12 +4,12 @@
 //!
 //! Transports never find peers themselves: they get addresses from here.
 
-mod auth;
+pub(crate) mod auth;
 mod client;
 mod first_failure;
-mod rendezvous;
+pub(crate) mod rendezvous;
 mod secret;
-mod store;
+pub(crate) mod store;
 mod topology;
 mod wire;
 

@@ -52,6 +52,11 @@ pub fn exchange_peers(
             });
         }
     };
+    decode_peers(&values)
+}
+
+/// Every rank's record, from the values published under `{prefix}/peer/{rank}`, in rank order.
+pub(crate) fn decode_peers(values: &[Vec<u8>]) -> Result<Vec<PeerInfo>, Error> {
     values
         .iter()
         .enumerate()

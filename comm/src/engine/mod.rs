@@ -27,11 +27,11 @@
 //! rank that ran out of data contribute nothing (the identity of each reduction) until every
 //! rank has joined. `FERROVOD_TIMELINE` records every tensor's phases as a Chrome trace.
 
-mod cache;
+pub(crate) mod cache;
 mod execute;
-mod fusion;
+pub(crate) mod fusion;
 mod handle;
-mod negotiate;
+pub(crate) mod negotiate;
 mod request;
 mod runloop;
 mod stall;

@@ -23,7 +23,7 @@ use super::cache::Cache;
 use super::request::{Collective, GroupKey, Meta};
 use crate::communicator::Communicator;
 use crate::dtype::DType;
-use crate::error::{Error, Operation, Result};
+use crate::error::{Error, Operation, Result, cut, quoted};
 
 /// What one rank says in a round.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -88,10 +88,10 @@ impl Message {
 }
 
 /// Largest message a rank may send in one round.
-const MAX_MESSAGE: usize = 64 << 20;
+pub(crate) const MAX_MESSAGE: usize = 64 << 20;
 
 /// Frame bytes per rank: room for the full bitset, a few announcements, and the eager data.
-fn frame_len(cache_len: usize, eager_bytes: usize) -> usize {
+pub(crate) fn frame_len(cache_len: usize, eager_bytes: usize) -> usize {
     (4 + 16 + cache_len.div_ceil(8) + 96 + eager_room(eager_bytes)).next_multiple_of(8)
 }
 
@@ -125,25 +125,58 @@ pub(crate) fn exchange(
     let mut all = vec![0u8; frame * size];
     comm.allgather(&mine_frame, &mut all)?;
 
+    let spill = spills(rank, frame, &all)?;
+    let mut rest = vec![0u8; spill.iter().sum()];
+    if !rest.is_empty() {
+        comm.allgatherv_into(&body[head..], &mut rest, &spill, DType::U8)?;
+    }
+    decode_round(rank, frame, &all, &rest)
+}
+
+/// Each rank's message length, from the first word of its frame; a length over the limit is
+/// an error naming the rank.
+fn totals(rank: usize, frame: usize, all: &[u8]) -> Result<Vec<usize>> {
     let totals: Vec<usize> =
         all.chunks_exact(frame).map(|f| u32::from_le_bytes([f[0], f[1], f[2], f[3]]) as usize).collect();
     if let Some((peer, &t)) = totals.iter().enumerate().find(|&(_, &t)| t > MAX_MESSAGE) {
         return Err(protocol(rank, peer, format!("a negotiation message of {t} bytes (the limit is {MAX_MESSAGE})")));
     }
-    let spill: Vec<usize> = totals.iter().map(|&t| t.saturating_sub(room)).collect();
-    let mut rest = vec![0u8; spill.iter().sum()];
-    if !rest.is_empty() {
-        comm.allgatherv_into(&body[head..], &mut rest, &spill, DType::U8)?;
-    }
-    let mut messages = Vec::with_capacity(size);
+    Ok(totals)
+}
+
+/// The bytes of each rank's message that did not fit in its frame: what the second allgather
+/// of a round carries.
+pub(crate) fn spills(rank: usize, frame: usize, all: &[u8]) -> Result<Vec<usize>> {
+    Ok(totals(rank, frame, all)?.into_iter().map(|t| t.saturating_sub(frame - 4)).collect())
+}
+
+/// Every rank's message from a round's frames (`frame` bytes per rank, in rank order) and the
+/// spilled tails (`rest`, in rank order, as [`spills`] sized them).
+pub(crate) fn decode_round(rank: usize, frame: usize, all: &[u8], rest: &[u8]) -> Result<Vec<Message>> {
+    let room = frame - 4;
+    let totals = totals(rank, frame, all)?;
+    let mut messages = Vec::with_capacity(totals.len());
     let mut offset = 0;
     for (peer, f) in all.chunks_exact(frame).enumerate() {
+        let spill = totals[peer].saturating_sub(room);
         let mut bytes = f[4..4 + totals[peer].min(room)].to_vec();
-        bytes.extend_from_slice(&rest[offset..offset + spill[peer]]);
-        offset += spill[peer];
-        let message = postcard::from_bytes(&bytes).map_err(|e| {
+        let tail = rest.get(offset..offset + spill).ok_or_else(|| {
+            protocol(rank, peer, format!("a negotiation message whose last {spill} bytes did not arrive"))
+        })?;
+        bytes.extend_from_slice(tail);
+        offset += spill;
+        let message: Message = postcard::from_bytes(&bytes).map_err(|e| {
             protocol(rank, peer, format!("an unreadable negotiation message ({e}): is it the same ferrovod version?"))
         })?;
+        // Every size the engine takes from an announcement must be computable.
+        if let Some((name, meta)) = message.announce.iter().find(|(_, m)| !m.fits()) {
+            let shape = cut(&format!("{:?}", meta.shape));
+            return Err(protocol(
+                rank,
+                peer,
+                format!("tensor {} of {shape} {}: more than memory holds", quoted(name), meta.dtype),
+            ));
+        }
         messages.push(message);
     }
     Ok(messages)
@@ -311,6 +344,42 @@ mod tests {
 
     fn announce(items: &[(&str, Meta)]) -> Message {
         Message { announce: items.iter().map(|(n, m)| (n.to_string(), m.clone())).collect(), ..Message::default() }
+    }
+
+    /// Found by `fuzz/fuzz_targets/negotiate.rs`: a peer announcing a tensor whose size
+    /// overflows `usize` made `Meta::bytes` panic in the fusion (and wrap in a release build).
+    #[test]
+    fn an_announcement_larger_than_memory_is_refused_when_decoded() {
+        // The fuzzer's input: 4 harness bytes (1 rank, no cache, 12 eager bytes), then rank 0's
+        // frame; its length word spills the rest of the message into zeros.
+        let crash: [u8; 41] = [
+            0x00, 0x00, 0x03, 0x00, 0x3f, 0x00, 0x03, 0x00, 0x00, 0x03, 0x02, 0x00, 0x03, 0x01, 0x00, 0x48, 0x48, 0x48,
+            0x48, 0x48, 0x48, 0x48, 0x48, 0x48, 0x48, 0x48, 0x48, 0x48, 0x48, 0x48, 0x48, 0x48, 0x00, 0x00, 0x00, 0x00,
+            0x01, 0x00, 0x03, 0x83, 0x35,
+        ];
+        let frame = frame_len(0, 12);
+        let mut all = crash[4..].to_vec();
+        all.resize(frame, 0);
+        let rest = vec![0u8; spills(0, frame, &all).unwrap().iter().sum()];
+        let err = decode_round(0, frame, &all, &rest).unwrap_err();
+        assert!(err.to_string().contains("more than memory holds"), "{err}");
+
+        // The same refusal, spelled out: the whole tensor, or one row of a ragged one, too big.
+        let round = |m: &Message| {
+            let body = postcard::to_stdvec(m).unwrap();
+            let frame = frame_len(0, 0);
+            let mut all = vec![0u8; frame];
+            all[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
+            all[4..4 + body.len()].copy_from_slice(&body);
+            decode_round(0, frame, &all, &[])
+        };
+        let huge = Meta { shape: vec![1 << 62, 4], ..meta(DType::F32, 1) };
+        let rows = Meta { collective: Collective::Allgather, shape: vec![0, 1 << 40, 1 << 40], ..meta(DType::U8, 1) };
+        for bad in [huge, rows] {
+            let err = round(&announce(&[("big", bad)])).unwrap_err();
+            assert!(err.to_string().contains("rank 0 sent tensor \"big\""), "{err}");
+        }
+        assert_eq!(round(&announce(&[("ok", meta(DType::F32, 1 << 20))])).unwrap().len(), 1);
     }
 
     #[test]

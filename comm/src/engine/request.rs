@@ -336,6 +336,18 @@ impl Meta {
         self.shape.iter().skip(1).map(|&d| d as usize).product()
     }
 
+    /// Whether the whole tensor and one row of it fit in memory: [`Meta::bytes`] and
+    /// [`Meta::row_elems`] cannot overflow. A peer's announcement is checked with this before
+    /// anything is sized by it.
+    pub(crate) fn fits(&self) -> bool {
+        let bytes = |dims: &[u64]| {
+            dims.iter()
+                .try_fold(self.dtype.size(), |a, &d| a.checked_mul(usize::try_from(d).ok()?))
+                .filter(|&b| b <= isize::MAX as usize)
+        };
+        bytes(&self.shape).is_some() && bytes(self.shape.get(1..).unwrap_or_default()).is_some()
+    }
+
     /// Bytes of the whole tensor (not for ragged collectives).
     pub(crate) fn bytes(&self) -> usize {
         self.shape.iter().map(|&d| d as usize).product::<usize>() * self.dtype.size()

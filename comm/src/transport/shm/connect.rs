@@ -10,7 +10,7 @@ use std::time::Instant;
 use crate::os::{PollFd, poll};
 
 /// Bytes of the message a rank sends each peer: its rank and its segment's cookie.
-const HELLO: usize = 16;
+pub(crate) const HELLO: usize = 16;
 
 /// A listening abstract Unix socket.
 pub(super) struct Listener {
@@ -32,7 +32,7 @@ fn unix_socket() -> io::Result<OwnedFd> {
 }
 
 /// The socket address of abstract `name`, and its length.
-fn address(name: &[u8]) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+pub(crate) fn address(name: &[u8]) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
     // SAFETY: sockaddr_un is plain data; all-zero is valid.
     let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     if name.len() + 1 > a.sun_path.len() {
@@ -83,9 +83,15 @@ impl Listener {
         let pid = peer_pid(conn.as_raw_fd())?;
         let mut hello = [0u8; HELLO];
         let fds = recv_with_fds(conn.as_raw_fd(), &mut hello, deadline)?;
-        let word = |i: usize| u64::from_le_bytes(hello[i..i + 8].try_into().unwrap_or_default());
-        Ok((pid, word(0), word(8), fds))
+        let (rank, cookie) = read_hello(&hello);
+        Ok((pid, rank, cookie, fds))
     }
+}
+
+/// A hello's rank and cookie.
+pub(crate) fn read_hello(hello: &[u8; HELLO]) -> (u64, u64) {
+    let word = |i: usize| u64::from_le_bytes(hello[i..i + 8].try_into().unwrap_or_default());
+    (word(0), word(8))
 }
 
 fn wait_readable(fd: RawFd, deadline: Instant) -> io::Result<()> {

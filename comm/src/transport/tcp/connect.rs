@@ -17,7 +17,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const LIVENESS_CHECK: Duration = Duration::from_millis(200);
 /// After the handshake a connecting rank says: its rank, the stream, the world size, and its
 /// number of streams (u32 each).
-const HELLO: usize = 16;
+pub(crate) const HELLO: usize = 16;
 
 pub(super) struct MeshSpec<'a> {
     pub rank: usize,
@@ -88,11 +88,7 @@ fn connect_lower(spec: &MeshSpec<'_>, addrs: &[SocketAddr]) -> Result<Vec<(usize
             let _ = conn.set_nodelay(true);
             set_timeouts(&conn, spec.deadline).map_err(|source| Error::Io { what: what(), source: source.into() })?;
             connect_handshake(&mut conn, spec.secret, Purpose::Transport)?;
-            let mut hello = [0u8; HELLO];
-            hello[..4].copy_from_slice(&(spec.rank as u32).to_le_bytes());
-            hello[4..8].copy_from_slice(&(stream as u32).to_le_bytes());
-            hello[8..12].copy_from_slice(&(spec.size as u32).to_le_bytes());
-            hello[12..].copy_from_slice(&(spec.streams as u32).to_le_bytes());
+            let hello = hello(spec.rank, stream, spec.size, spec.streams);
             conn.write_all(&hello).map_err(|source| Error::Io { what: what(), source: source.into() })?;
             out.push((peer, stream, conn));
         }
@@ -211,6 +207,28 @@ fn admit(
     set_timeouts(&conn, deadline).map_err(|e| format!("{from}: {e}"))?;
     let mut hello = [0u8; HELLO];
     conn.read_exact(&mut hello).map_err(|e| format!("{from}: no hello after the handshake: {e}"))?;
+    let (peer, stream) = read_hello(&hello, from, rank, size, streams)?;
+    Ok((peer, stream, conn))
+}
+
+/// What a connecting rank says after the handshake.
+pub(crate) fn hello(rank: usize, stream: usize, size: usize, streams: usize) -> [u8; HELLO] {
+    let mut hello = [0u8; HELLO];
+    hello[..4].copy_from_slice(&(rank as u32).to_le_bytes());
+    hello[4..8].copy_from_slice(&(stream as u32).to_le_bytes());
+    hello[8..12].copy_from_slice(&(size as u32).to_le_bytes());
+    hello[12..].copy_from_slice(&(streams as u32).to_le_bytes());
+    hello
+}
+
+/// Which higher rank and stream a hello from `from` is, if it fits this rank's world.
+pub(crate) fn read_hello(
+    hello: &[u8; HELLO],
+    from: impl std::fmt::Display,
+    rank: usize,
+    size: usize,
+    streams: usize,
+) -> Result<(usize, usize), String> {
     let word = |i: usize| u32::from_le_bytes([hello[i], hello[i + 1], hello[i + 2], hello[i + 3]]) as usize;
     let (peer, stream, their_size, their_streams) = (word(0), word(4), word(8), word(12));
     if their_size != size || peer <= rank || peer >= size || stream >= streams {
@@ -221,5 +239,5 @@ fn admit(
             "rank {peer} uses {their_streams} TCP streams, this rank {streams} (FERROVOD_TCP_STREAMS differs)"
         ));
     }
-    Ok((peer, stream, conn))
+    Ok((peer, stream))
 }

@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use crate::transport::{Error, Tag};
 
 /// Bytes of the header in front of every stripe of a message.
-pub(super) const HEADER: usize = 32;
+pub(crate) const HEADER: usize = 32;
 const MARK: u32 = 0xFE77_0D01;
 
 /// The streams to one peer. In an exchange, stream 0 carries every message and the others
@@ -31,7 +31,7 @@ impl Pair {
 
 /// The header of stripe `stripe` of `stripes` of a message of `total` bytes (in a stream:
 /// message `stripe` mod 2^16, over `stripes` streams).
-pub(super) fn header(tag: Tag, total: u64, stripe: u16, stripes: u16) -> [u8; HEADER] {
+pub(crate) fn header(tag: Tag, total: u64, stripe: u16, stripes: u16) -> [u8; HEADER] {
     let mut h = [0u8; HEADER];
     h[..16].copy_from_slice(&tag.to_le_bytes());
     h[16..24].copy_from_slice(&total.to_le_bytes());
@@ -42,7 +42,7 @@ pub(super) fn header(tag: Tag, total: u64, stripe: u16, stripes: u16) -> [u8; HE
 }
 
 /// Checks a received header against what this rank expects.
-pub(super) fn check_header(peer: usize, got: &[u8; HEADER], expected: &[u8; HEADER]) -> Result<(), Error> {
+pub(crate) fn check_header(peer: usize, got: &[u8; HEADER], expected: &[u8; HEADER]) -> Result<(), Error> {
     if got[28..32] != expected[28..32] {
         return Err(Error::Protocol { peer, detail: "stream out of step (bad frame marker)".into() });
     }
