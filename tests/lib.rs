@@ -14,6 +14,30 @@ use std::time::{Duration, Instant};
 use ferrovod::bootstrap::{Secret, StoreServer};
 use ferrovod::{Collective, DType, ReduceOp, bf16, f16};
 
+/// A small deterministic generator (splitmix64): the same seed gives the same draws in every
+/// process, so ranks agree on random choices without talking.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed`.
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    /// The next 64 random bits.
+    pub fn bits(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// A draw from `0..n` (`n` > 0; the modulo bias is negligible for the small `n` used).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.bits() % n
+    }
+}
+
 /// Bytes aligned for every dtype.
 pub struct Aligned(Vec<u64>, usize);
 

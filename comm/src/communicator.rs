@@ -449,11 +449,13 @@ impl Communicator {
     /// which sleeps here between rounds.
     pub fn wait_incoming(&mut self, wake: &Doorbell, timeout: Duration) -> Result<bool> {
         self.usable()?;
-        self.links.host.wait_incoming(wake, timeout).map_err(|cause| {
-            let e = Error::Collective { rank: self.rank(), op: Operation::Waiting, cause };
-            self.broken = Some(e.clone());
-            e
-        })
+        match self.links.host.wait_incoming(wake, timeout) {
+            Ok(news) => Ok(news),
+            Err(cause) => {
+                let local = Error::Collective { rank: self.rank(), op: Operation::Waiting, cause };
+                Err(self.settle(Operation::Waiting, local))
+            }
+        }
     }
 
     fn call(&mut self, collective: Collective, phase: Phase, dtype: DType, count: usize) -> Call {
@@ -507,9 +509,18 @@ impl Communicator {
     }
 
     /// Records the failure, tears down the links, and says who saw the failure first.
-    fn fail(&mut self, call: Call, cause: backend::Error) -> Error {
+    fn fail(&mut self, call: Call, mut cause: backend::Error) -> Error {
         let rank = self.rank();
         let op = Operation::Call(call);
+        // A silent peer may be waiting on another in turn: blame the rank at the end of the
+        // chain. The links gave up early for this, so the failure still comes at the timeout.
+        if let backend::Error::Transport(transport::Error::Timeout { peers, waited, via }) = &mut cause {
+            let silent = self.world.trace_silent(peers);
+            if silent != *peers {
+                *via = std::mem::replace(peers, silent);
+            }
+            *waited = self.world.tuning().timeout;
+        }
         let local = match cause {
             backend::Error::Transport(transport::Error::TagMismatch { peer, got, .. }) => Error::Mismatch {
                 rank,
@@ -525,6 +536,28 @@ impl Communicator {
                 Error::Backend { rank, op: op.clone(), backend, detail }
             }
         };
+        self.settle(op, local)
+    }
+
+    /// The engine's stall watch, on a rank other than 0, when rank 0's verdict did not come:
+    /// records the stall as the job's failure (every rank's watcher then stops its waits) and
+    /// tears down the links.
+    pub(crate) fn fail_stalled(&mut self, culprits: Vec<usize>, detail: String) -> Error {
+        let note = FailureNote {
+            by: self.rank() as u64,
+            fault: Fault::Timeout,
+            culprits: culprits.iter().map(|&r| r as u64).collect(),
+            text: format!("stalled: {detail}"),
+        };
+        let local = Error::Stalled { rank: self.rank(), detail, culprits };
+        self.record(Operation::Waiting, local, note)
+    }
+
+    /// Records `local` (what this rank saw) as the job's first failure unless a rank did
+    /// first, tears down the links, and returns the error to raise: `local`, or the first
+    /// failure as another rank saw it.
+    fn settle(&mut self, op: Operation, local: Error) -> Error {
+        let rank = self.rank();
         // The record holds what went wrong, not which op (every rank is in the same one).
         let note = FailureNote {
             by: rank as u64,
@@ -535,6 +568,11 @@ impl Communicator {
                 other => other.to_string(),
             },
         };
+        self.record(op, local, note)
+    }
+
+    fn record(&mut self, op: Operation, local: Error, note: FailureNote) -> Error {
+        let rank = self.rank();
         let first = self.world.report_failure(&note);
         self.links.close();
         let error = match first {

@@ -171,6 +171,20 @@ pub struct EngineSettings {
 }
 
 impl Tuning {
+    /// The part of the timeout a rank keeps, once a wait has gone without progress, to learn
+    /// whether the peers it waits for are waiting on others themselves (and so not to blame):
+    /// a quarter, at most 2 s.
+    pub fn blame_window(&self) -> Duration {
+        (self.timeout / 4).min(Duration::from_secs(2))
+    }
+
+    /// The tuning the links run with when the job has a store: their waits give up a
+    /// [`Tuning::blame_window`] before the timeout, so that the whole failure, the question
+    /// of whom to blame included, is decided within it.
+    pub fn for_links(&self) -> Tuning {
+        Tuning { timeout: self.timeout - self.blame_window(), ..self.clone() }
+    }
+
     /// The knobs every rank must agree on, with their values: exchanged at rendezvous, so that
     /// ranks started with different settings fail at once, naming the knob.
     pub fn agreed(&self) -> Vec<(&'static str, String)> {

@@ -116,6 +116,9 @@ pub enum Error {
         rank: usize,
         /// Which tensors waited how long for which ranks.
         detail: String,
+        /// The ranks they waited for, where this rank decided (empty when it only received
+        /// rank 0's verdict, which names them in `detail`).
+        culprits: Vec<usize>,
     },
 
     /// The engine was shut down (by this rank or another) before this request completed.
@@ -160,7 +163,7 @@ impl Fault {
             T::Closed { .. } | T::Io { .. } => Fault::PeerLost,
             T::Timeout { .. } => Fault::Timeout,
             T::TagMismatch { .. } | T::LengthMismatch { .. } => Fault::Mismatch,
-            T::Protocol { .. } | T::BadPeer { .. } | T::Unusable => Fault::Other,
+            T::Protocol { .. } | T::BadPeer { .. } | T::Unusable | T::JobFailed => Fault::Other,
         }
     }
 }
@@ -189,6 +192,7 @@ impl Error {
             Error::Collective { cause: transport::Error::Timeout { peers, .. }, .. } => peers.clone(),
             Error::Collective { cause, .. } => cause.peer().into_iter().collect(),
             Error::Mismatch { peer, .. } => vec![*peer],
+            Error::Stalled { culprits, .. } => culprits.clone(),
             Error::Aborted { culprits, .. } => culprits.clone(),
             Error::Broken { earlier, .. } => earlier.culprits(),
             _ => Vec::new(),

@@ -14,19 +14,22 @@
 //! A new network transport registers in [`endpoints`]; backends register in
 //! [`crate::backend::registry`].
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::bootstrap::{self, FirstFailure, PeerInfo, StoreClient, StoreServer, Topology, exchange_peers};
 use crate::config::{self, Config, TransportChoice, Tuning};
 use crate::error::{Error, Fault, Operation, Result};
+use crate::os::Doorbell;
 use crate::transport::mem::MemTransport;
 use crate::transport::shm::ShmEndpoint;
 use crate::transport::tcp::TcpEndpoint;
-use crate::transport::{Endpoint, Transport};
+use crate::transport::{AbortBell, Endpoint, Transport};
 
 /// How long a failing rank waits for the root cause to appear in the store.
 const RECORD_WAIT: Duration = Duration::from_secs(2);
@@ -62,9 +65,47 @@ pub struct World {
     topology: Topology,
     tuning: Tuning,
     record: Option<FailureRecord>,
+    /// Rings this rank's links when another rank records the job's first failure.
+    _watch: Option<AbortWatch>,
     // Last: a communicator drops its links before its world, so peers see closed links
     // before a dead store.
     _store: Option<StoreServer>,
+}
+
+/// How long one store wait of the abort watcher lasts: bounds how long its thread outlives
+/// the world.
+const WATCH_SLICE: Duration = Duration::from_secs(1);
+
+/// A thread that waits, on a store connection of its own, for the job's first failure, and
+/// rings the links' abort bell when it appears. Without it, a rank blocked on a silent peer
+/// would learn of a failure elsewhere only at its own timeout.
+struct AbortWatch {
+    stop: Arc<AtomicBool>,
+}
+
+impl AbortWatch {
+    fn start(mut store: StoreClient, prefix: &str, bell: AbortBell) -> std::io::Result<AbortWatch> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (first, quit) = (FirstFailure::new(prefix), stop.clone());
+        std::thread::Builder::new().name("ferrovod-abort-watch".into()).spawn(move || {
+            while !quit.load(Ordering::Relaxed) {
+                match first.watch::<FailureNote>(&mut store, WATCH_SLICE) {
+                    Ok(None) => {}
+                    // A record that does not decode is a failure all the same.
+                    Ok(Some(_)) | Err(bootstrap::Error::Protocol { .. }) => return bell.ring(),
+                    // The store is gone: the ranks' own links say what happened.
+                    Err(_) => return,
+                }
+            }
+        })?;
+        Ok(AbortWatch { stop })
+    }
+}
+
+impl Drop for AbortWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
 
 /// The first failure of a job, as the rank that saw it recorded it for every other rank.
@@ -86,6 +127,8 @@ struct FailureRecord {
     store: StoreClient,
     first: FirstFailure,
     readers: String,
+    /// Prefix of the `stuck/<rank>` keys: whom a rank that timed out was waiting for.
+    stuck: String,
     /// The record this rank read, once it failed.
     seen: Option<FailureNote>,
 }
@@ -96,6 +139,7 @@ impl FailureRecord {
             store,
             first: FirstFailure::new(prefix),
             readers: format!("{prefix}/first_failure/read"),
+            stuck: format!("{prefix}/stuck"),
             seen: None,
         }
     }
@@ -110,6 +154,55 @@ impl FailureRecord {
         Some(first)
     }
 
+    /// After this rank's wait for `waiting_for` went without progress: the ranks to blame.
+    ///
+    /// A rank that waits for a peer which itself waits for a silent rank must not blame the
+    /// peer. So this rank says whom it waits for (`stuck/<rank>`), then follows the same
+    /// records of the ranks it waits for, until `window` passes: the ranks reached that said
+    /// nothing are silent (dead, stopped, or busy past the timeout), and those are blamed.
+    /// When every rank reached is waiting (a cycle: they wait on each other, as when ranks
+    /// disagree on what comes next), the direct peers are.
+    fn trace_silent(&mut self, rank: usize, waiting_for: &[usize], window: Duration) -> Vec<usize> {
+        // A little of the window is left for reporting the failure.
+        let deadline = Instant::now() + window - window / 8;
+        let key = |r: usize| format!("{}/{r}", self.stuck);
+        let mine: Vec<u64> = waiting_for.iter().map(|&r| r as u64).collect();
+        let Ok(bytes) = postcard::to_stdvec(&mine) else { return waiting_for.to_vec() };
+        if self.store.set(&key(rank), &bytes).is_err() {
+            return waiting_for.to_vec();
+        }
+        let mut waits: BTreeMap<usize, Vec<usize>> = BTreeMap::from([(rank, waiting_for.to_vec())]);
+        let decode = |v: &[u8]| -> Option<Vec<usize>> {
+            let ranks: Vec<u64> = postcard::from_bytes(v).ok()?;
+            Some(ranks.into_iter().map(|r| r as usize).collect())
+        };
+        loop {
+            let silent = silent_ranks(rank, &waits);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if silent.is_empty() || left.is_zero() {
+                return blame(rank, &waits);
+            }
+            let keys: Vec<String> = silent.iter().map(|&r| key(r)).collect();
+            match self.store.wait(&keys, left) {
+                Ok(Ok(values)) => {
+                    for (&r, v) in silent.iter().zip(&values) {
+                        waits.insert(r, decode(v).unwrap_or_default());
+                    }
+                }
+                // Those that spoke in time count; the rest are silent.
+                Ok(Err(missing)) => {
+                    for (&r, k) in silent.iter().zip(&keys).filter(|(_, k)| !missing.contains(k)) {
+                        if let Ok(Some(v)) = self.store.get(k) {
+                            waits.insert(r, decode(&v).unwrap_or_default());
+                        }
+                    }
+                    return blame(rank, &waits);
+                }
+                Err(_) => return blame(rank, &waits),
+            }
+        }
+    }
+
     /// On the rank that serves the store, after a failure: waits until every rank that is not
     /// blamed for it has read the record, or [`RECORD_LINGER`] passes.
     fn linger(&mut self, size: usize) {
@@ -122,6 +215,37 @@ impl FailureRecord {
                 _ => return,
             }
         }
+    }
+}
+
+/// The ranks reachable from `from` through `waits` (who waits for whom) that are not
+/// themselves waiting: the silent ones.
+fn silent_ranks(from: usize, waits: &BTreeMap<usize, Vec<usize>>) -> Vec<usize> {
+    let mut seen = BTreeSet::from([from]);
+    let mut todo = vec![from];
+    let mut silent = BTreeSet::new();
+    while let Some(r) = todo.pop() {
+        match waits.get(&r) {
+            None => {
+                silent.insert(r);
+            }
+            Some(next) => todo.extend(next.iter().filter(|&&p| seen.insert(p))),
+        }
+    }
+    silent.into_iter().collect()
+}
+
+/// Whom to blame once the time to ask is up: the silent ranks this rank waits for directly,
+/// if any (a silent rank further along may only be late to say that it waits too: its own
+/// wait began later), else the silent ranks further along; none silent (a cycle of waiting
+/// ranks), the direct peers.
+fn blame(from: usize, waits: &BTreeMap<usize, Vec<usize>>) -> Vec<usize> {
+    let silent = silent_ranks(from, waits);
+    let direct: Vec<usize> = waits[&from].iter().copied().filter(|r| silent.contains(r)).collect();
+    match (direct.is_empty(), silent.is_empty()) {
+        (false, _) => direct,
+        (true, false) => silent,
+        (true, true) => waits[&from].clone(),
     }
 }
 
@@ -321,8 +445,10 @@ impl World {
             Some(ip) => ip,
             None => store.local_addr().map_err(boot)?.ip(),
         };
-        let endpoints = endpoints(ip, tuning).map_err(boot)?;
-        let shm = shm_endpoint(config.size, tuning).map_err(boot)?;
+        // The links time out early, leaving the rest of the timeout to find whom to blame.
+        let links = tuning.for_links();
+        let endpoints = endpoints(ip, &links).map_err(boot)?;
+        let shm = shm_endpoint(config.size, &links).map_err(boot)?;
         let agreed = tuning.agreed();
         let mut addresses: Vec<(String, Vec<u8>)> =
             endpoints.iter().map(|e| (e.name().to_string(), e.address())).collect();
@@ -348,7 +474,7 @@ impl World {
             }
         }
         let gone = |peer: usize| peer_gone(&peers[peer], &me);
-        let host = match connect_shm(shm, rank, &peers, tuning, &mut store, prefix, &gone)? {
+        let host = match connect_shm(shm, rank, &peers, &links, &mut store, prefix, &gone)? {
             Some(t) => t,
             None => {
                 let mut host = None;
@@ -359,12 +485,23 @@ impl World {
                 host.ok_or_else(|| boot(bootstrap::Error::World("no transport for host memory".into())))?
             }
         };
+        let mut host = host;
+        let bell: AbortBell = Arc::new(
+            Doorbell::new()
+                .map_err(|source| boot(bootstrap::Error::Io { what: "abort bell".into(), source: source.into() }))?,
+        );
+        host.watch_abort(bell.clone());
+        let watcher = StoreClient::connect(&addr, &secret, tuning.connect_timeout).map_err(boot)?;
+        let watch = AbortWatch::start(watcher, prefix, bell).map_err(|source| {
+            boot(bootstrap::Error::Io { what: "starting the abort watcher".into(), source: source.into() })
+        })?;
         let world = World {
             rank,
             size: config.size,
             topology: Topology::compute(&peers, rank),
             tuning: tuning.clone(),
             record: Some(FailureRecord::new(store, prefix)),
+            _watch: Some(watch),
             _store: store_server,
         };
         Ok((world, Links { host }))
@@ -381,7 +518,7 @@ impl World {
             local_ranks: (0..size).collect(),
             homogeneous: true,
         };
-        let world = World { rank, size, topology, tuning, record: None, _store: None };
+        let world = World { rank, size, topology, tuning, record: None, _watch: None, _store: None };
         (world, Links { host: transport })
     }
 
@@ -409,6 +546,17 @@ impl World {
     /// (`None` without a store, or when it cannot be read in time).
     pub(crate) fn report_failure(&mut self, note: &FailureNote) -> Option<FailureNote> {
         self.record.as_mut()?.report(note)
+    }
+
+    /// The ranks to blame after this rank waited for `waiting_for` without progress: those
+    /// it reaches through ranks that are themselves waiting, and that said nothing (see
+    /// `FailureRecord::trace_silent`). Without a store, `waiting_for` itself.
+    pub(crate) fn trace_silent(&mut self, waiting_for: &[usize]) -> Vec<usize> {
+        let (rank, window) = (self.rank, self.tuning.blame_window());
+        match &mut self.record {
+            Some(record) => record.trace_silent(rank, waiting_for, window),
+            None => waiting_for.to_vec(),
+        }
     }
 }
 

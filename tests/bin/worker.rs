@@ -46,7 +46,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ferrovod::{Collective, Communicator, DType, Engine, Handle, Output, ReduceOp, Submission};
-use ferrovod_tests::{Plan, check_collectives, counts};
+use ferrovod_tests::{Plan, Rng, check_collectives, counts};
 
 fn list<T: Copy>(arg: &str, all: &[T], parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>, String> {
     if arg == "all" {
@@ -264,19 +264,12 @@ fn step_value(rank: usize, step: usize, t: usize, i: usize) -> f32 {
     ((rank * 7 + step * 5 + t * 3 + i) % 13) as f32
 }
 
-/// A permutation of `0..n` of its own for every seed (Fisher–Yates over splitmix64).
+/// A permutation of `0..n` of its own for every seed (Fisher–Yates).
 fn permutation(n: usize, seed: u64) -> Vec<usize> {
-    let mut state = seed;
-    let mut next = || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    };
+    let mut rng = Rng::new(seed);
     let mut order: Vec<usize> = (0..n).collect();
     for i in (1..n).rev() {
-        order.swap(i, (next() % (i as u64 + 1)) as usize);
+        order.swap(i, rng.below(i as u64 + 1) as usize);
     }
     order
 }

@@ -22,7 +22,7 @@ use crate::os::{Doorbell, PollFd, poll};
 
 /// A request from a store client.
 #[derive(Debug, Serialize, Deserialize)]
-pub(super) enum Request {
+pub(crate) enum Request {
     Set {
         key: String,
         value: Vec<u8>,
@@ -47,7 +47,7 @@ pub(super) enum Request {
 
 /// The store's answer.
 #[derive(Debug, Serialize, Deserialize)]
-pub(super) enum Response {
+pub(crate) enum Response {
     Done,
     Value(Option<Vec<u8>>),
     Values(Vec<Vec<u8>>),
@@ -327,4 +327,36 @@ fn set(st: &mut State, key: String, value: Vec<u8>) -> Response {
     st.bytes = st.bytes - old + key.len() + value.len();
     st.map.insert(key, value);
     Response::Done
+}
+
+/// Serves `input` as the requests of one authenticated connection to an empty store, as
+/// [`serve_connection`] does, and returns the answers written back. Waits do not wait (no other
+/// client could set a key meanwhile). Checks after every request that the store's byte count
+/// matches what it holds.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn serve_bytes(mut input: &[u8]) -> Vec<u8> {
+    let shared = Shared {
+        secret: Secret::new(b"fuzzing"),
+        state: Mutex::new(State::default()),
+        changed: Condvar::new(),
+        stop: AtomicBool::new(false),
+        conns: Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(0),
+    };
+    let mut out = Vec::new();
+    while let Ok(req) = read_msg::<Request>(&mut input, MAX_MESSAGE, "fuzzing") {
+        let req = match req {
+            Request::Wait { keys, .. } => Request::Wait { keys, timeout_ms: 0 },
+            other => other,
+        };
+        let resp = handle(&shared, req);
+        let st = shared.state();
+        let held: usize = st.map.iter().map(|(k, v)| k.len() + v.len()).sum();
+        assert_eq!(st.bytes, held, "the store's byte count drifted from what it holds");
+        drop(st);
+        if write_msg(&mut out, &resp, "fuzzing").is_err() {
+            break;
+        }
+    }
+    out
 }

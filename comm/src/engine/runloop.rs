@@ -131,7 +131,7 @@ impl RunLoop {
             let timeout = self.stalls.next_check();
             if !self.comm.wait_incoming(&self.shared.bell, timeout)? {
                 // The doorbell or a stall clock: look again.
-                self.check_stalls();
+                self.check_stalls()?;
                 return Ok(None);
             }
         }
@@ -208,7 +208,7 @@ impl RunLoop {
         if let Some(by) = agreement.shutdown_by {
             return Ok(Some(Stop::Shutdown(by)));
         }
-        self.check_stalls();
+        self.check_stalls()?;
         Ok(None)
     }
 
@@ -246,11 +246,16 @@ impl RunLoop {
         }
     }
 
-    /// Rank 0: past a stall timeout, sends the verdict in the next round.
-    fn check_stalls(&mut self) {
+    /// Rank 0: past a stall timeout, sends the verdict in the next round. The others, when
+    /// that verdict did not come, fail through the job's failure record.
+    fn check_stalls(&mut self) -> Result<()> {
+        if let Some((verdict, culprits)) = self.stalls.backstop() {
+            return Err(self.comm.fail_stalled(culprits, verdict));
+        }
         if self.abort.is_none() {
             self.abort = self.stalls.check();
         }
+        Ok(())
     }
 
     fn fail_mismatches(&mut self, agreement: &Agreement) {
@@ -341,7 +346,7 @@ impl RunLoop {
         let cause = match stop {
             Stop::Shutdown(by) if by == rank => Error::EngineStopped { rank, reason: "shut down".into() },
             Stop::Shutdown(by) => Error::EngineStopped { rank, reason: format!("rank {by} shut down its engine") },
-            Stop::Stalled(detail) => Error::Stalled { rank, detail },
+            Stop::Stalled(detail) => Error::Stalled { rank, detail, culprits: Vec::new() },
             Stop::Failed(e) => e,
         };
         let error = || cause.clone();

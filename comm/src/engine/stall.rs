@@ -3,7 +3,8 @@
 //! Every rank keeps the same list (it follows from the rounds' agreements), and rank 0 acts on
 //! it: past `FERROVOD_STALL_WARNING` it logs the tensors with the ranks they wait for; past
 //! `FERROVOD_STALL_TIMEOUT` it returns a verdict that the engine sends to every rank, which
-//! then fails.
+//! then fails. Should rank 0 be the rank that stalls (hung, stopped), no verdict comes: the
+//! other ranks then act themselves, [`BACKSTOP`] later, through the job's failure record.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -13,6 +14,10 @@ use crate::config::EngineSettings;
 
 /// How long an idle engine sleeps between looks at its stall clocks (when it has none).
 const IDLE: Duration = Duration::from_secs(3600);
+
+/// How long past the stall timeout the other ranks wait for rank 0's verdict before they act
+/// on their own clocks. A live rank 0 sends it at once, in the round that follows.
+pub(crate) const BACKSTOP: Duration = Duration::from_secs(2);
 
 /// A tensor waiting for other ranks.
 struct Wait {
@@ -46,12 +51,14 @@ impl Stalls {
         self.waits = waits;
     }
 
-    /// How long rank 0 may sleep before a stall clock runs out.
+    /// How long the engine may sleep before a stall clock runs out (on ranks other than 0,
+    /// the backstop's).
     pub(crate) fn next_check(&self) -> Duration {
-        if self.rank != 0 {
-            return IDLE;
-        }
         let now = Instant::now();
+        if self.rank != 0 {
+            let due = self.timeout.and_then(|d| self.waits.values().map(|w| w.since + d + BACKSTOP).min());
+            return due.map_or(IDLE, |t| t.saturating_duration_since(now) + Duration::from_millis(1));
+        }
         let due = |w: &Wait| {
             let warn = self.warning.filter(|_| !w.warned).map(|d| w.since + d);
             let fail = self.timeout.map(|d| w.since + d);
@@ -62,6 +69,38 @@ impl Stalls {
             .filter_map(due)
             .min()
             .map_or(IDLE, |t| t.saturating_duration_since(now) + Duration::from_millis(1))
+    }
+
+    /// Ranks other than 0: tensors waiting past the stall timeout and the [`BACKSTOP`] (rank 0
+    /// sent no verdict, so it may be what stalls): the verdict, and the ranks they wait for.
+    pub(crate) fn backstop(&self) -> Option<(String, Vec<usize>)> {
+        let limit = self.timeout? + BACKSTOP;
+        if self.rank == 0 {
+            return None;
+        }
+        let now = Instant::now();
+        let mut over: Vec<(&String, &Wait)> =
+            self.waits.iter().filter(|(_, w)| now.duration_since(w.since) >= limit).collect();
+        if over.is_empty() {
+            return None;
+        }
+        over.sort_by(|a, b| a.0.cmp(b.0));
+        let mut culprits: Vec<usize> = over.iter().flat_map(|(_, w)| w.missing.iter().copied()).collect();
+        culprits.sort_unstable();
+        culprits.dedup();
+        let parts: Vec<String> = over
+            .iter()
+            .map(|(n, w)| {
+                format!("{n:?} waited {:.1} s for rank(s) {:?}", now.duration_since(w.since).as_secs_f64(), w.missing)
+            })
+            .collect();
+        let verdict = format!(
+            "{} (FERROVOD_STALL_TIMEOUT={} s; no verdict from rank 0 within {} s more)",
+            parts.join("; "),
+            self.timeout?.as_secs_f64(),
+            BACKSTOP.as_secs_f64()
+        );
+        Some((verdict, culprits))
     }
 
     /// Rank 0: logs tensors waiting past the warning; past the timeout, returns the verdict

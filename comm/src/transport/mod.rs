@@ -25,6 +25,11 @@ use crate::os::Doorbell;
 /// Identifies what a message belongs to. Opaque to transports; compared for equality.
 pub type Tag = u128;
 
+/// Rung once the job's first failure is on record (the world's watcher rings it): every wait
+/// of this rank's links then fails with [`Error::JobFailed`], so that a rank blocked on a
+/// silent peer learns at once of a failure that another rank saw.
+pub type AbortBell = std::sync::Arc<Doorbell>;
+
 /// `gone(peer)`: why a peer can no longer take part (it exited), or `None` while it may.
 pub type Gone<'a> = dyn Fn(usize) -> Option<String> + Sync + 'a;
 
@@ -161,6 +166,10 @@ pub trait Transport: Send {
     /// Closes every link, so that peers blocked on this rank fail at once.
     fn close(&mut self);
 
+    /// From now on, fail every wait once `bell` rings (see [`AbortBell`]). Transports whose
+    /// waits cannot block on a silent peer (in-process ones) may ignore it.
+    fn watch_abort(&mut self, _bell: AbortBell) {}
+
     /// Memory that every rank of this transport maps, for collectives that read their peers'
     /// data in place; `None` when the ranks share none (sockets, threads of a test).
     fn stage(&mut self) -> Option<&mut dyn Stage> {
@@ -211,12 +220,16 @@ pub enum Error {
         source: std::sync::Arc<std::io::Error>,
     },
     /// Nothing moved for the timeout.
-    #[error("no progress for {:.1} s waiting for rank(s) {peers:?}", waited.as_secs_f64())]
+    #[error("no progress for {:.1} s waiting for rank(s) {peers:?}{}", waited.as_secs_f64(), through(via))]
     Timeout {
-        /// The peers with unfinished transfers.
+        /// The silent peers: those with unfinished transfers, or, when those were themselves
+        /// waiting, the ranks they waited for that said nothing (see `World::trace_silent`).
         peers: Vec<usize>,
         /// How long.
         waited: Duration,
+        /// The peers this rank waited for directly, when they were waiting on `peers` in turn
+        /// (empty otherwise).
+        via: Vec<usize>,
     },
     /// The peer sent a message that belongs to another operation.
     #[error("rank {peer} sent a message with tag {got:#x}, expected {expected:#x}")]
@@ -259,6 +272,9 @@ pub enum Error {
     /// The transport failed earlier and was closed.
     #[error("transport closed after an earlier failure")]
     Unusable,
+    /// Another rank recorded a failure of the job while this one waited.
+    #[error("another rank recorded a failure of the job")]
+    JobFailed,
 }
 
 impl Error {
@@ -271,7 +287,7 @@ impl Error {
             | Error::LengthMismatch { peer, .. }
             | Error::Protocol { peer, .. } => Some(*peer),
             Error::Timeout { peers, .. } => peers.first().copied(),
-            Error::BadPeer { .. } | Error::Unusable => None,
+            Error::BadPeer { .. } | Error::Unusable | Error::JobFailed => None,
         }
     }
 }
@@ -281,5 +297,13 @@ pub(crate) fn check_peers(rank: usize, size: usize, ops: &[Step<'_>]) -> Result<
     match ops.iter().map(Step::peer).find(|&p| p >= size || p == rank) {
         Some(peer) => Err(Error::BadPeer { peer, rank, size }),
         None => Ok(()),
+    }
+}
+
+/// The tail of a timeout's message that says through whom this rank waited.
+fn through(via: &[usize]) -> String {
+    match via {
+        [] => String::new(),
+        via => format!(" (through rank(s) {via:?}, which wait(s) for them)"),
     }
 }

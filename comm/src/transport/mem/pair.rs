@@ -49,7 +49,7 @@ impl Pair {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(Error::Timeout { peers: vec![peer], waited: timeout });
+                return Err(Error::Timeout { peers: vec![peer], waited: timeout, via: Vec::new() });
             }
             q = self.arrived.wait_timeout(q, deadline - now).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
         };

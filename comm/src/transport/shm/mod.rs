@@ -20,7 +20,7 @@
 //! through its pidfd; one that closes its links sets its `abort` word and wakes every peer.
 //! Either way, what it wrote before is still read; a transfer that needs more fails naming it.
 
-mod connect;
+pub(crate) mod connect;
 mod pair;
 mod segment;
 mod stage;
@@ -56,9 +56,16 @@ pub struct ShmEndpoint {
 }
 
 /// A peer's address: its cookie, then its socket's abstract name.
-fn parse_address(a: &[u8]) -> Option<(u64, &[u8])> {
+pub(crate) fn parse_address(a: &[u8]) -> Option<(u64, &[u8])> {
     let cookie = u64::from_le_bytes(a.get(..8)?.try_into().ok()?);
     Some((cookie, &a[8..]))
+}
+
+/// The address [`parse_address`] reads.
+pub(crate) fn encode_address(cookie: u64, name: &[u8]) -> Vec<u8> {
+    let mut a = cookie.to_le_bytes().to_vec();
+    a.extend_from_slice(name);
+    a
 }
 
 impl ShmEndpoint {
@@ -82,9 +89,7 @@ impl ShmEndpoint {
 
     /// What peers need to reach this rank.
     pub fn address(&self) -> Vec<u8> {
-        let mut a = self.cookie.to_le_bytes().to_vec();
-        a.extend_from_slice(&self.listener.name);
-        a
+        encode_address(self.cookie, &self.listener.name)
     }
 
     /// Phase one: sends every other rank this rank's segment and eventfd, given each rank's
@@ -112,11 +117,7 @@ impl ShmEndpoint {
                 .listener
                 .accept(deadline)
                 .map_err(|e| fail(format!("rank {rank} waiting for its peers' segments: {e}")))?;
-            let from = from as usize;
-            // Anything on this host can connect to the socket; only the ranks count.
-            if from >= size || from == rank || pids[from] != pid || peers[from].is_some() {
-                continue;
-            }
+            let Some(from) = awaited(from, pid, rank, size, pids, |r| peers[r].is_some()) else { continue };
             let (published, _) = parse_address(addresses[from]).unwrap_or_default();
             let [memfd, bell]: [OwnedFd; 2] = fds
                 .try_into()
@@ -140,10 +141,25 @@ impl ShmEndpoint {
             yield_at_once: size > cores,
             gone: vec![false; size],
             failed: false,
+            abort: None,
             mine: self.segment,
             steps: 0,
         })
     }
+}
+
+/// The rank a hello on the listener comes from, if it is one this rank still waits for: anything
+/// on this host can connect to the socket; only the ranks count.
+pub(crate) fn awaited(
+    from: u64,
+    pid: u32,
+    rank: usize,
+    size: usize,
+    pids: &[u32],
+    arrived: impl Fn(usize) -> bool,
+) -> Option<usize> {
+    let from = usize::try_from(from).ok()?;
+    (from < size && from != rank && pids.get(from) == Some(&pid) && !arrived(from)).then_some(from)
 }
 
 /// A peer's segment and how to wake it and watch it.
@@ -166,6 +182,8 @@ pub struct ShmTransport {
     /// Peers seen to have exited or closed their links.
     gone: Vec<bool>,
     failed: bool,
+    /// See [`super::AbortBell`].
+    abort: Option<super::AbortBell>,
     mine: Segment,
     /// Stage steps this rank has published.
     steps: u64,
@@ -229,16 +247,40 @@ impl Items for FlowItems<'_> {
     }
 }
 
-/// How long a rank has waited: since the last progress (for the timeout) and since it began to
-/// look without finding anything (for the spin and yield budgets).
+/// How long a rank has waited: for each peer, since it last moved something or was last not
+/// waited for (for the timeout: another peer's progress must not hide that one is gone), and
+/// since it began to look without finding anything (for the spin and yield budgets).
 struct Idle {
-    last_progress: Instant,
+    heard: Vec<Instant>,
     since: Option<Instant>,
 }
 
 impl Idle {
-    fn new() -> Idle {
-        Idle { last_progress: Instant::now(), since: None }
+    fn new(size: usize) -> Idle {
+        Idle { heard: vec![Instant::now(); size], since: None }
+    }
+
+    fn moved(&mut self, peer: usize) {
+        self.heard[peer] = Instant::now();
+        self.since = None;
+    }
+
+    /// How long this rank may still wait for `waiting`, or the peers silent for `timeout`.
+    fn left(&mut self, waiting: &[usize], timeout: Duration) -> Result<Duration, Vec<usize>> {
+        let now = Instant::now();
+        let mut left = timeout;
+        let mut silent = Vec::new();
+        for (p, since) in self.heard.iter_mut().enumerate() {
+            if !waiting.contains(&p) {
+                *since = now;
+                continue;
+            }
+            match (*since + timeout).checked_duration_since(now).filter(|d| !d.is_zero()) {
+                Some(d) => left = left.min(d),
+                None => silent.push(p),
+            }
+        }
+        if silent.is_empty() { Ok(left) } else { Err(silent) }
     }
 }
 
@@ -378,19 +420,22 @@ impl ShmTransport {
 
     /// Runs `lanes` to completion.
     fn run(&mut self, tag: Tag, lanes: &mut [Lane], items: &mut dyn Items) -> Result<(), Error> {
-        let mut idle = Idle::new();
+        let mut idle = Idle::new(self.size);
         let mut work_left = true;
         loop {
             let mut moved = false;
             for lane in lanes.iter_mut().filter(|l| !l.finished()) {
-                moved |= self.drive(lane, tag, items)?;
+                if self.drive(lane, tag, items)? {
+                    idle.moved(lane.peer);
+                    moved = true;
+                }
             }
             if lanes.iter().all(Lane::finished) {
                 while items.work() {}
                 return Ok(());
             }
             if moved {
-                (idle, work_left) = (Idle::new(), true);
+                work_left = true;
                 continue;
             }
             if work_left {
@@ -427,6 +472,9 @@ impl ShmTransport {
         if let Some(&p) = waiting.iter().find(|&&p| self.gone[p]) {
             return Err(Error::Closed { peer: p });
         }
+        if self.abort.as_ref().is_some_and(|b| b.is_rung()) {
+            return Err(Error::JobFailed);
+        }
         self.look_for_gone();
         if waiting.iter().any(|&p| self.gone[p]) {
             return Ok(());
@@ -441,13 +489,10 @@ impl ShmTransport {
             }
             return Ok(());
         }
-        let left = (idle.last_progress + self.timeout).saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            let mut peers = waiting.to_vec();
-            peers.sort_unstable();
-            peers.dedup();
-            return Err(Error::Timeout { peers, waited: self.timeout });
-        }
+        let left = match idle.left(waiting, self.timeout) {
+            Ok(left) => left,
+            Err(peers) => return Err(Error::Timeout { peers, waited: self.timeout, via: Vec::new() }),
+        };
         self.sleep(None, waiting, left, ready).map_err(|e| Error::Io { peer: waiting[0], source: e.into() })
     }
 
@@ -467,6 +512,7 @@ impl ShmTransport {
         } else {
             let mut fds = vec![PollFd { fd: self.bell.as_raw_fd(), read: true, write: false, ready: false }];
             fds.extend(wake.map(|w| PollFd { fd: w.fd(), read: true, write: false, ready: false }));
+            fds.extend(self.abort.as_ref().map(|b| PollFd { fd: b.fd(), read: true, write: false, ready: false }));
             let mut owners = Vec::new();
             let mut timeout = timeout;
             for &p in watched {
@@ -582,9 +628,16 @@ impl Transport for ShmTransport {
             self.sleep(Some(wake), &others, timeout, ready)
                 .map_err(|e| Error::Io { peer: others.first().copied().unwrap_or(0), source: e.into() })?;
         }
+        if self.abort.as_ref().is_some_and(|b| b.is_rung()) {
+            return Err(Error::JobFailed);
+        }
         self.look_for_gone();
         // A peer that is gone counts as news, as a closed socket does: the next round fails.
         Ok(anything(self) || self.gone.iter().any(|&g| g))
+    }
+
+    fn watch_abort(&mut self, bell: super::AbortBell) {
+        self.abort = Some(bell);
     }
 
     fn close(&mut self) {

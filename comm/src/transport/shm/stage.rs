@@ -59,7 +59,7 @@ impl ShmTransport {
     /// Waits until every peer published step `k`, failing on a peer that sent a ring message
     /// instead (no ring message is unread between collectives, so it belongs to another call).
     fn wait_published(&mut self, k: u64, tag: Tag) -> Result<(), Error> {
-        let mut idle = Idle::new();
+        let mut idle = Idle::new(self.size);
         while !self.all_published(k) {
             let waiting: Vec<usize> = self.others().filter(|&p| self.counter(p) < k).collect();
             if let Some(e) = waiting.iter().find_map(|&p| {

@@ -11,8 +11,8 @@
 //! streams. Each stripe starts with a 32-byte header (tag, total length, stripe index, marker)
 //! that the receiver checks before it accepts the payload.
 
-mod connect;
-mod pair;
+pub(crate) mod connect;
+pub(crate) mod pair;
 mod stream;
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
@@ -71,7 +71,7 @@ impl super::Endpoint for TcpEndpoint {
             .iter()
             .enumerate()
             .map(|(r, a)| {
-                std::str::from_utf8(a).ok().and_then(|s| s.parse::<SocketAddr>().ok()).ok_or_else(|| {
+                parse_address(a).ok_or_else(|| {
                     bootstrap::Error::World(format!("rank {r} published a malformed tcp address ({} bytes)", a.len()))
                 })
             })
@@ -79,6 +79,11 @@ impl super::Endpoint for TcpEndpoint {
         let tuning = self.tuning.clone();
         Ok(Box::new(TcpTransport::connect(rank, *self, &addrs, secret, &tuning, gone)?))
     }
+}
+
+/// A peer's published address: its listener's `ip:port`, as text.
+pub(crate) fn parse_address(a: &[u8]) -> Option<SocketAddr> {
+    std::str::from_utf8(a).ok().and_then(|s| s.parse::<SocketAddr>().ok())
 }
 
 /// One rank's links to all others over TCP.
@@ -91,6 +96,7 @@ pub struct TcpTransport {
     timeout: Duration,
     spin: Duration,
     failed: bool,
+    abort: Option<super::AbortBell>,
 }
 
 impl TcpTransport {
@@ -124,6 +130,7 @@ impl TcpTransport {
             timeout: tuning.timeout,
             spin: tuning.spin,
             failed: false,
+            abort: None,
         })
     }
 
@@ -134,24 +141,26 @@ impl TcpTransport {
 
     fn run(&mut self, tag: Tag, ops: &mut [Step<'_>]) -> Result<(), Error> {
         let mut chans = self.plan(tag, ops);
-        let mut last_progress = Instant::now();
+        let mut heard = Heard::new(self.size);
         loop {
             let mut pending = false;
             for ch in chans.iter_mut() {
                 if ch.ready && !ch.done() && ch.drive(self.pair(ch.peer).fd(ch.stream), ops)? {
-                    last_progress = Instant::now();
+                    heard.moved(ch.peer);
                 }
                 pending |= !ch.done();
             }
             if !pending {
                 return Ok(());
             }
-            let wait = self.time_left(last_progress, chans.iter().filter(|c| !c.done()).map(|c| c.peer))?;
+            let awaited = chans.iter().filter(|c| !c.done() && !c.ready).map(|c| c.peer);
+            let wait = self.time_left(&mut heard, awaited)?;
             let mut fds: Vec<PollFd> = chans
                 .iter()
                 .filter(|c| !c.done())
                 .map(|c| PollFd { fd: self.pair(c.peer).fd(c.stream), read: !c.send, write: c.send, ready: false })
                 .collect();
+            fds.extend(self.abort_fd());
             let first_peer = chans.iter().find(|c| !c.done()).map_or(0, |c| c.peer);
             poll_after_spin(&mut fds, wait, self.spin)
                 .map_err(|source| Error::Io { peer: first_peer, source: source.into() })?;
@@ -162,17 +171,41 @@ impl TcpTransport {
         }
     }
 
-    /// How long a wait may last before nothing has moved for the timeout since
-    /// `last_progress`; past that, the timeout error naming the `pending` peers.
-    fn time_left(&self, last_progress: Instant, pending: impl Iterator<Item = usize>) -> Result<Duration, Error> {
-        let left = (last_progress + self.timeout).saturating_duration_since(Instant::now());
-        if !left.is_zero() {
+    /// How long a wait may last before a peer it waits for (`awaited`: its socket would
+    /// block) has been silent for the timeout; past that, the timeout error naming the silent
+    /// peers. Another peer's progress does not count: a rank that still talks to the others
+    /// must not hide that one of them is gone.
+    fn time_left(&self, heard: &mut Heard, awaited: impl Iterator<Item = usize>) -> Result<Duration, Error> {
+        if self.abort.as_ref().is_some_and(|b| b.is_rung()) {
+            return Err(Error::JobFailed);
+        }
+        let now = Instant::now();
+        let mut waiting = vec![false; self.size];
+        for p in awaited {
+            waiting[p] = true;
+        }
+        let mut left = self.timeout;
+        let mut silent = Vec::new();
+        for (p, since) in heard.0.iter_mut().enumerate() {
+            if !waiting[p] {
+                // Not waited for now: its clock starts when it is.
+                *since = now;
+                continue;
+            }
+            match (*since + self.timeout).checked_duration_since(now).filter(|d| !d.is_zero()) {
+                Some(d) => left = left.min(d),
+                None => silent.push(p),
+            }
+        }
+        if silent.is_empty() {
             return Ok(left);
         }
-        let mut peers: Vec<usize> = pending.collect();
-        peers.sort_unstable();
-        peers.dedup();
-        Err(Error::Timeout { peers, waited: self.timeout })
+        Err(Error::Timeout { peers: silent, waited: self.timeout, via: Vec::new() })
+    }
+
+    /// The abort bell, to poll after the sockets (so that their indices stay the channels').
+    fn abort_fd(&self) -> Option<PollFd> {
+        self.abort.as_ref().map(|b| PollFd { fd: b.fd(), read: true, write: false, ready: false })
     }
 
     /// Splits the ops into per-(peer, stream, direction) queues of stripes.
@@ -200,6 +233,19 @@ impl TcpTransport {
             }
         }
         chans
+    }
+}
+
+/// When each peer last moved a byte, or was last not waited for.
+pub(super) struct Heard(Vec<Instant>);
+
+impl Heard {
+    pub(super) fn new(size: usize) -> Heard {
+        Heard(vec![Instant::now(); size])
+    }
+
+    pub(super) fn moved(&mut self, peer: usize) {
+        self.0[peer] = Instant::now();
     }
 }
 
@@ -314,9 +360,17 @@ impl Transport for TcpTransport {
                 peers.push(peer);
             }
         }
+        fds.extend(self.abort_fd());
         poll(&mut fds, timeout)
             .map_err(|source| Error::Io { peer: peers.first().copied().unwrap_or(0), source: source.into() })?;
-        Ok(fds[1..].iter().any(|f| f.ready))
+        if self.abort.as_ref().is_some_and(|b| b.is_rung()) {
+            return Err(Error::JobFailed);
+        }
+        Ok(fds[1..=peers.len()].iter().any(|f| f.ready))
+    }
+
+    fn watch_abort(&mut self, bell: super::AbortBell) {
+        self.abort = Some(bell);
     }
 
     fn close(&mut self) {

@@ -11,10 +11,10 @@
 //! lane waiting for the flow, which would spin).
 
 use std::os::fd::RawFd;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use super::TcpTransport;
 use super::pair::{HEADER, check_header, header, io_error, recv2, send2};
+use super::{Heard, TcpTransport};
 use crate::os::{PollFd, poll_after_spin};
 use crate::transport::{Error, Flow, Tag};
 
@@ -110,12 +110,15 @@ impl TcpTransport {
     pub(super) fn run_stream(&mut self, tag: Tag, flow: &mut dyn Flow) -> Result<(), Error> {
         let mut lanes = self.lanes(flow)?;
         let mut work_left = true;
-        let mut last_progress = Instant::now();
+        let mut heard = Heard::new(self.size);
         loop {
             let mut pending = false;
             let mut moved = false;
             for lane in lanes.iter_mut().filter(|l| l.ready && !l.finished()) {
-                moved |= lane.drive(self.pair(lane.peer).fd(lane.stream), tag, self.streams, flow)?.0;
+                if lane.drive(self.pair(lane.peer).fd(lane.stream), tag, self.streams, flow)?.0 {
+                    heard.moved(lane.peer);
+                    moved = true;
+                }
             }
             for lane in &lanes {
                 pending |= !lane.finished();
@@ -125,7 +128,6 @@ impl TcpTransport {
                 return Ok(());
             }
             if moved {
-                last_progress = Instant::now();
                 work_left = true;
                 continue;
             }
@@ -133,7 +135,9 @@ impl TcpTransport {
                 work_left = flow.work();
                 Duration::ZERO
             } else {
-                self.time_left(last_progress, lanes.iter().filter(|l| !l.finished()).map(|l| l.peer))?
+                // Lanes the flow holds back wait for this rank's work, not for their peer.
+                let awaited = lanes.iter().filter(|l| !l.finished() && !l.ready).map(|l| l.peer);
+                self.time_left(&mut heard, awaited)?
             };
             // Poll only the lanes stopped by their socket; a lane the flow holds back is
             // driven again after the work that frees it.
@@ -152,6 +156,7 @@ impl TcpTransport {
                     PollFd { fd: self.pair(l.peer).fd(l.stream), read: !l.send, write: l.send, ready: false }
                 })
                 .collect();
+            fds.extend(self.abort_fd());
             poll_after_spin(&mut fds, wait, self.spin)
                 .map_err(|source| Error::Io { peer: lanes[polled[0]].peer, source: source.into() })?;
             for (&i, f) in polled.iter().zip(&fds) {
