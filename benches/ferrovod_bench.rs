@@ -3,6 +3,10 @@
 //! `ferrovod-bench --np N --op allreduce|broadcast|allgather|reducescatter|alltoall --sizes 4KiB,1MiB,64MiB [--transport auto|shm|tcp] [--json PATH]`
 //! `ferrovod-bench --np N --tensors resnet50 [--json PATH]`: a training step's gradients through
 //! the engine (see `tensors.rs`).
+//! `ferrovod-bench --model [--alpha-us US --gbit G] [--sizes ..] [--model-np 2,3,4]`: fits the
+//! alpha-beta model's parameters from point-to-point timings of this host, prints its
+//! predictions for 2 to 1,024 ranks, then measures ring and halving-doubling allreduces next to
+//! them (see `model.rs` and `model_measure.rs`).
 //!
 //! Method, per size: check the result once; warm up; pick the iteration count from the median
 //! of 5 timed iterations (at least `--min-iters` and `--min-time` seconds in all); then per iteration a barrier and
@@ -19,6 +23,8 @@ use ferrovod::bootstrap::{Secret, StoreServer};
 use ferrovod::{Communicator, ReduceOp};
 use serde::Serialize;
 
+mod model;
+mod model_measure;
 mod resnet50;
 mod tensors;
 
@@ -58,12 +64,35 @@ struct Args {
     /// The collective.
     #[arg(long, value_enum, default_value_t = Op::Allreduce)]
     op: Op,
-    /// Comma-separated sizes in bytes, with optional KiB/MiB/GiB suffix.
-    #[arg(long, default_value = "4KiB,1MiB,16MiB,64MiB", value_parser = parse_sizes)]
-    sizes: Sizes,
+    /// Comma-separated sizes in bytes, with optional KiB/MiB/GiB suffix [default:
+    /// 4KiB,1MiB,16MiB,64MiB; with --model 4KiB,256KiB,4MiB,16MiB].
+    #[arg(long, value_parser = parse_sizes)]
+    sizes: Option<Sizes>,
     /// The transport the ranks use (sets FERROVOD_TRANSPORT; the table says which ran).
     #[arg(long, value_enum, default_value_t = TransportArg::Auto)]
     transport: TransportArg,
+    /// Fit the alpha-beta cost model on this host, print its predictions, and measure ring and
+    /// halving-doubling allreduces over tcp and shm next to them.
+    #[arg(long)]
+    model: bool,
+    /// --model: also predict for a network of this latency (µs per message), e.g. a netem delay.
+    #[arg(long, requires = "model")]
+    alpha_us: Option<f64>,
+    /// --model: also predict for a network of this bandwidth (Gbit/s).
+    #[arg(long, requires = "model")]
+    gbit: Option<f64>,
+    /// --model: ranks per host in the cluster predictions.
+    #[arg(long, default_value_t = 8)]
+    ranks_per_host: usize,
+    /// --model: world sizes of the measured points.
+    #[arg(long, value_delimiter = ',', default_value = "2,3,4")]
+    model_np: Vec<usize>,
+    /// --model: fit and predict only, measure no allreduce.
+    #[arg(long)]
+    no_measure: bool,
+    /// Internal: time point-to-point messages for --model (set by the parent).
+    #[arg(long, hide = true)]
+    probe: bool,
     /// Write the rows as a JSON array here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
@@ -332,7 +361,7 @@ fn worker(args: &Args) -> Result<(), String> {
             "busbw(GB/s)"
         );
     }
-    for &bytes in &args.sizes.0 {
+    for &bytes in args.sizes() {
         check(&mut comm, args.op, bytes)?;
         let mut buf = buffers(args.op, bytes, n, r);
         // Zeros from here on: sums stay finite however many iterations run.
@@ -392,34 +421,57 @@ fn parent(args: &Args) -> Result<(), String> {
         return Err("--np must be at least 1".into());
     }
     let sizes_ok =
-        args.sizes.0.iter().all(|&b| b % (4 * args.np) == 0 || args.op == Op::Allreduce || args.op == Op::Broadcast);
+        args.sizes().iter().all(|&b| b % (4 * args.np) == 0 || args.op == Op::Allreduce || args.op == Op::Broadcast);
     if !sizes_ok {
         return Err(format!("{} sizes must be multiples of 4 × np bytes", name(args.op)));
     }
+    let child_args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    launch(&Launch { np: args.np, transport: args.transport, args: &child_args, env: &[], quiet: false })
+}
+
+/// One run of N local processes of this binary as ranks.
+struct Launch<'a> {
+    np: usize,
+    transport: TransportArg,
+    /// The ranks' arguments (`--worker` is added).
+    args: &'a [std::ffi::OsString],
+    /// Environment beyond the rank's own.
+    env: &'a [(&'a str, &'a str)],
+    /// Drop the ranks' standard output.
+    quiet: bool,
+}
+
+/// Starts the ranks of `run` with a fresh store and secret and waits for all of them; on the
+/// first failure stops the rest.
+fn launch(run: &Launch<'_>) -> Result<(), String> {
     let secret = Secret::generate_hex().map_err(|e| e.to_string())?;
     let store =
         StoreServer::bind("127.0.0.1:0", Secret::new(secret.clone().into_bytes())).map_err(|e| e.to_string())?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut children: Vec<Child> = Vec::new();
-    for rank in 0..args.np {
-        let child = Command::new(&exe)
-            .args(std::env::args_os().skip(1))
+    for rank in 0..run.np {
+        let mut cmd = Command::new(&exe);
+        cmd.args(run.args)
             .arg("--worker")
             .env("FERROVOD_RANK", rank.to_string())
-            .env("FERROVOD_SIZE", args.np.to_string())
+            .env("FERROVOD_SIZE", run.np.to_string())
             .env("FERROVOD_RENDEZVOUS", store.local_addr().to_string())
             .env("FERROVOD_SECRET", &secret)
-            .env(
-                "FERROVOD_TRANSPORT",
-                match args.transport {
-                    TransportArg::Auto => "auto",
-                    TransportArg::Shm => "shm",
-                    TransportArg::Tcp => "tcp",
-                },
-            )
-            .spawn()
-            .map_err(|e| format!("starting rank {rank}: {e}"))?;
-        children.push(child);
+            .env("FERROVOD_TRANSPORT", transport_name(run.transport))
+            .envs(run.env.iter().copied());
+        if run.quiet {
+            cmd.stdout(std::process::Stdio::null());
+        }
+        match cmd.spawn() {
+            Ok(child) => children.push(child),
+            Err(e) => {
+                for c in &mut children {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                }
+                return Err(format!("starting rank {rank}: {e}"));
+            }
+        }
     }
     // Wait for all; on the first failure stop the rest.
     let mut failed = None;
@@ -448,9 +500,35 @@ fn parent(args: &Args) -> Result<(), String> {
     failed.map_or(Ok(()), Err)
 }
 
+fn transport_name(t: TransportArg) -> &'static str {
+    match t {
+        TransportArg::Auto => "auto",
+        TransportArg::Shm => "shm",
+        TransportArg::Tcp => "tcp",
+    }
+}
+
+impl Args {
+    /// The sizes asked for, or the mode's default.
+    fn sizes(&self) -> &[usize] {
+        const DEFAULT: &[usize] = &[4 << 10, 1 << 20, 16 << 20, 64 << 20];
+        const MODEL: &[usize] = &[4 << 10, 256 << 10, 4 << 20, 16 << 20];
+        match &self.sizes {
+            Some(s) => &s.0,
+            None if self.model => MODEL,
+            None => DEFAULT,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    let result = if args.worker { worker(&args) } else { parent(&args) };
+    let result = match (args.worker, args.probe, args.model) {
+        (true, true, _) => model_measure::probe_worker(&args),
+        (true, false, _) => worker(&args),
+        (false, _, true) => model_measure::run(&args),
+        (false, _, false) => parent(&args),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
