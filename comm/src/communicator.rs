@@ -540,9 +540,13 @@ impl Communicator {
     }
 
     /// The engine's stall watch, on a rank other than 0, when rank 0's verdict did not come:
-    /// records the stall as the job's failure (every rank's watcher then stops its waits) and
-    /// tears down the links.
-    pub(crate) fn fail_stalled(&mut self, culprits: Vec<usize>, detail: String) -> Error {
+    /// no round completes, so some rank is silent. The ranks that are alive are waiting, as
+    /// this one is, and say so in the store; those that do not are blamed. Records the stall as
+    /// the job's failure (every rank's watcher then stops its waits) and tears down the links.
+    pub(crate) fn fail_stalled(&mut self, detail: String) -> Error {
+        let others: Vec<usize> = (0..self.size()).filter(|&r| r != self.rank()).collect();
+        let culprits = self.world.trace_silent(&others);
+        let detail = format!("{detail}; silent: rank(s) {culprits:?}");
         let note = FailureNote {
             by: self.rank() as u64,
             fault: Fault::Timeout,

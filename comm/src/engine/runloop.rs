@@ -249,8 +249,8 @@ impl RunLoop {
     /// Rank 0: past a stall timeout, sends the verdict in the next round. The others, when
     /// that verdict did not come, fail through the job's failure record.
     fn check_stalls(&mut self) -> Result<()> {
-        if let Some((verdict, culprits)) = self.stalls.backstop() {
-            return Err(self.comm.fail_stalled(culprits, verdict));
+        if let Some(verdict) = self.stalls.backstop() {
+            return Err(self.comm.fail_stalled(verdict));
         }
         if self.abort.is_none() {
             self.abort = self.stalls.check();

@@ -17,7 +17,7 @@ const IDLE: Duration = Duration::from_secs(3600);
 
 /// How long past the stall timeout the other ranks wait for rank 0's verdict before they act
 /// on their own clocks. A live rank 0 sends it at once, in the round that follows.
-pub(crate) const BACKSTOP: Duration = Duration::from_secs(2);
+pub(crate) const BACKSTOP: Duration = Duration::from_secs(1);
 
 /// A tensor waiting for other ranks.
 struct Wait {
@@ -72,8 +72,10 @@ impl Stalls {
     }
 
     /// Ranks other than 0: tensors waiting past the stall timeout and the [`BACKSTOP`] (rank 0
-    /// sent no verdict, so it may be what stalls): the verdict, and the ranks they wait for.
-    pub(crate) fn backstop(&self) -> Option<(String, Vec<usize>)> {
+    /// sent no verdict, so it may be what stalls): what waited how long. The ranks the list
+    /// says are missing are those of the last round that completed, which a stopped rank ends:
+    /// ranks that announced since are listed too, so the caller asks who is silent instead.
+    pub(crate) fn backstop(&self) -> Option<String> {
         let limit = self.timeout? + BACKSTOP;
         if self.rank == 0 {
             return None;
@@ -85,22 +87,16 @@ impl Stalls {
             return None;
         }
         over.sort_by(|a, b| a.0.cmp(b.0));
-        let mut culprits: Vec<usize> = over.iter().flat_map(|(_, w)| w.missing.iter().copied()).collect();
-        culprits.sort_unstable();
-        culprits.dedup();
         let parts: Vec<String> = over
             .iter()
-            .map(|(n, w)| {
-                format!("{n:?} waited {:.1} s for rank(s) {:?}", now.duration_since(w.since).as_secs_f64(), w.missing)
-            })
+            .map(|(n, w)| format!("{n:?} waited {:.1} s", now.duration_since(w.since).as_secs_f64()))
             .collect();
-        let verdict = format!(
-            "{} (FERROVOD_STALL_TIMEOUT={} s; no verdict from rank 0 within {} s more)",
+        Some(format!(
+            "{} with no round and no verdict from rank 0 (FERROVOD_STALL_TIMEOUT={} s, and {} s more)",
             parts.join("; "),
             self.timeout?.as_secs_f64(),
             BACKSTOP.as_secs_f64()
-        );
-        Some((verdict, culprits))
+        ))
     }
 
     /// Rank 0: logs tensors waiting past the warning; past the timeout, returns the verdict
