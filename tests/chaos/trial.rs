@@ -5,8 +5,9 @@
 //! Layouts: `bare` (ranks started here, the store served here: the runtime's own detection,
 //! every rank must fail naming the culprit), `local` (`ferrovod-run -np`), `tasks` (two
 //! launchers on a plan, as two Spark barrier tasks: the failure crosses launchers through the
-//! store). A trial is clean when every survivor failed within the timeout naming the culprit,
-//! no rank ever saw a wrong result or a hang, and no process of the trial is left.
+//! store). A trial is safe when every survivor failed, no rank ever saw a wrong result or a
+//! hang, and no process of the trial is left; clean when, besides, every survivor failed within
+//! the timeout naming the culprit.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -94,13 +95,22 @@ pub struct Verdict {
     pub hangs: usize,
     /// Processes of the trial still alive once its job ended.
     pub leftovers: usize,
-    /// Why the trial is not clean, if it is not.
+    /// Why the trial is not safe, if it is not: a wrong result, a hang, a leftover, a
+    /// survivor that did not fail.
     pub problems: Vec<String>,
+    /// Safe, but a survivor blamed another rank, or failed later than the timeout.
+    pub misses: Vec<String>,
 }
 
 impl Verdict {
-    pub fn clean(&self) -> bool {
+    /// Every survivor failed, nothing wrong came back, nothing hung, nothing is left.
+    pub fn safe(&self) -> bool {
         self.problems.is_empty()
+    }
+
+    /// Safe, and every survivor named the culprit within the timeout.
+    pub fn clean(&self) -> bool {
+        self.safe() && self.misses.is_empty()
     }
 }
 
@@ -387,9 +397,9 @@ pub fn run(setup: &Setup, np: usize, timeout: Duration, bin: &Path, launcher: &P
             _ => said.iter().any(|(_, l)| right(l)),
         };
         if !named {
-            verdict.problems.push(format!("survivor {s} named someone else: {said:?}"));
+            verdict.misses.push(format!("survivor {s} named someone else: {said:?}"));
         } else if took > timeout {
-            verdict.problems.push(format!("survivor {s} took {took:?} (timeout {timeout:?}): {first}"));
+            verdict.misses.push(format!("survivor {s} took {took:?} (timeout {timeout:?}): {first}"));
         } else {
             verdict.named += 1;
         }
