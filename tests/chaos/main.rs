@@ -154,13 +154,14 @@ fn main() -> ExitCode {
     let _ = std::fs::remove_dir_all(&dir);
     println!();
     println!(
-        "| fault / layout | trials | clean | survivors named the culprit | wrong results | hangs | leftovers | max detection |"
+        "| fault / layout | trials | safe | clean | survivors named the culprit in time | wrong results | hangs | leftovers | max detection |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let line = |name: &str, r: &Row| {
         println!(
-            "| {name} | {} | {} | {}/{} | {} | {} | {} | {:.2} s |",
+            "| {name} | {} | {} | {} | {}/{} | {} | {} | {} | {:.2} s |",
             r.trials,
+            r.safe,
             r.clean,
             r.named,
             r.survivors,
