@@ -381,13 +381,22 @@ pub fn floor_boundary(s: &str, at: usize) -> usize {
     (0..=at.min(s.len())).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)
 }
 
-/// `s` quoted for an error message (as `{:?}` quotes it), cut after [`MAX_QUOTED`] bytes with a
-/// note of how many were left out: a 10 MB field must not become a 10 MB message.
+/// `s` quoted for an error message (as `{:?}` quotes it), cut once the quoted form reaches
+/// [`MAX_QUOTED`] bytes, with a note of how many were left out: a 10 MB field must not become
+/// a 10 MB message, nor 200 control characters a 1,200-byte one (each quotes as `\u{7f}`).
 pub fn quoted(s: &str) -> String {
-    if s.len() <= MAX_QUOTED {
+    let mut width = 0;
+    let end = s
+        .char_indices()
+        .find(|&(_, c)| {
+            width += c.escape_debug().map(char::len_utf8).sum::<usize>();
+            width > MAX_QUOTED
+        })
+        .map_or(s.len(), |(i, _)| i);
+    if end == s.len() {
         return format!("{s:?}");
     }
-    let head = &s[..floor_boundary(s, MAX_QUOTED)];
+    let head = &s[..end];
     format!("{head:?}... ({} more bytes cut)", s.len() - head.len())
 }
 
@@ -425,5 +434,14 @@ mod tests {
         assert!(c.ends_with("expected u32 at line 1 column 9"), "{c}");
         assert!(c.contains("bytes cut"), "{c}");
         assert_eq!(cut("short"), "short");
+    }
+
+    #[test]
+    fn control_characters_count_as_quoted() {
+        // Found by the plan fuzzer: 200 bytes of DEL quote as 1,200.
+        let q = quoted(&"\u{7f}".repeat(1000));
+        assert!(q.len() < MAX_QUOTED + 40, "{} bytes: {q}", q.len());
+        assert!(q.ends_with("more bytes cut)"), "{q}");
+        assert_eq!(quoted("a\u{7f}"), "\"a\\u{7f}\"");
     }
 }
