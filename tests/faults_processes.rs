@@ -184,13 +184,12 @@ fn silent_rank_times_out_naming_it_and_waiting_sleeps() {
     }
 }
 
-/// Starts 2 ranks, then replaces rank 1 with one that has `env` on top of the job's (same
-/// rank, same store); returns how the replacement ended, and the world with rank 0.
+/// Starts rank 0 of 2, then rank 1 with `env` on top of the job's (same store); returns how
+/// rank 1 ended, and the world with rank 0. (Rank 1 is never started with the job's own
+/// settings: a process killed to make room could already have claimed its rank.)
 fn replace_rank_1(timeout: &str, env: &[(&str, &str)]) -> (std::process::Output, World) {
     let args = ["collectives", "f32", "sum", "small"];
-    let mut world = World::spawn(2, &worker(), &args, &[("FERROVOD_CONNECT_TIMEOUT", timeout.into())]);
-    let _ = world.children[1].kill();
-    let _ = world.children[1].wait();
+    let world = World::spawn_first(2, 1, &worker(), &args, &[("FERROVOD_CONNECT_TIMEOUT", timeout.into())]);
     let mut cmd = std::process::Command::new(worker());
     cmd.args(args)
         .env("FERROVOD_RANK", "1")

@@ -198,10 +198,22 @@ pub struct Ended {
 impl World {
     /// Starts `n` copies of `bin args` with the rank environment; `env` adds variables.
     pub fn spawn(n: usize, bin: &std::path::Path, args: &[&str], env: &[(&str, String)]) -> World {
+        World::spawn_first(n, n, bin, args, env)
+    }
+
+    /// [`World::spawn`] of a world of `n` that starts only its first `started` ranks: the
+    /// others are the caller's to start, so no process of ours claims their ranks first.
+    pub fn spawn_first(
+        n: usize,
+        started: usize,
+        bin: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> World {
         let secret = Secret::generate_hex().expect("random secret");
         let store = StoreServer::bind("127.0.0.1:0", Secret::new(secret.clone().into_bytes())).expect("store binds");
         let addr = store.local_addr().to_string();
-        World::start(n, bin, args, env, secret, &addr, Some(store))
+        World::start((n, started), bin, args, env, secret, &addr, Some(store))
     }
 
     /// [`World::spawn`] without a launcher's store: rank 0 serves it (`FERROVOD_HOST_STORE=1`)
@@ -211,11 +223,12 @@ impl World {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let mut env = env.to_vec();
         env.push(("FERROVOD_HOST_STORE", "1".into()));
-        World::start(n, bin, args, &env, secret, &format!("127.0.0.1:{port}"), None)
+        World::start((n, n), bin, args, &env, secret, &format!("127.0.0.1:{port}"), None)
     }
 
+    /// Starts ranks `0..started` of a world of `n` (`(n, started)`).
     fn start(
-        n: usize,
+        (n, started): (usize, usize),
         bin: &std::path::Path,
         args: &[&str],
         env: &[(&str, String)],
@@ -223,7 +236,7 @@ impl World {
         rendezvous: &str,
         store: Option<StoreServer>,
     ) -> World {
-        let children = (0..n)
+        let children = (0..started)
             .map(|rank| {
                 let mut cmd = Command::new(bin);
                 cmd.args(args)
