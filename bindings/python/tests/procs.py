@@ -19,7 +19,8 @@ def alive(pid: int) -> bool:
     """Whether ``pid`` is a running process (a zombie waiting for its reaper is not)."""
     try:
         return stat(pid)[0] != "Z"
-    except FileNotFoundError:
+    # Gone before the open, or between the open and the read (the read then fails with ESRCH).
+    except (FileNotFoundError, ProcessLookupError):
         return False
 
 
