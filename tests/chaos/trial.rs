@@ -181,7 +181,8 @@ fn marked(mark: &str) -> Vec<i32> {
 }
 
 /// The stall timeout the trials run with: what is left of the timeout once the engine's
-/// backstop for a stalled rank 0 (2 s) is taken, and a little for the report.
+/// backstop for a stalled rank 0 (1 s), its question to the store (the blame window, 1.25 s at
+/// 5 s) and a little for the report are taken.
 pub fn stall_timeout(timeout: Duration) -> Duration {
     timeout.saturating_sub(Duration::from_millis(2500)).max(Duration::from_secs(1))
 }
