@@ -307,3 +307,40 @@ fn through(via: &[usize]) -> String {
         via => format!(" (through rank(s) {via:?}, which wait(s) for them)"),
     }
 }
+
+/// When each peer last moved a byte, or was last not waited for: a wait fails once a peer it
+/// waits for has been silent for the timeout, whatever the other peers do (a rank that still
+/// talks to the others must not hide that one of them is gone).
+pub(crate) struct Heard(Vec<std::time::Instant>);
+
+impl Heard {
+    pub(crate) fn new(size: usize) -> Heard {
+        Heard(vec![std::time::Instant::now(); size])
+    }
+
+    pub(crate) fn moved(&mut self, peer: usize) {
+        self.0[peer] = std::time::Instant::now();
+    }
+
+    /// How long this rank may still wait for the peers `awaited` says it waits for, or the
+    /// timeout error naming those silent for `timeout`. The others' clocks restart.
+    pub(crate) fn left(&mut self, awaited: impl Fn(usize) -> bool, timeout: Duration) -> Result<Duration, Error> {
+        let now = std::time::Instant::now();
+        let mut left = timeout;
+        let mut silent = Vec::new();
+        for (p, since) in self.0.iter_mut().enumerate() {
+            if !awaited(p) {
+                *since = now;
+                continue;
+            }
+            match (*since + timeout).checked_duration_since(now).filter(|d| !d.is_zero()) {
+                Some(d) => left = left.min(d),
+                None => silent.push(p),
+            }
+        }
+        match silent.is_empty() {
+            true => Ok(left),
+            false => Err(Error::Timeout { peers: silent, waited: timeout, via: Vec::new() }),
+        }
+    }
+}

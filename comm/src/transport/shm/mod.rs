@@ -29,7 +29,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{Ordering, fence};
 use std::time::{Duration, Instant};
 
-use super::{Error, Flow, Step, Tag, Transport, check_peers};
+use super::{Error, Flow, Heard, Step, Tag, Transport, check_peers};
 use crate::bootstrap;
 use crate::config::Tuning;
 use crate::os::{Doorbell, PollFd, poll};
@@ -247,40 +247,21 @@ impl Items for FlowItems<'_> {
     }
 }
 
-/// How long a rank has waited: for each peer, since it last moved something or was last not
-/// waited for (for the timeout: another peer's progress must not hide that one is gone), and
-/// since it began to look without finding anything (for the spin and yield budgets).
+/// How long a rank has waited: for each peer (see [`Heard`]), and since it began to look
+/// without finding anything (for the spin and yield budgets).
 struct Idle {
-    heard: Vec<Instant>,
+    heard: Heard,
     since: Option<Instant>,
 }
 
 impl Idle {
     fn new(size: usize) -> Idle {
-        Idle { heard: vec![Instant::now(); size], since: None }
+        Idle { heard: Heard::new(size), since: None }
     }
 
     fn moved(&mut self, peer: usize) {
-        self.heard[peer] = Instant::now();
+        self.heard.moved(peer);
         self.since = None;
-    }
-
-    /// How long this rank may still wait for `waiting`, or the peers silent for `timeout`.
-    fn left(&mut self, waiting: &[usize], timeout: Duration) -> Result<Duration, Vec<usize>> {
-        let now = Instant::now();
-        let mut left = timeout;
-        let mut silent = Vec::new();
-        for (p, since) in self.heard.iter_mut().enumerate() {
-            if !waiting.contains(&p) {
-                *since = now;
-                continue;
-            }
-            match (*since + timeout).checked_duration_since(now).filter(|d| !d.is_zero()) {
-                Some(d) => left = left.min(d),
-                None => silent.push(p),
-            }
-        }
-        if silent.is_empty() { Ok(left) } else { Err(silent) }
     }
 }
 
@@ -489,10 +470,7 @@ impl ShmTransport {
             }
             return Ok(());
         }
-        let left = match idle.left(waiting, self.timeout) {
-            Ok(left) => left,
-            Err(peers) => return Err(Error::Timeout { peers, waited: self.timeout, via: Vec::new() }),
-        };
+        let left = idle.heard.left(|p| waiting.contains(&p), self.timeout)?;
         self.sleep(None, waiting, left, ready).map_err(|e| Error::Io { peer: waiting[0], source: e.into() })
     }
 

@@ -19,7 +19,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use super::{Error, Flow, Step, Tag, Transport, check_peers};
+use super::{Error, Flow, Heard, Step, Tag, Transport, check_peers};
 use crate::bootstrap::{self, Secret};
 use crate::config::Tuning;
 use crate::os::{Doorbell, PollFd, poll, poll_after_spin};
@@ -172,35 +172,17 @@ impl TcpTransport {
     }
 
     /// How long a wait may last before a peer it waits for (`awaited`: its socket would
-    /// block) has been silent for the timeout; past that, the timeout error naming the silent
-    /// peers. Another peer's progress does not count: a rank that still talks to the others
-    /// must not hide that one of them is gone.
+    /// block) has been silent for the timeout (see [`Heard`]); fails at once when the job's
+    /// abort bell rang.
     fn time_left(&self, heard: &mut Heard, awaited: impl Iterator<Item = usize>) -> Result<Duration, Error> {
         if self.abort.as_ref().is_some_and(|b| b.is_rung()) {
             return Err(Error::JobFailed);
         }
-        let now = Instant::now();
         let mut waiting = vec![false; self.size];
         for p in awaited {
             waiting[p] = true;
         }
-        let mut left = self.timeout;
-        let mut silent = Vec::new();
-        for (p, since) in heard.0.iter_mut().enumerate() {
-            if !waiting[p] {
-                // Not waited for now: its clock starts when it is.
-                *since = now;
-                continue;
-            }
-            match (*since + self.timeout).checked_duration_since(now).filter(|d| !d.is_zero()) {
-                Some(d) => left = left.min(d),
-                None => silent.push(p),
-            }
-        }
-        if silent.is_empty() {
-            return Ok(left);
-        }
-        Err(Error::Timeout { peers: silent, waited: self.timeout, via: Vec::new() })
+        heard.left(|p| waiting[p], self.timeout)
     }
 
     /// The abort bell, to poll after the sockets (so that their indices stay the channels').
@@ -233,19 +215,6 @@ impl TcpTransport {
             }
         }
         chans
-    }
-}
-
-/// When each peer last moved a byte, or was last not waited for.
-pub(super) struct Heard(Vec<Instant>);
-
-impl Heard {
-    pub(super) fn new(size: usize) -> Heard {
-        Heard(vec![Instant::now(); size])
-    }
-
-    pub(super) fn moved(&mut self, peer: usize) {
-        self.0[peer] = Instant::now();
     }
 }
 

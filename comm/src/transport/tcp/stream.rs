@@ -13,10 +13,10 @@
 use std::os::fd::RawFd;
 use std::time::Duration;
 
+use super::TcpTransport;
 use super::pair::{HEADER, check_header, header, io_error, recv2, send2};
-use super::{Heard, TcpTransport};
 use crate::os::{PollFd, poll_after_spin};
-use crate::transport::{Error, Flow, Tag};
+use crate::transport::{Error, Flow, Heard, Tag};
 
 /// The messages one (peer, stream, direction) carries, in order, and the progress of the first
 /// unfinished one.
