@@ -66,7 +66,7 @@ impl From<PyFerrovodError> for PyErr {
             (E::Config { .. }, _) => ConfigError::new_err(msg),
             (E::InvalidArgument { .. }, _) => InvalidArgumentError::new_err(msg),
             (E::Bootstrap { .. }, _) => BootstrapError::new_err(msg),
-            (E::Stalled { .. }, _) => StalledError::new_err(msg),
+            (E::Stalled { .. }, _) | (_, Some(Fault::Stall)) => StalledError::new_err(msg),
             (E::EngineStopped { .. }, _) => NotInitializedError::new_err(msg),
             (_, Some(Fault::Mismatch)) => MismatchError::new_err(msg),
             (_, Some(Fault::Timeout)) => CollectiveTimeoutError::new_err(msg),

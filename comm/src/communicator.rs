@@ -539,19 +539,29 @@ impl Communicator {
         self.settle(op, local)
     }
 
-    /// The engine's stall watch, on a rank other than 0, when rank 0's verdict did not come:
-    /// no round completes, so some rank is silent. The ranks that are alive are waiting, as
-    /// this one is, and say so in the store; those that do not are blamed. Records the stall as
-    /// the job's failure (every rank's watcher then stops its waits) and tears down the links.
-    pub(crate) fn fail_stalled(&mut self, detail: String) -> Error {
+    /// The ranks other than this one that are silent: not waiting in the store's records (see
+    /// `World::trace_silent`), so dead, stopped or busy. For the engine's stall backstop, when
+    /// no round completes and rank 0's verdict did not come.
+    pub(crate) fn silent_others(&mut self) -> Vec<usize> {
         let others: Vec<usize> = (0..self.size()).filter(|&r| r != self.rank()).collect();
-        let culprits = self.world.trace_silent(&others);
-        let detail = format!("{detail}; silent: rank(s) {culprits:?}");
+        self.world.trace_silent(&others)
+    }
+
+    /// Whether a failure recorded here reaches every rank without the links (through the
+    /// store and each rank's watcher).
+    pub(crate) fn records_failures(&self) -> bool {
+        self.world.records_failures()
+    }
+
+    /// The engine's stall watch: records the stall `detail`, blaming `culprits`, as the job's
+    /// failure (every rank's watcher then stops its waits, and fails with it as a stall) and
+    /// tears down the links.
+    pub(crate) fn fail_stalled(&mut self, detail: String, culprits: Vec<usize>) -> Error {
         let note = FailureNote {
             by: self.rank() as u64,
-            fault: Fault::Timeout,
+            fault: Fault::Stall,
             culprits: culprits.iter().map(|&r| r as u64).collect(),
-            text: format!("stalled: {detail}"),
+            text: detail.clone(),
         };
         let local = Error::Stalled { rank: self.rank(), detail, culprits };
         self.record(Operation::Waiting, local, note)
@@ -580,6 +590,13 @@ impl Communicator {
         let first = self.world.report_failure(&note);
         self.links.close();
         let error = match first {
+            // Another rank's stall verdict: this rank stalled too, as it would with the verdict
+            // from a round.
+            Some(f) if f.by != rank as u64 && f.fault == Fault::Stall => Error::Stalled {
+                rank,
+                detail: format!("rank {} reported: {}", f.by, f.text),
+                culprits: f.culprits.into_iter().map(|r| r as usize).collect(),
+            },
             Some(f) if f.by != rank as u64 => Error::Aborted {
                 rank,
                 op,

@@ -116,8 +116,8 @@ pub enum Error {
         rank: usize,
         /// Which tensors waited how long for which ranks.
         detail: String,
-        /// The ranks they waited for, where this rank decided (empty when it only received
-        /// rank 0's verdict, which names them in `detail`).
+        /// The ranks they waited for (empty when this rank only received rank 0's verdict in
+        /// a round, which names them in `detail`).
         culprits: Vec<usize>,
     },
 
@@ -151,6 +151,8 @@ pub enum Fault {
     Timeout,
     /// Ranks called different collectives, or the same with different arguments.
     Mismatch,
+    /// Tensors waited for ranks that did not submit them past `FERROVOD_STALL_TIMEOUT`.
+    Stall,
     /// Anything else: a protocol violation, an OS error.
     Other,
 }
@@ -176,7 +178,7 @@ impl Error {
             Error::Collective { cause, .. } => Some(Fault::of(cause)),
             Error::Mismatch { .. } | Error::TensorMismatch { .. } => Some(Fault::Mismatch),
             Error::Aborted { fault, .. } => Some(*fault),
-            Error::Stalled { .. } => Some(Fault::Timeout),
+            Error::Stalled { .. } => Some(Fault::Stall),
             Error::Broken { earlier, .. } => earlier.fault(),
             Error::Backend { .. } => Some(Fault::Other),
             Error::Config { .. }

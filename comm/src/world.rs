@@ -548,6 +548,11 @@ impl World {
         self.record.as_mut()?.report(note)
     }
 
+    /// Whether failures are recorded for every rank (the world has a store).
+    pub(crate) fn records_failures(&self) -> bool {
+        self.record.is_some()
+    }
+
     /// The ranks to blame after this rank waited for `waiting_for` without progress: those
     /// it reaches through ranks that are themselves waiting, and that said nothing (see
     /// `FailureRecord::trace_silent`). Without a store, `waiting_for` itself.

@@ -246,14 +246,22 @@ impl RunLoop {
         }
     }
 
-    /// Rank 0: past a stall timeout, sends the verdict in the next round. The others, when
-    /// that verdict did not come, fail through the job's failure record.
+    /// Rank 0: past a stall timeout, fails every rank with the verdict, through the job's
+    /// failure record (a round would wait on the ranks that stall, which may be stopped); a
+    /// world without a store sends it in the next round. The other ranks, when that verdict
+    /// did not come, fail through the record too, blaming the ranks that are silent.
     fn check_stalls(&mut self) -> Result<()> {
-        if let Some(verdict) = self.stalls.backstop() {
-            return Err(self.comm.fail_stalled(verdict));
+        if let Some(detail) = self.stalls.backstop() {
+            let culprits = self.comm.silent_others();
+            return Err(self.comm.fail_stalled(format!("{detail}; silent: rank(s) {culprits:?}"), culprits));
         }
-        if self.abort.is_none() {
-            self.abort = self.stalls.check();
+        if self.abort.is_none()
+            && let Some(verdict) = self.stalls.check()
+        {
+            if self.comm.records_failures() {
+                return Err(self.comm.fail_stalled(verdict.detail, verdict.culprits));
+            }
+            self.abort = Some(verdict.detail);
         }
         Ok(())
     }

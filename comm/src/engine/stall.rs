@@ -2,9 +2,11 @@
 //!
 //! Every rank keeps the same list (it follows from the rounds' agreements), and rank 0 acts on
 //! it: past `FERROVOD_STALL_WARNING` it logs the tensors with the ranks they wait for; past
-//! `FERROVOD_STALL_TIMEOUT` it returns a verdict that the engine sends to every rank, which
-//! then fails. Should rank 0 be the rank that stalls (hung, stopped), no verdict comes: the
-//! other ranks then act themselves, [`BACKSTOP`] later, through the job's failure record.
+//! `FERROVOD_STALL_TIMEOUT` it returns a verdict that every rank then fails with. The engine
+//! records it as the job's failure in the store, whose watchers stop every rank at once; only
+//! a world without a store sends it in a round, which needs every rank, the stalled ones too.
+//! Should rank 0 be the rank that stalls (hung, stopped), no verdict comes: the other ranks
+//! then act themselves, [`BACKSTOP`] later, through the job's failure record.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -18,6 +20,12 @@ const IDLE: Duration = Duration::from_secs(3600);
 /// How long past the stall timeout the other ranks wait for rank 0's verdict before they act
 /// on their own clocks. A live rank 0 sends it at once, in the round that follows.
 pub(crate) const BACKSTOP: Duration = Duration::from_secs(1);
+
+/// Rank 0's decision that tensors stalled: what waited how long for whom, and those ranks.
+pub(crate) struct Verdict {
+    pub(crate) detail: String,
+    pub(crate) culprits: Vec<usize>,
+}
 
 /// A tensor waiting for other ranks.
 struct Wait {
@@ -101,7 +109,7 @@ impl Stalls {
 
     /// Rank 0: logs tensors waiting past the warning; past the timeout, returns the verdict
     /// that every rank must fail with.
-    pub(crate) fn check(&mut self) -> Option<String> {
+    pub(crate) fn check(&mut self) -> Option<Verdict> {
         if self.rank != 0 || self.waits.is_empty() {
             return None;
         }
@@ -126,7 +134,11 @@ impl Stalls {
             let over: Vec<(&String, &Wait)> =
                 sorted.iter().copied().filter(|(_, w)| now.duration_since(w.since) >= limit).collect();
             if !over.is_empty() {
-                return Some(format!("{} (FERROVOD_STALL_TIMEOUT={} s)", describe(&over), limit.as_secs_f64()));
+                let mut culprits: Vec<usize> = over.iter().flat_map(|(_, w)| w.missing.iter().copied()).collect();
+                culprits.sort_unstable();
+                culprits.dedup();
+                let detail = format!("{} (FERROVOD_STALL_TIMEOUT={} s)", describe(&over), limit.as_secs_f64());
+                return Some(Verdict { detail, culprits });
             }
         }
         if let Some(limit) = self.warning {
