@@ -41,6 +41,27 @@ fn wait_times_out_naming_missing_keys() {
 }
 
 #[test]
+fn wait_any_answers_the_first_key_set_and_times_out_with_none() {
+    let (s, secret) = server();
+    let addr = s.local_addr().to_string();
+    let mut a = StoreClient::connect(&addr, &secret, Duration::from_secs(5)).unwrap();
+    let mut b = StoreClient::connect(&addr, &secret, Duration::from_secs(5)).unwrap();
+    let keys = ["x".to_string(), "y".to_string()];
+    let start = Instant::now();
+    assert_eq!(a.wait_any(&keys, Duration::from_millis(300)).unwrap(), None);
+    assert!(start.elapsed() >= Duration::from_millis(300) && start.elapsed() < Duration::from_secs(5));
+    let waiter = std::thread::spawn(move || (a.wait_any(&keys, Duration::from_secs(10)).unwrap(), a));
+    std::thread::sleep(Duration::from_millis(100));
+    b.set("y", b"second").unwrap();
+    let (found, mut a) = waiter.join().unwrap();
+    assert_eq!(found, Some((1, b"second".to_vec())));
+    // Both set: the first in the caller's order.
+    b.set("x", b"first").unwrap();
+    assert_eq!(a.wait_any(&["x".into(), "y".into()], Duration::ZERO).unwrap(), Some((0, b"first".to_vec())));
+    assert_eq!(a.wait_any(&["y".into(), "x".into()], Duration::ZERO).unwrap(), Some((0, b"second".to_vec())));
+}
+
+#[test]
 fn a_key_set_on_close_appears_when_its_connection_ends_unless_already_set() {
     let (s, secret) = server();
     let addr = s.local_addr().to_string();

@@ -20,10 +20,11 @@ use crate::collective::{Call, Collective, Phase};
 use crate::config::{Config, Tuning};
 use crate::dtype::{DType, Element, ReduceOp};
 use crate::error::{Error, Fault, Operation, Result, Theirs};
+use crate::failure::FailureNote;
 use crate::memory::{Memory, MemoryRef};
 use crate::os::Doorbell;
 use crate::transport::{self, Transport};
-use crate::world::{FailureNote, World};
+use crate::world::World;
 
 /// A rank's handle on a job.
 pub struct Communicator {
@@ -545,6 +546,12 @@ impl Communicator {
     pub(crate) fn silent_others(&mut self) -> Vec<usize> {
         let others: Vec<usize> = (0..self.size()).filter(|&r| r != self.rank()).collect();
         self.world.trace_silent(&others)
+    }
+
+    /// The ranks other than this one that are dead or stopped (they do not answer a roll call
+    /// of the store's within the blame window).
+    pub(crate) fn gone_others(&mut self) -> Vec<usize> {
+        self.world.gone_others()
     }
 
     /// Whether a failure recorded here reaches every rank without the links (through the

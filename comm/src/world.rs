@@ -14,29 +14,20 @@
 //! A new network transport registers in [`endpoints`]; backends register in
 //! [`crate::backend::registry`].
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
-use crate::bootstrap::{self, FirstFailure, PeerInfo, StoreClient, StoreServer, Topology, exchange_peers};
+use crate::bootstrap::{self, PeerInfo, StoreClient, StoreServer, Topology, exchange_peers};
 use crate::config::{self, Config, TransportChoice, Tuning};
-use crate::error::{Error, Fault, Operation, Result};
+use crate::error::{Error, Operation, Result};
+use crate::failure::{AbortWatch, FailureNote, FailureRecord};
 use crate::os::Doorbell;
 use crate::transport::mem::MemTransport;
 use crate::transport::shm::ShmEndpoint;
 use crate::transport::tcp::TcpEndpoint;
 use crate::transport::{AbortBell, Endpoint, Transport};
-
-/// How long a failing rank waits for the root cause to appear in the store.
-const RECORD_WAIT: Duration = Duration::from_secs(2);
-
-/// How long a rank that serves the store keeps it up after a failure, for the other ranks to
-/// read the first-failure record (without it they would only see this rank go away).
-const RECORD_LINGER: Duration = Duration::from_secs(3);
 
 /// Worlds joined by this process, so that a second one uses fresh store keys.
 static GENERATION: AtomicU32 = AtomicU32::new(0);
@@ -70,183 +61,6 @@ pub struct World {
     // Last: a communicator drops its links before its world, so peers see closed links
     // before a dead store.
     _store: Option<StoreServer>,
-}
-
-/// How long one store wait of the abort watcher lasts: bounds how long its thread outlives
-/// the world.
-const WATCH_SLICE: Duration = Duration::from_secs(1);
-
-/// A thread that waits, on a store connection of its own, for the job's first failure, and
-/// rings the links' abort bell when it appears. Without it, a rank blocked on a silent peer
-/// would learn of a failure elsewhere only at its own timeout.
-struct AbortWatch {
-    stop: Arc<AtomicBool>,
-}
-
-impl AbortWatch {
-    fn start(mut store: StoreClient, prefix: &str, bell: AbortBell) -> std::io::Result<AbortWatch> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let (first, quit) = (FirstFailure::new(prefix), stop.clone());
-        std::thread::Builder::new().name("ferrovod-abort-watch".into()).spawn(move || {
-            while !quit.load(Ordering::Relaxed) {
-                match first.watch::<FailureNote>(&mut store, WATCH_SLICE) {
-                    Ok(None) => {}
-                    // A record that does not decode is a failure all the same.
-                    Ok(Some(_)) | Err(bootstrap::Error::Protocol { .. }) => return bell.ring(),
-                    // The store is gone: the ranks' own links say what happened.
-                    Err(_) => return,
-                }
-            }
-        })?;
-        Ok(AbortWatch { stop })
-    }
-}
-
-impl Drop for AbortWatch {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// The first failure of a job, as the rank that saw it recorded it for every other rank.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FailureNote {
-    /// The rank that saw it.
-    pub by: u64,
-    /// Its kind.
-    pub fault: Fault,
-    /// The ranks it blamed.
-    pub culprits: Vec<u64>,
-    /// What it saw, in words.
-    pub text: String,
-}
-
-/// The job-wide record of the first failure, kept in the store (first writer wins), and a
-/// count of the ranks that have read it.
-struct FailureRecord {
-    store: StoreClient,
-    first: FirstFailure,
-    readers: String,
-    /// Prefix of the `stuck/<rank>` keys: whom a rank that timed out was waiting for.
-    stuck: String,
-    /// The record this rank read, once it failed.
-    seen: Option<FailureNote>,
-}
-
-impl FailureRecord {
-    fn new(store: StoreClient, prefix: &str) -> FailureRecord {
-        FailureRecord {
-            store,
-            first: FirstFailure::new(prefix),
-            readers: format!("{prefix}/first_failure/read"),
-            stuck: format!("{prefix}/stuck"),
-            seen: None,
-        }
-    }
-
-    /// Posts `note` if no rank has posted before, then returns the first post, and counts this
-    /// rank among its readers.
-    fn report(&mut self, note: &FailureNote) -> Option<FailureNote> {
-        let _ = self.first.publish(&mut self.store, note);
-        let first: FailureNote = self.first.first(&mut self.store, RECORD_WAIT)?;
-        let _ = self.store.add(&self.readers, 1);
-        self.seen = Some(first.clone());
-        Some(first)
-    }
-
-    /// After this rank's wait for `waiting_for` went without progress: the ranks to blame.
-    ///
-    /// A rank that waits for a peer which itself waits for a silent rank must not blame the
-    /// peer. So this rank says whom it waits for (`stuck/<rank>`), then follows the same
-    /// records of the ranks it waits for, until `window` passes: the ranks reached that said
-    /// nothing are silent (dead, stopped, or busy past the timeout), and those are blamed.
-    /// When every rank reached is waiting (a cycle: they wait on each other, as when ranks
-    /// disagree on what comes next), the direct peers are.
-    fn trace_silent(&mut self, rank: usize, waiting_for: &[usize], window: Duration) -> Vec<usize> {
-        // A little of the window is left for reporting the failure.
-        let deadline = Instant::now() + window - window / 8;
-        let key = |r: usize| format!("{}/{r}", self.stuck);
-        let mine: Vec<u64> = waiting_for.iter().map(|&r| r as u64).collect();
-        let Ok(bytes) = postcard::to_stdvec(&mine) else { return waiting_for.to_vec() };
-        if self.store.set(&key(rank), &bytes).is_err() {
-            return waiting_for.to_vec();
-        }
-        let mut waits: BTreeMap<usize, Vec<usize>> = BTreeMap::from([(rank, waiting_for.to_vec())]);
-        let decode = |v: &[u8]| -> Option<Vec<usize>> {
-            let ranks: Vec<u64> = postcard::from_bytes(v).ok()?;
-            Some(ranks.into_iter().map(|r| r as usize).collect())
-        };
-        loop {
-            let silent = silent_ranks(rank, &waits);
-            let left = deadline.saturating_duration_since(Instant::now());
-            if silent.is_empty() || left.is_zero() {
-                return blame(rank, &waits);
-            }
-            let keys: Vec<String> = silent.iter().map(|&r| key(r)).collect();
-            match self.store.wait(&keys, left) {
-                Ok(Ok(values)) => {
-                    for (&r, v) in silent.iter().zip(&values) {
-                        waits.insert(r, decode(v).unwrap_or_default());
-                    }
-                }
-                // Those that spoke in time count; the rest are silent.
-                Ok(Err(missing)) => {
-                    for (&r, k) in silent.iter().zip(&keys).filter(|(_, k)| !missing.contains(k)) {
-                        if let Ok(Some(v)) = self.store.get(k) {
-                            waits.insert(r, decode(&v).unwrap_or_default());
-                        }
-                    }
-                    return blame(rank, &waits);
-                }
-                Err(_) => return blame(rank, &waits),
-            }
-        }
-    }
-
-    /// On the rank that serves the store, after a failure: waits until every rank that is not
-    /// blamed for it has read the record, or [`RECORD_LINGER`] passes.
-    fn linger(&mut self, size: usize) {
-        let Some(seen) = &self.seen else { return };
-        let readers = size.saturating_sub(seen.culprits.len()) as i64;
-        let deadline = std::time::Instant::now() + RECORD_LINGER;
-        while std::time::Instant::now() < deadline {
-            match self.store.add(&self.readers, 0) {
-                Ok(n) if n < readers => std::thread::sleep(Duration::from_millis(20)),
-                _ => return,
-            }
-        }
-    }
-}
-
-/// The ranks reachable from `from` through `waits` (who waits for whom) that are not
-/// themselves waiting: the silent ones.
-fn silent_ranks(from: usize, waits: &BTreeMap<usize, Vec<usize>>) -> Vec<usize> {
-    let mut seen = BTreeSet::from([from]);
-    let mut todo = vec![from];
-    let mut silent = BTreeSet::new();
-    while let Some(r) = todo.pop() {
-        match waits.get(&r) {
-            None => {
-                silent.insert(r);
-            }
-            Some(next) => todo.extend(next.iter().filter(|&&p| seen.insert(p))),
-        }
-    }
-    silent.into_iter().collect()
-}
-
-/// Whom to blame once the time to ask is up: the silent ranks this rank waits for directly,
-/// if any (a silent rank further along may only be late to say that it waits too: its own
-/// wait began later), else the silent ranks further along; none silent (a cycle of waiting
-/// ranks), the direct peers.
-fn blame(from: usize, waits: &BTreeMap<usize, Vec<usize>>) -> Vec<usize> {
-    let silent = silent_ranks(from, waits);
-    let direct: Vec<usize> = waits[&from].iter().copied().filter(|r| silent.contains(r)).collect();
-    match (direct.is_empty(), silent.is_empty()) {
-        (false, _) => direct,
-        (true, false) => silent,
-        (true, true) => waits[&from].clone(),
-    }
 }
 
 /// The transports this rank offers, each bound and with its address: the one place a
@@ -492,7 +306,7 @@ impl World {
         );
         host.watch_abort(bell.clone());
         let watcher = StoreClient::connect(&addr, &secret, tuning.connect_timeout).map_err(boot)?;
-        let watch = AbortWatch::start(watcher, prefix, bell).map_err(|source| {
+        let watch = AbortWatch::start(watcher, prefix, rank, bell).map_err(|source| {
             boot(bootstrap::Error::Io { what: "starting the abort watcher".into(), source: source.into() })
         })?;
         let world = World {
@@ -553,13 +367,28 @@ impl World {
         self.record.is_some()
     }
 
-    /// The ranks to blame after this rank waited for `waiting_for` without progress: those
-    /// it reaches through ranks that are themselves waiting, and that said nothing (see
-    /// `FailureRecord::trace_silent`). Without a store, `waiting_for` itself.
+    /// The other ranks that are dead or stopped: those that do not answer a roll call within
+    /// the blame window (see [`RollCall`]). Without a store, none.
+    pub(crate) fn gone_others(&mut self) -> Vec<usize> {
+        let (rank, window) = (self.rank, self.tuning.blame_window());
+        let others: Vec<usize> = (0..self.size).filter(|&r| r != rank).collect();
+        match &mut self.record {
+            Some(record) => record.gone(&others, window),
+            None => Vec::new(),
+        }
+    }
+
+    /// The ranks to blame after this rank waited for `waiting_for` without progress: the dead
+    /// or stopped ones first, then those it reaches through ranks that are themselves waiting
+    /// and that said nothing (see `FailureRecord::trace_silent`). Without a store,
+    /// `waiting_for` itself.
     pub(crate) fn trace_silent(&mut self, waiting_for: &[usize]) -> Vec<usize> {
         let (rank, window) = (self.rank, self.tuning.blame_window());
         match &mut self.record {
-            Some(record) => record.trace_silent(rank, waiting_for, window),
+            Some(record) => {
+                let others: Vec<usize> = (0..self.size).filter(|&r| r != rank).collect();
+                record.trace_silent(rank, waiting_for, &others, window)
+            }
             None => waiting_for.to_vec(),
         }
     }

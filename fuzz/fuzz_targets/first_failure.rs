@@ -1,5 +1,5 @@
 //! First-failure records (bootstrap/first_failure.rs) of both writers: the communicator's
-//! `FailureNote` (world.rs) and the launcher's `Failure` (runner/src/failure.rs, published by
+//! `FailureNote` (failure.rs) and the launcher's `Failure` (runner/src/failure.rs, published by
 //! runner/src/coord.rs).
 //!
 //! Checks: a record that decodes encodes to bytes that decode to an equal record; one that does
@@ -7,7 +7,7 @@
 #![no_main]
 
 use ferrovod::fuzzing::first_failure;
-use ferrovod::world::FailureNote;
+use ferrovod::failure::FailureNote;
 use ferrovod_runner::failure::Failure;
 use libfuzzer_sys::fuzz_target;
 

@@ -34,9 +34,10 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     // The second allgather carries exactly the spilled bytes; the harness takes them from the
-    // input (zeros past its end), for tails it can afford.
+    // input (zeros past its end). Past 64 KiB a tail is zeros only, which a shorter one covers;
+    // a larger cap made every run 10x slower (a whole tail decoded and agreed twice).
     let spilled: usize = spills.iter().sum();
-    if spilled > 1 << 20 {
+    if spilled > 1 << 16 {
         return;
     }
     let mut rest = rest_in[..rest_in.len().min(spilled)].to_vec();

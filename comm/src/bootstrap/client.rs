@@ -142,6 +142,18 @@ impl StoreClient {
             _ => Err(self.unexpected("wait")),
         }
     }
+
+    /// Waits until any of `keys` is set; returns the first set one (its index in `keys`) with
+    /// its value, or `None` on timeout.
+    pub fn wait_any(&mut self, keys: &[String], timeout: Duration) -> Result<Option<(usize, Vec<u8>)>, Error> {
+        let req =
+            Request::WaitAny { keys: keys.to_vec(), timeout_ms: timeout.as_millis().min(u64::MAX as u128) as u64 };
+        match self.call(&req, timeout)? {
+            Response::Found { index, value } if (index as usize) < keys.len() => Ok(Some((index as usize, value))),
+            Response::TimedOut { .. } => Ok(None),
+            _ => Err(self.unexpected("wait_any")),
+        }
+    }
 }
 
 impl StoreClient {

@@ -1,5 +1,5 @@
-//! The key-value store server: set, get, wait (for several keys, with a timeout), add, and a
-//! key to set when a connection closes (so that a client that dies without a word is still
+//! The key-value store server: set, get, wait (for several keys, or for the first of several,
+//! with a timeout), add, and a key to set when a connection closes (so that a client that dies without a word is still
 //! seen to be gone: its kernel closes the socket).
 //!
 //! Thread per connection, blocking I/O with timeouts. A connection that fails the handshake or
@@ -43,6 +43,11 @@ pub(crate) enum Request {
         key: String,
         value: Vec<u8>,
     },
+    /// Waits until any of `keys` is set: answers the first of them, in `keys`' order, that is.
+    WaitAny {
+        keys: Vec<String>,
+        timeout_ms: u64,
+    },
 }
 
 /// The store's answer.
@@ -52,8 +57,15 @@ pub(crate) enum Response {
     Value(Option<Vec<u8>>),
     Values(Vec<Vec<u8>>),
     Counter(i64),
-    TimedOut { missing: Vec<String> },
+    TimedOut {
+        missing: Vec<String>,
+    },
     Failed(String),
+    /// The answer to `WaitAny`: which key (its index in the request) and its value.
+    Found {
+        index: u64,
+        value: Vec<u8>,
+    },
 }
 
 /// The whole handshake of a new connection, however the peer paces its bytes.
@@ -294,25 +306,42 @@ fn handle(shared: &Shared, req: Request) -> Response {
         }
         // Kept per connection by `serve_connection`; never reaches here.
         Request::SetOnClose { .. } => Response::Failed("on-close keys belong to a connection".into()),
-        Request::Wait { keys, timeout_ms } => {
-            let deadline = Instant::now() + Duration::from_millis(timeout_ms);
-            let mut st = shared.state();
-            loop {
-                let missing: Vec<String> = keys.iter().filter(|k| !st.map.contains_key(*k)).cloned().collect();
-                if missing.is_empty() {
-                    return Response::Values(keys.iter().map(|k| st.map[k].clone()).collect());
-                }
-                let now = Instant::now();
-                if now >= deadline || shared.stop.load(Ordering::SeqCst) {
-                    return Response::TimedOut { missing };
-                }
-                st = shared
-                    .changed
-                    .wait_timeout(st, deadline - now)
-                    .map(|(g, _)| g)
-                    .unwrap_or_else(|p| p.into_inner().0);
+        Request::Wait { keys, timeout_ms } => wait(shared, timeout_ms, |map| {
+            let missing: Vec<String> = keys.iter().filter(|k| !map.contains_key(*k)).cloned().collect();
+            if missing.is_empty() {
+                Ok(Response::Values(keys.iter().map(|k| map[k].clone()).collect()))
+            } else {
+                Err(missing)
             }
+        }),
+        Request::WaitAny { keys, timeout_ms } => {
+            wait(shared, timeout_ms, |map| match keys.iter().enumerate().find_map(|(i, k)| Some((i, map.get(k)?))) {
+                Some((i, value)) => Ok(Response::Found { index: i as u64, value: value.clone() }),
+                None => Err(keys.clone()),
+            })
         }
+    }
+}
+
+/// Waits up to `timeout_ms` until `ready` answers (it is asked again on every change of the
+/// store); on timeout, or when the server stops, the keys it last said were missing.
+fn wait(
+    shared: &Shared,
+    timeout_ms: u64,
+    ready: impl Fn(&HashMap<String, Vec<u8>>) -> Result<Response, Vec<String>>,
+) -> Response {
+    let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+    let mut st = shared.state();
+    loop {
+        let missing = match ready(&st.map) {
+            Ok(resp) => return resp,
+            Err(missing) => missing,
+        };
+        let now = Instant::now();
+        if now >= deadline || shared.stop.load(Ordering::SeqCst) {
+            return Response::TimedOut { missing };
+        }
+        st = shared.changed.wait_timeout(st, deadline - now).map(|(g, _)| g).unwrap_or_else(|p| p.into_inner().0);
     }
 }
 
@@ -347,6 +376,7 @@ pub(crate) fn serve_bytes(mut input: &[u8]) -> Vec<u8> {
     while let Ok(req) = read_msg::<Request>(&mut input, MAX_MESSAGE, "fuzzing") {
         let req = match req {
             Request::Wait { keys, .. } => Request::Wait { keys, timeout_ms: 0 },
+            Request::WaitAny { keys, .. } => Request::WaitAny { keys, timeout_ms: 0 },
             other => other,
         };
         let resp = handle(&shared, req);

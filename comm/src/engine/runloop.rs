@@ -259,6 +259,14 @@ impl RunLoop {
             && let Some(verdict) = self.stalls.check()
         {
             if self.comm.records_failures() {
+                // The ranks the stall list names may have submitted since, in a round that a
+                // dead or stopped rank holds up (the list is the last completed round's): such
+                // a rank, when there is one, is what stalls.
+                let gone = self.comm.gone_others();
+                if !gone.is_empty() {
+                    let detail = format!("{}; rank(s) {gone:?} did not answer the roll call", verdict.detail);
+                    return Err(self.comm.fail_stalled(detail, gone));
+                }
                 return Err(self.comm.fail_stalled(verdict.detail, verdict.culprits));
             }
             self.abort = Some(verdict.detail);
