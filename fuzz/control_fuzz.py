@@ -16,7 +16,7 @@ Checks:
 - a frame whose length word is over ``MAX_MESSAGE`` is refused before any of its body is read;
 - an unmutated message sent with ``send`` is received equal to what was sent.
 
-Usage: ``python fuzz/control_fuzz.py [--seconds N] [--seed S]``; exits 1 on the first failure,
+Usage: ``python fuzz/control_fuzz.py [--seconds N] [--seed S] [--cases C]``; exits 1 on the first failure,
 after writing the failing input to ``fuzz/artifacts/control/``.
 """
 
@@ -209,11 +209,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=15.0)
     ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--cases", type=int, default=None, help="stop after this many cases (the long runs)")
     args = ap.parse_args()
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
     rng = random.Random(seed)
     start, cases = time.monotonic(), 0
-    while time.monotonic() - start < args.seconds:
+    while time.monotonic() - start < args.seconds and (args.cases is None or cases < args.cases):
         msg = message(rng)
         pristine = rng.random() < 0.2
         body = json.dumps(msg, allow_nan=False, separators=(",", ":")).encode()

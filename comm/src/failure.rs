@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::bootstrap::{FirstFailure, RollCall, StoreClient};
+use crate::bootstrap::{self, FirstFailure, RollCall, StoreClient};
 use crate::error::Fault;
 use crate::transport::AbortBell;
 
@@ -19,6 +19,10 @@ const RECORD_WAIT: Duration = Duration::from_secs(2);
 /// How long a rank that serves the store keeps it up after a failure, for the other ranks to
 /// read the first-failure record (without it they would only see this rank go away).
 const RECORD_LINGER: Duration = Duration::from_secs(3);
+
+/// How often a rank working out whom to blame looks whether another rank has recorded the
+/// job's failure meanwhile.
+const TRACE_SLICE: Duration = Duration::from_millis(50);
 
 /// How long one store wait of the abort watcher lasts: bounds how long its thread outlives
 /// the world.
@@ -149,21 +153,51 @@ impl FailureRecord {
         if self.store.set(&key(rank), &bytes).is_err() {
             return waiting_for.to_vec();
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        let gone = self.roll.call(&mut self.store, others, left).unwrap_or_default();
+        let gone = self.gone(others, deadline);
         let waits = self.follow_waits(rank, waiting_for, deadline);
         blame(rank, &waits, &gone)
     }
 
-    /// The ranks of `others` that do not answer a roll call within `window`: dead or stopped.
-    pub(crate) fn gone(&mut self, others: &[usize], window: Duration) -> Vec<usize> {
-        self.roll.call(&mut self.store, others, window).unwrap_or_default()
+    /// The ranks of `others` that do not answer a roll call by `deadline`: dead or stopped.
+    /// None when the store fails, or when another rank records the job's failure meanwhile.
+    pub(crate) fn gone(&mut self, others: &[usize], deadline: Instant) -> Vec<usize> {
+        let Ok(keys) = self.roll.call(&mut self.store, others) else { return Vec::new() };
+        match self.wait_unless_failed(&keys, deadline) {
+            Ok(Err(missing)) if !self.failed() => {
+                others.iter().zip(&keys).filter(|(_, k)| missing.contains(k)).map(|(&r, _)| r).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether a rank has recorded the job's first failure.
+    fn failed(&mut self) -> bool {
+        matches!(self.store.get(self.first.value_key()), Ok(Some(_)))
+    }
+
+    /// Waits for every key as `StoreClient::wait` does, until `deadline`, but gives up early
+    /// (as on a timeout) once the job's first failure is recorded: what this rank would blame
+    /// no longer matters then, and the sooner it reads that record, the sooner it fails.
+    fn wait_unless_failed(
+        &mut self,
+        keys: &[String],
+        deadline: Instant,
+    ) -> Result<Result<Vec<Vec<u8>>, Vec<String>>, bootstrap::Error> {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.store.wait(keys, left.min(TRACE_SLICE))? {
+                Ok(values) => return Ok(Ok(values)),
+                Err(missing) if left <= TRACE_SLICE || self.failed() => return Ok(Err(missing)),
+                Err(_) => {}
+            }
+        }
     }
 
     /// Who waits for whom, from this rank's wait for `waiting_for` on: the `stuck/<rank>`
     /// records of the ranks reached, waiting until `deadline` for those not yet written.
     fn follow_waits(&mut self, rank: usize, waiting_for: &[usize], deadline: Instant) -> BTreeMap<usize, Vec<usize>> {
-        let key = |r: usize| format!("{}/{r}", self.stuck);
+        let stuck = self.stuck.clone();
+        let key = |r: usize| format!("{stuck}/{r}");
         let mut waits: BTreeMap<usize, Vec<usize>> = BTreeMap::from([(rank, waiting_for.to_vec())]);
         let decode = |v: &[u8]| -> Option<Vec<usize>> {
             let ranks: Vec<u64> = postcard::from_bytes(v).ok()?;
@@ -171,12 +205,11 @@ impl FailureRecord {
         };
         loop {
             let silent = silent_ranks(rank, &waits);
-            let left = deadline.saturating_duration_since(Instant::now());
             if silent.is_empty() {
                 return waits;
             }
             let keys: Vec<String> = silent.iter().map(|&r| key(r)).collect();
-            match self.store.wait(&keys, left) {
+            match self.wait_unless_failed(&keys, deadline) {
                 Ok(Ok(values)) => {
                     for (&r, v) in silent.iter().zip(&values) {
                         waits.insert(r, decode(v).unwrap_or_default());

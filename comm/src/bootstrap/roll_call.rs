@@ -10,8 +10,6 @@
 //! n-th caller; `here/<n>/<rank>`, set by each rank's answer to it. Watchers answer calls in
 //! order, so none is missed, whenever the watcher started.
 
-use std::time::Duration;
-
 use super::{Error, StoreClient};
 
 /// The roll calls of one job (or one communicator) in the store.
@@ -35,16 +33,12 @@ impl RollCall {
         format!("{}/here/{n}/{rank}", self.prefix)
     }
 
-    /// Calls the roll of `ranks` and waits up to `window` for their answers: the ranks that
-    /// did not answer, in the order given.
-    pub fn call(&self, store: &mut StoreClient, ranks: &[usize], window: Duration) -> Result<Vec<usize>, Error> {
+    /// Calls the roll: the keys that `ranks` answer it under, in their order, for the caller
+    /// to wait on. Those not set in the caller's window are the ranks that are gone.
+    pub fn call(&self, store: &mut StoreClient, ranks: &[usize]) -> Result<Vec<String>, Error> {
         let n = store.add(&format!("{}/seq", self.prefix), 1)? as u64;
         store.set(&self.call_key(n), &[])?;
-        let keys: Vec<String> = ranks.iter().map(|&r| self.here_key(n, r)).collect();
-        match store.wait(&keys, window)? {
-            Ok(_) => Ok(Vec::new()),
-            Err(missing) => Ok(ranks.iter().zip(&keys).filter(|(_, k)| missing.contains(k)).map(|(&r, _)| r).collect()),
-        }
+        Ok(ranks.iter().map(|&r| self.here_key(n, r)).collect())
     }
 
     /// `rank`'s answer to the `n`-th call.
