@@ -63,6 +63,33 @@ pub struct World {
     _store: Option<StoreServer>,
 }
 
+/// The first knob on which `peer`'s published tuning (`theirs`) differs from this rank's
+/// (`agreed`), by name: a value that differs, a knob it does not publish, or one this rank does
+/// not know (a peer of another version). The knob's name, and what differs.
+fn disagreement(
+    agreed: &[(&'static str, String)],
+    theirs: &[(String, String)],
+    peer: usize,
+    rank: usize,
+) -> Option<(&'static str, String)> {
+    for (name, mine) in agreed {
+        match theirs.iter().find(|(k, _)| k == name) {
+            Some((_, t)) if t == mine => {}
+            Some((_, t)) => {
+                let detail = format!("rank {peer} has {t}, rank {rank} has {mine}: every rank must use the same value");
+                return Some((name, detail));
+            }
+            None => return Some((name, format!("rank {peer} does not publish it (another ferrovod version?)"))),
+        }
+    }
+    let unknown = theirs.iter().find(|(k, _)| !agreed.iter().any(|(n, _)| n == k))?;
+    let detail = format!(
+        "rank {peer} publishes {}, which rank {rank} does not know (another ferrovod version?)",
+        crate::error::quoted(&unknown.0)
+    );
+    Some(("the settings every rank must agree on", detail))
+}
+
 /// The transports this rank offers, each bound and with its address: the one place a
 /// transport registers.
 fn endpoints(ip: IpAddr, tuning: &Tuning) -> std::result::Result<Vec<Box<dyn Endpoint>>, bootstrap::Error> {
@@ -277,14 +304,8 @@ impl World {
         };
         let peers = exchange_peers(&mut store, prefix, rank, config.size, &me, tuning.connect_timeout).map_err(boot)?;
         for (peer, info) in peers.iter().enumerate() {
-            let theirs = info.tuning.iter().map(|(_, v)| v);
-            if let Some(((name, mine), theirs)) = agreed.iter().zip(theirs).find(|((_, m), t)| m != *t) {
-                return Err(Error::Config {
-                    name,
-                    detail: format!(
-                        "rank {peer} has {theirs}, rank {rank} has {mine}: every rank must use the same value"
-                    ),
-                });
+            if let Some((name, detail)) = disagreement(&agreed, &info.tuning, peer, rank) {
+                return Err(Error::Config { name, detail });
             }
         }
         let gone = |peer: usize| peer_gone(&peers[peer], &me);
@@ -403,5 +424,30 @@ impl Drop for World {
         {
             record.linger(self.size);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::disagreement;
+
+    fn theirs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn tunings_are_compared_by_name_and_a_missing_or_unknown_knob_disagrees() {
+        let mine = vec![("FERROVOD_A", "1".to_string()), ("FERROVOD_B", "2".to_string())];
+        assert_eq!(disagreement(&mine, &theirs(&[("FERROVOD_B", "2"), ("FERROVOD_A", "1")]), 1, 0), None);
+        let (name, detail) = disagreement(&mine, &theirs(&[("FERROVOD_A", "1"), ("FERROVOD_B", "3")]), 1, 0).unwrap();
+        assert_eq!(name, "FERROVOD_B");
+        assert!(detail.contains("rank 1 has 3, rank 0 has 2"), "{detail}");
+        // A peer that publishes fewer knobs used to pass (the lists were zipped).
+        let (name, detail) = disagreement(&mine, &theirs(&[("FERROVOD_A", "1")]), 2, 0).unwrap();
+        assert_eq!(name, "FERROVOD_B");
+        assert!(detail.contains("rank 2 does not publish it"), "{detail}");
+        let extra = theirs(&[("FERROVOD_A", "1"), ("FERROVOD_B", "2"), ("FERROVOD_C", "9")]);
+        let (_, detail) = disagreement(&mine, &extra, 3, 0).unwrap();
+        assert!(detail.contains("\"FERROVOD_C\"") && detail.contains("rank 3"), "{detail}");
     }
 }
