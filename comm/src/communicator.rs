@@ -540,9 +540,9 @@ impl Communicator {
         self.settle(op, local)
     }
 
-    /// The ranks other than this one that are silent: not waiting in the store's records (see
-    /// `World::trace_silent`), so dead, stopped or busy. For the engine's stall backstop, when
-    /// no round completes and rank 0's verdict did not come.
+    /// The ranks other than this one to blame when no round completes and rank 0's verdict did
+    /// not come (the engine's stall backstop): the dead or stopped ones, else those not
+    /// waiting (see `World::trace_silent`).
     pub(crate) fn silent_others(&mut self) -> Vec<usize> {
         let others: Vec<usize> = (0..self.size()).filter(|&r| r != self.rank()).collect();
         self.world.trace_silent(&others)

@@ -18,7 +18,8 @@ use crate::config::EngineSettings;
 const IDLE: Duration = Duration::from_secs(3600);
 
 /// How long past the stall timeout the other ranks wait for rank 0's verdict before they act
-/// on their own clocks. A live rank 0 sends it at once, in the round that follows.
+/// on their own clocks. A live rank 0 records it at once, or after its roll call's window when
+/// a rank is dead or stopped; the others' backstop may then come first, blaming the same ranks.
 pub(crate) const BACKSTOP: Duration = Duration::from_secs(1);
 
 /// Rank 0's decision that tensors stalled: what waited how long for whom, and those ranks.
