@@ -1,6 +1,6 @@
 //! The key-value store server: set, get, wait (for several keys, or for the first of several,
-//! with a timeout), add, and a key to set when a connection closes (so that a client that dies without a word is still
-//! seen to be gone: its kernel closes the socket).
+//! with a timeout), add, and a key to set when a connection closes (so that a client that dies
+//! without a word is still seen to be gone: its kernel closes the socket).
 //!
 //! Thread per connection, blocking I/O with timeouts. A connection that fails the handshake or
 //! sends a malformed request is dropped; the others are unaffected. Dropping the server stops
