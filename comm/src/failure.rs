@@ -148,10 +148,9 @@ impl FailureRecord {
         // A quarter of the window is left for reporting the failure and for a loaded host (the
         // chaos runs measured 0.16 s of slack at an eighth, too little to count on).
         let deadline = Instant::now() + window - window / 4;
-        let key = |r: usize| format!("{}/{r}", self.stuck);
         let mine: Vec<u64> = waiting_for.iter().map(|&r| r as u64).collect();
         let Ok(bytes) = postcard::to_stdvec(&mine) else { return waiting_for.to_vec() };
-        if self.store.set(&key(rank), &bytes).is_err() {
+        if self.store.set(&self.stuck_key(rank), &bytes).is_err() {
             return waiting_for.to_vec();
         }
         let gone = self.gone(others, deadline);
@@ -194,11 +193,14 @@ impl FailureRecord {
         }
     }
 
+    /// The key of `rank`'s record of whom it waits for.
+    fn stuck_key(&self, rank: usize) -> String {
+        format!("{}/{rank}", self.stuck)
+    }
+
     /// Who waits for whom, from this rank's wait for `waiting_for` on: the `stuck/<rank>`
     /// records of the ranks reached, waiting until `deadline` for those not yet written.
     fn follow_waits(&mut self, rank: usize, waiting_for: &[usize], deadline: Instant) -> BTreeMap<usize, Vec<usize>> {
-        let stuck = self.stuck.clone();
-        let key = |r: usize| format!("{stuck}/{r}");
         let mut waits: BTreeMap<usize, Vec<usize>> = BTreeMap::from([(rank, waiting_for.to_vec())]);
         let decode = |v: &[u8]| -> Option<Vec<usize>> {
             let ranks: Vec<u64> = postcard::from_bytes(v).ok()?;
@@ -209,7 +211,7 @@ impl FailureRecord {
             if silent.is_empty() {
                 return waits;
             }
-            let keys: Vec<String> = silent.iter().map(|&r| key(r)).collect();
+            let keys: Vec<String> = silent.iter().map(|&r| self.stuck_key(r)).collect();
             match self.wait_unless_failed(&keys, deadline) {
                 Ok(Ok(values)) => {
                     for (&r, v) in silent.iter().zip(&values) {

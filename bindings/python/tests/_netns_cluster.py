@@ -122,7 +122,7 @@ class Cluster:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                pass
+                continue  # still running: `hosts.sh down` below SIGKILLs it
         if self._up:
             self._script("down", self.name, str(self.hosts))
             self._up = False
