@@ -32,6 +32,7 @@ python_exception!(
     CollectiveTimeoutError,
     MismatchError,
     StalledError,
+    UnsupportedError,
     NotInitializedError,
 );
 
@@ -66,6 +67,7 @@ impl From<PyFerrovodError> for PyErr {
             (E::Config { .. }, _) => ConfigError::new_err(msg),
             (E::InvalidArgument { .. }, _) => InvalidArgumentError::new_err(msg),
             (E::Bootstrap { .. }, _) => BootstrapError::new_err(msg),
+            (E::Unsupported { .. }, _) => UnsupportedError::new_err(msg),
             (E::Stalled { .. }, _) | (_, Some(Fault::Stall)) => StalledError::new_err(msg),
             (E::EngineStopped { .. }, _) => NotInitializedError::new_err(msg),
             (_, Some(Fault::Mismatch)) => MismatchError::new_err(msg),

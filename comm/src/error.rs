@@ -109,6 +109,20 @@ pub enum Error {
         values: String,
     },
 
+    /// Every rank agrees on a tensor that cannot run now: an allgather, broadcast, alltoall or
+    /// reducescatter while a rank has joined (Horovod's error response). The engine goes on.
+    #[error("rank {rank}: tensor {name:?}: {op} is not supported while rank(s) {joined:?} have joined")]
+    Unsupported {
+        /// This rank.
+        rank: usize,
+        /// The tensor.
+        name: String,
+        /// Its collective.
+        op: Operation,
+        /// The ranks that have joined.
+        joined: Vec<usize>,
+    },
+
     /// Tensors waited for other ranks longer than `FERROVOD_STALL_TIMEOUT`.
     #[error("rank {rank}: stalled: {detail}")]
     Stalled {
@@ -183,6 +197,7 @@ impl Error {
             Error::Backend { .. } => Some(Fault::Other),
             Error::Config { .. }
             | Error::InvalidArgument { .. }
+            | Error::Unsupported { .. }
             | Error::Bootstrap { .. }
             | Error::EngineStopped { .. } => None,
         }
@@ -222,6 +237,7 @@ impl Error {
     pub fn operation(&self) -> Option<&Operation> {
         match self {
             Error::InvalidArgument { op, .. }
+            | Error::Unsupported { op, .. }
             | Error::Collective { op, .. }
             | Error::Backend { op, .. }
             | Error::Mismatch { op, .. }
@@ -242,6 +258,7 @@ impl Error {
             | Error::Mismatch { rank, .. }
             | Error::Aborted { rank, .. }
             | Error::TensorMismatch { rank, .. }
+            | Error::Unsupported { rank, .. }
             | Error::Stalled { rank, .. }
             | Error::EngineStopped { rank, .. }
             | Error::Broken { rank, .. } => Some(*rank),

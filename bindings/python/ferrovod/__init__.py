@@ -111,6 +111,7 @@ from .exceptions import (
     PoolClosedError,
     RankFailedError,
     StalledError,
+    UnsupportedError,
 )
 
 __version__: str = _ferrovod.__version__
@@ -135,6 +136,7 @@ __all__ = [
     "RankFailedError",
     "ReduceOp",
     "StalledError",
+    "UnsupportedError",
     "Sum",
     "add_process_set",
     "allgather",

@@ -20,6 +20,8 @@ ferrovod's: ``RuntimeError`` for a failed or mismatched collective (Horovod's
         │                           arguments (dtype, shape, op, root, kind, memory)
         ├── StalledError            (RuntimeError) tensors waited for other ranks past
         │                           FERROVOD_STALL_TIMEOUT
+        ├── UnsupportedError        (RuntimeError) an allgather, broadcast, alltoall or
+        │                           reducescatter while a rank has joined, as in Horovod
         ├── NotInitializedError     (ValueError) init() was not called, or shutdown() was, or the
         │                           engine stopped
         ├── LaunchError             (RuntimeError) ferrovod-run could not start or supervise the job
@@ -89,6 +91,12 @@ class StalledError(FerrovodError, RuntimeError):
     """Tensors waited for other ranks past FERROVOD_STALL_TIMEOUT."""
 
 
+class UnsupportedError(FerrovodError, RuntimeError):
+    """Every rank submitted a collective that cannot run now: an allgather, broadcast, alltoall
+    or reducescatter while a rank has joined (Horovod's error in the same case). The ranks go on
+    with their next collectives."""
+
+
 class NotInitializedError(FerrovodError, ValueError):
     """ferrovod is not initialized (call init()), or was shut down, or its engine stopped."""
 
@@ -120,4 +128,5 @@ __all__ = [
     "PoolClosedError",
     "RankFailedError",
     "StalledError",
+    "UnsupportedError",
 ]

@@ -7,8 +7,9 @@
 //! Every rank cuts the same pieces, since they follow from the agreed sizes alone.
 //!
 //! A rank that has joined and did not submit a tensor contributes a stand-in: the identity of
-//! the reduction, no rows for allgather and alltoall, a scratch buffer for broadcast. An average
-//! still divides by every rank (the joined one counting as zeros), as Horovod's does.
+//! the reduction for an allreduce, nothing for a barrier (the other collectives are refused
+//! while a rank has joined, as in Horovod: see `negotiate::agree`). An average still divides by
+//! every rank (the joined one counting as zeros), as Horovod's does.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -170,14 +171,14 @@ fn failure(error: Error, items: Vec<Item>, done: Vec<Done>) -> Box<Failure> {
 fn stand_in(ops: &mut dyn Ops, ready: &Ready) -> Vec<u8> {
     let meta = &ready.meta;
     match meta.collective {
-        Collective::Allreduce(op) | Collective::Reducescatter(op) => {
+        Collective::Allreduce(op) => {
             let mut buf = vec![0u8; meta.bytes()];
             // Host memory: the host operations cannot fail on it.
             let _ = ops.fill_identity(Memory::Host(&mut buf), meta.dtype, op);
             buf
         }
-        Collective::Broadcast(_) => vec![0u8; meta.bytes()],
-        Collective::Allgather | Collective::Alltoall | Collective::Barrier => Vec::new(),
+        // A barrier carries nothing; nothing else runs while a rank has joined.
+        _ => Vec::new(),
     }
 }
 
@@ -303,13 +304,6 @@ fn single(ctx: &mut Ctx<'_>, item: &mut Item, rank: usize) -> Result<Output> {
     let place = item.data.place();
     match collective {
         Collective::Broadcast(root) => {
-            if !item.ready.present[root as usize] {
-                return Err(Error::InvalidArgument {
-                    rank,
-                    op: collective.into(),
-                    detail: format!("tensor {:?}: root rank {root} has joined and sent nothing", item.ready.name),
-                });
-            }
             comm.broadcast_bytes(item.data.memory(), dtype, root as usize)?;
             let shape = meta.shape.iter().map(|&d| d as usize).collect();
             let (data, in_place) = std::mem::take(&mut item.data).into_result();
@@ -353,8 +347,7 @@ fn single(ctx: &mut Ctx<'_>, item: &mut Item, rank: usize) -> Result<Output> {
         Collective::Alltoall => {
             let splits = match item.pending.as_ref().and_then(|p| p.sub.splits.clone()) {
                 Some(s) => s,
-                None if item.pending.is_some() => even_rows(pending_rows(item, row_bytes), comm.size()),
-                None => vec![0; comm.size()],
+                None => even_rows(pending_rows(item, row_bytes), comm.size()),
             };
             let total: usize = splits.iter().sum();
             let recv_rows = comm.alltoall_counts(total, &splits, dtype)?;

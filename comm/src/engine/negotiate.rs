@@ -208,12 +208,23 @@ pub(crate) struct Mismatch {
     pub values: String,
 }
 
+/// A tensor that cannot run because ranks have joined without it.
+#[derive(Debug, Clone)]
+pub(crate) struct Refusal {
+    pub name: String,
+    pub collective: Collective,
+    /// The ranks that have joined.
+    pub joined: Vec<usize>,
+}
+
 /// What every rank decides from one round.
 #[derive(Debug, Default)]
 pub(crate) struct Agreement {
     /// To run, in this order.
     pub ready: Vec<Ready>,
     pub mismatches: Vec<Mismatch>,
+    /// Submitted everywhere but not runnable while a rank has joined.
+    pub refused: Vec<Refusal>,
     /// Pending somewhere but not everywhere: name and the ranks it waits for.
     pub waiting: Vec<(String, Vec<usize>)>,
     /// Ranks that have called join.
@@ -305,11 +316,25 @@ pub(crate) fn agree(messages: &[Message], cache: &mut Cache, table: &mut Table) 
     for h in held {
         waiting.push((h.name, Vec::new()));
     }
+    // As in Horovod, only allreduces (and barriers) run while a rank has joined: the others
+    // get an error on the ranks that submitted them.
+    let (refused, ready): (Vec<Ready>, Vec<Ready>) = ready.into_iter().partition(|r| {
+        !matches!(r.meta.collective, Collective::Allreduce(_) | Collective::Barrier) && r.present.contains(&false)
+    });
+    let refused: Vec<Refusal> = refused
+        .into_iter()
+        .map(|r| Refusal {
+            joined: (0..n).filter(|&i| !r.present[i]).collect(),
+            collective: r.meta.collective,
+            name: r.name,
+        })
+        .collect();
     decided.extend(ready.iter().filter(|r| r.slot.is_none()).map(|r| r.name.clone()));
+    decided.extend(refused.iter().map(|r| r.name.clone()));
     for name in decided {
         table.remove(&name);
     }
-    Agreement { ready, mismatches, waiting, joined, shutdown_by, abort }
+    Agreement { ready, mismatches, refused, waiting, joined, shutdown_by, abort }
 }
 
 /// Every rank's eager data for cached `slot`, if every rank sent it (a joined rank sends none),
@@ -424,9 +449,16 @@ mod tests {
     #[test]
     fn joined_ranks_do_not_hold_anything_up_and_groups_wait_for_all_members() {
         let (mut cache, mut table) = (Cache::new(8), Table::new());
-        let joined = Message { joined: true, ..Message::default() };
-        let a = agree(&[announce(&[("x", meta(DType::F32, 1))]), joined], &mut cache, &mut table);
+        let joined = || Message { joined: true, ..Message::default() };
+        let a = agree(&[announce(&[("x", meta(DType::F32, 1))]), joined()], &mut cache, &mut table);
         assert_eq!(a.ready[0].present, [true, false]);
+        // Anything but an allreduce or a barrier is refused while a rank has joined, as in
+        // Horovod, and leaves the table.
+        let gather = Meta { collective: Collective::Allgather, ..meta(DType::F32, 1) };
+        let a = agree(&[announce(&[("y", gather)]), joined()], &mut cache, &mut table);
+        assert!(a.ready.is_empty());
+        assert_eq!(a.refused.iter().map(|r| (r.name.as_str(), r.joined.clone())).collect::<Vec<_>>(), [("y", vec![1])]);
+        assert!(table.is_empty());
         let g = GroupKey::of(["a", "b"].into_iter());
         let m = Meta { group: Some(g), ..meta(DType::F32, 1) };
         let one = announce(&[("a", m.clone())]);

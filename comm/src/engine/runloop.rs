@@ -201,6 +201,7 @@ impl RunLoop {
             return Ok(Some(Stop::Stalled(format!("rank {by} reported: {reason}"))));
         }
         self.fail_mismatches(&agreement);
+        self.fail_refusals(&agreement);
         let ready = std::mem::take(&mut agreement.ready);
         self.run_ready(ready, (t0, t1))?;
         self.track_joins(&agreement);
@@ -282,6 +283,20 @@ impl RunLoop {
                     name: m.name.clone(),
                     field: m.field,
                     values: m.values.clone(),
+                };
+                complete(&self.shared, vec![Done::of(l.pending, Err(e))]);
+            }
+        }
+    }
+
+    fn fail_refusals(&mut self, agreement: &Agreement) {
+        for r in &agreement.refused {
+            if let Some(l) = self.local.remove(&r.name) {
+                let e = Error::Unsupported {
+                    rank: self.rank,
+                    name: r.name.clone(),
+                    op: r.collective.into(),
+                    joined: r.joined.clone(),
                 };
                 complete(&self.shared, vec![Done::of(l.pending, Err(e))]);
             }

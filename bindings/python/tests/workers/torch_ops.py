@@ -8,6 +8,7 @@ warnings.simplefilter("error")
 
 import torch  # noqa: E402
 
+import ferrovod  # noqa: E402
 import ferrovod.torch as hvd  # noqa: E402
 
 torch.set_num_threads(1)
@@ -250,8 +251,24 @@ def join():
     # contributing nothing, and rank 0 is the last to join.
     if R == 0:
         same(hvd.allreduce(torch.full((2,), 5.0), op=hvd.Sum, name="after.join"), torch.full((2,), 5.0), "allreduce while others joined")
+        # As in Horovod, the other collectives are an error (a RuntimeError) while a rank has
+        # joined, and the rank goes on.
+        for what, call in [] if N == 1 else [
+            ("allgather", lambda: hvd.allgather(torch.ones(2, 3))),
+            ("broadcast", lambda: hvd.broadcast(torch.ones(2), root_rank=0)),
+            ("reducescatter", lambda: hvd.reducescatter(torch.ones(2 * N))),
+            ("alltoall", lambda: hvd.alltoall(torch.ones(N))),
+        ]:
+            try:
+                call()
+            except RuntimeError as e:
+                assert isinstance(e, ferrovod.UnsupportedError), repr(e)
+                assert e.op == what and f"{what} is not supported while rank(s) {list(range(1, N))} have joined" in str(e), e
+            else:
+                raise AssertionError(f"{what} ran while ranks had joined")
     last = hvd.join(-1)  # Horovod's CPU device
     assert last == 0, last
+    same(hvd.allreduce(torch.full((2,), 1.0), op=hvd.Sum, name="after.all.joined"), torch.full((2,), float(N)), "allreduce after join")
     ok("join")
 
 
