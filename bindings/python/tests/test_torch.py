@@ -222,6 +222,7 @@ def test_broadcast_makes_parameters_and_optimizer_state_identical(ranks, n):
             "ok adam root=0 trained=0 state_dict",
             f"ok sgd root={n - 1} trained={n - 1} named_parameters",
             f"ok adam root=0 trained={n - 1} state_dict",
+            "ok fresh state, weight decay",
             "ok all",
         ], out
 

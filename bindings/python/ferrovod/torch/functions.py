@@ -17,6 +17,7 @@ import ferrovod as _core
 from ferrovod import _arrays
 
 from .ops import staged
+from .optimizer import _DistributedMixin
 
 
 def broadcast_parameters(params: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]], root_rank: int) -> None:
@@ -40,9 +41,16 @@ def broadcast_parameters(params: Mapping[str, torch.Tensor] | Iterable[tuple[str
         finish()
 
 
-def broadcast_optimizer_state(optimizer: torch.optim.Optimizer, root_rank: int) -> None:
+def broadcast_optimizer_state(optimizer: torch.optim.Optimizer, root_rank: int, model: torch.nn.Module | None = None) -> None:
     """Makes every rank's optimizer state (per-parameter state and ``param_groups``: learning
-    rates, betas, step counts) equal to ``root_rank``'s, also where the others have none yet."""
+    rates, betas, step counts) equal to ``root_rank``'s, also where the others have none yet.
+
+    As Horovod's: an optimizer with no state yet first takes a step with zero gradients to
+    create it, on every rank where it has none, and parameters that train keep those zero
+    ``.grad``s (``model`` names the sparse embeddings, whose gradients SGD takes sparse). Unlike
+    Horovod's, that step leaves the parameters as they were, so a weight decay does not move
+    them on some ranks only."""
+    _create_state(optimizer, model)
     is_root = _core.rank() == root_rank
     message = None
     if is_root:
@@ -59,6 +67,30 @@ def broadcast_optimizer_state(optimizer: torch.optim.Optimizer, root_rank: int) 
         finish()
     if not is_root:
         optimizer.load_state_dict(_decode(message["tree"], targets))
+
+
+def _create_state(optimizer: torch.optim.Optimizer, model: torch.nn.Module | None) -> None:
+    """Horovod's step with zero gradients, for an optimizer that has no state yet, without
+    moving the parameters. Local: a ``DistributedOptimizer`` steps as its wrapped class, since
+    its own step would wait for every rank's gradients."""
+    if optimizer.state_dict()["state"] or isinstance(optimizer, torch.optim.LBFGS):  # LBFGS steps only with a closure
+        return
+    sparse = set()
+    if model is not None:
+        sparse = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse for p in m.parameters()}
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+    saved = [p.detach().clone() for p in params]
+    for p in params:
+        grad = torch.zeros_like(p)
+        take_sparse = isinstance(optimizer, torch.optim.SparseAdam) or (isinstance(optimizer, torch.optim.SGD) and id(p) in sparse)
+        p.grad = grad.to_sparse() if take_sparse else grad
+    if isinstance(optimizer, _DistributedMixin):
+        super(_DistributedMixin, optimizer).step()
+    else:
+        optimizer.step()
+    with torch.no_grad():
+        for p, before in zip(params, saved):
+            p.copy_(before)
 
 
 def _broadcast_into(tensor: torch.Tensor, root_rank: int, name: str) -> Any:

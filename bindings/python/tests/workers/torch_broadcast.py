@@ -74,7 +74,10 @@ def check(make_opt, root, trained_rank, form):
             assert opt.param_groups[0]["lr"] == 0.02 and all(isinstance(s["step"], torch.Tensor) for s in opt.state.values())
             assert [s["step"].item() for s in opt.state.values()] == [3.0] * 6
         else:
-            assert not opt.state, "the root had no state, so no rank may keep any"
+            # As in Horovod, the root had no state, so it took a step with zero gradients to
+            # make one, and every rank now has that state.
+            assert [s["step"].item() for s in opt.state.values()] == [1.0] * 6
+            assert all(torch.count_nonzero(s["exp_avg"]) == 0 for s in opt.state.values())
     # And they stay together: one more step on the same data.
     train_steps(model, opt, 1)
     assert_identical(list(model.parameters()), f"{what} after a step")
@@ -90,7 +93,27 @@ def sgd(params, rank):
     return torch.optim.SGD(params, lr=0.05 * (rank + 1), momentum=0.9)
 
 
+def fresh_state_with_weight_decay():
+    """Horovod's test_broadcast_state_no_grad, in short: no rank has state, so each takes a step
+    with zero gradients to make one; that step must not move the parameters (weight decay would
+    have), and leaves zero gradients where parameters train and none where they do not."""
+    model = model_for(0)
+    model[0].weight.requires_grad_(False)
+    opt = hvd.DistributedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.5), named_parameters=model.named_parameters()
+    )
+    before = [p.detach().clone() for p in model.parameters()]
+    hvd.broadcast_optimizer_state(opt, root_rank=0)
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters())), "the step to make state moved parameters"
+    assert model[0].weight.grad is None
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert all(p.grad is not None and torch.count_nonzero(p.grad) == 0 for p in trained)
+    assert len(opt.state) == len(trained) and all("momentum_buffer" in opt.state[p] for p in trained)
+    ok("fresh state, weight decay")
+
+
 check(adam, root=0, trained_rank=0, form="state_dict")
 check(sgd, root=N - 1, trained_rank=N - 1, form="named_parameters")
 check(adam, root=0, trained_rank=N - 1, form="state_dict")
+fresh_state_with_weight_decay()
 ok("all")
