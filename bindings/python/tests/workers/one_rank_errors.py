@@ -1,6 +1,6 @@
-"""Errors raised on one rank only, before it submits anything, must not make the ranks drift
-apart: after each, every rank runs ten unnamed collectives (whose automatic names must still
-pair up) and checks their values. Run on 2 ranks."""
+"""Errors raised on one rank only, before it submits anything or after, must not make the ranks
+drift apart: after each, every rank runs ten unnamed collectives (whose automatic names must
+still pair up) and checks their values. Run on 2 ranks."""
 
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ def on_one_rank(who: int, what: str, call, error) -> None:
             sys.exit(f"rank {who}: {what}: no error")
         except error:
             pass
+    still_paired(what, who)
+
+
+def still_paired(what: str, who: int) -> None:
     r, n = fv.rank(), fv.size()
     for k in range(10):
         got = fv.allreduce(np.full(3, float(r + k), np.float32), op=fv.Sum)
@@ -54,7 +58,41 @@ def main() -> None:
     ]
     for who, what, call, error in cases:
         on_one_rank(who, what, call, error)
+    after_submitting()
     fv.shutdown()
+
+
+def after_submitting() -> None:
+    """Errors on one rank while its own submissions are in flight."""
+    r, n = fv.rank(), fv.size()
+    ones = np.ones(3, np.float32)
+    # A name submitted again while in flight: refused on rank 0; the first still runs.
+    first = fv.allreduce_async(ones, name="in.flight", op=fv.Sum)
+    if r == 0:
+        try:
+            fv.allreduce_async(ones, name="in.flight", op=fv.Sum)
+            sys.exit("rank 0: a name in flight submitted twice: no error")
+        except fv.InvalidArgumentError as e:
+            assert "already in flight" in str(e), e
+    if fv.synchronize(first).tolist() != [float(n)] * 3:
+        sys.exit(f"rank {r}: the first of the names in flight")
+    still_paired("a name in flight submitted twice", 0)
+
+    # An exception on rank 1 between submitting and synchronizing: its handle is dropped, the
+    # collective still runs, and rank 0 gets the full sum.
+    def step() -> np.ndarray:
+        handle = fv.allreduce_async(np.full(2, 7.0, np.float32), op=fv.Sum)
+        if r == 1:
+            raise KeyError("a failure in the training step")
+        return fv.synchronize(handle)
+
+    try:
+        got = step()
+        if got.tolist() != [7.0 * n] * 2:
+            sys.exit(f"rank {r}: allreduce beside a dropped handle is {got}")
+    except KeyError:
+        assert r == 1
+    still_paired("an exception after submitting, its handle dropped", 1)
 
 
 if __name__ == "__main__":
