@@ -312,6 +312,9 @@ fn a_group_completes_together() {
                 Submission::from_slice("a.small", Collective::Allreduce(ReduceOp::Sum), &[1], &[1.0f32]),
                 Submission::from_slice("b.big", Collective::Allreduce(ReduceOp::Sum), &[big.len()], &big),
                 Submission::from_slice("c.bcast", Collective::Broadcast(0), &[2], &[rank as i32, 7]),
+                // Python's grouped_allgather and grouped_reducescatter are groups like this one.
+                Submission::from_slice("d.gather", Collective::Allgather, &[rank + 1], &vec![rank as i64; rank + 1]),
+                Submission::from_slice("e.scatter", Collective::Reducescatter(ReduceOp::Sum), &[4], &[1i32, 2, 3, 4]),
             ];
             let mut handles = engine.submit_group(subs).unwrap();
             let small = handles.remove(0);
@@ -321,6 +324,9 @@ fn a_group_completes_together() {
             let big = handles.remove(0).wait().unwrap().to_vec::<f32>().unwrap();
             assert!(big.iter().all(|&x| x == 2.0));
             assert_eq!(handles.remove(0).wait().unwrap().to_vec::<i32>().unwrap(), [0, 7]);
+            assert_eq!(handles.remove(0).wait().unwrap().to_vec::<i64>().unwrap(), [0, 1, 1]);
+            let share = if rank == 0 { [2, 4] } else { [6, 8] };
+            assert_eq!(handles.remove(0).wait().unwrap().to_vec::<i32>().unwrap(), share);
         }
     });
 }

@@ -33,6 +33,8 @@ fn _ferrovod(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ops::process_set_world, m)?)?;
     m.add_function(wrap_pyfunction!(ops::allreduce_async_, m)?)?;
     m.add_function(wrap_pyfunction!(ops::grouped_allreduce_async_, m)?)?;
+    m.add_function(wrap_pyfunction!(ops::grouped_allgather_async, m)?)?;
+    m.add_function(wrap_pyfunction!(ops::grouped_reducescatter_async, m)?)?;
     m.add_function(wrap_pyfunction!(ops::broadcast_async_, m)?)?;
     m.add_function(wrap_pyfunction!(ops::allgather_async, m)?)?;
     m.add_function(wrap_pyfunction!(ops::reducescatter_async, m)?)?;

@@ -344,14 +344,48 @@ pub(crate) fn grouped_allreduce_async_(
     op: PyReduceOp,
     process_set: u32,
 ) -> PyResult<Vec<PyHandle>> {
+    submit_group(&tensors, names, Collective::Allreduce(op.into()), Access::Write, process_set)
+}
+
+/// Allgathers of `tensors`, run and completed together; each result is a new buffer.
+#[pyfunction]
+#[pyo3(signature = (tensors, names, process_set=0))]
+pub(crate) fn grouped_allgather_async(
+    tensors: Vec<Bound<'_, PyAny>>,
+    names: Vec<String>,
+    process_set: u32,
+) -> PyResult<Vec<PyHandle>> {
+    submit_group(&tensors, names, Collective::Allgather, Access::Read, process_set)
+}
+
+/// Reducescatters of `tensors`, run and completed together; each result is a new buffer.
+#[pyfunction]
+#[pyo3(signature = (tensors, names, op, process_set=0))]
+pub(crate) fn grouped_reducescatter_async(
+    tensors: Vec<Bound<'_, PyAny>>,
+    names: Vec<String>,
+    op: PyReduceOp,
+    process_set: u32,
+) -> PyResult<Vec<PyHandle>> {
+    submit_group(&tensors, names, Collective::Reducescatter(op.into()), Access::Read, process_set)
+}
+
+/// One engine group: the same collective on each of `tensors`, under `names`.
+fn submit_group(
+    tensors: &[Bound<'_, PyAny>],
+    names: Vec<String>,
+    collective: Collective,
+    access: Access,
+    set: u32,
+) -> PyResult<Vec<PyHandle>> {
     if tensors.len() != names.len() {
         return Err(InvalidArgumentError::new_err(format!("{} tensors but {} names", tensors.len(), names.len())));
     }
-    let engine = engine_of(process_set)?;
+    let engine = engine_of(set)?;
     let mut subs = Vec::with_capacity(tensors.len());
     let mut lents = Vec::with_capacity(tensors.len());
     for (t, name) in tensors.iter().zip(names) {
-        let (sub, lent) = lend_submission(t, name, Collective::Allreduce(op.into()), Access::Write)?;
+        let (sub, lent) = lend_submission(t, name, collective, access)?;
         subs.push(sub);
         lents.push(lent);
     }

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 # This module only re-exports (as polars does); the code lives in private modules:
 #   _world        init, shutdown, rank, size, local/cross rank and size, *_built
-#   _collectives  allreduce (grouped too), broadcast, allgather, reducescatter, alltoall,
+#   _collectives  allreduce, allgather, reducescatter (grouped too), broadcast, alltoall,
 #                 barrier, join; the reduction ops
 #   _handles      Handle, poll, synchronize; names for unnamed tensors
 #   _process_sets ProcessSet, add/remove_process_set: collectives among some ranks
@@ -62,10 +62,14 @@ from ._collectives import (
     broadcast_,
     broadcast_async,
     broadcast_async_,
+    grouped_allgather,
+    grouped_allgather_async,
     grouped_allreduce,
     grouped_allreduce_,
     grouped_allreduce_async,
     grouped_allreduce_async_,
+    grouped_reducescatter,
+    grouped_reducescatter_async,
     join,
     reducescatter,
     reducescatter_async,
@@ -157,10 +161,14 @@ __all__ = [
     "cross_rank",
     "cross_size",
     "global_process_set",
+    "grouped_allgather",
+    "grouped_allgather_async",
     "grouped_allreduce",
     "grouped_allreduce_",
     "grouped_allreduce_async",
     "grouped_allreduce_async_",
+    "grouped_reducescatter",
+    "grouped_reducescatter_async",
     "init",
     "is_initialized",
     "join",

@@ -120,8 +120,6 @@ def grouped_allreduce_async_(
     result = list(tensors)
 
     def finish(_: Any) -> Any:
-        for h in inners:
-            h.wait()
         for t in result:
             _arrays.scale(t, postscale_factor)
         return result
@@ -222,6 +220,39 @@ def reducescatter_async(
 
 def reducescatter(tensor: Any, op: ReduceOp | None = None, name: str | None = None, process_set: ProcessSet = global_process_set) -> Any:
     return reducescatter_async(tensor, op, name, process_set).wait()
+
+
+def grouped_allgather_async(tensors: Sequence[Any], name: str | None = None, process_set: ProcessSet = global_process_set) -> Handle:
+    """Starts ``allgather`` of each of ``tensors`` (named ``<name>.<i>``) as one group: they run
+    in the same round and complete together. The handle's result is the list of outputs."""
+    ps = set_id(process_set)
+    with tensor_name("grouped_allgather", name, ps) as base:
+        names = [f"{base}.{i}" for i in range(len(tensors))]
+        inners = _ferrovod.grouped_allgather_async([_arrays.lendable(t) for t in tensors], names, ps)
+    return Handle(GroupHandle(base, inners), lambda results: [_arrays.wrap(r, t) for r, t in zip(results, tensors)])
+
+
+def grouped_allgather(tensors: Sequence[Any], name: str | None = None, process_set: ProcessSet = global_process_set) -> list[Any]:
+    return grouped_allgather_async(tensors, name, process_set).wait()
+
+
+def grouped_reducescatter_async(
+    tensors: Sequence[Any], op: ReduceOp | None = None, name: str | None = None, process_set: ProcessSet = global_process_set
+) -> Handle:
+    """Starts ``reducescatter`` of each of ``tensors`` (named ``<name>.<i>``) as one group: they
+    run in the same round and complete together. The handle's result is the list of shares."""
+    reduce_op = Average if op is None else op
+    ps = set_id(process_set)
+    with tensor_name("grouped_reducescatter", name, ps) as base:
+        names = [f"{base}.{i}" for i in range(len(tensors))]
+        inners = _ferrovod.grouped_reducescatter_async([_arrays.lendable(t) for t in tensors], names, reduce_op, ps)
+    return Handle(GroupHandle(base, inners), lambda results: [_arrays.wrap(r, t) for r, t in zip(results, tensors)])
+
+
+def grouped_reducescatter(
+    tensors: Sequence[Any], op: ReduceOp | None = None, name: str | None = None, process_set: ProcessSet = global_process_set
+) -> list[Any]:
+    return grouped_reducescatter_async(tensors, op, name, process_set).wait()
 
 
 def alltoall_async(

@@ -47,9 +47,8 @@ class GroupHandle:
     def poll(self) -> bool:
         return all(h.poll() for h in self._inners)
 
-    def wait(self) -> None:
-        for h in self._inners:
-            h.wait()
+    def wait(self) -> list[Any]:
+        return [h.wait() for h in self._inners]
 
 
 def poll(handle: Handle) -> bool:

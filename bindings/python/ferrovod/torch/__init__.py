@@ -51,7 +51,9 @@ from .ops import (
     grouped_allreduce_async_,
     grouped_allgather,
     grouped_reducescatter,
+    grouped_reducescatter_async,
     reducescatter,
+    reducescatter_async,
     sparse_allreduce_async,
 )
 from .optimizer import DistributedOptimizer

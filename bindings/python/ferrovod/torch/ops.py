@@ -307,9 +307,9 @@ def reducescatter(
     name: str | None = None,
     compression: type[Compressor] | Compressor = Compression.none,
     op: ReduceOp = Average,
+    process_set: ProcessSet = global_process_set,
     prescale_factor: float = 1.0,
     postscale_factor: float = 1.0,
-    process_set: ProcessSet = global_process_set,
 ) -> torch.Tensor:
     """This rank's share of the first dimension of the reduction (``Average`` by default);
     differentiable for ``Sum`` and ``Average``. Parameters in Horovod's order."""
@@ -321,13 +321,35 @@ def reducescatter(
     return compression.decompress(out, ctx)
 
 
+def reducescatter_async(
+    tensor: torch.Tensor,
+    name: str | None = None,
+    op: ReduceOp = Average,
+    process_set: ProcessSet = global_process_set,
+    prescale_factor: float = 1.0,
+    postscale_factor: float = 1.0,
+) -> Handle:
+    """Starts ``reducescatter``; parameters in Horovod's order."""
+    inner = _core.reducescatter_async(_prescaled(tensor, prescale_factor), op, name, process_set)
+    return _then(inner, lambda out: _postscaled(out, postscale_factor))
+
+
 def _reducescatter(t: torch.Tensor, op: ReduceOp, name: str | None, pre: float, post: float, ps: Any) -> torch.Tensor:
-    if pre != 1.0:
-        t = t.detach().clone()
-        _arrays.scale(t, pre)
-    out = _core.reducescatter(t, op, name, ps)
-    _arrays.scale(out, post)
-    return out
+    return reducescatter_async(t, name, op, ps, pre, post).wait()
+
+
+def _prescaled(t: torch.Tensor, pre: float) -> torch.Tensor:
+    """``t`` times ``pre``, in a copy when ``pre`` is not 1 (the input is the caller's)."""
+    if pre == 1.0:
+        return t.detach()
+    t = t.detach().clone()
+    _arrays.scale(t, pre)
+    return t
+
+
+def _postscaled(t: torch.Tensor, post: float) -> torch.Tensor:
+    _arrays.scale(t, post)
+    return t
 
 
 class _Reducescatter(torch.autograd.Function):
@@ -374,8 +396,45 @@ def sparse_allreduce_async(
 def grouped_allgather(
     tensors: Sequence[torch.Tensor], name: str | None = None, process_set: ProcessSet = global_process_set
 ) -> list[torch.Tensor]:
-    """``allgather`` of each tensor (named ``<name>.<i>``); differentiable like it."""
-    return [allgather(t, None if name is None else f"{name}.{i}", process_set) for i, t in enumerate(tensors)]
+    """``allgather`` of each tensor (named ``<name>.<i>``) as one group of the engine: they run
+    in the same round and complete together. Differentiable like ``allgather``."""
+    if any(_tracks_grad(t) for t in tensors):
+        return list(_GroupedAllgather.apply(name, process_set, *tensors))
+    return _core.grouped_allgather(tensors, name, process_set)
+
+
+class _GroupedAllgather(torch.autograd.Function):
+    """``_Allgather`` for a group: each tensor's gradient is its rows of the average of the
+    outputs' gradients, reduced as one group."""
+
+    @staticmethod
+    def forward(ctx: Any, name: str | None, ps: Any, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        rows_name = None if name is None else f"{name}.rows"
+        counts = torch.tensor([t.shape[0] for t in tensors], dtype=torch.int64).reshape(1, -1)
+        rows = _core.allgather(counts, rows_name, ps)
+        ctx.offsets = rows[: ps.rank()].sum(dim=0).tolist()
+        ctx.rows, ctx.name, ctx.ps = [t.shape[0] for t in tensors], name, ps
+        return tuple(_core.grouped_allgather(list(tensors), name, ps))
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[Any, ...]:
+        totals = _core.grouped_allreduce([g.contiguous() for g in grads], name=_grad_name(ctx.name), op=Average, process_set=ctx.ps)
+        return (None, None, *(t.narrow(0, o, r) for t, o, r in zip(totals, ctx.offsets, ctx.rows)))
+
+
+def grouped_reducescatter_async(
+    tensors: Sequence[torch.Tensor],
+    name: str | None = None,
+    op: ReduceOp = Average,
+    process_set: ProcessSet = global_process_set,
+    prescale_factor: float = 1.0,
+    postscale_factor: float = 1.0,
+) -> Handle:
+    """Starts ``reducescatter`` of each tensor (named ``<name>.<i>``) as one group of the
+    engine; the result is the list of shares. Parameters in Horovod's order."""
+    inputs = [_prescaled(t, prescale_factor) for t in tensors]
+    inner = _core.grouped_reducescatter_async(inputs, op, name, process_set)
+    return _then(inner, lambda outs: [_postscaled(o, postscale_factor) for o in outs])
 
 
 def grouped_reducescatter(
@@ -383,17 +442,39 @@ def grouped_reducescatter(
     name: str | None = None,
     compression: type[Compressor] | Compressor = Compression.none,
     op: ReduceOp = Average,
+    process_set: ProcessSet = global_process_set,
     prescale_factor: float = 1.0,
     postscale_factor: float = 1.0,
-    process_set: ProcessSet = global_process_set,
 ) -> list[torch.Tensor]:
-    """``reducescatter`` of each tensor (named ``<name>.<i>``); differentiable like it."""
-    return [
-        reducescatter(
-            t, None if name is None else f"{name}.{i}", compression, op, prescale_factor, postscale_factor, process_set
-        )
-        for i, t in enumerate(tensors)
-    ]
+    """``reducescatter`` of each tensor (named ``<name>.<i>``) as one group of the engine: they
+    run in the same round and complete together. Differentiable like ``reducescatter``;
+    parameters in Horovod's order."""
+    packed = [compression.compress(t) for t in tensors]
+    compressed = [c for c, _ in packed]
+    if any(_tracks_grad(c) for c in compressed):
+        outs = _GroupedReducescatter.apply(op, name, prescale_factor, postscale_factor, process_set, *compressed)
+    else:
+        outs = grouped_reducescatter_async(compressed, name, op, process_set, prescale_factor, postscale_factor).wait()
+    return [compression.decompress(o, ctx) for o, (_, ctx) in zip(outs, packed)]
+
+
+class _GroupedReducescatter(torch.autograd.Function):
+    """``_Reducescatter`` for a group: the gradients are gathered as one group."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, op: ReduceOp, name: str | None, pre: float, post: float, ps: Any, *tensors: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        ctx.op, ctx.name, ctx.scale, ctx.ps = op, name, pre * post, ps
+        return tuple(grouped_reducescatter_async(list(tensors), name, op, ps, pre, post).wait())
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[Any, ...]:
+        if ctx.op not in (Sum, Average):
+            raise RuntimeError(f"reducescatter with {ctx.op!r} has no gradient; only Sum and Average do")
+        factor = (ctx.ps.size() if ctx.op == Sum else 1) * ctx.scale
+        gathered = _core.grouped_allgather([g.contiguous() * factor for g in grads], _grad_name(ctx.name), ctx.ps)
+        return (None, None, None, None, None, *gathered)
 
 
 def alltoall(

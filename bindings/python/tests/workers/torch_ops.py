@@ -139,6 +139,18 @@ def gradients():
     ((ya + yb.sum()) * (R + 1)).sum().backward()
     same(a.grad, torch.full((2,), (N + 1) / 2), "grouped_allreduce gradient 0")
     same(b.grad, torch.full((3,), 2 * (N + 1) / 2), "grouped_allreduce gradient 1")
+
+    # The grouped allgather and reducescatter: each member's gradient is the single op's.
+    a, b = torch.full((R + 1, 2), 1.0, requires_grad=True), torch.ones(1, 3, requires_grad=True)
+    ga, gb = hvd.grouped_allgather([a, b], name="grad.grouped_allgather")
+    ((ga * torch.arange(ga.shape[0], dtype=torch.float32)[:, None]).sum() + (gb * (R + 1)).sum()).backward()
+    same(a.grad, torch.arange(first, first + R + 1, dtype=torch.float32)[:, None].expand(R + 1, 2), "grouped_allgather gradient 0")
+    same(b.grad, torch.full((1, 3), (N + 1) / 2), "grouped_allgather gradient 1")
+    a, b = torch.ones(N, 2, requires_grad=True), torch.ones(2 * N, requires_grad=True)
+    ya, yb = hvd.grouped_reducescatter([a, b], op=hvd.Sum, name="grad.grouped_rs")
+    ((ya.sum() + yb.sum()) * (R + 1)).backward()
+    same(a.grad, torch.tensor([[float(N * (k + 1))] * 2 for k in ALL]), "grouped_reducescatter Sum gradient 0")
+    same(b.grad, torch.tensor([float(N * (k + 1)) for k in ALL for _ in range(2)]), "grouped_reducescatter Sum gradient 1")
     ok("gradients")
 
 
@@ -192,6 +204,17 @@ def reducescatter():
     same(outs[1], total[start : start + counts[R]].double(), "grouped_reducescatter")
     gathered = hvd.grouped_allgather([torch.full((R + 1,), float(R)), torch.tensor([R])], name="gag")
     same(gathered[1], torch.tensor(ALL), "grouped_allgather")
+    # Horovod's parameter orders, by position: (name, compression, op, process_set, prescale,
+    # postscale), and the asynchronous forms' (name, op, process_set, prescale, postscale).
+    part = total[start : start + counts[R]]
+    same(hvd.reducescatter(x, "rs.order", hvd.Compression.none, hvd.Sum, hvd.global_process_set, 2.0, 0.25), part * 0.5, "reducescatter by position")
+    same(hvd.synchronize(hvd.reducescatter_async(x, "rs.async", hvd.Sum, hvd.global_process_set, 4.0)), part * 4, "reducescatter_async by position")
+    outs = hvd.grouped_reducescatter([x, x], "grs.order", hvd.Compression.none, hvd.Sum, hvd.global_process_set, 1.0, 0.5)
+    same(outs[1], part * 0.5, "grouped_reducescatter by position")
+    outs = hvd.synchronize(hvd.grouped_reducescatter_async([x, 2 * x], "grs.async", hvd.Sum))
+    same(outs[1], part * 2, "grouped_reducescatter_async")
+    outs = hvd.synchronize(hvd.grouped_allgather_async([torch.tensor([R]), torch.tensor([[R, R]])], "gag.async"))
+    same(outs[1], torch.tensor([[k, k] for k in ALL]), "grouped_allgather_async")
     ok("reducescatter")
 
 
