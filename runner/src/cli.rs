@@ -15,8 +15,9 @@ use crate::settings::{Launch, Mode};
 const AFTER_HELP: &str = "\
 Each process gets FERROVOD_RANK, FERROVOD_SIZE, FERROVOD_LOCAL_RANK, FERROVOD_LOCAL_SIZE,
 FERROVOD_CROSS_RANK, FERROVOD_CROSS_SIZE, FERROVOD_RENDEZVOUS, FERROVOD_SECRET, the torchrun
-names RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT, and
-CUDA_VISIBLE_DEVICES with its one GPU (empty on CPU tasks of a plan; left as inherited in local
+names RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT, horovodrun's
+HOROVOD_RANK, HOROVOD_SIZE, HOROVOD_LOCAL_RANK, HOROVOD_LOCAL_SIZE, HOROVOD_CROSS_RANK,
+HOROVOD_CROSS_SIZE, and CUDA_VISIBLE_DEVICES with its one GPU (empty on CPU tasks of a plan; left as inherited in local
 mode without --gpus). The job secret is FERROVOD_SECRET from the launcher's environment, or
 generated; it never appears on a command line.
 

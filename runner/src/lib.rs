@@ -93,8 +93,10 @@
 //! `FERROVOD_CROSS_RANK`, `FERROVOD_CROSS_SIZE` (Horovod's definitions, by host string),
 //! `FERROVOD_RENDEZVOUS`, `FERROVOD_SECRET` (only ever in the environment), the torchrun names
 //! `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR` (the rendezvous host)
-//! and `MASTER_PORT`, and `CUDA_VISIBLE_DEVICES` with its one GPU (empty on CPU tasks of a
-//! plan; left alone in local mode without `--gpus`). `MASTER_PORT` is not the ferrovod store's
+//! and `MASTER_PORT`, horovodrun's `HOROVOD_RANK`, `HOROVOD_SIZE`, `HOROVOD_LOCAL_RANK`,
+//! `HOROVOD_LOCAL_SIZE`, `HOROVOD_CROSS_RANK` and `HOROVOD_CROSS_SIZE`, and
+//! `CUDA_VISIBLE_DEVICES` with its one GPU (empty on CPU tasks of a plan; left alone in local
+//! mode without `--gpus`). `MASTER_PORT` is not the ferrovod store's
 //! port: torch.distributed binds its own store there, so task 0's launcher picks a port that is
 //! free on its host when the job starts (bind to port 0, read it, close) and publishes it to
 //! the other launchers through the ferrovod store. torch binds it moments later; like torchrun,

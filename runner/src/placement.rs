@@ -133,6 +133,13 @@ pub fn child_env(p: &Placement, job: &JobEnv) -> Vec<(String, String)> {
         ("LOCAL_WORLD_SIZE".to_string(), p.local_size.to_string()),
         ("MASTER_ADDR".to_string(), job.master_addr.clone()),
         ("MASTER_PORT".to_string(), job.master_port.to_string()),
+        // horovodrun's names (its Gloo mode), which Horovod scripts and tests read.
+        ("HOROVOD_RANK".to_string(), p.rank.to_string()),
+        ("HOROVOD_SIZE".to_string(), p.size.to_string()),
+        ("HOROVOD_LOCAL_RANK".to_string(), p.local_rank.to_string()),
+        ("HOROVOD_LOCAL_SIZE".to_string(), p.local_size.to_string()),
+        ("HOROVOD_CROSS_RANK".to_string(), p.cross_rank.to_string()),
+        ("HOROVOD_CROSS_SIZE".to_string(), p.cross_size.to_string()),
     ];
     if job.pin_gpus {
         let gpu = p.gpu.map(|g| g.to_string()).unwrap_or_default();

@@ -43,6 +43,12 @@ fn local_mode_assigns_ranks_and_environment() {
             ("LOCAL_WORLD_SIZE", "3".into()),
             ("MASTER_ADDR", "127.0.0.1".into()),
             ("MASTER_PORT", master_port.clone()),
+            ("HOROVOD_RANK", r.to_string()),
+            ("HOROVOD_SIZE", "3".into()),
+            ("HOROVOD_LOCAL_RANK", r.to_string()),
+            ("HOROVOD_LOCAL_SIZE", "3".into()),
+            ("HOROVOD_CROSS_RANK", "0".into()),
+            ("HOROVOD_CROSS_SIZE", "1".into()),
         ];
         for (k, v) in want {
             assert_eq!(env_of(rep, k), Some(v.as_str()), "rank {r}: {k}");

@@ -97,10 +97,18 @@ fn environment_names_match_design() {
             "LOCAL_WORLD_SIZE",
             "MASTER_ADDR",
             "MASTER_PORT",
+            // Beyond DESIGN.md's list: horovodrun's names, for Horovod scripts (README).
+            "HOROVOD_RANK",
+            "HOROVOD_SIZE",
+            "HOROVOD_LOCAL_RANK",
+            "HOROVOD_LOCAL_SIZE",
+            "HOROVOD_CROSS_RANK",
+            "HOROVOD_CROSS_SIZE",
             "CUDA_VISIBLE_DEVICES",
         ]
     );
-    let get = |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    assert_eq!((get_of(&env, "HOROVOD_RANK"), get_of(&env, "HOROVOD_LOCAL_SIZE")), (Some("1"), Some("2")));
+    let get = |k: &str| get_of(&env, k);
     assert_eq!(get("FERROVOD_RANK"), Some("1"));
     assert_eq!(get("MASTER_PORT"), Some("29501"));
     assert_eq!(get("CUDA_VISIBLE_DEVICES"), Some(""));
@@ -110,4 +118,8 @@ fn environment_names_match_design() {
             assert!(ferrovod::config::KNOBS.iter().any(|kn| kn.name == k), "{k} is not a comm knob");
         }
     }
+}
+
+fn get_of<'a>(env: &'a [(String, String)], k: &str) -> Option<&'a str> {
+    env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
 }

@@ -98,6 +98,7 @@ fn run() -> Result<i32, String> {
         let env: BTreeMap<String, String> = std::env::vars()
             .filter(|(k, _)| {
                 k.starts_with("FERROVOD_")
+                    || k.starts_with("HOROVOD_")
                     || k == "CUDA_VISIBLE_DEVICES"
                     || ["RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"]
                         .contains(&k.as_str())
