@@ -1,19 +1,24 @@
 //! `ferrovod-bench --model`: fits the parameters of `model.rs` on this host, prints its
 //! predictions, and measures allreduces next to them.
 //!
-//! 1. α and β per transport (tcp over loopback, shm): 2 ranks of this binary (`--probe`) time
-//!    a ping-pong (one way = half the round trip) and a simultaneous exchange (both ranks send
-//!    and receive m bytes) over the raw transport at sizes from 64 B to 4 MiB, the median of
-//!    many iterations each; t = α + m·β is fitted to each by least squares on relative error.
+//! 1. α and β per transport (tcp over loopback, shm): N ranks of this binary (`--probe`) time
+//!    a ring step over the raw transport (every rank sends m bytes to the next and receives m
+//!    from the previous at once; at N = 2 a simultaneous exchange), at N = 2 and at every N of
+//!    `--model-np`; at N = 2 also a ping-pong (one way = half the round trip). Sizes from 64 B
+//!    to 32 MiB, the median over batches of steps; t = α + m·β is fitted by least squares on
+//!    relative error, in the regimes of `model.rs`: split at the L2 cache by message size for
+//!    the points whose working set (N ranks × 2 buffers × m) stays below the last-level cache,
+//!    and the memory regime's β, alone, on the points whose working set reaches it.
 //! 2. γ: this process times ferrovod's f32 sum kernel on two buffers at sizes from 64 KiB to
-//!    16 MiB, fitted the same way (the slope is γ).
+//!    32 MiB, fitted the same way (the slope is γ; the working set is the two buffers).
 //! 3. Predictions for 2 to 1,024 ranks (ring, halving-doubling, hierarchical) on a cluster of
 //!    `--ranks-per-host` ranks per host: shm within a host, the tcp fit (and, with
 //!    `--alpha-us`/`--gbit`, the given network) between hosts.
 //! 4. Unless `--no-measure`: allreduce with FERROVOD_ALLREDUCE_ALGORITHM=ring and
 //!    =halving-doubling over tcp and shm at `--model-np` ranks, measured the way the plain
-//!    bench measures (it is the plain bench, run quietly with `--json`), next to the one-host
-//!    prediction. No parameter is taken from these measurements.
+//!    bench measures (it is the plain bench, run quietly with `--json`) right after the probe
+//!    on as many ranks, next to the one-host prediction. No parameter is taken from these
+//!    measurements.
 
 use std::ffi::OsString;
 use std::time::Instant;
@@ -24,14 +29,17 @@ use ferrovod::transport::{Step, Tag, Transport};
 use ferrovod::{DType, ReduceOp, World};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{self, Cluster, Cutting, Fit, Host, Link, Regimes};
+use crate::model::{self, Cluster, Cutting, Fit, Host, Link, Memory, Regimes};
 use crate::{Args, Launch, TransportArg, launch, median, transport_name};
 
-/// Message sizes of the point-to-point probes.
-const PROBE_SIZES: &[usize] = &[64, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20];
+/// Message sizes of the point-to-point probes: several above L2, so that the large regime keeps
+/// two points below the last-level cache on a few ranks, and up to where even 2 ranks' buffers
+/// outgrow a last-level cache of a few tens of MiB.
+const PROBE_SIZES: &[usize] =
+    &[64, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 2 << 20, 4 << 20, 16 << 20, 32 << 20];
 
 /// Buffer sizes of the reduction timing.
-const GAMMA_SIZES: &[usize] = &[64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20];
+const GAMMA_SIZES: &[usize] = &[64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 32 << 20];
 
 /// World sizes of the predictions.
 const PREDICT_NP: &[usize] = &[2, 3, 4, 8, 16, 32, 64, 128, 256, 512, 1024];
@@ -43,6 +51,9 @@ const PROBE_TAG: Tag = 0x6d6f_64656c;
 #[derive(Serialize, Deserialize)]
 struct Probe {
     transport: String,
+    /// Ranks that ran it.
+    n: usize,
+    /// Empty unless n = 2.
     ping_pong: Vec<(usize, f64)>,
     exchange: Vec<(usize, f64)>,
 }
@@ -51,24 +62,54 @@ struct Probe {
 /// several rounds and the median taken over all of them.
 const PROBE_ROUNDS: usize = 3;
 
-/// Iterations for `bytes` per round: the same on both ranks without asking, about 0.1 s at
+/// Steps per timed batch. On more ranks than cores a rank often finds its data already there
+/// and then waits a whole turn of the others, so single steps are bimodal and their median is
+/// no step's cost; a batch's mean spans many turns, and the median over batches still drops
+/// those that another process preempted.
+const BATCH: usize = 16;
+
+/// Iterations for `bytes` per round: the same on every rank without asking, about 0.1 s at
 /// loopback speeds, at least 10.
 fn probe_iters(bytes: usize) -> usize {
     (100_000_000 / (bytes + 20_000)).clamp(10, 3000)
 }
 
-/// `--worker --probe`: rank 0 and 1 time a ping-pong and an exchange over the raw transport.
+/// Runs `step` `warm` times, then `iters` times in batches (all of them in one if fewer than
+/// [`BATCH`]); appends each batch's mean to `times`.
+fn batches(
+    times: &mut Vec<f64>,
+    warm: usize,
+    iters: usize,
+    mut step: impl FnMut() -> Result<(), String>,
+) -> Result<(), String> {
+    for _ in 0..warm {
+        step()?;
+    }
+    let batch = BATCH.min(iters);
+    for _ in 0..iters / batch {
+        let start = Instant::now();
+        for _ in 0..batch {
+            step()?;
+        }
+        times.push(start.elapsed().as_secs_f64() / batch as f64);
+    }
+    Ok(())
+}
+
+/// `--worker --probe`: on 2 ranks a ping-pong, and on any number a ring step, over the raw
+/// transport. Rank 0 reports its times: every rank of a ring waits for its neighbours, so back
+/// to back steps run at the pace of the slowest.
 pub fn probe_worker(args: &Args) -> Result<(), String> {
     let config = Config::from_env().map_err(|e| e.to_string())?;
     let (_world, mut links) = World::join(&config).map_err(|e| e.to_string())?;
     let t: &mut dyn Transport = links.host.as_mut();
     let (r, n) = (t.rank(), t.size());
-    if n != 2 {
-        return Err(format!("the probe runs on 2 ranks, not {n}"));
+    if n < 2 {
+        return Err(format!("the probe runs on 2 ranks or more, not {n}"));
     }
-    let peer = 1 - r;
+    let (next, prev) = ((r + 1) % n, (r + n - 1) % n);
     let e = |e: ferrovod::transport::Error| format!("probe on rank {r}: {e}");
-    let mut out = Probe { transport: t.name().to_string(), ping_pong: Vec::new(), exchange: Vec::new() };
+    let mut out = Probe { transport: t.name().to_string(), n, ping_pong: Vec::new(), exchange: Vec::new() };
     let mut ping_pong = vec![Vec::new(); PROBE_SIZES.len()];
     let mut exchange = vec![Vec::new(); PROBE_SIZES.len()];
     for round in 0..PROBE_ROUNDS {
@@ -76,38 +117,37 @@ pub fn probe_worker(args: &Args) -> Result<(), String> {
             let send = vec![1u8; bytes];
             let mut recv = vec![0u8; bytes];
             let warm = if round == 0 { 5 } else { 2 };
-            for i in 0..warm + probe_iters(bytes) {
-                let start = Instant::now();
-                let mut ping = [Step::Send { peer, buf: &send }];
-                let mut pong = [Step::Recv { peer, buf: &mut recv }];
-                if r == 0 {
-                    t.exchange(PROBE_TAG, &mut ping).map_err(e)?;
-                    t.exchange(PROBE_TAG, &mut pong).map_err(e)?;
-                } else {
-                    t.exchange(PROBE_TAG, &mut pong).map_err(e)?;
-                    t.exchange(PROBE_TAG, &mut ping).map_err(e)?;
-                }
-                if i >= warm {
-                    ping_pong[k].push(start.elapsed().as_secs_f64() / 2.0);
-                }
+            // The one-way probe is a pair's: only on 2 ranks. Half a round trip per step.
+            if n == 2 {
+                batches(&mut ping_pong[k], warm, probe_iters(bytes), || {
+                    let mut ping = [Step::Send { peer: next, buf: &send }];
+                    let mut pong = [Step::Recv { peer: prev, buf: &mut recv }];
+                    if r == 0 {
+                        t.exchange(PROBE_TAG, &mut ping).map_err(e)?;
+                        t.exchange(PROBE_TAG, &mut pong).map_err(e)
+                    } else {
+                        t.exchange(PROBE_TAG, &mut pong).map_err(e)?;
+                        t.exchange(PROBE_TAG, &mut ping).map_err(e)
+                    }
+                })?;
             }
-            for i in 0..warm + probe_iters(bytes) {
-                let start = Instant::now();
-                t.exchange(PROBE_TAG, &mut [Step::Send { peer, buf: &send }, Step::Recv { peer, buf: &mut recv }])
-                    .map_err(e)?;
-                if i >= warm {
-                    exchange[k].push(start.elapsed().as_secs_f64());
-                }
-            }
+            batches(&mut exchange[k], warm, probe_iters(bytes), || {
+                let mut ring = [Step::Send { peer: next, buf: &send }, Step::Recv { peer: prev, buf: &mut recv }];
+                t.exchange(PROBE_TAG, &mut ring).map_err(e)
+            })?;
         }
     }
     for (k, &bytes) in PROBE_SIZES.iter().enumerate() {
-        out.ping_pong.push((bytes, median(&mut ping_pong[k])));
+        if n == 2 {
+            out.ping_pong.push((bytes, median(&mut ping_pong[k]) / 2.0));
+        }
         out.exchange.push((bytes, median(&mut exchange[k])));
     }
-    // Both ranks are done with every message before either closes.
-    let mut done = [0u8; 1];
-    t.exchange(PROBE_TAG, &mut [Step::Send { peer, buf: &[1] }, Step::Recv { peer, buf: &mut done }]).map_err(e)?;
+    // Every rank is done with every message before any closes: a word from every peer.
+    let mut done = vec![[0u8; 1]; n];
+    let mut steps: Vec<Step<'_>> = (0..n).filter(|&q| q != r).map(|q| Step::Send { peer: q, buf: &[1] }).collect();
+    steps.extend(done.iter_mut().enumerate().filter(|&(q, _)| q != r).map(|(q, buf)| Step::Recv { peer: q, buf }));
+    t.exchange(PROBE_TAG, &mut steps).map_err(e)?;
     if let (0, Some(path)) = (r, &args.json) {
         let text = serde_json::to_string(&out).map_err(|e| e.to_string())?;
         std::fs::write(path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
@@ -134,11 +174,15 @@ impl Drop for TempJson {
     }
 }
 
-fn probe(transport: TransportArg) -> Result<Probe, String> {
-    let out = TempJson::new(&format!("probe-{}", transport_name(transport)));
+fn probe(transport: TransportArg, n: usize) -> Result<Probe, String> {
+    let out = TempJson::new(&format!("probe-{}-{n}", transport_name(transport)));
     let args: Vec<OsString> = vec!["--probe".into(), "--json".into(), out.0.clone().into_os_string()];
-    launch(&Launch { np: 2, transport, args: &args, env: &[], quiet: true })?;
-    serde_json::from_str(&out.read()?).map_err(|e| format!("probe output: {e}"))
+    launch(&Launch { np: n, transport, args: &args, env: &[], quiet: true })?;
+    let probe: Probe = serde_json::from_str(&out.read()?).map_err(|e| format!("probe output: {e}"))?;
+    if probe.n != n {
+        return Err(format!("asked for a probe on {n} ranks, ran {}", probe.n));
+    }
+    Ok(probe)
 }
 
 /// (bytes, median seconds) of ferrovod's f32 sum kernel on two buffers of each size.
@@ -147,7 +191,9 @@ fn reduction_times() -> Vec<(usize, f64)> {
         .iter()
         .map(|&bytes| {
             let mut acc = vec![0u8; bytes];
-            let src = vec![0u8; bytes];
+            // Not zeros: a zeroed allocation reads the kernel's one zero page, which stays in
+            // cache whatever the size. (1, 1, 1, 1) is a normal f32; sums of it stay finite.
+            let src = vec![1u8; bytes];
             let iters = (400_000_000 / bytes).clamp(10, 2000);
             let mut times: Vec<f64> = (0..iters + 3)
                 .map(|_| {
@@ -167,9 +213,8 @@ fn fit(points: &[(usize, f64)], what: &str) -> Result<Fit, String> {
     model::fit_line(&pts).ok_or_else(|| format!("cannot fit a line to the {what} timings"))
 }
 
-/// The size where the fits split: this machine's L2 cache (sysfs), 1 MiB if unknown. Above it
-/// a probe's per-byte cost rises 2-3x here (its buffers no longer stay in cache).
-fn cache_boundary() -> usize {
+/// The size of this machine's cache of `level` (sysfs, cpu0), if it says.
+fn cache_size(level: u32) -> Option<usize> {
     let read = |i: u32| -> Option<(u32, usize)> {
         let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{i}");
         let level = std::fs::read_to_string(format!("{dir}/level")).ok()?.trim().parse().ok()?;
@@ -181,26 +226,66 @@ fn cache_boundary() -> usize {
         };
         Some((level, bytes))
     };
-    (0..8).filter_map(read).find(|&(level, _)| level == 2).map_or(1 << 20, |(_, b)| b)
+    (0..8).filter_map(read).find(|&(l, _)| l == level).map(|(_, b)| b)
 }
 
-/// Fits the points up to `boundary` (the small regime) and from it on (the large one).
-fn fit_regimes(points: &[(usize, f64)], boundary: usize, what: &str) -> Result<(Regimes, Fit, Fit), String> {
-    let small: Vec<_> = points.iter().copied().filter(|&(b, _)| b <= boundary).collect();
-    let large: Vec<_> = points.iter().copied().filter(|&(b, _)| b >= boundary).collect();
+/// A fit in its regimes, and what the table says of it.
+struct Fitted {
+    regimes: Regimes,
+    /// Points whose working set reaches the last-level cache.
+    spilled: usize,
+    /// Whether the large regime took points beyond the last-level cache (too few below it).
+    large_spilled: bool,
+}
+
+/// Fits `points` in the regimes of `model.rs`: the points whose working set (`working_set` of
+/// their size) stays below `llc` up to `boundary` (small) and from it on (large; all points
+/// from `boundary` on if fewer than two stay below `llc`); the memory β to the others, with
+/// each point's α its size regime's.
+fn fit_regimes(
+    points: &[(usize, f64)],
+    boundary: usize,
+    llc: Option<usize>,
+    working_set: impl Fn(usize) -> f64,
+    what: &str,
+) -> Result<Fitted, String> {
+    let spills = |b: usize| llc.is_some_and(|llc| Memory { llc: llc as f64, beta: 0.0 }.spills(working_set(b)));
+    let cached: Vec<_> = points.iter().copied().filter(|&(b, _)| !spills(b)).collect();
+    let small: Vec<_> = cached.iter().copied().filter(|&(b, _)| b <= boundary).collect();
+    let mut large: Vec<_> = cached.iter().copied().filter(|&(b, _)| b >= boundary).collect();
+    let large_spilled = large.len() < 2;
+    if large_spilled {
+        large = points.iter().copied().filter(|&(b, _)| b >= boundary).collect();
+    }
     let (fs, fl) = (fit(&small, what)?, fit(&large, what)?);
-    let regimes = Regimes {
+    let mut regimes = Regimes {
         small: Link { alpha: fs.alpha, beta: fs.beta },
         large: Link { alpha: fl.alpha, beta: fl.beta },
         boundary: boundary as f64,
+        memory: None,
     };
-    Ok((regimes, fs, fl))
+    let spilled: Vec<(f64, f64)> = points.iter().filter(|&&(b, _)| spills(b)).map(|&(b, t)| (b as f64, t)).collect();
+    if let (Some(llc), false) = (llc, spilled.is_empty()) {
+        let (beta, _) = model::fit_slope(&spilled, |b| regimes.link(1.0, b).alpha)
+            .ok_or_else(|| format!("cannot fit the memory regime of the {what} timings"))?;
+        regimes.memory = Some(Memory { llc: llc as f64, beta });
+    }
+    Ok(Fitted { regimes, spilled: spilled.len(), large_spilled })
 }
 
-/// The residual of point `i` of `points` under the regime that prices it.
-fn residual(points: &[(usize, f64)], i: usize, r: &Regimes) -> f64 {
-    let (bytes, t) = points[i];
-    (r.time(1.0, bytes as f64) - t) / t
+/// A probe's message of `bytes`: all of them stream from memory when the working set spills.
+fn probe_time(r: &Regimes, bytes: usize, working_set: f64) -> f64 {
+    r.time(1.0, bytes as f64, bytes as f64, working_set)
+}
+
+/// The residual of `(bytes, t)` under the regime that prices it, and that regime's initial.
+fn residual((bytes, t): (usize, f64), r: &Regimes, working_set: f64) -> (f64, char) {
+    let regime = match r.memory {
+        Some(m) if m.spills(working_set) => 'm',
+        _ if bytes as f64 > r.boundary => 'l',
+        _ => 's',
+    };
+    ((probe_time(r, bytes, working_set) - t) / t, regime)
 }
 
 /// A time in µs, ms or s, with 3 significant digits or so.
@@ -227,33 +312,89 @@ fn link_text(l: &Link) -> String {
 }
 
 fn regimes_text(r: &Regimes) -> String {
-    format!("≤ {}: {}; above: {}", size(r.boundary as usize), link_text(&r.small), link_text(&r.large))
-}
-
-/// Prints the fits of one transport's probe with their residuals; returns its parameters.
-fn fitted_host(p: &Probe, gamma: Regimes, cores: f64, boundary: usize) -> Result<Host, String> {
-    let (one_way, ..) = fit_regimes(&p.ping_pong, boundary, "ping-pong")?;
-    let (exchange, ..) = fit_regimes(&p.exchange, boundary, "exchange")?;
-    let host = Host { exchange, one_way, gamma, cores };
-    println!();
-    println!("## {}: 2 ranks, median per size", p.transport);
-    println!("- one way (half a ping-pong round trip): {}", regimes_text(&host.one_way));
-    println!("- exchange (both ranks send and receive m at once): {}", regimes_text(&host.exchange));
-    println!();
-    println!("| message | one way measured | one way fit | residual | exchange measured | exchange fit | residual |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
-    for (i, (&(bytes, t1), &(_, t2))) in p.ping_pong.iter().zip(&p.exchange).enumerate() {
-        println!(
-            "| {} | {} | {} | {:+.1}% | {} | {} | {:+.1}% |",
-            size(bytes),
-            time(t1),
-            time(host.one_way.time(1.0, bytes as f64)),
-            residual(&p.ping_pong, i, &host.one_way) * 100.0,
-            time(t2),
-            time(host.exchange.time(1.0, bytes as f64)),
-            residual(&p.exchange, i, &host.exchange) * 100.0
+    let mut text = if r.boundary.is_finite() {
+        format!("≤ {}: {}; above: {}", size(r.boundary as usize), link_text(&r.small), link_text(&r.large))
+    } else {
+        link_text(&r.small)
+    };
+    if let Some(m) = r.memory {
+        text += &format!(
+            "; working set ≥ {}: β = {:.4} ns/B ({:.2} GB/s), {:+.4} ns/B on the large regime",
+            size(m.llc as usize),
+            m.beta * 1e9,
+            1e-9 / m.beta,
+            (m.beta - r.large.beta) * 1e9
         );
     }
+    text
+}
+
+/// Prints the fits of one transport's probes (the first on 2 ranks) with their residuals;
+/// returns its parameters.
+fn fitted_host(
+    probes: &[Probe],
+    gamma: Regimes,
+    cores: f64,
+    boundary: usize,
+    llc: Option<usize>,
+) -> Result<Host, String> {
+    let pair = &probes[0];
+    // Working set of a probe on n ranks: each rank's send and receive buffers.
+    let ws = |n: usize| move |b: usize| (n * 2 * b) as f64;
+    let one_way = fit_regimes(&pair.ping_pong, boundary, llc, ws(2), "ping-pong")?;
+    let exchange = probes
+        .iter()
+        .map(|p| fit_regimes(&p.exchange, boundary, llc, ws(p.n), "exchange").map(|f| (p.n, f)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let host = Host {
+        exchange: exchange.iter().map(|(n, f)| (*n, f.regimes)).collect(),
+        one_way: one_way.regimes,
+        gamma,
+        cores,
+    };
+    println!();
+    println!("## {}: median per size; working set = N ranks × 2 buffers × m", pair.transport);
+    let spilled = |f: &Fitted| {
+        let memory = match (llc, f.spilled) {
+            (None, _) => String::new(),
+            (Some(_), 0) => " (no point's working set reaches the last-level cache: no memory regime)".into(),
+            (Some(_), k) => format!(" (memory β from {k} points)"),
+        };
+        let large =
+            if f.large_spilled { " (too few points above L2 stay in cache: the large regime takes all)" } else { "" };
+        memory + large
+    };
+    println!("- one way (half a ping-pong round trip, N = 2): {}{}", regimes_text(&one_way.regimes), spilled(&one_way));
+    for (n, f) in &exchange {
+        println!(
+            "- exchange, N = {n} (a ring step: every rank sends m to the next and receives m from the previous at \
+             once): {}{}",
+            regimes_text(&f.regimes),
+            spilled(f)
+        );
+    }
+    println!();
+    let mut head = "| message | one way measured | fit | residual |".to_string();
+    let mut rule = "|---:|---:|---:|---:|".to_string();
+    for (n, _) in &exchange {
+        head += &format!(" exchange N = {n} measured | fit | residual |");
+        rule += "---:|---:|---:|";
+    }
+    println!("{head}");
+    println!("{rule}");
+    let cell = |point: (usize, f64), r: &Regimes, working_set: f64| {
+        let (res, regime) = residual(point, r, working_set);
+        format!(" {} | {} {regime} | {:+.1}% |", time(point.1), time(probe_time(r, point.0, working_set)), res * 100.0)
+    };
+    for (k, &(bytes, t)) in pair.ping_pong.iter().enumerate() {
+        let mut row = format!("| {} |{}", size(bytes), cell((bytes, t), &host.one_way, ws(2)(bytes)));
+        for (p, (n, f)) in probes.iter().zip(&exchange) {
+            row += &cell(p.exchange[k], &f.regimes, ws(*n)(bytes));
+        }
+        println!("{row}");
+    }
+    println!();
+    println!("(fit: s, l, m = the small, large or memory regime.)");
     Ok(host)
 }
 
@@ -330,6 +471,9 @@ pub fn run(args: &Args) -> Result<(), String> {
     if args.ranks_per_host == 0 {
         return Err("--ranks-per-host must be at least 1".into());
     }
+    if let Some(n) = args.model_np.iter().find(|&&n| n < 2) {
+        return Err(format!("--model-np {n}: an allreduce to measure needs 2 ranks or more"));
+    }
     println!("# ferrovod-bench --model: the alpha-beta (Hockney) model, fitted on this host ({cores} cores)");
     println!();
     println!(
@@ -338,67 +482,108 @@ pub fn run(args: &Args) -> Result<(), String> {
     );
     println!("Parameters: least squares of t = α + m·β on relative error; residual = (fit − measured) / measured.");
 
-    let boundary = cache_boundary();
+    let boundary = cache_size(2).unwrap_or(1 << 20);
+    let llc = cache_size(3);
     println!(
-        "Two regimes per fit, split at {} (this machine's L2 cache): messages up to it and above it.",
-        size(boundary)
+        "Regimes: messages up to {} (this machine's L2 cache) and above it, both while the working set stays \
+         below the last-level cache; {}",
+        size(boundary),
+        match llc {
+            Some(l) => format!(
+                "from {} (its L3) on, the memory regime: its β fitted alone, each point's α its size regime's.",
+                size(l)
+            ),
+            None =>
+                "sysfs names no level-3 cache, so no memory regime: the size regimes price every working set.".into(),
+        }
     );
     let gamma_points = reduction_times();
-    let (gamma, ..) = fit_regimes(&gamma_points, boundary, "reduction")?;
+    let gamma_fit = fit_regimes(&gamma_points, boundary, llc, |b| 2.0 * b as f64, "reduction")?;
     // The reduction's intercept is call overhead (near zero, even negative): γ is the slope.
-    let gamma =
-        Regimes { small: Link { alpha: 0.0, ..gamma.small }, large: Link { alpha: 0.0, ..gamma.large }, ..gamma };
-    let tcp = fitted_host(&probe(TransportArg::Tcp)?, gamma, cores as f64, boundary)?;
-    let shm = fitted_host(&probe(TransportArg::Shm)?, gamma, cores as f64, boundary)?;
+    let g = gamma_fit.regimes;
+    let gamma = Regimes { small: Link { alpha: 0.0, ..g.small }, large: Link { alpha: 0.0, ..g.large }, ..g };
+    // The exchange probed at 2 ranks (the cluster's) and at every N measured. The allreduces
+    // on N ranks are measured right after the probe on N: on a shared host the load moves
+    // within a minute, and a fit should see the load that its predictions meet.
+    let mut np = vec![2];
+    np.extend(&args.model_np);
+    np.sort_unstable();
+    np.dedup();
+    let mut measured = Vec::new();
+    let mut hosts = Vec::new();
+    for transport in [TransportArg::Tcp, TransportArg::Shm] {
+        let mut probes = Vec::new();
+        for &n in &np {
+            probes.push(probe(transport, n)?);
+            if !args.no_measure && args.model_np.contains(&n) {
+                for algorithm in ["ring", "halving-doubling"] {
+                    measured.push((transport, algorithm, n, measure(args, transport, algorithm, n)?));
+                }
+            }
+        }
+        hosts.push(fitted_host(&probes, gamma, cores as f64, boundary, llc)?);
+    }
+    let (tcp, shm) = (&hosts[0], &hosts[1]);
     println!();
     println!(
-        "## γ: f32 sum of two buffers in this process: γ = {:.4} ns/B up to {}, {:.4} ns/B above",
+        "## γ: f32 sum of two buffers in this process (working set 2 × buffer): γ = {:.4} ns/B up to {}, {:.4} \
+         ns/B above{}",
         gamma.small.beta * 1e9,
         size(boundary),
         gamma.large.beta * 1e9,
+        match (gamma.memory, gamma_fit.spilled) {
+            (Some(m), k) =>
+                format!(", {:.4} ns/B from a working set of {} on ({k} points)", m.beta * 1e9, size(m.llc as usize)),
+            (None, _) if llc.is_some() => " (no point reaches the last-level cache: no memory regime)".into(),
+            (None, _) => String::new(),
+        }
     );
     println!();
     println!("| buffer | measured | fit (slope only) | residual |");
     println!("|---:|---:|---:|---:|");
-    for (i, &(bytes, t)) in gamma_points.iter().enumerate() {
-        let fitted = gamma.time(1.0, bytes as f64);
+    for &(bytes, t) in &gamma_points {
+        let working_set = 2.0 * bytes as f64;
+        let (res, regime) = residual((bytes, t), &gamma, working_set);
         println!(
-            "| {} | {} | {} | {:+.1}% |",
+            "| {} | {} | {} {regime} | {:+.1}% |",
             size(bytes),
             time(t),
-            time(fitted),
-            residual(&gamma_points, i, &gamma) * 100.0
+            time(probe_time(&gamma, bytes, working_set)),
+            res * 100.0
         );
     }
 
     println!();
     println!(
-        "Cluster predictions: {} ranks per host, one core each; within a host the shm fit, between hosts the \
-         network named; ranks ordered host by host. Ring: every step waits for the link between hosts (one \
-         flow per host). Halving-doubling: a step with a partner ≥ {} ranks away crosses the network with \
-         all of a host's ranks at once. Hierarchical (ferrovod has none: a prediction only): ring \
-         reduce-scatter within the host, then one ring allreduce per local rank across hosts on its 1/L share \
-         (the L rings share the host's link), then ring allgather within the host. Every message pays α.",
+        "Cluster predictions: {} ranks per host, one core each; within a host the shm fits of 2 ranks (the \
+         memory regime when the host's ranks' buffers reach its last-level cache), between hosts the network \
+         named; ranks ordered host by host. Ring: every step waits for the link between hosts (one flow per \
+         host). Halving-doubling: a step with a partner ≥ {} ranks away crosses the network with all of a \
+         host's ranks at once. Hierarchical (ferrovod has none: a prediction only): ring reduce-scatter within \
+         the host, then one ring allreduce per local rank across hosts on its 1/L share (the L rings share the \
+         host's link), then ring allgather within the host. Every message pays α.",
         args.ranks_per_host, args.ranks_per_host
     );
-    let base = Cluster { intra: Host { cores: 1.0, ..shm }, network: tcp.exchange, per_host: args.ranks_per_host };
+    // The wire between hosts has no memory regime: the loopback fit's is this host's memory.
+    let network = Regimes { memory: None, ..*tcp.exchange(2) };
+    let base = Cluster { intra: Host { cores: 1.0, ..shm.clone() }, network, per_host: args.ranks_per_host };
     let sizes = args.sizes();
     print_predictions(
-        &format!("network = the tcp loopback exchange fit ({})", regimes_text(&tcp.exchange)),
+        &format!("network = the tcp loopback exchange fit of 2 ranks ({})", regimes_text(&network)),
         &base,
         sizes,
         &cut,
     );
     if args.alpha_us.is_some() || args.gbit.is_some() {
-        let alpha_us = args.alpha_us.unwrap_or(tcp.exchange.small.alpha * 1e6);
-        let gbit = args.gbit.unwrap_or(8e-9 / tcp.exchange.small.beta);
+        let alpha_us = args.alpha_us.unwrap_or(network.small.alpha * 1e6);
+        let gbit = args.gbit.unwrap_or(8e-9 / network.small.beta);
         if !(alpha_us >= 0.0 && gbit > 0.0) {
             return Err(format!("--alpha-us {alpha_us} and --gbit {gbit}: need α ≥ 0 and a positive bandwidth"));
         }
-        let network = Link::from_us_gbit(alpha_us, gbit);
-        let given = Cluster { network: Regimes::one(network), ..base };
+        let wire = Link::from_us_gbit(alpha_us, gbit);
+        let given = Cluster { network: Regimes::one(wire), ..base.clone() };
         print_predictions(
-            &format!("network as given: {alpha_us} µs, {gbit} Gbit/s ({})", link_text(&network)),
+            &format!("network as given: {alpha_us} µs, {gbit} Gbit/s ({})", link_text(&wire)),
             &given,
             sizes,
             &cut,
@@ -410,39 +595,46 @@ pub fn run(args: &Args) -> Result<(), String> {
 
     println!();
     println!(
-        "## Measured on this host against the one-host prediction ({cores} cores: N > {cores} oversubscribes, \
-         and the model scales a phase's β and γ terms by active ranks / cores)"
+        "## Measured on this host against the one-host prediction ({cores} cores: N > {cores} oversubscribes; \
+         each phase takes the exchange fit probed at its active ranks, and γ counts ⌈active / cores⌉ times)"
     );
     println!();
     println!(
         "Measured: `ferrovod-bench --op allreduce` (median over iterations of the slowest rank, ≥ {} s and ≥ {} \
-         iterations per size) with FERROVOD_ALLREDUCE_ALGORITHM set.",
+         iterations per size) with FERROVOD_ALLREDUCE_ALGORITHM set. Regime: memory where a phase's working set \
+         (active ranks × buffer) reaches the last-level cache.",
         args.min_time, args.min_iters
     );
     println!();
-    println!("| algorithm | transport | N | size | predicted | measured (median) | measured/predicted | within 25%? |");
-    println!("|---|---|---:|---:|---:|---:|---:|---|");
+    println!(
+        "| algorithm | transport | N | size | regime | predicted | measured (median) | measured/predicted | within 25%? |"
+    );
+    println!("|---|---|---:|---:|---|---:|---:|---:|---|");
     let (mut hits, mut total) = (0, 0);
-    for (transport, host) in [(TransportArg::Tcp, &tcp), (TransportArg::Shm, &shm)] {
+    for (transport, host) in [(TransportArg::Tcp, tcp), (TransportArg::Shm, shm)] {
         for algorithm in ["ring", "halving-doubling"] {
             for &np in &args.model_np {
-                let rows = measure(args, transport, algorithm, np)?;
-                for row in rows {
+                let rows = measured.iter().find(|m| (m.0, m.1, m.2) == (transport, algorithm, np)).map(|m| &m.3);
+                for row in rows.into_iter().flatten() {
                     let phases = if algorithm == "ring" {
                         model::ring(np, row.bytes, &cut)
                     } else {
                         model::halving_doubling(np, row.bytes, &cut)
                     };
                     let predicted = model::time_on_host(&phases, host);
+                    let memory = llc.is_some_and(|l| {
+                        phases.iter().any(|p| Memory { llc: l as f64, beta: 0.0 }.spills(p.active as f64 * p.footprint))
+                    });
                     let ratio = row.median_s / predicted;
                     let ok = (0.75..=1.25).contains(&ratio);
                     hits += usize::from(ok);
                     total += 1;
                     let over = if np > cores { " (oversubscribed)" } else { "" };
                     println!(
-                        "| {algorithm} | {} | {np}{over} | {} | {} | {} | {ratio:.2} | {} |",
+                        "| {algorithm} | {} | {np}{over} | {} | {} | {} | {} | {ratio:.2} | {} |",
                         row.transport,
                         size(row.bytes),
+                        if memory { "memory" } else { "cache" },
                         time(predicted),
                         time(row.median_s),
                         if ok { "yes" } else { "**no**" }
