@@ -194,19 +194,27 @@ pub fn reap_any() -> Option<(Pid, WaitStatus)> {
 }
 
 /// Runs in a freshly forked child before `exec`: unblocks every signal (the launcher blocks the
-/// ones it reads through its [`SignalFd`], and a blocked mask survives `exec`), asks the kernel
+/// ones it reads through its [`SignalFd`], and a blocked mask survives `exec`), gives the
+/// signals the launcher forwards their default action back (a shell starts background jobs
+/// with SIGINT and SIGQUIT ignored, which `exec` keeps: the ranks would ignore what the
+/// launcher forwards until the grace period's SIGKILL), asks the kernel
 /// for `SIGKILL` when the thread that forked it exits, then makes sure that thread's process has
 /// not died already (in which case the request came too late and the child leaves at once).
 ///
 /// Only async-signal-safe calls: it runs between `fork` and `exec` of a threaded program.
 pub fn child_setup(launcher: Pid) -> io::Result<()> {
-    // SAFETY: sigemptyset/sigprocmask/prctl/getppid/_exit are async-signal-safe and get valid
-    // pointers.
+    // SAFETY: sigemptyset/sigprocmask/signal/prctl/getppid/_exit are async-signal-safe and get
+    // valid pointers.
     unsafe {
         let mut none: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut none);
         if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0 {
             return Err(io::Error::last_os_error());
+        }
+        for &s in &HANDLED {
+            if libc::signal(s, libc::SIG_DFL) == libc::SIG_ERR {
+                return Err(io::Error::last_os_error());
+            }
         }
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
             return Err(io::Error::last_os_error());

@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -53,6 +54,34 @@ fn sigint_is_forwarded() {
     let f = running.finish(Duration::from_secs(30));
     assert_eq!(f.code(), Some(128 + libc::SIGINT), "{f:?}");
     assert!(sent.elapsed() < Duration::from_secs(2), "the ranks did not get SIGINT: {:?}", sent.elapsed());
+    for pid in all.iter().flatten() {
+        assert!(!alive(*pid), "pid {pid} survived");
+    }
+}
+
+#[test]
+fn sigint_is_forwarded_when_the_launcher_started_with_it_ignored() {
+    // As a shell starts a background job: SIGINT and SIGQUIT ignored, which exec keeps. The
+    // launcher still reads them (it blocks them), and its ranks must not ignore what it forwards.
+    let pids = TempDir::new("int-ignored-pids");
+    let mut cmd = launcher();
+    cmd.env("FERROVOD_GRACE_PERIOD", "10");
+    cmd.args(["-np", "2", "--", FAKE, "--pid-dir", &pids.arg(), "--sleep", "60"]);
+    // SAFETY: signal() is async-signal-safe, as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let running = start(cmd);
+    let all = wait_ready(pids.path(), 2, Duration::from_secs(20));
+    let sent = Instant::now();
+    kill(running.pid(), libc::SIGINT);
+    let f = running.finish(Duration::from_secs(30));
+    assert_eq!(f.code(), Some(128 + libc::SIGINT), "{f:?}");
+    assert!(sent.elapsed() < Duration::from_secs(2), "the ranks ignored SIGINT: {:?}", sent.elapsed());
     for pid in all.iter().flatten() {
         assert!(!alive(*pid), "pid {pid} survived");
     }
