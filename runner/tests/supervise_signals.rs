@@ -4,6 +4,7 @@
 mod support;
 
 use std::os::unix::process::CommandExt;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -43,30 +44,14 @@ fn sigterm_is_forwarded_and_sigkill_follows_the_grace_period() {
 
 #[test]
 fn sigint_is_forwarded() {
-    let pids = TempDir::new("int-pids");
-    let mut cmd = launcher();
-    cmd.env("FERROVOD_GRACE_PERIOD", "10");
-    cmd.args(["-np", "3", "--", FAKE, "--pid-dir", &pids.arg(), "--sleep", "60"]);
-    let running = start(cmd);
-    let all = wait_ready(pids.path(), 3, Duration::from_secs(20));
-    let sent = Instant::now();
-    kill(running.pid(), libc::SIGINT);
-    let f = running.finish(Duration::from_secs(30));
-    assert_eq!(f.code(), Some(128 + libc::SIGINT), "{f:?}");
-    assert!(sent.elapsed() < Duration::from_secs(2), "the ranks did not get SIGINT: {:?}", sent.elapsed());
-    for pid in all.iter().flatten() {
-        assert!(!alive(*pid), "pid {pid} survived");
-    }
+    sigint_stops_every_rank("int-pids", 3, launcher());
 }
 
 #[test]
 fn sigint_is_forwarded_when_the_launcher_started_with_it_ignored() {
     // As a shell starts a background job: SIGINT and SIGQUIT ignored, which exec keeps. The
     // launcher still reads them (it blocks them), and its ranks must not ignore what it forwards.
-    let pids = TempDir::new("int-ignored-pids");
     let mut cmd = launcher();
-    cmd.env("FERROVOD_GRACE_PERIOD", "10");
-    cmd.args(["-np", "2", "--", FAKE, "--pid-dir", &pids.arg(), "--sleep", "60"]);
     // SAFETY: signal() is async-signal-safe, as pre_exec requires.
     unsafe {
         cmd.pre_exec(|| {
@@ -75,13 +60,22 @@ fn sigint_is_forwarded_when_the_launcher_started_with_it_ignored() {
             Ok(())
         });
     }
+    sigint_stops_every_rank("int-ignored-pids", 2, cmd);
+}
+
+/// Starts `np` sleeping ranks under `cmd`, sends the launcher SIGINT, and checks that it
+/// exits with 128 + SIGINT at once (well within its 10 s grace period) and leaves no rank.
+fn sigint_stops_every_rank(dir: &str, np: usize, mut cmd: Command) {
+    let pids = TempDir::new(dir);
+    cmd.env("FERROVOD_GRACE_PERIOD", "10");
+    cmd.args(["-np", &np.to_string(), "--", FAKE, "--pid-dir", &pids.arg(), "--sleep", "60"]);
     let running = start(cmd);
-    let all = wait_ready(pids.path(), 2, Duration::from_secs(20));
+    let all = wait_ready(pids.path(), np, Duration::from_secs(20));
     let sent = Instant::now();
     kill(running.pid(), libc::SIGINT);
     let f = running.finish(Duration::from_secs(30));
     assert_eq!(f.code(), Some(128 + libc::SIGINT), "{f:?}");
-    assert!(sent.elapsed() < Duration::from_secs(2), "the ranks ignored SIGINT: {:?}", sent.elapsed());
+    assert!(sent.elapsed() < Duration::from_secs(2), "the ranks did not stop on SIGINT: {:?}", sent.elapsed());
     for pid in all.iter().flatten() {
         assert!(!alive(*pid), "pid {pid} survived");
     }
