@@ -213,7 +213,24 @@ impl World {
         let secret = Secret::generate_hex().expect("random secret");
         let store = StoreServer::bind("127.0.0.1:0", Secret::new(secret.clone().into_bytes())).expect("store binds");
         let addr = store.local_addr().to_string();
-        World::start((n, started), bin, args, env, secret, &addr, Some(store))
+        World::start_on((n, started), None, bin, args, env, secret, &addr, Some(store))
+    }
+
+    /// [`World::spawn`] of `hosts` × `per_host` ranks on hosts faked on this machine: rank r
+    /// publishes the host name `fake-host-{r / per_host}` (`FERROVOD_HOSTNAME`), so each
+    /// group of ranks shares memory and the groups talk TCP, as on as many hosts.
+    pub fn spawn_hosts(
+        hosts: usize,
+        per_host: usize,
+        bin: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> World {
+        let n = hosts * per_host;
+        let secret = Secret::generate_hex().expect("random secret");
+        let store = StoreServer::bind("127.0.0.1:0", Secret::new(secret.clone().into_bytes())).expect("store binds");
+        let addr = store.local_addr().to_string();
+        World::start_on((n, n), Some(per_host), bin, args, env, secret, &addr, Some(store))
     }
 
     /// [`World::spawn`] without a launcher's store: rank 0 serves it (`FERROVOD_HOST_STORE=1`)
@@ -223,12 +240,15 @@ impl World {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let mut env = env.to_vec();
         env.push(("FERROVOD_HOST_STORE", "1".into()));
-        World::start((n, n), bin, args, &env, secret, &format!("127.0.0.1:{port}"), None)
+        World::start_on((n, n), None, bin, args, &env, secret, &format!("127.0.0.1:{port}"), None)
     }
 
-    /// Starts ranks `0..started` of a world of `n` (`(n, started)`).
-    fn start(
+    /// Starts ranks `0..started` of a world of `n` (`(n, started)`), on faked hosts of
+    /// `per_host` ranks each if given.
+    #[allow(clippy::too_many_arguments)]
+    fn start_on(
         (n, started): (usize, usize),
+        per_host: Option<usize>,
         bin: &std::path::Path,
         args: &[&str],
         env: &[(&str, String)],
@@ -249,6 +269,9 @@ impl World {
                     .stderr(Stdio::piped());
                 for (k, v) in env {
                     cmd.env(k, v);
+                }
+                if let Some(per_host) = per_host {
+                    cmd.env("FERROVOD_HOSTNAME", format!("fake-host-{}", rank / per_host));
                 }
                 cmd.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()))
             })
@@ -357,7 +380,11 @@ fn check_algorithm(what: &str, comm: &ferrovod::Communicator) -> Result<(), Stri
     let forced = std::env::var("FERROVOD_ALLREDUCE_ALGORITHM").unwrap_or_default();
     let ran = comm.last_algorithm();
     let staged = ran.starts_with("stage-");
+    let hierarchical = std::env::var("FERROVOD_HIERARCHICAL_ALLREDUCE").unwrap_or_default();
+    let spans_hosts = comm.local_size() >= 2 && comm.cross_size() >= 2;
     let right = match (comm.transport(), forced.as_str()) {
+        _ if spans_hosts && hierarchical == "on" => ran == "hierarchical",
+        _ if hierarchical == "off" => ran != "hierarchical",
         ("shm", "" | "auto") => staged,
         ("shm", f) if f.starts_with("stage-") => ran == f,
         (_, f) if f.starts_with("stage-") => !staged,
@@ -366,7 +393,8 @@ fn check_algorithm(what: &str, comm: &ferrovod::Communicator) -> Result<(), Stri
     match right {
         true => Ok(()),
         false => {
-            Err(format!("{what}: ran {ran:?} over {} with FERROVOD_ALLREDUCE_ALGORITHM={forced:?}", comm.transport()))
+            let knobs = format!("FERROVOD_ALLREDUCE_ALGORITHM={forced:?}, FERROVOD_HIERARCHICAL_ALLREDUCE={hierarchical:?}");
+            Err(format!("{what}: ran {ran:?} over {} with {knobs}", comm.transport()))
         }
     }
 }

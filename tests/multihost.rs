@@ -58,8 +58,9 @@ impl Hosts {
         format!("{}-h{host}", self.name)
     }
 
-    /// Starts host `host`'s launcher on the job's plan, running the test worker with `args`.
-    fn launch(&self, host: usize, secret: &str, args: &[&str]) -> Launcher {
+    /// Starts host `host`'s launcher on the job's plan, running the test worker with `args`
+    /// and `env` added to the launcher's (and so its ranks') environment.
+    fn launch(&self, host: usize, secret: &str, args: &[&str], env: &[(&str, &str)]) -> Launcher {
         let tasks: Vec<String> = (0..HOSTS)
             .map(|t| format!(r#"{{"index": {t}, "host": "{}", "gpus": [0, 1], "slots": 2}}"#, self.address(t)))
             .collect();
@@ -83,6 +84,7 @@ impl Hosts {
             .args(args)
             .env("FERROVOD_SECRET", secret)
             .env("FERROVOD_TIMEOUT", "10")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -169,8 +171,17 @@ fn secret() -> String {
 #[test]
 fn four_hosts_of_two_ranks_are_placed_as_hosts_and_every_collective_is_exact() {
     let Some(hosts) = Hosts::up(0) else { return };
-    let secret = secret();
-    let mut launchers: Vec<Launcher> = (0..HOSTS).map(|h| hosts.launch(h, &secret, &["placement"])).collect();
+    // The hierarchical allreduce (shared memory within each host) forced on, then off (flat
+    // over TCP); `check_collectives` checks which ran.
+    for hierarchical in ["on", "off"] {
+        let secret = secret();
+        let env = [("FERROVOD_HIERARCHICAL_ALLREDUCE", hierarchical)];
+        let launchers: Vec<Launcher> = (0..HOSTS).map(|h| hosts.launch(h, &secret, &["placement"], &env)).collect();
+        check_placement(launchers);
+    }
+}
+
+fn check_placement(mut launchers: Vec<Launcher>) {
     for (host, launcher) in launchers.iter_mut().enumerate() {
         let (code, stdout, stderr) = launcher.wait(Duration::from_secs(240));
         assert_eq!(code, Some(0), "host {host}'s launcher: {stdout:?} {stderr}");
@@ -228,7 +239,7 @@ fn a_rank_of(hosts: &Hosts, host: usize) -> (i32, usize) {
 fn kill_one(id: u32, killed: usize, victim: Victim) {
     let Some(hosts) = Hosts::up(id) else { return };
     let secret = secret();
-    let mut launchers: Vec<Launcher> = (0..HOSTS).map(|h| hosts.launch(h, &secret, &["loop", "4194304"])).collect();
+    let mut launchers: Vec<Launcher> = (0..HOSTS).map(|h| hosts.launch(h, &secret, &["loop", "4194304"], &[])).collect();
     let deadline = Instant::now() + Duration::from_secs(120);
     while launchers.iter().map(|l| l.count("ready")).sum::<usize>() < HOSTS * RANKS_PER_HOST {
         assert!(

@@ -39,6 +39,7 @@ knobs! {
     HOST_STORE = "FERROVOD_HOST_STORE", "0", "1: rank 0 binds FERROVOD_RENDEZVOUS and serves the store itself (when no launcher does).";
     TIMEOUT = "FERROVOD_TIMEOUT", "600", "Seconds a collective may wait without progress before it fails naming the silent peers.";
     CONNECT_TIMEOUT = "FERROVOD_CONNECT_TIMEOUT", "120", "Seconds to wait for the store and for every peer at start-up.";
+    HOSTNAME = "FERROVOD_HOSTNAME", "", "This process's host name as the rendezvous publishes it (default: the kernel's). Ranks with the same name and boot id count as one host (local ranks, shared memory); tests fake several hosts on one machine with it, as Horovod's HOROVOD_HOSTNAME does.";
     ADVERTISE_ADDR = "FERROVOD_ADVERTISE_ADDR", "", "IP address peers use to reach this process (default: the local address of the route to the store).";
     TCP_STREAMS = "FERROVOD_TCP_STREAMS", "2", "TCP connections per peer; large messages are striped across them, pipelined messages take them in turn.";
     TCP_BUFFER = "FERROVOD_TCP_BUFFER", "0", "SO_SNDBUF/SO_RCVBUF in bytes; 0 keeps the kernel's auto-tuning.";
@@ -47,6 +48,7 @@ knobs! {
     TRANSPORT = "FERROVOD_TRANSPORT", "auto", "How ranks reach each other for host memory: auto (shared memory when every rank of the job, or of the process set, is on one host and can map the others' memory, TCP otherwise), shm (shared memory or an error), tcp.";
     SHM_RING = "FERROVOD_SHM_RING", "1048576", "Bytes of each shared-memory ring (one per ordered pair of ranks on a host) and of each of a rank's two stage regions (the pieces of the shared-memory collectives); a power of two, at least 4096.";
     ALLREDUCE_ALGORITHM = "FERROVOD_ALLREDUCE_ALGORITHM", "auto", "auto, ring, halving-doubling, recursive-doubling, stage-slots or stage-split (auto: by size, world size and transport; the stage ones need shared memory and fall back to auto without it).";
+    HIERARCHICAL_ALLREDUCE = "FERROVOD_HIERARCHICAL_ALLREDUCE", "auto", "When the job spans hosts with the same number (at least 2) of ranks each: auto (the hierarchical allreduce, shared memory within each host and TCP between hosts, wherever the alpha-beta model finds it cheaper than the flat one), on (always; an error if a host's ranks cannot share memory), off (never: every rank talks TCP to every other).";
     SMALL_ALLREDUCE = "FERROVOD_SMALL_ALLREDUCE", "65536", "Allreduce up to this many bytes uses recursive doubling, larger ones the ring.";
     SMALL_BROADCAST = "FERROVOD_SMALL_BROADCAST", "65536", "Broadcast up to this many bytes uses a binomial tree, larger ones a pipelined chain.";
     SEGMENT = "FERROVOD_SEGMENT", "262144", "Pipeline segment in bytes: one message of the ring and halving-doubling schedules.";
@@ -120,6 +122,18 @@ pub enum TransportChoice {
     Tcp,
 }
 
+/// Whether allreduce runs hierarchically (within hosts, then between them) in a job that spans
+/// hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hierarchical {
+    /// Where the alpha-beta model finds it cheaper, when a host's ranks can share memory.
+    Auto,
+    /// Always, or an error saying why it cannot be set up.
+    On,
+    /// Never.
+    Off,
+}
+
 /// Tuning shared by the transport and the algorithms.
 #[derive(Debug, Clone)]
 pub struct Tuning {
@@ -141,6 +155,8 @@ pub struct Tuning {
     pub shm_ring: usize,
     /// See [`ALLREDUCE_ALGORITHM`].
     pub allreduce: AllreduceAlgorithm,
+    /// See [`HIERARCHICAL_ALLREDUCE`].
+    pub hierarchical: Hierarchical,
     /// See [`SMALL_ALLREDUCE`].
     pub small_allreduce: usize,
     /// See [`SMALL_BROADCAST`].
@@ -194,6 +210,7 @@ impl Tuning {
             (TRANSPORT.name, format!("{:?}", self.transport)),
             (SHM_RING.name, self.shm_ring.to_string()),
             (ALLREDUCE_ALGORITHM.name, format!("{:?}", self.allreduce)),
+            (HIERARCHICAL_ALLREDUCE.name, format!("{:?}", self.hierarchical)),
             (SMALL_ALLREDUCE.name, self.small_allreduce.to_string()),
             (SMALL_BROADCAST.name, self.small_broadcast.to_string()),
             (SEGMENT.name, self.segment.to_string()),
@@ -219,6 +236,7 @@ impl Default for Tuning {
             transport: TransportChoice::Auto,
             shm_ring: num(SHM_RING),
             allreduce: AllreduceAlgorithm::Auto,
+            hierarchical: Hierarchical::Auto,
             small_allreduce: num(SMALL_ALLREDUCE),
             small_broadcast: num(SMALL_BROADCAST),
             segment: num(SEGMENT),
@@ -253,6 +271,8 @@ pub struct Config {
     pub secret: Option<crate::bootstrap::Secret>,
     /// See [`HOST_STORE`].
     pub host_store: bool,
+    /// See [`HOSTNAME`].
+    pub hostname: Option<String>,
     /// See [`ADVERTISE_ADDR`].
     pub advertise_addr: Option<std::net::IpAddr>,
     /// Transport and algorithm tuning.
@@ -330,6 +350,17 @@ impl Config {
                     }
                 }
             },
+            hierarchical: match text(HIERARCHICAL_ALLREDUCE).as_deref().map(str::trim).unwrap_or("auto") {
+                "auto" => Hierarchical::Auto,
+                "on" | "1" => Hierarchical::On,
+                "off" | "0" => Hierarchical::Off,
+                v => {
+                    return Err(Error::Config {
+                        name: HIERARCHICAL_ALLREDUCE.name,
+                        detail: format!("{} is not auto, on or off", quoted(v)),
+                    });
+                }
+            },
             small_allreduce: parse(SMALL_ALLREDUCE, "a byte count")?,
             small_broadcast: parse(SMALL_BROADCAST, "a byte count")?,
             segment: parse(SEGMENT, "a byte count")?.max(4096),
@@ -375,6 +406,7 @@ impl Config {
             rendezvous: text(RENDEZVOUS),
             secret: text(SECRET).map(|s| crate::bootstrap::Secret::new(s.into_bytes())),
             host_store,
+            hostname: text(HOSTNAME).map(|h| h.trim().to_string()),
             advertise_addr,
             tuning,
             engine,

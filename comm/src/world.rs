@@ -10,6 +10,8 @@
 //! 4. Tuning is checked to agree; the ranks take shared memory if every one of them is on this
 //!    host and can hand its segment to the others ([`connect_shm`], decided through the store),
 //!    and TCP otherwise.
+//! 5. In a job that spans hosts, each host's ranks also set up shared memory among themselves
+//!    for the hierarchical allreduce ([`local_group`]), unless turned off.
 //!
 //! A new network transport registers in [`endpoints`]; backends register in
 //! [`crate::backend::registry`].
@@ -20,7 +22,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::bootstrap::{self, PeerInfo, StoreClient, StoreServer, Topology, exchange_peers};
-use crate::config::{self, Config, TransportChoice, Tuning};
+use crate::config::{self, Config, Hierarchical, Knob, TransportChoice, Tuning};
 use crate::error::{Error, Operation, Result};
 use crate::failure::{AbortWatch, FailureNote, FailureRecord};
 use crate::os::Doorbell;
@@ -40,13 +42,30 @@ pub struct Links {
     /// Every peer, for host memory: shared memory when the whole world is on one host, TCP
     /// otherwise.
     pub host: Box<dyn Transport>,
+    /// In a job that spans hosts, this host's ranks sharing memory (see [`LocalGroup`]).
+    pub local: Option<LocalGroup>,
 }
 
 impl Links {
     /// Closes every link so that peers waiting on this rank fail at once.
     pub fn close(&mut self) {
         self.host.close();
+        if let Some(local) = &mut self.local {
+            local.transport.close();
+        }
     }
+}
+
+/// This host's ranks, sharing memory, in a job that spans hosts with the same number of ranks
+/// each: the hierarchical allreduce runs its steps within a host over `transport` and its step
+/// between hosts over the job's links among `cross`.
+pub struct LocalGroup {
+    /// Shared memory among this host's ranks; its rank i is the job's rank `ranks[i]`.
+    pub transport: Box<dyn Transport>,
+    /// The job's ranks on this host, in order.
+    pub ranks: Vec<usize>,
+    /// The job's ranks with this rank's local rank, one per host, in order.
+    pub cross: Vec<usize>,
 }
 
 /// What a rank knows about its job.
@@ -130,25 +149,26 @@ fn published<'a>(peers: &'a [PeerInfo], name: &str) -> std::result::Result<Vec<&
         .collect()
 }
 
-/// Shared memory for host memory, when the job allows it: every rank on this host, every rank
-/// with a segment, and every rank able to hand its segment to every other (asked through the
-/// store, so that all ranks take the same decision). `None`: use TCP. Under `shm`, each way
-/// of not getting it is an error that says why.
+/// Shared memory among `peers` (the job's ranks, or one host's), when possible: every rank
+/// on this host, every rank with a segment, and every rank able to hand its segment to every
+/// other (asked through the store, so that all ranks take the same decision). `None`: it
+/// cannot be had. When the knob `forced` demands it, each way of not getting it is an error
+/// that says why.
+#[allow(clippy::too_many_arguments)]
 fn connect_shm(
     shm: Option<ShmEndpoint>,
     rank: usize,
     peers: &[PeerInfo],
+    forced: Option<Knob>,
     tuning: &Tuning,
     store: &mut StoreClient,
     prefix: &str,
     gone: &crate::transport::Gone<'_>,
 ) -> Result<Option<Box<dyn Transport>>> {
-    let forced = tuning.transport == TransportChoice::Shm;
     let refuse = |why: String| -> Result<Option<Box<dyn Transport>>> {
-        if forced {
-            Err(Error::Config { name: config::TRANSPORT.name, detail: format!("shm: {why}") })
-        } else {
-            Ok(None)
+        match forced {
+            Some(knob) => Err(Error::Config { name: knob.name, detail: format!("shared memory: {why}") }),
+            None => Ok(None),
         }
     };
     let Some(shm) = shm else { return Ok(None) };
@@ -172,27 +192,99 @@ fn connect_shm(
     let pids: Vec<u32> = peers.iter().map(|p| p.pid).collect();
     let verdict = shm.offer(rank, &addresses, &pids).err().unwrap_or_default();
     store.set(&format!("{prefix}/shm/{rank}"), verdict.as_bytes()).map_err(boot)?;
-    let keys: Vec<String> = (0..peers.len()).map(|r| format!("{prefix}/shm/{r}")).collect();
-    // Waits in slices, so that a rank that died after rendezvous fails the others at once.
-    let deadline = std::time::Instant::now() + tuning.connect_timeout;
-    let verdicts = loop {
-        let missing = match store.wait(&keys, GONE_CHECK).map_err(boot)? {
-            Ok(v) => break v,
-            Err(missing) => missing,
-        };
-        let ranks: Vec<usize> = missing.iter().filter_map(|k| k.rsplit('/').next()?.parse().ok()).collect();
-        if let Some(why) = ranks.iter().find_map(|&r| gone(r).map(|why| format!("rank {r} {why}"))) {
-            return Err(boot(bootstrap::Error::World(format!("{why} before setting up shared memory"))));
-        }
-        if std::time::Instant::now() >= deadline {
-            let what = format!("waiting for ranks {ranks:?} to set up shared memory");
-            return Err(boot(bootstrap::Error::Timeout { what, waited: tuning.connect_timeout }));
-        }
-    };
+    let verdicts = wait_all(store, &format!("{prefix}/shm"), peers.len(), rank, tuning, gone, "set up shared memory")?;
     if let Some(why) = verdicts.iter().find(|v| !v.is_empty()) {
         return refuse(String::from_utf8_lossy(why).into_owned());
     }
     Ok(Some(Box::new(shm.accept(rank, &addresses, &pids).map_err(boot)?)))
+}
+
+/// Every rank's value under `{key}/{rank}` (ranks 0..n), once all are set. Waits in slices, so
+/// that a rank that died meanwhile (`gone`) fails the others at once, naming it and `what` it
+/// did not do; at most the connect timeout.
+fn wait_all(
+    store: &mut StoreClient,
+    key: &str,
+    n: usize,
+    rank: usize,
+    tuning: &Tuning,
+    gone: &crate::transport::Gone<'_>,
+    what: &str,
+) -> Result<Vec<Vec<u8>>> {
+    let boot = |cause| Error::Bootstrap { rank, cause };
+    let keys: Vec<String> = (0..n).map(|r| format!("{key}/{r}")).collect();
+    let deadline = std::time::Instant::now() + tuning.connect_timeout;
+    loop {
+        let missing = match store.wait(&keys, GONE_CHECK).map_err(boot)? {
+            Ok(v) => return Ok(v),
+            Err(missing) => missing,
+        };
+        let ranks: Vec<usize> = missing.iter().filter_map(|k| k.rsplit('/').next()?.parse().ok()).collect();
+        if let Some(why) = ranks.iter().find_map(|&r| gone(r).map(|why| format!("rank {r} {why}"))) {
+            return Err(boot(bootstrap::Error::World(format!("{why} before it could {what}"))));
+        }
+        if std::time::Instant::now() >= deadline {
+            let what = format!("waiting for ranks {ranks:?} to {what}");
+            return Err(boot(bootstrap::Error::Timeout { what, waited: tuning.connect_timeout }));
+        }
+    }
+}
+
+/// Shared memory among this host's ranks, for the hierarchical allreduce: when the job spans
+/// hosts with the same number (at least 2) of ranks each and neither
+/// `FERROVOD_HIERARCHICAL_ALLREDUCE` nor `FERROVOD_TRANSPORT` rules it out. A second, small
+/// rendezvous among the host's ranks (under the host's own keys) sets up the memory; then every
+/// rank of the job says whether its host has it, and the job takes the hierarchical path only
+/// if every host does, since every rank must run the same algorithm.
+#[allow(clippy::too_many_arguments)]
+fn local_group(
+    rank: usize,
+    topology: &Topology,
+    me: &PeerInfo,
+    tuning: &Tuning,
+    store: &mut StoreClient,
+    prefix: &str,
+    gone: &crate::transport::Gone<'_>,
+) -> Result<Option<LocalGroup>> {
+    let spans_hosts = topology.homogeneous && topology.local_size >= 2 && topology.cross_size >= 2;
+    if tuning.hierarchical == Hierarchical::Off || !spans_hosts {
+        return Ok(None);
+    }
+    let forced = (tuning.hierarchical == Hierarchical::On).then_some(config::HIERARCHICAL_ALLREDUCE);
+    if tuning.transport == TransportChoice::Tcp {
+        return match forced {
+            Some(knob) => Err(Error::Config {
+                name: knob.name,
+                detail: "on needs shared memory within each host, which FERROVOD_TRANSPORT=tcp turns off".into(),
+            }),
+            None => Ok(None),
+        };
+    }
+    let boot = |cause| Error::Bootstrap { rank, cause };
+    let (local_rank, ranks) = (topology.local_rank, &topology.local_ranks);
+    let shm = match (ShmEndpoint::bind(ranks.len(), tuning), forced) {
+        (Ok(e), _) => Some(e),
+        (Err(_), None) => None,
+        (Err(source), Some(_)) => {
+            let what = "creating the shared-memory segment of this host's ranks".into();
+            return Err(boot(bootstrap::Error::Io { what, source: source.into() }));
+        }
+    };
+    let host_prefix = format!("{prefix}/host{}", ranks[0]);
+    let mine = PeerInfo { addresses: shm.iter().map(|s| (SHM.to_string(), s.address())).collect(), ..me.clone() };
+    let local_peers =
+        exchange_peers(store, &host_prefix, local_rank, ranks.len(), &mine, tuning.connect_timeout).map_err(boot)?;
+    let local_gone = |i: usize| gone(ranks[i]);
+    let transport = connect_shm(shm, local_rank, &local_peers, forced, tuning, store, &host_prefix, &local_gone)?;
+    let has = if transport.is_some() { "1" } else { "0" };
+    store.set(&format!("{prefix}/hierarchical/{rank}"), has.as_bytes()).map_err(boot)?;
+    let n = topology.local_size * topology.cross_size;
+    let all = wait_all(store, &format!("{prefix}/hierarchical"), n, rank, tuning, gone, "set up its host's memory")?;
+    Ok(transport.filter(|_| all.iter().all(|v| v == b"1")).map(|transport| LocalGroup {
+        transport,
+        ranks: ranks.clone(),
+        cross: topology.cross_ranks.clone(),
+    }))
 }
 
 /// Whether `me` can see `peer`'s process by its pid: same host, same pid namespace (or both
@@ -295,7 +387,7 @@ impl World {
             endpoints.iter().map(|e| (e.name().to_string(), e.address())).collect();
         addresses.extend(shm.as_ref().map(|s| (SHM.to_string(), s.address())));
         let me = PeerInfo {
-            hostname: crate::os::hostname(),
+            hostname: config.hostname.clone().unwrap_or_else(crate::os::hostname),
             boot_id: crate::os::boot_id(),
             addresses,
             pid: std::process::id(),
@@ -309,23 +401,28 @@ impl World {
             }
         }
         let gone = |peer: usize| peer_gone(&peers[peer], &me);
-        let host = match connect_shm(shm, rank, &peers, &links, &mut store, prefix, &gone)? {
-            Some(t) => t,
+        let forced = (tuning.transport == TransportChoice::Shm).then_some(config::TRANSPORT);
+        let topology = Topology::compute(&peers, rank);
+        let (mut host, mut local) = match connect_shm(shm, rank, &peers, forced, &links, &mut store, prefix, &gone)? {
+            Some(t) => (t, None),
             None => {
                 let mut host = None;
                 for endpoint in endpoints {
                     let addresses = published(&peers, endpoint.name()).map_err(boot)?;
                     host = Some(endpoint.connect(rank, &addresses, &secret, &gone).map_err(boot)?);
                 }
-                host.ok_or_else(|| boot(bootstrap::Error::World("no transport for host memory".into())))?
+                let host = host.ok_or_else(|| boot(bootstrap::Error::World("no transport for host memory".into())))?;
+                (host, local_group(rank, &topology, &me, &links, &mut store, prefix, &gone)?)
             }
         };
-        let mut host = host;
         let bell: AbortBell = Arc::new(
             Doorbell::new()
                 .map_err(|source| boot(bootstrap::Error::Io { what: "abort bell".into(), source: source.into() }))?,
         );
         host.watch_abort(bell.clone());
+        if let Some(local) = &mut local {
+            local.transport.watch_abort(bell.clone());
+        }
         let watcher = StoreClient::connect(&addr, &secret, tuning.connect_timeout).map_err(boot)?;
         let watch = AbortWatch::start(watcher, prefix, rank, bell).map_err(|source| {
             boot(bootstrap::Error::Io { what: "starting the abort watcher".into(), source: source.into() })
@@ -333,13 +430,13 @@ impl World {
         let world = World {
             rank,
             size: config.size,
-            topology: Topology::compute(&peers, rank),
+            topology,
             tuning: tuning.clone(),
             record: Some(FailureRecord::new(store, prefix)),
             _watch: Some(watch),
             _store: store_server,
         };
-        Ok((world, Links { host }))
+        Ok((world, Links { host, local }))
     }
 
     /// A world over an existing transport, all ranks on one host, no store.
@@ -351,10 +448,11 @@ impl World {
             cross_rank: 0,
             cross_size: 1,
             local_ranks: (0..size).collect(),
+            cross_ranks: vec![rank],
             homogeneous: true,
         };
         let world = World { rank, size, topology, tuning, record: None, _watch: None, _store: None };
-        (world, Links { host: transport })
+        (world, Links { host: transport, local: None })
     }
 
     /// This rank.

@@ -2,7 +2,9 @@
 //!
 //! - `collectives DTYPES OPS COUNTS`: `check_collectives` (comma lists; `all`; counts
 //!   `small` = 0,1,7,4093, `1mib`, `64mib`). Prints `ok over TRANSPORT` on success.
-//! - `loop BYTES`: allreduces BYTES of f32 forever, printing `ready` after the first one.
+//! - `loop BYTES`: allreduces BYTES of f32 forever, printing `ready (ran ALGORITHM)` after the
+//!   first one.
+//! - `once BYTES`: one allreduce of BYTES of f32, checked; prints `ok ran ALGORITHM`.
 //! - `loop-pause BYTES RANK MS`: the same, rank RANK sleeping MS before each allreduce (so
 //!   that it meets a failure late).
 //! - `mismatch-count`, `mismatch-dtype`: rank 1 calls allreduce with other arguments.
@@ -82,10 +84,22 @@ fn scenario(comm: &mut Communicator, args: &[String]) -> Result<(), String> {
             let n: usize = bytes.parse::<usize>().map_err(|e| e.to_string())? / 4;
             let mut buf = vec![1.0f32; n];
             comm.allreduce(&mut buf, ReduceOp::Sum).map_err(|e| e.to_string())?;
-            println!("ready");
+            println!("ready (ran {})", comm.last_algorithm());
             loop {
                 comm.allreduce(&mut buf, ReduceOp::Average).map_err(|e| e.to_string())?;
             }
+        }
+        ["once", bytes] => {
+            let n: usize = bytes.parse::<usize>().map_err(|e| e.to_string())? / 4;
+            let mut buf: Vec<f32> = (0..n).map(|i| (r + i % 5) as f32).collect();
+            comm.allreduce(&mut buf, ReduceOp::Sum).map_err(|e| e.to_string())?;
+            let size = comm.size();
+            let ranks = (size * (size - 1) / 2) as f32;
+            if let Some(i) = (0..n).find(|&i| buf[i] != ranks + (size * (i % 5)) as f32) {
+                return Err(format!("element {i} is {}", buf[i]));
+            }
+            println!("ok ran {}", comm.last_algorithm());
+            Ok(())
         }
         ["loop-pause", bytes, who, ms] => {
             let n: usize = bytes.parse::<usize>().map_err(|e| e.to_string())? / 4;

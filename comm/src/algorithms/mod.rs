@@ -10,6 +10,7 @@
 mod allgather_ring;
 mod allgather_stage;
 mod allreduce_halving_doubling;
+pub mod allreduce_hierarchical;
 mod allreduce_recursive_doubling;
 mod allreduce_ring;
 mod allreduce_stage_slots;
@@ -28,6 +29,7 @@ mod schedule;
 pub use allgather_ring::allgather_ring;
 pub use allgather_stage::allgather_stage;
 pub use allreduce_halving_doubling::allreduce_halving_doubling;
+pub use allreduce_hierarchical::allreduce_hierarchical;
 pub use allreduce_recursive_doubling::allreduce_recursive_doubling;
 pub use allreduce_ring::allreduce_ring;
 pub use allreduce_stage_slots::allreduce_stage_slots;

@@ -3,9 +3,11 @@
 use super::{Backend, Error, Links, Request, Work};
 use crate::algorithms::{self as alg, Params};
 use crate::collective::Collective;
-use crate::config::{AllreduceAlgorithm, Tuning};
+use crate::config::{AllreduceAlgorithm, Hierarchical, Tuning};
 use crate::dtype::ReduceOp;
 use crate::reduce::divide;
+use crate::transport::{self, Transport, subset::Subset};
+use crate::world::LocalGroup;
 
 /// Runs every collective on host memory.
 pub struct HostBackend {
@@ -42,14 +44,25 @@ impl Backend for HostBackend {
                 let ws = &mut self.ws;
                 let (rank, staged) = (t.rank(), t.stage().is_some());
                 let algorithm = allreduce_algorithm(tu, buf.len(), n, staged);
+                if let Some(group) = links.local.as_mut().filter(|g| hierarchical_pays(tu, algorithm, buf.len(), g)) {
+                    let (hosts, local) = (group.cross.len(), group.ranks.len());
+                    let between = allreduce_algorithm(tu, buf.len().div_ceil(local), hosts, false);
+                    let local_rank = group.transport.rank();
+                    let stage = group.transport.stage().ok_or_else(|| invalid("a host's ranks share no stage".into()))?;
+                    let mut cross = Subset::new(t, &group.cross)
+                        .ok_or_else(|| invalid("this rank is not among its local rank's ranks".into()))?;
+                    alg::allreduce_hierarchical(stage, &group.ranks, local_rank, &p, buf, op, |block| {
+                        flat_allreduce(between, &mut cross, &p, block, op, ws)
+                    })?;
+                    if op == ReduceOp::Average {
+                        divide(p.dtype, buf, n);
+                    }
+                    return Ok("hierarchical");
+                }
                 match (algorithm, t.stage()) {
                     (AllreduceAlgorithm::StageSlots, Some(s)) => alg::allreduce_stage_slots(s, &p, buf, op)?,
                     (AllreduceAlgorithm::StageSplit, Some(s)) => alg::allreduce_stage_split(s, &p, (rank, n), buf, op)?,
-                    (AllreduceAlgorithm::RecursiveDoubling, _) => {
-                        alg::allreduce_recursive_doubling(t, &p, buf, op, ws)?
-                    }
-                    (AllreduceAlgorithm::HalvingDoubling, _) => alg::allreduce_halving_doubling(t, &p, buf, op, ws)?,
-                    _ => alg::allreduce_ring(t, &p, buf, op, ws)?,
+                    (flat, _) => flat_allreduce(flat, t, &p, buf, op, ws)?,
                 }
                 let ran = algorithm.name();
                 if op == ReduceOp::Average {
@@ -126,6 +139,39 @@ impl Backend for HostBackend {
                 };
                 Err(invalid(format!("{} does not take buffers {shape}", c.name())))
             }
+        }
+    }
+}
+
+/// Runs the flat allreduce `algorithm` over messages (the ring for any other).
+fn flat_allreduce(
+    algorithm: AllreduceAlgorithm,
+    t: &mut dyn Transport,
+    p: &Params,
+    buf: &mut [u8],
+    op: ReduceOp,
+    ws: &mut alg::Workspace,
+) -> Result<(), transport::Error> {
+    match algorithm {
+        AllreduceAlgorithm::RecursiveDoubling => alg::allreduce_recursive_doubling(t, p, buf, op, ws),
+        AllreduceAlgorithm::HalvingDoubling => alg::allreduce_halving_doubling(t, p, buf, op, ws),
+        _ => alg::allreduce_ring(t, p, buf, op, ws),
+    }
+}
+
+/// Whether an allreduce of `bytes`, for which the flat `algorithm` was chosen, runs
+/// hierarchically over `group`: always under `FERROVOD_HIERARCHICAL_ALLREDUCE=on`; under
+/// `auto`, where the cost model says it pays, unless `FERROVOD_ALLREDUCE_ALGORITHM` forces a
+/// flat algorithm (the group exists only when the knob allows it).
+fn hierarchical_pays(tuning: &Tuning, algorithm: AllreduceAlgorithm, bytes: usize, group: &LocalGroup) -> bool {
+    let (hosts, local) = (group.cross.len(), group.ranks.len());
+    match tuning.hierarchical {
+        Hierarchical::On => true,
+        Hierarchical::Off => false,
+        Hierarchical::Auto if tuning.allreduce != AllreduceAlgorithm::Auto => false,
+        Hierarchical::Auto => {
+            let between = allreduce_algorithm(tuning, bytes.div_ceil(local), hosts, false);
+            alg::allreduce_hierarchical::pays(algorithm, between, bytes, local, hosts)
         }
     }
 }

@@ -16,6 +16,9 @@ pub struct Topology {
     pub cross_size: usize,
     /// The ranks on this host, in order (this rank included).
     pub local_ranks: Vec<usize>,
+    /// The ranks with this rank's local rank, in order (this rank included): one per host
+    /// when the job is homogeneous.
+    pub cross_ranks: Vec<usize>,
     /// Whether every host runs the same number of ranks (Horovod's `is_homogeneous`).
     pub homogeneous: bool,
 }
@@ -39,13 +42,14 @@ impl Topology {
             cross_rank: same_local.iter().position(|&r| r == rank).unwrap_or(0),
             cross_size: same_local.len(),
             local_ranks,
+            cross_ranks: same_local,
             homogeneous,
         }
     }
 
     /// The placement of the only rank of a one-rank job.
     pub fn single() -> Topology {
-        Topology { local_rank: 0, local_size: 1, cross_rank: 0, cross_size: 1, local_ranks: vec![0], homogeneous: true }
+        Topology { local_rank: 0, local_size: 1, cross_rank: 0, cross_size: 1, local_ranks: vec![0], cross_ranks: vec![0], homogeneous: true }
     }
 }
 
@@ -73,6 +77,7 @@ mod tests {
             vec![(0, 2, 0, 2), (1, 2, 0, 2), (0, 2, 1, 2), (1, 2, 1, 2)]
         );
         assert_eq!(t[3].local_ranks, vec![2, 3]);
+        assert_eq!(t[3].cross_ranks, vec![1, 3]);
         assert!(t.iter().all(|t| t.homogeneous));
     }
 

@@ -13,9 +13,12 @@
 //! | [`tcp`] | ranks in different processes | `mod.rs` (transport, exchanges), `stream.rs` (flows), `pair.rs` (one peer), `connect.rs` (mesh set-up) |
 //! | [`shm`] | ranks in different processes on one host | `mod.rs` (set-up, transport, exchanges and streams), `pair.rs` (one direction of a link), `segment.rs` (the shared memory), `connect.rs` (handing segments over) |
 //! | [`mem`] | ranks as threads of one process, for deterministic tests | `mod.rs` (transport), `pair.rs` (one peer) |
+//!
+//! [`subset`] is no transport of its own: some of a transport's ranks, seen as one.
 
 pub mod mem;
 pub mod shm;
+pub mod subset;
 pub mod tcp;
 
 use std::time::Duration;
