@@ -30,7 +30,7 @@ import sys
 from collections import defaultdict
 
 OP_ORDER = ("allreduce", "broadcast", "allgather", "reducescatter", "alltoall")
-TRANSPORT_ORDER = ("shm", "tcp", "mem")
+TRANSPORT_ORDER = ("shm", "shm+tcp", "tcp", "mem")
 
 
 def load(paths, impl=None):

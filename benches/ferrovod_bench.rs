@@ -1,6 +1,6 @@
 //! ferrovod-bench: starts N local processes of itself and prints an nccl-tests-style table.
 //!
-//! `ferrovod-bench --np N --op allreduce|broadcast|allgather|reducescatter|alltoall --sizes 4KiB,1MiB,64MiB [--transport auto|shm|tcp] [--json PATH]`
+//! `ferrovod-bench --np N --op allreduce|broadcast|allgather|reducescatter|alltoall --sizes 4KiB,1MiB,64MiB [--transport auto|shm|tcp] [--hosts H] [--json PATH]`
 //! `ferrovod-bench --np N --tensors resnet50 [--json PATH]`: a training step's gradients through
 //! the engine (see `tensors.rs`).
 //! `ferrovod-bench --model [--alpha-us US --gbit G] [--sizes ..] [--model-np 2,3,4]`: fits the
@@ -71,6 +71,10 @@ struct Args {
     /// The transport the ranks use (sets FERROVOD_TRANSPORT; the table says which ran).
     #[arg(long, value_enum, default_value_t = TransportArg::Auto)]
     transport: TransportArg,
+    /// Fake this many hosts on this machine (ranks placed host by host, each publishing its
+    /// host's name through FERROVOD_HOSTNAME): shared memory within each, TCP between them.
+    #[arg(long, default_value_t = 1)]
+    hosts: usize,
     /// Fit the alpha-beta cost model on this host, print its predictions, and measure ring and
     /// halving-doubling allreduces over tcp and shm next to them.
     #[arg(long)]
@@ -381,7 +385,9 @@ fn worker(args: &Args) -> Result<(), String> {
         let row = Row {
             implementation: "ferrovod",
             op: name(args.op),
-            transport: comm.transport(),
+            // The hierarchical allreduce runs within hosts over shared memory, between them
+            // over the job's transport.
+            transport: if algorithm == "hierarchical" { "shm+tcp" } else { comm.transport() },
             algorithm,
             np: n,
             dtype: "f32",
@@ -426,12 +432,18 @@ fn parent(args: &Args) -> Result<(), String> {
         return Err(format!("{} sizes must be multiples of 4 × np bytes", name(args.op)));
     }
     let child_args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    launch(&Launch { np: args.np, transport: args.transport, args: &child_args, env: &[], quiet: false })
+    if args.hosts == 0 || !args.np.is_multiple_of(args.hosts) {
+        return Err(format!("--np {} is not a multiple of --hosts {}", args.np, args.hosts));
+    }
+    let hosts = args.hosts;
+    launch(&Launch { np: args.np, hosts, transport: args.transport, args: &child_args, env: &[], quiet: false })
 }
 
 /// One run of N local processes of this binary as ranks.
 struct Launch<'a> {
     np: usize,
+    /// Hosts faked (see `Args::hosts`); 1: none.
+    hosts: usize,
     transport: TransportArg,
     /// The ranks' arguments (`--worker` is added).
     args: &'a [std::ffi::OsString],
@@ -459,6 +471,9 @@ fn launch(run: &Launch<'_>) -> Result<(), String> {
             .env("FERROVOD_SECRET", &secret)
             .env("FERROVOD_TRANSPORT", transport_name(run.transport))
             .envs(run.env.iter().copied());
+        if run.hosts > 1 {
+            cmd.env("FERROVOD_HOSTNAME", format!("bench-host-{}", rank / (run.np / run.hosts)));
+        }
         if run.quiet {
             cmd.stdout(std::process::Stdio::null());
         }

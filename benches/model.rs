@@ -32,8 +32,9 @@
 //! and wait for the core with the most ranks. The cluster predictions assume one core per
 //! rank and use the 2-rank fits.
 //!
-//! Hierarchical allreduce (not implemented in ferrovod; a prediction only), the variant with
-//! one ring per local rank: H hosts of L ranks; (1) a ring reduce-scatter among the L ranks
+//! Hierarchical allreduce, the textbook variant with one ring per local rank (ferrovod's own,
+//! `comm/src/algorithms/allreduce_hierarchical.rs`, reduce-scatters and allgathers within a
+//! host over its shared stage instead of rings, and is measured with `ferrovod-bench --hosts`): H hosts of L ranks; (1) a ring reduce-scatter among the L ranks
 //! of a host over shared memory, leaving local rank i with 1/L of the buffer reduced over its
 //! host; (2) L concurrent ring allreduces across hosts, one per local rank on its m/L bytes,
 //! all sharing the host's network link; (3) a ring allgather among the L ranks of a host.
@@ -435,7 +436,7 @@ impl Cluster {
             .sum()
     }
 
-    /// The hierarchical allreduce of the module docs (a prediction: ferrovod has none),
+    /// The hierarchical allreduce of the module docs (the textbook variant),
     /// built from ferrovod's ring pieces: reduce-scatter within each host, one ring allreduce
     /// per local rank across hosts on its 1/L share (all L sharing the host's link),
     /// allgather within each host.

@@ -177,7 +177,7 @@ impl Drop for TempJson {
 fn probe(transport: TransportArg, n: usize) -> Result<Probe, String> {
     let out = TempJson::new(&format!("probe-{}-{n}", transport_name(transport)));
     let args: Vec<OsString> = vec!["--probe".into(), "--json".into(), out.0.clone().into_os_string()];
-    launch(&Launch { np: n, transport, args: &args, env: &[], quiet: true })?;
+    launch(&Launch { np: n, hosts: 1, transport, args: &args, env: &[], quiet: true })?;
     let probe: Probe = serde_json::from_str(&out.read()?).map_err(|e| format!("probe output: {e}"))?;
     if probe.n != n {
         return Err(format!("asked for a probe on {n} ranks, ran {}", probe.n));
@@ -402,7 +402,7 @@ fn print_predictions(title: &str, cluster: &Cluster, sizes: &[usize], cut: &Cutt
     println!();
     println!("## Predictions: {title}");
     println!();
-    println!("| size | N | hosts × ranks | ring | halving-doubling | hierarchical (prediction only) | fastest |");
+    println!("| size | N | hosts × ranks | ring | halving-doubling | hierarchical (rings) | fastest |");
     println!("|---:|---:|---:|---:|---:|---:|---|");
     for &bytes in sizes {
         for &n in PREDICT_NP {
@@ -450,7 +450,7 @@ fn measure(args: &Args, transport: TransportArg, algorithm: &str, np: usize) -> 
         out.0.clone().into_os_string(),
     ];
     let env = [("FERROVOD_ALLREDUCE_ALGORITHM", algorithm)];
-    launch(&Launch { np, transport, args: &child, env: &env, quiet: true })?;
+    launch(&Launch { np, hosts: 1, transport, args: &child, env: &env, quiet: true })?;
     let rows: Vec<Measured> = serde_json::from_str(&out.read()?).map_err(|e| format!("bench output: {e}"))?;
     if let Some(r) = rows.iter().find(|r| r.algorithm != algorithm || r.transport != transport_name(transport)) {
         return Err(format!(
@@ -559,7 +559,8 @@ pub fn run(args: &Args) -> Result<(), String> {
          memory regime when the host's ranks' buffers reach its last-level cache), between hosts the network \
          named; ranks ordered host by host. Ring: every step waits for the link between hosts (one flow per \
          host). Halving-doubling: a step with a partner ≥ {} ranks away crosses the network with all of a \
-         host's ranks at once. Hierarchical (ferrovod has none: a prediction only): ring reduce-scatter within \
+         host's ranks at once. Hierarchical (the textbook variant; ferrovod's own uses its shared stage within a host and is \
+         measured with --hosts): ring reduce-scatter within \
          the host, then one ring allreduce per local rank across hosts on its 1/L share (the L rings share the \
          host's link), then ring allgather within the host. Every message pays α.",
         args.ranks_per_host, args.ranks_per_host

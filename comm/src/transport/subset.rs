@@ -77,7 +77,7 @@ impl Transport for Subset<'_> {
             .iter_mut()
             .map(|op| match op {
                 Step::Send { peer, buf } => Step::Send { peer: self.members[*peer], buf },
-                Step::Recv { peer, buf } => Step::Recv { peer: self.members[*peer], buf: &mut **buf },
+                Step::Recv { peer, buf } => Step::Recv { peer: self.members[*peer], buf },
             })
             .collect();
         self.inner.exchange(tag, &mut mapped)
