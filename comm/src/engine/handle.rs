@@ -13,6 +13,9 @@ pub(crate) struct Slot {
     done: Condvar,
     /// Someone sleeps on `done` (guarded by `state`): completion skips the wake-up otherwise.
     sleepers: std::sync::atomic::AtomicBool,
+    /// Set once `state` left `Pending`: a waiter that looks (spins) reads it without taking
+    /// the lock that the completing engine thread needs.
+    finished: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -29,7 +32,7 @@ impl Slot {
     }
 
     pub(crate) fn is_done(&self) -> bool {
-        !matches!(*self.lock(), State::Pending)
+        self.finished.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn wait_done(&self) {
@@ -75,6 +78,7 @@ impl Slot {
         let mut s = self.lock();
         if matches!(*s, State::Pending) {
             *s = State::Done(result);
+            self.finished.store(true, std::sync::atomic::Ordering::Release);
             if self.sleepers.load(std::sync::atomic::Ordering::Relaxed) {
                 self.done.notify_all();
             }

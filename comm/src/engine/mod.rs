@@ -163,7 +163,7 @@ impl Engine {
     pub fn start_with(comm: Communicator, settings: &EngineSettings, ops: Box<dyn Ops>) -> Result<Engine> {
         let (rank, size) = (comm.rank(), comm.size());
         let device_memory = ops.takes_device_memory();
-        let bell = Doorbell::new().map_err(|e| Error::EngineStopped {
+        let bell = Doorbell::lazy().map_err(|e| Error::EngineStopped {
             rank,
             reason: format!("could not create the engine's wake-up pipe: {e}"),
         })?;

@@ -129,7 +129,10 @@ impl RunLoop {
         let shutdown = self.take_inbox();
         if (!shutdown || self.shutdown_sent) && !self.has_news() && !self.look()? {
             let timeout = self.stalls.next_check();
-            if !self.comm.wait_incoming(&self.shared.bell, timeout)? {
+            let (comm, bell) = (&mut self.comm, &self.shared.bell);
+            // A submission since the look ends the wait at once (the bell is lazy).
+            let news = bell.sleep_unless_rung(|| comm.wait_incoming(bell, timeout)).transpose()?;
+            if news != Some(true) {
                 // The doorbell or a stall clock: look again.
                 self.check_stalls()?;
                 return Ok(None);
