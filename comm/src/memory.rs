@@ -258,6 +258,14 @@ impl<'a> Memory<'a> {
 }
 
 impl<'a> MemoryRef<'a> {
+    /// Device memory, borrowed read-only for `'a`.
+    ///
+    /// # Safety
+    /// For `'a`, the region must stay allocated and nothing may write it.
+    pub unsafe fn device(ptr: DevicePtr) -> MemoryRef<'a> {
+        MemoryRef::Device(ptr, PhantomData)
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> usize {
         match self {

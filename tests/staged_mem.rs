@@ -1,0 +1,149 @@
+//! The staged path (device memory through host buffers and the host backend) with host memory
+//! standing in for a device ([`HostStandIn`]), ranks as threads: every collective, dtype and
+//! op, element by element against the serial reference, with pieces smaller than the buffers
+//! so that the pipeline runs over many of them. The CUDA copier is checked on a GPU machine.
+
+use std::time::Duration;
+
+use ferrovod::algorithms::even_blocks;
+use ferrovod::backend::staged::StagedBackend;
+use ferrovod::backend::staged::device::HostStandIn;
+use ferrovod::config::Tuning;
+use ferrovod::memory::{DevicePtr, Memory, MemoryRef};
+use ferrovod::transport::mem::MemTransport;
+use ferrovod::{Collective, Communicator, DType, ReduceOp};
+use ferrovod_tests::{Aligned, check, expected_allreduce, input};
+
+/// Pieces of 12 KiB: 4093 elements of 8 bytes take three, 300,000 f32 a hundred.
+const PIECE: usize = 12 << 10;
+
+/// `buf`, as the stand-in's device 0 sees it.
+fn on_device(buf: &mut [u8]) -> Memory<'_> {
+    let ptr = DevicePtr { ptr: buf.as_mut_ptr() as u64, len: buf.len(), device: 0, stream: 0 };
+    // SAFETY: `buf` is host memory borrowed for the returned lifetime, which the stand-in reads
+    // as its device memory.
+    unsafe { Memory::device(ptr) }
+}
+
+fn on_device_ref(buf: &[u8]) -> MemoryRef<'_> {
+    let ptr = DevicePtr { ptr: buf.as_ptr() as u64, len: buf.len(), device: 0, stream: 0 };
+    // SAFETY: as in `on_device`; the staged path only reads an alltoall's input.
+    unsafe { MemoryRef::device(ptr) }
+}
+
+fn world(n: usize, body: impl Fn(&mut Communicator) -> Result<(), String> + Sync) {
+    let tuning = Tuning { timeout: Duration::from_secs(60), ..Tuning::default() };
+    let transports = MemTransport::world(n, tuning.timeout);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = transports
+            .into_iter()
+            .map(|t| {
+                let tuning = tuning.clone();
+                let body = &body;
+                s.spawn(move || {
+                    let mut comm = Communicator::from_transport(Box::new(t), tuning.clone());
+                    // SAFETY: every device pointer these tests make is host memory (`on_device`).
+                    let copies = unsafe { HostStandIn::new(0) };
+                    comm.register_backend(Box::new(StagedBackend::new(Box::new(copies), tuning, PIECE)));
+                    body(&mut comm)
+                })
+            })
+            .collect();
+        for (rank, h) in handles.into_iter().enumerate() {
+            match h.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => panic!("rank {rank} of {n}: {e}"),
+                Err(_) => panic!("rank {rank} of {n} panicked"),
+            }
+        }
+    });
+}
+
+fn staged(comm: &Communicator, what: &str) -> Result<(), String> {
+    match comm.last_algorithm() {
+        "staged" => Ok(()),
+        other => Err(format!("{what}: ran {other:?}, not the staged path")),
+    }
+}
+
+#[test]
+fn allreduce_every_dtype_and_op_in_pipelined_pieces() {
+    for n in [1, 2, 3, 5] {
+        world(n, |comm| {
+            let r = comm.rank();
+            for dtype in DType::ALL {
+                for op in ReduceOp::ALL.into_iter().filter(|&op| Collective::Allreduce(op).refuses(dtype).is_none()) {
+                    for count in [0, 1, 7, 4093, 300_000 / dtype.size()] {
+                        let what = format!("allreduce {dtype} {op} n={n} count={count}");
+                        let mut buf = input(dtype, op, r, count);
+                        comm.allreduce_bytes(on_device(buf.bytes_mut()), dtype, op).map_err(|e| format!("{what}: {e}"))?;
+                        check(&what, dtype, buf.bytes(), expected_allreduce(dtype, op, n, count).bytes())?;
+                        staged(comm, &what)?;
+                    }
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn broadcast_reducescatter_and_alltoall_on_device_memory() {
+    for n in [1, 2, 3, 5] {
+        world(n, |comm| {
+            let r = comm.rank();
+            for dtype in [DType::F32, DType::I8, DType::F64, DType::BF16] {
+                let op = ReduceOp::Sum;
+                let e = dtype.size();
+                for count in [0, 7, 50_000] {
+                    for root in [0, n - 1] {
+                        let what = format!("broadcast {dtype} n={n} count={count} root={root}");
+                        let want = input(dtype, op, root, count);
+                        let mut buf = if r == root { input(dtype, op, root, count) } else { Aligned::zeroed(count * e) };
+                        comm.broadcast_bytes(on_device(buf.bytes_mut()), dtype, root).map_err(|e| format!("{what}: {e}"))?;
+                        check(&what, dtype, buf.bytes(), want.bytes())?;
+                        staged(comm, &what)?;
+                    }
+                    let what = format!("reducescatter {dtype} n={n} count={count}");
+                    let mut buf = input(dtype, op, r, count);
+                    let blocks = even_blocks(count, n, e);
+                    comm.reducescatter_bytes(on_device(buf.bytes_mut()), &blocks, dtype, op)
+                        .map_err(|e| format!("{what}: {e}"))?;
+                    let want = expected_allreduce(dtype, op, n, count);
+                    check(&what, dtype, &buf.bytes()[blocks[r].clone()], &want.bytes()[blocks[r].clone()])?;
+                    // Alltoall: rank r sends r + i + 1 elements to rank i (its input's first ones).
+                    let what = format!("alltoall {dtype} n={n}");
+                    let send_counts: Vec<usize> = (0..n).map(|i| r + i + 1).collect();
+                    let recv_counts: Vec<usize> = (0..n).map(|i| i + r + 1).collect();
+                    let send = input(dtype, op, r, send_counts.iter().sum());
+                    let mut recv = Aligned::zeroed(recv_counts.iter().sum::<usize>() * e);
+                    comm.alltoall_into(on_device_ref(send.bytes()), &send_counts, on_device(recv.bytes_mut()), &recv_counts, dtype)
+                        .map_err(|e| format!("{what}: {e}"))?;
+                    let mut at = 0;
+                    for (i, &c) in recv_counts.iter().enumerate() {
+                        // Rank i sent its elements from offset Σ_{j<r} (i + j + 1).
+                        let from: usize = (0..r).map(|j| i + j + 1).sum();
+                        let theirs = input(dtype, op, i, from + c);
+                        check(&what, dtype, &recv.bytes()[at..at + c * e], &theirs.bytes()[from * e..(from + c) * e])?;
+                        at += c * e;
+                    }
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+#[test]
+fn another_devices_memory_is_refused_with_a_clear_error() {
+    world(2, |comm| {
+        let mut buf = vec![0u8; 64];
+        let ptr = DevicePtr { ptr: buf.as_mut_ptr() as u64, len: buf.len(), device: 1, stream: 0 };
+        // SAFETY: never dereferenced: no backend takes device 1.
+        let e = comm.allreduce_bytes(unsafe { Memory::device(ptr) }, DType::F32, ReduceOp::Sum).unwrap_err();
+        match e.to_string().contains("no backend takes device memory") {
+            true => Ok(()),
+            false => Err(format!("unexpected error: {e}")),
+        }
+    });
+}
