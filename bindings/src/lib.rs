@@ -8,12 +8,14 @@
 //! | [`array`], [`dlpack`] | borrowing numpy/buffer-protocol and DLPack memory without copies |
 //! | [`buffer`] | results ferrovod allocated, exported through the buffer protocol |
 //! | [`error`] | the `FerrovodError` hierarchy |
+//! | [`gpu`] | GPU support as far as it is built: loading NCCL |
 //! | [`launcher`] | the `ferrovod-run` console script |
 
 mod array;
 mod buffer;
 mod dlpack;
 mod error;
+mod gpu;
 mod launcher;
 mod ops;
 
@@ -42,6 +44,7 @@ fn _ferrovod(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ops::barrier_async, m)?)?;
     m.add_function(wrap_pyfunction!(ops::join_async, m)?)?;
     m.add_function(wrap_pyfunction!(array::dtypes, m)?)?;
+    m.add_function(wrap_pyfunction!(gpu::nccl_version, m)?)?;
     m.add_function(wrap_pyfunction!(launcher::launcher_main, m)?)?;
     m.add_function(wrap_pyfunction!(launcher::barrier_plan, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

@@ -60,6 +60,7 @@ knobs! {
     STALL_WARNING = "FERROVOD_STALL_WARNING", "60", "Engine: seconds a tensor may wait for other ranks before rank 0 logs the missing ranks and names; 0 turns it off.";
     STALL_TIMEOUT = "FERROVOD_STALL_TIMEOUT", "600", "Engine: seconds a tensor may wait for other ranks before every rank fails; 0 turns it off.";
     TIMELINE = "FERROVOD_TIMELINE", "", "Engine: write a Chrome trace (Perfetto, chrome://tracing) of every tensor's phases to this path (rank N > 0 appends .N).";
+    NCCL_LIBRARY = "FERROVOD_NCCL_LIBRARY", "", "Path of the NCCL library to load (default: the copy pip's nvidia-nccl wheel installed for torch, then libnccl.so.2 from the dynamic loader's search).";
     GRACE_PERIOD = "FERROVOD_GRACE_PERIOD", "10", "ferrovod-run: seconds between SIGTERM and SIGKILL when stopping a job.";
     STORE_LINGER = "FERROVOD_STORE_LINGER", "600", "ferrovod-run: seconds task 0 keeps serving the store for the other tasks' launchers.";
     OUTPUT_DIR = "FERROVOD_OUTPUT_DIR", "", "ferrovod-run: also write each rank's output to DIR/rank.N/{stdout,stderr}.";

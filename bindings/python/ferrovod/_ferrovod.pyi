@@ -25,6 +25,7 @@ __all__ = [
     "barrier_async",
     "join_async",
     "dtypes",
+    "nccl_version",
     "launcher_main",
     "barrier_plan",
     "__version__",
@@ -79,6 +80,7 @@ def barrier_async(name: str, process_set: int = 0) -> Handle: ...
 def join_async() -> Handle: ...
 def dtypes() -> list[tuple[str, str, int]]:
     """``(name, long_name, itemsize)`` of every dtype ferrovod carries, in wire order."""
+def nccl_version(candidates: list[str]) -> tuple[int, str]: ...
 def launcher_main(argv: list[str]) -> int: ...
 def barrier_plan(
     job_id: str,

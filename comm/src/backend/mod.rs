@@ -7,6 +7,7 @@
 //! backend that runs a request, so that two backends (host and staged) can share one.
 
 pub mod host;
+pub mod nccl;
 pub mod staged;
 
 use std::ops::Range;
