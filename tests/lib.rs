@@ -393,7 +393,8 @@ fn check_algorithm(what: &str, comm: &ferrovod::Communicator) -> Result<(), Stri
     match right {
         true => Ok(()),
         false => {
-            let knobs = format!("FERROVOD_ALLREDUCE_ALGORITHM={forced:?}, FERROVOD_HIERARCHICAL_ALLREDUCE={hierarchical:?}");
+            let knobs =
+                format!("FERROVOD_ALLREDUCE_ALGORITHM={forced:?}, FERROVOD_HIERARCHICAL_ALLREDUCE={hierarchical:?}");
             Err(format!("{what}: ran {ran:?} over {} with {knobs}", comm.transport()))
         }
     }

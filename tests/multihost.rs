@@ -239,7 +239,8 @@ fn a_rank_of(hosts: &Hosts, host: usize) -> (i32, usize) {
 fn kill_one(id: u32, killed: usize, victim: Victim) {
     let Some(hosts) = Hosts::up(id) else { return };
     let secret = secret();
-    let mut launchers: Vec<Launcher> = (0..HOSTS).map(|h| hosts.launch(h, &secret, &["loop", "4194304"], &[])).collect();
+    let mut launchers: Vec<Launcher> =
+        (0..HOSTS).map(|h| hosts.launch(h, &secret, &["loop", "4194304"], &[])).collect();
     let deadline = Instant::now() + Duration::from_secs(120);
     while launchers.iter().map(|l| l.count("ready")).sum::<usize>() < HOSTS * RANKS_PER_HOST {
         assert!(

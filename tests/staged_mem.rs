@@ -76,7 +76,8 @@ fn allreduce_every_dtype_and_op_in_pipelined_pieces() {
                     for count in [0, 1, 7, 4093, 300_000 / dtype.size()] {
                         let what = format!("allreduce {dtype} {op} n={n} count={count}");
                         let mut buf = input(dtype, op, r, count);
-                        comm.allreduce_bytes(on_device(buf.bytes_mut()), dtype, op).map_err(|e| format!("{what}: {e}"))?;
+                        comm.allreduce_bytes(on_device(buf.bytes_mut()), dtype, op)
+                            .map_err(|e| format!("{what}: {e}"))?;
                         check(&what, dtype, buf.bytes(), expected_allreduce(dtype, op, n, count).bytes())?;
                         staged(comm, &what)?;
                     }
@@ -99,8 +100,10 @@ fn broadcast_reducescatter_and_alltoall_on_device_memory() {
                     for root in [0, n - 1] {
                         let what = format!("broadcast {dtype} n={n} count={count} root={root}");
                         let want = input(dtype, op, root, count);
-                        let mut buf = if r == root { input(dtype, op, root, count) } else { Aligned::zeroed(count * e) };
-                        comm.broadcast_bytes(on_device(buf.bytes_mut()), dtype, root).map_err(|e| format!("{what}: {e}"))?;
+                        let mut buf =
+                            if r == root { input(dtype, op, root, count) } else { Aligned::zeroed(count * e) };
+                        comm.broadcast_bytes(on_device(buf.bytes_mut()), dtype, root)
+                            .map_err(|e| format!("{what}: {e}"))?;
                         check(&what, dtype, buf.bytes(), want.bytes())?;
                         staged(comm, &what)?;
                     }
@@ -117,8 +120,14 @@ fn broadcast_reducescatter_and_alltoall_on_device_memory() {
                     let recv_counts: Vec<usize> = (0..n).map(|i| i + r + 1).collect();
                     let send = input(dtype, op, r, send_counts.iter().sum());
                     let mut recv = Aligned::zeroed(recv_counts.iter().sum::<usize>() * e);
-                    comm.alltoall_into(on_device_ref(send.bytes()), &send_counts, on_device(recv.bytes_mut()), &recv_counts, dtype)
-                        .map_err(|e| format!("{what}: {e}"))?;
+                    comm.alltoall_into(
+                        on_device_ref(send.bytes()),
+                        &send_counts,
+                        on_device(recv.bytes_mut()),
+                        &recv_counts,
+                        dtype,
+                    )
+                    .map_err(|e| format!("{what}: {e}"))?;
                     let mut at = 0;
                     for (i, &c) in recv_counts.iter().enumerate() {
                         // Rank i sent its elements from offset Σ_{j<r} (i + j + 1).

@@ -48,7 +48,8 @@ impl Backend for HostBackend {
                     let (hosts, local) = (group.cross.len(), group.ranks.len());
                     let between = allreduce_algorithm(tu, buf.len().div_ceil(local), hosts, false);
                     let local_rank = group.transport.rank();
-                    let stage = group.transport.stage().ok_or_else(|| invalid("a host's ranks share no stage".into()))?;
+                    let stage =
+                        group.transport.stage().ok_or_else(|| invalid("a host's ranks share no stage".into()))?;
                     let mut cross = Subset::new(t, &group.cross)
                         .ok_or_else(|| invalid("this rank is not among its local rank's ranks".into()))?;
                     alg::allreduce_hierarchical(stage, &group.ranks, local_rank, &p, buf, op, |block| {

@@ -49,7 +49,15 @@ impl Topology {
 
     /// The placement of the only rank of a one-rank job.
     pub fn single() -> Topology {
-        Topology { local_rank: 0, local_size: 1, cross_rank: 0, cross_size: 1, local_ranks: vec![0], cross_ranks: vec![0], homogeneous: true }
+        Topology {
+            local_rank: 0,
+            local_size: 1,
+            cross_rank: 0,
+            cross_size: 1,
+            local_ranks: vec![0],
+            cross_ranks: vec![0],
+            homogeneous: true,
+        }
     }
 }
 

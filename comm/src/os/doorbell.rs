@@ -33,14 +33,7 @@ impl Doorbell {
         // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
         let (read, write) =
             unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) };
-        Ok(Doorbell {
-            read,
-            write,
-            rung: false.into(),
-            sleeping: false.into(),
-            written: false.into(),
-            lazy: false,
-        })
+        Ok(Doorbell { read, write, rung: false.into(), sleeping: false.into(), written: false.into(), lazy: false })
     }
 
     /// A doorbell whose rings write the pipe only while its one sleeper sleeps: the sleeper

@@ -105,12 +105,7 @@ impl Backend for StagedBackend {
                 c.download(src, 0).map_err(device)?;
                 c.wait(0).map_err(device)?;
                 let [s, r] = c.buffers([src.len, dst.len]).map_err(device)?;
-                let work = Work::Exchange {
-                    send: MemoryRef::Host(s),
-                    send_blocks,
-                    recv: Memory::Host(r),
-                    recv_blocks,
-                };
+                let work = Work::Exchange { send: MemoryRef::Host(s), send_blocks, recv: Memory::Host(r), recv_blocks };
                 self.host.run(Request { call, work }, links)?;
                 c.upload(1, dst).map_err(device)?;
                 c.wait(1).map_err(device)?;
