@@ -8,7 +8,7 @@ use ferrovod::config::{AllreduceAlgorithm, Tuning};
 use ferrovod::transport::Transport;
 use ferrovod::transport::mem::MemTransport;
 use ferrovod::{Communicator, DType, ReduceOp};
-use ferrovod_tests::{Plan, check_collectives, counts};
+use ferrovod_tests::{Plan, check_collectives, counts, in_threads};
 
 const SIZES: [usize; 6] = [1, 2, 3, 4, 5, 8];
 
@@ -35,24 +35,7 @@ const ALGORITHMS: [AllreduceAlgorithm; 4] = [
 ];
 
 fn world(n: usize, tuning: Tuning, body: impl Fn(&mut Communicator) -> Result<(), String> + Sync) {
-    let transports = MemTransport::world(n, tuning.timeout);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = transports
-            .into_iter()
-            .map(|t| {
-                let tuning = tuning.clone();
-                let body = &body;
-                s.spawn(move || body(&mut Communicator::from_transport(Box::new(t), tuning)))
-            })
-            .collect();
-        for (rank, h) in handles.into_iter().enumerate() {
-            match h.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => panic!("rank {rank} of {n}: {e}"),
-                Err(_) => panic!("rank {rank} of {n} panicked"),
-            }
-        }
-    });
+    in_threads(n, tuning, |_| {}, body);
 }
 
 #[test]

@@ -470,3 +470,34 @@ pub fn check_collectives(comm: &mut ferrovod::Communicator, plan: Plan<'_>) -> R
     }
     comm.barrier().map_err(fail("barrier".into()))
 }
+
+/// Runs `body` on `n` ranks as threads of this process over the in-process transport, each
+/// communicator handed to `setup` first; panics naming the first rank that failed.
+pub fn in_threads(
+    n: usize,
+    tuning: ferrovod::config::Tuning,
+    setup: impl Fn(&mut ferrovod::Communicator) + Sync,
+    body: impl Fn(&mut ferrovod::Communicator) -> Result<(), String> + Sync,
+) {
+    let transports = ferrovod::transport::mem::MemTransport::world(n, tuning.timeout);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = transports
+            .into_iter()
+            .map(|t| {
+                let (tuning, setup, body) = (tuning.clone(), &setup, &body);
+                s.spawn(move || {
+                    let mut comm = ferrovod::Communicator::from_transport(Box::new(t), tuning);
+                    setup(&mut comm);
+                    body(&mut comm)
+                })
+            })
+            .collect();
+        for (rank, h) in handles.into_iter().enumerate() {
+            match h.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => panic!("rank {rank} of {n}: {e}"),
+                Err(_) => panic!("rank {rank} of {n} panicked"),
+            }
+        }
+    });
+}

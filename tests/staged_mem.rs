@@ -10,9 +10,8 @@ use ferrovod::backend::staged::StagedBackend;
 use ferrovod::backend::staged::device::HostStandIn;
 use ferrovod::config::Tuning;
 use ferrovod::memory::{DevicePtr, Memory, MemoryRef};
-use ferrovod::transport::mem::MemTransport;
 use ferrovod::{Collective, Communicator, DType, ReduceOp};
-use ferrovod_tests::{Aligned, check, expected_allreduce, input};
+use ferrovod_tests::{Aligned, check, expected_allreduce, in_threads, input};
 
 /// Pieces of 12 KiB: 4093 elements of 8 bytes take three, 300,000 f32 a hundred.
 const PIECE: usize = 12 << 10;
@@ -33,30 +32,12 @@ fn on_device_ref(buf: &[u8]) -> MemoryRef<'_> {
 
 fn world(n: usize, body: impl Fn(&mut Communicator) -> Result<(), String> + Sync) {
     let tuning = Tuning { timeout: Duration::from_secs(60), ..Tuning::default() };
-    let transports = MemTransport::world(n, tuning.timeout);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = transports
-            .into_iter()
-            .map(|t| {
-                let tuning = tuning.clone();
-                let body = &body;
-                s.spawn(move || {
-                    let mut comm = Communicator::from_transport(Box::new(t), tuning.clone());
-                    // SAFETY: every device pointer these tests make is host memory (`on_device`).
-                    let copies = unsafe { HostStandIn::new(0) };
-                    comm.register_backend(Box::new(StagedBackend::new(Box::new(copies), tuning, PIECE)));
-                    body(&mut comm)
-                })
-            })
-            .collect();
-        for (rank, h) in handles.into_iter().enumerate() {
-            match h.join() {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => panic!("rank {rank} of {n}: {e}"),
-                Err(_) => panic!("rank {rank} of {n} panicked"),
-            }
-        }
-    });
+    let staged = |comm: &mut Communicator| {
+        // SAFETY: every device pointer these tests make is host memory (`on_device`).
+        let copies = unsafe { HostStandIn::new(0) };
+        comm.register_backend(Box::new(StagedBackend::new(Box::new(copies), tuning.clone(), PIECE)));
+    };
+    in_threads(n, tuning.clone(), staged, body);
 }
 
 fn staged(comm: &Communicator, what: &str) -> Result<(), String> {
