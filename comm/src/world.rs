@@ -192,7 +192,8 @@ fn connect_shm(
     let pids: Vec<u32> = peers.iter().map(|p| p.pid).collect();
     let verdict = shm.offer(rank, &addresses, &pids).err().unwrap_or_default();
     store.set(&format!("{prefix}/shm/{rank}"), verdict.as_bytes()).map_err(boot)?;
-    let verdicts = wait_all(store, &format!("{prefix}/shm"), peers.len(), rank, tuning, gone, "set up shared memory")?;
+    let verdicts =
+        wait_all(store, &format!("{prefix}/shm"), peers.len(), rank, tuning, gone, "setting up shared memory")?;
     if let Some(why) = verdicts.iter().find(|v| !v.is_empty()) {
         return refuse(String::from_utf8_lossy(why).into_owned());
     }
@@ -200,8 +201,8 @@ fn connect_shm(
 }
 
 /// Every rank's value under `{key}/{rank}` (ranks 0..n), once all are set. Waits in slices, so
-/// that a rank that died meanwhile (`gone`) fails the others at once, naming it and `what` it
-/// did not do; at most the connect timeout.
+/// that a rank that died meanwhile (`gone`) fails the others at once, naming it and what it was
+/// `doing` (a gerund: "setting up shared memory"); at most the connect timeout.
 fn wait_all(
     store: &mut StoreClient,
     key: &str,
@@ -209,7 +210,7 @@ fn wait_all(
     rank: usize,
     tuning: &Tuning,
     gone: &crate::transport::Gone<'_>,
-    what: &str,
+    doing: &str,
 ) -> Result<Vec<Vec<u8>>> {
     let boot = |cause| Error::Bootstrap { rank, cause };
     let keys: Vec<String> = (0..n).map(|r| format!("{key}/{r}")).collect();
@@ -221,10 +222,10 @@ fn wait_all(
         };
         let ranks: Vec<usize> = missing.iter().filter_map(|k| k.rsplit('/').next()?.parse().ok()).collect();
         if let Some(why) = ranks.iter().find_map(|&r| gone(r).map(|why| format!("rank {r} {why}"))) {
-            return Err(boot(bootstrap::Error::World(format!("{why} before it could {what}"))));
+            return Err(boot(bootstrap::Error::World(format!("{why} before {doing}"))));
         }
         if std::time::Instant::now() >= deadline {
-            let what = format!("waiting for ranks {ranks:?} to {what}");
+            let what = format!("waiting for ranks {ranks:?}, {doing}");
             return Err(boot(bootstrap::Error::Timeout { what, waited: tuning.connect_timeout }));
         }
     }
@@ -279,7 +280,15 @@ fn local_group(
     let has = if transport.is_some() { "1" } else { "0" };
     store.set(&format!("{prefix}/hierarchical/{rank}"), has.as_bytes()).map_err(boot)?;
     let n = topology.local_size * topology.cross_size;
-    let all = wait_all(store, &format!("{prefix}/hierarchical"), n, rank, tuning, gone, "set up its host's memory")?;
+    let all = wait_all(
+        store,
+        &format!("{prefix}/hierarchical"),
+        n,
+        rank,
+        tuning,
+        gone,
+        "setting up its host's shared memory",
+    )?;
     Ok(transport.filter(|_| all.iter().all(|v| v == b"1")).map(|transport| LocalGroup {
         transport,
         ranks: ranks.clone(),
