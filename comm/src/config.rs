@@ -427,6 +427,12 @@ impl Config {
                 detail: format!("rank {} is not below FERROVOD_SIZE={}", self.rank, self.size),
             });
         }
+        if self.tuning.hierarchical == Hierarchical::On && self.tuning.transport == TransportChoice::Tcp {
+            return Err(Error::Config {
+                name: HIERARCHICAL_ALLREDUCE.name,
+                detail: "on needs shared memory within each host, which FERROVOD_TRANSPORT=tcp turns off".into(),
+            });
+        }
         if self.secret.as_ref().is_some_and(|s| s.as_bytes().is_empty()) {
             return Err(Error::Config { name: SECRET.name, detail: "must not be empty".into() });
         }

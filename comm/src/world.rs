@@ -252,14 +252,9 @@ fn local_group(
         return Ok(None);
     }
     let forced = (tuning.hierarchical == Hierarchical::On).then_some(config::HIERARCHICAL_ALLREDUCE);
+    // `on` with TCP only is refused before rendezvous (`Config::validate`).
     if tuning.transport == TransportChoice::Tcp {
-        return match forced {
-            Some(knob) => Err(Error::Config {
-                name: knob.name,
-                detail: "on needs shared memory within each host, which FERROVOD_TRANSPORT=tcp turns off".into(),
-            }),
-            None => Ok(None),
-        };
+        return Ok(None);
     }
     let boot = |cause| Error::Bootstrap { rank, cause };
     let (local_rank, ranks) = (topology.local_rank, &topology.local_ranks);
