@@ -21,3 +21,18 @@ fn twenty_random_faults_end_cleanly_every_survivor_naming_the_culprit() {
     assert!(out.status.success(), "not every trial was clean (the seeds above run a trial again)");
     assert!(stdout.contains(&format!("| **all** | {trials} | {trials} | {trials} |")), "{stdout}");
 }
+
+#[test]
+fn ten_random_faults_on_two_faked_hosts_end_cleanly() {
+    // The same harness with the ranks on two hosts faked on this one (`--hosts`): allreduce
+    // runs hierarchically (shared memory within a host, TCP between them) wherever the trial's
+    // transport allows, so faults strike its shared-memory and TCP steps alike.
+    let out = Command::new(workspace_bin("ferrovod-chaos"))
+        .args(["--trials", "10", "--timeout", "5", "--strict", "--hosts"])
+        .output()
+        .expect("ferrovod-chaos runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "not every trial was clean (the seeds above run a trial again)");
+    assert!(stdout.contains("| **all** | 10 | 10 | 10 |"), "{stdout}");
+}

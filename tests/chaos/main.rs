@@ -1,8 +1,9 @@
 //! ferrovod-chaos: random collectives on N ranks, one fault per trial, and a count of how every
 //! trial ended (issue 18's chaos harness).
 //!
-//! `ferrovod-chaos [--trials 20] [--seed S] [--np 4] [--timeout SECS] [--json PATH] [--strict]`
-//! runs the trials one after another and prints a table by fault and layout; it exits 1 unless
+//! `ferrovod-chaos [--trials 20] [--seed S] [--np 4] [--timeout SECS] [--json PATH] [--strict] [--hosts]`
+//! runs the trials one after another and prints a table by fault and layout (`--hosts`: on two
+//! faked hosts, allreduce hierarchical where the transport allows); it exits 1 unless
 //! every trial was safe (with `--strict`, clean). Trial k uses seed S + k; `--seed S+k --trials 1` runs it again alone.
 //! `ferrovod-chaos rank SEED` is one rank (started by the trials, with the rank environment).
 //! See `trial.rs` for what a trial does and what makes it clean.
@@ -23,12 +24,20 @@ struct Args {
     timeout: Duration,
     json: Option<std::path::PathBuf>,
     strict: bool,
+    hosts: bool,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let mut a =
-        Args { trials: 20, seed: now.as_secs(), np: 4, timeout: Duration::from_secs(5), json: None, strict: false };
+    let mut a = Args {
+        trials: 20,
+        seed: now.as_secs(),
+        np: 4,
+        timeout: Duration::from_secs(5),
+        json: None,
+        strict: false,
+        hosts: false,
+    };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -40,6 +49,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
             "--timeout" => a.timeout = Duration::from_secs(number(value()?)?),
             "--json" => a.json = Some(value()?.into()),
             "--strict" => a.strict = true,
+            "--hosts" => a.hosts = true,
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -131,7 +141,7 @@ fn main() -> ExitCode {
     let mut total = Row::default();
     let mut records = Vec::new();
     for k in 0..args.trials {
-        let setup = Setup::draw(args.seed + k as u64, args.np);
+        let setup = Setup { hosts: args.hosts, ..Setup::draw(args.seed + k as u64, args.np) };
         let v = trial::run(&setup, args.np, args.timeout, &bin, &launcher, &dir);
         let detection = v.detection.map_or("-".to_string(), |d| format!("{:.2} s", d.as_secs_f64()));
         let verdict = match (v.safe(), v.clean()) {

@@ -41,6 +41,9 @@ pub struct Setup {
     pub layout: Layout,
     pub fault: Fault,
     pub transport: &'static str,
+    /// Fake two hosts (`--hosts`, not drawn): the bare ranks' halves and the two tasks get a
+    /// host name each, and allreduce runs hierarchically where the transport allows it.
+    pub hosts: bool,
     /// After every rank is ready.
     pub strike_after: Duration,
     /// The rank struck, or the task whose launcher is killed.
@@ -63,7 +66,7 @@ impl Setup {
             Fault::KillLauncher => 0,
             _ => rng.below(np as u64) as usize,
         };
-        Setup { seed, layout, fault, transport, strike_after, victim }
+        Setup { seed, layout, fault, transport, hosts: false, strike_after, victim }
     }
 
     pub fn describe(&self) -> String {
@@ -73,10 +76,12 @@ impl Setup {
             Fault::KillLauncher => format!("kill -9 task {}'s launcher", self.victim),
         };
         format!(
-            "seed {} {:?} {} {what} at +{} ms",
+            "seed {} {:?} {}{} {what} at +{} ms",
             self.seed,
             self.layout,
             self.transport,
+            // A single launcher's ranks share its one host name.
+            if self.hosts && self.layout != Layout::Local { " on 2 hosts" } else { "" },
             self.strike_after.as_millis()
         )
     }
@@ -206,6 +211,17 @@ pub fn run(setup: &Setup, np: usize, timeout: Duration, bin: &Path, launcher: &P
             .env("FERROVOD_TRANSPORT", setup.transport)
             .env("FERROVOD_SECRET", &secret)
             .env_remove("FERROVOD_RANK");
+        if setup.hosts {
+            // Forced, so that every allreduce takes it; TCP alone cannot (the knob refuses it).
+            let hierarchical = if setup.transport == "tcp" { "off" } else { "on" };
+            cmd.env("FERROVOD_HIERARCHICAL_ALLREDUCE", hierarchical);
+        }
+    };
+    // Under `--hosts`, the host of bare rank `r` (of `np`) or of task `r` (of 2).
+    let host_of = |cmd: &mut Command, host: usize| {
+        if setup.hosts {
+            cmd.env("FERROVOD_HOSTNAME", format!("chaos-host-{host}"));
+        }
     };
     let rank_cmd = |cmd: &mut Command| {
         cmd.arg(bin).args(["rank", &setup.seed.to_string()]);
@@ -229,6 +245,7 @@ pub fn run(setup: &Setup, np: usize, timeout: Duration, bin: &Path, launcher: &P
                     cmd.env("FERROVOD_RANK", r.to_string())
                         .env("FERROVOD_SIZE", np.to_string())
                         .env("FERROVOD_RENDEZVOUS", &addr);
+                    host_of(&mut cmd, r / (np / 2));
                     Watched::start(cmd)
                 })
                 .collect()
@@ -257,6 +274,7 @@ pub fn run(setup: &Setup, np: usize, timeout: Duration, bin: &Path, launcher: &P
                     cmd.arg("--plan").arg(&path).arg("--");
                     rank_cmd(&mut cmd);
                     env(&mut cmd);
+                    host_of(&mut cmd, t);
                     Watched::start(cmd)
                 })
                 .collect()
