@@ -210,10 +210,22 @@ impl World {
         args: &[&str],
         env: &[(&str, String)],
     ) -> World {
+        World::with_store((n, started), None, bin, args, env)
+    }
+
+    /// Starts ranks `0..started` of a world of `n` with a store of this process's (see
+    /// [`World::start_on`]).
+    fn with_store(
+        (n, started): (usize, usize),
+        per_host: Option<usize>,
+        bin: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> World {
         let secret = Secret::generate_hex().expect("random secret");
         let store = StoreServer::bind("127.0.0.1:0", Secret::new(secret.clone().into_bytes())).expect("store binds");
         let addr = store.local_addr().to_string();
-        World::start_on((n, started), None, bin, args, env, secret, &addr, Some(store))
+        World::start_on((n, started), per_host, bin, args, env, secret, &addr, Some(store))
     }
 
     /// [`World::spawn`] of `hosts` × `per_host` ranks on hosts faked on this machine: rank r
@@ -227,10 +239,7 @@ impl World {
         env: &[(&str, String)],
     ) -> World {
         let n = hosts * per_host;
-        let secret = Secret::generate_hex().expect("random secret");
-        let store = StoreServer::bind("127.0.0.1:0", Secret::new(secret.clone().into_bytes())).expect("store binds");
-        let addr = store.local_addr().to_string();
-        World::start_on((n, n), Some(per_host), bin, args, env, secret, &addr, Some(store))
+        World::with_store((n, n), Some(per_host), bin, args, env)
     }
 
     /// [`World::spawn`] without a launcher's store: rank 0 serves it (`FERROVOD_HOST_STORE=1`)

@@ -44,9 +44,9 @@ impl Backend for HostBackend {
                 let ws = &mut self.ws;
                 let (rank, staged) = (t.rank(), t.stage().is_some());
                 let algorithm = allreduce_algorithm(tu, buf.len(), n, staged);
-                if let Some(group) = links.local.as_mut().filter(|g| hierarchical_pays(tu, algorithm, buf.len(), g)) {
-                    let (hosts, local) = (group.cross.len(), group.ranks.len());
-                    let between = allreduce_algorithm(tu, buf.len().div_ceil(local), hosts, false);
+                let hierarchical =
+                    links.local.as_mut().and_then(|g| Some((hierarchical(tu, algorithm, buf.len(), g)?, g)));
+                if let Some((between, group)) = hierarchical {
                     let local_rank = group.transport.rank();
                     let stage =
                         group.transport.stage().ok_or_else(|| invalid("a host's ranks share no stage".into()))?;
@@ -161,20 +161,25 @@ fn flat_allreduce(
 }
 
 /// Whether an allreduce of `bytes`, for which the flat `algorithm` was chosen, runs
-/// hierarchically over `group`: always under `FERROVOD_HIERARCHICAL_ALLREDUCE=on`; under
-/// `auto`, where the cost model says it pays, unless `FERROVOD_ALLREDUCE_ALGORITHM` forces a
-/// flat algorithm (the group exists only when the knob allows it).
-fn hierarchical_pays(tuning: &Tuning, algorithm: AllreduceAlgorithm, bytes: usize, group: &LocalGroup) -> bool {
+/// hierarchically over `group`, and if so the flat algorithm of its step between hosts:
+/// always under `FERROVOD_HIERARCHICAL_ALLREDUCE=on`; under `auto`, where the cost model says
+/// it pays, unless `FERROVOD_ALLREDUCE_ALGORITHM` forces a flat algorithm (the group exists
+/// only when the knob allows it).
+fn hierarchical(
+    tuning: &Tuning,
+    algorithm: AllreduceAlgorithm,
+    bytes: usize,
+    group: &LocalGroup,
+) -> Option<AllreduceAlgorithm> {
     let (hosts, local) = (group.cross.len(), group.ranks.len());
-    match tuning.hierarchical {
+    let between = allreduce_algorithm(tuning, bytes.div_ceil(local), hosts, false);
+    let taken = match tuning.hierarchical {
         Hierarchical::On => true,
         Hierarchical::Off => false,
         Hierarchical::Auto if tuning.allreduce != AllreduceAlgorithm::Auto => false,
-        Hierarchical::Auto => {
-            let between = allreduce_algorithm(tuning, bytes.div_ceil(local), hosts, false);
-            alg::allreduce_hierarchical::pays(algorithm, between, bytes, local, hosts)
-        }
-    }
+        Hierarchical::Auto => alg::allreduce_hierarchical::pays(algorithm, between, bytes, local, hosts),
+    };
+    taken.then_some(between)
 }
 
 /// Up to this many bytes per rank beyond the first, the stage's slots beat its split: they
