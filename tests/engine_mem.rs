@@ -625,3 +625,76 @@ fn a_barrier_goes_through_the_engine_by_name() {
     assert!(results[0].0 >= Duration::from_millis(150), "rank 0 waited for rank 2: {:?}", results[0].0);
     assert!(results.iter().all(|(_, len)| *len == 0));
 }
+
+/// A synchronous collective (`submit_and_wait`) runs the engine's rounds on the waiting thread
+/// when no one else runs them; mixed with another thread's asynchronous submissions, every
+/// result is still right, element by element.
+#[test]
+fn a_waiting_caller_runs_the_rounds_itself() {
+    let n = 2;
+    let rounds = world(n, tuning(64 << 20), EngineSettings::default(), |rank, engine| {
+        std::thread::scope(|s| {
+            // Another thread submits asynchronously meanwhile, and waits later.
+            s.spawn(move || {
+                for step in 0..20 {
+                    let handles = submit_all(engine, rank, &[0, 3, 5], step);
+                    for (t, h) in handles {
+                        let out = h.wait().unwrap_or_else(|e| panic!("rank {rank}: async: {e}"));
+                        assert_eq!(out.to_vec::<f32>().unwrap(), summed(n, t + step, lengths()[t]), "rank {rank}");
+                    }
+                }
+            });
+            for i in 0..300 {
+                // Small (in the round's own message) and large (run after it) in turn.
+                let len = if i % 3 == 0 { 70_000 } else { 1024 };
+                let data = tensor(rank, i, len);
+                let sub = Submission::from_slice(
+                    format!("sync.{}", i % 3),
+                    Collective::Allreduce(ReduceOp::Sum),
+                    &[len],
+                    &data,
+                );
+                let out = engine.submit_and_wait(sub).unwrap_or_else(|e| panic!("rank {rank}: sync {i}: {e}"));
+                assert_eq!(out.to_vec::<f32>().unwrap(), summed(n, i, len), "rank {rank}: sync {i}");
+            }
+        });
+        engine.rounds()
+    });
+    for (rank, (by_callers, by_thread)) in rounds.into_iter().enumerate() {
+        println!("rank {rank}: {by_callers} rounds run by waiting callers, {by_thread} by the engine thread");
+        assert!(by_callers > 0, "rank {rank}: no waiting caller ever ran a round ({by_thread} by the thread)");
+    }
+}
+
+/// While callers run the rounds and the engine thread keeps away, a stall is still judged and
+/// fails every rank, naming the tensor and the rank that never sent it.
+#[test]
+fn a_stall_is_caught_while_callers_run_the_rounds() {
+    let settings = EngineSettings {
+        stall_warning: Some(Duration::from_millis(100)),
+        stall_timeout: Some(Duration::from_millis(600)),
+        timeline: None,
+    };
+    let errors = world(2, tuning(64 << 20), settings, |rank, engine| {
+        for i in 0..50 {
+            assert_eq!(engine.allreduce("warm", &[i as f32], ReduceOp::Sum).unwrap(), [2.0 * i as f32]);
+        }
+        let t = Instant::now();
+        let e = if rank == 1 {
+            // Rank 1 never sends "lonely": its engine thread, parked after the last wait, must
+            // still take part in the rounds that carry the verdict.
+            std::thread::sleep(Duration::from_millis(1500));
+            let sub = Submission::from_slice("late", Collective::Allreduce(ReduceOp::Sum), &[1], &[1u8]);
+            engine.submit(sub).err().unwrap_or_else(|| panic!("rank 1: the engine should have stopped"))
+        } else {
+            let sub = Submission::from_slice("lonely", Collective::Allreduce(ReduceOp::Sum), &[1], &[1u8]);
+            engine.submit_and_wait(sub).expect_err("lonely stalls")
+        };
+        assert!(t.elapsed() < Duration::from_secs(5), "rank {rank}: {:?}", t.elapsed());
+        e.to_string()
+    });
+    for (rank, e) in errors.iter().enumerate() {
+        assert!(e.contains(&format!("rank {rank}")) && e.contains("stall"), "{e}");
+        assert!(e.contains("\"lonely\"") && e.contains("[1]"), "rank {rank}: should name lonely and rank 1: {e}");
+    }
+}

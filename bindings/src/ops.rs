@@ -281,14 +281,17 @@ fn convert(py: Python<'_>, out: Output) -> PyResult<Py<PyAny>> {
 }
 
 /// Lends `tensor` and submits it as `collective` under `name` to process set `set`'s engine.
+/// `waited`: the caller waits on the handle at once (a synchronous collective), so the wait
+/// may run the engine's round itself ([`Engine::submit_to_wait`]).
 fn submit(
     tensor: &Bound<'_, PyAny>,
     name: String,
     collective: Collective,
     access: Access,
     set: u32,
+    waited: bool,
 ) -> PyResult<PyHandle> {
-    submit_with(tensor, name, collective, access, None, set)
+    submit_with(tensor, name, collective, access, None, set, waited)
 }
 
 fn submit_with(
@@ -298,6 +301,7 @@ fn submit_with(
     access: Access,
     splits: Option<Vec<usize>>,
     set: u32,
+    waited: bool,
 ) -> PyResult<PyHandle> {
     let engine = engine_of(set)?;
     let (sub, lent) = lend_submission(tensor, name, collective, access)?;
@@ -305,8 +309,8 @@ fn submit_with(
         Some(s) => sub.splits(s),
         None => sub,
     };
-    let handle = engine.submit(sub).map_err(PyFerrovodError)?;
-    Ok(PyHandle::new(handle, vec![lent]))
+    let handle = if waited { engine.submit_to_wait(sub) } else { engine.submit(sub) };
+    Ok(PyHandle::new(handle.map_err(PyFerrovodError)?, vec![lent]))
 }
 
 fn lend_submission(
@@ -325,14 +329,15 @@ fn lend_submission(
 
 /// Allreduce of `tensor` into itself.
 #[pyfunction]
-#[pyo3(signature = (tensor, name, op, process_set=0))]
+#[pyo3(signature = (tensor, name, op, process_set=0, waited=false))]
 pub(crate) fn allreduce_async_(
     tensor: &Bound<'_, PyAny>,
     name: String,
     op: PyReduceOp,
     process_set: u32,
+    waited: bool,
 ) -> PyResult<PyHandle> {
-    submit(tensor, name, Collective::Allreduce(op.into()), Access::Write, process_set)
+    submit(tensor, name, Collective::Allreduce(op.into()), Access::Write, process_set, waited)
 }
 
 /// Allreduces of `tensors` into themselves, run and completed together.
@@ -395,49 +400,57 @@ fn submit_group(
 
 /// Broadcast from `root_rank` (a rank of process set `process_set`) into `tensor`.
 #[pyfunction]
-#[pyo3(signature = (tensor, name, root_rank, process_set=0))]
+#[pyo3(signature = (tensor, name, root_rank, process_set=0, waited=false))]
 pub(crate) fn broadcast_async_(
     tensor: &Bound<'_, PyAny>,
     name: String,
     root_rank: i64,
     process_set: u32,
+    waited: bool,
 ) -> PyResult<PyHandle> {
     let root = u32::try_from(root_rank).map_err(|_| {
         let why = if root_rank < 0 { "is negative".to_string() } else { "is not a rank of this world".to_string() };
         InvalidArgumentError::new_err(format!("broadcast of {name:?}: root rank {root_rank} {why}"))
     })?;
-    submit(tensor, name, Collective::Broadcast(root), Access::Write, process_set)
+    submit(tensor, name, Collective::Broadcast(root), Access::Write, process_set, waited)
 }
 
 /// Allgather along the first dimension; the result is a new buffer.
 #[pyfunction]
-#[pyo3(signature = (tensor, name, process_set=0))]
-pub(crate) fn allgather_async(tensor: &Bound<'_, PyAny>, name: String, process_set: u32) -> PyResult<PyHandle> {
-    submit(tensor, name, Collective::Allgather, Access::Read, process_set)
+#[pyo3(signature = (tensor, name, process_set=0, waited=false))]
+pub(crate) fn allgather_async(
+    tensor: &Bound<'_, PyAny>,
+    name: String,
+    process_set: u32,
+    waited: bool,
+) -> PyResult<PyHandle> {
+    submit(tensor, name, Collective::Allgather, Access::Read, process_set, waited)
 }
 
 /// Reducescatter along the first dimension; the result is a new buffer.
 #[pyfunction]
-#[pyo3(signature = (tensor, name, op, process_set=0))]
+#[pyo3(signature = (tensor, name, op, process_set=0, waited=false))]
 pub(crate) fn reducescatter_async(
     tensor: &Bound<'_, PyAny>,
     name: String,
     op: PyReduceOp,
     process_set: u32,
+    waited: bool,
 ) -> PyResult<PyHandle> {
-    submit(tensor, name, Collective::Reducescatter(op.into()), Access::Read, process_set)
+    submit(tensor, name, Collective::Reducescatter(op.into()), Access::Read, process_set, waited)
 }
 
 /// All-to-all: `splits[j]` rows go to rank j (even split when `None`).
 #[pyfunction]
-#[pyo3(signature = (tensor, name, splits=None, process_set=0))]
+#[pyo3(signature = (tensor, name, splits=None, process_set=0, waited=false))]
 pub(crate) fn alltoall_async(
     tensor: &Bound<'_, PyAny>,
     name: String,
     splits: Option<Vec<usize>>,
     process_set: u32,
+    waited: bool,
 ) -> PyResult<PyHandle> {
-    submit_with(tensor, name, Collective::Alltoall, Access::Read, splits, process_set)
+    submit_with(tensor, name, Collective::Alltoall, Access::Read, splits, process_set, waited)
 }
 
 /// A barrier under `name`: the handle completes once every rank has submitted one by that name.

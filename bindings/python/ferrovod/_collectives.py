@@ -11,7 +11,7 @@ import numpy as np
 
 from . import _arrays, _ferrovod
 from ._ferrovod import ReduceOp
-from ._handles import GroupHandle, Handle, tensor_name
+from ._handles import GroupHandle, Handle, tensor_name, wait_at_once, waited
 from ._process_sets import ProcessSet, global_process_set, root_in, set_id
 
 Average = ReduceOp.Average
@@ -48,7 +48,7 @@ def allreduce_async_(
     with tensor_name("allreduce", name, ps) as name:
         _arrays.refuse_read_only(tensor, "allreduce", name)  # before the prescale writes into it
         _arrays.scale(tensor, prescale_factor)
-        inner = _ferrovod.allreduce_async_(_arrays.lendable(tensor), name, reduce_op, ps)
+        inner = _ferrovod.allreduce_async_(_arrays.lendable(tensor), name, reduce_op, ps, waited.now)
 
     def finish(_: Any) -> Any:
         _arrays.scale(tensor, postscale_factor)
@@ -80,7 +80,7 @@ def allreduce_(
     process_set: ProcessSet = global_process_set,
 ) -> Any:
     """Reduces ``tensor`` over every rank, in place, and returns it."""
-    return allreduce_async_(tensor, average, name, op, prescale_factor, postscale_factor, process_set).wait()
+    return wait_at_once(lambda: allreduce_async_(tensor, average, name, op, prescale_factor, postscale_factor, process_set))
 
 
 def allreduce(
@@ -93,7 +93,7 @@ def allreduce(
     process_set: ProcessSet = global_process_set,
 ) -> Any:
     """The reduction of ``tensor`` over every rank, as a new array of the same kind."""
-    return allreduce_async(tensor, average, name, op, prescale_factor, postscale_factor, process_set).wait()
+    return wait_at_once(lambda: allreduce_async(tensor, average, name, op, prescale_factor, postscale_factor, process_set))
 
 
 def grouped_allreduce_async_(
@@ -174,7 +174,7 @@ def broadcast_async_(tensor: Any, root_rank: int, name: str | None = None, proce
     root = root_in(process_set, root_rank)
     with tensor_name("broadcast", name, ps) as name:
         _arrays.refuse_read_only(tensor, "broadcast", name)
-        inner = _ferrovod.broadcast_async_(_arrays.lendable(tensor), name, root, ps)
+        inner = _ferrovod.broadcast_async_(_arrays.lendable(tensor), name, root, ps, waited.now)
     return Handle(inner, lambda _: tensor)
 
 
@@ -183,11 +183,11 @@ def broadcast_async(tensor: Any, root_rank: int, name: str | None = None, proces
 
 
 def broadcast_(tensor: Any, root_rank: int, name: str | None = None, process_set: ProcessSet = global_process_set) -> Any:
-    return broadcast_async_(tensor, root_rank, name, process_set).wait()
+    return wait_at_once(lambda: broadcast_async_(tensor, root_rank, name, process_set))
 
 
 def broadcast(tensor: Any, root_rank: int, name: str | None = None, process_set: ProcessSet = global_process_set) -> Any:
-    return broadcast_async(tensor, root_rank, name, process_set).wait()
+    return wait_at_once(lambda: broadcast_async(tensor, root_rank, name, process_set))
 
 
 # --- allgather, reducescatter, alltoall --------------------------------------------------------
@@ -198,12 +198,12 @@ def allgather_async(tensor: Any, name: str | None = None, process_set: ProcessSe
     between ranks)."""
     ps = set_id(process_set)
     with tensor_name("allgather", name, ps) as name:
-        inner = _ferrovod.allgather_async(_arrays.lendable(tensor), name, ps)
+        inner = _ferrovod.allgather_async(_arrays.lendable(tensor), name, ps, waited.now)
     return Handle(inner, lambda r: _arrays.wrap(r, tensor))
 
 
 def allgather(tensor: Any, name: str | None = None, process_set: ProcessSet = global_process_set) -> Any:
-    return allgather_async(tensor, name, process_set).wait()
+    return wait_at_once(lambda: allgather_async(tensor, name, process_set))
 
 
 def reducescatter_async(
@@ -214,12 +214,12 @@ def reducescatter_async(
     reduce_op = Average if op is None else op
     ps = set_id(process_set)
     with tensor_name("reducescatter", name, ps) as name:
-        inner = _ferrovod.reducescatter_async(_arrays.lendable(tensor), name, reduce_op, ps)
+        inner = _ferrovod.reducescatter_async(_arrays.lendable(tensor), name, reduce_op, ps, waited.now)
     return Handle(inner, lambda r: _arrays.wrap(r, tensor))
 
 
 def reducescatter(tensor: Any, op: ReduceOp | None = None, name: str | None = None, process_set: ProcessSet = global_process_set) -> Any:
-    return reducescatter_async(tensor, op, name, process_set).wait()
+    return wait_at_once(lambda: reducescatter_async(tensor, op, name, process_set))
 
 
 def grouped_allgather_async(tensors: Sequence[Any], name: str | None = None, process_set: ProcessSet = global_process_set) -> Handle:
@@ -263,7 +263,7 @@ def alltoall_async(
     split_list = _splits(splits)
     ps = set_id(process_set)
     with tensor_name("alltoall", name, ps) as name:
-        inner = _ferrovod.alltoall_async(_arrays.lendable(tensor), name, split_list, ps)
+        inner = _ferrovod.alltoall_async(_arrays.lendable(tensor), name, split_list, ps, waited.now)
 
     def finish(r: Any) -> Any:
         received = np.asarray(r[3], dtype=np.int32)
@@ -289,7 +289,7 @@ def alltoall(
     tensor: Any, splits: Sequence[int] | Any | None = None, name: str | None = None, process_set: ProcessSet = global_process_set
 ) -> Any:
     """``(output, received_splits)``: see ``alltoall_async``."""
-    return alltoall_async(tensor, splits, name, process_set).wait()
+    return wait_at_once(lambda: alltoall_async(tensor, splits, name, process_set))
 
 
 # --- barrier, join -----------------------------------------------------------------------------

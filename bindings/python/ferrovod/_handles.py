@@ -51,6 +51,26 @@ class GroupHandle:
         return [h.wait() for h in self._inners]
 
 
+class _Waited(threading.local):
+    now = False
+
+
+waited = _Waited()
+"""``waited.now`` is true on a thread while it starts a synchronous collective: the handle is
+waited for at once, so the engine's thread is not woken for it and the wait runs the engine's
+round on this thread where it can (two thread hand-offs fewer per collective)."""
+
+
+def wait_at_once(start: Callable[[], Handle]) -> Any:
+    """Starts a collective with ``start`` (which submits one tensor) and waits for it."""
+    waited.now = True
+    try:
+        handle = start()
+    finally:
+        waited.now = False
+    return handle.wait()
+
+
 def poll(handle: Handle) -> bool:
     """Whether ``handle``'s collective is done (``synchronize`` will not block)."""
     return handle.poll()

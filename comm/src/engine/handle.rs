@@ -3,6 +3,7 @@
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::drive::Driver;
 use super::request::Output;
 use crate::error::Result;
 
@@ -97,12 +98,31 @@ pub struct Handle {
     /// done before the others.
     pub(crate) gate: Option<Arc<Slot>>,
     pub(crate) name: String,
+    /// The engine's loop, which a wait runs itself when no one else does (see `drive`).
+    pub(crate) driver: Option<Arc<Driver>>,
+    /// Submitted without waking the engine thread: a wait that cannot run the loop wakes it.
+    pub(crate) quiet: bool,
 }
 
 impl Handle {
     pub(crate) fn new(name: String, gate: Option<Arc<Slot>>, spin: Duration) -> (Handle, Arc<Slot>) {
         let slot = Arc::new(Slot::default());
-        (Handle { slot: slot.clone(), spin, gate, name }, slot)
+        (Handle { slot: slot.clone(), spin, gate, name, driver: None, quiet: false }, slot)
+    }
+
+    /// Runs the engine's rounds on this thread until done or `deadline`, if no one else runs
+    /// them; wakes the engine thread if it cannot and the submission did not.
+    fn drive(&mut self, deadline: Option<Instant>) {
+        if self.slot.is_done() {
+            return;
+        }
+        if let Some(d) = &self.driver
+            && !d.drive(&self.slot, deadline)
+            && self.quiet
+        {
+            d.ring();
+            self.quiet = false;
+        }
     }
 
     /// Looks at the result for up to the spin budget, yielding the core between looks: a
@@ -123,7 +143,8 @@ impl Handle {
     }
 
     /// Blocks until the request completes and returns its result.
-    pub fn wait(self) -> Result<Output> {
+    pub fn wait(mut self) -> Result<Output> {
+        self.drive(None);
         self.look(self.spin);
         if let Some(g) = &self.gate {
             g.wait_done();
@@ -136,9 +157,10 @@ impl Handle {
     }
 
     /// Like [`Handle::wait`], but gives the handle back if `timeout` passes first.
-    pub fn wait_timeout(self, timeout: Duration) -> std::result::Result<Result<Output>, Handle> {
+    pub fn wait_timeout(mut self, timeout: Duration) -> std::result::Result<Result<Output>, Handle> {
         let deadline = Instant::now() + timeout;
-        self.look(timeout);
+        self.drive(Some(deadline));
+        self.look(deadline.saturating_duration_since(Instant::now()));
         if let Some(g) = &self.gate
             && !g.wait_done_until(deadline)
         {
@@ -154,6 +176,18 @@ impl Handle {
             s = self.slot.sleep(s, Some(deadline));
         }
         Ok(take(&mut s))
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // A quiet submission nobody waited for: the engine thread must still hear of it.
+        if self.quiet
+            && !self.slot.is_done()
+            && let Some(d) = &self.driver
+        {
+            d.ring();
+        }
     }
 }
 

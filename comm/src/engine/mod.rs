@@ -28,6 +28,7 @@
 //! rank has joined. `FERROVOD_TIMELINE` records every tensor's phases as a Chrome trace.
 
 pub(crate) mod cache;
+mod drive;
 mod execute;
 pub(crate) mod fusion;
 mod handle;
@@ -65,6 +66,9 @@ const _: fn() = || {
 /// A rank's engine. Submit from any thread; results come back through handles.
 pub struct Engine {
     shared: Arc<Shared>,
+    /// The loop, run by its thread or by a waiting caller; `None` where callers may not run
+    /// it (device memory: the device's context belongs to the engine thread).
+    driver: Option<Arc<drive::Driver>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     topology: Topology,
     rank: usize,
@@ -171,11 +175,14 @@ impl Engine {
         let topology = comm.topology().clone();
         let spin = comm.tuning().spin;
         let worker = runloop::RunLoop::new(comm, shared.clone(), settings, ops)?;
+        let driver = Arc::new(drive::Driver::new(worker, shared.clone(), rank));
+        let run = driver.clone();
         let thread = std::thread::Builder::new()
             .name(format!("ferrovod-engine-{rank}"))
-            .spawn(move || worker.run())
+            .spawn(move || run.engine_thread())
             .map_err(|e| Error::EngineStopped { rank, reason: format!("could not start the engine thread: {e}") })?;
-        Ok(Engine { shared, thread: Mutex::new(Some(thread)), topology, rank, size, device_memory, spin })
+        let driver = (!device_memory).then_some(driver);
+        Ok(Engine { shared, driver, thread: Mutex::new(Some(thread)), topology, rank, size, device_memory, spin })
     }
 
     /// This rank.
@@ -195,7 +202,28 @@ impl Engine {
 
     /// Queues one tensor; never blocks on the network.
     pub fn submit(&self, sub: Submission) -> Result<Handle> {
-        Ok(self.enqueue(vec![sub], false)?.remove(0))
+        Ok(self.enqueue(vec![sub], false, true)?.remove(0))
+    }
+
+    /// Queues one tensor for a caller that waits on the handle next, and returns the handle.
+    /// The engine thread is not woken: the wait runs the engine's rounds on the caller's own
+    /// thread when no one else runs them, which saves two thread hand-offs per collective,
+    /// and wakes the thread when it cannot. A handle from here that nobody waits on still
+    /// completes, once the engine thread next looks (within milliseconds).
+    pub fn submit_to_wait(&self, sub: Submission) -> Result<Handle> {
+        Ok(self.enqueue(vec![sub], false, false)?.remove(0))
+    }
+
+    /// Submits one tensor and waits for its result, on this thread where it can (see
+    /// [`Engine::submit_to_wait`]).
+    pub fn submit_and_wait(&self, sub: Submission) -> Result<Output> {
+        self.submit_to_wait(sub)?.wait()
+    }
+
+    /// `(rounds run by waiting callers, rounds run by the engine thread)` so far: how often
+    /// the caller-run path (see [`Engine::submit_to_wait`]) was taken.
+    pub fn rounds(&self) -> (u64, u64) {
+        self.driver.as_ref().map_or((0, 0), |d| d.rounds())
     }
 
     /// Queues tensors that run together: in the same round, and completing together. Every
@@ -204,10 +232,13 @@ impl Engine {
         if subs.is_empty() {
             return Ok(Vec::new());
         }
-        self.enqueue(subs, true)
+        self.enqueue(subs, true, true)
     }
 
-    fn enqueue(&self, subs: Vec<Submission>, grouped: bool) -> Result<Vec<Handle>> {
+    /// Queues `subs`; `ring` wakes the engine thread (else the caller's wait runs the round).
+    fn enqueue(&self, subs: Vec<Submission>, grouped: bool, ring: bool) -> Result<Vec<Handle>> {
+        // Without a driver no wait runs the round: the thread must hear of every submission.
+        let ring = ring || self.driver.is_none();
         for s in &subs {
             s.validate(self.rank, self.size)?;
             if s.data.is_device() && !self.device_memory {
@@ -237,12 +268,17 @@ impl Engine {
             }
         }
         // The engine thread takes the whole inbox at once: only the first arrival needs to wake it.
-        let wake = inbox.new.is_empty();
+        let wake = ring && inbox.new.is_empty();
         let queued = Instant::now();
         let gate = grouped.then(|| Arc::new(Slot::default()));
         let mut handles = Vec::with_capacity(subs.len());
         for sub in subs {
-            let (handle, slot) = Handle::new(sub.name.clone(), gate.clone(), self.spin);
+            let (mut handle, slot) = Handle::new(sub.name.clone(), gate.clone(), self.spin);
+            if gate.is_none() {
+                // A group member's wait is for the whole group: left to the engine thread.
+                handle.driver = self.driver.clone();
+                handle.quiet = !ring;
+            }
             inbox.in_flight.insert(sub.name.clone());
             let meta = sub.meta(group);
             inbox.new.push(Pending { sub, meta, slot, gate: gate.clone(), queued });
@@ -258,7 +294,7 @@ impl Engine {
     /// Allreduce of a typed slice, waited for: a convenience over [`Engine::submit`].
     pub fn allreduce<T: crate::Element>(&self, name: &str, data: &[T], op: ReduceOp) -> Result<Vec<T>> {
         let sub = Submission::from_slice(name, Collective::Allreduce(op), &[data.len()], data);
-        self.submit(sub)?.wait()?.to_vec()
+        self.submit_and_wait(sub)?.to_vec()
     }
 
     /// Says this rank has no more data: until every rank has joined, it contributes nothing to

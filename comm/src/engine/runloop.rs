@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::memory::{Ops, Owned};
 
 /// Why the engine stopped.
-enum Stop {
+pub(crate) enum Stop {
     /// A rank asked to shut down.
     Shutdown(usize),
     /// Rank 0 declared a stall.
@@ -112,23 +112,28 @@ impl RunLoop {
         })
     }
 
-    pub(crate) fn run(mut self) {
-        let stop = loop {
-            match self.step() {
-                Ok(None) => {}
-                Ok(Some(stop)) => break stop,
-                Err(e) => break Stop::Failed(e),
-            }
-        };
-        self.stop(stop);
+    /// Rounds run so far.
+    pub(crate) fn rounds(&self) -> u64 {
+        self.round
     }
 
-    /// Waits for news, then runs a round. `Some` when the engine must stop.
-    fn step(&mut self) -> Result<Option<Stop>> {
+    /// Whether nothing is pending on this rank: no request, join, shutdown or verdict, here or
+    /// in the inbox.
+    pub(crate) fn idle(&self) -> bool {
+        if !self.local.is_empty() || self.joining || self.abort.is_some() {
+            return false;
+        }
+        let inbox = self.shared.lock();
+        inbox.new.is_empty() && inbox.join.is_none() && !inbox.shutdown
+    }
+
+    /// Waits for news (for at most `most`, if given), then runs a round. `Some` when the
+    /// engine must stop.
+    pub(crate) fn step(&mut self, most: Option<Duration>) -> Result<Option<Stop>> {
         self.shared.bell.clear();
         let shutdown = self.take_inbox();
         if (!shutdown || self.shutdown_sent) && !self.has_news() && !self.look()? {
-            let timeout = self.stalls.next_check();
+            let timeout = most.map_or(self.stalls.next_check(), |m| m.min(self.stalls.next_check()));
             let (comm, bell) = (&mut self.comm, &self.shared.bell);
             // A submission since the look ends the wait at once (the bell is lazy).
             let news = bell.sleep_unless_rung(|| comm.wait_incoming(bell, timeout)).transpose()?;
@@ -373,7 +378,7 @@ impl RunLoop {
     }
 
     /// Fails everything still pending on this rank, and every later call.
-    fn stop(mut self, stop: Stop) {
+    pub(crate) fn stop(mut self, stop: Stop) {
         let rank = self.rank;
         // A shutdown is not a failure; a failure reaches every request as itself, so that its
         // kind (a dead peer, a timeout, a mismatch) survives to the caller.

@@ -19,6 +19,7 @@ import ferrovod as _core
 from ferrovod import Average, Handle, ReduceOp, Sum
 from ferrovod import _arrays
 from ferrovod._collectives import resolve_op
+from ferrovod._handles import wait_at_once
 from ferrovod._process_sets import ProcessSet, global_process_set
 
 from .compression import Compression, Compressor
@@ -111,9 +112,9 @@ def allreduce_(
     compression: type[Compressor] | Compressor = Compression.none,
 ) -> torch.Tensor:
     """Reduces ``tensor`` over every rank, in place, and returns it."""
-    return allreduce_async_(
-        tensor, average, name, op, prescale_factor, postscale_factor, process_set, compression
-    ).wait()
+    return wait_at_once(
+        lambda: allreduce_async_(tensor, average, name, op, prescale_factor, postscale_factor, process_set, compression)
+    )
 
 
 def allreduce(
@@ -132,9 +133,9 @@ def allreduce(
     reduce_op = resolve_op(op, average)
     if _tracks_grad(tensor):
         return _Allreduce.apply(tensor, name, reduce_op, prescale_factor, postscale_factor, compression, process_set)
-    return allreduce_async(
-        tensor, None, name, reduce_op, prescale_factor, postscale_factor, process_set, compression
-    ).wait()
+    return wait_at_once(
+        lambda: allreduce_async(tensor, None, name, reduce_op, prescale_factor, postscale_factor, process_set, compression)
+    )
 
 
 class _Allreduce(torch.autograd.Function):
@@ -146,14 +147,14 @@ class _Allreduce(torch.autograd.Function):
         ctx: Any, tensor: torch.Tensor, name: str | None, op: ReduceOp, pre: float, post: float, compression: Any, ps: Any
     ) -> torch.Tensor:
         ctx.args = (name, op, pre, post, ps, compression)
-        return allreduce_async(tensor, None, name, op, pre, post, ps, compression).wait()
+        return wait_at_once(lambda: allreduce_async(tensor, None, name, op, pre, post, ps, compression))
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
         name, op, pre, post, ps, compression = ctx.args
         if op not in (Sum, Average):
             raise RuntimeError(f"allreduce with {op!r} has no gradient; only Sum and Average do")
-        g = allreduce_async(grad.contiguous(), None, _grad_name(name), op, pre, post, ps, compression).wait()
+        g = wait_at_once(lambda: allreduce_async(grad.contiguous(), None, _grad_name(name), op, pre, post, ps, compression))
         return g, None, None, None, None, None, None
 
 
