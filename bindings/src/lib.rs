@@ -33,6 +33,7 @@ fn _ferrovod(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ops::add_process_set, m)?)?;
     m.add_function(wrap_pyfunction!(ops::remove_process_set, m)?)?;
     m.add_function(wrap_pyfunction!(ops::process_set_world, m)?)?;
+    m.add_function(wrap_pyfunction!(ops::engine_rounds, m)?)?;
     m.add_function(wrap_pyfunction!(ops::allreduce_async_, m)?)?;
     m.add_function(wrap_pyfunction!(ops::grouped_allreduce_async_, m)?)?;
     m.add_function(wrap_pyfunction!(ops::grouped_allgather_async, m)?)?;

@@ -165,6 +165,14 @@ pub(crate) fn process_set_world(id: u32) -> PyResult<(usize, usize)> {
     Ok((e.rank(), e.size()))
 }
 
+/// `(rounds run by waiting callers, rounds run by the engine thread)` of process set `id`'s
+/// engine on this rank: how often a synchronous collective ran its round on its own thread.
+#[pyfunction]
+#[pyo3(signature = (id=0))]
+pub(crate) fn engine_rounds(id: u32) -> PyResult<(u64, u64)> {
+    Ok(engine_of(id)?.rounds())
+}
+
 /// A request in flight, or its result. Waiting releases the GIL; dropping it unwaited is safe
 /// (its arrays are kept until the engine is done with them).
 #[pyclass(module = "ferrovod._ferrovod", name = "Handle")]
@@ -455,10 +463,12 @@ pub(crate) fn alltoall_async(
 
 /// A barrier under `name`: the handle completes once every rank has submitted one by that name.
 #[pyfunction]
-#[pyo3(signature = (name, process_set=0))]
-pub(crate) fn barrier_async(name: String, process_set: u32) -> PyResult<PyHandle> {
-    let handle = engine_of(process_set)?.submit(Submission::barrier(name)).map_err(PyFerrovodError)?;
-    Ok(PyHandle::new(handle, Vec::new()))
+#[pyo3(signature = (name, process_set=0, waited=false))]
+pub(crate) fn barrier_async(name: String, process_set: u32, waited: bool) -> PyResult<PyHandle> {
+    let engine = engine_of(process_set)?;
+    let sub = Submission::barrier(name);
+    let handle = if waited { engine.submit_to_wait(sub) } else { engine.submit(sub) };
+    Ok(PyHandle::new(handle.map_err(PyFerrovodError)?, Vec::new()))
 }
 
 /// Starts joining: the handle's result is a one-element int64 buffer with the last rank to join.

@@ -183,7 +183,7 @@ pub struct Round {
 /// `cache_slots`) the tensors rank 0 announces, and an empty table. The ready tensors then go
 /// through the fusion's plan, as the engine does.
 pub fn negotiation_round(frame: usize, all: &[u8], rest: &[u8], cache_slots: usize) -> Result<Round, crate::Error> {
-    let messages = negotiate::decode_round(0, frame, all, rest)?;
+    let mut messages = negotiate::decode_round(0, frame, all, rest)?;
     let encoded = messages.iter().map(|m| postcard::to_stdvec(m).unwrap_or_default()).collect();
     let mut cache = Cache::new(cache_slots.max(1));
     if let Some(first) = messages.first() {
@@ -192,7 +192,7 @@ pub fn negotiation_round(frame: usize, all: &[u8], rest: &[u8], cache_slots: usi
         }
     }
     let mut table = Table::new();
-    let agreement = negotiate::agree(&messages, &mut cache, &mut table);
+    let agreement = negotiate::agree(&mut messages, &mut cache, &mut table);
     let text = format!("{agreement:?}");
     let ready_bytes = agreement.ready.iter().map(|r| r.meta.bytes()).collect();
     let _ = crate::engine::fusion::plan(agreement.ready, 1 << 20);

@@ -43,12 +43,7 @@ def allreduce_async_(
     process_set: ProcessSet = global_process_set,
 ) -> Handle:
     """Starts reducing ``tensor`` over every rank, in place. ``op`` defaults to ``Average``."""
-    reduce_op = resolve_op(op, average)
-    ps = set_id(process_set)
-    with tensor_name("allreduce", name, ps) as name:
-        _arrays.refuse_read_only(tensor, "allreduce", name)  # before the prescale writes into it
-        _arrays.scale(tensor, prescale_factor)
-        inner = _ferrovod.allreduce_async_(_arrays.lendable(tensor), name, reduce_op, ps, waited.now)
+    inner = _start_allreduce(tensor, resolve_op(op, average), name, prescale_factor, process_set, waited.now)
 
     def finish(_: Any) -> Any:
         _arrays.scale(tensor, postscale_factor)
@@ -80,7 +75,21 @@ def allreduce_(
     process_set: ProcessSet = global_process_set,
 ) -> Any:
     """Reduces ``tensor`` over every rank, in place, and returns it."""
-    return wait_at_once(lambda: allreduce_async_(tensor, average, name, op, prescale_factor, postscale_factor, process_set))
+    # The synchronous path without a Handle: it is the small-message latency Python sees.
+    _start_allreduce(tensor, resolve_op(op, average), name, prescale_factor, process_set, True).wait()
+    _arrays.scale(tensor, postscale_factor)
+    return tensor
+
+
+def _start_allreduce(
+    tensor: Any, reduce_op: ReduceOp, name: str | None, prescale_factor: float, process_set: ProcessSet, waited: bool
+) -> _ferrovod.Handle:
+    """Submits ``tensor`` for an in-place allreduce; ``waited``: the caller waits at once."""
+    ps = set_id(process_set)
+    with tensor_name("allreduce", name, ps) as name:
+        _arrays.refuse_read_only(tensor, "allreduce", name)  # before the prescale writes into it
+        _arrays.scale(tensor, prescale_factor)
+        return _ferrovod.allreduce_async_(_arrays.lendable(tensor), name, reduce_op, ps, waited)
 
 
 def allreduce(
@@ -301,7 +310,7 @@ def barrier(process_set: ProcessSet = global_process_set) -> None:
     meanwhile, and Ctrl-C interrupts the wait."""
     ps = set_id(process_set)
     with tensor_name("barrier", None, ps) as name:
-        inner = _ferrovod.barrier_async(name, ps)
+        inner = _ferrovod.barrier_async(name, ps, True)  # waited for at once
     inner.wait()
 
 

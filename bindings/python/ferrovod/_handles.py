@@ -3,9 +3,8 @@ tensors across ranks when the caller gives none."""
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from . import _ferrovod
@@ -85,20 +84,36 @@ _counters: dict[tuple[int, str], int] = {}
 _counters_lock = threading.RLock()
 
 
-@contextlib.contextmanager
-def tensor_name(kind: str, name: str | None, process_set: int = 0) -> Iterator[str]:
+class tensor_name:  # noqa: N801 (used as a function: ``with tensor_name(...) as name``)
     """Yields ``name``, or ``<kind>.noname.<n>`` in call order when the caller gave none, counted
     per process set (the members of a set make calls the others do not). The count moves on only
     when the block ends without an exception: a call refused on one rank before it submitted (a
     bad argument, a name already in flight) leaves that rank's count where the others' are, so
-    the next unnamed calls still pair up across ranks."""
-    if name is not None:
-        yield name
-        return
-    with _counters_lock:
-        n = _counters.get((process_set, kind), 0)
-        yield f"{kind}.noname.{n}"
-        _counters[(process_set, kind)] = n + 1
+    the next unnamed calls still pair up across ranks. (A class, not a generator: it is on
+    every collective's path, and a generator-based context manager costs a microsecond.)"""
+
+    __slots__ = ("_key", "_n", "_name")
+
+    def __init__(self, kind: str, name: str | None, process_set: int = 0) -> None:
+        self._name = name
+        self._key = (process_set, kind)
+        self._n = 0
+
+    def __enter__(self) -> str:
+        if self._name is not None:
+            return self._name
+        _counters_lock.acquire()
+        self._n = _counters.get(self._key, 0)
+        return f"{self._key[1]}.noname.{self._n}"
+
+    def __exit__(self, kind: Any, value: Any, tb: Any) -> None:
+        if self._name is not None:
+            return
+        try:
+            if kind is None:
+                _counters[self._key] = self._n + 1
+        finally:
+            _counters_lock.release()
 
 
 def reset_names() -> None:

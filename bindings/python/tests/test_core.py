@@ -319,3 +319,13 @@ def test_a_silent_rank_past_ferrovod_timeout_is_a_collective_timeout_error():
     assert 'negotiating "late"' in line and " op=negotiation " in line, line
     late = next(l for l in out.stdout.splitlines() if l.startswith("[1] rank 1:"))
     assert "CollectiveTimeoutError rank=1 blamed=[1]" in late, late
+
+
+@pytest.mark.multiproc
+def test_synchronous_collectives_run_their_round_on_the_calling_thread(ranks):
+    out = ranks(2, "caller_rounds.py", timeout=180)
+    for r in range(2):
+        m = re.search(rf"\[{r}\] rank {r}: ok, (\d+) rounds by callers, (\d+) by the engine thread", out)
+        assert m, out
+        # Most of 1,200 synchronous calls find the loop free; none at all means the path is off.
+        assert int(m.group(1)) > 0, out

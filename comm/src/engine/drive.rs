@@ -159,7 +159,8 @@ impl Driver {
         Duration::from_nanos(self.lease_until.load(Ordering::Relaxed).saturating_sub(self.now()))
     }
 
-    fn leased(&self) -> bool {
+    /// Whether a caller's lease keeps the engine thread parked (while this rank is idle).
+    pub(crate) fn leased(&self) -> bool {
         !self.lease_left().is_zero()
     }
 

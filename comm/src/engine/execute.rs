@@ -83,12 +83,12 @@ impl Item {
 
 /// A tensor whose every rank's data came with the negotiation round: reduced here, in rank
 /// order, so that every rank computes the same bits.
-pub(crate) fn eager(ctx: &mut Ctx<'_>, ready: Ready, mut pending: Pending) -> Done {
+pub(crate) fn eager(ctx: &mut Ctx<'_>, mut ready: Ready, mut pending: Pending) -> Done {
     let t = Instant::now();
     let meta = &ready.meta;
     let Collective::Allreduce(op) = meta.collective else { unreachable!("only allreduces travel eagerly") };
     let wire = if op == ReduceOp::Average { ReduceOp::Sum } else { op };
-    let mut ranks = ready.eager.clone().unwrap_or_default().into_iter();
+    let mut ranks = ready.eager.take().unwrap_or_default().into_iter();
     let mut acc = ranks.next().unwrap_or_default();
     for data in ranks {
         reduce_into(meta.dtype, wire, &mut acc, &data, Order::AccFirst);

@@ -22,6 +22,11 @@
 //! waits on a handle: a step's collectives that come back to back cost no wake-ups. Nothing
 //! spins longer.
 //!
+//! A thread that waits on a handle runs the rounds itself when no one else is running them
+//! ([`drive`]): a synchronous collective ([`Engine::submit_and_wait`]) then costs no thread
+//! hand-off at all, and the engine thread stays parked for a short lease while this rank has
+//! nothing pending. The rounds are the same whichever thread runs them.
+//!
 //! A tensor that waits for other ranks longer than `FERROVOD_STALL_WARNING` is logged by rank 0
 //! with the ranks it waits for; past `FERROVOD_STALL_TIMEOUT` every rank fails. `join` lets a
 //! rank that ran out of data contribute nothing (the identity of each reduction) until every
@@ -285,7 +290,10 @@ impl Engine {
             handles.push(handle);
         }
         drop(inbox);
-        if wake {
+        // While a caller's lease keeps the thread parked, its wake-up would cost more than the
+        // collective: the next wait runs the round, or the thread takes it when the lease ends
+        // (milliseconds, as Horovod's cycle time).
+        if wake && !self.driver.as_ref().is_some_and(|d| d.leased()) {
             self.shared.bell.ring();
         }
         Ok(handles)

@@ -112,23 +112,32 @@ pub(crate) fn exchange(
     eager_bytes: usize,
 ) -> Result<Vec<Message>> {
     let (rank, size) = (comm.rank(), comm.size());
-    let body = postcard::to_stdvec(mine).map_err(|e| Error::EngineStopped {
+    let encoding = |e: postcard::Error| Error::EngineStopped {
         rank,
         reason: format!("could not encode this rank's negotiation message: {e}"),
-    })?;
+    };
     let frame = frame_len(cache_len, eager_bytes);
     let room = frame - 4;
     let mut mine_frame = vec![0u8; frame];
-    mine_frame[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
-    let head = body.len().min(room);
-    mine_frame[4..4 + head].copy_from_slice(&body[..head]);
+    // Encoded straight into the frame; only a message that does not fit is encoded apart,
+    // its head copied in and its tail spilled.
+    let (len, spilled) = match postcard::to_slice(mine, &mut mine_frame[4..]) {
+        Ok(used) => (used.len(), Vec::new()),
+        Err(postcard::Error::SerializeBufferFull) => {
+            let body = postcard::to_stdvec(mine).map_err(encoding)?;
+            mine_frame[4..].copy_from_slice(&body[..room]);
+            (body.len(), body[room..].to_vec())
+        }
+        Err(e) => return Err(encoding(e)),
+    };
+    mine_frame[..4].copy_from_slice(&(len as u32).to_le_bytes());
     let mut all = vec![0u8; frame * size];
     comm.allgather(&mine_frame, &mut all)?;
 
     let spill = spills(rank, frame, &all)?;
     let mut rest = vec![0u8; spill.iter().sum()];
     if !rest.is_empty() {
-        comm.allgatherv_into(&body[head..], &mut rest, &spill, DType::U8)?;
+        comm.allgatherv_into(&spilled, &mut rest, &spill, DType::U8)?;
     }
     decode_round(rank, frame, &all, &rest)
 }
@@ -159,13 +168,20 @@ pub(crate) fn decode_round(rank: usize, frame: usize, all: &[u8], rest: &[u8]) -
     let mut offset = 0;
     for (peer, f) in all.chunks_exact(frame).enumerate() {
         let spill = totals[peer].saturating_sub(room);
-        let mut bytes = f[4..4 + totals[peer].min(room)].to_vec();
+        let head = &f[4..4 + totals[peer].min(room)];
         let tail = rest.get(offset..offset + spill).ok_or_else(|| {
             protocol(rank, peer, format!("a negotiation message whose last {spill} bytes did not arrive"))
         })?;
-        bytes.extend_from_slice(tail);
         offset += spill;
-        let message: Message = postcard::from_bytes(&bytes).map_err(|e| {
+        // Decoded in place, unless a tail spilled (then joined to its head first).
+        let joined;
+        let bytes = if tail.is_empty() {
+            head
+        } else {
+            joined = [head, tail].concat();
+            &joined[..]
+        };
+        let message: Message = postcard::from_bytes(bytes).map_err(|e| {
             protocol(rank, peer, format!("an unreadable negotiation message ({e}): is it the same ferrovod version?"))
         })?;
         // Every size the engine takes from an announcement must be computable.
@@ -237,7 +253,8 @@ pub(crate) struct Agreement {
 
 /// Decides a round. Updates `table` (new announcements in, decided names out) and evicts from
 /// `cache` every name announced with new arguments.
-pub(crate) fn agree(messages: &[Message], cache: &mut Cache, table: &mut Table) -> Agreement {
+/// Eager data moves from `messages` into the decisions (it is not copied).
+pub(crate) fn agree(messages: &mut [Message], cache: &mut Cache, table: &mut Table) -> Agreement {
     let n = messages.len();
     let joined: Vec<bool> = messages.iter().map(|m| m.joined).collect();
     let abort = messages.iter().enumerate().find_map(|(r, m)| m.abort.clone().map(|a| (r, a)));
@@ -245,11 +262,11 @@ pub(crate) fn agree(messages: &[Message], cache: &mut Cache, table: &mut Table) 
 
     // An announcement of a cached name means its arguments changed on that rank: the slot
     // goes, and ranks that sent its bit announce again next round.
-    let mut evicted: HashSet<&str> = HashSet::new();
-    for m in messages {
+    let mut evicted: HashSet<String> = HashSet::new();
+    for m in messages.iter() {
         for (name, _) in &m.announce {
             if cache.slot_of(name).is_some() {
-                evicted.insert(name);
+                evicted.insert(name.clone());
             }
         }
     }
@@ -274,7 +291,7 @@ pub(crate) fn agree(messages: &[Message], cache: &mut Cache, table: &mut Table) 
         }
     }
     for name in evicted {
-        cache.evict(name);
+        cache.evict(&name);
     }
 
     for (rank, m) in messages.iter().enumerate() {
@@ -338,15 +355,17 @@ pub(crate) fn agree(messages: &[Message], cache: &mut Cache, table: &mut Table) 
 }
 
 /// Every rank's eager data for cached `slot`, if every rank sent it (a joined rank sends none),
-/// ungrouped, and of the agreed size.
-fn eager_data(messages: &[Message], slot: usize, meta: &Meta) -> Option<Vec<Vec<u8>>> {
+/// ungrouped, and of the agreed size: taken out of the messages.
+fn eager_data(messages: &mut [Message], slot: usize, meta: &Meta) -> Option<Vec<Vec<u8>>> {
     if !matches!(meta.collective, Collective::Allreduce(_)) || meta.group.is_some() {
         return None;
     }
-    messages
-        .iter()
-        .map(|m| m.eager.iter().find(|e| e.0 as usize == slot).map(|e| e.1.clone()).filter(|d| d.len() == meta.bytes()))
-        .collect()
+    let found =
+        |m: &Message| m.eager.iter().position(|e| e.0 as usize == slot).filter(|&i| m.eager[i].1.len() == meta.bytes());
+    if !messages.iter().all(|m| found(m).is_some()) {
+        return None;
+    }
+    Some(messages.iter_mut().map(|m| found(m).map(|i| std::mem::take(&mut m.eager[i].1)).unwrap_or_default()).collect())
 }
 
 /// A peer's negotiation message that breaks the protocol: a collective failure naming the peer.
@@ -410,10 +429,10 @@ mod tests {
     #[test]
     fn ready_only_when_every_rank_announced() {
         let (mut cache, mut table) = (Cache::new(8), Table::new());
-        let a = agree(&[announce(&[("x", meta(DType::F32, 4))]), announce(&[])], &mut cache, &mut table);
+        let a = agree(&mut [announce(&[("x", meta(DType::F32, 4))]), announce(&[])], &mut cache, &mut table);
         assert!(a.ready.is_empty());
         assert_eq!(a.waiting, [("x".to_string(), vec![1])]);
-        let a = agree(&[announce(&[]), announce(&[("x", meta(DType::F32, 4))])], &mut cache, &mut table);
+        let a = agree(&mut [announce(&[]), announce(&[("x", meta(DType::F32, 4))])], &mut cache, &mut table);
         assert_eq!(a.ready.len(), 1);
         assert!(table.is_empty());
     }
@@ -421,8 +440,8 @@ mod tests {
     #[test]
     fn mismatch_names_field_and_ranks() {
         let (mut cache, mut table) = (Cache::new(8), Table::new());
-        let msgs = [announce(&[("x", meta(DType::F32, 4))]), announce(&[("x", meta(DType::F64, 4))])];
-        let a = agree(&msgs, &mut cache, &mut table);
+        let mut msgs = [announce(&[("x", meta(DType::F32, 4))]), announce(&[("x", meta(DType::F64, 4))])];
+        let a = agree(&mut msgs, &mut cache, &mut table);
         assert!(a.ready.is_empty());
         assert_eq!(a.mismatches.len(), 1);
         assert_eq!(a.mismatches[0].field, "dtype");
@@ -436,12 +455,12 @@ mod tests {
         cache.insert("x", &meta(DType::F32, 4), 0);
         let mut bit = Message::default();
         bit.set_bit(0);
-        let a = agree(&[bit, Message { bits: vec![1], ..Message::default() }], &mut cache, &mut table);
+        let a = agree(&mut [bit, Message { bits: vec![1], ..Message::default() }], &mut cache, &mut table);
         assert_eq!(a.ready.len(), 1);
         assert_eq!(a.ready[0].slot, Some(0));
         let mut bit = Message::default();
         bit.set_bit(0);
-        let a = agree(&[bit, announce(&[("x", meta(DType::F32, 5))])], &mut cache, &mut table);
+        let a = agree(&mut [bit, announce(&[("x", meta(DType::F32, 5))])], &mut cache, &mut table);
         assert!(a.ready.is_empty());
         assert_eq!(cache.slot_of("x"), None, "a changed submission evicts the slot");
     }
@@ -450,21 +469,21 @@ mod tests {
     fn joined_ranks_do_not_hold_anything_up_and_groups_wait_for_all_members() {
         let (mut cache, mut table) = (Cache::new(8), Table::new());
         let joined = || Message { joined: true, ..Message::default() };
-        let a = agree(&[announce(&[("x", meta(DType::F32, 1))]), joined()], &mut cache, &mut table);
+        let a = agree(&mut [announce(&[("x", meta(DType::F32, 1))]), joined()], &mut cache, &mut table);
         assert_eq!(a.ready[0].present, [true, false]);
         // Anything but an allreduce or a barrier is refused while a rank has joined, as in
         // Horovod, and leaves the table.
         let gather = Meta { collective: Collective::Allgather, ..meta(DType::F32, 1) };
-        let a = agree(&[announce(&[("y", gather)]), joined()], &mut cache, &mut table);
+        let a = agree(&mut [announce(&[("y", gather)]), joined()], &mut cache, &mut table);
         assert!(a.ready.is_empty());
         assert_eq!(a.refused.iter().map(|r| (r.name.as_str(), r.joined.clone())).collect::<Vec<_>>(), [("y", vec![1])]);
         assert!(table.is_empty());
         let g = GroupKey::of(["a", "b"].into_iter());
         let m = Meta { group: Some(g), ..meta(DType::F32, 1) };
         let one = announce(&[("a", m.clone())]);
-        let a = agree(&[one, announce(&[("a", m.clone())])], &mut cache, &mut table);
+        let a = agree(&mut [one, announce(&[("a", m.clone())])], &mut cache, &mut table);
         assert!(a.ready.is_empty(), "b is missing");
-        let a = agree(&[announce(&[("b", m.clone())]), announce(&[("b", m)])], &mut cache, &mut table);
+        let a = agree(&mut [announce(&[("b", m.clone())]), announce(&[("b", m)])], &mut cache, &mut table);
         assert_eq!(a.ready.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
     }
 }

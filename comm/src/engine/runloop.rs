@@ -200,10 +200,10 @@ impl RunLoop {
         }
         let t0 = Instant::now();
         self.add_eager(&mut msg);
-        let messages = negotiate::exchange(&mut self.comm, &msg, self.cache.len(), self.eager_bytes)
+        let mut messages = negotiate::exchange(&mut self.comm, &msg, self.cache.len(), self.eager_bytes)
             .map_err(|e| self.in_negotiation(e))?;
         let t1 = Instant::now();
-        let mut agreement = negotiate::agree(&messages, &mut self.cache, &mut self.table);
+        let mut agreement = negotiate::agree(&mut messages, &mut self.cache, &mut self.table);
         self.round += 1;
         if let Some((by, reason)) = agreement.abort {
             return Ok(Some(Stop::Stalled(format!("rank {by} reported: {reason}"))));
