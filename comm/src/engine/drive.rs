@@ -1,13 +1,15 @@
-//! Who runs the engine's rounds: its thread, or a caller that waits.
+//! Who runs the engine's rounds: its thread, or the caller of a synchronous collective.
 //!
 //! A synchronous collective (submit, then wait at once) handed to the engine thread costs two
 //! thread hand-offs: the thread must be scheduled to run the round, then the caller to see the
 //! result. With more threads than cores (two ranks' callers and engine threads on two cores)
 //! that is most of a small collective's time. So the loop sits behind a lock that either may
-//! take: a waiting caller that finds it free runs the rounds itself until its request is done,
-//! and the engine thread keeps away (parked, asleep on the doorbell) for a short lease after
-//! a caller waited, while this rank has nothing pending. The rounds are the same whoever runs
-//! them, so name matching, mismatch errors, stalls and joins are unchanged.
+//! take: the caller of a synchronous collective ([`super::Engine::submit_to_wait`]), finding it
+//! free, runs the rounds itself until its request is done, and the engine thread keeps away
+//! (parked, asleep on the doorbell) for a short lease after that while this rank has nothing
+//! pending. The rounds are the same whoever runs them, so name matching, mismatch errors,
+//! stalls and joins are unchanged. Asynchronous submissions still ring the engine thread, which
+//! starts them at once (overlapping the caller's work) as before.
 //!
 //! While parked, the thread does not answer a round another rank began. That is safe: with
 //! nothing pending here, no round can complete anything on any rank, and the lease is
@@ -35,14 +37,17 @@ pub(crate) struct Driver {
     lease_until: AtomicU64,
     epoch: Instant,
     rank: usize,
+    /// How long the thread looks before it sleeps (`FERROVOD_SPIN_US`).
+    spin: Duration,
     /// Rounds run by callers and by the thread.
     by_callers: AtomicU64,
     by_thread: AtomicU64,
 }
 
 impl Driver {
-    pub(crate) fn new(run: RunLoop, shared: Arc<Shared>, rank: usize) -> Driver {
+    pub(crate) fn new(run: RunLoop, shared: Arc<Shared>, rank: usize, spin: Duration) -> Driver {
         Driver {
+            spin,
             run: Mutex::new(Some(run)),
             shared,
             lease_until: AtomicU64::new(0),
@@ -60,6 +65,8 @@ impl Driver {
 
     /// The engine thread's life: park while callers hold the lease, otherwise run steps.
     pub(crate) fn engine_thread(&self) {
+        // Whether the thread ran a step since it last parked: then it looks before it sleeps.
+        let mut stepped = true;
         loop {
             let mut guard = self.lock();
             let Some(run) = guard.as_mut() else { return };
@@ -69,10 +76,11 @@ impl Driver {
                 self.shared.bell.clear();
                 if run.idle() {
                     drop(guard);
-                    self.park();
+                    self.park(std::mem::take(&mut stepped));
                     continue;
                 }
             }
+            stepped = true;
             let before = run.rounds();
             let outcome = run.step(None);
             self.by_thread.fetch_add(run.rounds() - before, Ordering::Relaxed);
@@ -159,8 +167,7 @@ impl Driver {
         Duration::from_nanos(self.lease_until.load(Ordering::Relaxed).saturating_sub(self.now()))
     }
 
-    /// Whether a caller's lease keeps the engine thread parked (while this rank is idle).
-    pub(crate) fn leased(&self) -> bool {
+    fn leased(&self) -> bool {
         !self.lease_left().is_zero()
     }
 
@@ -169,9 +176,16 @@ impl Driver {
         self.shared.bell.ring();
     }
 
-    /// Sleeps on the doorbell while the lease lasts and nobody rang.
-    fn park(&self) {
+    /// Sleeps on the doorbell while the lease lasts and nobody rang. Fresh from a step, it
+    /// first looks for `FERROVOD_SPIN_US` (yielding its core), as the thread does before any
+    /// sleep: the submissions of a step come back to back, and a wake-up costs more than the
+    /// look.
+    fn park(&self, look: bool) {
         let bell = &self.shared.bell;
+        if look {
+            let budget = self.spin.min(self.lease_left());
+            let _ = crate::os::look(budget, || Ok::<_, std::convert::Infallible>(bell.is_rung()));
+        }
         loop {
             let left = self.lease_left();
             if left.is_zero() || bell.is_rung() {

@@ -98,9 +98,11 @@ pub struct Handle {
     /// done before the others.
     pub(crate) gate: Option<Arc<Slot>>,
     pub(crate) name: String,
-    /// The engine's loop, which a wait runs itself when no one else does (see `drive`).
+    /// The engine's loop, which the wait of a synchronous submission runs itself when no one
+    /// else does (see `drive`).
     pub(crate) driver: Option<Arc<Driver>>,
-    /// Submitted without waking the engine thread: a wait that cannot run the loop wakes it.
+    /// Submitted without waking the engine thread (synchronous): a wait that cannot run the
+    /// loop wakes it.
     pub(crate) quiet: bool,
 }
 
@@ -113,7 +115,7 @@ impl Handle {
     /// Runs the engine's rounds on this thread until done or `deadline`, if no one else runs
     /// them; wakes the engine thread if it cannot and the submission did not.
     fn drive(&mut self, deadline: Option<Instant>) {
-        if self.slot.is_done() {
+        if !self.quiet || self.slot.is_done() {
             return;
         }
         if let Some(d) = &self.driver

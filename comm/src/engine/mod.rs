@@ -22,10 +22,10 @@
 //! waits on a handle: a step's collectives that come back to back cost no wake-ups. Nothing
 //! spins longer.
 //!
-//! A thread that waits on a handle runs the rounds itself when no one else is running them
-//! ([`drive`]): a synchronous collective ([`Engine::submit_and_wait`]) then costs no thread
-//! hand-off at all, and the engine thread stays parked for a short lease while this rank has
-//! nothing pending. The rounds are the same whichever thread runs them.
+//! The caller of a synchronous collective ([`Engine::submit_and_wait`]) runs the rounds itself
+//! when no one else is running them ([`drive`]): it then costs no thread hand-off at all, and
+//! the engine thread stays parked for a short lease while this rank has nothing pending. The
+//! rounds are the same whichever thread runs them.
 //!
 //! A tensor that waits for other ranks longer than `FERROVOD_STALL_WARNING` is logged by rank 0
 //! with the ranks it waits for; past `FERROVOD_STALL_TIMEOUT` every rank fails. `join` lets a
@@ -180,7 +180,7 @@ impl Engine {
         let topology = comm.topology().clone();
         let spin = comm.tuning().spin;
         let worker = runloop::RunLoop::new(comm, shared.clone(), settings, ops)?;
-        let driver = Arc::new(drive::Driver::new(worker, shared.clone(), rank));
+        let driver = Arc::new(drive::Driver::new(worker, shared.clone(), rank, spin));
         let run = driver.clone();
         let thread = std::thread::Builder::new()
             .name(format!("ferrovod-engine-{rank}"))
@@ -279,10 +279,12 @@ impl Engine {
         let mut handles = Vec::with_capacity(subs.len());
         for sub in subs {
             let (mut handle, slot) = Handle::new(sub.name.clone(), gate.clone(), self.spin);
-            if gate.is_none() {
-                // A group member's wait is for the whole group: left to the engine thread.
+            if !ring {
+                // Only a synchronous submission's wait runs the rounds: an asynchronous one
+                // started on the engine thread, which may be mid-round (or at work on what
+                // follows it) by the time the caller waits.
                 handle.driver = self.driver.clone();
-                handle.quiet = !ring;
+                handle.quiet = true;
             }
             inbox.in_flight.insert(sub.name.clone());
             let meta = sub.meta(group);
@@ -290,10 +292,7 @@ impl Engine {
             handles.push(handle);
         }
         drop(inbox);
-        // While a caller's lease keeps the thread parked, its wake-up would cost more than the
-        // collective: the next wait runs the round, or the thread takes it when the lease ends
-        // (milliseconds, as Horovod's cycle time).
-        if wake && !self.driver.as_ref().is_some_and(|d| d.leased()) {
+        if wake {
             self.shared.bell.ring();
         }
         Ok(handles)
