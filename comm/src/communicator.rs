@@ -251,6 +251,39 @@ impl Communicator {
         self.run(Request { call, work: Work::InPlace { buf } })
     }
 
+    /// An allgather of `len` bytes a rank, read where the bytes lie: `fill` writes this rank's
+    /// bytes straight into its region of the host's shared stage, and `read` sees every rank's
+    /// (index: rank) in the peers' own regions, without a copy. `None` (and no call made) when
+    /// the ranks share no stage or `len` is more than a region: use [`Communicator::allgather`].
+    /// Every rank must take the same path, as with any collective (the stage is the job's).
+    pub(crate) fn gather_on_stage<R>(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+        read: impl FnOnce(&[&[u8]]) -> R,
+    ) -> Option<Result<R>> {
+        if let Err(e) = self.usable() {
+            return Some(Err(e));
+        }
+        if self.links.host.stage().is_none_or(|s| s.region() < len) {
+            return None;
+        }
+        let call = self.call(Collective::Allgather, Phase::Data, DType::U8, len);
+        let stage = self.links.host.stage()?;
+        let result = (|| {
+            fill(&mut stage.next()?[..len]);
+            let all = stage.publish(call.tag(), len, 0)?;
+            Ok(read(&all))
+        })();
+        Some(match result {
+            Ok(r) => {
+                self.ran = "stage";
+                Ok(r)
+            }
+            Err(cause) => Err(self.fail(call, backend::Error::Transport(cause))),
+        })
+    }
+
     /// Gathers equal-sized inputs: `output` (of `size × input.len()` elements) holds rank i's
     /// input at block i.
     pub fn allgather<T: Element>(&mut self, input: &[T], output: &mut [T]) -> Result<()> {

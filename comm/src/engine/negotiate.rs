@@ -112,34 +112,82 @@ pub(crate) fn exchange(
     eager_bytes: usize,
 ) -> Result<Vec<Message>> {
     let (rank, size) = (comm.rank(), comm.size());
-    let encoding = |e: postcard::Error| Error::EngineStopped {
-        rank,
-        reason: format!("could not encode this rank's negotiation message: {e}"),
-    };
     let frame = frame_len(cache_len, eager_bytes);
-    let room = frame - 4;
-    let mut mine_frame = vec![0u8; frame];
-    // Encoded straight into the frame; only a message that does not fit is encoded apart,
-    // its head copied in and its tail spilled.
-    let (len, spilled) = match postcard::to_slice(mine, &mut mine_frame[4..]) {
-        Ok(used) => (used.len(), Vec::new()),
-        Err(postcard::Error::SerializeBufferFull) => {
-            let body = postcard::to_stdvec(mine).map_err(encoding)?;
-            mine_frame[4..].copy_from_slice(&body[..room]);
-            (body.len(), body[room..].to_vec())
+    let mut spilled = Ok(Vec::new());
+    // Over a shared stage the frames are written and decoded where they lie; a round that
+    // spilled (rare: a burst of announcements) takes a copy of the frames for the second step.
+    let gathered = comm.gather_on_stage(
+        frame,
+        |region| spilled = encode(rank, mine, region),
+        |all| {
+            if all.iter().all(|f| fits(f, frame)) {
+                decode_frames(rank, all).map(Gathered::Decoded)
+            } else {
+                Ok(Gathered::Frames(all.concat()))
+            }
+        },
+    );
+    let all = match gathered {
+        Some(Ok(Ok(Gathered::Decoded(messages)))) => {
+            spilled?;
+            return Ok(messages);
         }
-        Err(e) => return Err(encoding(e)),
+        Some(Ok(Ok(Gathered::Frames(all)))) => all,
+        Some(Ok(Err(e))) | Some(Err(e)) => return Err(e),
+        None => {
+            let mut mine_frame = vec![0u8; frame];
+            spilled = encode(rank, mine, &mut mine_frame);
+            let mut all = vec![0u8; frame * size];
+            comm.allgather(&mine_frame, &mut all)?;
+            all
+        }
     };
-    mine_frame[..4].copy_from_slice(&(len as u32).to_le_bytes());
-    let mut all = vec![0u8; frame * size];
-    comm.allgather(&mine_frame, &mut all)?;
-
+    let spilled = spilled?;
     let spill = spills(rank, frame, &all)?;
     let mut rest = vec![0u8; spill.iter().sum()];
     if !rest.is_empty() {
         comm.allgatherv_into(&spilled, &mut rest, &spill, DType::U8)?;
     }
     decode_round(rank, frame, &all, &rest)
+}
+
+/// What the in-place gather gives back: every message, or (when one spilled) the frames.
+enum Gathered {
+    Decoded(Vec<Message>),
+    Frames(Vec<u8>),
+}
+
+/// Encodes `mine` into `frame` (length first, then as much of the body as fits) and returns
+/// the tail that did not fit.
+fn encode(rank: usize, mine: &Message, frame: &mut [u8]) -> Result<Vec<u8>> {
+    let encoding = |e: postcard::Error| Error::EngineStopped {
+        rank,
+        reason: format!("could not encode this rank's negotiation message: {e}"),
+    };
+    let room = frame.len() - 4;
+    let (len, tail) = match postcard::to_slice(mine, &mut frame[4..]) {
+        Ok(used) => (used.len(), Vec::new()),
+        Err(postcard::Error::SerializeBufferFull) => {
+            let body = postcard::to_stdvec(mine).map_err(encoding)?;
+            frame[4..].copy_from_slice(&body[..room]);
+            (body.len(), body[room..].to_vec())
+        }
+        Err(e) => return Err(encoding(e)),
+    };
+    frame[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(tail)
+}
+
+/// Whether a frame holds its whole message (nothing spilled).
+fn fits(f: &[u8], frame: usize) -> bool {
+    f.len() >= 4 && (u32::from_le_bytes([f[0], f[1], f[2], f[3]]) as usize) <= frame - 4
+}
+
+/// Every rank's message, decoded from its frame where it lies (each frame holds its whole
+/// message: see [`fits`]).
+fn decode_frames(rank: usize, frames: &[&[u8]]) -> Result<Vec<Message>> {
+    let body = |f: &[u8]| 4 + u32::from_le_bytes([f[0], f[1], f[2], f[3]]) as usize;
+    frames.iter().enumerate().map(|(peer, f)| decode_one(rank, peer, &f[4..body(f)])).collect()
 }
 
 /// Each rank's message length, from the first word of its frame; a length over the limit is
@@ -181,21 +229,27 @@ pub(crate) fn decode_round(rank: usize, frame: usize, all: &[u8], rest: &[u8]) -
             joined = [head, tail].concat();
             &joined[..]
         };
-        let message: Message = postcard::from_bytes(bytes).map_err(|e| {
-            protocol(rank, peer, format!("an unreadable negotiation message ({e}): is it the same ferrovod version?"))
-        })?;
-        // Every size the engine takes from an announcement must be computable.
-        if let Some((name, meta)) = message.announce.iter().find(|(_, m)| !m.fits()) {
-            let shape = cut(&format!("{:?}", meta.shape));
-            return Err(protocol(
-                rank,
-                peer,
-                format!("tensor {} of {shape} {}: more than memory holds", quoted(name), meta.dtype),
-            ));
-        }
-        messages.push(message);
+        messages.push(decode_one(rank, peer, bytes)?);
     }
     Ok(messages)
+}
+
+/// Rank `peer`'s message from its encoded bytes; an unreadable one, or one announcing a tensor
+/// whose size cannot be computed, is a protocol error naming the peer.
+fn decode_one(rank: usize, peer: usize, bytes: &[u8]) -> Result<Message> {
+    let message: Message = postcard::from_bytes(bytes).map_err(|e| {
+        protocol(rank, peer, format!("an unreadable negotiation message ({e}): is it the same ferrovod version?"))
+    })?;
+    // Every size the engine takes from an announcement must be computable.
+    if let Some((name, meta)) = message.announce.iter().find(|(_, m)| !m.fits()) {
+        let shape = cut(&format!("{:?}", meta.shape));
+        return Err(protocol(
+            rank,
+            peer,
+            format!("tensor {} of {shape} {}: more than memory holds", quoted(name), meta.dtype),
+        ));
+    }
+    Ok(message)
 }
 
 /// Announced submissions not yet run: name → each rank's arguments (`None`: not yet).

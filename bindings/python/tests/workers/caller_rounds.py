@@ -1,7 +1,8 @@
 """Synchronous collectives run their engine round on the calling thread: two ranks call
 ``allreduce_`` (numpy and torch), ``broadcast_`` and ``allgather`` in a loop while a second
-thread on each rank submits asynchronous allreduces and waits for them; every result is checked
-element by element, and each rank prints how many rounds its callers and its engine thread ran."""
+thread on each rank submits asynchronous allreduces and waits for them, then a group of 600
+tensors (a round whose message spills out of its frame); every result is checked element by
+element, and each rank prints how many rounds its callers and its engine thread ran."""
 
 from __future__ import annotations
 
@@ -50,6 +51,12 @@ def main() -> None:
         assert g.shape == (sum(range(1, size + 1)), 2) and g[-1, 0] == size - 1, g
     t.join()
     assert not errors, errors
+    # 600 names announced in one round: the message spills out of its frame (a second step).
+    for step in range(2):
+        xs = [np.full(3, rank + i + step, dtype=np.int64) for i in range(600)]
+        fv.grouped_allreduce_(xs, op=fv.Sum, name="many")
+        for i, x in enumerate(xs):
+            assert np.all(x == sum(r + i + step for r in range(size))), (step, i, x)
     by_callers, by_thread = fv._ferrovod.engine_rounds()
     print(f"rank {rank}: ok, {by_callers} rounds by callers, {by_thread} by the engine thread", flush=True)
     fv.shutdown()
