@@ -698,3 +698,29 @@ fn a_stall_is_caught_while_callers_run_the_rounds() {
         assert!(e.contains("\"lonely\"") && e.contains("[1]"), "rank {rank}: should name lonely and rank 1: {e}");
     }
 }
+
+/// A synchronous submission whose wait never comes still runs: an asynchronous one queued
+/// behind it rings the engine thread, and `hand_to_engine` (or dropping the handle) does too.
+#[test]
+fn a_synchronous_submission_left_unwaited_still_runs() {
+    world(2, tuning(64 << 20), EngineSettings::default(), |rank, engine| {
+        let sub =
+            |name: &str, v: f32| Submission::from_slice(name, Collective::Allreduce(ReduceOp::Sum), &[2], &[v, v]);
+        // Let the engine thread fall asleep first.
+        std::thread::sleep(Duration::from_millis(100));
+        let quiet = engine.submit_to_wait(sub("quiet", 1.0)).unwrap();
+        let loud = engine.submit(sub("loud", 2.0)).unwrap();
+        let out = loud.wait_timeout(Duration::from_secs(5)).unwrap_or_else(|_| panic!("rank {rank}: loud never ran"));
+        assert_eq!(out.unwrap().to_vec::<f32>().unwrap(), [4.0, 4.0]);
+        assert_eq!(quiet.wait().unwrap().to_vec::<f32>().unwrap(), [2.0, 2.0]);
+        std::thread::sleep(Duration::from_millis(100));
+        let mut handed = engine.submit_to_wait(sub("handed", 3.0)).unwrap();
+        handed.hand_to_engine();
+        let start = Instant::now();
+        while !handed.poll() {
+            assert!(start.elapsed() < Duration::from_secs(5), "rank {rank}: a handed-over request never ran");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(handed.wait().unwrap().to_vec::<f32>().unwrap(), [6.0, 6.0]);
+    });
+}

@@ -250,10 +250,13 @@ impl PyHandle {
 
 impl Drop for PyHandle {
     fn drop(&mut self) {
-        if let HandleState::Pending(handle, lent) = std::mem::replace(&mut self.state, HandleState::Waiting)
+        if let HandleState::Pending(mut handle, lent) = std::mem::replace(&mut self.state, HandleState::Waiting)
             && !lent.is_empty()
             && !handle.poll()
         {
+            // A synchronous call interrupted between its submit and its wait: nobody will run
+            // its round on this thread, so the engine thread must.
+            handle.hand_to_engine();
             match state().as_mut() {
                 Some(s) => s.orphans.push((handle, lent)),
                 // No engine any more: its thread has ended and nothing uses the arrays.

@@ -134,6 +134,19 @@ impl Handle {
         let _ = crate::os::look(most.min(self.spin), || Ok::<_, std::convert::Infallible>(self.poll()));
     }
 
+    /// Wakes the engine thread for this request if it was submitted for a wait that will not
+    /// come ([`Engine::submit_to_wait`](crate::engine::Engine::submit_to_wait)): the thread
+    /// then runs it as any other. Dropping the handle does the same.
+    pub fn hand_to_engine(&mut self) {
+        if self.quiet
+            && !self.slot.is_done()
+            && let Some(d) = &self.driver
+        {
+            d.ring();
+        }
+        self.quiet = false;
+    }
+
     /// The tensor name.
     pub fn name(&self) -> &str {
         &self.name
@@ -184,12 +197,7 @@ impl Handle {
 impl Drop for Handle {
     fn drop(&mut self) {
         // A quiet submission nobody waited for: the engine thread must still hear of it.
-        if self.quiet
-            && !self.slot.is_done()
-            && let Some(d) = &self.driver
-        {
-            d.ring();
-        }
+        self.hand_to_engine();
     }
 }
 

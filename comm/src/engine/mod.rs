@@ -97,6 +97,9 @@ pub(crate) struct Inbox {
     pub(crate) new: Vec<Pending>,
     /// Names pending on this rank (a name may be in flight once).
     pub(crate) in_flight: HashSet<String>,
+    /// The engine thread was rung for what is in `new` (a synchronous submission rings
+    /// nobody, so the first submission to arrive may not have).
+    pub(crate) rang: bool,
     /// A join this rank asked for, until every rank has joined.
     pub(crate) join: Option<Arc<Slot>>,
     pub(crate) shutdown: bool,
@@ -213,8 +216,8 @@ impl Engine {
     /// Queues one tensor for a caller that waits on the handle next, and returns the handle.
     /// The engine thread is not woken: the wait runs the engine's rounds on the caller's own
     /// thread when no one else runs them, which saves two thread hand-offs per collective,
-    /// and wakes the thread when it cannot. A handle from here that nobody waits on still
-    /// completes, once the engine thread next looks (within milliseconds).
+    /// and wakes the thread when it cannot. A handle that will not be waited for after all
+    /// must be dropped or given to the engine thread ([`Handle::hand_to_engine`]).
     pub fn submit_to_wait(&self, sub: Submission) -> Result<Handle> {
         Ok(self.enqueue(vec![sub], false, false)?.remove(0))
     }
@@ -272,8 +275,9 @@ impl Engine {
                 });
             }
         }
-        // The engine thread takes the whole inbox at once: only the first arrival needs to wake it.
-        let wake = ring && inbox.new.is_empty();
+        // The engine thread takes the whole inbox at once: one ring for all that is in it.
+        let wake = ring && !inbox.rang;
+        inbox.rang |= wake;
         let queued = Instant::now();
         let gate = grouped.then(|| Arc::new(Slot::default()));
         let mut handles = Vec::with_capacity(subs.len());

@@ -160,6 +160,16 @@ enum Gathered {
 /// Encodes `mine` into `frame` (length first, then as much of the body as fits) and returns
 /// the tail that did not fit.
 fn encode(rank: usize, mine: &Message, frame: &mut [u8]) -> Result<Vec<u8>> {
+    let result = encode_into(rank, mine, frame);
+    if result.is_err() {
+        // The frame still goes out (every rank takes the step): a length no message has makes
+        // every peer fail naming this rank, rather than read what the region held before.
+        frame[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    }
+    result
+}
+
+fn encode_into(rank: usize, mine: &Message, frame: &mut [u8]) -> Result<Vec<u8>> {
     let encoding = |e: postcard::Error| Error::EngineStopped {
         rank,
         reason: format!("could not encode this rank's negotiation message: {e}"),

@@ -167,6 +167,7 @@ impl RunLoop {
             let name = pending.sub.name.clone();
             self.local.insert(name, Local { pending, fresh: true, announced: false });
         }
+        inbox.rang = false;
         self.joining = inbox.join.is_some();
         inbox.shutdown
     }

@@ -13,9 +13,9 @@ pub struct Doorbell {
     /// Set by a ring, reset by a clear: a sleeper that is still looking (spinning) sees a ring
     /// without a system call.
     rung: std::sync::atomic::AtomicBool,
-    /// Lazy bells only (see [`Doorbell::lazy`]): the sleeper is between announcing its sleep
-    /// and waking.
-    sleeping: std::sync::atomic::AtomicBool,
+    /// Lazy bells only (see [`Doorbell::lazy`]): how many sleepers are between announcing their
+    /// sleep and waking (the engine thread parked and a caller running its rounds may both be).
+    sleeping: std::sync::atomic::AtomicUsize,
     /// A ring wrote the pipe since the last clear (so a clear has bytes to drain).
     written: std::sync::atomic::AtomicBool,
     lazy: bool,
@@ -33,11 +33,11 @@ impl Doorbell {
         // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
         let (read, write) =
             unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) };
-        Ok(Doorbell { read, write, rung: false.into(), sleeping: false.into(), written: false.into(), lazy: false })
+        Ok(Doorbell { read, write, rung: false.into(), sleeping: 0.into(), written: false.into(), lazy: false })
     }
 
-    /// A doorbell whose rings write the pipe only while its one sleeper sleeps: the sleeper
-    /// must sleep through [`Doorbell::sleep_unless_rung`]. A ring that finds it looking (or
+    /// A doorbell whose rings write the pipe only while a sleeper sleeps: every sleeper must
+    /// sleep through [`Doorbell::sleep_unless_rung`] (one byte wakes them all). A ring that finds it looking (or
     /// busy) costs no system call, and neither does the clear after it.
     pub fn lazy() -> io::Result<Doorbell> {
         Ok(Doorbell { lazy: true, ..Doorbell::new()? })
@@ -50,7 +50,7 @@ impl Doorbell {
         // SeqCst pairs with `sleep_unless_rung`: either that sees the flag, or this sees the
         // sleeper and writes.
         self.rung.store(true, SeqCst);
-        if self.lazy && !self.sleeping.load(SeqCst) {
+        if self.lazy && self.sleeping.load(SeqCst) == 0 {
             return;
         }
         // SAFETY: writes one byte from a valid local to an open descriptor.
@@ -64,9 +64,9 @@ impl Doorbell {
     /// `None` when it rang. A lazy bell's sleeper sleeps only through this.
     pub fn sleep_unless_rung<T>(&self, sleep: impl FnOnce() -> T) -> Option<T> {
         use std::sync::atomic::Ordering::SeqCst;
-        self.sleeping.store(true, SeqCst);
+        self.sleeping.fetch_add(1, SeqCst);
         let slept = (!self.rung.load(SeqCst)).then(sleep);
-        self.sleeping.store(false, SeqCst);
+        self.sleeping.fetch_sub(1, SeqCst);
         slept
     }
 
@@ -135,6 +135,35 @@ mod tests {
         // The clear drains the byte, so the next sleep sleeps.
         bell.clear();
         assert!(!readable(&bell));
+    }
+
+    #[test]
+    fn a_lazy_bell_wakes_a_sleeper_after_another_one_left() {
+        // The engine thread parked and a caller running the rounds may sleep on one bell: when
+        // one of them wakes (its own timeout), a ring must still reach the other.
+        let bell = std::sync::Arc::new(Doorbell::lazy().expect("pipe"));
+        let sleep = |bell: &Doorbell, timeout: Duration| {
+            bell.sleep_unless_rung(|| {
+                let mut fds = [PollFd { fd: bell.fd(), read: true, write: false, ready: false }];
+                poll(&mut fds, timeout).expect("poll")
+            })
+        };
+        let long = {
+            let bell = bell.clone();
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                let woke = sleep(&bell, Duration::from_secs(10));
+                (woke, start.elapsed())
+            })
+        };
+        while bell.sleeping.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(sleep(&bell, Duration::from_millis(50)), Some(0), "the short sleep times out");
+        bell.ring();
+        let (woke, took) = long.join().expect("long sleeper");
+        assert_eq!(woke, Some(1));
+        assert!(took < Duration::from_secs(5), "woken by the ring, not its timeout: {took:?}");
     }
 
     #[test]
