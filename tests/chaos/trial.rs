@@ -123,6 +123,8 @@ impl Verdict {
 struct Watched {
     child: Child,
     lines: Arc<Mutex<Vec<(Instant, String)>>>,
+    /// The threads that read its stdout and stderr into `lines`.
+    readers: Vec<std::thread::JoinHandle<()>>,
     ended: Option<(Instant, Option<i32>)>,
 }
 
@@ -137,22 +139,33 @@ impl Watched {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let pipes: [Box<dyn Read + Send>; 2] =
             [Box::new(child.stdout.take().unwrap()), Box::new(child.stderr.take().unwrap())];
-        for pipe in pipes {
-            let lines = lines.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    lines.lock().unwrap().push((Instant::now(), line));
-                }
-            });
-        }
-        Watched { child, lines, ended: None }
+        let readers = pipes
+            .into_iter()
+            .map(|pipe| {
+                let lines = lines.clone();
+                std::thread::spawn(move || {
+                    for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                        lines.lock().unwrap().push((Instant::now(), line));
+                    }
+                })
+            })
+            .collect();
+        Watched { child, lines, readers, ended: None }
     }
 
     fn poll(&mut self) -> bool {
         if self.ended.is_none()
             && let Ok(Some(status)) = self.child.try_wait()
         {
-            self.ended = Some((Instant::now(), status.code()));
+            let at = Instant::now();
+            // Its last lines may still be in its pipes: the readers take them before the trial
+            // is judged (a verdict printed just before the exit once read as none). A
+            // grandchild holding a pipe open must not hold the trial up: at most 2 s.
+            let deadline = at + Duration::from_secs(2);
+            while !self.readers.iter().all(|r| r.is_finished()) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            self.ended = Some((at, status.code()));
         }
         self.ended.is_some()
     }
