@@ -120,7 +120,6 @@ impl Handle {
         }
         if let Some(d) = &self.driver
             && !d.drive(&self.slot, deadline)
-            && self.quiet
         {
             d.ring();
             self.quiet = false;

@@ -188,23 +188,26 @@ fn encode_into(rank: usize, mine: &Message, frame: &mut [u8]) -> Result<Vec<u8>>
     Ok(tail)
 }
 
+/// The length of the message in a frame: its first word.
+fn message_len(f: &[u8]) -> usize {
+    u32::from_le_bytes([f[0], f[1], f[2], f[3]]) as usize
+}
+
 /// Whether a frame holds its whole message (nothing spilled).
 fn fits(f: &[u8], frame: usize) -> bool {
-    f.len() >= 4 && (u32::from_le_bytes([f[0], f[1], f[2], f[3]]) as usize) <= frame - 4
+    message_len(f) <= frame - 4
 }
 
 /// Every rank's message, decoded from its frame where it lies (each frame holds its whole
 /// message: see [`fits`]).
 fn decode_frames(rank: usize, frames: &[&[u8]]) -> Result<Vec<Message>> {
-    let body = |f: &[u8]| 4 + u32::from_le_bytes([f[0], f[1], f[2], f[3]]) as usize;
-    frames.iter().enumerate().map(|(peer, f)| decode_one(rank, peer, &f[4..body(f)])).collect()
+    frames.iter().enumerate().map(|(peer, f)| decode_one(rank, peer, &f[4..4 + message_len(f)])).collect()
 }
 
 /// Each rank's message length, from the first word of its frame; a length over the limit is
 /// an error naming the rank.
 fn totals(rank: usize, frame: usize, all: &[u8]) -> Result<Vec<usize>> {
-    let totals: Vec<usize> =
-        all.chunks_exact(frame).map(|f| u32::from_le_bytes([f[0], f[1], f[2], f[3]]) as usize).collect();
+    let totals: Vec<usize> = all.chunks_exact(frame).map(message_len).collect();
     if let Some((peer, &t)) = totals.iter().enumerate().find(|&(_, &t)| t > MAX_MESSAGE) {
         return Err(protocol(rank, peer, format!("a negotiation message of {t} bytes (the limit is {MAX_MESSAGE})")));
     }
