@@ -533,6 +533,43 @@ fn device_tensors_are_refused_without_device_support() {
     }
 }
 
+/// The default engine takes device memory (its memory operations load CUDA when it first
+/// arrives); on a machine without the NVIDIA driver the tensor fails on every rank saying what
+/// is missing, and nothing else happens to it.
+#[test]
+fn without_cuda_a_device_tensor_fails_on_every_rank_naming_the_driver() {
+    if ferrovod::cuda::driver().is_ok() {
+        eprintln!("SKIPPED: this machine has CUDA's driver library");
+        return;
+    }
+    let tuning = tuning(1 << 20);
+    let transports = MemTransport::world(2, tuning.timeout);
+    let errors: Vec<String> = std::thread::scope(|s| {
+        let ranks: Vec<_> = transports
+            .into_iter()
+            .map(|t| {
+                let tuning = tuning.clone();
+                s.spawn(move || {
+                    let comm = Communicator::from_transport(Box::new(t), tuning);
+                    let engine = Engine::start(comm, &EngineSettings::default()).unwrap();
+                    let dev = DevicePtr { ptr: 0x7000_0000, len: 16, device: 0, stream: 0 };
+                    // SAFETY: never dereferenced: CUDA cannot load here, so nothing reaches it.
+                    let sub = unsafe {
+                        Submission::device("gpu.grad", Collective::Allreduce(ReduceOp::Sum), DType::F32, &[4], dev)
+                    };
+                    let e = engine.submit(sub).and_then(|h| h.wait()).map(|_| ()).expect_err("no CUDA here");
+                    let _ = engine.shutdown();
+                    e.to_string()
+                })
+            })
+            .collect();
+        ranks.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (rank, e) in errors.iter().enumerate() {
+        assert!(e.contains("cuda:0") && e.contains("libcuda.so.1"), "rank {rank}: {e}");
+    }
+}
+
 /// "Device" memory that is host memory at a raw address: enough for the engine to take device
 /// tensors (its memory operations reach them), with no device behind it.
 struct HostAsDevice;

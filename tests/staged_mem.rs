@@ -3,11 +3,12 @@
 //! op, element by element against the serial reference, with pieces smaller than the buffers
 //! so that the pipeline runs over many of them. The CUDA copier is checked on a GPU machine.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferrovod::algorithms::even_blocks;
-use ferrovod::backend::staged::StagedBackend;
-use ferrovod::backend::staged::device::HostStandIn;
+use ferrovod::backend::staged::device::{DeviceCopies, HostStandIn};
+use ferrovod::backend::staged::{MakeCopies, OnDevices, StagedBackend};
 use ferrovod::config::Tuning;
 use ferrovod::memory::{DevicePtr, Memory, MemoryRef};
 use ferrovod::{Collective, Communicator, DType, ReduceOp};
@@ -125,15 +126,66 @@ fn broadcast_reducescatter_and_alltoall_on_device_memory() {
 }
 
 #[test]
-fn another_devices_memory_is_refused_with_a_clear_error() {
+fn without_cuda_another_devices_memory_is_an_error_naming_what_is_missing() {
+    if ferrovod::cuda::driver().is_ok() {
+        eprintln!("SKIPPED: this machine has CUDA's driver library (device 1 would be a real GPU)");
+        return;
+    }
     world(2, |comm| {
         let mut buf = vec![0u8; 64];
         let ptr = DevicePtr { ptr: buf.as_mut_ptr() as u64, len: buf.len(), device: 1, stream: 0 };
-        // SAFETY: never dereferenced: no backend takes device 1.
+        // SAFETY: never dereferenced: the stand-in serves device 0 only, and CUDA cannot load.
         let e = comm.allreduce_bytes(unsafe { Memory::device(ptr) }, DType::F32, ReduceOp::Sum).unwrap_err();
-        match e.to_string().contains("no backend takes device memory") {
+        let text = e.to_string();
+        match text.contains("staged backend: cuda:1: ") && text.contains("libcuda.so.1") {
             true => Ok(()),
             false => Err(format!("unexpected error: {e}")),
         }
     });
+}
+
+#[test]
+fn the_staged_path_of_each_device_is_made_once_when_its_memory_first_arrives() {
+    let made = Arc::new(Mutex::new(Vec::new()));
+    let tuning = Tuning { timeout: Duration::from_secs(60), staged_piece: PIECE, ..Tuning::default() };
+    let register = |comm: &mut Communicator| {
+        let made = made.clone();
+        let make: MakeCopies = Box::new(move |d, _tuning| {
+            made.lock().unwrap().push(d);
+            match d {
+                // SAFETY: every device pointer below is host memory.
+                0 | 2 => Ok(Box::new(unsafe { HostStandIn::new(d) }) as Box<dyn DeviceCopies>),
+                _ => Err(format!("no device {d} in this test")),
+            }
+        });
+        comm.register_backend(Box::new(OnDevices::new(make, tuning.clone())));
+    };
+    in_threads(2, tuning.clone(), register, |comm| {
+        let n = comm.size();
+        for (device, rounds) in [(0, 2), (2, 1)] {
+            for round in 0..rounds {
+                let what = format!("device {device} round {round}");
+                let mut buf = input(DType::F32, ReduceOp::Sum, comm.rank(), 5000);
+                let b = buf.bytes_mut();
+                let ptr = DevicePtr { ptr: b.as_mut_ptr() as u64, len: b.len(), device, stream: 0 };
+                // SAFETY: host memory, borrowed for the call, which the stand-in reads.
+                comm.allreduce_bytes(unsafe { Memory::device(ptr) }, DType::F32, ReduceOp::Sum)
+                    .map_err(|e| format!("{what}: {e}"))?;
+                check(&what, DType::F32, buf.bytes(), expected_allreduce(DType::F32, ReduceOp::Sum, n, 5000).bytes())?;
+                staged(comm, &what)?;
+            }
+        }
+        let mut buf = [0u8; 16];
+        let ptr = DevicePtr { ptr: buf.as_mut_ptr() as u64, len: 16, device: 5, stream: 0 };
+        // SAFETY: never dereferenced: the factory refuses device 5.
+        let e = comm.allreduce_bytes(unsafe { Memory::device(ptr) }, DType::F32, ReduceOp::Sum).unwrap_err();
+        match e.to_string().contains("cuda:5: no device 5 in this test") {
+            true => Ok(()),
+            false => Err(format!("unexpected error: {e}")),
+        }
+    });
+    // Once per device and rank: devices 0, 2 and 5 on each of the two ranks.
+    let mut made = made.lock().unwrap().clone();
+    made.sort();
+    assert_eq!(made, [0, 0, 2, 2, 5, 5]);
 }

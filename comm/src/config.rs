@@ -60,6 +60,8 @@ knobs! {
     STALL_WARNING = "FERROVOD_STALL_WARNING", "60", "Engine: seconds a tensor may wait for other ranks before rank 0 logs the missing ranks and names; 0 turns it off.";
     STALL_TIMEOUT = "FERROVOD_STALL_TIMEOUT", "600", "Engine: seconds a tensor may wait for other ranks before every rank fails; 0 turns it off.";
     TIMELINE = "FERROVOD_TIMELINE", "", "Engine: write a Chrome trace (Perfetto, chrome://tracing) of every tensor's phases to this path (rank N > 0 appends .N).";
+    GPU_BACKEND = "FERROVOD_GPU_BACKEND", "auto", "How collectives on GPU memory run: auto (NCCL once it is built; today the staged path), staged (through pinned host buffers and the host backend), nccl (NCCL or an error; the NCCL backend is not built yet).";
+    STAGED_PIECE = "FERROVOD_STAGED_PIECE", "4194304", "Staged GPU path: bytes of each piece of a pipelined allreduce or broadcast (the copy of one piece overlaps the transfer of the next).";
     NCCL_LIBRARY = "FERROVOD_NCCL_LIBRARY", "", "Path of the NCCL library to load (default: the copy pip's nvidia-nccl wheel installed for torch, then libnccl.so.2 from the dynamic loader's search).";
     GRACE_PERIOD = "FERROVOD_GRACE_PERIOD", "10", "ferrovod-run: seconds between SIGTERM and SIGKILL when stopping a job.";
     STORE_LINGER = "FERROVOD_STORE_LINGER", "600", "ferrovod-run: seconds task 0 keeps serving the store for the other tasks' launchers.";
@@ -174,6 +176,21 @@ pub struct Tuning {
     pub cache_capacity: usize,
     /// See [`EAGER_BYTES`].
     pub eager_bytes: usize,
+    /// See [`GPU_BACKEND`].
+    pub gpu_backend: GpuBackend,
+    /// See [`STAGED_PIECE`].
+    pub staged_piece: usize,
+}
+
+/// Which backend runs collectives on GPU memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuBackend {
+    /// The best that works: NCCL when built and loadable, the staged path otherwise.
+    Auto,
+    /// NCCL, or an error.
+    Nccl,
+    /// Through host memory.
+    Staged,
 }
 
 /// Engine settings that each rank may choose for itself.
@@ -246,6 +263,8 @@ impl Default for Tuning {
             fusion_threshold: num(FUSION_THRESHOLD),
             cache_capacity: num(CACHE_CAPACITY),
             eager_bytes: num(EAGER_BYTES),
+            gpu_backend: GpuBackend::Auto,
+            staged_piece: num(STAGED_PIECE),
         }
     }
 }
@@ -370,6 +389,18 @@ impl Config {
             fusion_threshold: parse(FUSION_THRESHOLD, "a byte count")?,
             cache_capacity: parse(CACHE_CAPACITY, "a count")?,
             eager_bytes: parse(EAGER_BYTES, "a byte count")?.min(MAX_EAGER),
+            gpu_backend: match text(GPU_BACKEND).as_deref().map(str::trim).unwrap_or("auto") {
+                "auto" => GpuBackend::Auto,
+                "nccl" => GpuBackend::Nccl,
+                "staged" => GpuBackend::Staged,
+                v => {
+                    return Err(Error::Config {
+                        name: GPU_BACKEND.name,
+                        detail: format!("{} is not auto, nccl or staged", quoted(v)),
+                    });
+                }
+            },
+            staged_piece: parse(STAGED_PIECE, "a byte count")?.max(4096),
         };
         let optional_secs = |k: Knob| -> Result<Option<Duration>> {
             let v = text(k).unwrap_or_else(|| k.default.to_string());

@@ -7,6 +7,7 @@
 //! | joining | [`world`] | store, rendezvous of opaque transport addresses, links, the first-failure record |
 //! | backends | [`backend`] | run whole collectives; the first that accepts a request runs it |
 //! | memory | [`memory`] | host or device memory, and the engine's copies, fills and scalings on it |
+//! | CUDA | [`cuda`] | devices, streams, pinned memory and copies, the driver loaded at run time |
 //! | algorithms | [`algorithms`] | ring, recursive doubling, binomial tree, chain, pairwise, dissemination |
 //! | kernels | [`reduce`] | element-wise reductions per dtype and op |
 //! | transports | [`transport`] | bytes between ranks: TCP, in-process |
@@ -36,6 +37,7 @@ pub mod bootstrap;
 pub mod collective;
 mod communicator;
 pub mod config;
+pub mod cuda;
 pub mod dtype;
 pub mod engine;
 pub mod error;

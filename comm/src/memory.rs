@@ -324,7 +324,9 @@ pub struct OpsError {
 /// The memory operations the engine does itself (everything else is a collective): the
 /// fusion buffer and the results it allocates, copies into and out of them, the identity fill
 /// of a joined rank's stand-in, and the division of an average. [`HostOps`] does them on host
-/// memory; a device version runs them on the memory's stream.
+/// memory; a device version runs them on the memory's stream. They are called from whichever
+/// thread runs the engine's rounds (its own, or a caller waiting for a result), so a device
+/// version makes its context current in each call.
 pub trait Ops: Send {
     /// Whether these operations reach device memory (the host version does not, and the
     /// engine refuses device tensors without it).
@@ -340,6 +342,11 @@ pub trait Ops: Send {
     fn fill_identity(&mut self, dst: Memory<'_>, dtype: DType, op: ReduceOp) -> Result<(), OpsError>;
     /// Divides every element of `buf` by `n`.
     fn divide(&mut self, buf: Memory<'_>, dtype: DType, n: usize) -> Result<(), OpsError>;
+    /// Returns once every operation so far is complete: the engine calls it before it
+    /// completes the handles of a response (device operations may only be queued until then).
+    fn finish(&mut self) -> Result<(), OpsError> {
+        Ok(())
+    }
 }
 
 /// [`Ops`] on host memory: plain copies and the vectorised kernels of [`crate::reduce`].

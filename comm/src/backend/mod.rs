@@ -1,7 +1,7 @@
 //! Backends run whole collectives. They form an ordered list, built in one place
-//! ([`registry`]); the first that accepts a request runs it. Today there is one,
-//! [`host::HostBackend`] (algorithms over the host transport, host memory); NCCL for device
-//! memory and the staged path register before it, and take the requests it refuses.
+//! ([`registry`]); the first that accepts a request runs it: the staged path
+//! ([`staged::OnDevices`]) for GPU memory, then [`host::HostBackend`] (algorithms over the host
+//! transport, host memory). NCCL, when built, comes before the staged path.
 //!
 //! Backends own no transport: the communicator owns the [`Links`] and lends them to the
 //! backend that runs a request, so that two backends (host and staged) can share one.
@@ -13,6 +13,7 @@ pub mod staged;
 use std::ops::Range;
 
 use crate::collective::Call;
+use crate::config::GpuBackend;
 use crate::memory::{Memory, MemoryRef};
 use crate::transport;
 pub use crate::world::Links;
@@ -104,7 +105,18 @@ pub trait Backend: Send {
 }
 
 /// The backends of a communicator, in the order they are asked: the one place a backend
-/// registers.
+/// registers. GPU memory goes to the staged path (NCCL, when built, comes first for `auto`);
+/// host memory to the host backend.
 pub fn registry(world: &World) -> Vec<Box<dyn Backend>> {
-    vec![Box::new(host::HostBackend::new(world.tuning().clone()))]
+    let tuning = world.tuning().clone();
+    let gpu: Box<dyn Backend> = match tuning.gpu_backend {
+        GpuBackend::Nccl => Box::new(nccl::NotBuilt),
+        GpuBackend::Auto | GpuBackend::Staged => {
+            let make: staged::MakeCopies = Box::new(|d, tuning| {
+                Ok(Box::new(crate::cuda::copies::CudaCopies::new(d, tuning)?) as Box<dyn staged::device::DeviceCopies>)
+            });
+            Box::new(staged::OnDevices::new(make, tuning.clone()))
+        }
+    };
+    vec![gpu, Box::new(host::HostBackend::new(tuning))]
 }

@@ -148,6 +148,8 @@ pub(crate) fn run(
             Ok(())
         }
     };
+    // Device work of the bucket may still be queued: done before any handle completes.
+    let result = result.and_then(|()| ctx.ops.finish().map_err(|e| ops_failed(rank, collective, e)));
     match result {
         Ok(()) => Ok(done),
         Err(e) => Err(failure(e, items, done)),

@@ -56,7 +56,7 @@ use crate::communicator::Communicator;
 use crate::config::{Config, EngineSettings};
 use crate::dtype::{DType, ReduceOp};
 use crate::error::{Error, Operation, Result};
-use crate::memory::{HostOps, Ops, Owned};
+use crate::memory::{Ops, Owned};
 use crate::os::Doorbell;
 use handle::Slot;
 
@@ -71,9 +71,8 @@ const _: fn() = || {
 /// A rank's engine. Submit from any thread; results come back through handles.
 pub struct Engine {
     shared: Arc<Shared>,
-    /// The loop, run by its thread or by a waiting caller; `None` where callers may not run
-    /// it (device memory: the device's context belongs to the engine thread).
-    driver: Option<Arc<drive::Driver>>,
+    /// The loop, run by its thread or by a waiting caller.
+    driver: Arc<drive::Driver>,
     thread: Mutex<Option<JoinHandle<()>>>,
     topology: Topology,
     rank: usize,
@@ -165,9 +164,11 @@ impl Engine {
         Engine::start(comm, &config.engine)
     }
 
-    /// Starts an engine thread that owns `comm`, doing its memory operations on the host.
+    /// Starts an engine thread that owns `comm`, doing its memory operations on the host and,
+    /// once GPU memory arrives, on its device ([`crate::cuda::ops::MemoryOps`]).
     pub fn start(comm: Communicator, settings: &EngineSettings) -> Result<Engine> {
-        Engine::start_with(comm, settings, Box::new(HostOps))
+        let ops = crate::cuda::ops::MemoryOps::new(comm.tuning());
+        Engine::start_with(comm, settings, Box::new(ops))
     }
 
     /// Starts an engine thread that owns `comm` and does its copies, fills and scalings
@@ -189,7 +190,6 @@ impl Engine {
             .name(format!("ferrovod-engine-{rank}"))
             .spawn(move || run.engine_thread())
             .map_err(|e| Error::EngineStopped { rank, reason: format!("could not start the engine thread: {e}") })?;
-        let driver = (!device_memory).then_some(driver);
         Ok(Engine { shared, driver, thread: Mutex::new(Some(thread)), topology, rank, size, device_memory, spin })
     }
 
@@ -231,7 +231,7 @@ impl Engine {
     /// `(rounds run by waiting callers, rounds run by the engine thread)` so far: how often
     /// the caller-run path (see [`Engine::submit_to_wait`]) was taken.
     pub fn rounds(&self) -> (u64, u64) {
-        self.driver.as_ref().map_or((0, 0), |d| d.rounds())
+        self.driver.rounds()
     }
 
     /// Queues tensors that run together: in the same round, and completing together. Every
@@ -245,8 +245,6 @@ impl Engine {
 
     /// Queues `subs`; `ring` wakes the engine thread (else the caller's wait runs the round).
     fn enqueue(&self, subs: Vec<Submission>, grouped: bool, ring: bool) -> Result<Vec<Handle>> {
-        // Without a driver no wait runs the round: the thread must hear of every submission.
-        let ring = ring || self.driver.is_none();
         for s in &subs {
             s.validate(self.rank, self.size)?;
             if s.data.is_device() && !self.device_memory {
@@ -287,7 +285,7 @@ impl Engine {
                 // Only a synchronous submission's wait runs the rounds: an asynchronous one
                 // started on the engine thread, which may be mid-round (or at work on what
                 // follows it) by the time the caller waits.
-                handle.driver = self.driver.clone();
+                handle.driver = Some(self.driver.clone());
                 handle.quiet = true;
             }
             inbox.in_flight.insert(sub.name.clone());

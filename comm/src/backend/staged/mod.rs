@@ -12,6 +12,9 @@
 
 pub mod device;
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
 use super::host::HostBackend;
 use super::{Backend, Error, Links, Request, Work};
 use crate::algorithms::piece_ranges;
@@ -139,5 +142,60 @@ impl StagedBackend {
         c.wait(0).map_err(device)?;
         c.wait(1).map_err(device)?;
         Ok("staged")
+    }
+}
+
+/// Makes the copies of a device: [`crate::cuda::copies::CudaCopies`] in a job, a
+/// [`device::HostStandIn`] in tests.
+pub type MakeCopies = Box<dyn Fn(i32, &Tuning) -> Result<Box<dyn DeviceCopies>, String> + Send>;
+
+/// The staged path for every device of the process: a [`StagedBackend`] per device, made when
+/// the device's memory first arrives (so a job without GPU memory never loads CUDA).
+pub struct OnDevices {
+    make: MakeCopies,
+    tuning: Tuning,
+    backends: HashMap<i32, StagedBackend>,
+}
+
+impl OnDevices {
+    /// The staged path, with copies from `make`, pieces of `tuning.staged_piece` bytes.
+    pub fn new(make: MakeCopies, tuning: Tuning) -> OnDevices {
+        OnDevices { make, tuning, backends: HashMap::new() }
+    }
+}
+
+/// The device of a request's memory, if all of it lies on one.
+fn device_of(req: &Request<'_>) -> Option<i32> {
+    let place = match &req.work {
+        Work::InPlace { buf } | Work::Blocks { buf, .. } => buf.place(),
+        Work::Exchange { send, recv, .. } if send.place() == recv.place() => send.place(),
+        Work::Exchange { .. } => return None,
+    };
+    match place {
+        Place::Device(d) => Some(d),
+        Place::Host => None,
+    }
+}
+
+impl Backend for OnDevices {
+    fn name(&self) -> &'static str {
+        "staged"
+    }
+
+    fn accepts(&self, req: &Request<'_>) -> bool {
+        device_of(req).is_some()
+    }
+
+    fn run(&mut self, req: Request<'_>, links: &mut Links) -> Result<&'static str, Error> {
+        let d =
+            device_of(&req).ok_or_else(|| Error::Invalid { backend: "staged", detail: "no device memory".into() })?;
+        let backend = match self.backends.entry(d) {
+            Entry::Occupied(b) => b.into_mut(),
+            Entry::Vacant(v) => {
+                let copies = (self.make)(d, &self.tuning).map_err(|e| device(format!("cuda:{d}: {e}")))?;
+                v.insert(StagedBackend::new(copies, self.tuning.clone(), self.tuning.staged_piece))
+            }
+        };
+        backend.run(req, links)
     }
 }

@@ -1,0 +1,251 @@
+//! CUDA through its driver library, loaded at run time (cudarc's driver layer with dynamic
+//! loading): nothing of CUDA is needed to build ferrovod or to run it on host memory, and a
+//! machine without the NVIDIA driver gets an error that says so when GPU memory reaches it,
+//! never a panic.
+//!
+//! | item | what it is |
+//! |---|---|
+//! | [`Device`] | a device's primary context and ferrovod's stream on it, made once per process |
+//! | [`copies::CudaCopies`] | the staged path's copies: two pinned host buffers, ordered copies, events |
+//! | [`ops::MemoryOps`] | the engine's memory operations, on host memory and on devices |
+//!
+//! Ordering: every copy ferrovod makes on a device runs on that device's one ferrovod stream,
+//! which first waits for the stream that produced the data (a [`crate::DevicePtr`]'s
+//! `stream`); Python hands that stream to `__dlpack__(stream=...)`, so the producer orders it
+//! itself. A collective completes on the host only once its device work is done, polled
+//! against the timeout (never a blocking synchronise, which cannot be interrupted).
+//!
+//! Contexts: every entry point makes the device's context current on the calling thread,
+//! because the engine's rounds run on whichever thread drives them.
+
+pub mod copies;
+pub mod ops;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use cudarc::driver::result::{self, DriverError};
+use cudarc::driver::sys;
+
+/// What a machine without the NVIDIA driver gets.
+pub const NO_DRIVER: &str = "CUDA's driver library (libcuda.so.1, installed with the NVIDIA driver) could not be \
+                             loaded: this machine or container has no NVIDIA driver, or the loader cannot see it";
+
+/// The driver functions ferrovod calls, checked once at load: cudarc resolves each on first
+/// use and panics when one is missing, so a missing one must be found before.
+const SYMBOLS: &[&str] = &[
+    "cuInit",
+    "cuGetErrorString",
+    "cuGetErrorName",
+    "cuDeviceGetCount",
+    "cuDeviceGet",
+    "cuDevicePrimaryCtxRetain",
+    "cuCtxSetCurrent",
+    "cuStreamCreate",
+    "cuStreamWaitEvent",
+    "cuEventCreate",
+    "cuEventRecord",
+    "cuEventQuery",
+    "cuEventDestroy_v2",
+    "cuMemHostAlloc",
+    "cuMemFreeHost",
+    "cuMemAllocAsync",
+    "cuMemFreeAsync",
+    "cuMemsetD8Async",
+    "cuMemcpyHtoDAsync_v2",
+    "cuMemcpyDtoHAsync_v2",
+    "cuMemcpyDtoDAsync_v2",
+];
+
+/// A driver call's failure, with NCCL-style text: the call, CUDA's words and its code.
+pub(crate) fn failed(call: &str, e: DriverError) -> String {
+    let words = e.error_string().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    format!("{call} failed: {words} ({:?})", e.0)
+}
+
+/// Loads and initialises the driver library, once per process.
+pub fn driver() -> Result<(), String> {
+    static DRIVER: OnceLock<Result<(), String>> = OnceLock::new();
+    DRIVER
+        .get_or_init(|| {
+            // SAFETY: tries to load the library (running only its own initialisers).
+            if !unsafe { sys::is_culib_present() } {
+                return Err(NO_DRIVER.to_string());
+            }
+            // SAFETY: as above; the library stays loaded for the process's life.
+            let lib = std::panic::catch_unwind(|| unsafe { sys::culib() }).map_err(|_| NO_DRIVER.to_string())?;
+            let missing: Vec<&str> = SYMBOLS
+                .iter()
+                .copied()
+                // SAFETY: only looks the name up; nothing is called.
+                .filter(|s| unsafe { lib.get::<*const ()>(s.as_bytes()) }.is_err())
+                .collect();
+            if !missing.is_empty() {
+                return Err(format!(
+                    "CUDA's driver library lacks {} (a driver older than CUDA 12?)",
+                    missing.join(", ")
+                ));
+            }
+            result::init().map_err(|e| failed("cuInit", e))
+        })
+        .clone()
+}
+
+/// A device of this process: its primary context (shared with torch and every other user of
+/// the runtime API) and the one stream ferrovod runs its copies on. Made once per process and
+/// kept to its end: releasing a context while NCCL or torch still use it, or at exit, is a
+/// hazard, and the stream costs nothing when idle.
+#[derive(Debug)]
+pub struct Device {
+    ordinal: i32,
+    ctx: sys::CUcontext,
+    stream: sys::CUstream,
+}
+
+// SAFETY: the driver API is thread-safe; contexts and streams are handles that any thread may
+// use, and every use first makes the context current on its thread (`Device::enter`).
+unsafe impl Send for Device {}
+// SAFETY: as above; `Device` has no interior state of its own.
+unsafe impl Sync for Device {}
+
+impl Device {
+    /// Device `ordinal`, as CUDA numbers the devices this process sees (after
+    /// `CUDA_VISIBLE_DEVICES`, as torch's `cuda:N` does).
+    pub fn get(ordinal: i32) -> Result<Arc<Device>, String> {
+        static DEVICES: OnceLock<Mutex<HashMap<i32, Arc<Device>>>> = OnceLock::new();
+        let mut devices = DEVICES.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(d) = devices.get(&ordinal) {
+            return Ok(d.clone());
+        }
+        driver()?;
+        let count = result::device::get_count().map_err(|e| failed("cuDeviceGetCount", e))?;
+        if !(0..count).contains(&ordinal) {
+            return Err(format!("there is no CUDA device {ordinal}: this process sees {count}"));
+        }
+        let cu = result::device::get(ordinal).map_err(|e| failed("cuDeviceGet", e))?;
+        // SAFETY: `cu` came from `cuDeviceGet`; the context is retained for the process's life.
+        let ctx = unsafe { result::primary_ctx::retain(cu) }.map_err(|e| failed("cuDevicePrimaryCtxRetain", e))?;
+        // SAFETY: a context just retained.
+        unsafe { result::ctx::set_current(ctx) }.map_err(|e| failed("cuCtxSetCurrent", e))?;
+        // Non-blocking: the legacy default stream's work does not order it implicitly; the
+        // producer's stream does, explicitly (`after`).
+        let stream =
+            result::stream::create(result::stream::StreamKind::NonBlocking).map_err(|e| failed("cuStreamCreate", e))?;
+        let d = Arc::new(Device { ordinal, ctx, stream });
+        devices.insert(ordinal, d.clone());
+        Ok(d)
+    }
+
+    /// The ordinal.
+    pub fn ordinal(&self) -> i32 {
+        self.ordinal
+    }
+
+    /// ferrovod's stream on this device (a `CUstream`, as an integer for DLPack).
+    pub fn stream(&self) -> u64 {
+        self.stream as u64
+    }
+
+    /// Makes this device's context current on the calling thread.
+    pub(crate) fn enter(&self) -> Result<(), String> {
+        // SAFETY: a context retained for the process's life.
+        unsafe { result::ctx::set_current(self.ctx) }.map_err(|e| failed("cuCtxSetCurrent", e))
+    }
+
+    /// Makes ferrovod's stream wait for the work queued so far on `stream` (nothing to do when
+    /// it is ferrovod's own). `scratch` is an event of this device, free to record.
+    pub(crate) fn after(&self, stream: u64, scratch: &Event) -> Result<(), String> {
+        if stream == self.stream() {
+            return Ok(());
+        }
+        // SAFETY: `stream` is the producer's live stream on this device (the DevicePtr's
+        // contract); 0, 1 and 2 are the legacy and per-thread default streams.
+        unsafe {
+            result::event::record(scratch.0, stream as sys::CUstream).map_err(|e| failed("cuEventRecord", e))?;
+            result::stream::wait_event(self.stream, scratch.0, sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT)
+                .map_err(|e| failed("cuStreamWaitEvent", e))
+        }
+    }
+
+    /// Records `event` after everything queued so far on ferrovod's stream.
+    pub(crate) fn mark(&self, event: &Event) -> Result<(), String> {
+        // SAFETY: both live, on this device.
+        unsafe { result::event::record(event.0, self.stream) }.map_err(|e| failed("cuEventRecord", e))
+    }
+
+    /// Waits on the host until `event` has happened: looks (yielding) for `spin`, then sleeps
+    /// between looks, and gives up after `timeout` naming `what`. Never blocks in the driver: a
+    /// device that never finishes (a hung kernel, a peer's NCCL that never comes) must not
+    /// hang the process.
+    pub(crate) fn wait(&self, event: &Event, timeout: Duration, spin: Duration, what: &str) -> Result<(), String> {
+        let start = Instant::now();
+        let mut nap = Duration::from_micros(20);
+        loop {
+            // SAFETY: a live event.
+            match unsafe { result::event::query(event.0) } {
+                Ok(()) => return Ok(()),
+                Err(e) if e.0 == sys::CUresult::CUDA_ERROR_NOT_READY => {}
+                Err(e) => return Err(failed(&format!("cuEventQuery ({what})"), e)),
+            }
+            let waited = start.elapsed();
+            if waited >= timeout {
+                return Err(format!(
+                    "{what} on cuda:{} was not done after {:.1} s (FERROVOD_TIMEOUT)",
+                    self.ordinal,
+                    waited.as_secs_f64()
+                ));
+            }
+            if waited < spin {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(Duration::from_millis(1));
+            }
+        }
+    }
+
+    /// A new event on this device (no timing: cheaper to record and query).
+    pub(crate) fn event(&self) -> Result<Event, String> {
+        self.enter()?;
+        let e = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
+            .map_err(|e| failed("cuEventCreate", e))?;
+        Ok(Event(e))
+    }
+}
+
+/// A CUDA event, destroyed on drop (a failure there is ignored: nothing can be done about it,
+/// and a panic in drop would abort).
+#[derive(Debug)]
+pub(crate) struct Event(sys::CUevent);
+
+// SAFETY: an event handle may be recorded and queried from any thread (see `Device`).
+unsafe impl Send for Event {}
+
+impl Drop for Event {
+    fn drop(&mut self) {
+        // SAFETY: created by `Device::event`, destroyed once; destroying an event whose work is
+        // still pending is allowed (the driver frees it once that work completes).
+        let _ = unsafe { result::event::destroy(self.0) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// On a machine with no NVIDIA driver (CI), asking for a device is the documented error.
+    #[test]
+    fn without_a_driver_a_device_is_an_error_that_says_so() {
+        // SAFETY: tries to load the library only.
+        if unsafe { sys::is_culib_present() } {
+            eprintln!("SKIPPED: this machine has CUDA's driver library");
+            return;
+        }
+        let e = Device::get(0).unwrap_err();
+        assert!(e.contains("libcuda.so.1") && e.contains("NVIDIA driver"), "{e}");
+        // Asked again, the same answer, without retrying the load.
+        assert_eq!(Device::get(3).unwrap_err(), e);
+        assert_eq!(driver().unwrap_err(), e);
+    }
+}
