@@ -10,7 +10,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 
 use crate::dlpack;
-use crate::error::InvalidArgumentError;
+use crate::error::{InvalidArgumentError, UnsupportedError};
 
 /// An array whose memory Python lends us: where it is, what it holds, and what keeps it alive.
 pub(crate) struct Lent {
@@ -18,6 +18,9 @@ pub(crate) struct Lent {
     pub len: usize,
     pub dtype: DType,
     pub shape: Vec<usize>,
+    /// `(device ordinal, stream)` for CUDA memory: the stream the producer ordered the data on
+    /// (ferrovod's own, handed to `__dlpack__`); `None` for host memory.
+    pub cuda: Option<(i32, u64)>,
     keep: Keep,
 }
 
@@ -98,8 +101,14 @@ fn lend_buffer(obj: &Bound<'_, PyAny>, access: Access, what: &str) -> PyResult<L
         return Err(invalid(what, format!("cannot read its buffer: {cause}")));
     }
     // From here on `view` must be released: wrap it at once (a placeholder pointer until checked).
-    let mut lent =
-        Lent { ptr: NonNull::dangling(), len: 0, dtype: DType::U8, shape: Vec::new(), keep: Keep::Buffer(view) };
+    let mut lent = Lent {
+        ptr: NonNull::dangling(),
+        len: 0,
+        dtype: DType::U8,
+        shape: Vec::new(),
+        cuda: None,
+        keep: Keep::Buffer(view),
+    };
     let Keep::Buffer(view) = &lent.keep else { unreachable!() };
     let itemsize = view.itemsize as usize;
     // SAFETY: with PyBUF_FORMAT the format is a NUL-terminated string (or null, meaning "B").
@@ -145,14 +154,27 @@ fn lend_buffer(obj: &Bound<'_, PyAny>, access: Access, what: &str) -> PyResult<L
 
 /// Asks `obj` for a versioned capsule first (DLPack 1.x says whether the memory is read-only),
 /// and for a plain one when it does not know `max_version` (an older producer).
+///
+/// A CUDA tensor (`__dlpack_device__` says so) is asked with `stream=` ferrovod's stream of its
+/// device: the producer then orders that stream after the work that made the data (DLPack's
+/// contract), so the collective reads it complete, with no synchronise.
 fn lend_dlpack(obj: &Bound<'_, PyAny>, access: Access, what: &str) -> PyResult<Lent> {
     let py = obj.py();
+    let cuda = cuda_stream(obj, what)?;
     let kwargs = pyo3::types::PyDict::new(py);
     kwargs.set_item("max_version", (dlpack::MAJOR_VERSION, 0))?;
+    if let Some((_, stream)) = cuda {
+        kwargs.set_item("stream", stream)?;
+    }
     let capsule = match obj.call_method("__dlpack__", (), Some(&kwargs)) {
         Ok(c) => c,
         Err(e) if e.is_instance_of::<pyo3::exceptions::PyTypeError>(py) => {
-            obj.call_method0("__dlpack__").map_err(|e| invalid(what, format!("__dlpack__() failed: {e}")))?
+            let plain = pyo3::types::PyDict::new(py);
+            if let Some((_, stream)) = cuda {
+                plain.set_item("stream", stream)?;
+            }
+            obj.call_method("__dlpack__", (), Some(&plain))
+                .map_err(|e| invalid(what, format!("__dlpack__() failed: {e}")))?
         }
         Err(e) => return Err(invalid(what, format!("__dlpack__(max_version=(1, 0)) failed: {e}"))),
     };
@@ -181,6 +203,7 @@ fn lend_dlpack(obj: &Bound<'_, PyAny>, access: Access, what: &str) -> PyResult<L
             len: 0,
             dtype: DType::U8,
             shape: Vec::new(),
+            cuda: None,
             keep: Keep::DLPackVersioned(managed),
         };
         // SAFETY: the producer keeps the tensor valid until we call its deleter (in `Lent::drop`).
@@ -195,12 +218,52 @@ fn lend_dlpack(obj: &Bound<'_, PyAny>, access: Access, what: &str) -> PyResult<L
             return Err(invalid(what, "__dlpack__() did not return a \"dltensor\" capsule"));
         };
         consume(&capsule, c"used_dltensor")?;
-        let lent =
-            Lent { ptr: NonNull::dangling(), len: 0, dtype: DType::U8, shape: Vec::new(), keep: Keep::DLPack(managed) };
+        let lent = Lent {
+            ptr: NonNull::dangling(),
+            len: 0,
+            dtype: DType::U8,
+            shape: Vec::new(),
+            cuda: None,
+            keep: Keep::DLPack(managed),
+        };
         // SAFETY: as above.
         (lent, unsafe { &(*managed.as_ptr()).dl_tensor }, 0)
     };
-    fill_from_dlpack(lent, t, flags, access, what)
+    let mut lent = fill_from_dlpack(lent, t, flags, access, what)?;
+    match (cuda, t.device.device_type) {
+        (Some((d, _)), dlpack::DEVICE_CUDA) if d == t.device.device_id => lent.cuda = cuda,
+        (None, dlpack::DEVICE_CPU) => {}
+        _ => {
+            let said = cuda.map_or("the CPU".to_string(), |(d, _)| format!("cuda:{d}"));
+            let (ty, id) = (t.device.device_type, t.device.device_id);
+            return Err(invalid(what, format!("__dlpack_device__ said {said}, but __dlpack__ gave device {ty}:{id}")));
+        }
+    }
+    Ok(lent)
+}
+
+/// `(ordinal, ferrovod's stream)` when `obj` says it lies in CUDA memory; `None` for the CPU.
+fn cuda_stream(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Option<(i32, u64)>> {
+    if !obj.hasattr("__dlpack_device__")? {
+        return Ok(None);
+    }
+    let (ty, id): (i32, i32) = obj
+        .call_method0("__dlpack_device__")
+        .and_then(|d| d.extract())
+        .map_err(|e| invalid(what, format!("__dlpack_device__() failed: {e}")))?;
+    match ty {
+        dlpack::DEVICE_CPU => Ok(None),
+        dlpack::DEVICE_CUDA => {
+            let device = obj.py().detach(|| ferrovod::cuda::Device::get(id));
+            let device = device.map_err(|e| {
+                UnsupportedError::new_err(format!(
+                    "{what}: the tensor is on cuda:{id}, and ferrovod cannot use CUDA: {e}"
+                ))
+            })?;
+            Ok(Some((id, device.stream())))
+        }
+        d => Err(invalid(what, format!("the tensor is on DLPack device type {d}; ferrovod takes CPU and CUDA memory"))),
+    }
 }
 
 /// Renames a capsule so that its destructor leaves the tensor to us.
@@ -216,17 +279,13 @@ fn consume(capsule: &Bound<'_, PyAny>, used: &CStr) -> PyResult<()> {
 /// `lent` keeps the capsule's tensor.
 fn fill_from_dlpack(mut lent: Lent, t: &dlpack::Tensor, flags: u64, access: Access, what: &str) -> PyResult<Lent> {
     match t.device.device_type {
-        dlpack::DEVICE_CPU => {}
-        dlpack::DEVICE_CUDA => {
+        dlpack::DEVICE_CPU | dlpack::DEVICE_CUDA => {}
+        d => {
             return Err(invalid(
                 what,
-                format!(
-                    "the tensor is on cuda:{}; GPU tensors need the NCCL backend, which this build does not have yet: move it to the CPU first",
-                    t.device.device_id
-                ),
+                format!("the tensor is on DLPack device type {d}; ferrovod takes CPU and CUDA memory"),
             ));
         }
-        d => return Err(invalid(what, format!("the tensor is on DLPack device type {d}; ferrovod takes CPU memory"))),
     }
     let dtype = DType::from_dlpack(t.dtype.code, t.dtype.bits, t.dtype.lanes).ok_or_else(|| {
         let dlpack::DataType { code, bits, lanes } = t.dtype;

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use ferrovod::DevicePtr;
 use ferrovod::engine::{Collective, Engine, Handle, Output, Submission};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
@@ -334,7 +335,15 @@ fn lend_submission(
     // SAFETY: `lent` keeps the memory alive and goes with the handle (or the orphans) until the
     // engine reports the request complete; Python code that touches the array meanwhile races
     // with the collective, as with Horovod's async API (documented on the Python side).
-    let sub = unsafe { Submission::borrowed(name, collective, lent.dtype, &lent.shape, lent.ptr, lent.len) };
+    let sub = match lent.cuda {
+        None => unsafe { Submission::borrowed(name, collective, lent.dtype, &lent.shape, lent.ptr, lent.len) },
+        Some((device, stream)) => {
+            let ptr = DevicePtr { ptr: lent.ptr.as_ptr() as u64, len: lent.len, device, stream };
+            // SAFETY: as above; the data is ready once `stream`'s work so far is done, which
+            // the producer arranged when it gave the capsule for that stream.
+            unsafe { Submission::device(name, collective, lent.dtype, &lent.shape, ptr) }
+        }
+    };
     Ok((sub, lent))
 }
 

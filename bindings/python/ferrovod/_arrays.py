@@ -68,6 +68,19 @@ def lendable(x: Any) -> Any:
     return x
 
 
+def readable(x: Any) -> Any:
+    """What to hand to Rust for a collective that returns a new array (allgather,
+    reducescatter, alltoall): as :func:`lendable`, but a CUDA tensor's host copy. The engine
+    returns results in host memory only for now, so these collectives run on GPU tensors
+    through torch's own copies (``.cpu()`` orders itself after the tensor's stream), and
+    :func:`wrap` puts the result back on the tensor's device. In-place collectives (allreduce,
+    broadcast) take CUDA memory directly."""
+    x = lendable(x)
+    if is_torch(x) and x.is_cuda:
+        return x.cpu()
+    return x
+
+
 def _refuse_none(x: Any) -> None:
     """``None`` (a parameter's ``.grad`` before any backward, typically) is no tensor: say so,
     rather than let numpy make an object array of it."""
@@ -90,8 +103,10 @@ def wrap(result: tuple[Any, str, tuple[int, ...], Any], like: Any) -> Any:
         torch = _torch()
         tdtype = torch_dtypes()[dtype]
         if len(buf) == 0:
-            return torch.empty(shape, dtype=tdtype)
-        return torch.frombuffer(buf, dtype=tdtype).reshape(shape)
+            out = torch.empty(shape, dtype=tdtype)
+        else:
+            out = torch.frombuffer(buf, dtype=tdtype).reshape(shape)
+        return out.to(like.device) if like.is_cuda else out
     if dtype not in NUMPY_DTYPES:
         raise TypeError(f"numpy has no {dtype} dtype")
     return np.frombuffer(buf, dtype=NUMPY_DTYPES[dtype]).reshape(shape)

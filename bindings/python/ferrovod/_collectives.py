@@ -207,7 +207,7 @@ def allgather_async(tensor: Any, name: str | None = None, process_set: ProcessSe
     between ranks)."""
     ps = set_id(process_set)
     with tensor_name("allgather", name, ps) as name:
-        inner = _ferrovod.allgather_async(_arrays.lendable(tensor), name, ps, waited.now)
+        inner = _ferrovod.allgather_async(_arrays.readable(tensor), name, ps, waited.now)
     return Handle(inner, lambda r: _arrays.wrap(r, tensor))
 
 
@@ -223,7 +223,7 @@ def reducescatter_async(
     reduce_op = Average if op is None else op
     ps = set_id(process_set)
     with tensor_name("reducescatter", name, ps) as name:
-        inner = _ferrovod.reducescatter_async(_arrays.lendable(tensor), name, reduce_op, ps, waited.now)
+        inner = _ferrovod.reducescatter_async(_arrays.readable(tensor), name, reduce_op, ps, waited.now)
     return Handle(inner, lambda r: _arrays.wrap(r, tensor))
 
 
@@ -237,7 +237,7 @@ def grouped_allgather_async(tensors: Sequence[Any], name: str | None = None, pro
     ps = set_id(process_set)
     with tensor_name("grouped_allgather", name, ps) as base:
         names = [f"{base}.{i}" for i in range(len(tensors))]
-        inners = _ferrovod.grouped_allgather_async([_arrays.lendable(t) for t in tensors], names, ps)
+        inners = _ferrovod.grouped_allgather_async([_arrays.readable(t) for t in tensors], names, ps)
     return Handle(GroupHandle(base, inners), lambda results: [_arrays.wrap(r, t) for r, t in zip(results, tensors)])
 
 
@@ -254,7 +254,7 @@ def grouped_reducescatter_async(
     ps = set_id(process_set)
     with tensor_name("grouped_reducescatter", name, ps) as base:
         names = [f"{base}.{i}" for i in range(len(tensors))]
-        inners = _ferrovod.grouped_reducescatter_async([_arrays.lendable(t) for t in tensors], names, reduce_op, ps)
+        inners = _ferrovod.grouped_reducescatter_async([_arrays.readable(t) for t in tensors], names, reduce_op, ps)
     return Handle(GroupHandle(base, inners), lambda results: [_arrays.wrap(r, t) for r, t in zip(results, tensors)])
 
 
@@ -272,7 +272,7 @@ def alltoall_async(
     split_list = _splits(splits)
     ps = set_id(process_set)
     with tensor_name("alltoall", name, ps) as name:
-        inner = _ferrovod.alltoall_async(_arrays.lendable(tensor), name, split_list, ps, waited.now)
+        inner = _ferrovod.alltoall_async(_arrays.readable(tensor), name, split_list, ps, waited.now)
 
     def finish(r: Any) -> Any:
         received = np.asarray(r[3], dtype=np.int32)

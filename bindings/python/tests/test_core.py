@@ -131,6 +131,34 @@ class _DLPackOnly:
         return self.a.__dlpack_device__()
 
 
+class _OnCuda:
+    """An array that says it lies on cuda:0 (DLPack device type 2)."""
+
+    def __dlpack__(self, **kwargs):
+        raise AssertionError("__dlpack__ must not be asked for when CUDA cannot be used")
+
+    def __dlpack_device__(self):
+        return (2, 0)
+
+
+def test_a_cuda_tensor_without_the_nvidia_driver_is_an_error_naming_what_is_missing(world1):
+    if os.path.exists("/proc/driver/nvidia"):
+        pytest.skip("this machine has an NVIDIA driver")
+    for call in (
+        lambda x: fv.allreduce_(x, name="x"),
+        lambda x: fv.broadcast_(x, 0, name="x"),
+        lambda x: fv.grouped_allreduce_([x], name="x"),
+    ):
+        with pytest.raises(fv.UnsupportedError) as e:
+            call(_OnCuda())
+        assert "the tensor is on cuda:0, and ferrovod cannot use CUDA" in str(e.value), e.value
+        assert "libcuda.so.1" in str(e.value), e.value
+    # Nothing was left in flight: the same name runs at once on host memory.
+    a = np.ones(3, dtype=np.float32)
+    fv.allreduce_(a, name="x", op=fv.Sum)
+    assert a.tolist() == [1, 1, 1]
+
+
 def _numpy_error(call) -> str:
     """The error an in-place collective gives for a read-only numpy array."""
     a = np.arange(3, dtype=np.float32)

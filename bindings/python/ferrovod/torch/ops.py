@@ -30,15 +30,16 @@ _CARRIED = set(_arrays.torch_dtypes().values())
 
 
 def staged(t: torch.Tensor) -> torch.Tensor:
-    """``t`` itself when ferrovod can work on it in place (CPU, contiguous, a carried dtype), else
-    a copy that it can (bool travels as uint8). The caller copies the result back into ``t`` when
-    they differ."""
-    if t.device.type == "cpu" and t.is_contiguous() and t.dtype in _CARRIED:
+    """``t`` itself when ferrovod can work on it in place (CPU or CUDA, contiguous, a carried
+    dtype), else a copy that it can, on the same device (bool travels as uint8; other devices
+    through the CPU). The caller copies the result back into ``t`` when they differ."""
+    if t.device.type in ("cpu", "cuda") and t.is_contiguous() and t.dtype in _CARRIED:
         return t
     dtype = torch.uint8 if t.dtype == torch.bool else t.dtype
     if dtype not in _CARRIED:
         raise TypeError(f"ferrovod cannot carry {t.dtype} tensors (it carries {sorted(map(str, _CARRIED))} and bool)")
-    return t.detach().to("cpu", dtype, memory_format=torch.contiguous_format, copy=True)
+    device = t.device if t.device.type == "cuda" else "cpu"
+    return t.detach().to(device, dtype, memory_format=torch.contiguous_format, copy=True)
 
 
 def _then(handle: Handle, finish: Callable[[Any], Any]) -> Handle:
