@@ -39,17 +39,17 @@ def check_sizes(op, n, sizes):
 class Gloo:
     """The backend bench_harness measures through (see its docstring)."""
 
-    def __init__(self, torch, dist):
-        self.torch, self.dist = torch, dist
+    def __init__(self, torch, dist, device="cpu"):
+        self.torch, self.dist, self.device = torch, dist, device
 
     def index(self, count):
-        return self.torch.arange(count, dtype=self.torch.int64)
+        return self.torch.arange(count, dtype=self.torch.int64, device=self.device)
 
     def f32(self, a):
         return a.to(self.torch.float32).contiguous()
 
     def empty(self, count):
-        return self.torch.empty(count, dtype=self.torch.float32)
+        return self.torch.empty(count, dtype=self.torch.float32, device=self.device)
 
     def bind(self, op, send, out):
         dist = self.dist
@@ -86,9 +86,14 @@ def worker(args):
 
     torch.set_num_threads(1)  # small machines run several ranks per core
     rank, n = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    device = "cpu"
+    if args.device == "cuda":
+        device = f"cuda:{rank % torch.cuda.device_count()}"
+        torch.cuda.set_device(device)
     dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=n,
                             timeout=timedelta(seconds=args.timeout))
-    rows = harness.measure(args, rank, n, "gloo", f"torch {torch.__version__} gloo", Gloo(torch, dist))
+    label = f"torch {torch.__version__} gloo on {args.device} tensors"
+    rows = harness.measure(args, rank, n, "gloo", label, Gloo(torch, dist, device))
     dist.destroy_process_group()
     if rank == 0 and args.json:
         harness.write_json(args.json, rows)
@@ -142,6 +147,8 @@ def main():
     ap.add_argument("--np", type=int, required=True, help="number of ranks (processes)")
     harness.add_args(ap, json_help="write result rows to this JSON file")
     ap.add_argument("--timeout", type=float, default=600.0, help="whole-run timeout in seconds")
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="where the tensors lie (cuda: rank r on GPU r mod the GPU count)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     argv = sys.argv[1:]
     args = ap.parse_args(argv)

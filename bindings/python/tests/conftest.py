@@ -29,6 +29,18 @@ def check(proc: subprocess.CompletedProcess[str]) -> str:
 
 
 @pytest.fixture
+def world1():
+    """This process as rank 0 of 1 (no launcher environment)."""
+    import ferrovod as fv
+
+    for k in [k for k in os.environ if k.startswith("FERROVOD_")]:
+        os.environ.pop(k)
+    fv.init()
+    yield
+    fv.shutdown()
+
+
+@pytest.fixture
 def ranks():
     """``ranks(np, script, *args)``: run a worker on ``np`` ranks and return its checked stdout."""
 

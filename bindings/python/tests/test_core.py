@@ -20,16 +20,6 @@ import ferrovod as fv
 from conftest import launch
 
 
-@pytest.fixture
-def world1():
-    """This process as rank 0 of 1 (no launcher environment)."""
-    for k in [k for k in os.environ if k.startswith("FERROVOD_")]:
-        os.environ.pop(k)
-    fv.init()
-    yield
-    fv.shutdown()
-
-
 @pytest.mark.multiproc
 @pytest.mark.parametrize("np_", [1, 2, 4])
 def test_every_function_on_numpy_and_torch(ranks, np_):
@@ -129,34 +119,6 @@ class _DLPackOnly:
 
     def __dlpack_device__(self):
         return self.a.__dlpack_device__()
-
-
-class _OnCuda:
-    """An array that says it lies on cuda:0 (DLPack device type 2)."""
-
-    def __dlpack__(self, **kwargs):
-        raise AssertionError("__dlpack__ must not be asked for when CUDA cannot be used")
-
-    def __dlpack_device__(self):
-        return (2, 0)
-
-
-def test_a_cuda_tensor_without_the_nvidia_driver_is_an_error_naming_what_is_missing(world1):
-    if os.path.exists("/proc/driver/nvidia"):
-        pytest.skip("this machine has an NVIDIA driver")
-    for call in (
-        lambda x: fv.allreduce_(x, name="x"),
-        lambda x: fv.broadcast_(x, 0, name="x"),
-        lambda x: fv.grouped_allreduce_([x], name="x"),
-    ):
-        with pytest.raises(fv.UnsupportedError) as e:
-            call(_OnCuda())
-        assert "the tensor is on cuda:0, and ferrovod cannot use CUDA" in str(e.value), e.value
-        assert "libcuda.so.1" in str(e.value), e.value
-    # Nothing was left in flight: the same name runs at once on host memory.
-    a = np.ones(3, dtype=np.float32)
-    fv.allreduce_(a, name="x", op=fv.Sum)
-    assert a.tolist() == [1, 1, 1]
 
 
 def _numpy_error(call) -> str:
