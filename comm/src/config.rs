@@ -237,6 +237,8 @@ impl Tuning {
             (FUSION_THRESHOLD.name, self.fusion_threshold.to_string()),
             (CACHE_CAPACITY.name, self.cache_capacity.to_string()),
             (EAGER_BYTES.name, self.eager_bytes.to_string()),
+            (GPU_BACKEND.name, format!("{:?}", self.gpu_backend)),
+            (STAGED_PIECE.name, self.staged_piece.to_string()),
         ]
     }
 }
