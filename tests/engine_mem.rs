@@ -761,3 +761,87 @@ fn a_synchronous_submission_left_unwaited_still_runs() {
         assert_eq!(handed.wait().unwrap().to_vec::<f32>().unwrap(), [6.0, 6.0]);
     });
 }
+
+/// Device tensors through the whole engine and the staged path, a host stand-in for the device:
+/// fused small tensors and tensors of many pieces, every reduction including the average (which
+/// the staged path divides on its host pieces), and a broadcast, element by element.
+#[test]
+fn device_tensors_run_through_the_engine_and_the_staged_path() {
+    use ferrovod::backend::staged::OnDevices;
+    use ferrovod::backend::staged::device::{DeviceCopies, HostStandIn};
+
+    let n = 3;
+    let tuning = tuning(1 << 20);
+    let transports = MemTransport::world(n, tuning.timeout);
+    let lens = [1usize, 300, 1500, 40_000];
+    std::thread::scope(|s| {
+        let ranks: Vec<_> = transports
+            .into_iter()
+            .enumerate()
+            .map(|(rank, t)| {
+                let tuning = tuning.clone();
+                s.spawn(move || {
+                    let staged = Tuning { staged_piece: 16 << 10, ..tuning.clone() };
+                    let mut comm = Communicator::from_transport(Box::new(t), tuning);
+                    // SAFETY: every "device" pointer below is host memory (HostAsDevice's too).
+                    let make =
+                        Box::new(|d, _: &Tuning| Ok(Box::new(unsafe { HostStandIn::new(d) }) as Box<dyn DeviceCopies>));
+                    comm.register_backend(Box::new(OnDevices::new(make, staged)));
+                    let engine = Engine::start_with(comm, &EngineSettings::default(), Box::new(HostAsDevice)).unwrap();
+                    for op in [ReduceOp::Sum, ReduceOp::Average, ReduceOp::Max] {
+                        let mut bufs: Vec<Vec<f32>> =
+                            lens.iter().enumerate().map(|(t, &len)| tensor(rank, t, len)).collect();
+                        let subs = bufs
+                            .iter_mut()
+                            .enumerate()
+                            .map(|(t, b)| {
+                                let bytes: &mut [u8] = bytemuck::cast_slice_mut(b);
+                                let dev = DevicePtr {
+                                    ptr: bytes.as_mut_ptr() as u64,
+                                    len: bytes.len(),
+                                    device: 0,
+                                    stream: 0,
+                                };
+                                // SAFETY: `bufs` outlives the waits below; nothing else touches it.
+                                unsafe {
+                                    Submission::device(
+                                        format!("g.{t}"),
+                                        Collective::Allreduce(op),
+                                        DType::F32,
+                                        &[lens[t]],
+                                        dev,
+                                    )
+                                }
+                            })
+                            .collect();
+                        for h in engine.submit_group(subs).unwrap() {
+                            h.wait().unwrap_or_else(|e| panic!("rank {rank} {op}: {e}"));
+                        }
+                        for (t, b) in bufs.iter().enumerate() {
+                            let all: Vec<Vec<f32>> = (0..n).map(|r| tensor(r, t, lens[t])).collect();
+                            let want: Vec<f32> = (0..lens[t])
+                                .map(|i| match op {
+                                    ReduceOp::Sum => all.iter().map(|v| v[i]).sum(),
+                                    ReduceOp::Average => all.iter().map(|v| v[i]).sum::<f32>() / n as f32,
+                                    _ => all.iter().map(|v| v[i]).fold(f32::MIN, f32::max),
+                                })
+                                .collect();
+                            assert_eq!(*b, want, "rank {rank}: {op} of tensor {t}");
+                        }
+                    }
+                    let mut root = if rank == 1 { tensor(1, 9, 50_000) } else { vec![0.0; 50_000] };
+                    let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut root);
+                    let dev = DevicePtr { ptr: bytes.as_mut_ptr() as u64, len: bytes.len(), device: 0, stream: 0 };
+                    // SAFETY: as above.
+                    let sub = unsafe { Submission::device("b", Collective::Broadcast(1), DType::F32, &[50_000], dev) };
+                    engine.submit(sub).unwrap().wait().unwrap();
+                    assert_eq!(root, tensor(1, 9, 50_000), "rank {rank}: broadcast");
+                    engine.shutdown().unwrap();
+                })
+            })
+            .collect();
+        for r in ranks {
+            r.join().unwrap();
+        }
+    });
+}

@@ -188,13 +188,16 @@ fn stand_in(ops: &mut dyn Ops, ready: &Ready) -> Vec<u8> {
 fn allreduce(ctx: &mut Ctx<'_>, items: &mut Vec<Item>, op: ReduceOp, done: &mut Vec<Done>) -> Result<()> {
     let rank = ctx.comm.rank();
     let dtype = items[0].ready.meta.dtype;
-    // Average is a sum here, divided by every rank: a joined rank counts as zeros, as in
-    // Horovod (a script's learning rate assumes the whole job's size).
-    let wire = if op == ReduceOp::Average { ReduceOp::Sum } else { op };
     let piece = (ctx.piece / dtype.size()).max(1) * dtype.size();
     // Where the bucket lies: the fusion never mixes host and device tensors (a joined rank's
     // stand-ins are host memory for now).
     let place = items.iter().map(|i| i.data.place()).find(|p| p.is_device()).unwrap_or(Place::Host);
+    // Average is a sum here, divided by every rank: a joined rank counts as zeros, as in
+    // Horovod (a script's learning rate assumes the whole job's size). On device memory the
+    // backend divides by every rank itself as it goes (the staged path on its host pieces),
+    // which spares the device a pass over the data.
+    let divide_here = op == ReduceOp::Average && !place.is_device();
+    let wire = if divide_here { ReduceOp::Sum } else { op };
     if ctx.stage.place() != place || ctx.stage.len() < piece {
         *ctx.stage = ctx.ops.alloc(place, piece).map_err(|e| ops_failed(rank, Collective::Allreduce(op), e))?;
     }
@@ -235,7 +238,7 @@ fn allreduce(ctx: &mut Ctx<'_>, items: &mut Vec<Item>, op: ReduceOp, done: &mut 
         flush(ctx, items, &mut staged, &mut remaining, fill, dtype, wire)?;
     }
     for mut item in items.drain(..) {
-        if op == ReduceOp::Average {
+        if divide_here {
             let n = ctx.comm.size();
             ctx.ops.divide(item.data.memory(), dtype, n).map_err(|e| ops_failed(rank, Collective::Allreduce(op), e))?;
         }
