@@ -280,8 +280,9 @@ fn convert(py: Python<'_>, out: Output) -> PyResult<Py<PyAny>> {
         return Ok(py.None());
     }
     let dtype = out.dtype.to_string();
-    // The bindings lend no device memory yet (the engine has no device operations), so a
-    // result is host memory; say so rather than guess if that ever changes unnoticed.
+    // New results lie in host memory: the Python layer gives allgather, reducescatter and
+    // alltoall a CUDA tensor's host copy (`_arrays.readable`), and only in-place collectives
+    // take device memory. Say so rather than guess if that ever changes unnoticed.
     let data = out
         .data
         .into_host()

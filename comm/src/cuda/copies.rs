@@ -90,17 +90,20 @@ impl DeviceCopies for CudaCopies {
     }
 
     fn buffers(&mut self, lens: [usize; 2]) -> Result<[&mut [u8]; 2], String> {
-        for (b, &len) in self.bufs.iter_mut().zip(&lens) {
-            if b.len < len {
-                self.dev.enter()?;
-                *b = Pinned::EMPTY;
+        for (slot, &len) in lens.iter().enumerate() {
+            if self.bufs[slot].len < len {
+                // A copy may still be queued on the old buffer (the trait says not to grow one
+                // then, but a failed collective may have left one): wait before freeing it.
+                self.wait(slot)?;
+                let _in = self.dev.enter()?;
+                self.bufs[slot] = Pinned::EMPTY;
                 // Grown to a power of two: a job's sizes vary a little from step to step.
                 let want = len.next_power_of_two();
-                // Flags 0: plain page-locked memory. The default write-combined kind is slow
-                // for the CPU to read, and the host backend reads every byte.
+                // Flags 0: plain page-locked memory, which the host backend reads and writes at
+                // full speed (the write-combined kind, which a flag asks for, reads slowly).
                 // SAFETY: a plain allocation; freed by `Pinned::drop`.
                 let ptr = unsafe { result::malloc_host(want, 0) }.map_err(|e| failed("cuMemHostAlloc", e))?;
-                *b = Pinned { ptr: ptr.cast(), len: want };
+                self.bufs[slot] = Pinned { ptr: ptr.cast(), len: want };
             }
         }
         let [a, b] = &mut self.bufs;
@@ -109,7 +112,7 @@ impl DeviceCopies for CudaCopies {
 
     fn download(&mut self, src: DevicePtr, slot: usize) -> Result<(), String> {
         self.check(slot, src.len, src)?;
-        self.dev.enter()?;
+        let _in = self.dev.enter()?;
         self.dev.after(src.stream, &self.order)?;
         if src.len > 0 {
             let dst = self.bufs[slot].bytes(src.len);
@@ -123,7 +126,9 @@ impl DeviceCopies for CudaCopies {
 
     fn upload(&mut self, slot: usize, dst: DevicePtr) -> Result<(), String> {
         self.check(slot, dst.len, dst)?;
-        self.dev.enter()?;
+        let _in = self.dev.enter()?;
+        // Whatever the destination's stream still does with it comes first.
+        self.dev.after(dst.stream, &self.order)?;
         if dst.len > 0 {
             let src = self.bufs[slot].bytes(dst.len);
             // SAFETY: as in `download`, the other way.
@@ -135,6 +140,7 @@ impl DeviceCopies for CudaCopies {
 
     fn wait(&mut self, slot: usize) -> Result<(), String> {
         let event = self.done.get(slot).ok_or_else(|| format!("no host buffer {slot}"))?;
+        let _in = self.dev.enter()?;
         self.dev.wait(event, self.timeout, self.spin, "a staged copy")
     }
 }
@@ -142,13 +148,20 @@ impl DeviceCopies for CudaCopies {
 impl Drop for CudaCopies {
     fn drop(&mut self) {
         // A collective that failed half-way may leave copies queued on the buffers: they must
-        // end before the memory is freed. Bounded like every wait; on failure the buffers are
-        // leaked rather than freed under a copy.
-        let quiet = (0..2).all(|slot| self.dev.enter().is_ok() && self.wait(slot).is_ok());
-        if !quiet {
-            for b in &mut self.bufs {
-                std::mem::forget(std::mem::replace(b, Pinned::EMPTY));
+        // end before the memory is freed. Bounded (at most 10 s each: this runs at shutdown);
+        // on failure the buffers are leaked rather than freed under a copy.
+        let entered = self.dev.enter();
+        let limit = self.timeout.min(Duration::from_secs(10));
+        let quiet =
+            entered.is_ok() && self.done.iter().all(|e| self.dev.wait(e, limit, self.spin, "a staged copy").is_ok());
+        for b in &mut self.bufs {
+            let b = std::mem::replace(b, Pinned::EMPTY);
+            if quiet {
+                drop(b); // freed while the context is current
+            } else {
+                std::mem::forget(b);
             }
         }
+        drop(entered);
     }
 }

@@ -16,7 +16,9 @@
 //! against the timeout (never a blocking synchronise, which cannot be interrupted).
 //!
 //! Contexts: every entry point makes the device's context current on the calling thread,
-//! because the engine's rounds run on whichever thread drives them.
+//! because the engine's rounds run on whichever thread drives them, and puts back the one that
+//! was current when it returns (a caller's thread is torch's too: its current device must not
+//! change under it).
 
 pub mod copies;
 pub mod ops;
@@ -42,6 +44,7 @@ const SYMBOLS: &[&str] = &[
     "cuDeviceGet",
     "cuDevicePrimaryCtxRetain",
     "cuCtxSetCurrent",
+    "cuCtxGetCurrent",
     "cuStreamCreate",
     "cuStreamWaitEvent",
     "cuEventCreate",
@@ -126,8 +129,7 @@ impl Device {
         let cu = result::device::get(ordinal).map_err(|e| failed("cuDeviceGet", e))?;
         // SAFETY: `cu` came from `cuDeviceGet`; the context is retained for the process's life.
         let ctx = unsafe { result::primary_ctx::retain(cu) }.map_err(|e| failed("cuDevicePrimaryCtxRetain", e))?;
-        // SAFETY: a context just retained.
-        unsafe { result::ctx::set_current(ctx) }.map_err(|e| failed("cuCtxSetCurrent", e))?;
+        let _in = Entered::new(ctx)?;
         // Non-blocking: the legacy default stream's work does not order it implicitly; the
         // producer's stream does, explicitly (`after`).
         let stream =
@@ -147,10 +149,9 @@ impl Device {
         self.stream as u64
     }
 
-    /// Makes this device's context current on the calling thread.
-    pub(crate) fn enter(&self) -> Result<(), String> {
-        // SAFETY: a context retained for the process's life.
-        unsafe { result::ctx::set_current(self.ctx) }.map_err(|e| failed("cuCtxSetCurrent", e))
+    /// Makes this device's context current on the calling thread until the guard is dropped.
+    pub(crate) fn enter(&self) -> Result<Entered, String> {
+        Entered::new(self.ctx)
     }
 
     /// Makes ferrovod's stream wait for the work queued so far on `stream` (nothing to do when
@@ -158,6 +159,10 @@ impl Device {
     pub(crate) fn after(&self, stream: u64, scratch: &Event) -> Result<(), String> {
         if stream == self.stream() {
             return Ok(());
+        }
+        if stream == PER_THREAD_STREAM {
+            // Names another stream on each thread, and the rounds run on any thread.
+            return Err("the per-thread default stream (2) cannot order a collective: pass the stream itself".into());
         }
         // SAFETY: `stream` is the producer's live stream on this device (the DevicePtr's
         // contract); 0, 1 and 2 are the legacy and per-thread default streams.
@@ -199,18 +204,52 @@ impl Device {
             if waited < spin {
                 std::thread::yield_now();
             } else {
+                // Short naps: a staged piece's copy takes about 100 µs.
                 std::thread::sleep(nap);
-                nap = (nap * 2).min(Duration::from_millis(1));
+                nap = (nap * 2).min(Duration::from_micros(250));
             }
         }
     }
 
     /// A new event on this device (no timing: cheaper to record and query).
     pub(crate) fn event(&self) -> Result<Event, String> {
-        self.enter()?;
+        let _in = self.enter()?;
         let e = result::event::create(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING)
             .map_err(|e| failed("cuEventCreate", e))?;
         Ok(Event(e))
+    }
+}
+
+/// `cudaStreamPerThread` as DLPack and the driver spell it.
+const PER_THREAD_STREAM: u64 = 2;
+
+/// While alive, a context is current on this thread; dropped, the one before is again.
+#[must_use]
+pub(crate) struct Entered {
+    prev: sys::CUcontext,
+    changed: bool,
+}
+
+impl Entered {
+    fn new(ctx: sys::CUcontext) -> Result<Entered, String> {
+        let prev =
+            result::ctx::get_current().map_err(|e| failed("cuCtxGetCurrent", e))?.unwrap_or(std::ptr::null_mut());
+        if prev == ctx {
+            return Ok(Entered { prev, changed: false });
+        }
+        // SAFETY: a context retained for the process's life.
+        unsafe { result::ctx::set_current(ctx) }.map_err(|e| failed("cuCtxSetCurrent", e))?;
+        Ok(Entered { prev, changed: true })
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        if self.changed {
+            // SAFETY: the context that was current before (or none), still alive: contexts
+            // ferrovod makes current are never destroyed, and a caller's own outlives its call.
+            let _ = unsafe { result::ctx::set_current(self.prev) };
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use cudarc::driver::result;
 
-use super::{Device, Event, failed};
+use super::{Device, Entered, Event, failed};
 use crate::config::Tuning;
 use crate::dtype::{DType, ReduceOp};
 use crate::memory::{DeviceAllocation, DevicePtr, HostOps, Memory, MemoryRef, Ops, OpsError, Owned, Place};
@@ -47,7 +47,8 @@ impl MemoryOps {
         MemoryOps { host: HostOps, devices: HashMap::new(), timeout: tuning.timeout, spin: tuning.spin }
     }
 
-    fn device(&mut self, op: &'static str, ordinal: i32) -> Result<&mut DeviceOps, OpsError> {
+    /// The device's operations, its context current until the guard is dropped.
+    fn device(&mut self, op: &'static str, ordinal: i32) -> Result<(&mut DeviceOps, Entered), OpsError> {
         let fail = |detail: String| OpsError { op, what: format!("cuda:{ordinal}"), detail };
         let d = match self.devices.entry(ordinal) {
             Entry::Occupied(d) => d.into_mut(),
@@ -57,8 +58,8 @@ impl MemoryOps {
                 v.insert(DeviceOps { dev, done, order, queued: false, scratch: Vec::new() })
             }
         };
-        d.dev.enter().map_err(fail)?;
-        Ok(d)
+        let entered = d.dev.enter().map_err(fail)?;
+        Ok((d, entered))
     }
 }
 
@@ -82,7 +83,9 @@ impl DeviceAllocation for CudaAllocation {
 
 impl Drop for CudaAllocation {
     fn drop(&mut self) {
-        if self.ptr.len > 0 && self.dev.enter().is_ok() {
+        if self.ptr.len > 0
+            && let Ok(_in) = self.dev.enter()
+        {
             // SAFETY: allocated on this stream by `alloc` and freed once, in stream order: after
             // every use queued on it (all of which are on this stream).
             let _ = unsafe { result::free_async(self.ptr.ptr, self.dev.stream as _) };
@@ -143,7 +146,7 @@ impl Ops for MemoryOps {
 
     fn alloc(&mut self, place: Place, len: usize) -> Result<Owned, OpsError> {
         let Place::Device(ordinal) = place else { return self.host.alloc(place, len) };
-        let d = self.device("alloc", ordinal)?;
+        let (d, _in) = self.device("alloc", ordinal)?;
         let stream = d.dev.stream();
         let ptr = if len == 0 {
             0
@@ -175,19 +178,28 @@ impl Ops for MemoryOps {
                     let detail = format!("from cuda:{} to cuda:{} (one device per engine)", s.device, d.device);
                     return Err(OpsError { op: "copy", what: format!("cuda:{}", d.device), detail });
                 }
-                self.device("copy", d.device)?.dtod(&d, &s).map_err(error("copy", &d))
+                {
+                    let (ops, _in) = self.device("copy", d.device)?;
+                    ops.dtod(&d, &s).map_err(error("copy", &d))
+                }
             }
             (Memory::Device(d, _), MemoryRef::Host(s)) => {
                 if d.len != s.len() {
                     return Err(mismatch("copy", format!("cuda:{}", d.device), d.len, s.len()));
                 }
-                self.device("copy", d.device)?.htod(&d, s).map_err(error("copy", &d))
+                {
+                    let (ops, _in) = self.device("copy", d.device)?;
+                    ops.htod(&d, s).map_err(error("copy", &d))
+                }
             }
             (Memory::Host(h), MemoryRef::Device(s, _)) => {
                 if h.len() != s.len {
                     return Err(mismatch("copy", format!("cuda:{}", s.device), h.len(), s.len));
                 }
-                self.device("copy", s.device)?.dtoh(h, &s, timeout, spin).map_err(error("copy", &s))
+                {
+                    let (ops, _in) = self.device("copy", s.device)?;
+                    ops.dtoh(h, &s, timeout, spin).map_err(error("copy", &s))
+                }
             }
         }
     }
@@ -197,7 +209,7 @@ impl Ops for MemoryOps {
             Memory::Device(d, _) => d,
             host => return self.host.fill_identity(host, dtype, op),
         };
-        let ops = self.device("fill", d.device)?;
+        let (ops, _in) = self.device("fill", d.device)?;
         let mut scratch = std::mem::take(&mut ops.scratch);
         scratch.resize(d.len, 0);
         fill_identity(dtype, op, &mut scratch);
@@ -212,7 +224,7 @@ impl Ops for MemoryOps {
             host => return self.host.divide(host, dtype, n),
         };
         let (timeout, spin) = (self.timeout, self.spin);
-        let ops = self.device("divide", d.device)?;
+        let (ops, _in) = self.device("divide", d.device)?;
         let mut scratch = std::mem::take(&mut ops.scratch);
         scratch.resize(d.len, 0);
         let r = ops.dtoh(&mut scratch, &d, timeout, spin).and_then(|()| {
@@ -226,7 +238,7 @@ impl Ops for MemoryOps {
     fn finish(&mut self) -> Result<(), OpsError> {
         for (&ordinal, d) in self.devices.iter_mut().filter(|(_, d)| d.queued) {
             let fail = |detail| OpsError { op: "finish", what: format!("cuda:{ordinal}"), detail };
-            d.dev.enter().map_err(fail)?;
+            let _in = d.dev.enter().map_err(fail)?;
             d.dev.mark(&d.done).map_err(fail)?;
             d.dev.wait(&d.done, self.timeout, self.spin, "the collective's device work").map_err(fail)?;
             d.queued = false;

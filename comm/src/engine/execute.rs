@@ -142,15 +142,19 @@ pub(crate) fn run(
             match result {
                 // A per-tensor argument problem: every rank saw the same, the engine goes on.
                 Err(e @ Error::InvalidArgument { .. }) => finish(ctx, items.remove(0), Err(e), &mut done),
-                Err(e) => return Err(failure(e, items, done)),
+                Err(e) => {
+                    let _ = ctx.ops.finish(); // as below: queued device work ends first
+                    return Err(failure(e, items, done));
+                }
                 Ok(out) => finish(ctx, items.remove(0), Ok(out), &mut done),
             }
             Ok(())
         }
     };
-    // Device work of the bucket may still be queued: done before any handle completes.
-    let result = result.and_then(|()| ctx.ops.finish().map_err(|e| ops_failed(rank, collective, e)));
-    match result {
+    // Device work of the bucket may still be queued: done before any handle completes, also
+    // when it failed (the callers may free their memory once told).
+    let finished = ctx.ops.finish().map_err(|e| ops_failed(rank, collective, e));
+    match result.and(finished) {
         Ok(()) => Ok(done),
         Err(e) => Err(failure(e, items, done)),
     }

@@ -73,6 +73,21 @@ impl Backend for StagedBackend {
     }
 
     fn run(&mut self, req: Request<'_>, links: &mut Links) -> Result<&'static str, Error> {
+        let ran = self.stage(req, links);
+        if ran.is_err() {
+            // Copies may still be queued on the device memory the caller lent: they end before
+            // the failure reaches the caller, who may then free it. (Bounded; a device that
+            // does not finish within the timeout has failed for good.)
+            let _ = self.copies.wait(0);
+            let _ = self.copies.wait(1);
+        }
+        ran
+    }
+}
+
+impl StagedBackend {
+    /// Runs `req` through the host buffers (see the module docs).
+    fn stage(&mut self, req: Request<'_>, links: &mut Links) -> Result<&'static str, Error> {
         let call = req.call;
         match req.work {
             Work::InPlace { buf } => self.pipelined(call, ptr_of(&buf)?, links),
