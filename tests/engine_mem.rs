@@ -515,7 +515,7 @@ fn bad_submissions_are_refused_at_once() {
 #[test]
 fn device_tensors_are_refused_without_device_support() {
     let results = world(2, tuning(1 << 20), EngineSettings::default(), |_, engine| {
-        let dev = DevicePtr { ptr: 0x7000_0000, len: 16, device: 0, stream: 0 };
+        let dev = DevicePtr { ptr: 0x7000_0000, len: 16, device: 0, stream: 0, ready: 0 };
         // SAFETY: the engine refuses it at submission, before anything could touch it.
         let sub =
             unsafe { Submission::device("gpu.grad", Collective::Allreduce(ReduceOp::Sum), DType::F32, &[4], dev) };
@@ -552,7 +552,7 @@ fn without_cuda_a_device_tensor_fails_on_every_rank_naming_the_driver() {
                 s.spawn(move || {
                     let comm = Communicator::from_transport(Box::new(t), tuning);
                     let engine = Engine::start(comm, &EngineSettings::default()).unwrap();
-                    let dev = DevicePtr { ptr: 0x7000_0000, len: 16, device: 0, stream: 0 };
+                    let dev = DevicePtr { ptr: 0x7000_0000, len: 16, device: 0, stream: 0, ready: 0 };
                     // SAFETY: never dereferenced: CUDA cannot load here, so nothing reaches it.
                     let sub = unsafe {
                         Submission::device("gpu.grad", Collective::Allreduce(ReduceOp::Sum), DType::F32, &[4], dev)
@@ -622,7 +622,13 @@ fn a_tensor_on_a_device_on_one_rank_and_on_the_host_on_another_is_a_mismatch() {
                     let mut grad = vec![1.0f32; 4];
                     let sub = if rank == 0 {
                         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut grad);
-                        let dev = DevicePtr { ptr: bytes.as_mut_ptr() as u64, len: bytes.len(), device: 0, stream: 0 };
+                        let dev = DevicePtr {
+                            ptr: bytes.as_mut_ptr() as u64,
+                            len: bytes.len(),
+                            device: 0,
+                            stream: 0,
+                            ready: 0,
+                        };
                         // SAFETY: `grad` outlives the handle's wait below and nothing else touches it.
                         unsafe {
                             Submission::device("grad", Collective::Allreduce(ReduceOp::Sum), DType::F32, &[4], dev)
@@ -801,6 +807,7 @@ fn device_tensors_run_through_the_engine_and_the_staged_path() {
                                     len: bytes.len(),
                                     device: 0,
                                     stream: 0,
+                                    ready: 0,
                                 };
                                 // SAFETY: `bufs` outlives the waits below; nothing else touches it.
                                 unsafe {
@@ -831,7 +838,8 @@ fn device_tensors_run_through_the_engine_and_the_staged_path() {
                     }
                     let mut root = if rank == 1 { tensor(1, 9, 50_000) } else { vec![0.0; 50_000] };
                     let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut root);
-                    let dev = DevicePtr { ptr: bytes.as_mut_ptr() as u64, len: bytes.len(), device: 0, stream: 0 };
+                    let dev =
+                        DevicePtr { ptr: bytes.as_mut_ptr() as u64, len: bytes.len(), device: 0, stream: 0, ready: 0 };
                     // SAFETY: as above.
                     let sub = unsafe { Submission::device("b", Collective::Broadcast(1), DType::F32, &[50_000], dev) };
                     engine.submit(sub).unwrap().wait().unwrap();

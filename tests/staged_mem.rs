@@ -19,14 +19,14 @@ const PIECE: usize = 12 << 10;
 
 /// `buf`, as the stand-in's device 0 sees it.
 fn on_device(buf: &mut [u8]) -> Memory<'_> {
-    let ptr = DevicePtr { ptr: buf.as_mut_ptr() as u64, len: buf.len(), device: 0, stream: 0 };
+    let ptr = DevicePtr { ptr: buf.as_mut_ptr() as u64, len: buf.len(), device: 0, stream: 0, ready: 0 };
     // SAFETY: `buf` is host memory borrowed for the returned lifetime, which the stand-in reads
     // as its device memory.
     unsafe { Memory::device(ptr) }
 }
 
 fn on_device_ref(buf: &[u8]) -> MemoryRef<'_> {
-    let ptr = DevicePtr { ptr: buf.as_ptr() as u64, len: buf.len(), device: 0, stream: 0 };
+    let ptr = DevicePtr { ptr: buf.as_ptr() as u64, len: buf.len(), device: 0, stream: 0, ready: 0 };
     // SAFETY: as in `on_device`; the staged path only reads an alltoall's input.
     unsafe { MemoryRef::device(ptr) }
 }
@@ -133,7 +133,7 @@ fn without_cuda_another_devices_memory_is_an_error_naming_what_is_missing() {
     }
     world(2, |comm| {
         let mut buf = vec![0u8; 64];
-        let ptr = DevicePtr { ptr: buf.as_mut_ptr() as u64, len: buf.len(), device: 1, stream: 0 };
+        let ptr = DevicePtr { ptr: buf.as_mut_ptr() as u64, len: buf.len(), device: 1, stream: 0, ready: 0 };
         // SAFETY: never dereferenced: the stand-in serves device 0 only, and CUDA cannot load.
         let e = comm.allreduce_bytes(unsafe { Memory::device(ptr) }, DType::F32, ReduceOp::Sum).unwrap_err();
         let text = e.to_string();
@@ -167,7 +167,7 @@ fn the_staged_path_of_each_device_is_made_once_when_its_memory_first_arrives() {
                 let what = format!("device {device} round {round}");
                 let mut buf = input(DType::F32, ReduceOp::Sum, comm.rank(), 5000);
                 let b = buf.bytes_mut();
-                let ptr = DevicePtr { ptr: b.as_mut_ptr() as u64, len: b.len(), device, stream: 0 };
+                let ptr = DevicePtr { ptr: b.as_mut_ptr() as u64, len: b.len(), device, stream: 0, ready: 0 };
                 // SAFETY: host memory, borrowed for the call, which the stand-in reads.
                 comm.allreduce_bytes(unsafe { Memory::device(ptr) }, DType::F32, ReduceOp::Sum)
                     .map_err(|e| format!("{what}: {e}"))?;
@@ -176,7 +176,7 @@ fn the_staged_path_of_each_device_is_made_once_when_its_memory_first_arrives() {
             }
         }
         let mut buf = [0u8; 16];
-        let ptr = DevicePtr { ptr: buf.as_mut_ptr() as u64, len: 16, device: 5, stream: 0 };
+        let ptr = DevicePtr { ptr: buf.as_mut_ptr() as u64, len: 16, device: 5, stream: 0, ready: 0 };
         // SAFETY: never dereferenced: the factory refuses device 5.
         let e = comm.allreduce_bytes(unsafe { Memory::device(ptr) }, DType::F32, ReduceOp::Sum).unwrap_err();
         match e.to_string().contains("cuda:5: no device 5 in this test") {

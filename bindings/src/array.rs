@@ -4,6 +4,7 @@
 
 use std::ffi::{CStr, c_char};
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 use ferrovod::DType;
 use pyo3::ffi;
@@ -18,9 +19,8 @@ pub(crate) struct Lent {
     pub len: usize,
     pub dtype: DType,
     pub shape: Vec<usize>,
-    /// `(device ordinal, stream)` for CUDA memory: the stream the producer ordered the data on
-    /// (ferrovod's own, handed to `__dlpack__`); `None` for host memory.
-    pub cuda: Option<(i32, u64)>,
+    /// Where CUDA memory lies and what orders it; `None` for host memory.
+    pub cuda: Option<OnCuda>,
     keep: Keep,
 }
 
@@ -59,6 +59,14 @@ impl Drop for Lent {
             },
         });
     }
+}
+
+/// A CUDA tensor's device, the stream its producer ordered it on (ferrovod's ingress stream,
+/// handed to `__dlpack__`), and the event marking it ready there.
+pub(crate) struct OnCuda {
+    pub device: i32,
+    pub stream: u64,
+    pub ready: ferrovod::cuda::Event,
 }
 
 /// What the caller will do with the memory.
@@ -160,17 +168,18 @@ fn lend_buffer(obj: &Bound<'_, PyAny>, access: Access, what: &str) -> PyResult<L
 /// contract), so the collective reads it complete, with no synchronise.
 fn lend_dlpack(obj: &Bound<'_, PyAny>, access: Access, what: &str) -> PyResult<Lent> {
     let py = obj.py();
-    let cuda = cuda_stream(obj, what)?;
+    let cuda = cuda_device(obj, what)?;
+    let stream = cuda.as_ref().map(|d| d.ingress());
     let kwargs = pyo3::types::PyDict::new(py);
     kwargs.set_item("max_version", (dlpack::MAJOR_VERSION, 0))?;
-    if let Some((_, stream)) = cuda {
+    if let Some(stream) = stream {
         kwargs.set_item("stream", stream)?;
     }
     let capsule = match obj.call_method("__dlpack__", (), Some(&kwargs)) {
         Ok(c) => c,
         Err(e) if e.is_instance_of::<pyo3::exceptions::PyTypeError>(py) => {
             let plain = pyo3::types::PyDict::new(py);
-            if let Some((_, stream)) = cuda {
+            if let Some(stream) = stream {
                 plain.set_item("stream", stream)?;
             }
             obj.call_method("__dlpack__", (), Some(&plain))
@@ -231,10 +240,16 @@ fn lend_dlpack(obj: &Bound<'_, PyAny>, access: Access, what: &str) -> PyResult<L
     };
     let mut lent = fill_from_dlpack(lent, t, flags, access, what)?;
     match (cuda, t.device.device_type) {
-        (Some((d, _)), dlpack::DEVICE_CUDA) if d == t.device.device_id => lent.cuda = cuda,
+        (Some(d), dlpack::DEVICE_CUDA) if d.ordinal() == t.device.device_id => {
+            // The producer has ordered the ingress stream after its work: mark that point.
+            let ready = d.mark_ingress().map_err(|e| {
+                UnsupportedError::new_err(format!("{what}: the tensor is on cuda:{}: {e}", d.ordinal()))
+            })?;
+            lent.cuda = Some(OnCuda { device: d.ordinal(), stream: d.ingress(), ready });
+        }
         (None, dlpack::DEVICE_CPU) => {}
-        _ => {
-            let said = cuda.map_or("the CPU".to_string(), |(d, _)| format!("cuda:{d}"));
+        (cuda, _) => {
+            let said = cuda.map_or("the CPU".to_string(), |d| format!("cuda:{}", d.ordinal()));
             let (ty, id) = (t.device.device_type, t.device.device_id);
             return Err(invalid(what, format!("__dlpack_device__ said {said}, but __dlpack__ gave device {ty}:{id}")));
         }
@@ -242,8 +257,8 @@ fn lend_dlpack(obj: &Bound<'_, PyAny>, access: Access, what: &str) -> PyResult<L
     Ok(lent)
 }
 
-/// `(ordinal, ferrovod's stream)` when `obj` says it lies in CUDA memory; `None` for the CPU.
-fn cuda_stream(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Option<(i32, u64)>> {
+/// The CUDA device `obj` says it lies on; `None` for the CPU.
+fn cuda_device(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Option<Arc<ferrovod::cuda::Device>>> {
     if !obj.hasattr("__dlpack_device__")? {
         return Ok(None);
     }
@@ -260,7 +275,7 @@ fn cuda_stream(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Option<(i32, u64)
                     "{what}: the tensor is on cuda:{id}, and ferrovod cannot use CUDA: {e}"
                 ))
             })?;
-            Ok(Some((id, device.stream())))
+            Ok(Some(device))
         }
         d => Err(invalid(what, format!("the tensor is on DLPack device type {d}; ferrovod takes CPU and CUDA memory"))),
     }

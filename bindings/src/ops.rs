@@ -336,12 +336,15 @@ fn lend_submission(
     // SAFETY: `lent` keeps the memory alive and goes with the handle (or the orphans) until the
     // engine reports the request complete; Python code that touches the array meanwhile races
     // with the collective, as with Horovod's async API (documented on the Python side).
-    let sub = match lent.cuda {
+    let sub = match &lent.cuda {
         None => unsafe { Submission::borrowed(name, collective, lent.dtype, &lent.shape, lent.ptr, lent.len) },
-        Some((device, stream)) => {
-            let ptr = DevicePtr { ptr: lent.ptr.as_ptr() as u64, len: lent.len, device, stream };
-            // SAFETY: as above; the data is ready once `stream`'s work so far is done, which
-            // the producer arranged when it gave the capsule for that stream.
+        Some(c) => {
+            let (device, stream, ready) = (c.device, c.stream, c.ready.handle());
+            let ptr = DevicePtr { ptr: lent.ptr.as_ptr() as u64, len: lent.len, device, stream, ready };
+            // SAFETY: as above; the data is ready once the `ready` event has happened, which
+            // the producer arranged (it ordered `stream` after its work when it gave the
+            // capsule for that stream, and the event was recorded there just after). `lent`
+            // keeps the event alive as long as the memory.
             unsafe { Submission::device(name, collective, lent.dtype, &lent.shape, ptr) }
         }
     };

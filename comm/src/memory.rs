@@ -34,6 +34,10 @@ pub struct DevicePtr {
     /// The stream whose work produced the data and that must order work on it (0: the
     /// default stream).
     pub stream: u64,
+    /// An event (`CUevent`) recorded after the work that produced the data, or 0. When set,
+    /// it orders the collective instead of `stream`: only that work, and nothing queued on the
+    /// stream after it, comes first.
+    pub ready: u64,
 }
 
 impl DevicePtr {
@@ -422,7 +426,7 @@ mod tests {
         assert_eq!(bytemuck::cast_slice::<u8, f32>(&dst), [1.0, 1.0]);
         let short = [0u8; 4];
         assert!(ops.copy(Memory::Host(&mut dst), MemoryRef::Host(&short)).is_err());
-        let dev = DevicePtr { ptr: 0x1000, len: 8, device: 3, stream: 0 };
+        let dev = DevicePtr { ptr: 0x1000, len: 8, device: 3, stream: 0, ready: 0 };
         // SAFETY: never dereferenced: the host ops refuse device memory.
         let e = ops.divide(unsafe { Memory::device(dev) }, DType::F32, 2).unwrap_err();
         assert!(e.to_string().contains("device 3"), "{e}");
@@ -436,8 +440,8 @@ mod tests {
         let mut b = [1u8, 2, 3, 4];
         let mut m = Memory::Host(&mut b);
         assert_eq!(m.range(1, 3).host().unwrap(), &[2, 3]);
-        let dev = DevicePtr { ptr: 0x1000, len: 8, device: 0, stream: 9 };
-        assert_eq!(dev.slice(2, 6), DevicePtr { ptr: 0x1002, len: 4, device: 0, stream: 9 });
+        let dev = DevicePtr { ptr: 0x1000, len: 8, device: 0, stream: 9, ready: 0 };
+        assert_eq!(dev.slice(2, 6), DevicePtr { ptr: 0x1002, len: 4, device: 0, stream: 9, ready: 0 });
         assert_eq!(dev.slice(6, 100).len, 2);
         assert_eq!(dev.slice(9, 100).len, 0);
     }

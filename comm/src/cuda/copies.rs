@@ -113,7 +113,7 @@ impl DeviceCopies for CudaCopies {
     fn download(&mut self, src: DevicePtr, slot: usize) -> Result<(), String> {
         self.check(slot, src.len, src)?;
         let _in = self.dev.enter()?;
-        self.dev.after(src.stream, &self.order)?;
+        self.dev.after(&src, &self.order)?;
         if src.len > 0 {
             let dst = self.bufs[slot].bytes(src.len);
             // SAFETY: `dst` is pinned memory of `src.len` bytes that nothing touches until
@@ -128,7 +128,7 @@ impl DeviceCopies for CudaCopies {
         self.check(slot, dst.len, dst)?;
         let _in = self.dev.enter()?;
         // Whatever the destination's stream still does with it comes first.
-        self.dev.after(dst.stream, &self.order)?;
+        self.dev.after(&dst, &self.order)?;
         if dst.len > 0 {
             let src = self.bufs[slot].bytes(dst.len);
             // SAFETY: as in `download`, the other way.

@@ -10,10 +10,13 @@
 //! | [`ops::MemoryOps`] | the engine's memory operations, on host memory and on devices |
 //!
 //! Ordering: every copy ferrovod makes on a device runs on that device's one ferrovod stream,
-//! which first waits for the stream that produced the data (a [`crate::DevicePtr`]'s
-//! `stream`); Python hands that stream to `__dlpack__(stream=...)`, so the producer orders it
-//! itself. A collective completes on the host only once its device work is done, polled
-//! against the timeout (never a blocking synchronise, which cannot be interrupted).
+//! which first waits for the work that produced the data: a [`crate::DevicePtr`]'s `ready`
+//! event, or else its `stream`. Python hands the device's ingress stream to
+//! `__dlpack__(stream=...)`, so the producer orders that stream after its work itself, and
+//! marks the point with an event of the tensor's own ([`Device::mark_ingress`]): a collective
+//! waits for its own tensors, not for tensors handed over after them. A collective completes
+//! on the host only once its device work is done, polled against the timeout (never a
+//! blocking synchronise, which cannot be interrupted).
 //!
 //! Contexts: every entry point makes the device's context current on the calling thread,
 //! because the engine's rounds run on whichever thread drives them, and puts back the one that
@@ -29,6 +32,8 @@ use std::time::{Duration, Instant};
 
 use cudarc::driver::result::{self, DriverError};
 use cudarc::driver::sys;
+
+use crate::memory::DevicePtr;
 
 /// What a machine without the NVIDIA driver gets.
 pub const NO_DRIVER: &str = "CUDA's driver library (libcuda.so.1, installed with the NVIDIA driver) could not be \
@@ -104,6 +109,11 @@ pub struct Device {
     ordinal: i32,
     ctx: sys::CUcontext,
     stream: sys::CUstream,
+    /// Where producers order the tensors they hand over (`__dlpack__(stream=...)`), each
+    /// marked there by an event of its own ([`Device::mark_ingress`]): the copies of one
+    /// collective then wait for its own tensors' producers only, not for those of tensors
+    /// handed over since.
+    ingress: sys::CUstream,
 }
 
 // SAFETY: the driver API is thread-safe; contexts and streams are handles that any thread may
@@ -134,7 +144,9 @@ impl Device {
         // producer's stream does, explicitly (`after`).
         let stream =
             result::stream::create(result::stream::StreamKind::NonBlocking).map_err(|e| failed("cuStreamCreate", e))?;
-        let d = Arc::new(Device { ordinal, ctx, stream });
+        let ingress =
+            result::stream::create(result::stream::StreamKind::NonBlocking).map_err(|e| failed("cuStreamCreate", e))?;
+        let d = Arc::new(Device { ordinal, ctx, stream, ingress });
         devices.insert(ordinal, d.clone());
         Ok(d)
     }
@@ -149,14 +161,44 @@ impl Device {
         self.stream as u64
     }
 
+    /// The stream to give a producer for ordering a tensor it hands over (DLPack's
+    /// `__dlpack__(stream=...)`), as an integer; [`Device::mark_ingress`] right after.
+    pub fn ingress(&self) -> u64 {
+        self.ingress as u64
+    }
+
+    /// An event recorded now on the ingress stream: it happens once the producer's work that
+    /// was ordered there so far has, and goes in the tensor's [`DevicePtr::ready`]. Keep it
+    /// until the collective completes.
+    pub fn mark_ingress(&self) -> Result<Event, String> {
+        let event = self.event()?;
+        let _in = self.enter()?;
+        // SAFETY: both live, on this device.
+        unsafe { result::event::record(event.0, self.ingress) }.map_err(|e| failed("cuEventRecord", e))?;
+        Ok(event)
+    }
+
     /// Makes this device's context current on the calling thread until the guard is dropped.
     pub(crate) fn enter(&self) -> Result<Entered, String> {
         Entered::new(self.ctx)
     }
 
-    /// Makes ferrovod's stream wait for the work queued so far on `stream` (nothing to do when
-    /// it is ferrovod's own). `scratch` is an event of this device, free to record.
-    pub(crate) fn after(&self, stream: u64, scratch: &Event) -> Result<(), String> {
+    /// Makes ferrovod's stream wait for the work that produced `ptr`'s data: its `ready` event
+    /// when it has one, else the work queued so far on its `stream` (nothing to do when that
+    /// is ferrovod's own). `scratch` is an event of this device, free to record.
+    pub(crate) fn after(&self, ptr: &DevicePtr, scratch: &Event) -> Result<(), String> {
+        let stream = ptr.stream;
+        if ptr.ready != 0 {
+            // SAFETY: a live event of this device (the DevicePtr's contract).
+            return unsafe {
+                result::stream::wait_event(
+                    self.stream,
+                    ptr.ready as sys::CUevent,
+                    sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+                )
+            }
+            .map_err(|e| failed("cuStreamWaitEvent", e));
+        }
         if stream == self.stream() {
             return Ok(());
         }
@@ -256,7 +298,14 @@ impl Drop for Entered {
 /// A CUDA event, destroyed on drop (a failure there is ignored: nothing can be done about it,
 /// and a panic in drop would abort).
 #[derive(Debug)]
-pub(crate) struct Event(sys::CUevent);
+pub struct Event(sys::CUevent);
+
+impl Event {
+    /// The `CUevent`, as an integer (for [`DevicePtr::ready`]).
+    pub fn handle(&self) -> u64 {
+        self.0 as u64
+    }
+}
 
 // SAFETY: an event handle may be recorded and queried from any thread (see `Device`).
 unsafe impl Send for Event {}

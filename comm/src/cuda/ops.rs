@@ -96,8 +96,8 @@ impl Drop for CudaAllocation {
 impl DeviceOps {
     /// Queues a copy of `len` bytes between two regions of this device.
     fn dtod(&mut self, dst: &DevicePtr, src: &DevicePtr) -> Result<(), String> {
-        self.dev.after(src.stream, &self.order)?;
-        self.dev.after(dst.stream, &self.order)?;
+        self.dev.after(src, &self.order)?;
+        self.dev.after(dst, &self.order)?;
         if dst.len > 0 {
             // SAFETY: both live device memory of `dst.len` bytes (DevicePtr's contract).
             unsafe { result::memcpy_dtod_async(dst.ptr, src.ptr, dst.len, self.dev.stream as _) }
@@ -110,7 +110,7 @@ impl DeviceOps {
     /// Queues a copy of host bytes into device memory. The bytes may be reused once it
     /// returns: for pageable memory the driver has taken its own copy by then.
     fn htod(&mut self, dst: &DevicePtr, src: &[u8]) -> Result<(), String> {
-        self.dev.after(dst.stream, &self.order)?;
+        self.dev.after(dst, &self.order)?;
         if !src.is_empty() {
             // SAFETY: `dst` is live device memory of `src.len()` bytes.
             unsafe { result::memcpy_htod_async(dst.ptr, src, self.dev.stream as _) }
@@ -122,7 +122,7 @@ impl DeviceOps {
 
     /// Copies device memory into host bytes, waiting until they are there.
     fn dtoh(&mut self, dst: &mut [u8], src: &DevicePtr, timeout: Duration, spin: Duration) -> Result<(), String> {
-        self.dev.after(src.stream, &self.order)?;
+        self.dev.after(src, &self.order)?;
         if !dst.is_empty() {
             // SAFETY: `src` is live device memory of `dst.len()` bytes.
             unsafe { result::memcpy_dtoh_async(dst, src.ptr, self.dev.stream as _) }
@@ -162,7 +162,7 @@ impl Ops for MemoryOps {
             d.queued = true;
             ptr
         };
-        let ptr = DevicePtr { ptr, len, device: ordinal, stream };
+        let ptr = DevicePtr { ptr, len, device: ordinal, stream, ready: 0 };
         Ok(Owned::Device(Box::new(CudaAllocation { ptr, dev: d.dev.clone() })))
     }
 
@@ -268,7 +268,7 @@ mod tests {
         }
         let e = ops.alloc(Place::Device(0), 64).unwrap_err().to_string();
         assert!(e.starts_with("alloc on cuda:0: ") && e.contains("libcuda.so.1"), "{e}");
-        let dev = DevicePtr { ptr: 0x1000, len: 8, device: 1, stream: 0 };
+        let dev = DevicePtr { ptr: 0x1000, len: 8, device: 1, stream: 0, ready: 0 };
         // SAFETY: never dereferenced: CUDA cannot load here, so nothing is queued.
         let e = ops.divide(unsafe { Memory::device(dev) }, DType::F32, 2).unwrap_err().to_string();
         assert!(e.starts_with("divide on cuda:1: ") && e.contains("NVIDIA driver"), "{e}");
