@@ -53,13 +53,19 @@ class Gloo:
 
     def bind(self, op, send, out):
         dist = self.dist
-        return {
+        run = {
             "allreduce": lambda: dist.all_reduce(send),
             "broadcast": lambda: dist.broadcast(send, src=0),
             "allgather": lambda: dist.all_gather_into_tensor(out, send),
             "reducescatter": lambda: dist.reduce_scatter_tensor(out, send),
             "alltoall": lambda: dist.all_to_all_single(out, send),
         }[op]
+        if self.device == "cpu":
+            return run
+        # On CUDA a collective may return once queued: time it to the end of its work, as
+        # ferrovod's (which returns once its device work is done).
+        synchronize = self.torch.cuda.synchronize
+        return lambda: (run(), synchronize())
 
     def first_mismatch(self, result, expected):
         if self.torch.equal(result, expected):
@@ -70,7 +76,7 @@ class Gloo:
         self.dist.barrier()
 
     def max_over_ranks(self, times):
-        t = self.torch.tensor(times, dtype=self.torch.float64)
+        t = self.torch.tensor(times, dtype=self.torch.float64, device=self.device)
         self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
         return t.tolist()
 
@@ -90,10 +96,11 @@ def worker(args):
     if args.device == "cuda":
         device = f"cuda:{rank % torch.cuda.device_count()}"
         torch.cuda.set_device(device)
-    dist.init_process_group("gloo", init_method="env://", rank=rank, world_size=n,
-                            timeout=timedelta(seconds=args.timeout))
-    label = f"torch {torch.__version__} gloo on {args.device} tensors"
-    rows = harness.measure(args, rank, n, "gloo", label, Gloo(torch, dist, device))
+    dist.init_process_group(args.backend, init_method="env://", rank=rank, world_size=n,
+                            timeout=timedelta(seconds=args.timeout),
+                            device_id=torch.device(device) if args.backend == "nccl" else None)
+    label = f"torch {torch.__version__} {args.backend} on {args.device} tensors"
+    rows = harness.measure(args, rank, n, args.backend, label, Gloo(torch, dist, device))
     dist.destroy_process_group()
     if rank == 0 and args.json:
         harness.write_json(args.json, rows)
@@ -149,6 +156,8 @@ def main():
     ap.add_argument("--timeout", type=float, default=600.0, help="whole-run timeout in seconds")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                     help="where the tensors lie (cuda: rank r on GPU r mod the GPU count)")
+    ap.add_argument("--backend", choices=("gloo", "nccl"), default="gloo",
+                    help="torch.distributed's backend (nccl: CUDA tensors, one GPU per rank)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     argv = sys.argv[1:]
     args = ap.parse_args(argv)

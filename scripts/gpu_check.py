@@ -2,14 +2,15 @@
 """The steps of scripts/gpu-check.sh (which installs the carried wheel and runs this), each
 with a time limit, logged into one markdown table: ``python3 scripts/gpu_check.py --out DIR``.
 
-Exit status: 0 every check passed; 1 one failed; 2 every check passed but some items are not
-built yet (NOT BUILT rows).
+Exit status: 0 every check passed; 1 one failed. A measured target missed is a row
+"below target", not a failure.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PASS, FAIL, INFO, NOT_BUILT = "pass", "FAIL", "info", "NOT BUILT"
+PASS, FAIL, INFO = "pass", "FAIL", "info"
 
 
 class Table:
@@ -36,11 +37,13 @@ class Table:
         return "\n".join(lines) + "\n"
 
 
-def run(cmd: list[str], log: Path, timeout: float) -> tuple[int, str, float]:
-    """Runs `cmd`, its output into `log`; (exit code, output, seconds); 124 on timeout."""
+def run(cmd: list[str], log: Path, timeout: float, env: dict[str, str] | None = None) -> tuple[int, str, float]:
+    """Runs `cmd` (with `env` added), its output into `log`; (exit code, output, seconds); 124
+    on timeout."""
     t = time.monotonic()
     try:
-        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        full = {**os.environ, **(env or {})}
+        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full)
         code, text = p.returncode, p.stdout + p.stderr
     except FileNotFoundError as e:
         code, text = 127, str(e)
@@ -117,12 +120,29 @@ def benchmarks(table: Table, out: Path) -> None:
             table.add(f"staged allreduce N={np_} {size} vs gloo (CUDA tensors)", status, detail)
 
 
-def not_built(table: Table) -> None:
-    for item in (
-        "NCCL backend: every collective and dtype at N=1, per-op time vs torch's nccl at 4 KiB and 64 MiB",
-        "NCCL backend: two ranks on one GPU refused before NCCL's 'Duplicate GPU detected'",
+def nccl_at_one_rank(table: Table, out: Path) -> None:
+    """ferrovod on NCCL at N=1 (a device copy) against torch.distributed's nccl at N=1: what
+    the engine adds. Targets: at most 1.2x torch's time at 4 KiB, 1.03x at 64 MiB."""
+    rows = {}
+    for lib, script, extra in (
+        ("ferrovod", "ferrovod_torch_bench.py", []),
+        ("nccl", "gloo_bench.py", ["--backend", "nccl"]),
     ):
-        table.add(item, NOT_BUILT, "issue 13: the NCCL backend is not built yet")
+        js = out / f"{lib}-nccl-1.json"
+        cmd = [sys.executable, str(ROOT / "benches" / script), "--np", "1", "--op", "allreduce", "--sizes", "4KiB,64MiB",
+               "--device", "cuda", "--min-time", "0.5", "--json", str(js), "--timeout", "150", *extra]
+        code, text, s = run(cmd, out / f"bench-{lib}-nccl-1.log", 170, env={"FERROVOD_GPU_BACKEND": "nccl"})
+        if code != 0 or not js.exists():
+            table.add(f"bench {lib} allreduce N=1 (NCCL)", FAIL, f"exit {code} (see bench-{lib}-nccl-1.log)", s)
+            return
+        for r in json.loads(js.read_text()):
+            rows[(lib, r["bytes"])] = r
+    for nbytes, target in ((4096, 1.2), (64 << 20, 1.03)):
+        f, t = rows[("ferrovod", nbytes)], rows[("nccl", nbytes)]
+        ratio = f["median_s"] / t["median_s"]
+        size = "4 KiB" if nbytes == 4096 else "64 MiB"
+        detail = f"ferrovod {f['median_s'] * 1e6:.1f} us, torch nccl {t['median_s'] * 1e6:.1f} us; time ratio {ratio:.2f} (target <= {target})"
+        table.add(f"NCCL allreduce N=1 {size} vs torch nccl", PASS if ratio <= target else "below target", detail)
 
 
 def main() -> int:
@@ -136,15 +156,12 @@ def main() -> int:
         nccl_loader(table, args.out)
         gpu_tests(table, args.out)
         benchmarks(table, args.out)
-    not_built(table)
+        nccl_at_one_rank(table, args.out)
     table.add("whole check", INFO, "", time.monotonic() - t)
     md = table.markdown()
     (args.out / "gpu-check.md").write_text(md)
     print("\n" + md)
-    statuses = {row[1] for row in table.rows}
-    if FAIL in statuses:
-        return 1
-    return 2 if NOT_BUILT in statuses else 0
+    return 1 if any(row[1] == FAIL for row in table.rows) else 0
 
 
 if __name__ == "__main__":

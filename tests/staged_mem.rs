@@ -189,3 +189,35 @@ fn the_staged_path_of_each_device_is_made_once_when_its_memory_first_arrives() {
     made.sort();
     assert_eq!(made, [0, 0, 2, 2, 5, 5]);
 }
+
+/// `FERROVOD_GPU_BACKEND=nccl` where NCCL cannot run (here: no NCCL or no GPU) is an error on
+/// every rank, from the agreement round, naming why; `auto` takes the staged path instead.
+#[test]
+fn nccl_required_where_it_cannot_run_is_an_error_on_every_rank() {
+    use ferrovod::config::GpuBackend;
+    if ferrovod::cuda::driver().is_ok() {
+        eprintln!("SKIPPED: this machine has CUDA's driver library (device 0 would be a real GPU)");
+        return;
+    }
+    for (mode, want) in
+        [(GpuBackend::Nccl, "FERROVOD_GPU_BACKEND=nccl, but "), (GpuBackend::Auto, "staged backend: cuda:0: ")]
+    {
+        let tuning = Tuning { timeout: Duration::from_secs(30), gpu_backend: mode, ..Tuning::default() };
+        in_threads(
+            3,
+            tuning,
+            |_| {},
+            |comm| {
+                let mut buf = vec![0u8; 64];
+                let ptr = DevicePtr { ptr: buf.as_mut_ptr() as u64, len: buf.len(), device: 0, stream: 0, ready: 0 };
+                // SAFETY: never dereferenced: neither NCCL nor CUDA can run here.
+                let e = comm.allreduce_bytes(unsafe { Memory::device(ptr) }, DType::F32, ReduceOp::Sum).unwrap_err();
+                let text = e.to_string();
+                match text.contains(want) && (text.contains("rank 0") || text.contains("libcuda.so.1")) {
+                    true => Ok(()),
+                    false => Err(format!("{mode:?}: unexpected error: {e}")),
+                }
+            },
+        );
+    }
+}

@@ -91,20 +91,23 @@ def _false(name: str, why: str) -> Callable[[], bool]:
 
 _NO_MPI = "ferrovod does not use MPI"
 _NO_GLOO = "ferrovod's collectives are its own, not Gloo's"
-_NO_NCCL = "ferrovod has no NCCL backend yet; CUDA tensors run through host memory (the staged path)"
 
 mpi_built = _false("mpi_built", _NO_MPI)
 mpi_enabled = _false("mpi_enabled", _NO_MPI)
 mpi_threads_supported = _false("mpi_threads_supported", _NO_MPI + " (its collectives may be called from any thread)")
 gloo_built = _false("gloo_built", _NO_GLOO)
 gloo_enabled = _false("gloo_enabled", _NO_GLOO)
-nccl_built = _false("nccl_built", _NO_NCCL)
 rocm_built = _false("rocm_built", "ferrovod does not support ROCm")
 
 
 def cuda_built() -> bool:
-    """True: ferrovod takes CUDA tensors, loading CUDA's driver at run time (they run through
-    host memory until the NCCL backend is built; see ``nccl_built``)."""
+    """True: ferrovod takes CUDA tensors, loading CUDA's driver at run time."""
+    return True
+
+
+def nccl_built() -> bool:
+    """True: ferrovod runs GPU collectives on NCCL, loaded at run time (torch's copy), where
+    every rank holds a GPU of its own; through host memory otherwise."""
     return True
 ddl_built = _false("ddl_built", "ferrovod does not use IBM DDL")
 ccl_built = _false("ccl_built", "ferrovod does not use oneCCL")

@@ -105,18 +105,18 @@ pub trait Backend: Send {
 }
 
 /// The backends of a communicator, in the order they are asked: the one place a backend
-/// registers. GPU memory goes to the staged path (NCCL, when built, comes first for `auto`);
-/// host memory to the host backend.
+/// registers. GPU memory goes to NCCL, or to the staged path where NCCL cannot run (see
+/// [`nccl::backend`]; `FERROVOD_GPU_BACKEND=staged` skips NCCL); host memory to the host
+/// backend.
 pub fn registry(world: &World) -> Vec<Box<dyn Backend>> {
     let tuning = world.tuning().clone();
+    let make: staged::MakeCopies = Box::new(|d, tuning| {
+        Ok(Box::new(crate::cuda::copies::CudaCopies::new(d, tuning)?) as Box<dyn staged::device::DeviceCopies>)
+    });
+    let staged = staged::OnDevices::new(make, tuning.clone());
     let gpu: Box<dyn Backend> = match tuning.gpu_backend {
-        GpuBackend::Nccl => Box::new(nccl::NotBuilt),
-        GpuBackend::Auto | GpuBackend::Staged => {
-            let make: staged::MakeCopies = Box::new(|d, tuning| {
-                Ok(Box::new(crate::cuda::copies::CudaCopies::new(d, tuning)?) as Box<dyn staged::device::DeviceCopies>)
-            });
-            Box::new(staged::OnDevices::new(make, tuning.clone()))
-        }
+        GpuBackend::Staged => Box::new(staged),
+        mode => Box::new(nccl::backend::NcclBackend::new(mode, tuning.clone(), staged)),
     };
     vec![gpu, Box::new(host::HostBackend::new(tuning))]
 }

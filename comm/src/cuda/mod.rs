@@ -47,6 +47,7 @@ const SYMBOLS: &[&str] = &[
     "cuGetErrorName",
     "cuDeviceGetCount",
     "cuDeviceGet",
+    "cuDeviceGetUuid_v2",
     "cuDevicePrimaryCtxRetain",
     "cuCtxSetCurrent",
     "cuCtxGetCurrent",
@@ -156,6 +157,24 @@ impl Device {
         self.ordinal
     }
 
+    /// The GPU's UUID: the same for every process that sees it, whatever its ordinal there.
+    pub fn uuid(&self) -> Result<[u8; 16], String> {
+        let cu = result::device::get(self.ordinal).map_err(|e| failed("cuDeviceGet", e))?;
+        let mut id = std::mem::MaybeUninit::<sys::CUuuid>::uninit();
+        // SAFETY: a valid out-pointer and a device handle from `cuDeviceGet`.
+        unsafe { sys::cuDeviceGetUuid_v2(id.as_mut_ptr(), cu) }
+            .result()
+            .map_err(|e| failed("cuDeviceGetUuid_v2", e))?;
+        // SAFETY: initialised by the successful call above.
+        let id = unsafe { id.assume_init() };
+        Ok(id.bytes.map(|b| b as u8))
+    }
+
+    /// ferrovod's stream on this device, for a library's calls (NCCL's).
+    pub(crate) fn raw_stream(&self) -> sys::CUstream {
+        self.stream
+    }
+
     /// ferrovod's stream on this device (a `CUstream`, as an integer for DLPack).
     pub fn stream(&self) -> u64 {
         self.stream as u64
@@ -219,6 +238,16 @@ impl Device {
     pub(crate) fn mark(&self, event: &Event) -> Result<(), String> {
         // SAFETY: both live, on this device.
         unsafe { result::event::record(event.0, self.stream) }.map_err(|e| failed("cuEventRecord", e))
+    }
+
+    /// Whether `event` has happened (once recorded, the work before it is done).
+    pub(crate) fn happened(&self, event: &Event) -> Result<bool, String> {
+        // SAFETY: a live event.
+        match unsafe { result::event::query(event.0) } {
+            Ok(()) => Ok(true),
+            Err(e) if e.0 == sys::CUresult::CUDA_ERROR_NOT_READY => Ok(false),
+            Err(e) => Err(failed("cuEventQuery", e)),
+        }
     }
 
     /// Waits on the host until `event` has happened: looks (yielding) for `spin`, then sleeps

@@ -9,7 +9,8 @@ The scenario is argv[1]; each check prints ``ok <name>`` or raises.
   training on the global batches.
 - ``kill``: without a launcher (the test starts each rank); rank 2 of 3 SIGKILLs itself between
   two 64 MiB allreduces, and the others must raise ``CollectiveError`` blaming rank 2.
-- ``nccl``: ``FERROVOD_GPU_BACKEND=nccl`` (no NCCL backend yet): a clear error, fast.
+- ``nccl``: ``FERROVOD_GPU_BACKEND=nccl`` with two ranks on one GPU, which NCCL refuses: a
+  clear error on every rank, fast.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def nccl() -> None:
     t0 = time.monotonic()
     try:
         fv.allreduce_(torch.ones(1024, device=DEV), op=fv.Sum, name="nccl")
-        sys.exit(f"rank {R}: FERROVOD_GPU_BACKEND=nccl ran without NCCL")
+        sys.exit(f"rank {R}: NCCL ran with two ranks on one GPU")
     except FerrovodError as e:
         print(f"rank {R}: {type(e).__name__} after {time.monotonic() - t0:.2f} s: {e}", flush=True)
 

@@ -29,12 +29,11 @@ def ok(check):
 def world():
     assert (hvd.local_rank(), hvd.local_size(), hvd.cross_rank(), hvd.cross_size()) == (R, N, 0, 1)
     assert hvd.is_initialized() and not hvd.mpi_threads_supported()
-    # Horovod's build queries answer for ferrovod as it is: no MPI, Gloo, NCCL or ROCm; CUDA
-    # tensors are taken (CUDA's driver is loaded at run time).
-    for query in ("mpi_built", "mpi_enabled", "gloo_built", "gloo_enabled", "nccl_built",
-                  "rocm_built", "ddl_built", "ccl_built"):
+    # Horovod's build queries answer for ferrovod as it is: no MPI, Gloo or ROCm; CUDA and NCCL
+    # are loaded at run time.
+    for query in ("mpi_built", "mpi_enabled", "gloo_built", "gloo_enabled", "rocm_built", "ddl_built", "ccl_built"):
         assert getattr(hvd, query)() is False, query
-    assert hvd.cuda_built() is True
+    assert hvd.cuda_built() is True and hvd.nccl_built() is True
     assert hvd.is_homogeneous() is True  # every rank on this one host
     try:
         hvd.join("cuda")

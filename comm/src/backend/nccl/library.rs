@@ -38,30 +38,33 @@ pub enum LoadError {
 }
 
 /// A loaded NCCL and the functions ferrovod calls, resolved once.
-#[allow(dead_code)] // The collectives' symbols are used by the NCCL backend, not yet built.
 pub struct Nccl {
     /// Where it was loaded from.
     pub path: String,
-    get_version: sys::GetVersion,
-    get_error_string: sys::GetErrorString,
-    get_last_error: sys::GetLastError,
-    get_unique_id: sys::GetUniqueId,
-    comm_init_rank_config: sys::CommInitRankConfig,
-    comm_finalize: sys::CommOp,
-    comm_destroy: sys::CommOp,
-    comm_abort: sys::CommOp,
-    comm_get_async_error: sys::CommGetAsyncError,
-    comm_count: sys::CommInt,
-    comm_cu_device: sys::CommInt,
-    comm_user_rank: sys::CommInt,
-    all_reduce: sys::AllReduce,
-    broadcast: sys::Broadcast,
-    all_gather: sys::AllGather,
-    reduce_scatter: sys::ReduceScatter,
-    send: sys::Send,
-    recv: sys::Recv,
-    group_start: sys::Group,
-    group_end: sys::Group,
+    pub(crate) get_version: sys::GetVersion,
+    pub(crate) get_error_string: sys::GetErrorString,
+    pub(crate) get_last_error: sys::GetLastError,
+    pub(crate) get_unique_id: sys::GetUniqueId,
+    pub(crate) comm_init_rank_config: sys::CommInitRankConfig,
+    // Resolved so that a library without them is refused at load; ferrovod ends its
+    // communicators with abort, which never waits for peers that may be gone.
+    #[allow(dead_code)]
+    pub(crate) comm_finalize: sys::CommOp,
+    #[allow(dead_code)]
+    pub(crate) comm_destroy: sys::CommOp,
+    pub(crate) comm_abort: sys::CommOp,
+    pub(crate) comm_get_async_error: sys::CommGetAsyncError,
+    pub(crate) comm_count: sys::CommInt,
+    pub(crate) comm_cu_device: sys::CommInt,
+    pub(crate) comm_user_rank: sys::CommInt,
+    pub(crate) all_reduce: sys::AllReduce,
+    pub(crate) broadcast: sys::Broadcast,
+    pub(crate) all_gather: sys::AllGather,
+    pub(crate) reduce_scatter: sys::ReduceScatter,
+    pub(crate) send: sys::Send,
+    pub(crate) recv: sys::Recv,
+    pub(crate) group_start: sys::Group,
+    pub(crate) group_end: sys::Group,
     // Last: the functions above point into it, and it must outlive them (never unloaded
     // before they are gone; NCCL's own threads may still run at exit, so it is leaked).
     _library: &'static libloading::Library,
@@ -144,7 +147,16 @@ impl Nccl {
         unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
     }
 
-    fn check(&self, code: sys::NcclResult) -> Result<(), String> {
+    /// The NCCL of this process: loaded on first use from where [`Nccl::load`] looks (no
+    /// candidates of its own: in a torch process, the dynamic loader finds the `libnccl.so.2`
+    /// torch already loaded), and kept, or the reason it could not be.
+    pub fn get() -> Result<&'static Nccl, LoadError> {
+        static NCCL: std::sync::OnceLock<Result<Nccl, LoadError>> = std::sync::OnceLock::new();
+        NCCL.get_or_init(|| Nccl::load(&[])).as_ref().map_err(Clone::clone)
+    }
+
+    /// `Ok` for success, else NCCL's words and the code.
+    pub(crate) fn check(&self, code: sys::NcclResult) -> Result<(), String> {
         match code {
             sys::NCCL_SUCCESS => Ok(()),
             code => Err(format!("{} ({code})", self.error_string(code))),

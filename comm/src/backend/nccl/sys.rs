@@ -70,3 +70,60 @@ pub type Send = unsafe extern "C" fn(*const c_void, usize, NcclDataType, c_int, 
 pub type Recv = unsafe extern "C" fn(*mut c_void, usize, NcclDataType, c_int, NcclComm, CudaStream) -> NcclResult;
 /// `ncclGroupStart`, `ncclGroupEnd`.
 pub type Group = unsafe extern "C" fn() -> NcclResult;
+
+/// `ncclConfig_t` as NCCL 2.14 laid it out: the fields up to `blocking`. NCCL reads `size`
+/// bytes of it and, for a config of an older `version`, fills every later field with its
+/// default, so this prefix works with every newer library.
+#[repr(C)]
+pub struct NcclConfig {
+    /// `sizeof` this struct.
+    pub size: usize,
+    /// [`CONFIG_MAGIC`].
+    pub magic: u32,
+    /// The `NCCL_VERSION` code of the layout: [`CONFIG_VERSION`].
+    pub version: u32,
+    /// 0: calls return at once (`ncclInProgress`), their outcome read with
+    /// `ncclCommGetAsyncError`.
+    pub blocking: c_int,
+}
+
+/// `NCCL_CONFIG_INITIALIZER`'s magic.
+pub const CONFIG_MAGIC: u32 = 0xcafe_beef;
+/// `NCCL_VERSION(2, 14, 0)`.
+pub const CONFIG_VERSION: u32 = 21400;
+
+/// `ncclDataType_t` values.
+pub mod dtype {
+    use super::NcclDataType;
+    /// `ncclInt8`.
+    pub const INT8: NcclDataType = 0;
+    /// `ncclUint8`.
+    pub const UINT8: NcclDataType = 1;
+    /// `ncclInt32`.
+    pub const INT32: NcclDataType = 2;
+    /// `ncclInt64`.
+    pub const INT64: NcclDataType = 4;
+    /// `ncclFloat16`.
+    pub const FLOAT16: NcclDataType = 6;
+    /// `ncclFloat32`.
+    pub const FLOAT32: NcclDataType = 7;
+    /// `ncclFloat64`.
+    pub const FLOAT64: NcclDataType = 8;
+    /// `ncclBfloat16`.
+    pub const BFLOAT16: NcclDataType = 9;
+}
+
+/// `ncclRedOp_t` values.
+pub mod op {
+    use super::NcclRedOp;
+    /// `ncclSum`.
+    pub const SUM: NcclRedOp = 0;
+    /// `ncclProd`.
+    pub const PROD: NcclRedOp = 1;
+    /// `ncclMax`.
+    pub const MAX: NcclRedOp = 2;
+    /// `ncclMin`.
+    pub const MIN: NcclRedOp = 3;
+    /// `ncclAvg` (NCCL 2.10 and later).
+    pub const AVG: NcclRedOp = 4;
+}

@@ -180,7 +180,7 @@ impl OnDevices {
 }
 
 /// The device of a request's memory, if all of it lies on one.
-fn device_of(req: &Request<'_>) -> Option<i32> {
+pub(crate) fn device_of(req: &Request<'_>) -> Option<i32> {
     let place = match &req.work {
         Work::InPlace { buf } | Work::Blocks { buf, .. } => buf.place(),
         Work::Exchange { send, recv, .. } if send.place() == recv.place() => send.place(),

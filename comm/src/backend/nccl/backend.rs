@@ -1,0 +1,396 @@
+//! The NCCL backend: collectives on CUDA memory run by NCCL, on ferrovod's stream of the
+//! device, with one communicator per job made on the first GPU collective.
+//!
+//! That first collective begins with an agreement round over the host links (authenticated,
+//! like every link): each rank says whether NCCL loaded and which GPU it holds, and rank 0
+//! adds NCCL's unique id. Every rank then decides the same: NCCL, when it loaded everywhere and
+//! no two ranks share a GPU (the NCCL torch ships refuses that: "Duplicate GPU detected");
+//! otherwise the staged path (`auto`), or an error naming the reason on every rank (`nccl`).
+//! What NCCL lacks (int16, bool, a reduce-scatter of unequal blocks) runs on the staged path
+//! too; every rank chooses alike, from the call alone.
+//!
+//! Failure: the communicator is non-blocking, and a collective's completion (an event after
+//! it) and NCCL's asynchronous error are polled against `FERROVOD_TIMEOUT`; past it, or on an
+//! error, the communicator is aborted (under a limit of its own) and every later GPU
+//! collective fails with the same cause. A dead peer's NCCL never completes, so every rank
+//! fails within the timeout; NCCL cannot say which peer it was.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::comm::Comm;
+use super::library::Nccl;
+use super::sys::{self, NcclDataType, NcclRedOp, NcclUniqueId};
+use crate::backend::host::HostBackend;
+use crate::backend::staged::{OnDevices, device_of};
+use crate::backend::{Backend, Error, Links, Request, Work};
+use crate::collective::{Call, Collective, Phase};
+use crate::config::{GpuBackend, Tuning};
+use crate::cuda::{Device, Event};
+use crate::dtype::{DType, ReduceOp};
+use crate::memory::{DevicePtr, Memory, MemoryRef};
+
+/// Bytes of each rank's record in the agreement round: NCCL loaded (1), GPU UUID known (1),
+/// the UUID (16), rank 0's unique id (128), the id made (1).
+const RECORD: usize = 160;
+const ID_AT: usize = 18;
+const ID_MADE: usize = 146;
+
+/// CUDA memory through NCCL, and through the staged path where NCCL cannot run.
+pub struct NcclBackend {
+    mode: GpuBackend,
+    tuning: Tuning,
+    host: HostBackend,
+    staged: OnDevices,
+    state: State,
+}
+
+enum State {
+    /// No GPU collective yet.
+    Unagreed,
+    /// NCCL runs this device's collectives.
+    Ready { device: i32, dev: Arc<Device>, comm: Comm, done: Event, order: Event },
+    /// Every rank agreed that NCCL cannot run here (`auto`): the staged path.
+    Staged,
+    /// NCCL failed (or cannot run and was required): every GPU collective fails so.
+    Broken(String),
+}
+
+impl NcclBackend {
+    /// The NCCL backend for `mode` (auto or nccl), with `staged` for what NCCL cannot run.
+    pub fn new(mode: GpuBackend, tuning: Tuning, staged: OnDevices) -> NcclBackend {
+        NcclBackend { mode, host: HostBackend::new(tuning.clone()), tuning, staged, state: State::Unagreed }
+    }
+
+    /// The agreement round (see the module docs), run by the first GPU collective, `call`.
+    fn agree(&mut self, call: Call, device: i32, links: &mut Links) -> Result<(), Error> {
+        let (rank, n) = (links.host.rank(), links.host.size());
+        let nccl = Nccl::get();
+        let dev = Device::get(device);
+        let mut mine = [0u8; RECORD];
+        mine[0] = nccl.is_ok() as u8;
+        if let Ok(uuid) = dev.as_ref().map_err(Clone::clone).and_then(|d| d.uuid()) {
+            mine[1] = 1;
+            mine[2..ID_AT].copy_from_slice(&uuid);
+        }
+        if let (0, Ok(nccl)) = (rank, &nccl) {
+            let mut id = NcclUniqueId { internal: [0; 128] };
+            // SAFETY: a valid out-pointer.
+            if nccl.check(unsafe { (nccl.get_unique_id)(&mut id) }).is_ok() {
+                mine[ID_AT..ID_MADE].copy_from_slice(&id.internal.map(|b| b as u8));
+                mine[ID_MADE] = 1;
+            }
+        }
+        let mut all = vec![0u8; RECORD * n];
+        all[rank * RECORD..(rank + 1) * RECORD].copy_from_slice(&mine);
+        let blocks: Vec<Range<usize>> = (0..n).map(|r| r * RECORD..(r + 1) * RECORD).collect();
+        // Its own wire tag: the counts phase of an allgather of this call's sequence number,
+        // which no GPU collective's data uses.
+        let round = Call {
+            collective: Collective::Allgather,
+            phase: Phase::Counts,
+            dtype: DType::U8,
+            count: RECORD as u64,
+            ..call
+        };
+        self.host
+            .run(Request { call: round, work: Work::Blocks { buf: Memory::Host(&mut all), blocks: &blocks } }, links)?;
+        let rec = |r: usize| &all[r * RECORD..(r + 1) * RECORD];
+        let shared =
+            (0..n).flat_map(|a| (a + 1..n).map(move |b| (a, b))).find(|&(a, b)| rec(a)[2..ID_AT] == rec(b)[2..ID_AT]);
+        let why = if let Some(r) = (0..n).find(|&r| rec(r)[0] == 0) {
+            let cause = match (&nccl, r == rank) {
+                (Err(e), true) => format!(": {e}"),
+                _ => String::new(),
+            };
+            Some(format!("NCCL could not be loaded on rank {r}{cause}"))
+        } else if let Some(r) = (0..n).find(|&r| rec(r)[1] == 0) {
+            let cause = match (&dev, r == rank) {
+                (Err(e), true) => format!(": {e}"),
+                _ => String::new(),
+            };
+            Some(format!("rank {r} could not identify its GPU{cause}"))
+        } else if let Some((a, b)) = shared {
+            Some(format!("ranks {a} and {b} share one GPU, which NCCL refuses"))
+        } else if rec(0)[ID_MADE] == 0 {
+            Some("rank 0 could not make NCCL's unique id".to_string())
+        } else {
+            None
+        };
+        match (why, self.mode) {
+            (None, _) => {
+                let (Ok(nccl), Ok(dev)) = (nccl, dev) else { unreachable!("every rank loaded NCCL and knows its GPU") };
+                let mut id = NcclUniqueId { internal: [0; 128] };
+                for (dst, &src) in id.internal.iter_mut().zip(&rec(0)[ID_AT..ID_MADE]) {
+                    *dst = src as std::ffi::c_char;
+                }
+                let deadline = Instant::now() + self.tuning.timeout;
+                let joined = dev.enter().and_then(|_in| {
+                    let comm = Comm::join(nccl, &id, rank, n, deadline, self.tuning.spin)?;
+                    match comm.device()? {
+                        d if d == device => Ok((comm, dev.event()?, dev.event()?)),
+                        d => Err(format!("NCCL put the communicator on cuda:{d}, not cuda:{device}")),
+                    }
+                });
+                match joined {
+                    Ok((comm, done, order)) => self.state = State::Ready { device, dev, comm, done, order },
+                    Err(e) => {
+                        let why = format!("rank {rank}: joining NCCL's communicator on cuda:{device}: {e}");
+                        self.state = State::Broken(why.clone());
+                        return Err(Error::Device { backend: "nccl", detail: why });
+                    }
+                }
+            }
+            (Some(why), GpuBackend::Nccl) => {
+                let why = format!("FERROVOD_GPU_BACKEND=nccl, but {why}");
+                self.state = State::Broken(why.clone());
+                return Err(Error::Device { backend: "nccl", detail: why });
+            }
+            (Some(why), _) => {
+                if rank == 0 {
+                    eprintln!("ferrovod: GPU collectives go through host memory (the staged path): {why}");
+                }
+                self.state = State::Staged;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// NCCL's type for `dtype`, if it has one.
+fn nccl_dtype(dtype: DType) -> Option<NcclDataType> {
+    Some(match dtype {
+        DType::U8 => sys::dtype::UINT8,
+        DType::I8 => sys::dtype::INT8,
+        DType::I32 => sys::dtype::INT32,
+        DType::I64 => sys::dtype::INT64,
+        DType::F16 => sys::dtype::FLOAT16,
+        DType::BF16 => sys::dtype::BFLOAT16,
+        DType::F32 => sys::dtype::FLOAT32,
+        DType::F64 => sys::dtype::FLOAT64,
+        _ => return None,
+    })
+}
+
+fn nccl_op(op: ReduceOp) -> NcclRedOp {
+    match op {
+        ReduceOp::Sum => sys::op::SUM,
+        ReduceOp::Average => sys::op::AVG,
+        ReduceOp::Min => sys::op::MIN,
+        ReduceOp::Max => sys::op::MAX,
+        ReduceOp::Product => sys::op::PROD,
+    }
+}
+
+/// Whether NCCL runs `req` (else the staged path does): a dtype NCCL has, and a reduce-scatter
+/// only of equal blocks. The same on every rank: it follows from the agreed call and blocks.
+fn nccl_takes(req: &Request<'_>) -> bool {
+    let typed = nccl_dtype(req.call.dtype).is_some();
+    match (&req.work, req.call.collective) {
+        (Work::Blocks { blocks, .. }, Collective::Reducescatter(_)) => {
+            typed && blocks.windows(2).all(|w| w[0].len() == w[1].len())
+        }
+        (Work::Exchange { .. }, _) => true, // bytes, whatever their type
+        _ => typed,
+    }
+}
+
+fn ptr(buf: &Memory<'_>) -> Option<DevicePtr> {
+    match buf {
+        Memory::Device(p, _) => Some(*p),
+        Memory::Host(_) => None,
+    }
+}
+
+fn ptr_ref(buf: &MemoryRef<'_>) -> Option<DevicePtr> {
+    match buf {
+        MemoryRef::Device(p, _) => Some(*p),
+        MemoryRef::Host(_) => None,
+    }
+}
+
+impl Backend for NcclBackend {
+    fn name(&self) -> &'static str {
+        "nccl"
+    }
+
+    fn accepts(&self, req: &Request<'_>) -> bool {
+        device_of(req).is_some()
+    }
+
+    fn run(&mut self, req: Request<'_>, links: &mut Links) -> Result<&'static str, Error> {
+        let device =
+            device_of(&req).ok_or_else(|| Error::Invalid { backend: "nccl", detail: "no device memory".into() })?;
+        if matches!(self.state, State::Unagreed) {
+            self.agree(req.call, device, links)?;
+        }
+        match &self.state {
+            State::Broken(why) => Err(Error::Device { backend: "nccl", detail: why.clone() }),
+            State::Staged => self.staged.run(req, links),
+            State::Ready { device: d, .. } if *d != device || !nccl_takes(&req) => self.staged.run(req, links),
+            State::Ready { .. } => {
+                let (rank, n) = (links.host.rank(), links.host.size());
+                let what = format!(
+                    "{} of {} bytes",
+                    req.call.collective.name(),
+                    req.call.count * req.call.dtype.size() as u64
+                );
+                match self.nccl(req, rank, n) {
+                    Ok(()) => Ok("nccl"),
+                    Err(e) => {
+                        let why = format!("rank {rank}: {what} on cuda:{device}: {e}");
+                        self.state = State::Broken(why.clone()); // drops the communicator: aborts it
+                        Err(Error::Device { backend: "nccl", detail: why })
+                    }
+                }
+            }
+            State::Unagreed => unreachable!("agreed above"),
+        }
+    }
+}
+
+impl NcclBackend {
+    /// Runs `req` on NCCL and waits (polling) until it is done.
+    fn nccl(&mut self, req: Request<'_>, rank: usize, n: usize) -> Result<(), String> {
+        let State::Ready { dev, comm, done, order, .. } = &mut self.state else { unreachable!("ready") };
+        let _in = dev.enter()?;
+        let deadline = Instant::now() + self.tuning.timeout;
+        let stream = dev.raw_stream() as sys::CudaStream;
+        let call = req.call;
+        let size = call.dtype.size();
+        let dt = nccl_dtype(call.dtype).unwrap_or(sys::dtype::UINT8);
+        let raw = comm.raw();
+        let at = |p: &DevicePtr, offset: usize| (p.ptr + offset as u64) as *mut std::ffi::c_void;
+        let l = comm.library();
+        match req.work {
+            Work::InPlace { buf } => {
+                let Some(p) = ptr(&buf) else { return Err("host memory reached NCCL".into()) };
+                dev.after(&p, order)?;
+                let count = p.len / size;
+                let code = match call.collective {
+                    // SAFETY: `p` is live device memory of `p.len` bytes (DevicePtr's contract),
+                    // in place, on this communicator's device and stream.
+                    Collective::Allreduce(op) => unsafe {
+                        (l.all_reduce)(at(&p, 0), at(&p, 0), count, dt, nccl_op(op), raw, stream)
+                    },
+                    // SAFETY: as above.
+                    Collective::Broadcast(root) => unsafe {
+                        (l.broadcast)(at(&p, 0), at(&p, 0), count, dt, root as i32, raw, stream)
+                    },
+                    other => return Err(format!("{} does not run in place on NCCL", other.name())),
+                };
+                comm.started("the collective", code, deadline)?;
+            }
+            Work::Blocks { buf, blocks } => {
+                let Some(p) = ptr(&buf) else { return Err("host memory reached NCCL".into()) };
+                dev.after(&p, order)?;
+                let equal = blocks.windows(2).all(|w| w[0].len() == w[1].len());
+                match call.collective {
+                    Collective::Allgather if equal => {
+                        let mine = &blocks[rank];
+                        // SAFETY: in place as NCCL allows it: the send buffer is this rank's
+                        // block of the receive buffer.
+                        let code = unsafe {
+                            (l.all_gather)(at(&p, mine.start), at(&p, 0), mine.len() / size, dt, raw, stream)
+                        };
+                        comm.started("ncclAllGather", code, deadline)?;
+                    }
+                    Collective::Allgather => {
+                        // Unequal blocks: each rank's block broadcast from it, as one group.
+                        // SAFETY: a group of broadcasts of disjoint blocks of `p`.
+                        comm.started("ncclGroupStart", unsafe { (l.group_start)() }, deadline)?;
+                        for (r, b) in blocks.iter().enumerate() {
+                            // SAFETY: block `b` lies within `p`.
+                            let code = unsafe {
+                                (l.broadcast)(
+                                    at(&p, b.start),
+                                    at(&p, b.start),
+                                    b.len() / size,
+                                    dt,
+                                    r as i32,
+                                    raw,
+                                    stream,
+                                )
+                            };
+                            comm.started("ncclBroadcast", code, deadline)?;
+                        }
+                        // SAFETY: ends the group begun above.
+                        comm.started("ncclGroupEnd", unsafe { (l.group_end)() }, deadline)?;
+                    }
+                    Collective::Reducescatter(op) => {
+                        let mine = &blocks[rank];
+                        // SAFETY: in place as NCCL allows it: the receive buffer is this rank's
+                        // block of the send buffer (blocks are equal: `nccl_takes`).
+                        let code = unsafe {
+                            (l.reduce_scatter)(
+                                at(&p, 0),
+                                at(&p, mine.start),
+                                mine.len() / size,
+                                dt,
+                                nccl_op(op),
+                                raw,
+                                stream,
+                            )
+                        };
+                        comm.started("ncclReduceScatter", code, deadline)?;
+                    }
+                    other => return Err(format!("{} does not run on blocks on NCCL", other.name())),
+                }
+            }
+            Work::Exchange { send, send_blocks, recv, recv_blocks } => {
+                let (Some(s), Some(r)) = (ptr_ref(&send), ptr(&recv)) else {
+                    return Err("host memory reached NCCL".into());
+                };
+                dev.after(&s, order)?;
+                dev.after(&r, order)?;
+                // SAFETY: a group of sends and receives of disjoint blocks, as bytes.
+                comm.started("ncclGroupStart", unsafe { (l.group_start)() }, deadline)?;
+                for peer in 0..n {
+                    let (out, inb) = (&send_blocks[peer], &recv_blocks[peer]);
+                    if !out.is_empty() {
+                        // SAFETY: the block lies within `s`.
+                        let code = unsafe {
+                            (l.send)(at(&s, out.start), out.len(), sys::dtype::UINT8, peer as i32, raw, stream)
+                        };
+                        comm.started("ncclSend", code, deadline)?;
+                    }
+                    if !inb.is_empty() {
+                        // SAFETY: the block lies within `r`.
+                        let code = unsafe {
+                            (l.recv)(at(&r, inb.start), inb.len(), sys::dtype::UINT8, peer as i32, raw, stream)
+                        };
+                        comm.started("ncclRecv", code, deadline)?;
+                    }
+                }
+                // SAFETY: ends the group begun above.
+                comm.started("ncclGroupEnd", unsafe { (l.group_end)() }, deadline)?;
+            }
+        }
+        // Done once the event after it has happened; NCCL's own errors meanwhile end it too.
+        dev.mark(done)?;
+        let start = Instant::now();
+        let mut nap = std::time::Duration::from_micros(10);
+        loop {
+            if dev.happened(done)? {
+                return Ok(());
+            }
+            match comm.state() {
+                Ok(sys::NCCL_SUCCESS | sys::NCCL_IN_PROGRESS) => {}
+                Ok(code) | Err(code) => return Err(comm.failure("the collective", code)),
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "not done after {:.1} s (FERROVOD_TIMEOUT): a peer is dead, stopped or behind",
+                    start.elapsed().as_secs_f64()
+                ));
+            }
+            if start.elapsed() < self.tuning.spin {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(std::time::Duration::from_micros(250));
+            }
+        }
+    }
+}
