@@ -162,6 +162,28 @@ def measure(args, rank, n, impl, label, lib):
     return rows
 
 
+class TorchArrays:
+    """The array half of a backend for torch tensors on `device` (`torch` passed in: this
+    module imports no library); a script's backend adds bind, barrier and max_over_ranks."""
+
+    def __init__(self, torch, device="cpu"):
+        self.torch, self.device = torch, device
+
+    def index(self, count):
+        return self.torch.arange(count, dtype=self.torch.int64, device=self.device)
+
+    def f32(self, a):
+        return a.to(self.torch.float32).contiguous()
+
+    def empty(self, count):
+        return self.torch.empty(count, dtype=self.torch.float32, device=self.device)
+
+    def first_mismatch(self, result, expected):
+        if self.torch.equal(result, expected):
+            return None
+        return (result != expected).nonzero()[0].item()
+
+
 def write_json(path, rows):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:

@@ -19,20 +19,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench_harness as harness  # noqa: E402
 
 
-class Ferrovod:
+class Ferrovod(harness.TorchArrays):
     """The backend bench_harness measures through (see its docstring)."""
 
     def __init__(self, torch, fv, device):
-        self.torch, self.fv, self.device = torch, fv, device
-
-    def index(self, count):
-        return self.torch.arange(count, dtype=self.torch.int64, device=self.device)
-
-    def f32(self, a):
-        return a.to(self.torch.float32).contiguous()
-
-    def empty(self, count):
-        return self.torch.empty(count, dtype=self.torch.float32, device=self.device)
+        super().__init__(torch, device)
+        self.fv = fv
 
     def bind(self, op, send, out):
         fv = self.fv
@@ -46,11 +38,6 @@ class Ferrovod:
         if op == "reducescatter":
             return lambda: out.copy_(fv.reducescatter(send, op=fv.Sum, name=name))
         return lambda: out.copy_(fv.alltoall(send, name=name)[0])
-
-    def first_mismatch(self, result, expected):
-        if self.torch.equal(result, expected):
-            return None
-        return (result != expected).nonzero()[0].item()
 
     def barrier(self):
         self.fv.barrier()

@@ -36,20 +36,12 @@ def check_sizes(op, n, sizes):
 
 # --------------------------------------------------------------------------- worker
 
-class Gloo:
+class Gloo(harness.TorchArrays):
     """The backend bench_harness measures through (see its docstring)."""
 
     def __init__(self, torch, dist, device="cpu"):
-        self.torch, self.dist, self.device = torch, dist, device
-
-    def index(self, count):
-        return self.torch.arange(count, dtype=self.torch.int64, device=self.device)
-
-    def f32(self, a):
-        return a.to(self.torch.float32).contiguous()
-
-    def empty(self, count):
-        return self.torch.empty(count, dtype=self.torch.float32, device=self.device)
+        super().__init__(torch, device)
+        self.dist = dist
 
     def bind(self, op, send, out):
         dist = self.dist
@@ -66,11 +58,6 @@ class Gloo:
         # ferrovod's (which returns once its device work is done).
         synchronize = self.torch.cuda.synchronize
         return lambda: (run(), synchronize())
-
-    def first_mismatch(self, result, expected):
-        if self.torch.equal(result, expected):
-            return None
-        return (result != expected).nonzero()[0].item()
 
     def barrier(self):
         self.dist.barrier()

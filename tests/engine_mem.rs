@@ -574,6 +574,11 @@ fn without_cuda_a_device_tensor_fails_on_every_rank_naming_the_driver() {
 /// tensors (its memory operations reach them), with no device behind it.
 struct HostAsDevice;
 
+/// `bytes` as device 0's memory, for [`HostAsDevice`] and the staged path's stand-in.
+fn host_as_device(bytes: &mut [u8]) -> DevicePtr {
+    DevicePtr { ptr: bytes.as_mut_ptr() as u64, len: bytes.len(), device: 0, stream: 0, ready: 0 }
+}
+
 impl HostAsDevice {
     fn bytes<'a>(m: Memory<'a>) -> &'a mut [u8] {
         match m {
@@ -622,13 +627,7 @@ fn a_tensor_on_a_device_on_one_rank_and_on_the_host_on_another_is_a_mismatch() {
                     let mut grad = vec![1.0f32; 4];
                     let sub = if rank == 0 {
                         let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut grad);
-                        let dev = DevicePtr {
-                            ptr: bytes.as_mut_ptr() as u64,
-                            len: bytes.len(),
-                            device: 0,
-                            stream: 0,
-                            ready: 0,
-                        };
+                        let dev = host_as_device(bytes);
                         // SAFETY: `grad` outlives the handle's wait below and nothing else touches it.
                         unsafe {
                             Submission::device("grad", Collective::Allreduce(ReduceOp::Sum), DType::F32, &[4], dev)
@@ -802,13 +801,7 @@ fn device_tensors_run_through_the_engine_and_the_staged_path() {
                             .enumerate()
                             .map(|(t, b)| {
                                 let bytes: &mut [u8] = bytemuck::cast_slice_mut(b);
-                                let dev = DevicePtr {
-                                    ptr: bytes.as_mut_ptr() as u64,
-                                    len: bytes.len(),
-                                    device: 0,
-                                    stream: 0,
-                                    ready: 0,
-                                };
+                                let dev = host_as_device(bytes);
                                 // SAFETY: `bufs` outlives the waits below; nothing else touches it.
                                 unsafe {
                                     Submission::device(
@@ -838,8 +831,7 @@ fn device_tensors_run_through_the_engine_and_the_staged_path() {
                     }
                     let mut root = if rank == 1 { tensor(1, 9, 50_000) } else { vec![0.0; 50_000] };
                     let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut root);
-                    let dev =
-                        DevicePtr { ptr: bytes.as_mut_ptr() as u64, len: bytes.len(), device: 0, stream: 0, ready: 0 };
+                    let dev = host_as_device(bytes);
                     // SAFETY: as above.
                     let sub = unsafe { Submission::device("b", Collective::Broadcast(1), DType::F32, &[50_000], dev) };
                     engine.submit(sub).unwrap().wait().unwrap();

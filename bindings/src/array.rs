@@ -33,6 +33,14 @@ enum Keep {
     DLPackVersioned(NonNull<dlpack::ManagedTensorVersioned>),
 }
 
+impl Lent {
+    /// What keeps an array alive, before its place and type are read: released on drop
+    /// whatever happens next.
+    fn holding(keep: Keep) -> Lent {
+        Lent { ptr: NonNull::dangling(), len: 0, dtype: DType::U8, shape: Vec::new(), cuda: None, keep }
+    }
+}
+
 // SAFETY: `Lent` only moves between threads inside ferrovod's own objects; the memory it names
 // is used by the engine thread under the `Submission::borrowed` contract, and the keep-alive is
 // released with the GIL held (see `Drop`).
@@ -109,14 +117,7 @@ fn lend_buffer(obj: &Bound<'_, PyAny>, access: Access, what: &str) -> PyResult<L
         return Err(invalid(what, format!("cannot read its buffer: {cause}")));
     }
     // From here on `view` must be released: wrap it at once (a placeholder pointer until checked).
-    let mut lent = Lent {
-        ptr: NonNull::dangling(),
-        len: 0,
-        dtype: DType::U8,
-        shape: Vec::new(),
-        cuda: None,
-        keep: Keep::Buffer(view),
-    };
+    let mut lent = Lent::holding(Keep::Buffer(view));
     let Keep::Buffer(view) = &lent.keep else { unreachable!() };
     let itemsize = view.itemsize as usize;
     // SAFETY: with PyBUF_FORMAT the format is a NUL-terminated string (or null, meaning "B").
@@ -207,14 +208,7 @@ fn lend_dlpack(obj: &Bound<'_, PyAny>, access: Access, what: &str) -> PyResult<L
             ));
         }
         consume(&capsule, c"used_dltensor_versioned")?;
-        let lent = Lent {
-            ptr: NonNull::dangling(),
-            len: 0,
-            dtype: DType::U8,
-            shape: Vec::new(),
-            cuda: None,
-            keep: Keep::DLPackVersioned(managed),
-        };
+        let lent = Lent::holding(Keep::DLPackVersioned(managed));
         // SAFETY: the producer keeps the tensor valid until we call its deleter (in `Lent::drop`).
         let m = unsafe { &*managed.as_ptr() };
         (lent, &m.dl_tensor, m.flags)
@@ -227,14 +221,7 @@ fn lend_dlpack(obj: &Bound<'_, PyAny>, access: Access, what: &str) -> PyResult<L
             return Err(invalid(what, "__dlpack__() did not return a \"dltensor\" capsule"));
         };
         consume(&capsule, c"used_dltensor")?;
-        let lent = Lent {
-            ptr: NonNull::dangling(),
-            len: 0,
-            dtype: DType::U8,
-            shape: Vec::new(),
-            cuda: None,
-            keep: Keep::DLPack(managed),
-        };
+        let lent = Lent::holding(Keep::DLPack(managed));
         // SAFETY: as above.
         (lent, unsafe { &(*managed.as_ptr()).dl_tensor }, 0)
     };

@@ -22,6 +22,31 @@ def launch(np_: int, script: str, *args: str, timeout: float = 120, env: dict[st
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
+def without_launcher(np_: int, script: str, *args: str, timeout_s: int = 20) -> list[subprocess.Popen[str]]:
+    """Starts ``tests/workers/<script>`` as ``np_`` ranks without a launcher (rank 0 serves the
+    store itself), with ``FERROVOD_TIMEOUT=timeout_s``: nothing ends the others when one rank
+    dies, so a test sees what each survivor does. Each process's output is one pipe."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for r in range(np_):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FERROVOD_")}
+        env.update(
+            FERROVOD_RANK=str(r),
+            FERROVOD_SIZE=str(np_),
+            FERROVOD_RENDEZVOUS=f"127.0.0.1:{port}",
+            FERROVOD_SECRET="test-secret",
+            FERROVOD_HOST_STORE="1",
+            FERROVOD_TIMEOUT=str(timeout_s),
+        )
+        cmd = [sys.executable, str(WORKERS / script), *args]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
 def check(proc: subprocess.CompletedProcess[str]) -> str:
     """The launcher's output, after asserting it succeeded (showing everything if not)."""
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"

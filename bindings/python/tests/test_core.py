@@ -4,7 +4,6 @@ the launcher installed with the package."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 import torch
 
 import ferrovod as fv
-from conftest import launch
+from conftest import launch, without_launcher
 
 
 @pytest.mark.multiproc
@@ -263,32 +262,11 @@ def test_ferrovod_run_is_on_the_venvs_path():
     assert bad.returncode == 2 and "np" in bad.stderr
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.multiproc
 def test_a_killed_rank_is_a_collective_error_naming_it_on_every_rank():
     """Without a launcher (rank 0 serves the store), rank 2 of 3 is SIGKILLed mid-job: the
     others raise CollectiveError (not NotInitializedError) with ``blamed_ranks == [2]``."""
-    port = _free_port()
-    worker = Path(__file__).parent / "workers" / "core_faults.py"
-    procs = []
-    for r in range(3):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FERROVOD_")}
-        env.update(
-            FERROVOD_RANK=str(r),
-            FERROVOD_SIZE="3",
-            FERROVOD_RENDEZVOUS=f"127.0.0.1:{port}",
-            FERROVOD_SECRET="test-secret",
-            FERROVOD_HOST_STORE="1",
-            FERROVOD_TIMEOUT="20",
-        )
-        procs.append(subprocess.Popen([sys.executable, str(worker), "kill"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    procs = without_launcher(3, "core_faults.py", "kill")
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert procs[2].returncode == -9, outs[2]
     for r in (0, 1):

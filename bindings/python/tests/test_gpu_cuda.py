@@ -5,15 +5,9 @@ buffers); see ``workers/gpu_ops.py`` for what each scenario checks."""
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from conftest import check, launch
+from conftest import check, launch, without_launcher
 
 torch = pytest.importorskip("torch")
 
@@ -39,23 +33,7 @@ def test_training_a_cuda_model_on_two_ranks_ends_with_equal_parameters():
 
 
 def test_a_rank_killed_in_a_gpu_allreduce_fails_the_others_naming_it():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    worker = Path(__file__).parent / "workers" / "gpu_ops.py"
-    procs = []
-    for r in range(3):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FERROVOD_")}
-        env.update(
-            FERROVOD_RANK=str(r),
-            FERROVOD_SIZE="3",
-            FERROVOD_RENDEZVOUS=f"127.0.0.1:{port}",
-            FERROVOD_SECRET="test-secret",
-            FERROVOD_HOST_STORE="1",
-            FERROVOD_TIMEOUT="20",
-        )
-        cmd = [sys.executable, str(worker), "kill"]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    procs = without_launcher(3, "gpu_ops.py", "kill")
     outs = [p.communicate(timeout=180)[0] for p in procs]
     assert procs[2].returncode == -9, outs[2]
     for r in (0, 1):
