@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use ferrovod::config::{EngineSettings, Tuning};
 use ferrovod::engine::{Collective, Engine, Output, Submission};
-use ferrovod::memory::{DevicePtr, HostOps, Memory, MemoryRef, Ops, OpsError, Owned, Place};
+use ferrovod::memory::{DeviceAllocation, DevicePtr, HostOps, Memory, MemoryRef, Ops, OpsError, Owned, Place};
 use ferrovod::transport::mem::MemTransport;
 use ferrovod::{Communicator, DType, Error, ReduceOp};
 
@@ -574,6 +574,19 @@ fn without_cuda_a_device_tensor_fails_on_every_rank_naming_the_driver() {
 /// tensors (its memory operations reach them), with no device behind it.
 struct HostAsDevice;
 
+/// A "device" allocation of [`HostAsDevice`]: host bytes.
+#[derive(Debug)]
+struct HostBytes {
+    buf: Vec<u8>,
+    device: i32,
+}
+
+impl DeviceAllocation for HostBytes {
+    fn ptr(&self) -> DevicePtr {
+        DevicePtr { ptr: self.buf.as_ptr() as u64, len: self.buf.len(), device: self.device, stream: 0, ready: 0 }
+    }
+}
+
 /// `bytes` as device 0's memory, for [`HostAsDevice`] and the staged path's stand-in.
 fn host_as_device(bytes: &mut [u8]) -> DevicePtr {
     DevicePtr { ptr: bytes.as_mut_ptr() as u64, len: bytes.len(), device: 0, stream: 0, ready: 0 }
@@ -594,8 +607,11 @@ impl Ops for HostAsDevice {
     fn takes_device_memory(&self) -> bool {
         true
     }
-    fn alloc(&mut self, _: Place, len: usize) -> Result<Owned, OpsError> {
-        Ok(Owned::Host(vec![0; len]))
+    fn alloc(&mut self, place: Place, len: usize) -> Result<Owned, OpsError> {
+        Ok(match place {
+            Place::Host => Owned::Host(vec![0; len]),
+            Place::Device(device) => Owned::Device(Box::new(HostBytes { buf: vec![0; len], device })),
+        })
     }
     fn copy(&mut self, dst: Memory<'_>, src: MemoryRef<'_>) -> Result<(), OpsError> {
         let src = match src {
@@ -767,75 +783,30 @@ fn a_synchronous_submission_left_unwaited_still_runs() {
     });
 }
 
-/// Device tensors through the whole engine and the staged path, a host stand-in for the device:
-/// fused small tensors and tensors of many pieces, every reduction including the average (which
-/// the staged path divides on its host pieces), and a broadcast, element by element.
-#[test]
-fn device_tensors_run_through_the_engine_and_the_staged_path() {
+/// Runs `body(rank, engine)` on `n` ranks whose engines take "device" memory (host memory at
+/// raw addresses, [`HostAsDevice`]) through the staged path over a host stand-in, in pieces
+/// of 16 KiB.
+fn staged_world(n: usize, body: impl Fn(usize, &Engine) + Sync) {
     use ferrovod::backend::staged::OnDevices;
     use ferrovod::backend::staged::device::{DeviceCopies, HostStandIn};
 
-    let n = 3;
     let tuning = tuning(1 << 20);
     let transports = MemTransport::world(n, tuning.timeout);
-    let lens = [1usize, 300, 1500, 40_000];
     std::thread::scope(|s| {
         let ranks: Vec<_> = transports
             .into_iter()
             .enumerate()
             .map(|(rank, t)| {
-                let tuning = tuning.clone();
+                let (tuning, body) = (tuning.clone(), &body);
                 s.spawn(move || {
                     let staged = Tuning { staged_piece: 16 << 10, ..tuning.clone() };
                     let mut comm = Communicator::from_transport(Box::new(t), tuning);
-                    // SAFETY: every "device" pointer below is host memory (HostAsDevice's too).
+                    // SAFETY: every "device" pointer of these tests is host memory.
                     let make =
                         Box::new(|d, _: &Tuning| Ok(Box::new(unsafe { HostStandIn::new(d) }) as Box<dyn DeviceCopies>));
                     comm.register_backend(Box::new(OnDevices::new(make, staged)));
                     let engine = Engine::start_with(comm, &EngineSettings::default(), Box::new(HostAsDevice)).unwrap();
-                    for op in [ReduceOp::Sum, ReduceOp::Average, ReduceOp::Max] {
-                        let mut bufs: Vec<Vec<f32>> =
-                            lens.iter().enumerate().map(|(t, &len)| tensor(rank, t, len)).collect();
-                        let subs = bufs
-                            .iter_mut()
-                            .enumerate()
-                            .map(|(t, b)| {
-                                let bytes: &mut [u8] = bytemuck::cast_slice_mut(b);
-                                let dev = host_as_device(bytes);
-                                // SAFETY: `bufs` outlives the waits below; nothing else touches it.
-                                unsafe {
-                                    Submission::device(
-                                        format!("g.{t}"),
-                                        Collective::Allreduce(op),
-                                        DType::F32,
-                                        &[lens[t]],
-                                        dev,
-                                    )
-                                }
-                            })
-                            .collect();
-                        for h in engine.submit_group(subs).unwrap() {
-                            h.wait().unwrap_or_else(|e| panic!("rank {rank} {op}: {e}"));
-                        }
-                        for (t, b) in bufs.iter().enumerate() {
-                            let all: Vec<Vec<f32>> = (0..n).map(|r| tensor(r, t, lens[t])).collect();
-                            let want: Vec<f32> = (0..lens[t])
-                                .map(|i| match op {
-                                    ReduceOp::Sum => all.iter().map(|v| v[i]).sum(),
-                                    ReduceOp::Average => all.iter().map(|v| v[i]).sum::<f32>() / n as f32,
-                                    _ => all.iter().map(|v| v[i]).fold(f32::MIN, f32::max),
-                                })
-                                .collect();
-                            assert_eq!(*b, want, "rank {rank}: {op} of tensor {t}");
-                        }
-                    }
-                    let mut root = if rank == 1 { tensor(1, 9, 50_000) } else { vec![0.0; 50_000] };
-                    let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut root);
-                    let dev = host_as_device(bytes);
-                    // SAFETY: as above.
-                    let sub = unsafe { Submission::device("b", Collective::Broadcast(1), DType::F32, &[50_000], dev) };
-                    engine.submit(sub).unwrap().wait().unwrap();
-                    assert_eq!(root, tensor(1, 9, 50_000), "rank {rank}: broadcast");
+                    body(rank, &engine);
                     engine.shutdown().unwrap();
                 })
             })
@@ -843,5 +814,86 @@ fn device_tensors_run_through_the_engine_and_the_staged_path() {
         for r in ranks {
             r.join().unwrap();
         }
+    });
+}
+
+/// Submits `bufs` as one group of device allreduces under `prefix`, and waits.
+fn device_group(engine: &Engine, prefix: &str, op: ReduceOp, bufs: &mut [Vec<f32>]) {
+    let subs = bufs
+        .iter_mut()
+        .enumerate()
+        .map(|(t, b)| {
+            let len = b.len();
+            let bytes: &mut [u8] = bytemuck::cast_slice_mut(b);
+            // SAFETY: `bufs` outlives the waits below; nothing else touches it.
+            unsafe {
+                Submission::device(
+                    format!("{prefix}.{t}"),
+                    Collective::Allreduce(op),
+                    DType::F32,
+                    &[len],
+                    host_as_device(bytes),
+                )
+            }
+        })
+        .collect();
+    for h in engine.submit_group(subs).unwrap() {
+        h.wait().unwrap_or_else(|e| panic!("{prefix} {op}: {e}"));
+    }
+}
+
+/// Device tensors through the whole engine and the staged path, a host stand-in for the device:
+/// fused small tensors and tensors of many pieces, every reduction including the average (which
+/// the staged path divides on its host pieces), and a broadcast, element by element.
+#[test]
+fn device_tensors_run_through_the_engine_and_the_staged_path() {
+    let n = 3;
+    let lens = [1usize, 300, 1500, 40_000];
+    staged_world(n, |rank, engine| {
+        for op in [ReduceOp::Sum, ReduceOp::Average, ReduceOp::Max] {
+            let mut bufs: Vec<Vec<f32>> = lens.iter().enumerate().map(|(t, &len)| tensor(rank, t, len)).collect();
+            device_group(engine, "g", op, &mut bufs);
+            for (t, b) in bufs.iter().enumerate() {
+                let all: Vec<Vec<f32>> = (0..n).map(|r| tensor(r, t, lens[t])).collect();
+                let want: Vec<f32> = (0..lens[t])
+                    .map(|i| match op {
+                        ReduceOp::Sum => all.iter().map(|v| v[i]).sum(),
+                        ReduceOp::Average => all.iter().map(|v| v[i]).sum::<f32>() / n as f32,
+                        _ => all.iter().map(|v| v[i]).fold(f32::MIN, f32::max),
+                    })
+                    .collect();
+                assert_eq!(*b, want, "rank {rank}: {op} of tensor {t}");
+            }
+        }
+        let mut root = if rank == 1 { tensor(1, 9, 50_000) } else { vec![0.0; 50_000] };
+        let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut root);
+        // SAFETY: as above.
+        let sub =
+            unsafe { Submission::device("b", Collective::Broadcast(1), DType::F32, &[50_000], host_as_device(bytes)) };
+        engine.submit(sub).unwrap().wait().unwrap();
+        assert_eq!(root, tensor(1, 9, 50_000), "rank {rank}: broadcast");
+    });
+}
+
+/// A rank that joined stands in for device tensors on its own GPU (the identity, counted in
+/// the average as zeros), so it runs the same path as the ranks still submitting.
+#[test]
+fn a_joined_rank_stands_in_for_device_tensors_on_its_gpu() {
+    let n = 3;
+    let steps = [1, 3, 2];
+    let lens = [300usize, 40_000];
+    staged_world(n, |rank, engine| {
+        for step in 0..steps[rank] {
+            for op in [ReduceOp::Sum, ReduceOp::Average] {
+                let mut bufs: Vec<Vec<f32>> = lens.iter().map(|&len| vec![(rank + 1) as f32; len]).collect();
+                device_group(engine, &format!("j.{op}"), op, &mut bufs);
+                let active: f32 = (0..n).filter(|&r| steps[r] > step).map(|r| (r + 1) as f32).sum();
+                let want = if op == ReduceOp::Average { active / n as f32 } else { active };
+                for b in &bufs {
+                    assert!(b.iter().all(|&x| x == want), "rank {rank} step {step} {op}: {} != {want}", b[0]);
+                }
+            }
+        }
+        assert_eq!(engine.join().unwrap(), 1, "rank {rank}: rank 1 joins last");
     });
 }

@@ -25,7 +25,7 @@ use crate::algorithms::{blocks_from_counts, even_blocks};
 use crate::communicator::Communicator;
 use crate::dtype::{DType, ReduceOp};
 use crate::error::{Error, Result};
-use crate::memory::{Memory, Ops, OpsError, Owned, Place};
+use crate::memory::{Memory, MemoryRef, Ops, OpsError, Owned, Place};
 use crate::reduce::{Order, divide, reduce_into};
 
 /// A tensor whose collective has run (or failed on its own, without breaking the engine).
@@ -56,6 +56,8 @@ pub(crate) struct Ctx<'a> {
     pub ops: &'a mut dyn Ops,
     /// The fusion buffer, where the bucket's tensors lie (reallocated when it must move).
     pub stage: &'a mut Owned,
+    /// This rank's GPU, once it gave device memory (see `stand_in`).
+    pub device: &'a mut Option<i32>,
     pub piece: usize,
     pub timeline: Option<&'a mut Timeline>,
     /// Start and end of the negotiation round that made the bucket ready.
@@ -68,6 +70,8 @@ struct Item {
     pending: Option<Pending>,
     data: Buffer,
     spans: [Option<(Instant, Instant)>; 3],
+    /// A joined rank's stand-in in device memory: `data` points into it.
+    _stand_in: Option<Owned>,
 }
 
 const COPY_IN: usize = 0;
@@ -105,7 +109,7 @@ pub(crate) fn eager(ctx: &mut Ctx<'_>, mut ready: Ready, mut pending: Pending) -
     let (data, in_place) = buffer.into_result();
     let shape = meta.shape.iter().map(|&d| d as usize).collect();
     let out = Output { data, dtype: meta.dtype, shape, splits: None, in_place };
-    let mut item = Item { ready, pending: Some(pending), data: Buffer::default(), spans: [None; 3] };
+    let mut item = Item { ready, pending: Some(pending), data: Buffer::default(), spans: [None; 3], _stand_in: None };
     item.note(COMM, t, Instant::now());
     let mut done = Vec::with_capacity(1);
     finish(ctx, item, Ok(out), &mut done);
@@ -119,18 +123,30 @@ pub(crate) fn run(
     mut take: impl FnMut(&str) -> Option<Pending>,
 ) -> std::result::Result<Vec<Done>, Box<Failure>> {
     let rank = ctx.comm.rank();
-    let mut items: Vec<Item> = bucket
-        .entries
-        .into_iter()
-        .map(|ready| {
-            let mut pending = take(&ready.name);
-            let data = match pending.as_mut() {
-                Some(p) => std::mem::take(&mut p.sub.data),
-                None => Buffer::Owned(stand_in(ctx.ops, &ready)),
-            };
-            Item { ready, pending, data, spans: [None; 3] }
-        })
-        .collect();
+    let mut items: Vec<Item> = Vec::with_capacity(bucket.entries.len());
+    let mut standing_in = Ok(());
+    for ready in bucket.entries {
+        let mut pending = take(&ready.name);
+        let (data, keep) = match pending.as_mut() {
+            Some(p) => {
+                if let Buffer::Device(d) = &p.sub.data {
+                    *ctx.device = Some(d.device);
+                }
+                (std::mem::take(&mut p.sub.data), None)
+            }
+            None => match stand_in(ctx, &ready) {
+                Ok(s) => s,
+                Err(e) => {
+                    standing_in = standing_in.and(Err(e));
+                    (Buffer::default(), None)
+                }
+            },
+        };
+        items.push(Item { ready, pending, data, spans: [None; 3], _stand_in: keep });
+    }
+    if let Err(e) = standing_in {
+        return Err(failure(e, items, Vec::new()));
+    }
     let collective = items[0].ready.meta.collective;
     let mut done = Vec::with_capacity(items.len());
     let result = match collective {
@@ -173,18 +189,42 @@ fn failure(error: Error, items: Vec<Item>, done: Vec<Done>) -> Box<Failure> {
     Box::new(Failure { error, done })
 }
 
-/// What a joined rank puts in for a tensor it did not submit.
-fn stand_in(ops: &mut dyn Ops, ready: &Ready) -> Vec<u8> {
-    let meta = &ready.meta;
+/// What a joined rank puts in for a tensor it did not submit: the identity of the reduction,
+/// where the others' tensors lie (on this rank's GPU for device tensors, so that it runs the
+/// same backend as they do), and the allocation that holds it when that is a device's.
+fn stand_in(ctx: &mut Ctx<'_>, ready: &Ready) -> Result<(Buffer, Option<Owned>)> {
+    let (rank, meta) = (ctx.comm.rank(), &ready.meta);
     match meta.collective {
+        Collective::Allreduce(op) if meta.device => {
+            let Some(device) = *ctx.device else {
+                return Err(Error::Backend {
+                    rank,
+                    op: meta.collective.into(),
+                    backend: "engine",
+                    detail: format!(
+                        "this rank has joined and has not given GPU memory before, so it has no GPU to stand in on for {:?}",
+                        ready.name
+                    ),
+                });
+            };
+            let mem = |e: OpsError| ops_failed(rank, meta.collective, e);
+            let mut owned = ctx.ops.alloc(Place::Device(device), meta.bytes()).map_err(mem)?;
+            ctx.ops.fill_identity(owned.memory(), meta.dtype, op).map_err(mem)?;
+            let buffer = match owned.memory_ref() {
+                MemoryRef::Device(ptr, _) => Buffer::Device(ptr),
+                // Device operations that allocate host memory (tests' stand-ins for a device).
+                MemoryRef::Host(b) => Buffer::Owned(b.to_vec()),
+            };
+            Ok((buffer, Some(owned)))
+        }
         Collective::Allreduce(op) => {
             let mut buf = vec![0u8; meta.bytes()];
             // Host memory: the host operations cannot fail on it.
-            let _ = ops.fill_identity(Memory::Host(&mut buf), meta.dtype, op);
-            buf
+            let _ = ctx.ops.fill_identity(Memory::Host(&mut buf), meta.dtype, op);
+            Ok((Buffer::Owned(buf), None))
         }
         // A barrier carries nothing; nothing else runs while a rank has joined.
-        _ => Vec::new(),
+        _ => Ok((Buffer::default(), None)),
     }
 }
 
@@ -198,9 +238,10 @@ fn allreduce(ctx: &mut Ctx<'_>, items: &mut Vec<Item>, op: ReduceOp, done: &mut 
     let place = items.iter().map(|i| i.data.place()).find(|p| p.is_device()).unwrap_or(Place::Host);
     // Average is a sum here, divided by every rank: a joined rank counts as zeros, as in
     // Horovod (a script's learning rate assumes the whole job's size). On device memory the
-    // backend divides by every rank itself as it goes (the staged path on its host pieces),
-    // which spares the device a pass over the data.
-    let divide_here = op == ReduceOp::Average && !place.is_device();
+    // backend divides by every rank itself as it goes (the staged path on its host pieces,
+    // NCCL in its kernel), which spares the device a pass over the data. Decided from what
+    // the ranks agreed, so that every rank sends the same op.
+    let divide_here = op == ReduceOp::Average && !items[0].ready.meta.device;
     let wire = if divide_here { ReduceOp::Sum } else { op };
     if ctx.stage.place() != place || ctx.stage.len() < piece {
         *ctx.stage = ctx.ops.alloc(place, piece).map_err(|e| ops_failed(rank, Collective::Allreduce(op), e))?;

@@ -59,6 +59,9 @@ pub(crate) struct RunLoop {
     /// The copies, fills and scalings on the tensors' memory.
     ops: Box<dyn Ops>,
     stage: Owned,
+    /// The GPU this rank's device tensors lie on, once it gave one: where a joined rank's
+    /// stand-ins for device tensors go.
+    device: Option<i32>,
     timeline: Option<Timeline>,
     // Join: whether this rank asked, and the round in which each rank was first seen joined.
     joining: bool,
@@ -103,6 +106,7 @@ impl RunLoop {
             spin: tuning.spin,
             ops,
             stage: Owned::default(),
+            device: None,
             timeline,
             joining: false,
             join_round: vec![None; size],
@@ -324,6 +328,7 @@ impl RunLoop {
             comm: &mut self.comm,
             ops: self.ops.as_mut(),
             stage: &mut self.stage,
+            device: &mut self.device,
             piece: self.piece,
             timeline: self.timeline.as_mut(),
             negotiated,
