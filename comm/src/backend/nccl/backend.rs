@@ -32,10 +32,11 @@ use crate::dtype::{DType, ReduceOp};
 use crate::memory::{DevicePtr, Memory, MemoryRef};
 
 /// Bytes of each rank's record in the agreement round: NCCL loaded (1), GPU UUID known (1),
-/// the UUID (16), rank 0's unique id (128), the id made (1).
+/// the UUID (16), rank 0's unique id (128), the id made (1), NCCL's version (4).
 const RECORD: usize = 160;
 const ID_AT: usize = 18;
 const ID_MADE: usize = 146;
+const VERSION_AT: usize = 147;
 
 /// CUDA memory through NCCL, and through the staged path where NCCL cannot run.
 pub struct NcclBackend {
@@ -63,13 +64,28 @@ impl NcclBackend {
         NcclBackend { mode, host: HostBackend::new(tuning.clone()), tuning, staged, state: State::Unagreed }
     }
 
-    /// The agreement round (see the module docs), run by the first GPU collective, `call`.
+    /// The agreement (see the module docs), run by the first GPU collective, `call`: a round
+    /// of records, then, when NCCL can run, the join and a round on its outcome, so that every
+    /// rank ends in the same state.
     fn agree(&mut self, call: Call, device: i32, links: &mut Links) -> Result<(), Error> {
         let (rank, n) = (links.host.rank(), links.host.size());
-        let nccl = Nccl::get();
+        let nccl = Nccl::get().map_err(|e| e.to_string()).and_then(|nccl| {
+            // A blocking communicator would block inside NCCL, past every timeout.
+            match std::env::var("NCCL_COMM_BLOCKING").as_deref() {
+                Ok("1") => {
+                    Err("NCCL_COMM_BLOCKING=1 would make every NCCL call block past ferrovod's timeouts; unset it"
+                        .into())
+                }
+                _ => Ok(nccl),
+            }
+        });
         let dev = Device::get(device);
         let mut mine = [0u8; RECORD];
-        mine[0] = nccl.is_ok() as u8;
+        if let Ok(nccl) = &nccl {
+            mine[0] = 1;
+            let version = nccl.version().unwrap_or(0);
+            mine[VERSION_AT..VERSION_AT + 4].copy_from_slice(&version.to_le_bytes());
+        }
         if let Ok(uuid) = dev.as_ref().map_err(Clone::clone).and_then(|d| d.uuid()) {
             mine[1] = 1;
             mine[2..ID_AT].copy_from_slice(&uuid);
@@ -82,45 +98,33 @@ impl NcclBackend {
                 mine[ID_MADE] = 1;
             }
         }
-        let mut all = vec![0u8; RECORD * n];
-        all[rank * RECORD..(rank + 1) * RECORD].copy_from_slice(&mine);
-        let blocks: Vec<Range<usize>> = (0..n).map(|r| r * RECORD..(r + 1) * RECORD).collect();
-        // Its own wire tag: the counts phase of an allgather of this call's sequence number,
-        // which no GPU collective's data uses.
-        let round = Call {
-            collective: Collective::Allgather,
-            phase: Phase::Counts,
-            dtype: DType::U8,
-            count: RECORD as u64,
-            ..call
-        };
-        self.host
-            .run(Request { call: round, work: Work::Blocks { buf: Memory::Host(&mut all), blocks: &blocks } }, links)?;
+        let all = self.exchange(call, &mine, links)?;
         let rec = |r: usize| &all[r * RECORD..(r + 1) * RECORD];
-        let shared =
-            (0..n).flat_map(|a| (a + 1..n).map(move |b| (a, b))).find(|&(a, b)| rec(a)[2..ID_AT] == rec(b)[2..ID_AT]);
+        let version = |r: usize| i32::from_le_bytes(rec(r)[VERSION_AT..VERSION_AT + 4].try_into().expect("4 bytes"));
+        let pairs = || (0..n).flat_map(|a| (a + 1..n).map(move |b| (a, b)));
         let why = if let Some(r) = (0..n).find(|&r| rec(r)[0] == 0) {
             let cause = match (&nccl, r == rank) {
                 (Err(e), true) => format!(": {e}"),
                 _ => String::new(),
             };
             Some(format!("NCCL could not be loaded on rank {r}{cause}"))
+        } else if let Some((a, b)) = pairs().find(|&(a, b)| version(a) != version(b)) {
+            Some(format!("ranks {a} and {b} load different NCCL versions ({} and {})", version(a), version(b)))
         } else if let Some(r) = (0..n).find(|&r| rec(r)[1] == 0) {
             let cause = match (&dev, r == rank) {
                 (Err(e), true) => format!(": {e}"),
                 _ => String::new(),
             };
             Some(format!("rank {r} could not identify its GPU{cause}"))
-        } else if let Some((a, b)) = shared {
+        } else if let Some((a, b)) = pairs().find(|&(a, b)| rec(a)[2..ID_AT] == rec(b)[2..ID_AT]) {
             Some(format!("ranks {a} and {b} share one GPU, which NCCL refuses"))
         } else if rec(0)[ID_MADE] == 0 {
             Some("rank 0 could not make NCCL's unique id".to_string())
         } else {
             None
         };
-        match (why, self.mode) {
-            (None, _) => {
-                let (Ok(nccl), Ok(dev)) = (nccl, dev) else { unreachable!("every rank loaded NCCL and knows its GPU") };
+        let why = match (why, nccl, dev) {
+            (None, Ok(nccl), Ok(dev)) => {
                 let mut id = NcclUniqueId { internal: [0; 128] };
                 for (dst, &src) in id.internal.iter_mut().zip(&rec(0)[ID_AT..ID_MADE]) {
                     *dst = src as std::ffi::c_char;
@@ -133,28 +137,77 @@ impl NcclBackend {
                         d => Err(format!("NCCL put the communicator on cuda:{d}, not cuda:{device}")),
                     }
                 });
-                match joined {
-                    Ok((comm, done, order)) => self.state = State::Ready { device, dev, comm, done, order },
-                    Err(e) => {
-                        let why = format!("rank {rank}: joining NCCL's communicator on cuda:{device}: {e}");
-                        self.state = State::Broken(why.clone());
-                        return Err(Error::Device { backend: "nccl", detail: why });
+                // Every rank hears whether every join succeeded, and all decide alike.
+                let outcome = self.exchange(call, &[joined.is_ok() as u8], links)?;
+                match (joined, outcome.iter().position(|&ok| ok == 0)) {
+                    (Ok((comm, done, order)), None) => {
+                        self.state = State::Ready { device, dev, comm, done, order };
+                        return Ok(());
                     }
+                    (Err(e), _) => format!("rank {rank} could not join NCCL's communicator on cuda:{device}: {e}"),
+                    (Ok(_), Some(r)) => format!("rank {r} could not join NCCL's communicator"),
                 }
             }
-            (Some(why), GpuBackend::Nccl) => {
-                let why = format!("FERROVOD_GPU_BACKEND=nccl, but {why}");
-                self.state = State::Broken(why.clone());
-                return Err(Error::Device { backend: "nccl", detail: why });
-            }
-            (Some(why), _) => {
-                if rank == 0 {
-                    eprintln!("ferrovod: GPU collectives go through host memory (the staged path): {why}");
-                }
-                self.state = State::Staged;
-            }
+            (Some(why), _, _) => why,
+            (None, ..) => unreachable!("every rank loaded NCCL and knows its GPU"),
+        };
+        if self.mode == GpuBackend::Nccl {
+            let why = format!("FERROVOD_GPU_BACKEND=nccl, but {why}");
+            self.state = State::Broken(why.clone());
+            return Err(Error::Device { backend: "nccl", detail: why });
         }
+        if rank == 0 {
+            eprintln!("ferrovod: GPU collectives go through host memory (the staged path): {why}");
+        }
+        self.state = State::Staged;
         Ok(())
+    }
+
+    /// Every rank's `mine` (the same length on each), end to end, over the host links. Its
+    /// wire tag is its own: the counts phase of an allgather of bytes at `call`'s sequence
+    /// number, with `mine`'s length in it (so the two rounds differ), which no collective's
+    /// data nor any size exchange (whose counts are not bytes) uses.
+    fn exchange(&mut self, call: Call, mine: &[u8], links: &mut Links) -> Result<Vec<u8>, Error> {
+        let (rank, n, len) = (links.host.rank(), links.host.size(), mine.len());
+        let mut all = vec![0u8; len * n];
+        all[rank * len..(rank + 1) * len].copy_from_slice(mine);
+        let blocks: Vec<Range<usize>> = (0..n).map(|r| r * len..(r + 1) * len).collect();
+        let round = Call {
+            collective: Collective::Allgather,
+            phase: Phase::Counts,
+            dtype: DType::U8,
+            count: len as u64,
+            ..call
+        };
+        let work = Work::Blocks { buf: Memory::Host(&mut all), blocks: &blocks };
+        self.host.run(Request { call: round, work }, links)?;
+        Ok(all)
+    }
+}
+
+/// Runs `body`'s calls as one NCCL group: the group is ended whatever happens in it (a group
+/// left open on this thread would swallow the next NCCL call made on it, torch's too), and its
+/// end is judged and settled.
+fn grouped(
+    comm: &mut Comm,
+    deadline: Instant,
+    body: impl FnOnce(&'static Nccl) -> Result<(), String>,
+) -> Result<(), String> {
+    let l = comm.library();
+    // SAFETY: begins a group on this thread; ended below on every path.
+    l.check(unsafe { (l.group_start)() }).map_err(|e| format!("ncclGroupStart: {e}"))?;
+    let inside = body(l);
+    // SAFETY: ends the group begun above.
+    let end = unsafe { (l.group_end)() };
+    inside?;
+    comm.started("ncclGroupEnd", end, deadline)
+}
+
+/// Judges the immediate result of a call inside a group: only queued there.
+fn queued(l: &Nccl, call: &str, code: sys::NcclResult) -> Result<(), String> {
+    match code {
+        sys::NCCL_SUCCESS | sys::NCCL_IN_PROGRESS => Ok(()),
+        code => l.check(code).map_err(|e| format!("{call}: {e}")),
     }
 }
 
@@ -228,7 +281,13 @@ impl Backend for NcclBackend {
         match &self.state {
             State::Broken(why) => Err(Error::Device { backend: "nccl", detail: why.clone() }),
             State::Staged => self.staged.run(req, links),
-            State::Ready { device: d, .. } if *d != device || !nccl_takes(&req) => self.staged.run(req, links),
+            State::Ready { device: d, .. } if *d != device => Err(Error::Device {
+                backend: "nccl",
+                detail: format!(
+                    "NCCL runs one GPU per process: this rank's communicator is on cuda:{d}, and this tensor on cuda:{device}"
+                ),
+            }),
+            State::Ready { .. } if !nccl_takes(&req) => self.staged.run(req, links),
             State::Ready { .. } => {
                 let (rank, n) = (links.host.rank(), links.host.size());
                 let what = format!(
@@ -240,7 +299,18 @@ impl Backend for NcclBackend {
                     Ok(()) => Ok("nccl"),
                     Err(e) => {
                         let why = format!("rank {rank}: {what} on cuda:{device}: {e}");
-                        self.state = State::Broken(why.clone()); // drops the communicator: aborts it
+                        let was = std::mem::replace(&mut self.state, State::Broken(why.clone()));
+                        if let State::Ready { dev, comm, done, .. } = was {
+                            // Abort (bounded), then let the stream drain (bounded) before the
+                            // caller hears of it and may free the memory NCCL was using.
+                            drop(comm);
+                            let limit = self.tuning.timeout.min(std::time::Duration::from_secs(10));
+                            if let Ok(_in) = dev.enter() {
+                                let _ = dev
+                                    .mark(&done)
+                                    .and_then(|()| dev.wait(&done, limit, self.tuning.spin, "NCCL's aborted work"));
+                            }
+                        }
                         Err(Error::Device { backend: "nccl", detail: why })
                     }
                 }
@@ -298,25 +368,23 @@ impl NcclBackend {
                     }
                     Collective::Allgather => {
                         // Unequal blocks: each rank's block broadcast from it, as one group.
-                        // SAFETY: a group of broadcasts of disjoint blocks of `p`.
-                        comm.started("ncclGroupStart", unsafe { (l.group_start)() }, deadline)?;
-                        for (r, b) in blocks.iter().enumerate() {
-                            // SAFETY: block `b` lies within `p`.
-                            let code = unsafe {
-                                (l.broadcast)(
-                                    at(&p, b.start),
-                                    at(&p, b.start),
-                                    b.len() / size,
-                                    dt,
-                                    r as i32,
-                                    raw,
-                                    stream,
-                                )
-                            };
-                            comm.started("ncclBroadcast", code, deadline)?;
-                        }
-                        // SAFETY: ends the group begun above.
-                        comm.started("ncclGroupEnd", unsafe { (l.group_end)() }, deadline)?;
+                        grouped(comm, deadline, |l| {
+                            blocks.iter().enumerate().try_for_each(|(r, b)| {
+                                // SAFETY: block `b` lies within `p`.
+                                let code = unsafe {
+                                    (l.broadcast)(
+                                        at(&p, b.start),
+                                        at(&p, b.start),
+                                        b.len() / size,
+                                        dt,
+                                        r as i32,
+                                        raw,
+                                        stream,
+                                    )
+                                };
+                                queued(l, "ncclBroadcast", code)
+                            })
+                        })?;
                     }
                     Collective::Reducescatter(op) => {
                         let mine = &blocks[rank];
@@ -344,27 +412,27 @@ impl NcclBackend {
                 };
                 dev.after(&s, order)?;
                 dev.after(&r, order)?;
-                // SAFETY: a group of sends and receives of disjoint blocks, as bytes.
-                comm.started("ncclGroupStart", unsafe { (l.group_start)() }, deadline)?;
-                for peer in 0..n {
-                    let (out, inb) = (&send_blocks[peer], &recv_blocks[peer]);
-                    if !out.is_empty() {
-                        // SAFETY: the block lies within `s`.
-                        let code = unsafe {
-                            (l.send)(at(&s, out.start), out.len(), sys::dtype::UINT8, peer as i32, raw, stream)
-                        };
-                        comm.started("ncclSend", code, deadline)?;
-                    }
-                    if !inb.is_empty() {
-                        // SAFETY: the block lies within `r`.
-                        let code = unsafe {
-                            (l.recv)(at(&r, inb.start), inb.len(), sys::dtype::UINT8, peer as i32, raw, stream)
-                        };
-                        comm.started("ncclRecv", code, deadline)?;
-                    }
-                }
-                // SAFETY: ends the group begun above.
-                comm.started("ncclGroupEnd", unsafe { (l.group_end)() }, deadline)?;
+                // A group of sends and receives of disjoint blocks, as bytes.
+                grouped(comm, deadline, |l| {
+                    (0..n).try_for_each(|peer| {
+                        let (out, inb) = (&send_blocks[peer], &recv_blocks[peer]);
+                        if !out.is_empty() {
+                            // SAFETY: the block lies within `s`.
+                            let code = unsafe {
+                                (l.send)(at(&s, out.start), out.len(), sys::dtype::UINT8, peer as i32, raw, stream)
+                            };
+                            queued(l, "ncclSend", code)?;
+                        }
+                        if !inb.is_empty() {
+                            // SAFETY: the block lies within `r`.
+                            let code = unsafe {
+                                (l.recv)(at(&r, inb.start), inb.len(), sys::dtype::UINT8, peer as i32, raw, stream)
+                            };
+                            queued(l, "ncclRecv", code)?;
+                        }
+                        Ok(())
+                    })
+                })?;
             }
         }
         // Done once the event after it has happened; NCCL's own errors meanwhile end it too.

@@ -143,9 +143,10 @@ impl Comm {
             // SAFETY: NUL-terminated, owned by NCCL, read at once.
             unsafe { std::ffi::CStr::from_ptr(last) }.to_string_lossy().into_owned()
         };
+        // NCCL keeps its last error per thread, whichever communicator it concerned.
         match last.is_empty() {
             true => format!("{call}: {what} ({code})"),
-            false => format!("{call}: {what} ({code}): {last}"),
+            false => format!("{call}: {what} ({code}); NCCL's last error on this thread: {last}"),
         }
     }
 }
