@@ -60,7 +60,7 @@ knobs! {
     STALL_WARNING = "FERROVOD_STALL_WARNING", "60", "Engine: seconds a tensor may wait for other ranks before rank 0 logs the missing ranks and names; 0 turns it off.";
     STALL_TIMEOUT = "FERROVOD_STALL_TIMEOUT", "600", "Engine: seconds a tensor may wait for other ranks before every rank fails; 0 turns it off.";
     TIMELINE = "FERROVOD_TIMELINE", "", "Engine: write a Chrome trace (Perfetto, chrome://tracing) of every tensor's phases to this path (rank N > 0 appends .N).";
-    GPU_BACKEND = "FERROVOD_GPU_BACKEND", "auto", "How collectives on GPU memory run: auto (NCCL once it is built; today the staged path), staged (through pinned host buffers and the host backend), nccl (NCCL or an error; the NCCL backend is not built yet).";
+    GPU_BACKEND = "FERROVOD_GPU_BACKEND", "auto", "How collectives on GPU memory run: auto (NCCL where every rank loaded it and holds a GPU of its own, else the staged path), nccl (NCCL or an error on every rank naming why), staged (through pinned host buffers and the host backend).";
     STAGED_PIECE = "FERROVOD_STAGED_PIECE", "4194304", "Staged GPU path: bytes of each piece of a pipelined allreduce or broadcast (the copy of one piece overlaps the transfer of the next).";
     NCCL_LIBRARY = "FERROVOD_NCCL_LIBRARY", "", "Path of the NCCL library to load (default: the copy pip's nvidia-nccl wheel installed for torch, then libnccl.so.2 from the dynamic loader's search).";
     GRACE_PERIOD = "FERROVOD_GRACE_PERIOD", "10", "ferrovod-run: seconds between SIGTERM and SIGKILL when stopping a job.";
