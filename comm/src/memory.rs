@@ -228,6 +228,14 @@ impl<'a> Memory<'a> {
         }
     }
 
+    /// The device region, if it is device memory.
+    pub fn device_ptr(&self) -> Option<DevicePtr> {
+        match self {
+            Memory::Device(p, _) => Some(*p),
+            Memory::Host(_) => None,
+        }
+    }
+
     /// Reborrows it, for a shorter use.
     pub fn reborrow(&mut self) -> Memory<'_> {
         match self {
@@ -301,6 +309,14 @@ impl<'a> MemoryRef<'a> {
         match *self {
             MemoryRef::Host(b) => Some(b),
             MemoryRef::Device(..) => None,
+        }
+    }
+
+    /// The device region, if it is device memory.
+    pub fn device_ptr(&self) -> Option<DevicePtr> {
+        match self {
+            MemoryRef::Device(p, _) => Some(*p),
+            MemoryRef::Host(_) => None,
         }
     }
 

@@ -29,7 +29,7 @@ use crate::collective::{Call, Collective, Phase};
 use crate::config::{GpuBackend, Tuning};
 use crate::cuda::{Device, Event};
 use crate::dtype::{DType, ReduceOp};
-use crate::memory::{DevicePtr, Memory, MemoryRef};
+use crate::memory::{DevicePtr, Memory};
 
 /// Bytes of each rank's record in the agreement round: NCCL loaded (1), GPU UUID known (1),
 /// the UUID (16), rank 0's unique id (128), the id made (1), NCCL's version (4).
@@ -249,20 +249,6 @@ fn nccl_takes(req: &Request<'_>) -> bool {
     }
 }
 
-fn ptr(buf: &Memory<'_>) -> Option<DevicePtr> {
-    match buf {
-        Memory::Device(p, _) => Some(*p),
-        Memory::Host(_) => None,
-    }
-}
-
-fn ptr_ref(buf: &MemoryRef<'_>) -> Option<DevicePtr> {
-    match buf {
-        MemoryRef::Device(p, _) => Some(*p),
-        MemoryRef::Host(_) => None,
-    }
-}
-
 impl Backend for NcclBackend {
     fn name(&self) -> &'static str {
         "nccl"
@@ -335,7 +321,7 @@ impl NcclBackend {
         let l = comm.library();
         match req.work {
             Work::InPlace { buf } => {
-                let Some(p) = ptr(&buf) else { return Err("host memory reached NCCL".into()) };
+                let Some(p) = buf.device_ptr() else { return Err("host memory reached NCCL".into()) };
                 dev.after(&p, order)?;
                 let count = p.len / size;
                 let code = match call.collective {
@@ -353,7 +339,7 @@ impl NcclBackend {
                 comm.started("the collective", code, deadline)?;
             }
             Work::Blocks { buf, blocks } => {
-                let Some(p) = ptr(&buf) else { return Err("host memory reached NCCL".into()) };
+                let Some(p) = buf.device_ptr() else { return Err("host memory reached NCCL".into()) };
                 dev.after(&p, order)?;
                 let equal = blocks.windows(2).all(|w| w[0].len() == w[1].len());
                 match call.collective {
@@ -407,7 +393,7 @@ impl NcclBackend {
                 }
             }
             Work::Exchange { send, send_blocks, recv, recv_blocks } => {
-                let (Some(s), Some(r)) = (ptr_ref(&send), ptr(&recv)) else {
+                let (Some(s), Some(r)) = (send.device_ptr(), recv.device_ptr()) else {
                     return Err("host memory reached NCCL".into());
                 };
                 dev.after(&s, order)?;

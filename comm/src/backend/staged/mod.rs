@@ -46,18 +46,8 @@ fn device(detail: String) -> Error {
     Error::Device { backend: "staged", detail }
 }
 
-fn ptr_of(buf: &Memory<'_>) -> Result<DevicePtr, Error> {
-    match buf {
-        Memory::Device(p, _) => Ok(*p),
-        Memory::Host(_) => Err(Error::Invalid { backend: "staged", detail: "host memory reached it".into() }),
-    }
-}
-
-fn ptr_of_ref(buf: &MemoryRef<'_>) -> Result<DevicePtr, Error> {
-    match buf {
-        MemoryRef::Device(p, _) => Ok(*p),
-        MemoryRef::Host(_) => Err(Error::Invalid { backend: "staged", detail: "host memory reached it".into() }),
-    }
+fn host_reached() -> Error {
+    Error::Invalid { backend: "staged", detail: "host memory reached it".into() }
 }
 
 impl Backend for StagedBackend {
@@ -90,9 +80,9 @@ impl StagedBackend {
     fn stage(&mut self, req: Request<'_>, links: &mut Links) -> Result<&'static str, Error> {
         let call = req.call;
         match req.work {
-            Work::InPlace { buf } => self.pipelined(call, ptr_of(&buf)?, links),
+            Work::InPlace { buf } => self.pipelined(call, buf.device_ptr().ok_or_else(host_reached)?, links),
             Work::Blocks { buf, blocks } => {
-                let ptr = ptr_of(&buf)?;
+                let ptr = buf.device_ptr().ok_or_else(host_reached)?;
                 let c = &mut self.copies;
                 c.buffers([ptr.len, 0]).map_err(device)?;
                 c.download(ptr, 0).map_err(device)?;
@@ -117,7 +107,8 @@ impl StagedBackend {
                 Ok("staged")
             }
             Work::Exchange { send, send_blocks, recv, recv_blocks } => {
-                let (src, dst) = (ptr_of_ref(&send)?, ptr_of(&recv)?);
+                let (src, dst) =
+                    (send.device_ptr().ok_or_else(host_reached)?, recv.device_ptr().ok_or_else(host_reached)?);
                 let c = &mut self.copies;
                 c.buffers([src.len, dst.len]).map_err(device)?;
                 c.download(src, 0).map_err(device)?;
