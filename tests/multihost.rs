@@ -187,10 +187,11 @@ fn check_placement(mut launchers: Vec<Launcher>) {
         assert_eq!(code, Some(0), "host {host}'s launcher: {stdout:?} {stderr}");
         for local in 0..RANKS_PER_HOST {
             let rank = host * RANKS_PER_HOST + local;
-            // Ranks task by task; local and cross rank by host; one GPU each; its host's name;
+            // Ranks task by task; local and cross rank by host; its host's two GPUs, by local
+            // rank; its host's name;
             // TCP between hosts (shared memory needs every rank on one host).
             let want = format!(
-                "[{rank}] placement rank={rank} size=8 local={local}/2 cross={host}/4 cvd={local} host=fv-host-{host} transport=tcp"
+                "[{rank}] placement rank={rank} size=8 local={local}/2 cross={host}/4 cvd=0,1 host=fv-host-{host} transport=tcp"
             );
             assert!(stdout.contains(&want), "host {host} lacks {want:?}: {stdout:#?}");
             assert!(stdout.contains(&format!("[{rank}] ok over tcp")), "rank {rank}: {stdout:#?} {stderr}");

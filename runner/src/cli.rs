@@ -17,8 +17,9 @@ Each process gets FERROVOD_RANK, FERROVOD_SIZE, FERROVOD_LOCAL_RANK, FERROVOD_LO
 FERROVOD_CROSS_RANK, FERROVOD_CROSS_SIZE, FERROVOD_RENDEZVOUS, FERROVOD_SECRET, the torchrun
 names RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT, horovodrun's
 HOROVOD_RANK, HOROVOD_SIZE, HOROVOD_LOCAL_RANK, HOROVOD_LOCAL_SIZE, HOROVOD_CROSS_RANK,
-HOROVOD_CROSS_SIZE, and CUDA_VISIBLE_DEVICES with its one GPU (empty on CPU tasks of a plan; left as inherited in local
-mode without --gpus). The job secret is FERROVOD_SECRET from the launcher's environment, or
+HOROVOD_CROSS_SIZE, and CUDA_VISIBLE_DEVICES with its host's GPUs in local-rank order, so that
+torch.cuda.set_device(local_rank) picks its own (empty on CPU tasks of a plan; left as inherited
+in local mode without --gpus). The job secret is FERROVOD_SECRET from the launcher's environment, or
 generated; it never appears on a command line.
 
 Exit status: 0 when every process exited 0; otherwise the first failing rank's exit code
@@ -62,8 +63,8 @@ pub struct Cli {
     #[arg(long, requires = "events_fd")]
     pub events_output: bool,
 
-    /// Local mode: GPU ids (comma-separated), one process per GPU, each seeing only its own
-    /// through CUDA_VISIBLE_DEVICES. -np defaults to their number.
+    /// Local mode: GPU ids (comma-separated), one process per GPU; each sees the list through
+    /// CUDA_VISIBLE_DEVICES and its own is cuda:<local_rank>. -np defaults to their number.
     #[arg(long, value_name = "LIST", value_delimiter = ',', conflicts_with = "plan")]
     pub gpus: Option<Vec<u32>>,
 

@@ -27,7 +27,7 @@ pub struct Input {
     pub plan: Plan,
     /// Task 0: the socket to serve the store on.
     pub listener: Option<TcpListener>,
-    /// Give each process its own GPU through `CUDA_VISIBLE_DEVICES`.
+    /// Set `CUDA_VISIBLE_DEVICES`: its host's GPUs, by local rank.
     pub pin_gpus: bool,
     /// The job secret.
     pub secret: String,

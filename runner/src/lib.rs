@@ -23,7 +23,8 @@
 //! # Usage
 //!
 //! 1. Locally: `ferrovod-run -np 4 -- python train.py` starts ranks 0..3 on this host, with the
-//!    store on 127.0.0.1. With `--gpus 0,1,2,3` each process sees only its own GPU.
+//!    store on 127.0.0.1. With `--gpus 0,1,2,3` each process sees those four GPUs, in that
+//!    order, and its own is `cuda:<local_rank>`.
 //! 2. From a plan: `ferrovod-run --plan plan.json -- python train.py`, one launcher per task of
 //!    the plan (one per host), all with the same `FERROVOD_SECRET` in their environment. Task 0's
 //!    launcher serves the store on the plan's rendezvous address.
@@ -95,8 +96,9 @@
 //! `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `LOCAL_WORLD_SIZE`, `MASTER_ADDR` (the rendezvous host)
 //! and `MASTER_PORT`, horovodrun's `HOROVOD_RANK`, `HOROVOD_SIZE`, `HOROVOD_LOCAL_RANK`,
 //! `HOROVOD_LOCAL_SIZE`, `HOROVOD_CROSS_RANK` and `HOROVOD_CROSS_SIZE`, and
-//! `CUDA_VISIBLE_DEVICES` with its one GPU (empty on CPU tasks of a plan; left alone in local
-//! mode without `--gpus`). `MASTER_PORT` is not the ferrovod store's
+//! `CUDA_VISIBLE_DEVICES` with its host's GPUs in local-rank order, so that a script's
+//! `torch.cuda.set_device(local_rank)` picks its own (empty on CPU tasks of a plan; left alone in
+//! local mode without `--gpus`; see [`placement`]). `MASTER_PORT` is not the ferrovod store's
 //! port: torch.distributed binds its own store there, so task 0's launcher picks a port that is
 //! free on its host when the job starts (bind to port 0, read it, close) and publishes it to
 //! the other launchers through the ferrovod store. torch binds it moments later; like torchrun,

@@ -5,6 +5,12 @@
 //! them in rank order; `cross_rank` is the index among all processes with the same local rank,
 //! `cross_size` their number. (The comm crate recomputes both at rendezvous from host name and
 //! boot id; these values let scripts read them before joining.)
+//!
+//! GPUs follow the convention Horovod and torchrun scripts rely on,
+//! `torch.cuda.set_device(local_rank)`: every process of a host sees the GPUs of all the
+//! host's processes, listed in local-rank order, so `cuda:<local_rank>` is its own GPU and no
+//! other GPU of the machine is visible. A host whose processes do not all have a GPU (no plan
+//! makes one, but a plan is input) shows each GPU process its own GPU alone.
 
 use std::collections::HashMap;
 
@@ -33,6 +39,8 @@ pub struct Placement {
     pub host: String,
     /// Its GPU, on GPU tasks.
     pub gpu: Option<u32>,
+    /// The GPUs it sees (`CUDA_VISIBLE_DEVICES`), in order: its host's, by local rank.
+    pub visible_gpus: Vec<u32>,
 }
 
 /// Every process of `plan`, in rank order.
@@ -53,6 +61,7 @@ pub fn place(plan: &Plan) -> Vec<Placement> {
                 task: t.index,
                 host: t.host.clone(),
                 gpu: t.gpus.get(i).copied(),
+                visible_gpus: Vec::new(),
             });
         }
     }
@@ -75,9 +84,27 @@ pub fn place(plan: &Plan) -> Vec<Placement> {
         })
         .collect();
     let local_sizes: Vec<usize> = out.iter().map(|p| per_host.get(p.host.as_str()).copied().unwrap_or(1)).collect();
+    // Each host's GPUs in rank order (which is local-rank order), or None where a process of
+    // that host has none.
+    let mut host_gpus: HashMap<&str, Option<Vec<u32>>> = HashMap::new();
+    for p in &out {
+        let list = host_gpus.entry(p.host.as_str()).or_insert_with(|| Some(Vec::new()));
+        match (list.as_mut(), p.gpu) {
+            (Some(l), Some(g)) => l.push(g),
+            _ => *list = None,
+        }
+    }
+    let visible: Vec<Vec<u32>> = out
+        .iter()
+        .map(|p| match &host_gpus[p.host.as_str()] {
+            Some(all) => all.clone(),
+            None => p.gpu.into_iter().collect(),
+        })
+        .collect();
     for (i, p) in out.iter_mut().enumerate() {
         p.local_rank = local[i];
         p.local_size = local_sizes[i];
+        p.visible_gpus = visible[i].clone();
         p.cross_rank = cross[i];
         p.cross_size = per_local.get(&local[i]).copied().unwrap_or(1);
     }
@@ -95,8 +122,8 @@ pub struct JobEnv {
     pub master_addr: String,
     /// A port free on task 0's host when the job started, for torch.distributed's own store.
     pub master_port: u16,
-    /// Set `CUDA_VISIBLE_DEVICES` (to the process's GPU, or empty on CPU tasks); when false it
-    /// is left as the launcher inherited it.
+    /// Set `CUDA_VISIBLE_DEVICES` (to its host's GPUs in local-rank order, or empty on CPU
+    /// tasks); when false it is left as the launcher inherited it.
     pub pin_gpus: bool,
 }
 
@@ -142,8 +169,8 @@ pub fn child_env(p: &Placement, job: &JobEnv) -> Vec<(String, String)> {
         ("HOROVOD_CROSS_SIZE".to_string(), p.cross_size.to_string()),
     ];
     if job.pin_gpus {
-        let gpu = p.gpu.map(|g| g.to_string()).unwrap_or_default();
-        env.push(("CUDA_VISIBLE_DEVICES".to_string(), gpu));
+        let gpus: Vec<String> = p.visible_gpus.iter().map(u32::to_string).collect();
+        env.push(("CUDA_VISIBLE_DEVICES".to_string(), gpus.join(",")));
     }
     env
 }

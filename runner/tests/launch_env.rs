@@ -75,8 +75,9 @@ fn local_mode_takes_the_secret_from_the_environment_and_pins_gpus() {
     assert_eq!(f.code(), Some(0), "{f:?}");
     let reports = reports(dir.path());
     assert_eq!(reports.len(), 2, "-np defaults to the number of GPUs");
-    assert_eq!(env_of(&reports[&0], "CUDA_VISIBLE_DEVICES"), Some("2"));
-    assert_eq!(env_of(&reports[&1], "CUDA_VISIBLE_DEVICES"), Some("5"));
+    // Both see both GPUs, in local-rank order: `cuda:<local_rank>` is each one's own.
+    assert_eq!(env_of(&reports[&0], "CUDA_VISIBLE_DEVICES"), Some("2,5"));
+    assert_eq!(env_of(&reports[&1], "CUDA_VISIBLE_DEVICES"), Some("2,5"));
     for rep in reports.values() {
         assert_eq!(env_of(rep, "FERROVOD_SECRET"), Some("s3cr3t-from-env"));
         assert!(env_of(rep, "FERROVOD_HOST_STORE").is_none(), "FERROVOD_HOST_STORE must not reach the ranks");
@@ -99,8 +100,8 @@ fn one_task_plan_assigns_gpus_and_serves_the_store_on_the_plan_address() {
     assert_eq!(f.code(), Some(0), "{f:?}");
     let reports = reports(reports_dir.path());
     assert_eq!(reports.len(), 3);
-    for (r, gpu) in [(0, "3"), (1, "1"), (2, "0")] {
-        assert_eq!(env_of(&reports[&r], "CUDA_VISIBLE_DEVICES"), Some(gpu));
+    for r in 0..3 {
+        assert_eq!(env_of(&reports[&r], "CUDA_VISIBLE_DEVICES"), Some("3,1,0"));
         assert_eq!(env_of(&reports[&r], "FERROVOD_RENDEZVOUS"), Some(format!("127.0.0.1:{port}").as_str()));
         assert_eq!(env_of(&reports[&r], "FERROVOD_LOCAL_RANK"), Some(r.to_string().as_str()));
         assert_eq!(env_of(&reports[&r], "MASTER_ADDR"), Some("127.0.0.1"));

@@ -123,3 +123,44 @@ fn environment_names_match_design() {
 fn get_of<'a>(env: &'a [(String, String)], k: &str) -> Option<&'a str> {
     env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
 }
+
+#[test]
+fn every_process_sees_its_hosts_gpus_in_local_rank_order() {
+    // Host a: tasks 0 and 2; host b: task 1; host c mixes a GPU task and a CPU task.
+    let p = plan(
+        r#"{"index": 0, "host": "a", "gpus": [3, 1], "slots": 0},
+           {"index": 1, "host": "b", "gpus": [0], "slots": 0},
+           {"index": 2, "host": "a", "gpus": [5], "slots": 0},
+           {"index": 3, "host": "c", "gpus": [2], "slots": 0},
+           {"index": 4, "host": "c", "gpus": [], "slots": 1}"#,
+        0,
+    );
+    let placed = place(&p);
+    let job = JobEnv {
+        rendezvous: "10.0.0.1:29400".into(),
+        secret: "00ff".into(),
+        master_addr: "10.0.0.1".into(),
+        master_port: 29501,
+        pin_gpus: true,
+    };
+    let seen: Vec<(usize, String)> = placed
+        .iter()
+        .map(|x| (x.local_rank, get_of(&child_env(x, &job), "CUDA_VISIBLE_DEVICES").unwrap().to_string()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (0, "3,1,5".to_string()),
+            (1, "3,1,5".to_string()),
+            (0, "0".to_string()),
+            (2, "3,1,5".to_string()),
+            // Host c cannot index by local rank: each process sees its own GPU, or none.
+            (0, "2".to_string()),
+            (1, String::new()),
+        ]
+    );
+    // Where a host's processes all have a GPU, `cuda:<local_rank>` is the process's own.
+    for x in placed.iter().filter(|x| x.host != "c") {
+        assert_eq!(x.visible_gpus.get(x.local_rank).copied(), x.gpu, "rank {}", x.rank);
+    }
+}

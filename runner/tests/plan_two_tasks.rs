@@ -44,8 +44,8 @@ fn two_hosts_with_two_gpus_each_run_one_job() {
     assert_eq!(reports.keys().copied().collect::<Vec<_>>(), vec![0, 1, 2, 3]);
     let master_port = env_of(&reports[&0], "MASTER_PORT").unwrap();
     assert_ne!(master_port, port.to_string(), "MASTER_PORT must not be the ferrovod store's port");
-    // (rank, local rank, cross rank, GPU)
-    for (r, local, cross, gpu) in [(0, 0, 0, "0"), (1, 1, 0, "1"), (2, 0, 1, "0"), (3, 1, 1, "1")] {
+    // (rank, local rank, cross rank); each host's GPUs in local-rank order
+    for (r, local, cross, gpu) in [(0, 0, 0, "0,1"), (1, 1, 0, "0,1"), (2, 0, 1, "0,1"), (3, 1, 1, "0,1")] {
         let rep = &reports[&r];
         let s = |v: usize| v.to_string();
         assert_eq!(env_of(rep, "FERROVOD_RANK"), Some(s(r).as_str()));
