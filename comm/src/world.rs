@@ -75,6 +75,8 @@ pub struct World {
     topology: Topology,
     tuning: Tuning,
     record: Option<FailureRecord>,
+    /// Rung by `_watch`; the links and the NCCL backend watch it.
+    abort: Option<AbortBell>,
     /// Rings this rank's links when another rank records the job's first failure.
     _watch: Option<AbortWatch>,
     // Last: a communicator drops its links before its world, so peers see closed links
@@ -428,7 +430,7 @@ impl World {
             local.transport.watch_abort(bell.clone());
         }
         let watcher = StoreClient::connect(&addr, &secret, tuning.connect_timeout).map_err(boot)?;
-        let watch = AbortWatch::start(watcher, prefix, rank, bell).map_err(|source| {
+        let watch = AbortWatch::start(watcher, prefix, rank, bell.clone()).map_err(|source| {
             boot(bootstrap::Error::Io { what: "starting the abort watcher".into(), source: source.into() })
         })?;
         let world = World {
@@ -437,6 +439,7 @@ impl World {
             topology,
             tuning: tuning.clone(),
             record: Some(FailureRecord::new(store, prefix)),
+            abort: Some(bell),
             _watch: Some(watch),
             _store: store_server,
         };
@@ -455,7 +458,7 @@ impl World {
             cross_ranks: vec![rank],
             homogeneous: true,
         };
-        let world = World { rank, size, topology, tuning, record: None, _watch: None, _store: None };
+        let world = World { rank, size, topology, tuning, record: None, abort: None, _watch: None, _store: None };
         (world, Links { host: transport, local: None })
     }
 
@@ -477,6 +480,12 @@ impl World {
     /// The tuning every rank agreed on.
     pub fn tuning(&self) -> &Tuning {
         &self.tuning
+    }
+
+    /// The bell rung when the job's first failure is on record, for waits outside the links
+    /// (NCCL's); `None` in a world without a store.
+    pub fn abort_bell(&self) -> Option<AbortBell> {
+        self.abort.clone()
     }
 
     /// Records `note` as the job's first failure unless a rank did first; returns the first

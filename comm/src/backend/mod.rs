@@ -116,7 +116,7 @@ pub fn registry(world: &World) -> Vec<Box<dyn Backend>> {
     let staged = staged::OnDevices::new(make, tuning.clone());
     let gpu: Box<dyn Backend> = match tuning.gpu_backend {
         GpuBackend::Staged => Box::new(staged),
-        mode => Box::new(nccl::backend::NcclBackend::new(mode, tuning.clone(), staged)),
+        mode => Box::new(nccl::backend::NcclBackend::new(mode, tuning.clone(), staged, world.abort_bell())),
     };
     vec![gpu, Box::new(host::HostBackend::new(tuning))]
 }

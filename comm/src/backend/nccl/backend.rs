@@ -10,16 +10,19 @@
 //! too; every rank chooses alike, from the call alone.
 //!
 //! Failure: the communicator is non-blocking, and a collective's completion (an event after
-//! it) and NCCL's asynchronous error are polled against `FERROVOD_TIMEOUT`; past it, or on an
-//! error, the communicator is aborted (under a limit of its own) and every later GPU
-//! collective fails with the same cause. A dead peer's NCCL never completes, so every rank
-//! fails within the timeout; NCCL cannot say which peer it was.
+//! it) and NCCL's asynchronous error are polled against `FERROVOD_TIMEOUT` and the job's abort
+//! bell; on either, or on an error, the communicator is aborted (under a limit of its own) and
+//! every later GPU collective fails with the same cause. A dead peer's NCCL never completes,
+//! and NCCL cannot say which peer it was, so the communicator names it: under the launcher,
+//! the dead rank's launcher records the job's failure and every rank's wait ends at once with
+//! that record; otherwise the wait ends at the timeout as the host links' does, and the ranks
+//! that do not answer the store's roll call are blamed.
 
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::comm::Comm;
+use super::comm::{Comm, Stop};
 use super::library::Nccl;
 use super::sys::{self, NcclDataType, NcclRedOp, NcclUniqueId};
 use crate::backend::host::HostBackend;
@@ -30,6 +33,7 @@ use crate::config::{GpuBackend, Tuning};
 use crate::cuda::{Device, Event};
 use crate::dtype::{DType, ReduceOp};
 use crate::memory::{DevicePtr, Memory};
+use crate::transport::{self, AbortBell};
 
 /// Bytes of each rank's record in the agreement round: NCCL loaded (1), GPU UUID known (1),
 /// the UUID (16), rank 0's unique id (128), the id made (1), NCCL's version (4).
@@ -45,6 +49,8 @@ pub struct NcclBackend {
     host: HostBackend,
     staged: OnDevices,
     state: State,
+    /// Rung when the job's first failure is on record; every NCCL wait watches it.
+    abort: Option<AbortBell>,
 }
 
 enum State {
@@ -59,9 +65,10 @@ enum State {
 }
 
 impl NcclBackend {
-    /// The NCCL backend for `mode` (auto or nccl), with `staged` for what NCCL cannot run.
-    pub fn new(mode: GpuBackend, tuning: Tuning, staged: OnDevices) -> NcclBackend {
-        NcclBackend { mode, host: HostBackend::new(tuning.clone()), tuning, staged, state: State::Unagreed }
+    /// The NCCL backend for `mode` (auto or nccl), with `staged` for what NCCL cannot run;
+    /// its waits end when `abort` rings.
+    pub fn new(mode: GpuBackend, tuning: Tuning, staged: OnDevices, abort: Option<AbortBell>) -> NcclBackend {
+        NcclBackend { mode, host: HostBackend::new(tuning.clone()), tuning, staged, state: State::Unagreed, abort }
     }
 
     /// The agreement (see the module docs), run by the first GPU collective, `call`: a round
@@ -131,7 +138,8 @@ impl NcclBackend {
                 }
                 let deadline = Instant::now() + self.tuning.timeout;
                 let joined = dev.enter().and_then(|_in| {
-                    let comm = Comm::join(nccl, &id, rank, n, deadline, self.tuning.spin)?;
+                    let comm = Comm::join(nccl, &id, rank, n, deadline, self.tuning.spin, self.abort.clone())
+                        .map_err(|e| e.to_string())?;
                     match comm.device()? {
                         d if d == device => Ok((comm, dev.event()?, dev.event()?)),
                         d => Err(format!("NCCL put the communicator on cuda:{d}, not cuda:{device}")),
@@ -192,7 +200,7 @@ fn grouped(
     comm: &mut Comm,
     deadline: Instant,
     body: impl FnOnce(&'static Nccl) -> Result<(), String>,
-) -> Result<(), String> {
+) -> Result<(), Stop> {
     let l = comm.library();
     // SAFETY: begins a group on this thread; ended below on every path.
     l.check(unsafe { (l.group_start)() }).map_err(|e| format!("ncclGroupStart: {e}"))?;
@@ -284,7 +292,10 @@ impl Backend for NcclBackend {
                 match self.nccl(req, rank, n) {
                     Ok(()) => Ok("nccl"),
                     Err(e) => {
-                        let why = format!("rank {rank}: {what} on cuda:{device}: {e}");
+                        let why = match &e {
+                            Stop::Aborted => format!("rank {rank}: {what} on cuda:{device}: the job failed elsewhere"),
+                            e => format!("rank {rank}: {what} on cuda:{device}: {e}"),
+                        };
                         let was = std::mem::replace(&mut self.state, State::Broken(why.clone()));
                         if let State::Ready { dev, comm, done, .. } = was {
                             // Abort (bounded), then let the stream drain (bounded) before the
@@ -297,7 +308,19 @@ impl Backend for NcclBackend {
                                     .and_then(|()| dev.wait(&done, limit, self.tuning.spin, "NCCL's aborted work"));
                             }
                         }
-                        Err(Error::Device { backend: "nccl", detail: why })
+                        Err(match e {
+                            // The failure on record is the one to report (the communicator
+                            // reads it), as when a host link's wait ends so.
+                            Stop::Aborted => Error::Transport(transport::Error::JobFailed),
+                            // As a host link's timeout: the communicator finds whom to blame
+                            // among the others.
+                            Stop::TimedOut { waited, .. } => Error::Transport(transport::Error::Timeout {
+                                peers: (0..n).filter(|&r| r != rank).collect(),
+                                waited,
+                                via: Vec::new(),
+                            }),
+                            Stop::Failed(_) => Error::Device { backend: "nccl", detail: why },
+                        })
                     }
                 }
             }
@@ -308,7 +331,7 @@ impl Backend for NcclBackend {
 
 impl NcclBackend {
     /// Runs `req` on NCCL and waits (polling) until it is done.
-    fn nccl(&mut self, req: Request<'_>, rank: usize, n: usize) -> Result<(), String> {
+    fn nccl(&mut self, req: Request<'_>, rank: usize, n: usize) -> Result<(), Stop> {
         let State::Ready { dev, comm, done, order, .. } = &mut self.state else { unreachable!("ready") };
         let _in = dev.enter()?;
         let deadline = Instant::now() + self.tuning.timeout;
@@ -321,7 +344,7 @@ impl NcclBackend {
         let l = comm.library();
         match req.work {
             Work::InPlace { buf } => {
-                let Some(p) = buf.device_ptr() else { return Err("host memory reached NCCL".into()) };
+                let Some(p) = buf.device_ptr() else { return Err(String::from("host memory reached NCCL").into()) };
                 dev.after(&p, order)?;
                 let count = p.len / size;
                 let code = match call.collective {
@@ -334,12 +357,12 @@ impl NcclBackend {
                     Collective::Broadcast(root) => unsafe {
                         (l.broadcast)(at(&p, 0), at(&p, 0), count, dt, root as i32, raw, stream)
                     },
-                    other => return Err(format!("{} does not run in place on NCCL", other.name())),
+                    other => return Err(format!("{} does not run in place on NCCL", other.name()).into()),
                 };
                 comm.started("the collective", code, deadline)?;
             }
             Work::Blocks { buf, blocks } => {
-                let Some(p) = buf.device_ptr() else { return Err("host memory reached NCCL".into()) };
+                let Some(p) = buf.device_ptr() else { return Err(String::from("host memory reached NCCL").into()) };
                 dev.after(&p, order)?;
                 let equal = blocks.windows(2).all(|w| w[0].len() == w[1].len());
                 match call.collective {
@@ -389,12 +412,12 @@ impl NcclBackend {
                         };
                         comm.started("ncclReduceScatter", code, deadline)?;
                     }
-                    other => return Err(format!("{} does not run on blocks on NCCL", other.name())),
+                    other => return Err(format!("{} does not run on blocks on NCCL", other.name()).into()),
                 }
             }
             Work::Exchange { send, send_blocks, recv, recv_blocks } => {
                 let (Some(s), Some(r)) = (send.device_ptr(), recv.device_ptr()) else {
-                    return Err("host memory reached NCCL".into());
+                    return Err(String::from("host memory reached NCCL").into());
                 };
                 dev.after(&s, order)?;
                 dev.after(&r, order)?;
@@ -423,28 +446,14 @@ impl NcclBackend {
         }
         // Done once the event after it has happened; NCCL's own errors meanwhile end it too.
         dev.mark(done)?;
-        let start = Instant::now();
-        let mut nap = std::time::Duration::from_micros(10);
-        loop {
+        comm.poll("the collective", deadline, |comm| {
             if dev.happened(done)? {
-                return Ok(());
+                return Ok(true);
             }
             match comm.state() {
-                Ok(sys::NCCL_SUCCESS | sys::NCCL_IN_PROGRESS) => {}
-                Ok(code) | Err(code) => return Err(comm.failure("the collective", code)),
+                Ok(sys::NCCL_SUCCESS | sys::NCCL_IN_PROGRESS) => Ok(false),
+                Ok(code) | Err(code) => Err(comm.failure("the collective", code)),
             }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "not done after {:.1} s (FERROVOD_TIMEOUT): a peer is dead, stopped or behind",
-                    start.elapsed().as_secs_f64()
-                ));
-            }
-            if start.elapsed() < self.tuning.spin {
-                std::thread::yield_now();
-            } else {
-                std::thread::sleep(nap);
-                nap = (nap * 2).min(std::time::Duration::from_micros(250));
-            }
-        }
+        })
     }
 }

@@ -1,16 +1,54 @@
 //! One NCCL communicator, non-blocking: every call returns at once, and its outcome is polled
-//! (`ncclCommGetAsyncError`) against a deadline, so that no thread ever blocks inside NCCL past
-//! the timeout (a blocking communicator waiting for a dead peer hangs for good: Horovod's
-//! hang). Dropping it aborts it, under a time limit of its own.
+//! (`ncclCommGetAsyncError`) against a deadline and the job's abort bell, so that no thread
+//! ever blocks inside NCCL past the timeout (a blocking communicator waiting for a dead peer
+//! hangs for good: Horovod's hang), and a failure recorded by any rank (a rank that died, under
+//! the launcher) ends the wait at once. Dropping it aborts it, under a time limit of its own.
 
 use std::ffi::{c_int, c_void};
 use std::time::{Duration, Instant};
 
 use super::library::Nccl;
 use super::sys::{self, NcclComm, NcclConfig, NcclResult, NcclUniqueId};
+use crate::transport::AbortBell;
 
 /// How long an abort may take before the communicator is left to the process's exit.
 const ABORT_LIMIT: Duration = Duration::from_secs(10);
+
+/// Why a wait on NCCL ended before its call was done.
+#[derive(Debug)]
+pub enum Stop {
+    /// NCCL, or CUDA around it, failed: their words.
+    Failed(String),
+    /// The job's first failure is on record (the abort bell rang): another rank failed or died.
+    Aborted,
+    /// Still not done at the deadline (a peer is dead, stopped or behind).
+    TimedOut {
+        /// What was waited for, on which rank.
+        what: String,
+        /// For how long.
+        waited: Duration,
+    },
+}
+
+impl From<String> for Stop {
+    fn from(s: String) -> Stop {
+        Stop::Failed(s)
+    }
+}
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stop::Failed(s) => f.write_str(s),
+            Stop::Aborted => f.write_str("another rank recorded the job's failure"),
+            Stop::TimedOut { what, waited } => write!(
+                f,
+                "{what} was not done after {:.1} s (FERROVOD_TIMEOUT): a peer is dead, stopped or behind",
+                waited.as_secs_f64()
+            ),
+        }
+    }
+}
 
 /// A joined communicator.
 pub struct Comm {
@@ -18,6 +56,7 @@ pub struct Comm {
     raw: NcclComm,
     rank: usize,
     spin: Duration,
+    abort: Option<AbortBell>,
 }
 
 // SAFETY: a communicator may be used from any thread, one call at a time (`&mut self`).
@@ -25,7 +64,8 @@ unsafe impl Send for Comm {}
 
 impl Comm {
     /// Joins the communicator `id` names as `rank` of `size`, on the CUDA device current on
-    /// this thread; gives up at `deadline` (the others never came).
+    /// this thread; gives up at `deadline` (the others never came) or when `abort` rings, as
+    /// every later wait on it does.
     pub fn join(
         nccl: &'static Nccl,
         id: &NcclUniqueId,
@@ -33,7 +73,8 @@ impl Comm {
         size: usize,
         deadline: Instant,
         spin: Duration,
-    ) -> Result<Comm, String> {
+        abort: Option<AbortBell>,
+    ) -> Result<Comm, Stop> {
         let mut config = NcclConfig {
             size: std::mem::size_of::<NcclConfig>(),
             magic: sys::CONFIG_MAGIC,
@@ -42,16 +83,16 @@ impl Comm {
         };
         let mut raw: NcclComm = std::ptr::null_mut();
         let (n, r) = (c_int::try_from(size), c_int::try_from(rank));
-        let (Ok(n), Ok(r)) = (n, r) else { return Err(format!("{size} ranks are more than NCCL takes")) };
+        let (Ok(n), Ok(r)) = (n, r) else { return Err(format!("{size} ranks are more than NCCL takes").into()) };
         // SAFETY: valid out-pointer and config (NCCL reads `size` bytes of it); `id` is 128
         // bytes by value.
         let code = unsafe {
             (nccl.comm_init_rank_config)(&mut raw, n, *id, r, (&mut config as *mut NcclConfig).cast::<c_void>())
         };
-        let mut comm = Comm { nccl, raw, rank, spin };
+        let mut comm = Comm { nccl, raw, rank, spin, abort };
         if raw.is_null() {
             comm.raw = std::ptr::null_mut();
-            return Err(format!("ncclCommInitRankConfig: {}", nccl.check(code).err().unwrap_or_default()));
+            return Err(format!("ncclCommInitRankConfig: {}", nccl.check(code).err().unwrap_or_default()).into());
         }
         comm.started("ncclCommInitRankConfig", code, deadline)?;
         // What NCCL made must be what was asked: a mix-up here would misroute every collective.
@@ -62,7 +103,7 @@ impl Comm {
         };
         let (count, me) = (ask(nccl.comm_count, "ncclCommCount")?, ask(nccl.comm_user_rank, "ncclCommUserRank")?);
         if (count, me) != (n, r) {
-            return Err(format!("NCCL made rank {me} of {count}, asked for rank {r} of {n}"));
+            return Err(format!("NCCL made rank {me} of {count}, asked for rank {r} of {n}").into());
         }
         Ok(comm)
     }
@@ -86,37 +127,51 @@ impl Comm {
 
     /// Judges a call's immediate result: an error now, or (in progress) its outcome, polled
     /// until `deadline`.
-    pub fn started(&mut self, call: &str, code: NcclResult, deadline: Instant) -> Result<(), String> {
+    pub fn started(&mut self, call: &str, code: NcclResult, deadline: Instant) -> Result<(), Stop> {
         match code {
             sys::NCCL_SUCCESS | sys::NCCL_IN_PROGRESS => self.settle(call, deadline),
-            code => Err(self.failure(call, code)),
+            code => Err(self.failure(call, code).into()),
         }
     }
 
     /// Polls the communicator's state until no call is in progress: `Ok` once the last one
-    /// succeeded, its error, or a timeout at `deadline`.
-    pub fn settle(&mut self, call: &str, deadline: Instant) -> Result<(), String> {
+    /// succeeded, else its error.
+    pub fn settle(&mut self, call: &str, deadline: Instant) -> Result<(), Stop> {
+        self.poll(call, deadline, |comm| match comm.state() {
+            Ok(sys::NCCL_SUCCESS) => Ok(true),
+            Ok(sys::NCCL_IN_PROGRESS) => Ok(false),
+            Ok(code) | Err(code) => Err(comm.failure(call, code)),
+        })
+    }
+
+    /// Polls `done` until it says so or fails: `Stop::TimedOut` at `deadline`, `Stop::Aborted`
+    /// once the abort bell rings. Every wait on NCCL is this loop: the wait policy's spin
+    /// (yielding the core), then naps of at most 250 µs, never a blocking call.
+    pub fn poll(
+        &mut self,
+        what: &str,
+        deadline: Instant,
+        mut done: impl FnMut(&Comm) -> Result<bool, String>,
+    ) -> Result<(), Stop> {
         let start = Instant::now();
-        let mut nap = Duration::from_micros(20);
+        let mut nap = Duration::from_micros(10);
         loop {
-            match self.state() {
-                Ok(sys::NCCL_SUCCESS) => return Ok(()),
-                Ok(sys::NCCL_IN_PROGRESS) => {}
-                Ok(code) | Err(code) => return Err(self.failure(call, code)),
+            if done(self)? {
+                return Ok(());
+            }
+            if self.abort.as_ref().is_some_and(|b| b.is_rung()) {
+                return Err(Stop::Aborted);
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(format!(
-                    "{call} on rank {} was still in progress after {:.1} s (FERROVOD_TIMEOUT): a peer is dead, stopped or never came",
-                    self.rank,
-                    now.duration_since(start).as_secs_f64()
-                ));
+                let what = format!("{what} on rank {}", self.rank);
+                return Err(Stop::TimedOut { what, waited: now.duration_since(start) });
             }
             if now.duration_since(start) < self.spin {
                 std::thread::yield_now();
             } else {
                 std::thread::sleep(nap);
-                nap = (nap * 2).min(Duration::from_micros(500));
+                nap = (nap * 2).min(Duration::from_micros(250));
             }
         }
     }
@@ -218,7 +273,7 @@ mod tests {
         let Some((nccl, _)) = fake() else { return };
         assert_eq!(nccl.version().unwrap(), 22703);
         let deadline = Instant::now() + Duration::from_secs(5);
-        let comm = Comm::join(nccl, &id(), 0, 1, deadline, Duration::ZERO).unwrap();
+        let comm = Comm::join(nccl, &id(), 0, 1, deadline, Duration::ZERO, None).unwrap();
         assert_eq!(comm.device().unwrap(), 0);
         assert_eq!(comm.state(), Ok(sys::NCCL_SUCCESS));
     }
@@ -230,9 +285,11 @@ mod tests {
         let Some((nccl, raw)) = fake() else { return };
         let before = aborts(raw, 2);
         let t = Instant::now();
-        let e = Comm::join(nccl, &id(), 1, 2, t + Duration::from_millis(300), Duration::ZERO).err().unwrap();
+        let e = Comm::join(nccl, &id(), 1, 2, t + Duration::from_millis(300), Duration::ZERO, None).err().unwrap();
         let took = t.elapsed();
-        assert!(e.contains("still in progress after") && e.contains("FERROVOD_TIMEOUT"), "{e}");
+        assert!(matches!(&e, Stop::TimedOut { what, .. } if what == "ncclCommInitRankConfig on rank 1"), "{e:?}");
+        let e = e.to_string();
+        assert!(e.contains("not done after") && e.contains("FERROVOD_TIMEOUT"), "{e}");
         assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(5), "{took:?}");
         assert_eq!(aborts(raw, 2), before + 1, "the half-made communicator was not aborted once");
     }
@@ -241,7 +298,31 @@ mod tests {
     fn an_asynchronous_error_is_an_error_with_nccls_words() {
         let Some((nccl, _)) = fake() else { return };
         let deadline = Instant::now() + Duration::from_secs(5);
-        let e = Comm::join(nccl, &id(), 2, 3, deadline, Duration::ZERO).err().unwrap();
+        let e = Comm::join(nccl, &id(), 2, 3, deadline, Duration::ZERO, None).err().unwrap().to_string();
         assert!(e.contains("unhandled system error (2)") && e.contains("fake: peer went away"), "{e}");
+    }
+
+    /// The job's failure recorded elsewhere (the abort bell rings) ends a wait that would
+    /// otherwise last until the deadline: the join of a peer that never comes, here (4 ranks:
+    /// the fake's abort count per size keeps the tests apart).
+    #[test]
+    fn the_abort_bell_ends_a_wait_at_once_and_the_communicator_is_aborted() {
+        let Some((nccl, raw)) = fake() else { return };
+        let before = aborts(raw, 4);
+        let bell: AbortBell = std::sync::Arc::new(crate::os::Doorbell::new().unwrap());
+        let ringer = {
+            let bell = bell.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                bell.ring();
+            })
+        };
+        let t = Instant::now();
+        let e = Comm::join(nccl, &id(), 1, 4, t + Duration::from_secs(30), Duration::ZERO, Some(bell)).err().unwrap();
+        let took = t.elapsed();
+        ringer.join().unwrap();
+        assert!(matches!(e, Stop::Aborted), "{e:?}");
+        assert!(took >= Duration::from_millis(200) && took < Duration::from_secs(5), "{took:?}");
+        assert_eq!(aborts(raw, 4), before + 1, "the half-made communicator was not aborted once");
     }
 }

@@ -2,7 +2,7 @@
  * the loader and of the non-blocking communicator (comm.rs) on machines without NCCL or a GPU.
  * It moves no data. Its behaviour follows from the number of ranks asked for:
  *   1 rank:  joins after three polls in progress;
- *   2 ranks: never finishes joining (a peer that never comes);
+ *   2 or 4 ranks: never finishes joining (a peer that never comes);
  *   3 ranks: fails while joining (ncclSystemError, with a last-error text).
  * fake_aborts(n) counts ncclCommAbort calls on communicators of n ranks. */
 #include <stdlib.h>
@@ -23,7 +23,7 @@ int ncclCommInitRankConfig(comm_t **comm, int n, id_t_ id, int rank, config_t *c
   if (!config || config->magic != 0xcafebeef || config->blocking != 0 || config->version < 21400 ||
       config->size < sizeof(config_t)) return 4; /* ncclInvalidArgument */
   comm_t *c = calloc(1, sizeof(comm_t));
-  c->n = n; c->rank = rank; c->polls = n == 2 ? -1 : 3; c->fail = n == 3 ? 2 : 0;
+  c->n = n; c->rank = rank; c->polls = n == 2 || n == 4 ? -1 : 3; c->fail = n == 3 ? 2 : 0;
   *comm = c;
   return 7; /* ncclInProgress */
 }
