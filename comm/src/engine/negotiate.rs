@@ -341,12 +341,9 @@ pub(crate) fn agree(messages: &mut [Message], cache: &mut Cache, table: &mut Tab
     let mut waiting = Vec::new();
     let everywhere = |present: &[bool]| present.iter().zip(&joined).all(|(&p, &j)| p || j);
     let missing = |present: &[bool]| (0..n).filter(|&r| !present[r] && !joined[r]).collect::<Vec<_>>();
-    for slot in 0..cache.len() {
+    for slot in sent_slots(messages, cache.len()) {
         let Some((name, meta)) = cache.get(slot) else { continue };
         if evicted.contains(name) {
-            continue;
-        }
-        if !messages.iter().any(|m| m.bit(slot)) {
             continue;
         }
         let present: Vec<bool> = messages.iter().map(|m| m.bit(slot)).collect();
@@ -419,6 +416,31 @@ pub(crate) fn agree(messages: &mut [Message], cache: &mut Cache, table: &mut Tab
         table.remove(&name);
     }
     Agreement { ready, mismatches, refused, waiting, joined, shutdown_by, abort }
+}
+
+/// The slots below `len` whose bit any rank sent, in increasing order: the bytes of the
+/// bitsets, not the cache's slots, are scanned (a full cache has many more slots than a round
+/// uses).
+fn sent_slots(messages: &[Message], len: usize) -> Vec<usize> {
+    let width = messages.iter().map(|m| m.bits.len()).max().unwrap_or(0).min(len.div_ceil(8));
+    let mut union = vec![0u8; width];
+    for m in messages {
+        for (u, b) in union.iter_mut().zip(&m.bits) {
+            *u |= b;
+        }
+    }
+    let mut slots = Vec::new();
+    for (i, &byte) in union.iter().enumerate() {
+        let mut b = byte;
+        while b != 0 {
+            let slot = i * 8 + b.trailing_zeros() as usize;
+            if slot < len {
+                slots.push(slot);
+            }
+            b &= b - 1;
+        }
+    }
+    slots
 }
 
 /// Every rank's eager data for cached `slot`, if every rank sent it (a joined rank sends none),
@@ -552,5 +574,15 @@ mod tests {
         assert!(a.ready.is_empty(), "b is missing");
         let a = agree(&mut [announce(&[("b", m.clone())]), announce(&[("b", m)])], &mut cache, &mut table);
         assert_eq!(a.ready.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    }
+
+    #[test]
+    fn the_slots_sent_are_the_union_of_the_bits_below_the_cache_length() {
+        let bits = |b: Vec<u8>| Message { bits: b, ..Message::default() };
+        let msgs = [bits(vec![0b1010_0001]), bits(vec![0, 0b11]), bits(Vec::new())];
+        assert_eq!(sent_slots(&msgs, 16), [0, 5, 7, 8, 9]);
+        assert_eq!(sent_slots(&msgs, 9), [0, 5, 7, 8]);
+        assert_eq!(sent_slots(&msgs, 6), [0, 5]);
+        assert_eq!(sent_slots(&msgs, 0), Vec::<usize>::new());
     }
 }
