@@ -68,6 +68,16 @@ def lendable(x: Any) -> Any:
     return x
 
 
+def in_place(x: Any, collective: str, name: str) -> Any:
+    """What to hand to Rust for an in-place collective on `x`: :func:`lendable`, after
+    :func:`refuse_read_only`. A numpy array goes as it is, at once (Rust checks its buffer,
+    read-only flag included): this is every small numpy collective's path."""
+    if type(x) is np.ndarray:
+        return x
+    refuse_read_only(x, collective, name)
+    return lendable(x)
+
+
 def readable(x: Any) -> Any:
     """What to hand to Rust for a collective that returns a new array (allgather,
     reducescatter, alltoall): as :func:`lendable`, but a CUDA tensor's host copy. The engine

@@ -86,10 +86,19 @@ def _start_allreduce(
 ) -> _ferrovod.Handle:
     """Submits ``tensor`` for an in-place allreduce; ``waited``: the caller waits at once."""
     ps = set_id(process_set)
-    with tensor_name("allreduce", name, ps) as name:
-        _arrays.refuse_read_only(tensor, "allreduce", name)  # before the prescale writes into it
-        _arrays.scale(tensor, prescale_factor)
-        return _ferrovod.allreduce_async_(_arrays.lendable(tensor), name, reduce_op, ps, waited)
+    if name is None:
+        with tensor_name("allreduce", None, ps) as auto:
+            return _submit_allreduce(tensor, reduce_op, auto, prescale_factor, ps, waited)
+    # A given name needs no counter: no `with` on the small-message path.
+    return _submit_allreduce(tensor, reduce_op, name, prescale_factor, ps, waited)
+
+
+def _submit_allreduce(
+    tensor: Any, reduce_op: ReduceOp, name: str, prescale_factor: float, ps: int, waited: bool
+) -> _ferrovod.Handle:
+    lent = _arrays.in_place(tensor, "allreduce", name)  # refuses before the prescale writes into it
+    _arrays.scale(tensor, prescale_factor)
+    return _ferrovod.allreduce_async_(lent, name, reduce_op, ps, waited)
 
 
 def allreduce(
@@ -120,11 +129,9 @@ def grouped_allreduce_async_(
     ps = set_id(process_set)
     with tensor_name("grouped_allreduce", name, ps) as base:
         names = [f"{base}.{i}" for i in range(len(tensors))]
-        for t, n in zip(tensors, names):
-            _arrays.refuse_read_only(t, "allreduce", n)
+        lent = [_arrays.in_place(t, "allreduce", n) for t, n in zip(tensors, names)]  # before any prescale
         for t in tensors:
             _arrays.scale(t, prescale_factor)
-        lent = [_arrays.lendable(t) for t in tensors]
         inners = _ferrovod.grouped_allreduce_async_(lent, names, reduce_op, ps)
     result = list(tensors)
 
@@ -182,8 +189,7 @@ def broadcast_async_(tensor: Any, root_rank: int, name: str | None = None, proce
     ps = set_id(process_set)
     root = root_in(process_set, root_rank)
     with tensor_name("broadcast", name, ps) as name:
-        _arrays.refuse_read_only(tensor, "broadcast", name)
-        inner = _ferrovod.broadcast_async_(_arrays.lendable(tensor), name, root, ps, waited.now)
+        inner = _ferrovod.broadcast_async_(_arrays.in_place(tensor, "broadcast", name), name, root, ps, waited.now)
     return Handle(inner, lambda _: tensor)
 
 

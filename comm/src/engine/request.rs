@@ -328,6 +328,10 @@ impl Meta {
 
     /// The first field in which `self` and `other` differ.
     pub fn first_difference(&self, other: &Meta) -> Option<&'static str> {
+        // Equal metadata has equal fields: the common case, on every announcement, formats nothing.
+        if self == other {
+            return None;
+        }
         Meta::FIELDS.into_iter().find(|f| self.field(f) != other.field(f))
     }
 
