@@ -17,7 +17,7 @@ use crate::algorithms::{blocks_from_counts, even_blocks};
 use crate::backend::{self, Backend, Links, Request, Work};
 use crate::bootstrap::{Secret, Topology};
 use crate::collective::{Call, Collective, Phase};
-use crate::config::{Config, Tuning};
+use crate::config::{AllreduceAlgorithm, Config, Tuning};
 use crate::dtype::{DType, Element, ReduceOp};
 use crate::error::{Error, Fault, Operation, Result, Theirs};
 use crate::failure::FailureNote;
@@ -279,6 +279,58 @@ impl Communicator {
             Ok(r) => {
                 self.ran = "stage";
                 Ok(r)
+            }
+            Err(cause) => Err(self.fail(call, backend::Error::Transport(cause))),
+        })
+    }
+
+    /// An allreduce of a piece whose bytes lie elsewhere, reduced on the host's shared stage
+    /// with the region as the fusion buffer: `packed` writes this rank's `len` bytes straight
+    /// into its region and gets the sums straight back (see
+    /// [`crate::algorithms::allreduce_stage_slots_packed`]; the same bits as
+    /// [`Communicator::allreduce_bytes`] of the packed piece). `None` (and no call made) unless
+    /// the host backend would run that allreduce on the stage's slots: the ranks share a
+    /// stage, `len` fits a region, the host backend takes host memory here, the algorithm for
+    /// `len` bytes is the slots, and `op` is not an average (which the backend divides). Every
+    /// rank decides alike, from what is the job's: the stage, the tuning and `len`.
+    pub(crate) fn allreduce_on_stage(
+        &mut self,
+        len: usize,
+        dtype: DType,
+        op: ReduceOp,
+        packed: &mut dyn crate::algorithms::Packed,
+    ) -> Option<Result<()>> {
+        if op == ReduceOp::Average || len == 0 || len % dtype.size() != 0 {
+            return None;
+        }
+        if !crate::backend::host::slots_on_stage(self.world.tuning(), len, self.size()) {
+            return None;
+        }
+        if self.links.host.stage().is_none_or(|s| s.region() < len) {
+            return None;
+        }
+        let (collective, count) = (Collective::Allreduce(op), len / dtype.size());
+        // Asked without a call made: a call takes a sequence number, which every rank must spend alike.
+        let probe = Call { seq: self.seq, collective, phase: Phase::Data, dtype, count: count as u64 };
+        let probe = Request { call: probe, work: Work::InPlace { buf: Memory::Host(&mut []) } };
+        if self.backends.iter().find(|b| b.accepts(&probe)).is_none_or(|b| b.name() != "host") {
+            return None;
+        }
+        if let Err(e) = self.usable() {
+            return Some(Err(e));
+        }
+        let call = self.call(collective, Phase::Data, dtype, count);
+        let p = crate::algorithms::Params {
+            tag: call.tag(),
+            dtype,
+            segment: self.world.tuning().segment,
+            chunk: self.world.tuning().ring_chunk,
+        };
+        let stage = self.links.host.stage()?;
+        Some(match crate::algorithms::allreduce_stage_slots_packed(stage, &p, len, op, packed) {
+            Ok(()) => {
+                self.ran = AllreduceAlgorithm::StageSlots.name();
+                Ok(())
             }
             Err(cause) => Err(self.fail(call, backend::Error::Transport(cause))),
         })

@@ -32,7 +32,7 @@ pub use allreduce_halving_doubling::allreduce_halving_doubling;
 pub use allreduce_hierarchical::allreduce_hierarchical;
 pub use allreduce_recursive_doubling::allreduce_recursive_doubling;
 pub use allreduce_ring::allreduce_ring;
-pub use allreduce_stage_slots::allreduce_stage_slots;
+pub use allreduce_stage_slots::{Packed, allreduce_stage_slots, allreduce_stage_slots_packed};
 pub use allreduce_stage_split::allreduce_stage_split;
 pub use alltoall_pairwise::alltoall_pairwise;
 pub use alltoall_stage::alltoall_stage;

@@ -186,6 +186,12 @@ fn hierarchical(
 /// wait once per piece instead of twice but read every rank's data (see the two algorithms).
 const STAGE_SLOTS_PER_PEER: usize = 64 << 10;
 
+/// Whether the host backend would run an allreduce of `bytes` on `n` ranks that share a
+/// stage on the stage's slots (the engine then packs its fused piece straight into the stage).
+pub(crate) fn slots_on_stage(tuning: &Tuning, bytes: usize, n: usize) -> bool {
+    allreduce_algorithm(tuning, bytes, n, true) == AllreduceAlgorithm::StageSlots
+}
+
 /// The allreduce algorithm for `bytes` on `n` ranks. Over a shared stage: the slots for small
 /// messages, the split for large ones. Otherwise: recursive doubling up to `small_allreduce`
 /// bytes (latency), halving-doubling above it when n is a power of two of at least 4 (fewer

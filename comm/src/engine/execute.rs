@@ -3,7 +3,10 @@
 //! A bucket of allreduces is one logical collective over its tensors laid end to end, streamed
 //! in pieces of `piece` bytes (the ring's chunk): consecutive small tensors are copied into a
 //! staging piece and reduced together; the whole pieces that lie within one tensor are reduced
-//! in place, by one allreduce.
+//! in place, by one allreduce. Where the ranks share a stage and the piece runs on its slots,
+//! the staging piece is this rank's region of the stage itself (the fusion buffer in the shared
+//! segment): the tensors are copied straight into it, and the sums straight back from the
+//! ranks' regions, with no private piece between.
 //! Every rank cuts the same pieces, since they follow from the agreed sizes alone.
 //!
 //! A rank that has joined and did not submit a tensor contributes a stand-in: the identity of
@@ -264,12 +267,8 @@ fn allreduce(ctx: &mut Ctx<'_>, items: &mut Vec<Item>, op: ReduceOp, done: &mut 
                 off += span;
                 continue;
             }
+            // Packed when the piece is flushed, into the stage's region or the private piece.
             let n = (len - off).min(piece - fill);
-            let t = Instant::now();
-            let src = items[i].data.memory_ref().range(off, off + n);
-            let dst = ctx.stage.memory().into_range(fill, fill + n);
-            ctx.ops.copy(dst, src).map_err(|e| ops_failed(rank, Collective::Allreduce(op), e))?;
-            items[i].note(COPY_IN, t, Instant::now());
             staged.push((i, off..off + n));
             fill += n;
             off += n;
@@ -295,7 +294,9 @@ fn allreduce(ctx: &mut Ctx<'_>, items: &mut Vec<Item>, op: ReduceOp, done: &mut 
     Ok(())
 }
 
-/// Reduces the staging piece and copies each tensor's part back.
+/// Reduces the staged parts of tensors, `fill` bytes end to end: on the shared stage's region
+/// when the communicator takes them there, else copied into the private piece, reduced, and
+/// copied back.
 fn flush(
     ctx: &mut Ctx<'_>,
     items: &mut [Item],
@@ -305,6 +306,29 @@ fn flush(
     dtype: DType,
     wire: ReduceOp,
 ) -> Result<()> {
+    if ctx.stage.place() == Place::Host {
+        let t = Instant::now();
+        let mut packed = OnStage { items: &mut *items, runs: staged };
+        if let Some(result) = ctx.comm.allreduce_on_stage(fill, dtype, wire, &mut packed) {
+            result?;
+            let t1 = Instant::now();
+            for (i, range) in staged.drain(..) {
+                items[i].note(COMM, t, t1);
+                remaining[i] -= range.len();
+            }
+            return Ok(());
+        }
+    }
+    let rank = ctx.comm.rank();
+    let mut at = 0;
+    for (i, range) in staged.iter() {
+        let t = Instant::now();
+        let src = items[*i].data.memory_ref().range(range.start, range.end);
+        let dst = ctx.stage.memory().into_range(at, at + range.len());
+        ctx.ops.copy(dst, src).map_err(|e| ops_failed(rank, Collective::Allreduce(wire), e))?;
+        items[*i].note(COPY_IN, t, Instant::now());
+        at += range.len();
+    }
     let t = Instant::now();
     ctx.comm.allreduce_bytes(ctx.stage.memory().range(0, fill), dtype, wire)?;
     let t1 = Instant::now();
@@ -322,6 +346,34 @@ fn flush(
         at += n;
     }
     Ok(())
+}
+
+/// Parts of host tensors, end to end: the piece the stage's slots reduce in place of a private
+/// one (see [`Communicator::allreduce_on_stage`]).
+struct OnStage<'a> {
+    items: &'a mut [Item],
+    runs: &'a [(usize, Range<usize>)],
+}
+
+impl crate::algorithms::Packed for OnStage<'_> {
+    fn pack(&self, region: &mut [u8]) {
+        let mut at = 0;
+        for (i, range) in self.runs {
+            let src = self.items[*i].data.memory_ref().host().expect("host tensors: the piece is in host memory");
+            region[at..at + range.len()].copy_from_slice(&src[range.clone()]);
+            at += range.len();
+        }
+    }
+
+    fn unpack(&mut self, put: &mut dyn FnMut(&mut [u8], usize)) {
+        let mut at = 0;
+        for (i, range) in self.runs {
+            let mut memory = self.items[*i].data.memory();
+            let dst = memory.host().expect("host tensors: the piece is in host memory");
+            put(&mut dst[range.clone()], at);
+            at += range.len();
+        }
+    }
 }
 
 /// Broadcast, allgather, reducescatter or alltoall of one tensor. Results lie where the tensor
