@@ -300,7 +300,7 @@ impl Communicator {
         op: ReduceOp,
         packed: &mut dyn crate::algorithms::Packed,
     ) -> Option<Result<()>> {
-        if op == ReduceOp::Average || len == 0 || len % dtype.size() != 0 {
+        if op == ReduceOp::Average || len == 0 || !len.is_multiple_of(dtype.size()) {
             return None;
         }
         if !crate::backend::host::slots_on_stage(self.world.tuning(), len, self.size()) {
