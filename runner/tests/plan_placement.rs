@@ -71,13 +71,7 @@ fn gpus_win_over_slots() {
 fn environment_names_match_design() {
     let p = plan(r#"{"index": 0, "host": "a", "gpus": [], "slots": 2}"#, 0);
     let placed = place(&p);
-    let job = JobEnv {
-        rendezvous: "10.0.0.1:29400".into(),
-        secret: "00ff".into(),
-        master_addr: "10.0.0.1".into(),
-        master_port: 29501,
-        pin_gpus: true,
-    };
+    let job = job();
     let env = child_env(&placed[1], &job);
     let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
     assert_eq!(
@@ -120,6 +114,17 @@ fn environment_names_match_design() {
     }
 }
 
+/// The job's shared environment, GPUs pinned.
+fn job() -> JobEnv {
+    JobEnv {
+        rendezvous: "10.0.0.1:29400".into(),
+        secret: "00ff".into(),
+        master_addr: "10.0.0.1".into(),
+        master_port: 29501,
+        pin_gpus: true,
+    }
+}
+
 fn get_of<'a>(env: &'a [(String, String)], k: &str) -> Option<&'a str> {
     env.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
 }
@@ -136,13 +141,7 @@ fn every_process_sees_its_hosts_gpus_in_local_rank_order() {
         0,
     );
     let placed = place(&p);
-    let job = JobEnv {
-        rendezvous: "10.0.0.1:29400".into(),
-        secret: "00ff".into(),
-        master_addr: "10.0.0.1".into(),
-        master_port: 29501,
-        pin_gpus: true,
-    };
+    let job = job();
     let seen: Vec<(usize, String)> = placed
         .iter()
         .map(|x| (x.local_rank, get_of(&child_env(x, &job), "CUDA_VISIBLE_DEVICES").unwrap().to_string()))
