@@ -46,6 +46,20 @@ fn out_of_order_steps() {
     }
 }
 
+/// Fused buckets of every dtype and op, exact: over shared memory at N = 2 (every piece packed
+/// straight into the stage) and 3, and over TCP.
+#[test]
+fn fused_buckets_of_every_dtype_and_op() {
+    for (n, transport) in [(2, "shm"), (3, "shm"), (2, "tcp")] {
+        let env = [("FERROVOD_TIMEOUT", "60".to_string()), ("FERROVOD_TRANSPORT", transport.to_string())];
+        let ended = World::spawn(n, &worker(), &["engine-ops"], &env).wait(Duration::from_secs(180));
+        for (rank, e) in ended.iter().enumerate() {
+            assert_eq!(e.code, Some(0), "rank {rank} ({env:?}): {}", e.stderr);
+            assert_eq!(e.stdout.trim(), "ok", "rank {rank} ({env:?}); stderr: {}", e.stderr);
+        }
+    }
+}
+
 #[test]
 fn stall_warning_logs_missing_rank_and_name() {
     let env = [("FERROVOD_STALL_WARNING", "0.5".to_string()), ("FERROVOD_STALL_TIMEOUT", "30".to_string())];

@@ -306,7 +306,8 @@ impl Communicator {
         if !crate::backend::host::slots_on_stage(self.world.tuning(), len, self.size()) {
             return None;
         }
-        if self.links.host.stage().is_none_or(|s| s.region() < len) {
+        // A stage of the job's host links means one host: no hierarchical group to go through.
+        if self.links.local.is_some() || self.links.host.stage().is_none_or(|s| s.region() < len) {
             return None;
         }
         let (collective, count) = (Collective::Allreduce(op), len / dtype.size());
@@ -326,7 +327,7 @@ impl Communicator {
             segment: self.world.tuning().segment,
             chunk: self.world.tuning().ring_chunk,
         };
-        let stage = self.links.host.stage()?;
+        let stage = self.links.host.stage().expect("a stage, checked above (a call is made: no way back)");
         Some(match crate::algorithms::allreduce_stage_slots_packed(stage, &p, len, op, packed) {
             Ok(()) => {
                 self.ran = AllreduceAlgorithm::StageSlots.name();

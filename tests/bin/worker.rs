@@ -32,6 +32,9 @@
 //! - `engine-steps STEPS`: each step submits 30 named f32 allreduces of 1 to 300,000 elements
 //!   in an order of its own (per rank and step), waits for all and checks every element.
 //!   Prints `ok` on success.
+//! - `engine-ops`: for every dtype and every allreduce op it takes, seven tensors of 1 to 20,000
+//!   elements submitted together (fused into one bucket, so their ends share pieces), each checked
+//!   element by element against the serial reference. Prints `ok` on success.
 //! - `engine-late-rank SECS`: rank 1 sleeps SECS seconds before submitting `late.x`, the
 //!   others submit it at once; every rank checks the result. Prints `ok` on success.
 //! - `engine-missing`: every rank but the last submits `never`; the last submits only
@@ -48,7 +51,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use ferrovod::{Collective, Communicator, DType, Engine, Handle, Output, ReduceOp, Submission};
-use ferrovod_tests::{Plan, Rng, check_collectives, counts};
+use ferrovod_tests::{Plan, Rng, check, check_collectives, counts, expected_allreduce, input};
 
 fn list<T: Copy>(arg: &str, all: &[T], parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>, String> {
     if arg == "all" {
@@ -245,6 +248,7 @@ fn process_sets(comm: &mut Communicator) -> Result<(), String> {
 /// An engine scenario, parsed before joining so that bad usage exits 2.
 enum EngineScenario {
     Steps(usize),
+    Ops,
     LateRank(Duration),
     Missing,
     Loop,
@@ -254,6 +258,7 @@ impl EngineScenario {
     fn parse(args: &[String]) -> Option<EngineScenario> {
         match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
             ["engine-steps", steps] => steps.parse().ok().map(EngineScenario::Steps),
+            ["engine-ops"] => Some(EngineScenario::Ops),
             ["engine-late-rank", secs] => {
                 let secs = secs.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0)?;
                 Some(EngineScenario::LateRank(Duration::from_secs_f64(secs)))
@@ -351,6 +356,30 @@ fn engine_scenario(engine: &Engine, scenario: &EngineScenario) -> Result<(), Fai
                     let want = |i: usize| (0..n).map(|q| step_value(q, step, t, i)).sum::<f32>();
                     if let Some(i) = (0..len).find(|&i| got[i] != want(i)) {
                         return Err(format!("{what}: element {i} is {}, expected {}", got[i], want(i)).into());
+                    }
+                }
+            }
+            println!("ok");
+            Ok(())
+        }
+        EngineScenario::Ops => {
+            const COUNTS: [usize; 7] = [1, 7, 100, 1000, 4093, 3000, 20_000];
+            for dtype in DType::ALL {
+                for op in ReduceOp::ALL.into_iter().filter(|&op| Collective::Allreduce(op).refuses(dtype).is_none()) {
+                    let mut handles = Vec::with_capacity(COUNTS.len());
+                    for (k, &count) in COUNTS.iter().enumerate() {
+                        let name = format!("{dtype}.{op:?}.{k}");
+                        let data = input(dtype, op, r, count).bytes().to_vec();
+                        let sub = Submission::new(name.clone(), Collective::Allreduce(op), dtype, &[count], data);
+                        let h = engine.submit(sub).map_err(|e| format!("submitting {name:?}: {e}"))?;
+                        handles.push((name, count, h));
+                    }
+                    for (name, count, h) in handles {
+                        let out = wait(engine, h, &name)?;
+                        let ferrovod::memory::Owned::Host(got) = &out.data else {
+                            return Err(format!("{name}: the result is not in host memory").into());
+                        };
+                        check(&name, dtype, got, expected_allreduce(dtype, op, n, count).bytes())?;
                     }
                 }
             }

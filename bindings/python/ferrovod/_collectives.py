@@ -96,7 +96,7 @@ def _start_allreduce(
 def _submit_allreduce(
     tensor: Any, reduce_op: ReduceOp, name: str, prescale_factor: float, ps: int, waited: bool
 ) -> _ferrovod.Handle:
-    lent = _arrays.in_place(tensor, "allreduce", name)  # refuses before the prescale writes into it
+    lent = _arrays.in_place(tensor, "allreduce", name)  # a read-only torch tensor: refused before the prescale
     _arrays.scale(tensor, prescale_factor)
     return _ferrovod.allreduce_async_(lent, name, reduce_op, ps, waited)
 

@@ -237,7 +237,7 @@ fn allreduce(ctx: &mut Ctx<'_>, items: &mut Vec<Item>, op: ReduceOp, done: &mut 
     let dtype = items[0].ready.meta.dtype;
     let piece = (ctx.piece / dtype.size()).max(1) * dtype.size();
     // Where the bucket lies: the fusion never mixes host and device tensors (a joined rank's
-    // stand-ins are host memory for now).
+    // stand-ins lie where its own tensors of the kind did: see `stand_in`).
     let place = items.iter().map(|i| i.data.place()).find(|p| p.is_device()).unwrap_or(Place::Host);
     // Average is a sum here, divided by every rank: a joined rank counts as zeros, as in
     // Horovod (a script's learning rate assumes the whole job's size). On device memory the
@@ -306,7 +306,8 @@ fn flush(
     dtype: DType,
     wire: ReduceOp,
 ) -> Result<()> {
-    if ctx.stage.place() == Place::Host {
+    // Decided from what every rank agreed (host memory), so that every rank takes the same path.
+    if !items[0].ready.meta.device {
         let t = Instant::now();
         let mut packed = OnStage { items: &mut *items, runs: staged };
         if let Some(result) = ctx.comm.allreduce_on_stage(fill, dtype, wire, &mut packed) {

@@ -65,6 +65,15 @@ enum State {
 }
 
 impl NcclBackend {
+    /// How long an NCCL wait lasts: the links' share of the timeout where the world keeps a
+    /// failure record (the rest is the blame window, as for every wait on the links).
+    fn wait_limit(&self) -> std::time::Duration {
+        match self.abort {
+            Some(_) => self.tuning.for_links().timeout,
+            None => self.tuning.timeout,
+        }
+    }
+
     /// The NCCL backend for `mode` (auto or nccl), with `staged` for what NCCL cannot run;
     /// its waits end when `abort` rings.
     pub fn new(mode: GpuBackend, tuning: Tuning, staged: OnDevices, abort: Option<AbortBell>) -> NcclBackend {
@@ -136,7 +145,7 @@ impl NcclBackend {
                 for (dst, &src) in id.internal.iter_mut().zip(&rec(0)[ID_AT..ID_MADE]) {
                     *dst = src as std::ffi::c_char;
                 }
-                let deadline = Instant::now() + self.tuning.timeout;
+                let deadline = Instant::now() + self.wait_limit();
                 let joined = dev.enter().and_then(|_in| {
                     let comm = Comm::join(nccl, &id, rank, n, deadline, self.tuning.spin, self.abort.clone())
                         .map_err(|e| e.to_string())?;
@@ -296,6 +305,11 @@ impl Backend for NcclBackend {
                             Stop::Aborted => format!("rank {rank}: {what} on cuda:{device}: the job failed elsewhere"),
                             e => format!("rank {rank}: {what} on cuda:{device}: {e}"),
                         };
+                        if !matches!(e, Stop::Failed(_)) {
+                            // The error raised is the job's record or the links' timeout, which
+                            // say nothing of NCCL: say here what was waited for.
+                            eprintln!("ferrovod: {why}");
+                        }
                         let was = std::mem::replace(&mut self.state, State::Broken(why.clone()));
                         if let State::Ready { dev, comm, done, .. } = was {
                             // Abort (bounded), then let the stream drain (bounded) before the
@@ -332,9 +346,9 @@ impl Backend for NcclBackend {
 impl NcclBackend {
     /// Runs `req` on NCCL and waits (polling) until it is done.
     fn nccl(&mut self, req: Request<'_>, rank: usize, n: usize) -> Result<(), Stop> {
+        let deadline = Instant::now() + self.wait_limit();
         let State::Ready { dev, comm, done, order, .. } = &mut self.state else { unreachable!("ready") };
         let _in = dev.enter()?;
-        let deadline = Instant::now() + self.tuning.timeout;
         let stream = dev.raw_stream() as sys::CudaStream;
         let call = req.call;
         let size = call.dtype.size();
