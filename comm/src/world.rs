@@ -16,9 +16,9 @@
 //! A new network transport registers in [`endpoints`]; backends register in
 //! [`crate::backend::registry`].
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::bootstrap::{self, PeerInfo, StoreClient, StoreServer, Topology, exchange_peers};
@@ -31,11 +31,16 @@ use crate::transport::shm::ShmEndpoint;
 use crate::transport::tcp::TcpEndpoint;
 use crate::transport::{AbortBell, Endpoint, Transport};
 
-/// Worlds joined by this process, so that a second one uses fresh store keys.
-static GENERATION: AtomicU32 = AtomicU32::new(0);
+/// Per rendezvous address and rank, the worlds this process joined (so that a rank joining
+/// again uses fresh store keys) and the generation of the last one (its process sets' keys live
+/// under it). Kept per rank, not per process: ranks that are threads of one process (tests) then
+/// count alike, as ranks in processes of their own do.
+static GENERATIONS: Mutex<BTreeMap<(String, usize), (u32, u32)>> = Mutex::new(BTreeMap::new());
 
-/// The generation of the last world this process joined: its process sets' keys live under it.
-static CURRENT: AtomicU32 = AtomicU32::new(0);
+/// The key of `config`'s rank in [`GENERATIONS`].
+fn joiner(config: &Config) -> (String, usize) {
+    (config.rendezvous.clone().unwrap_or_default(), config.rank)
+}
 
 /// The transports of a communicator, lent to backends for one request at a time.
 pub struct Links {
@@ -321,8 +326,13 @@ impl World {
     /// Joins the job `config` describes.
     pub fn join(config: &Config) -> Result<(World, Links)> {
         config.validate()?;
-        let generation = GENERATION.fetch_add(1, Ordering::Relaxed);
-        CURRENT.store(generation, Ordering::Relaxed);
+        let generation = {
+            let mut all = GENERATIONS.lock().unwrap_or_else(|p| p.into_inner());
+            let (next, current) = all.entry(joiner(config)).or_insert((0, 0));
+            *current = *next;
+            *next += 1;
+            *current
+        };
         World::join_at(config, &format!("ferrovod/comm{generation}"))
     }
 
@@ -350,7 +360,11 @@ impl World {
         let sub = Config { rank: position, size: members.len(), host_store: false, ..config.clone() };
         // The ranks are in the keys: members that disagree on them wait for each other in vain
         // and time out naming who is missing, rather than join one world.
-        let generation = CURRENT.load(Ordering::Relaxed);
+        let generation = GENERATIONS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&joiner(config))
+            .map_or(0, |&(_, current)| current);
         World::join_at(&sub, &format!("ferrovod/comm{generation}/set{id}-{:016x}", fnv1a(members)))
     }
 
