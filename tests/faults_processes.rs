@@ -6,10 +6,6 @@ use std::time::{Duration, Instant};
 
 use ferrovod_tests::{Ended, World, workspace_bin};
 
-/// Communicators this test binary has built in its own process (each takes the next store
-/// prefix, `ferrovod/comm{n}`).
-static GENERATION: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
 fn worker() -> std::path::PathBuf {
     workspace_bin("ferrovod-test-worker")
 }
@@ -261,13 +257,13 @@ fn dead_after_rendezvous(transports: &[&str], what: &str) {
         pid_ns: ferrovod::os::pid_namespace(),
         tuning: tuning.agreed().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
     };
-    let prefix = format!("ferrovod/comm{}", GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    // A rank's first join at a rendezvous address (every call here binds a store of its own)
+    // keys under generation 0.
+    let prefix = "ferrovod/comm0".to_string();
     let rank1 = {
         let (addr, secret) = (addr.clone(), secret.clone());
         std::thread::spawn(move || {
             let mut c = StoreClient::connect(&addr, &secret, Duration::from_secs(10)).unwrap();
-            // The key prefix of this process's next communicator (no other test of this binary
-            // builds one in process).
             exchange_peers(&mut c, &prefix, 1, 2, &me, Duration::from_secs(30)).unwrap();
         })
     };
