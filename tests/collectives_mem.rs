@@ -8,7 +8,7 @@ use ferrovod::config::{AllreduceAlgorithm, Tuning};
 use ferrovod::transport::Transport;
 use ferrovod::transport::mem::MemTransport;
 use ferrovod::{Communicator, DType, ReduceOp};
-use ferrovod_tests::{Plan, check_collectives, counts, in_threads};
+use ferrovod_tests::{Plan, check_collectives, check_small_counts, counts, in_threads};
 
 const SIZES: [usize; 6] = [1, 2, 3, 4, 5, 8];
 
@@ -42,16 +42,7 @@ fn world(n: usize, tuning: Tuning, body: impl Fn(&mut Communicator) -> Result<()
 fn small_counts_every_dtype_and_op() {
     for n in SIZES {
         for tuning in ALGORITHMS.map(tuning).into_iter().chain([Tuning::default()]) {
-            world(n, tuning, |c| {
-                for dtype in DType::ALL {
-                    let small = &counts(dtype, false)[..4];
-                    check_collectives(
-                        c,
-                        Plan { dtypes: &[dtype], ops: &ReduceOp::ALL, allreduce_counts: small, other_counts: small },
-                    )?;
-                }
-                Ok(())
-            });
+            world(n, tuning, check_small_counts);
         }
     }
 }

@@ -409,6 +409,19 @@ fn check_algorithm(what: &str, comm: &ferrovod::Communicator) -> Result<(), Stri
     }
 }
 
+/// [`check_collectives`] for every dtype and op at the first four of [`counts`] (0, 1, 7 and
+/// 4093 elements).
+pub fn check_small_counts(comm: &mut ferrovod::Communicator) -> Result<(), String> {
+    for dtype in DType::ALL {
+        let small = &counts(dtype, false)[..4];
+        check_collectives(
+            comm,
+            Plan { dtypes: &[dtype], ops: &ReduceOp::ALL, allreduce_counts: small, other_counts: small },
+        )?;
+    }
+    Ok(())
+}
+
 /// Runs every collective of `plan` on `comm` and checks each result element by element
 /// against the serial reference. Every rank must call it with the same plan.
 pub fn check_collectives(comm: &mut ferrovod::Communicator, plan: Plan<'_>) -> Result<(), String> {
