@@ -66,14 +66,20 @@ def after_submitting() -> None:
     """Errors on one rank while its own submissions are in flight."""
     r, n = fv.rank(), fv.size()
     ones = np.ones(3, np.float32)
-    # A name submitted again while in flight: refused on rank 0; the first still runs.
-    first = fv.allreduce_async(ones, name="in.flight", op=fv.Sum)
+    # A name submitted again while in flight: refused on rank 0; the first still runs. Rank 1
+    # submits the name only after rank 0 has tried twice (the allreduce "go" orders them), so the
+    # first cannot have finished before the second try.
     if r == 0:
+        first = fv.allreduce_async(ones, name="in.flight", op=fv.Sum)
         try:
             fv.allreduce_async(ones, name="in.flight", op=fv.Sum)
             sys.exit("rank 0: a name in flight submitted twice: no error")
         except fv.InvalidArgumentError as e:
             assert "already in flight" in str(e), e
+        fv.allreduce(ones, name="go", op=fv.Sum)
+    else:
+        fv.allreduce(ones, name="go", op=fv.Sum)
+        first = fv.allreduce_async(ones, name="in.flight", op=fv.Sum)
     if fv.synchronize(first).tolist() != [float(n)] * 3:
         sys.exit(f"rank {r}: the first of the names in flight")
     still_paired("a name in flight submitted twice", 0)
