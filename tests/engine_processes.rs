@@ -50,7 +50,7 @@ fn out_of_order_steps() {
 /// straight into the stage) and 3, and over TCP.
 #[test]
 fn fused_buckets_of_every_dtype_and_op() {
-    for (n, transport) in [(2, "shm"), (3, "shm"), (2, "tcp")] {
+    for (n, transport) in [(2, "shm"), (3, "shm"), (4, "shm"), (5, "shm"), (2, "tcp")] {
         let env = [("FERROVOD_TIMEOUT", "60".to_string()), ("FERROVOD_TRANSPORT", transport.to_string())];
         let ended = World::spawn(n, &worker(), &["engine-ops"], &env).wait(Duration::from_secs(180));
         for (rank, e) in ended.iter().enumerate() {

@@ -287,11 +287,12 @@ impl Communicator {
     /// An allreduce of a piece whose bytes lie elsewhere, reduced on the host's shared stage
     /// with the region as the fusion buffer: `packed` writes this rank's `len` bytes straight
     /// into its region and gets the sums straight back (see
-    /// [`crate::algorithms::allreduce_stage_slots_packed`]; the same bits as
+    /// [`crate::algorithms::allreduce_stage_slots_packed`] and
+    /// [`crate::algorithms::allreduce_stage_split_packed`]; the same bits as
     /// [`Communicator::allreduce_bytes`] of the packed piece). `None` (and no call made) unless
-    /// the host backend would run that allreduce on the stage's slots: the ranks share a
-    /// stage, `len` fits a region, the host backend takes host memory here, the algorithm for
-    /// `len` bytes is the slots, and `op` is not an average (which the backend divides). Every
+    /// the host backend would run that allreduce on the stage: the ranks share a stage, `len`
+    /// fits a region, the host backend takes host memory here, the algorithm for `len` bytes
+    /// is the slots or the split, and `op` is not an average (which the backend divides). Every
     /// rank decides alike, from what is the job's: the stage, the tuning and `len`.
     pub(crate) fn allreduce_on_stage(
         &mut self,
@@ -303,9 +304,7 @@ impl Communicator {
         if op == ReduceOp::Average || len == 0 || !len.is_multiple_of(dtype.size()) {
             return None;
         }
-        if !crate::backend::host::slots_on_stage(self.world.tuning(), len, self.size()) {
-            return None;
-        }
+        let algorithm = crate::backend::host::stage_allreduce(self.world.tuning(), len, self.size())?;
         // A stage of the job's host links means one host: no hierarchical group to go through.
         if self.links.local.is_some() || self.links.host.stage().is_none_or(|s| s.region() < len) {
             return None;
@@ -327,10 +326,17 @@ impl Communicator {
             segment: self.world.tuning().segment,
             chunk: self.world.tuning().ring_chunk,
         };
+        let rank = (self.links.host.rank(), self.links.host.size());
         let stage = self.links.host.stage().expect("a stage, checked above (a call is made: no way back)");
-        Some(match crate::algorithms::allreduce_stage_slots_packed(stage, &p, len, op, packed) {
+        let result = match algorithm {
+            AllreduceAlgorithm::StageSlots => {
+                crate::algorithms::allreduce_stage_slots_packed(stage, &p, len, op, packed)
+            }
+            _ => crate::algorithms::allreduce_stage_split_packed(stage, &p, rank, len, op, packed),
+        };
+        Some(match result {
             Ok(()) => {
-                self.ran = AllreduceAlgorithm::StageSlots.name();
+                self.ran = algorithm.name();
                 Ok(())
             }
             Err(cause) => Err(self.fail(call, backend::Error::Transport(cause))),

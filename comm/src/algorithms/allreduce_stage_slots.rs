@@ -8,22 +8,12 @@
 //! The least latency there is; the reads grow with n, so larger messages take the split.
 //!
 //! [`allreduce_stage_slots_packed`] is the same step for a piece whose bytes lie elsewhere (the
-//! engine's fused tensors): they are written straight into the region, and the sums go straight
-//! back to where they lie, so the region is the fusion buffer.
+//! engine's fused tensors, see [`Packed`]).
 
-use super::{Params, piece_ranges};
+use super::{Packed, Params, piece_ranges};
 use crate::dtype::ReduceOp;
 use crate::reduce::{Order, reduce_into};
 use crate::transport::{Error, Stage};
-
-/// A piece of a region or less whose bytes lie in several places, end to end.
-pub trait Packed {
-    /// Writes the piece, end to end, into `region` (exactly the piece's length).
-    fn pack(&self, region: &mut [u8]);
-    /// Calls `put(dst, at)` for every place the piece's bytes go: `dst` is where the piece's
-    /// bytes `at..at + dst.len()` belong (whole elements), in order, covering the piece.
-    fn unpack(&mut self, put: &mut dyn FnMut(&mut [u8], usize));
-}
 
 /// One step of the slots for `len` bytes (at most a region) packed by `packed`: the reduced
 /// bytes are those [`allreduce_stage_slots`] computes for the packed piece, bit for bit.
@@ -34,9 +24,9 @@ pub fn allreduce_stage_slots_packed(
     op: ReduceOp,
     packed: &mut dyn Packed,
 ) -> Result<(), Error> {
-    packed.pack(&mut s.next()?[..len]);
+    packed.pack(0..len, &mut s.next()?[..len]);
     let all = s.publish(p.tag, len, 0)?;
-    packed.unpack(&mut |dst: &mut [u8], at: usize| {
+    packed.unpack(0..len, &mut |dst: &mut [u8], at: usize| {
         let end = at + dst.len();
         dst.copy_from_slice(&all[0][at..end]);
         for theirs in &all[1..] {

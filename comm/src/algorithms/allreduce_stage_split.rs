@@ -9,11 +9,49 @@
 //!
 //! Cost per piece of m bytes: two waits (2α) + m·(n-1)/n copied in + m·(n-1)/n read and
 //! reduced (γ) + m/n copy + m·(n-1)/n read: constant in n per byte, where the slots read n·m.
+//!
+//! [`allreduce_stage_split_packed`] is the same for a piece whose bytes lie elsewhere (the
+//! engine's fused tensors, see [`Packed`]): the whole piece is written into the region, this
+//! rank's share is reduced straight into where its bytes lie, and the other shares are copied
+//! straight there from their owners' regions.
 
-use super::{Params, even_blocks, piece_ranges};
+use super::{Packed, Params, even_blocks, piece_ranges};
 use crate::dtype::ReduceOp;
 use crate::reduce::{Order, reduce_into};
 use crate::transport::{Error, Stage};
+
+/// One step of the split for `len` bytes (at most a region) packed by `packed`, over `n` ranks
+/// of which this is `rank`: the reduced bytes are those [`allreduce_stage_split`] computes for
+/// the packed piece, bit for bit (each share is reduced by its owner in the same order).
+pub fn allreduce_stage_split_packed(
+    s: &mut dyn Stage,
+    p: &Params,
+    (rank, n): (usize, usize),
+    len: usize,
+    op: ReduceOp,
+    packed: &mut dyn Packed,
+) -> Result<(), Error> {
+    let shares = even_blocks(len / p.dtype.size(), n, p.dtype.size());
+    let mine = shares[rank].clone();
+
+    packed.pack(0..len, &mut s.next()?[..len]);
+    let all = s.publish(p.tag, len, 0)?;
+    packed.unpack(mine.clone(), &mut |out: &mut [u8], at: usize| {
+        let bytes = at..at + out.len();
+        out.copy_from_slice(&all[rank][bytes.clone()]);
+        for (q, theirs) in all.iter().enumerate().filter(|&(q, _)| q != rank) {
+            let order = if q < rank { Order::SrcFirst } else { Order::AccFirst };
+            reduce_into(p.dtype, op, out, &theirs[bytes.clone()], order);
+        }
+    });
+
+    packed.pack(mine.clone(), &mut s.next()?[mine.clone()]);
+    let all = s.publish(p.tag, len, 0)?;
+    for (q, share) in shares.into_iter().enumerate().filter(|&(q, _)| q != rank) {
+        packed.unpack(share, &mut |out: &mut [u8], at: usize| out.copy_from_slice(&all[q][at..at + out.len()]));
+    }
+    Ok(())
+}
 
 /// Allreduce in place over `n` ranks of which this is `rank` (`Average` is left as a sum; the
 /// caller divides).

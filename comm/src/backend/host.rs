@@ -186,10 +186,12 @@ fn hierarchical(
 /// wait once per piece instead of twice but read every rank's data (see the two algorithms).
 const STAGE_SLOTS_PER_PEER: usize = 64 << 10;
 
-/// Whether the host backend would run an allreduce of `bytes` on `n` ranks that share a
-/// stage on the stage's slots (the engine then packs its fused piece straight into the stage).
-pub(crate) fn slots_on_stage(tuning: &Tuning, bytes: usize, n: usize) -> bool {
-    allreduce_algorithm(tuning, bytes, n, true) == AllreduceAlgorithm::StageSlots
+/// The stage algorithm (slots or split) the host backend would run for an allreduce of `bytes`
+/// on `n` ranks that share a stage, if it would run one (the engine then packs its fused piece
+/// straight into the stage).
+pub(crate) fn stage_allreduce(tuning: &Tuning, bytes: usize, n: usize) -> Option<AllreduceAlgorithm> {
+    let algorithm = allreduce_algorithm(tuning, bytes, n, true);
+    matches!(algorithm, AllreduceAlgorithm::StageSlots | AllreduceAlgorithm::StageSplit).then_some(algorithm)
 }
 
 /// The allreduce algorithm for `bytes` on `n` ranks. Over a shared stage: the slots for small

@@ -349,30 +349,30 @@ fn flush(
     Ok(())
 }
 
-/// Parts of host tensors, end to end: the piece the stage's slots reduce in place of a private
-/// one (see [`Communicator::allreduce_on_stage`]).
+/// Parts of host tensors, end to end: the piece the stage reduces in place of a private one (see
+/// [`Communicator::allreduce_on_stage`]).
 struct OnStage<'a> {
     items: &'a mut [Item],
     runs: &'a [(usize, Range<usize>)],
 }
 
 impl crate::algorithms::Packed for OnStage<'_> {
-    fn pack(&self, region: &mut [u8]) {
-        let mut at = 0;
-        for (i, range) in self.runs {
+    fn pack(&self, span: Range<usize>, out: &mut [u8]) {
+        let start = span.start;
+        for (run, within, at) in crate::algorithms::runs_within(self.runs.iter().map(|(_, r)| r.len()), span) {
+            let (i, range) = &self.runs[run];
             let src = self.items[*i].data.memory_ref().host().expect("host tensors: the piece is in host memory");
-            region[at..at + range.len()].copy_from_slice(&src[range.clone()]);
-            at += range.len();
+            let bytes = range.start + within.start..range.start + within.end;
+            out[at - start..at - start + bytes.len()].copy_from_slice(&src[bytes]);
         }
     }
 
-    fn unpack(&mut self, put: &mut dyn FnMut(&mut [u8], usize)) {
-        let mut at = 0;
-        for (i, range) in self.runs {
+    fn unpack(&mut self, span: Range<usize>, put: &mut dyn FnMut(&mut [u8], usize)) {
+        for (run, within, at) in crate::algorithms::runs_within(self.runs.iter().map(|(_, r)| r.len()), span) {
+            let (i, range) = &self.runs[run];
             let mut memory = self.items[*i].data.memory();
             let dst = memory.host().expect("host tensors: the piece is in host memory");
-            put(&mut dst[range.clone()], at);
-            at += range.len();
+            put(&mut dst[range.start + within.start..range.start + within.end], at);
         }
     }
 }
