@@ -37,8 +37,38 @@ pub fn read_msg<T: DeserializeOwned>(r: &mut impl Read, cap: usize, peer: &str) 
             detail: format!("message of {len} bytes exceeds the {cap}-byte cap"),
         });
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).map_err(io)?;
+    // Grown as the bytes arrive, not allocated at the length a peer claims.
+    let mut body = Vec::with_capacity(len.min(64 << 10));
+    r.take(len as u64).read_to_end(&mut body).map_err(io)?;
+    if body.len() < len {
+        return Err(io(std::io::ErrorKind::UnexpectedEof.into()));
+    }
     postcard::from_bytes(&body)
         .map_err(|e| Error::Protocol { addr: peer.to_string(), detail: format!("malformed message: {e}") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Error, read_msg, write_msg};
+
+    #[test]
+    fn a_frame_round_trips_and_a_short_body_is_an_error() {
+        let mut frame = Vec::new();
+        write_msg(&mut frame, &(7u32, "key".to_string()), "peer").unwrap();
+        let got: (u32, String) = read_msg(&mut &frame[..], 1 << 10, "peer").unwrap();
+        assert_eq!(got, (7, "key".to_string()));
+
+        // A length claimed but not sent: an error when the bytes end, whatever the claim.
+        let mut short = (32u32 << 20).to_le_bytes().to_vec();
+        short.extend_from_slice(&frame[4..]);
+        match read_msg::<(u32, String)>(&mut &short[..], 64 << 20, "peer") {
+            Err(Error::Io { source, .. }) => assert_eq!(source.kind(), std::io::ErrorKind::UnexpectedEof),
+            other => panic!("expected an end-of-file error, got {other:?}"),
+        }
+        // Over the cap: refused before any body is read.
+        match read_msg::<(u32, String)>(&mut &short[..], 1 << 20, "peer") {
+            Err(Error::Protocol { detail, .. }) => assert!(detail.contains("exceeds"), "{detail}"),
+            other => panic!("expected the cap, got {other:?}"),
+        }
+    }
 }
