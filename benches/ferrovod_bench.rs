@@ -463,6 +463,8 @@ fn launch(run: &Launch<'_>) -> Result<(), String> {
     let mut children: Vec<Child> = Vec::new();
     for rank in 0..run.np {
         let mut cmd = Command::new(&exe);
+        // Killing the benchmark kills its ranks.
+        ferrovod::os::killed_with_parent(&mut cmd);
         cmd.args(run.args)
             .arg("--worker")
             .env("FERROVOD_RANK", rank.to_string())

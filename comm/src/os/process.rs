@@ -19,6 +19,27 @@ pub fn getppid() -> Pid {
     unsafe { libc::getppid() }
 }
 
+/// Makes the process `cmd` starts get SIGKILL when the thread that starts it ends, or its
+/// process dies, however it dies (`PR_SET_PDEATHSIG`); a start that finds its parent already
+/// gone fails instead. For helpers that must not outlive the process that ran them.
+pub fn killed_with_parent(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let parent = getpid();
+    // SAFETY: prctl and getppid are async-signal-safe, and the closure allocates nothing
+    // (io::Error::last_os_error and from_raw_os_error do not allocate).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        })
+    }
+}
+
 /// A descriptor that becomes readable when process `pid` exits (Linux 5.3+); `None` where the
 /// kernel has no pidfds (or `pid` is gone), in which case callers poll.
 pub fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
@@ -83,6 +104,26 @@ mod tests {
         assert_eq!(poll(&mut pfd, Duration::from_millis(10)).unwrap(), 0, "readable while the child runs");
         assert_eq!(poll(&mut pfd, Duration::from_secs(10)).unwrap(), 1, "not readable after the child exited");
         let _ = child.wait();
+    }
+
+    #[test]
+    fn a_child_killed_with_its_parent_ends_with_the_thread_that_started_it() {
+        // PR_SET_PDEATHSIG fires when the starting thread ends: a thread stands in for the parent.
+        let mut child = std::thread::spawn(|| {
+            super::killed_with_parent(std::process::Command::new("sleep").arg("60")).spawn().unwrap()
+        })
+        .join()
+        .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(std::time::Instant::now() < deadline, "the child outlived its parent thread");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
     }
 
     #[test]
