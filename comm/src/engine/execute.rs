@@ -3,9 +3,9 @@
 //! A bucket of allreduces is one logical collective over its tensors laid end to end, streamed
 //! in pieces of `piece` bytes (the ring's chunk): consecutive small tensors are copied into a
 //! staging piece and reduced together; the whole pieces that lie within one tensor are reduced
-//! in place, by one allreduce. Where the ranks share a stage and the piece runs on its slots,
-//! the staging piece is this rank's region of the stage itself (the fusion buffer in the shared
-//! segment): the tensors are copied straight into it, and the sums straight back from the
+//! in place, by one allreduce. Where the ranks share a stage (and the piece runs on it, slots or
+//! split), the staging piece is this rank's region of the stage itself (the fusion buffer in the
+//! shared segment): the tensors are copied straight into it, and the sums straight back from the
 //! ranks' regions, with no private piece between.
 //! Every rank cuts the same pieces, since they follow from the agreed sizes alone.
 //!
