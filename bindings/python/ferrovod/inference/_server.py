@@ -227,7 +227,8 @@ class Stream:
 class Batcher:
     """One UDF's queue over one loaded model: rows from every task in arrival order, cut into
     model calls of exactly ``batch_size`` rows; a shorter one only when a task whose rows wait
-    has ended and no row came for :data:`LINGER_S`."""
+    has ended and for :data:`LINGER_S` no row came and no call ended (a call's answers end
+    tasks, and the tasks that take their slots send rows some tens of ms later)."""
 
     def __init__(self, loaded: Loaded, model: dict[str, Any]) -> None:
         self.loaded = loaded
@@ -237,7 +238,7 @@ class Batcher:
         self.shapes = _dense_shapes(model["shapes"], loaded.n_params)
         self._cond = threading.Condition()
         self._queue: collections.deque[tuple[Stream, pa.RecordBatch]] = collections.deque()
-        self._last = time.monotonic()
+        self._last = time.monotonic()  # a row came or a call ended: the linger counts from here
         threading.Thread(target=self._run, daemon=True).start()
 
     def add(self, stream: Stream, batch: pa.RecordBatch) -> None:
@@ -268,6 +269,8 @@ class Batcher:
                     self._cond.wait(LINGER_S if self._queue else None)
                     take = self._take()
             self._predict(take)
+            with self._cond:
+                self._last = time.monotonic()
 
     def _take(self) -> list[tuple[Stream, pa.RecordBatch]] | None:
         """The next model call's rows, or ``None`` to wait for more."""
