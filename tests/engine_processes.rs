@@ -46,8 +46,9 @@ fn out_of_order_steps() {
     }
 }
 
-/// Fused buckets of every dtype and op, exact: over shared memory at N = 2 (every piece packed
-/// straight into the stage) and 3, and over TCP.
+/// Fused buckets of every dtype and op, exact: over shared memory at N = 2 to 5 (every piece
+/// packed straight into the stage: on its slots at N = 2, on its split for the full pieces at
+/// N >= 3, with shares of every size), and over TCP.
 #[test]
 fn fused_buckets_of_every_dtype_and_op() {
     for (n, transport) in [(2, "shm"), (3, "shm"), (4, "shm"), (5, "shm"), (2, "tcp")] {

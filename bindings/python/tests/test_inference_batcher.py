@@ -47,6 +47,13 @@ class Task:
         self.mine.close()
 
 
+def queued_rows(batcher: _server.Batcher, n: int) -> None:
+    deadline = time.monotonic() + 10
+    while sum(len(b) for _, b in batcher._queue) < n:
+        assert time.monotonic() < deadline, "the rows never reached the batcher"
+        time.sleep(0.001)
+
+
 def test_a_short_call_waits_for_the_rows_of_a_task_that_an_answer_let_start(monkeypatch):
     """Two tasks of 3 rows, batch_size 4: the first call takes 4 rows and answers the first task.
     In Spark its slot then goes to a third task, whose rows come some time after the call ended.
@@ -64,6 +71,7 @@ def test_a_short_call_waits_for_the_rows_of_a_task_that_an_answer_let_start(monk
     batcher = _server.Batcher(loaded, {"batch_size": 4, "return_type": "\"float\"", "has_tuple": False, "shapes": None})
     a, b, c = Task(batcher), Task(batcher), Task(batcher)
     a.send(3)
+    queued_rows(batcher, 3)  # a's rows first, so that the first call answers all of a
     b.send(3)
     assert a.done.wait(10), "the first task was not answered"
     c.send(2)  # the task that takes the first one's slot

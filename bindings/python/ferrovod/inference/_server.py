@@ -266,7 +266,9 @@ class Batcher:
             with self._cond:
                 take = self._take()
                 while take is None:
-                    self._cond.wait(LINGER_S if self._queue else None)
+                    # Until the linger is over (and no longer), or a row or an end comes.
+                    left = LINGER_S - (time.monotonic() - self._last)
+                    self._cond.wait(max(left, 0.001) if self._queue else None)
                     take = self._take()
             self._predict(take)
             with self._cond:
