@@ -77,3 +77,63 @@ fn one_mib_every_dtype_and_op() {
         });
     }
 }
+
+/// A piece whose bytes lie in several runs (the engine's fused tensors), reduced on the stage
+/// with its region as the fusion buffer (`Communicator::allreduce_on_stage`: the slots for short
+/// pieces, the split for long ones), gives the same bits as the allreduce of the same bytes laid
+/// end to end: random floats (whose sums depend on the order), runs of random lengths, empty
+/// ones included, N = 2 to 5.
+#[test]
+fn packed_pieces_give_the_bits_of_the_contiguous_allreduce() {
+    use ferrovod::algorithms::Runs;
+    use ferrovod_tests::Rng;
+    for n in [2, 3, 4, 5] {
+        shm_threads(n, |c| {
+            let rank = c.rank();
+            for (k, (dtype, op)) in [
+                (DType::F32, ReduceOp::Sum),
+                (DType::BF16, ReduceOp::Sum),
+                (DType::F64, ReduceOp::Product),
+                (DType::F32, ReduceOp::Min),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                // Short pieces (the slots) and 64 KiB to 1 MiB ones (the split at N >= 3).
+                for elems in [1, 7, 1000, (64 << 10) / dtype.size(), (1 << 20) / dtype.size() - 3] {
+                    let mut rng = Rng::new((rank * 1000 + k * 10) as u64 + elems as u64);
+                    let mut whole = vec![0u8; elems * dtype.size()];
+                    for e in whole.chunks_exact_mut(dtype.size()) {
+                        let v = (rng.below(2001) as f64 - 1000.0) / 7.0;
+                        let v = if op == ReduceOp::Product { 1.0 + v / 1e4 } else { v };
+                        match dtype {
+                            DType::F32 => e.copy_from_slice(&(v as f32).to_le_bytes()),
+                            DType::F64 => e.copy_from_slice(&v.to_le_bytes()),
+                            _ => e.copy_from_slice(&ferrovod::bf16::from_f64(v).to_le_bytes()),
+                        }
+                    }
+                    // The same bytes in runs of random whole-element lengths (every rank cuts its own).
+                    let mut runs: Vec<Vec<u8>> = Vec::new();
+                    let mut at = 0;
+                    while at < elems {
+                        let take = (rng.below(3000) as usize).min(elems - at);
+                        runs.push(whole[at * dtype.size()..(at + take) * dtype.size()].to_vec());
+                        at += take;
+                    }
+                    let what = format!("{dtype} {op:?} {elems} elements in {} runs", runs.len());
+                    let mut packed = Runs(runs.iter_mut().map(Vec::as_mut_slice).collect());
+                    match c.allreduce_on_stage(whole.len(), dtype, op, &mut packed) {
+                        Some(Ok(())) => {}
+                        Some(Err(e)) => return Err(format!("{what}: {e}")),
+                        None => return Err(format!("{what}: not reduced on the stage")),
+                    }
+                    c.allreduce_bytes(whole.as_mut_slice(), dtype, op).map_err(|e| format!("{what}: {e}"))?;
+                    if runs.concat() != whole {
+                        return Err(format!("{what}: the packed result differs from the contiguous one"));
+                    }
+                }
+            }
+            Ok(())
+        });
+    }
+}

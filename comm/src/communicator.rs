@@ -294,7 +294,8 @@ impl Communicator {
     /// fits a region, the host backend takes host memory here, the algorithm for `len` bytes
     /// is the slots or the split, and `op` is not an average (which the backend divides). Every
     /// rank decides alike, from what is the job's: the stage, the tuning and `len`.
-    pub(crate) fn allreduce_on_stage(
+    #[doc(hidden)] // for the engine, and for the tests that hold it to the contiguous allreduce
+    pub fn allreduce_on_stage(
         &mut self,
         len: usize,
         dtype: DType,

@@ -189,6 +189,14 @@ impl<'a> From<&'a Vec<u8>> for MemoryRef<'a> {
 }
 
 impl<'a> Memory<'a> {
+    /// The host bytes, for the whole borrow, if it is host memory.
+    pub fn into_host(self) -> Option<&'a mut [u8]> {
+        match self {
+            Memory::Host(b) => Some(b),
+            Memory::Device(..) => None,
+        }
+    }
+
     /// Device memory, borrowed for `'a`.
     ///
     /// # Safety

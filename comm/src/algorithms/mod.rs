@@ -43,7 +43,7 @@ pub use barrier_stage::barrier_stage;
 pub use broadcast_binomial::broadcast_binomial;
 pub use broadcast_chain::broadcast_chain;
 pub use broadcast_stage::broadcast_stage;
-pub use packed::{Packed, runs_within};
+pub use packed::{Packed, Runs, runs_within};
 pub use reducescatter_ring::reducescatter_ring;
 pub use reducescatter_stage::reducescatter_stage;
 use schedule::Schedule;

@@ -14,6 +14,32 @@ pub trait Packed {
     fn unpack(&mut self, span: Range<usize>, put: &mut dyn FnMut(&mut [u8], usize));
 }
 
+/// A piece made of byte runs that lie apart, end to end in this order (the engine's host tensors,
+/// each a run).
+pub struct Runs<'a>(pub Vec<&'a mut [u8]>);
+
+impl Runs<'_> {
+    fn lengths(&self) -> Vec<usize> {
+        self.0.iter().map(|r| r.len()).collect()
+    }
+}
+
+impl Packed for Runs<'_> {
+    fn pack(&self, span: Range<usize>, out: &mut [u8]) {
+        let start = span.start;
+        for (run, within, at) in runs_within(self.lengths(), span) {
+            let bytes = &self.0[run][within];
+            out[at - start..at - start + bytes.len()].copy_from_slice(bytes);
+        }
+    }
+
+    fn unpack(&mut self, span: Range<usize>, put: &mut dyn FnMut(&mut [u8], usize)) {
+        for (run, within, at) in runs_within(self.lengths(), span) {
+            put(&mut self.0[run][within], at);
+        }
+    }
+}
+
 /// The parts of `runs` (lengths, end to end from 0) that meet `span`: (run index, bytes
 /// within the run, offset of those bytes in the piece).
 pub fn runs_within(

@@ -309,7 +309,17 @@ fn flush(
     // Decided from what every rank agreed (host memory), so that every rank takes the same path.
     if !items[0].ready.meta.device {
         let t = Instant::now();
-        let mut packed = OnStage { items: &mut *items, runs: staged };
+        // The staged parts, in order: at most one per tensor, in the tensors' order.
+        let mut parts = staged.iter().peekable();
+        let mut runs = Vec::with_capacity(staged.len());
+        for (i, item) in items.iter_mut().enumerate() {
+            if let Some((_, range)) = parts.next_if(|(j, _)| *j == i) {
+                let host = item.data.memory().into_host().expect("host tensors: the piece is in host memory");
+                runs.push(&mut host[range.clone()]);
+            }
+        }
+        assert_eq!(runs.len(), staged.len(), "a staged part out of order, or two of one tensor");
+        let mut packed = crate::algorithms::Runs(runs);
         if let Some(result) = ctx.comm.allreduce_on_stage(fill, dtype, wire, &mut packed) {
             result?;
             let t1 = Instant::now();
@@ -347,34 +357,6 @@ fn flush(
         at += n;
     }
     Ok(())
-}
-
-/// Parts of host tensors, end to end: the piece the stage reduces in place of a private one (see
-/// [`Communicator::allreduce_on_stage`]).
-struct OnStage<'a> {
-    items: &'a mut [Item],
-    runs: &'a [(usize, Range<usize>)],
-}
-
-impl crate::algorithms::Packed for OnStage<'_> {
-    fn pack(&self, span: Range<usize>, out: &mut [u8]) {
-        let start = span.start;
-        for (run, within, at) in crate::algorithms::runs_within(self.runs.iter().map(|(_, r)| r.len()), span) {
-            let (i, range) = &self.runs[run];
-            let src = self.items[*i].data.memory_ref().host().expect("host tensors: the piece is in host memory");
-            let bytes = range.start + within.start..range.start + within.end;
-            out[at - start..at - start + bytes.len()].copy_from_slice(&src[bytes]);
-        }
-    }
-
-    fn unpack(&mut self, span: Range<usize>, put: &mut dyn FnMut(&mut [u8], usize)) {
-        for (run, within, at) in crate::algorithms::runs_within(self.runs.iter().map(|(_, r)| r.len()), span) {
-            let (i, range) = &self.runs[run];
-            let mut memory = self.items[*i].data.memory();
-            let dst = memory.host().expect("host tensors: the piece is in host memory");
-            put(&mut dst[range.start + within.start..range.start + within.end], at);
-        }
-    }
 }
 
 /// Broadcast, allgather, reducescatter or alltoall of one tensor. Results lie where the tensor
